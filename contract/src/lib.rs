@@ -1,0 +1,2 @@
+//! The data-plane contract and the policy evaluator (work in progress).
+#![forbid(unsafe_code)]

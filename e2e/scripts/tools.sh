@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Builds (once) and locates the Go-built tools the tests and the demo need:
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (e2e/tools/k8s wrapper module)
+#   etcd                                                               (e2e/tools/etcd wrapper module)
+#   kwok, helm, wireguard-go                                           (pinned `go install`)
+#
+# Every tool lands in its own directory under the cache, keyed by its version and by the hash of
+# the wrapper module's go.mod/go.sum, and is rebuilt only when that directory is absent. The cache
+# lives outside the clone ($RUSTRONAUT_CACHE, default ~/.cache/rustronaut) so a second CI run on the
+# same machine is fast, but nothing depends on it being there.
+#
+# Usage:
+#   e2e/scripts/tools.sh build      build whatever is missing, then print the bin directory
+#   e2e/scripts/tools.sh bindir     same as build (kept for readability at call sites)
+#   e2e/scripts/tools.sh versions   print the pinned versions
+set -euo pipefail
+
+# ---- pinned versions: bump here (and regenerate the wrapper go.mod with gen-k8s-gomod.sh) ----
+K8S_VERSION=v1.36.3
+ETCD_VERSION=v3.6.16
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.21.4
+# wireguard-go has no useful semver tag (the only one is a stale v0.0.20201121): pin a
+# pseudo-version, which is wireguard-go 0.0.20250522.
+WIREGUARD_GO_VERSION=v0.0.0-20250521234502-f333402bd9cb
+
+here=$(cd "$(dirname "$0")" && pwd)
+tools_src=$(cd "$here/../tools" && pwd)
+cache=${RUSTRONAUT_CACHE:-$HOME/.cache/rustronaut}
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+
+log() { printf 'tools.sh: %s\n' "$*" >&2; }
+
+# Short content hash of a wrapper module, so editing go.mod/go.sum rebuilds.
+modhash() { cat "$1/go.mod" "$1/go.sum" | sha256sum | cut -c1-12; }
+
+# Builds into a temporary directory and renames it into place, so an interrupted build never
+# leaves a half-filled cache directory that would later be taken as complete.
+build_into() { # <final-dir> <command...>
+	local final=$1; shift
+	[ -d "$final" ] && return 0
+	local tmp="$final.tmp.$$"
+	rm -rf "$tmp"; mkdir -p "$tmp"
+	log "building $(basename "$final") (first time on this machine; cached afterwards)"
+	local start=$SECONDS
+	OUT="$tmp" "$@"
+	mv "$tmp" "$final"
+	log "built $(basename "$final") in $((SECONDS - start))s"
+}
+
+build_k8s() {
+	local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+	local ldf="-s -w" p
+	# The same variables upstream's hack/lib/version.sh sets; without them the server reports
+	# v0.0.0-master and helm's kubeVersion checks and kwok's version detection misbehave.
+	for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		ldf="$ldf -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+		ldf="$ldf -X $p.gitTreeState=clean -X $p.gitCommit=0000000000000000000000000000000000000000"
+		ldf="$ldf -X $p.buildDate=1970-01-01T00:00:00Z"
+	done
+	(cd "$tools_src/k8s" && go build -trimpath -ldflags "$ldf" -o "$OUT/" \
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+}
+
+build_etcd() {
+	(cd "$tools_src/etcd" && go build -trimpath -ldflags "-s -w" -o "$OUT/etcd" go.etcd.io/etcd/server/v3)
+}
+
+build_kwok() {
+	GOBIN="$OUT" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+	# The kwok binary embeds no lifecycle stages (kwokctl writes them into its config), and
+	# without stages it refuses to start. Assemble kwok's own published "fast" stages from the
+	# module it was built from: nodes become Ready (leases renewed), scheduled pods Running.
+	local stages
+	stages="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+	local f first=1
+	for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+		pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+		[ $first = 1 ] || echo "---"
+		first=0
+		cat "$stages/$f"
+	done >"$OUT/kwok-stages.yaml"
+}
+
+build_helm() {
+	local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+	GOBIN="$OUT" go install -trimpath -ldflags "-s -w \
+		-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+		-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 \
+		-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
+		"helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+build_wireguard_go() {
+	GOBIN="$OUT" go install -trimpath -ldflags "-s -w" "golang.zx2c4.com/wireguard@$WIREGUARD_GO_VERSION"
+	mv "$OUT/wireguard" "$OUT/wireguard-go"
+}
+
+build_all() {
+	command -v go >/dev/null || { log "go is not installed: the control plane is built from Go modules"; exit 1; }
+	local k8s_dir="$cache/tools/kubernetes-$K8S_VERSION-$(modhash "$tools_src/k8s")"
+	local etcd_dir="$cache/tools/etcd-$ETCD_VERSION-$(modhash "$tools_src/etcd")"
+	local kwok_dir="$cache/tools/kwok-$KWOK_VERSION"
+	local helm_dir="$cache/tools/helm-$HELM_VERSION"
+	local wg_dir="$cache/tools/wireguard-go-$WIREGUARD_GO_VERSION"
+	build_into "$etcd_dir" build_etcd
+	build_into "$kwok_dir" build_kwok
+	build_into "$helm_dir" build_helm
+	build_into "$wg_dir" build_wireguard_go
+	build_into "$k8s_dir" build_k8s
+	# One directory of symlinks per combination of versions, so two clones pinned to different
+	# versions on one machine never see each other's binaries.
+	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" | sha256sum | cut -c1-12)
+	local bin="$cache/bin/$key"
+	if [ ! -d "$bin" ]; then
+		mkdir -p "$bin.tmp.$$"
+		local d f
+		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir"; do
+			for f in "$d"/*; do ln -sf "$f" "$bin.tmp.$$/$(basename "$f")"; done
+		done
+		mv "$bin.tmp.$$" "$bin" 2>/dev/null || rm -rf "$bin.tmp.$$"
+	fi
+	echo "$bin"
+}
+
+case "${1:-build}" in
+build | bindir) build_all ;;
+versions)
+	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\n' \
+		"$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$WIREGUARD_GO_VERSION" ;;
+*) echo "usage: $0 [build|bindir|versions]" >&2; exit 2 ;;
+esac

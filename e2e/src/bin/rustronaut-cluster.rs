@@ -1,0 +1,214 @@
+//! `rustronaut-cluster`: runs a local Kubernetes control plane in the foreground and tears it
+//! down on SIGINT/SIGTERM/SIGHUP, when a component dies, or (with `--watch-stdin`) when its
+//! standard input closes: that is how test binaries tie the cluster's life to their own, even
+//! when they are killed.
+//!
+//! ```text
+//! rustronaut-cluster up [--dir D] [--nodes N] [--watch-stdin] [--keep]
+//!     prints `KUBECONFIG=<path>` on stdout once the cluster can run Pods
+//! rustronaut-cluster down --dir D
+//!     stops the supervisor whose pid is in D/supervisor.pid and waits for it
+//! ```
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use rustronaut_e2e::controlplane::{Config, ControlPlane};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A local Kubernetes control plane for Rustronaut's tests and demo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a control plane and supervise it until told to stop.
+    Up {
+        /// Working directory (created; removed at shutdown unless --keep). Default: a new
+        /// directory under $TMPDIR.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Number of fake kwok nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Directory with the Go-built binaries. Default: what e2e/scripts/tools.sh builds.
+        #[arg(long, env = rustronaut_e2e::TOOLS_BIN_ENV)]
+        bin_dir: Option<PathBuf>,
+        /// Shut down when standard input reaches end of file (its writer exited).
+        #[arg(long)]
+        watch_stdin: bool,
+        /// Keep the working directory (logs, etcd data) after shutdown.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Stop the control plane supervised from DIR.
+    Down {
+        /// The directory given to `up`.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Up {
+            dir,
+            nodes,
+            bin_dir,
+            watch_stdin,
+            keep,
+        } => up(dir, nodes, bin_dir, watch_stdin, keep),
+        Cmd::Down { dir } => down(dir),
+    }
+}
+
+fn up(
+    dir: Option<PathBuf>,
+    nodes: usize,
+    bin_dir: Option<PathBuf>,
+    watch_stdin: bool,
+    keep: bool,
+) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handler")?;
+    }
+    if watch_stdin {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+
+    let dir = match dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!(
+            "rustronaut-cluster-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default()
+        )),
+    };
+    if dir.join("supervisor.pid").exists() {
+        let pid = std::fs::read_to_string(dir.join("supervisor.pid")).unwrap_or_default();
+        if pid_alive(pid.trim()) {
+            bail!(
+                "a cluster is already running from {} (pid {}); stop it with `rustronaut-cluster down --dir {}`",
+                dir.display(),
+                pid.trim(),
+                dir.display()
+            );
+        }
+    }
+    // A leftover directory from a killed run would mix old etcd data into the new cluster.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("supervisor.pid"), std::process::id().to_string())?;
+
+    let bin_dir = match bin_dir {
+        Some(b) => b,
+        None => rustronaut_e2e::build_tools()
+            .map_err(anyhow::Error::msg)
+            .context("building the control-plane tools")?,
+    };
+    eprintln!(
+        "rustronaut-cluster: starting control plane in {}",
+        dir.display()
+    );
+    let started = Instant::now();
+    let result = ControlPlane::start(&Config {
+        bin_dir,
+        dir: dir.clone(),
+        nodes,
+    });
+    let mut cp = match result {
+        Ok(cp) => cp,
+        Err(e) => {
+            if !keep {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            return Err(e).context("control plane failed to start");
+        }
+    };
+    eprintln!(
+        "rustronaut-cluster: ready in {:.1}s (apiserver https://127.0.0.1:{})",
+        started.elapsed().as_secs_f64(),
+        cp.apiserver_port()
+    );
+    std::fs::write(dir.join("ready"), "")?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "KUBECONFIG={}", cp.kubeconfig().display())?;
+    stdout.flush()?;
+
+    let outcome = loop {
+        if stop.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        if let Err(e) = cp.check_alive() {
+            break Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("rustronaut-cluster: stopping");
+    cp.stop();
+    drop(cp);
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        let _ = std::fs::remove_file(dir.join("supervisor.pid"));
+        let _ = std::fs::remove_file(dir.join("ready"));
+    }
+    outcome.context("a control-plane component failed")
+}
+
+fn pid_alive(pid: &str) -> bool {
+    !pid.is_empty() && std::path::Path::new("/proc").join(pid).exists()
+}
+
+fn down(dir: PathBuf) -> Result<()> {
+    let pid_file = dir.join("supervisor.pid");
+    let pid = match std::fs::read_to_string(&pid_file) {
+        Ok(p) => p.trim().to_string(),
+        Err(_) => {
+            eprintln!(
+                "rustronaut-cluster: no cluster running from {}",
+                dir.display()
+            );
+            return Ok(());
+        }
+    };
+    let n: i32 = pid
+        .parse()
+        .with_context(|| format!("{} holds no pid", pid_file.display()))?;
+    if !rustronaut_e2e::signal(n, libc::SIGTERM) {
+        eprintln!("rustronaut-cluster: supervisor {n} is gone");
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pid_alive(&pid) {
+        if Instant::now() > deadline {
+            bail!("supervisor {n} did not stop within 60s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("rustronaut-cluster: stopped");
+    Ok(())
+}
