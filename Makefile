@@ -1,0 +1,44 @@
+# Rustronaut developer entry points. The two that matter most (see README.md):
+#   make demo   a local demo on an embedded default
+#   make test   every test, against a real control plane built from the Kubernetes Go modules
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CLUSTER_DIR ?= $(CURDIR)/.cluster
+TOOLS := bash e2e/scripts/tools.sh
+
+.PHONY: help demo test tools cluster-up cluster-down crds crds-check lint fmt bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+tools: ## build the Go tools (control plane, kwok, helm, wireguard-go) if not cached
+	@$(TOOLS) build >/dev/null
+
+test: tools ## run every test (unit, integration against a real apiserver)
+	cargo build --workspace --bins
+	RUSTRONAUT_TOOLS_BIN=$$($(TOOLS) bindir) cargo test --workspace
+
+demo: ## bring up a local control plane with the API installed and the examples applied
+	@bash e2e/scripts/demo.sh
+
+cluster-up: ## start a local control plane in the background and print how to use it
+	@bash e2e/scripts/cluster.sh up $(CLUSTER_DIR)
+
+cluster-down: ## stop the local control plane
+	@bash e2e/scripts/cluster.sh down $(CLUSTER_DIR)
+
+crds: ## regenerate the CRD YAML and the API reference from the Rust types
+	cargo run -q -p rustronaut-crds --bin rustronaut-crdgen -- write
+
+crds-check: ## fail if the committed CRD YAML or reference differ from the types
+	cargo run -q -p rustronaut-crds --bin rustronaut-crdgen -- check
+
+fmt: ## format the code
+	cargo fmt --all
+
+lint: ## formatting and clippy, as CI runs them
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean: cluster-down ## stop the cluster and remove build output
+	cargo clean

@@ -1,0 +1,83 @@
+//! Condition types and reasons, as constants shared by the operator (which writes them), the
+//! console (which shows them) and tests (which assert on them). Every kind has `Ready`, the
+//! summary Flux (kstatus) and Argo CD health checks read, with `observedGeneration`.
+
+/// Condition types.
+pub mod types {
+    /// Summary: True when every other condition is in its good state.
+    pub const READY: &str = "Ready";
+    /// The object is valid and its claims (namespaces, domains, hostnames) are granted.
+    pub const ACCEPTED: &str = "Accepted";
+    /// Every reference (Secrets, Services, sites, identity providers) resolves.
+    pub const RESOLVED_REFS: &str = "ResolvedRefs";
+    /// The object is part of the configuration the gateways run.
+    pub const PROGRAMMED: &str = "Programmed";
+    /// (Resource) At least one enforcing Allow policy can admit a request.
+    pub const REACHABLE: &str = "Reachable";
+    /// (Policy) Every embedded test gives the expected decision.
+    pub const TESTS_PASSED: &str = "TestsPassed";
+    /// (Gateway listener) Another listener or Resource claims the same name.
+    pub const CONFLICTED: &str = "Conflicted";
+}
+
+/// Condition reasons (CamelCase, stable: alerts and dashboards match on them).
+pub mod reasons {
+    /// Everything is as desired.
+    pub const READY: &str = "Ready";
+    /// Accepted.
+    pub const ACCEPTED: &str = "Accepted";
+    /// All references resolved.
+    pub const RESOLVED: &str = "ResolvedRefs";
+    /// Programmed into the gateways.
+    pub const PROGRAMMED: &str = "Programmed";
+    /// Waiting for something that is progressing (pods starting, config rolling out).
+    pub const PENDING: &str = "Pending";
+    /// The spec is invalid in a way the CRD schema cannot express.
+    pub const INVALID: &str = "Invalid";
+    /// A namespace is already claimed by an older Tenant.
+    pub const NAMESPACE_CLAIMED: &str = "NamespaceClaimed";
+    /// A domain is already claimed by an older Tenant.
+    pub const DOMAIN_CLAIMED: &str = "DomainClaimed";
+    /// A referenced Secret does not exist or lacks the key.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// A JWKS endpoint could not be fetched.
+    pub const JWKS_UNREACHABLE: &str = "JWKSUnreachable";
+    /// The Resource's namespace belongs to no Tenant.
+    pub const NO_TENANT: &str = "NoTenant";
+    /// The Gateway does not admit this tenant.
+    pub const NOT_ALLOWED_BY_GATEWAY: &str = "NotAllowedByGateway";
+    /// A hostname is outside the tenant's domains.
+    pub const HOSTNAME_OUTSIDE_TENANT: &str = "HostnameOutsideTenant";
+    /// Another Resource already serves this hostname or port on the Gateway.
+    pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";
+    /// The tenant's quota is used up.
+    pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+    /// A referenced Gateway does not exist.
+    pub const GATEWAY_NOT_FOUND: &str = "GatewayNotFound";
+    /// A referenced Service does not exist.
+    pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
+    /// A reference crosses a boundary it may not cross.
+    pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    /// A referenced site does not exist on the Gateway.
+    pub const SITE_NOT_FOUND: &str = "SiteNotFound";
+    /// The site has no live tunnel.
+    pub const SITE_DISCONNECTED: &str = "SiteDisconnected";
+    /// No enforcing Allow policy selects the Resource: default deny refuses everything.
+    pub const NO_ALLOW_POLICY: &str = "NoAllowPolicy";
+    /// A Policy target does not exist.
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    /// A Policy uses HTTP fields (methods, paths) on a TCP/UDP target.
+    pub const HTTP_FIELDS_ON_L4_TARGET: &str = "HTTPFieldsOnL4Target";
+    /// A Policy names an identity provider the tenant does not have.
+    pub const IDENTITY_PROVIDER_NOT_FOUND: &str = "IdentityProviderNotFound";
+    /// An embedded test gave the wrong decision.
+    pub const TEST_FAILED: &str = "TestFailed";
+    /// Every embedded test passed.
+    pub const TESTS_PASSED: &str = "TestsPassed";
+    /// A listener's certificate Secret is missing or invalid.
+    pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+    /// The gateway Service has no address yet.
+    pub const ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
+    /// Parameters conflict in a way the schema cannot express.
+    pub const INVALID_PARAMETERS: &str = "InvalidParameters";
+}
