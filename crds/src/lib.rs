@@ -22,6 +22,7 @@ pub mod common;
 pub mod conditions;
 pub mod gateway;
 pub mod generate;
+pub mod manifests;
 pub mod policy;
 pub mod resource;
 mod schema;
