@@ -26,6 +26,7 @@ pub mod manifests;
 pub mod policy;
 pub mod resource;
 mod schema;
+pub mod tenancy;
 pub mod tenant;
 pub mod validate;
 

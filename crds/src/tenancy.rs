@@ -1,0 +1,273 @@
+//! Tenancy: which Tenant owns which namespace and domain, and which Resources a Policy selects.
+//!
+//! Claims are exclusive and the oldest claim wins (by `creationTimestamp`, then name, so the
+//! answer is the same on every replica and in every order of listing). A Tenant that loses a
+//! claim keeps everything else it owns and gets `Accepted=False` with a reason naming the
+//! holder. Nothing here crosses a tenant: a Policy selects only Resources of its own tenant.
+
+use crate::conditions::reasons;
+use crate::validate::domains_overlap;
+use crate::{Policy, Resource, Tenant};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt;
+use std::collections::BTreeMap;
+
+/// A claim one Tenant lost to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostClaim {
+    /// The namespace or domain.
+    pub claim: String,
+    /// The Tenant holding it.
+    pub holder: String,
+    /// `NamespaceClaimed` or `DomainClaimed`.
+    pub reason: &'static str,
+}
+
+impl LostClaim {
+    /// A message for a condition.
+    pub fn message(&self) -> String {
+        let what = if self.reason == reasons::NAMESPACE_CLAIMED {
+            "namespace"
+        } else {
+            "domain"
+        };
+        format!(
+            "{what} {} is already claimed by tenant {} (the oldest claim wins)",
+            self.claim, self.holder
+        )
+    }
+}
+
+/// Who owns what, after resolving conflicting claims.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// Namespace -> owning Tenant.
+    pub namespaces: BTreeMap<String, String>,
+    /// Domain -> owning Tenant.
+    pub domains: BTreeMap<String, String>,
+    /// Tenant -> claims it lost.
+    pub lost: BTreeMap<String, Vec<LostClaim>>,
+}
+
+impl Claims {
+    /// The Tenant owning `namespace`, if any.
+    pub fn tenant_of(&self, namespace: &str) -> Option<&str> {
+        self.namespaces.get(namespace).map(String::as_str)
+    }
+
+    /// The domains `tenant` holds.
+    pub fn domains_of<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.domains
+            .iter()
+            .filter(move |(_, t)| t.as_str() == tenant)
+            .map(|(d, _)| d.as_str())
+    }
+}
+
+/// Resolves every namespace and domain claim: oldest Tenant first.
+pub fn resolve_claims(tenants: &[Tenant]) -> Claims {
+    let mut ordered: Vec<&Tenant> = tenants.iter().collect();
+    ordered.sort_by(|a, b| {
+        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        // Objects without a timestamp (not yet created: a GitOps dry run) sort last.
+        (ta.is_none(), ta, a.name_any()).cmp(&(tb.is_none(), tb, b.name_any()))
+    });
+    let mut claims = Claims::default();
+    for t in ordered {
+        let name = t.name_any();
+        for ns in &t.spec.namespaces {
+            match claims.namespaces.get(ns) {
+                Some(holder) if holder != &name => {
+                    claims.lost.entry(name.clone()).or_default().push(LostClaim {
+                        claim: ns.clone(),
+                        holder: holder.clone(),
+                        reason: reasons::NAMESPACE_CLAIMED,
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    claims.namespaces.insert(ns.clone(), name.clone());
+                }
+            }
+        }
+        for d in &t.spec.domains {
+            let holder = claims
+                .domains
+                .iter()
+                .find(|(held, holder)| *holder != &name && domains_overlap(held, d))
+                .map(|(_, h)| h.clone());
+            match holder {
+                Some(holder) => claims.lost.entry(name.clone()).or_default().push(LostClaim {
+                    claim: d.clone(),
+                    holder,
+                    reason: reasons::DOMAIN_CLAIMED,
+                }),
+                None => {
+                    claims.domains.insert(d.clone(), name.clone());
+                }
+            }
+        }
+    }
+    claims
+}
+
+/// Whether `labels` satisfy a Kubernetes label selector (matchLabels AND matchExpressions).
+/// An empty selector matches everything, as in Kubernetes. An unknown operator matches nothing
+/// (fail closed: a Policy must never select more than its author wrote).
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+/// A Resource a Policy selects, optionally narrowed to one rule.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Target {
+    /// Namespace of the Resource.
+    pub namespace: String,
+    /// Name of the Resource.
+    pub name: String,
+    /// Rule of the Resource, when the Policy names one.
+    pub section: Option<String>,
+}
+
+/// The Resources `policy` selects among `resources`, never beyond its tenant: targetRefs (same
+/// namespace), targetSelector (same namespace), and, for Policies in the tenant's
+/// adminNamespace, namespaceSelector widening targetSelector to the tenant's namespaces.
+/// Returns the targets and the targetRefs that name no Resource.
+pub fn policy_targets(
+    policy: &Policy,
+    resources: &[Resource],
+    claims: &Claims,
+    admin_namespace: Option<&str>,
+) -> (Vec<Target>, Vec<String>) {
+    let ns = policy.namespace().unwrap_or_default();
+    let Some(tenant) = claims.tenant_of(&ns) else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut targets = Vec::new();
+    let mut missing = Vec::new();
+    for r in &policy.spec.target_refs {
+        let found = resources
+            .iter()
+            .any(|res| res.namespace().as_deref() == Some(ns.as_str()) && res.name_any() == r.name);
+        if found {
+            targets.push(Target {
+                namespace: ns.clone(),
+                name: r.name.clone(),
+                section: r.section_name.clone(),
+            });
+        } else {
+            missing.push(r.name.clone());
+        }
+    }
+    if let Some(sel) = &policy.spec.target_selector {
+        let in_admin = admin_namespace == Some(ns.as_str());
+        for res in resources {
+            let res_ns = res.namespace().unwrap_or_default();
+            let same_ns = res_ns == ns;
+            let widened = in_admin
+                && policy.spec.namespace_selector.is_some()
+                && claims.tenant_of(&res_ns) == Some(tenant);
+            if (same_ns || widened) && selector_matches(sel, res.labels()) {
+                targets.push(Target {
+                    namespace: res_ns,
+                    name: res.name_any(),
+                    section: None,
+                });
+            }
+        }
+    }
+    targets.sort();
+    targets.dedup();
+    (targets, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, Time};
+
+    fn tenant(name: &str, age_secs: i64, namespaces: &[&str], domains: &[&str]) -> Tenant {
+        let mut t: Tenant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": name},
+            "spec": {"namespaces": namespaces, "domains": domains}
+        }))
+        .unwrap();
+        let base = k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap();
+        t.metadata.creation_timestamp = Some(Time(
+            base.checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(age_secs)).unwrap(),
+        ));
+        t
+    }
+
+    #[test]
+    fn oldest_claim_wins_regardless_of_listing_order() {
+        let old = tenant("old", 100, &["shared", "a"], &["*.acme.example"]);
+        let young = tenant("young", 10, &["shared", "b"], &["app.acme.example", "beta.example"]);
+        for list in [vec![old.clone(), young.clone()], vec![young.clone(), old.clone()]] {
+            let c = resolve_claims(&list);
+            assert_eq!(c.tenant_of("shared"), Some("old"));
+            assert_eq!(c.tenant_of("a"), Some("old"));
+            assert_eq!(c.tenant_of("b"), Some("young"));
+            assert_eq!(c.domains.get("beta.example").map(String::as_str), Some("young"));
+            assert!(!c.domains.contains_key("app.acme.example"));
+            let lost = &c.lost["young"];
+            assert_eq!(lost.len(), 2);
+            assert_eq!(lost[0].reason, reasons::NAMESPACE_CLAIMED);
+            assert_eq!(lost[1].reason, reasons::DOMAIN_CLAIMED);
+            assert!(lost[1].message().contains("claimed by tenant old"), "{}", lost[1].message());
+            assert!(!c.lost.contains_key("old"));
+        }
+    }
+
+    #[test]
+    fn equal_ages_break_ties_by_name() {
+        let a = tenant("alpha", 5, &["x"], &[]);
+        let b = tenant("beta", 5, &["x"], &[]);
+        assert_eq!(resolve_claims(&[b, a]).tenant_of("x"), Some("alpha"));
+    }
+
+    #[test]
+    fn selectors() {
+        let labels: BTreeMap<String, String> =
+            [("team".to_string(), "sre".to_string()), ("tier".to_string(), "web".to_string())].into();
+        let sel = |ml: &[(&str, &str)], exprs: Vec<(&str, &str, &[&str])>| LabelSelector {
+            match_labels: Some(ml.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            match_expressions: Some(
+                exprs
+                    .into_iter()
+                    .map(|(k, op, vs)| LabelSelectorRequirement {
+                        key: k.into(),
+                        operator: op.into(),
+                        values: Some(vs.iter().map(|v| v.to_string()).collect()),
+                    })
+                    .collect(),
+            ),
+        };
+        assert!(selector_matches(&LabelSelector::default(), &labels));
+        assert!(selector_matches(&sel(&[("team", "sre")], vec![]), &labels));
+        assert!(!selector_matches(&sel(&[("team", "data")], vec![]), &labels));
+        assert!(selector_matches(&sel(&[], vec![("tier", "In", &["web", "api"])]), &labels));
+        assert!(!selector_matches(&sel(&[], vec![("tier", "NotIn", &["web"])]), &labels));
+        assert!(selector_matches(&sel(&[], vec![("env", "NotIn", &["prod"])]), &labels));
+        assert!(selector_matches(&sel(&[], vec![("team", "Exists", &[])]), &labels));
+        assert!(!selector_matches(&sel(&[], vec![("team", "DoesNotExist", &[])]), &labels));
+        assert!(!selector_matches(&sel(&[], vec![("team", "Bogus", &[])]), &labels), "unknown operators fail closed");
+    }
+}
