@@ -78,13 +78,15 @@ pub fn resolve_claims(tenants: &[Tenant]) -> Claims {
         let name = t.name_any();
         for ns in &t.spec.namespaces {
             match claims.namespaces.get(ns) {
-                Some(holder) if holder != &name => {
-                    claims.lost.entry(name.clone()).or_default().push(LostClaim {
+                Some(holder) if holder != &name => claims
+                    .lost
+                    .entry(name.clone())
+                    .or_default()
+                    .push(LostClaim {
                         claim: ns.clone(),
                         holder: holder.clone(),
                         reason: reasons::NAMESPACE_CLAIMED,
-                    })
-                }
+                    }),
                 Some(_) => {}
                 None => {
                     claims.namespaces.insert(ns.clone(), name.clone());
@@ -98,11 +100,15 @@ pub fn resolve_claims(tenants: &[Tenant]) -> Claims {
                 .find(|(held, holder)| *holder != &name && domains_overlap(held, d))
                 .map(|(_, h)| h.clone());
             match holder {
-                Some(holder) => claims.lost.entry(name.clone()).or_default().push(LostClaim {
-                    claim: d.clone(),
-                    holder,
-                    reason: reasons::DOMAIN_CLAIMED,
-                }),
+                Some(holder) => claims
+                    .lost
+                    .entry(name.clone())
+                    .or_default()
+                    .push(LostClaim {
+                        claim: d.clone(),
+                        holder,
+                        reason: reasons::DOMAIN_CLAIMED,
+                    }),
                 None => {
                     claims.domains.insert(d.clone(), name.clone());
                 }
@@ -211,7 +217,8 @@ mod tests {
         .unwrap();
         let base = k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap();
         t.metadata.creation_timestamp = Some(Time(
-            base.checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(age_secs)).unwrap(),
+            base.checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(age_secs))
+                .unwrap(),
         ));
         t
     }
@@ -219,19 +226,34 @@ mod tests {
     #[test]
     fn oldest_claim_wins_regardless_of_listing_order() {
         let old = tenant("old", 100, &["shared", "a"], &["*.acme.example"]);
-        let young = tenant("young", 10, &["shared", "b"], &["app.acme.example", "beta.example"]);
-        for list in [vec![old.clone(), young.clone()], vec![young.clone(), old.clone()]] {
+        let young = tenant(
+            "young",
+            10,
+            &["shared", "b"],
+            &["app.acme.example", "beta.example"],
+        );
+        for list in [
+            vec![old.clone(), young.clone()],
+            vec![young.clone(), old.clone()],
+        ] {
             let c = resolve_claims(&list);
             assert_eq!(c.tenant_of("shared"), Some("old"));
             assert_eq!(c.tenant_of("a"), Some("old"));
             assert_eq!(c.tenant_of("b"), Some("young"));
-            assert_eq!(c.domains.get("beta.example").map(String::as_str), Some("young"));
+            assert_eq!(
+                c.domains.get("beta.example").map(String::as_str),
+                Some("young")
+            );
             assert!(!c.domains.contains_key("app.acme.example"));
             let lost = &c.lost["young"];
             assert_eq!(lost.len(), 2);
             assert_eq!(lost[0].reason, reasons::NAMESPACE_CLAIMED);
             assert_eq!(lost[1].reason, reasons::DOMAIN_CLAIMED);
-            assert!(lost[1].message().contains("claimed by tenant old"), "{}", lost[1].message());
+            assert!(
+                lost[1].message().contains("claimed by tenant old"),
+                "{}",
+                lost[1].message()
+            );
             assert!(!c.lost.contains_key("old"));
         }
     }
@@ -245,10 +267,17 @@ mod tests {
 
     #[test]
     fn selectors() {
-        let labels: BTreeMap<String, String> =
-            [("team".to_string(), "sre".to_string()), ("tier".to_string(), "web".to_string())].into();
+        let labels: BTreeMap<String, String> = [
+            ("team".to_string(), "sre".to_string()),
+            ("tier".to_string(), "web".to_string()),
+        ]
+        .into();
         let sel = |ml: &[(&str, &str)], exprs: Vec<(&str, &str, &[&str])>| LabelSelector {
-            match_labels: Some(ml.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            match_labels: Some(
+                ml.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             match_expressions: Some(
                 exprs
                     .into_iter()
@@ -262,12 +291,33 @@ mod tests {
         };
         assert!(selector_matches(&LabelSelector::default(), &labels));
         assert!(selector_matches(&sel(&[("team", "sre")], vec![]), &labels));
-        assert!(!selector_matches(&sel(&[("team", "data")], vec![]), &labels));
-        assert!(selector_matches(&sel(&[], vec![("tier", "In", &["web", "api"])]), &labels));
-        assert!(!selector_matches(&sel(&[], vec![("tier", "NotIn", &["web"])]), &labels));
-        assert!(selector_matches(&sel(&[], vec![("env", "NotIn", &["prod"])]), &labels));
-        assert!(selector_matches(&sel(&[], vec![("team", "Exists", &[])]), &labels));
-        assert!(!selector_matches(&sel(&[], vec![("team", "DoesNotExist", &[])]), &labels));
-        assert!(!selector_matches(&sel(&[], vec![("team", "Bogus", &[])]), &labels), "unknown operators fail closed");
+        assert!(!selector_matches(
+            &sel(&[("team", "data")], vec![]),
+            &labels
+        ));
+        assert!(selector_matches(
+            &sel(&[], vec![("tier", "In", &["web", "api"])]),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &sel(&[], vec![("tier", "NotIn", &["web"])]),
+            &labels
+        ));
+        assert!(selector_matches(
+            &sel(&[], vec![("env", "NotIn", &["prod"])]),
+            &labels
+        ));
+        assert!(selector_matches(
+            &sel(&[], vec![("team", "Exists", &[])]),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &sel(&[], vec![("team", "DoesNotExist", &[])]),
+            &labels
+        ));
+        assert!(
+            !selector_matches(&sel(&[], vec![("team", "Bogus", &[])]), &labels),
+            "unknown operators fail closed"
+        );
     }
 }
