@@ -234,12 +234,13 @@ pub struct Quotas {
 }
 
 /// Observed state of a Tenant.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantStatus {
     /// Accepted (claims held), ResolvedRefs (provider Secrets found), Ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// The generation the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
