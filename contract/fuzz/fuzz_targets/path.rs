@@ -1,0 +1,6 @@
+//! Fuzz target: `rustronaut_contract::fuzzing::path` (see that function for the invariants).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| rustronaut_contract::fuzzing::path(data));

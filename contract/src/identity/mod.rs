@@ -1,0 +1,140 @@
+//! Who is calling: the [`Identity`] the evaluator sees, and the pure functions that establish
+//! it from bytes and a time: JWTs ([`jwt`], with a verified-token [`cache`]), API keys
+//! ([`apikey`]), client certificates ([`cert`]), WireGuard sites ([`site`]) and the client
+//! address ([`client_ip`]: PROXY protocol, X-Forwarded-For).
+//!
+//! ```text
+//!  request bytes --> credentials presented? --no--> Identity { source_ip, .. } (anonymous)
+//!                        | yes
+//!                        v
+//!                verify against the Resource's tenant's providers
+//!                        | valid                         | invalid
+//!                        v                               v
+//!                Identity { user / client_certificate    401 (never reaches the evaluator,
+//!                  / api_key / site, source_ip }         never falls back to anonymous)
+//! ```
+//!
+//! **Invalid credentials never reach the evaluator.** A credential that is present but
+//! invalid (bad signature, expired, unknown key) makes the gateway answer 401; it is not
+//! dropped to evaluate the request as anonymous, or an `anonymous: true` Allow would let an
+//! expired token through and a Deny naming that user would be dodged by corrupting the token.
+//! So an `Identity` only ever holds verified facts. The gateway verifies credentials against
+//! the providers of the requested Resource's tenant only, so provider names in an identity
+//! are that tenant's.
+//!
+//! No function here reads a clock, the filesystem or the network: time is an argument, keys
+//! and CA bundles come from the snapshot (or a JWKS the caller fetched).
+
+pub mod apikey;
+pub mod cache;
+pub mod cert;
+pub mod client_ip;
+pub mod jwt;
+pub mod site;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Verified facts about the caller of one request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Identity {
+    /// A user or machine from an OIDC session or a bearer JWT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserIdentity>,
+    /// A verified TLS client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<CertificateIdentity>,
+    /// A verified API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyIdentity>,
+    /// The WireGuard site the request arrived through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<SiteIdentity>,
+    /// The client address, after PROXY protocol / trusted X-Forwarded-For resolution.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "sourceIP")]
+    pub source_ip: Option<IpAddr>,
+}
+
+impl Identity {
+    /// An anonymous caller at `source_ip`.
+    pub fn anonymous(source_ip: Option<IpAddr>) -> Self {
+        Self {
+            source_ip,
+            ..Self::default()
+        }
+    }
+
+    /// Whether any credential was verified: a user, a client certificate, an API key or a
+    /// site (a WireGuard peer is authenticated by its key). A source address alone is not.
+    pub fn authenticated(&self) -> bool {
+        self.user.is_some()
+            || self.client_certificate.is_some()
+            || self.api_key.is_some()
+            || self.site.is_some()
+    }
+}
+
+/// A user or machine authenticated by an OIDC or JWT provider.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserIdentity {
+    /// Provider name (in the Resource's tenant).
+    pub idp: String,
+    /// `sub`.
+    pub subject: String,
+    /// Email, unless the provider marked it unverified (`email_verified: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Groups (from the provider's groups claim).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Top-level claims with string, number, boolean or string-list values, as strings.
+    #[serde(default)]
+    pub claims: BTreeMap<String, Vec<String>>,
+    /// OAuth scopes (`scope`, space-separated, or `scp`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// Facts from a verified client certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificateIdentity {
+    /// The clientCertificate provider whose CA verified it.
+    pub idp: String,
+    /// URI SANs.
+    #[serde(default, rename = "sanURIs")]
+    pub san_uris: Vec<String>,
+    /// DNS SANs.
+    #[serde(default, rename = "sanDNSNames")]
+    pub san_dns_names: Vec<String>,
+    /// Email SANs.
+    #[serde(default)]
+    pub san_emails: Vec<String>,
+    /// SHA-256 of the SubjectPublicKeyInfo, lower-case hex.
+    #[serde(default, rename = "spkiSHA256")]
+    pub spki_sha256: String,
+}
+
+/// A verified API-key client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiKeyIdentity {
+    /// The apiKey provider.
+    pub idp: String,
+    /// The client.
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+}
+
+/// A WireGuard site, identified by its public key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SiteIdentity {
+    /// Site name.
+    pub name: String,
+    /// The site's tenant: a `site` principal only matches sites of the policy's tenant.
+    pub tenant: String,
+}
