@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Throughput and memory of the userspace tunnel (hub + connector) against a wireguard-go pair,
+# in the same two-namespace topology, measured alternately in the same run.
+#
+#   ns A ("cluster")                            ns B ("site")
+#   iperf3 -c ─▶ forward ─▶ hub ══WireGuard/UDP══ connector ─▶ iperf3 -s (127.0.0.1:5201)
+#   iperf3 -c ─────────▶ wireguard-go (TUN) ══UDP══ wireguard-go (TUN) ─▶ iperf3 -s
+#
+# Our path includes the gateway hop (`rustronaut-tunnel forward` stands in for the gateway,
+# which terminates the client's TCP and asks the hub for a stream) and two userspace TCP
+# stacks; the wireguard-go path is kernel TCP end to end over TUN devices.
+#
+# Usage (root): tunnel/bench/run.sh            ROUNDS=3 SECONDS_PER_RUN=10 by default
+# Needs: ip (iproute2), iperf3 (installed with apt-get if missing), python3, Go tools via
+# e2e/scripts/tools.sh (wireguard-go).
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+SECS=${SECONDS_PER_RUN:-10}
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/rtn/target-tunnel}
+
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, TUN devices)" >&2; exit 1; }
+command -v ip >/dev/null || { echo "needs ip (iproute2)" >&2; exit 1; }
+if ! command -v iperf3 >/dev/null; then
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iperf3 >/dev/null
+fi
+
+(cd "$repo" && cargo build -q --release -p rustronaut-tunnel)
+BIN=$CARGO_TARGET_DIR/release/rustronaut-tunnel
+WGGO=$(bash "$repo/e2e/scripts/tools.sh" build)/wireguard-go
+
+id=rtb$$
+A=$id-a; B=$id-b
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	ip netns del "$A" 2>/dev/null || true
+	ip netns del "$B" 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+ip netns add "$A"; ip netns add "$B"
+ip -n "$A" link set lo up; ip -n "$B" link set lo up
+ip link add va netns "$A" type veth peer name vb netns "$B"
+ip -n "$A" addr add 10.88.1.1/24 dev va; ip -n "$A" link set va up
+ip -n "$B" addr add 10.88.1.2/24 dev vb; ip -n "$B" link set vb up
+
+# ---- our hub and connector ----
+hub_pub=$("$BIN" keygen --out "$work/hub.key")
+site_pub=$("$BIN" keygen --out "$work/site.key")
+echo "bench-token-0123456789abcdef" > "$work/token"
+cat > "$work/hub.yaml" <<YAML
+listen_port: 51820
+private_key_file: $work/hub.key
+tunnel_address: 100.96.0.1
+stream_listen: "127.0.0.1:4200"
+admin_listen: "127.0.0.1:9090"
+token_file: $work/token
+sites:
+  - name: bench
+    public_key: "$site_pub"
+    tunnel_address: 100.96.1.1
+    allowed_targets:
+      - {cidr: 127.0.0.1, ports: [5201], protocol: TCP}
+YAML
+cat > "$work/conn.yaml" <<YAML
+hubs:
+  - {endpoint: "10.88.1.1:51820", public_key: "$hub_pub"}
+private_key_file: $work/site.key
+tunnel_address: 100.96.1.1
+hub_tunnel_address: 100.96.0.1
+YAML
+ip netns exec "$A" "$BIN" hub --config "$work/hub.yaml" 2>"$work/hub.log" & hub_pid=$!; pids+=($!)
+ip netns exec "$B" "$BIN" connect --config "$work/conn.yaml" 2>"$work/conn.log" & conn_pid=$!; pids+=($!)
+ip netns exec "$A" "$BIN" forward --hub 127.0.0.1:4200 --token-file "$work/token" --site bench \
+	--listen 127.0.0.1:15201 --target 127.0.0.1:5201 2>"$work/fwd.log" & fwd_pid=$!; pids+=($!)
+
+# ---- the wireguard-go pair ----
+wga=wgb${$}a; wgb=wgb${$}b
+ip netns exec "$A" "$WGGO" -f "$wga" >"$work/wga.log" 2>&1 & wga_pid=$!; pids+=($!)
+ip netns exec "$B" "$WGGO" -f "$wgb" >"$work/wgb.log" 2>&1 & wgb_pid=$!; pids+=($!)
+"$BIN" keygen --out "$work/wga.key" >/dev/null; "$BIN" keygen --out "$work/wgb.key" >/dev/null
+uapi() { # <iface> <own key file> <peer key file> <peer endpoint or -> <allowed ip>
+	python3 - "$@" <<'PY'
+import base64, socket, subprocess, sys, time
+iface, own, peer, endpoint, allowed = sys.argv[1:]
+hexkey = lambda path: base64.b64decode(open(path).read().strip()).hex()
+bin_ = __import__("os").environ["BIN"]
+peer_pub = subprocess.run([bin_, "pubkey", "--key-file", peer], capture_output=True, text=True, check=True).stdout.strip()
+msg = f"set=1\nprivate_key={hexkey(own)}\nlisten_port=51821\nreplace_peers=true\npublic_key={base64.b64decode(peer_pub).hex()}\n"
+if endpoint != "-":
+    msg += f"endpoint={endpoint}\npersistent_keepalive_interval=25\n"
+msg += f"allowed_ip={allowed}\n\n"
+for _ in range(100):
+    try:
+        s = socket.socket(socket.AF_UNIX); s.connect(f"/var/run/wireguard/{iface}.sock"); break
+    except OSError:
+        time.sleep(0.05)
+s.sendall(msg.encode())
+reply = s.recv(100).decode()
+assert reply.startswith("errno=0"), reply
+PY
+}
+export BIN
+uapi "$wga" "$work/wga.key" "$work/wgb.key" "10.88.1.2:51821" "100.97.1.2/32"
+uapi "$wgb" "$work/wgb.key" "$work/wga.key" "10.88.1.1:51821" "100.97.0.1/32"
+ip -n "$A" addr add 100.97.0.1/16 dev "$wga"; ip -n "$A" link set "$wga" up
+ip -n "$B" addr add 100.97.1.2/16 dev "$wgb"; ip -n "$B" link set "$wgb" up
+
+ip netns exec "$B" iperf3 -s >/dev/null 2>&1 & pids+=($!)
+sleep 3
+
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+idle_hub=$(rss $hub_pid); idle_conn=$(rss $conn_pid); idle_wga=$(rss $wga_pid); idle_wgb=$(rss $wgb_pid)
+
+gbps() { # iperf3 -J on stdin -> Gbit/s received
+	python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.3f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))'
+}
+run_ours() { ip netns exec "$A" iperf3 -J -c 127.0.0.1 -p 15201 -t "$SECS" | gbps; }
+run_wg() { ip netns exec "$A" iperf3 -J -c 100.97.1.2 -p 5201 -t "$SECS" | gbps; }
+
+# Warm up both paths (handshakes, allow list) before measuring.
+for _ in $(seq 1 30); do
+	ip netns exec "$A" iperf3 -c 127.0.0.1 -p 15201 -t 1 >/dev/null 2>&1 && break
+	sleep 1
+done
+ip netns exec "$A" iperf3 -c 100.97.1.2 -t 1 >/dev/null 2>&1
+
+ours=(); wg=()
+for r in $(seq 1 "$ROUNDS"); do
+	ours+=("$(run_ours)"); sleep 1
+	wg+=("$(run_wg)"); sleep 1
+	echo "round $r: ours ${ours[-1]} Gbit/s, wireguard-go ${wg[-1]} Gbit/s" >&2
+done
+
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+minmax() { printf '%s\n' "$@" | sort -g | awk 'NR==1{lo=$1} {hi=$1} END {print lo "-" hi}'; }
+mo=$(median "${ours[@]}"); mw=$(median "${wg[@]}")
+ratio=$(python3 -c "print('%.2f' % ($mo/$mw))")
+kb2mb() { python3 -c "print('%.1f' % ($1/1024))"; }
+
+cat <<MD
+| path | iperf3 TCP, Gbit/s (median of $ROUNDS x ${SECS}s) | spread | ratio to wireguard-go | idle RSS per side | peak RSS per side |
+|---|---|---|---|---|---|
+| hub + connector (+ forward as gateway) | $mo | $(minmax "${ours[@]}") | ${ratio}x | hub $(kb2mb "$idle_hub") MB, connector $(kb2mb "$idle_conn") MB | hub $(kb2mb "$(hwm $hub_pid)") MB, connector $(kb2mb "$(hwm $conn_pid)") MB, forward $(kb2mb "$(hwm $fwd_pid)") MB |
+| wireguard-go pair | $mw | $(minmax "${wg[@]}") | 1.00x | $(kb2mb "$idle_wga") MB, $(kb2mb "$idle_wgb") MB | $(kb2mb "$(hwm $wga_pid)") MB, $(kb2mb "$(hwm $wgb_pid)") MB |
+MD

@@ -1,0 +1,569 @@
+//! The connector: runs at a remote site, keeps a tunnel to every hub replica, and forwards the
+//! hubs' streams to the targets the site allows.
+//!
+//! ```text
+//!  hub replica A ◀──WireGuard/UDP──▶ Link A ─┐  forwarder port: ForwardRequest → allow? → OS socket
+//!  hub replica B ◀──WireGuard/UDP──▶ Link B ─┤  control client: hello/ping → targets (allow list)
+//!                                            └─▶ targets at the site (TCP connect / UDP socket)
+//! ```
+//!
+//! Each replica gets its own UDP socket, link, forwarder and control channel, so replicas are
+//! fully independent: one replica down (or restarting, or with an older configuration) never
+//! affects streams through another. A stream is checked against the allow list of the replica
+//! that asked for it, and against the site's optional local ceiling; until a replica's list has
+//! arrived, everything it asks for is denied. The list of a replica survives reconnects (the
+//! last list received stays in force until the next one replaces it).
+//!
+//! UDP flows arrive framed (`len u16 | datagram`) on a tunnel TCP stream; the forwarder sends
+//! each datagram from its own connected UDP socket and frames the answers back. That costs
+//! head-of-line blocking under loss but keeps one code path, one allow-list check per flow and
+//! one flow per socket (so answers can only come from the target). Idle flows end after
+//! [`UDP_IDLE_TIMEOUT`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, copy_bidirectional};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, PeerStatus, StatusSource};
+use crate::allow::{AllowList, Host, Protocol};
+use crate::backoff::{Backoff, jitter_seed};
+use crate::config::{ConfigError, ConnectorConfig, ValidConnector, ValidHubPeer};
+use crate::control::{self, TargetSet};
+use crate::engine::{self, Datagram, Initiator, LinkHandle};
+use crate::keys::{self, KeyError, PrivateKey};
+use crate::link::{Link, LinkConfig, TunnelStream};
+use crate::proto::{self, ForwardRequest, Response, Status};
+
+/// A UDP flow with no datagram either way for this long ends.
+pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time allowed for the hub's forward request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors that stop the connector.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The private key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A socket could not be bound.
+    #[error("failed to bind a UDP socket: {0}")]
+    Bind(std::io::Error),
+    /// The admin endpoint failed.
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+}
+
+/// What one hub replica allows, as last received.
+#[derive(Debug, Default)]
+struct HubPolicy {
+    generation: Option<u64>,
+    allow: AllowList,
+}
+
+struct HubState {
+    cfg: ValidHubPeer,
+    link: LinkHandle,
+    policy: ArcSwap<HubPolicy>,
+}
+
+/// Decides a forward request: `None` when allowed, or the refusal.
+pub fn decide(
+    hub: Option<&AllowList>,
+    local: Option<&AllowList>,
+    req: &ForwardRequest,
+) -> Option<Response> {
+    let target = format!("{}/{}:{}", req.protocol, req.host, req.port);
+    let Some(hub) = hub else {
+        return Some(Response::new(
+            Status::DeniedBySite,
+            "the connector has not received its allow list from this hub yet",
+        ));
+    };
+    if !hub.permits(req.protocol, &req.host, req.port) {
+        return Some(Response::new(
+            Status::DeniedBySite,
+            format!("{target} is not in the connector's allow list"),
+        ));
+    }
+    if local.is_some_and(|l| !l.permits(req.protocol, &req.host, req.port)) {
+        return Some(Response::new(
+            Status::DeniedBySite,
+            format!("{target} is outside the site's local_allowed_targets"),
+        ));
+    }
+    None
+}
+
+/// A running connector.
+pub struct Connector {
+    cfg: ValidConnector,
+    key: PrivateKey,
+    admin: Option<tokio::net::TcpListener>,
+}
+
+impl Connector {
+    /// Validates the configuration, loads the key and binds the admin endpoint.
+    pub async fn new(raw: ConnectorConfig) -> Result<Self, ConnectorError> {
+        let cfg = raw.validate()?;
+        let key = keys::load_private_key(&raw.private_key_file)?;
+        let admin = match raw.admin_listen {
+            Some(a) => Some(admin::bind(a).await?),
+            None => None,
+        };
+        Ok(Self { cfg, key, admin })
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConnectorError> {
+        let Connector { cfg, key, admin } = self;
+        tracing::info!(public_key = %key.public_key(), hubs = cfg.hubs.len(), tunnel_address = %cfg.raw.tunnel_address, "connector starting");
+        let cfg = Arc::new(cfg);
+        let mut hubs = Vec::new();
+        for hub in &cfg.hubs {
+            hubs.push(start_hub(&cfg, &key, hub, shutdown.clone()).await?);
+        }
+        let hubs = Arc::new(hubs);
+        let admin_task = admin.map(|l| {
+            let source: Arc<dyn StatusSource> = Arc::new(ConnectorStatus {
+                public_key: key.public_key().to_string(),
+                hubs: hubs.clone(),
+            });
+            tokio::spawn(admin::serve(l, source))
+        });
+        shutdown.cancelled().await;
+        tracing::info!("connector shutting down");
+        if let Some(t) = admin_task {
+            t.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Binds a UDP socket for one hub: dual-stack where possible.
+async fn bind_udp() -> Result<UdpSocket, ConnectorError> {
+    match UdpSocket::bind(SocketAddr::from(([0u16; 8], 0))).await {
+        Ok(s) => Ok(s),
+        Err(_) => UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))
+            .await
+            .map_err(ConnectorError::Bind),
+    }
+}
+
+async fn start_hub(
+    cfg: &Arc<ValidConnector>,
+    key: &PrivateKey,
+    hub: &ValidHubPeer,
+    shutdown: CancellationToken,
+) -> Result<Arc<HubState>, ConnectorError> {
+    let socket = bind_udp().await?;
+    engine::tune_udp_socket(&socket);
+    let socket = Arc::new(socket);
+    let mut link = Link::new(LinkConfig {
+        private_key: key.clone(),
+        peer_key: hub.public_key,
+        local_ip: cfg.raw.tunnel_address,
+        peer_ip: hub.tunnel_address,
+        keepalive: cfg.keepalive,
+        index: (jitter_seed() as u32) & 0x00ff_ffff,
+        rate_limiter: None,
+        endpoint: None,
+    })
+    .expect("validated: one address family");
+    let (accept_tx, mut accept) = mpsc::channel(64);
+    link.listen(cfg.raw.forward_port, accept_tx);
+    let (dg_tx, dg_rx) = mpsc::channel(1024);
+    let handle = engine::spawn(
+        link,
+        socket.clone(),
+        dg_rx,
+        Some(Initiator {
+            endpoint: hub.endpoint.clone(),
+            dead_peer_timeout: cfg.dead_peer_timeout,
+        }),
+        hub.endpoint.clone(),
+    );
+    let state = Arc::new(HubState {
+        cfg: hub.clone(),
+        link: handle,
+        policy: ArcSwap::from_pointee(HubPolicy::default()),
+    });
+
+    // Datagrams from the socket to the link.
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let (n, from) = tokio::select! {
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "UDP receive failed");
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => break,
+            };
+            let from = engine::canonical(from);
+            if dg_tx
+                .send(Datagram {
+                    data: buf[..n].to_vec(),
+                    from,
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+
+    // The forwarder.
+    let (st, c, stop) = (state.clone(), cfg.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                s = accept.recv() => match s { Some(s) => s, None => break },
+                _ = stop.cancelled() => break,
+            };
+            let (st, c, stop) = (st.clone(), c.clone(), stop.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = forward(stream, &st, &c) => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+    });
+
+    // The control channel.
+    let (st, c) = (state.clone(), cfg.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = run_control(&st, &c) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    });
+    Ok(state)
+}
+
+async fn run_control(hub: &HubState, cfg: &ValidConnector) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), cfg.control_interval);
+    let name = hub.cfg.endpoint.as_str();
+    loop {
+        match hub
+            .link
+            .connect(cfg.raw.control_port, cfg.connect_timeout)
+            .await
+        {
+            Ok(stream) => {
+                let started = tokio::time::Instant::now();
+                let r = control::run_client(stream, cfg.control_interval, |set: TargetSet| {
+                    match AllowList::compile(&set.targets) {
+                        Ok(allow) => {
+                            tracing::info!(
+                                hub = name,
+                                generation = set.generation,
+                                targets = allow.len(),
+                                "allow list received"
+                            );
+                            hub.policy.store(Arc::new(HubPolicy {
+                                generation: Some(set.generation),
+                                allow,
+                            }));
+                        }
+                        Err((i, e)) => tracing::error!(
+                            hub = name,
+                            generation = set.generation,
+                            "allow list rejected (target {i}: {e}); keeping the previous one"
+                        ),
+                    }
+                })
+                .await;
+                if let Err(e) = r {
+                    tracing::info!(hub = name, error = %e, "control channel ended");
+                }
+                if started.elapsed() > cfg.control_interval {
+                    backoff.reset();
+                }
+            }
+            Err(e) => tracing::debug!(hub = name, error = %e, "control channel not reachable yet"),
+        }
+        tokio::time::sleep(backoff.next_delay(jitter_seed())).await;
+    }
+}
+
+async fn answer(stream: &mut TunnelStream, r: &Response) {
+    let _ = stream.write_all(&r.encode()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Serves one forward request from a hub.
+async fn forward(mut stream: TunnelStream, hub: &HubState, cfg: &ValidConnector) {
+    let read = proto::io::read_message(
+        &mut stream,
+        proto::MAX_FORWARD_REQUEST,
+        ForwardRequest::decode,
+    );
+    let (req, rest) = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            answer(
+                &mut stream,
+                &Response::new(Status::BadRequest, e.to_string()),
+            )
+            .await;
+            return;
+        }
+        Err(_) => return,
+    };
+    let target = format!("{}/{}:{}", req.protocol, req.host, req.port);
+    let name = hub.cfg.endpoint.as_str();
+    let policy = hub.policy.load();
+    let hub_list = policy.generation.map(|_| &policy.allow);
+    if let Some(refusal) = decide(hub_list, cfg.local_allow.as_ref(), &req) {
+        tracing::warn!(
+            hub = name,
+            target,
+            "refused a target the allow list does not admit"
+        );
+        answer(&mut stream, &refusal).await;
+        return;
+    }
+    let addrs = match resolve(&req.host, req.port).await {
+        Ok(a) => a,
+        Err(msg) => {
+            answer(&mut stream, &Response::new(Status::TargetUnreachable, msg)).await;
+            return;
+        }
+    };
+    match req.protocol {
+        Protocol::Tcp => {
+            let mut tcp = match connect_tcp(&addrs, cfg.connect_timeout).await {
+                Ok(t) => t,
+                Err(r) => {
+                    tracing::info!(hub = name, target, status = %r.status, message = r.message, "target not reachable");
+                    answer(&mut stream, &r).await;
+                    return;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            if stream
+                .write_all(&Response::new(Status::Ok, "").encode())
+                .await
+                .is_err()
+                || tcp.write_all(&rest).await.is_err()
+            {
+                return;
+            }
+            tracing::debug!(hub = name, target, "forwarding");
+            if let Err(e) = copy_bidirectional(&mut stream, &mut tcp).await {
+                tracing::debug!(hub = name, target, error = %e, "stream ended with an error");
+            }
+        }
+        Protocol::Udp => {
+            let socket = match udp_socket(addrs[0]).await {
+                Ok(s) => s,
+                Err(e) => {
+                    answer(
+                        &mut stream,
+                        &Response::new(Status::TargetUnreachable, e.to_string()),
+                    )
+                    .await;
+                    return;
+                }
+            };
+            if stream
+                .write_all(&Response::new(Status::Ok, "").encode())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tracing::debug!(hub = name, target, "forwarding UDP flow");
+            relay_udp(stream, socket, rest).await;
+        }
+    }
+}
+
+async fn resolve(host: &Host, port: u16) -> Result<Vec<SocketAddr>, String> {
+    match host {
+        Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
+        Host::Name(name) => {
+            let lookup = tokio::net::lookup_host((name.as_str(), port));
+            match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+                Ok(Ok(addrs)) => {
+                    let v: Vec<SocketAddr> = addrs.collect();
+                    if v.is_empty() {
+                        Err(format!("{name} has no addresses"))
+                    } else {
+                        Ok(v)
+                    }
+                }
+                Ok(Err(e)) => Err(format!("failed to resolve {name}: {e}")),
+                Err(_) => Err(format!("timed out resolving {name}")),
+            }
+        }
+    }
+}
+
+async fn connect_tcp(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, Response> {
+    let mut last = Response::new(Status::TargetUnreachable, "no address");
+    for addr in addrs {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => {
+                last = Response::new(Status::TargetUnreachable, format!("connect to {addr}: {e}"))
+            }
+            Err(_) => {
+                last = Response::new(
+                    Status::Timeout,
+                    format!("connect to {addr}: no answer within {timeout:?}"),
+                )
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn udp_socket(target: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: SocketAddr = match target.ip() {
+        IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        IpAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let s = UdpSocket::bind(local).await?;
+    s.connect(target).await?;
+    Ok(s)
+}
+
+/// Carries framed datagrams between a tunnel stream and a connected UDP socket.
+async fn relay_udp(stream: TunnelStream, socket: UdpSocket, mut pending: Vec<u8>) {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let socket = Arc::new(socket);
+    let rx_socket = socket.clone();
+    let to_tunnel = async move {
+        let mut buf = vec![0u8; proto::MAX_DATAGRAM];
+        let mut frame = Vec::with_capacity(proto::MAX_DATAGRAM + 2);
+        loop {
+            let n = match tokio::time::timeout(UDP_IDLE_TIMEOUT, rx_socket.recv(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                // ICMP errors (port unreachable) surface here; the flow stays open, as with
+                // any UDP socket, until it idles out.
+                Ok(Err(_)) => continue,
+                Err(_) => return,
+            };
+            frame.clear();
+            if proto::encode_datagram(&buf[..n], &mut frame).is_err()
+                || w.write_all(&frame).await.is_err()
+            {
+                return;
+            }
+        }
+    };
+    let to_target = async move {
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            while let Some((range, used)) = proto::decode_datagram(&pending) {
+                let _ = socket.send(&pending[range]).await;
+                pending.drain(..used);
+            }
+            let n = match tokio::time::timeout(UDP_IDLE_TIMEOUT, r.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                Ok(Ok(n)) => n,
+            };
+            pending.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::select! {
+        _ = to_tunnel => {}
+        _ = to_target => {}
+    }
+}
+
+struct ConnectorStatus {
+    public_key: String,
+    hubs: Arc<Vec<Arc<HubState>>>,
+}
+
+impl StatusSource for ConnectorStatus {
+    fn status(&self) -> admin::Status {
+        let peers = self
+            .hubs
+            .iter()
+            .map(|h| {
+                let s = h.link.stats();
+                PeerStatus {
+                    name: h.cfg.endpoint.clone(),
+                    public_key: h.cfg.public_key.to_string(),
+                    tunnel_address: h.cfg.tunnel_address.to_string(),
+                    connected: s.connected(),
+                    last_handshake_unix: s.since_handshake.and_then(|d| {
+                        std::time::SystemTime::now()
+                            .checked_sub(d)?
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_secs())
+                    }),
+                    endpoint: s.endpoint.map(|e| e.to_string()),
+                    rx_bytes: s.rx_bytes,
+                    tx_bytes: s.tx_bytes,
+                    rx_rejected: s.rx_rejected,
+                    streams: s.streams,
+                    targets_generation: h.policy.load().generation,
+                }
+            })
+            .collect();
+        admin::Status {
+            role: "connector",
+            public_key: self.public_key.clone(),
+            peers,
+            counters: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allow::{PortRange, Target};
+
+    fn list(cidr: &str, port: u16) -> AllowList {
+        AllowList::compile(&[Target {
+            cidr: Some(cidr.into()),
+            host: None,
+            ports: vec![PortRange::single(port)],
+            protocol: Protocol::Tcp,
+        }])
+        .unwrap()
+    }
+
+    fn req(host: &str, port: u16) -> ForwardRequest {
+        ForwardRequest {
+            protocol: Protocol::Tcp,
+            host: Host::parse(host).unwrap(),
+            port,
+        }
+    }
+
+    #[test]
+    fn default_deny_until_the_list_arrives_and_local_ceiling_applies() {
+        let hub = list("10.0.0.0/8", 22);
+        let local = list("10.1.0.0/16", 22);
+        let denied = |r: Option<Response>| r.map(|r| r.status) == Some(Status::DeniedBySite);
+        assert!(denied(decide(None, None, &req("10.1.0.1", 22))));
+        assert!(decide(Some(&hub), None, &req("10.1.0.1", 22)).is_none());
+        assert!(denied(decide(Some(&hub), None, &req("10.1.0.1", 23))));
+        assert!(denied(decide(Some(&hub), None, &req("192.168.0.1", 22))));
+        assert!(decide(Some(&hub), Some(&local), &req("10.1.0.1", 22)).is_none());
+        let r = decide(Some(&hub), Some(&local), &req("10.2.0.1", 22)).unwrap();
+        assert!(r.message.contains("local_allowed_targets"), "{}", r.message);
+    }
+}
