@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CLUSTER_DIR ?= $(CURDIR)/.cluster
 TOOLS := bash e2e/scripts/tools.sh
 
-.PHONY: help demo test tools cluster-up cluster-down crds crds-check lint fmt bench clean
+.PHONY: help demo test tools cluster-up cluster-down crds crds-check policy-test lint fmt bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ crds: ## regenerate the CRD YAML and the API reference from the Rust types
 crds-check: ## fail if the committed CRD YAML or reference differ from the types
 	cargo run -q -p rustronaut-crds --bin rustronaut-crdgen -- check
 
+policy-test: ## run the embedded tests of the example Policies (as a GitOps CI job would)
+	cargo run -q -p rustronaut-cli -- policy test examples/
+
 fmt: ## format the code
 	cargo fmt --all
 
@@ -42,3 +45,7 @@ lint: ## formatting and clippy, as CI runs them
 
 clean: cluster-down ## stop the cluster and remove build output
 	cargo clean
+
+.PHONY: bench-tunnel
+bench-tunnel: tools ## tunnel throughput and RSS: hub+connector vs a wireguard-go pair (root)
+	bash tunnel/bench/run.sh

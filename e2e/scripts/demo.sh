@@ -18,6 +18,10 @@ kubectl apply --server-side --field-manager=rustronaut-demo -f crds/ >/dev/null
 kubectl wait --for=condition=Established --timeout=60s crd/tenants.rustronaut.io crd/resources.rustronaut.io \
 	crd/gateways.rustronaut.io crd/policies.rustronaut.io >/dev/null
 
+echo "==> running the examples' embedded policy tests offline (what a GitOps CI job runs)"
+cargo build -q -p rustronaut-cli
+"${CARGO_TARGET_DIR:-target}/debug/rustronaut" policy test examples/ | tail -4
+
 echo "==> applying examples/ (one tenant, a gateway with a tunnel site, three resources, policies)"
 kubectl apply --server-side --field-manager=rustronaut-demo -f examples/
 

@@ -1,0 +1,21 @@
+//! Compiles the rustronaut.io objects into the data-plane contract.
+//!
+//! ```text
+//!  World (Tenants, Gateways, Resources, Policies: from the cluster or from YAML files)
+//!    | tenancy: namespace/domain claims, policy targets          (rustronaut_crds::tenancy)
+//!    | convert: CR types -> contract types, secrets via a source  (convert)
+//!    v
+//!  contract: CompiledResource, CompiledPolicy, Tenant -> PolicySet (rustronaut_contract)
+//!    | policytest: embedded Policy tests against the whole set    (policytest)
+//! ```
+//!
+//! Pure: no Kubernetes client, no network. The operator feeds it from its reflectors and writes
+//! the results; the `rustronaut` CLI feeds it from files.
+#![forbid(unsafe_code)]
+
+pub mod convert;
+pub mod policytest;
+pub mod world;
+
+pub use policytest::{Compiled, TestOutcome, compile, run_all};
+pub use world::{World, WorldError};
