@@ -143,16 +143,16 @@ impl ControlPlane {
                 Err(ControlPlaneError::MissingBinary { name, path })
             }
         };
-        let (etcd, apiserver, kcm, scheduler, kubectl, kwok, stages) = (
+        // kubectl is used for readiness checks: fail now, with its path, if it is missing.
+        bin("kubectl")?;
+        let (etcd, apiserver, kcm, scheduler, kwok, stages) = (
             bin("etcd")?,
             bin("kube-apiserver")?,
             bin("kube-controller-manager")?,
             bin("kube-scheduler")?,
-            bin("kubectl")?,
             bin("kwok")?,
             bin("kwok-stages.yaml")?,
         );
-        let _ = kubectl;
         for sub in ["pki", "etcd", "logs", "apiserver"] {
             mkdir(&cfg.dir.join(sub))?;
         }
