@@ -1,0 +1,95 @@
+//! The admin listener: `/healthz` (the process is up), `/readyz` (a valid snapshot is being
+//! served and the gateway is not shutting down), `/metrics` (Prometheus text format).
+//!
+//! It runs on its own small Tokio runtime, apart from Pingora's, so probes and scrapes
+//! still answer while the proxy runtimes are saturated.
+
+use crate::metrics::Metrics;
+use crate::reload::Store;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Why the admin server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The address could not be bound.
+    #[error("failed to bind admin listener {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("admin server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What the admin endpoints read.
+#[derive(Debug)]
+pub struct AdminState {
+    /// Serving state.
+    pub store: Arc<Store>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set when shutdown begins, so load balancers stop sending traffic first.
+    pub draining: AtomicBool,
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    if s.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string());
+    }
+    match s.store.current() {
+        Some(c) => (StatusCode::OK, format!("ready {}\n", c.version)),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no valid snapshot loaded\n".to_string(),
+        ),
+    }
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+/// The admin routes.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves the admin endpoints on `addr` until `shutdown` completes.
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AdminError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })?;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(AdminError::Serve)
+}

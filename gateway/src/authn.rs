@@ -1,0 +1,244 @@
+//! Authentication: the credentials a request presents, verified against the providers of
+//! the requested Resource's tenant, become an [`Identity`].
+//!
+//! A credential that is present but does not verify is an error (401), never a fallback to
+//! anonymous: otherwise a Deny naming a user could be dodged by corrupting the token, and an
+//! expired token would pass wherever anonymous callers may. What counts as presented:
+//! - `Authorization: Bearer <token>`, when the tenant has a JWT provider (otherwise the
+//!   header belongs to the upstream and passes through untouched);
+//! - the header of any of the tenant's API-key providers;
+//! - a TLS client certificate (already verified against the listener's CA bundle during the
+//!   handshake; here it must also chain to a CA of one of this tenant's providers).
+//!
+//! Several credentials may be presented together; each must verify, and the identity holds
+//! all of them.
+
+use crate::state::TenantAuth;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustronaut_contract::Identity;
+use rustronaut_contract::identity::cache::TokenCache;
+use rustronaut_contract::identity::cert::{CertError, certificate_identity};
+use rustronaut_contract::identity::jwt::{JwtError, JwtVerifier};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The verifiers of the tenant's remote-JWKS providers, as fetched so far.
+pub trait RemoteVerifiers {
+    /// The verifier of provider `idp`, if its keys were fetched.
+    fn verifier(&self, idp: &str) -> Option<Arc<JwtVerifier>>;
+    /// A token named a key id the fetched keys lack: ask for an early refetch.
+    fn unknown_kid(&self, idp: &str);
+}
+
+/// No remote keys (tests, tenants without remote providers).
+#[derive(Debug)]
+pub struct NoRemote;
+
+impl RemoteVerifiers for NoRemote {
+    fn verifier(&self, _: &str) -> Option<Arc<JwtVerifier>> {
+        None
+    }
+    fn unknown_kid(&self, _: &str) {}
+}
+
+/// Why credentials were refused. Every variant means 401.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthnError {
+    /// A bearer token that no JWT provider of the tenant accepts.
+    #[error("bearer token refused: {0}")]
+    Token(JwtError),
+    /// A bearer token while no JWT provider of the tenant has keys (remote JWKS not
+    /// fetched yet).
+    #[error("bearer token refused: no provider of the tenant has keys yet")]
+    Unverifiable,
+    /// The same credential header sent more than once.
+    #[error("credential header {0} sent more than once")]
+    Repeated(String),
+    /// An API key no client of the provider has.
+    #[error("API key refused by provider {0}")]
+    ApiKey(String),
+    /// A client certificate no clientCertificate provider of the tenant issued.
+    #[error("client certificate not issued by a CA of this tenant")]
+    CertificateNotTrusted,
+    /// A client certificate the identity extraction cannot read.
+    #[error("client certificate unreadable: {0}")]
+    Certificate(#[from] CertError),
+}
+
+impl AuthnError {
+    /// Stable short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Token(_) | Self::Unverifiable => "InvalidToken",
+            Self::Repeated(_) => "RepeatedCredential",
+            Self::ApiKey(_) => "InvalidApiKey",
+            Self::CertificateNotTrusted | Self::Certificate(_) => "InvalidClientCertificate",
+        }
+    }
+}
+
+/// What the request presented, gathered by the proxy phase.
+pub struct Credentials<'a, 'h> {
+    /// Values of a request header (lower-case name), in order.
+    pub header: &'a dyn Fn(&str) -> Vec<&'h str>,
+    /// The verified TLS client certificate chain, leaf first.
+    pub client_chain: Option<&'a [CertificateDer<'static>]>,
+}
+
+/// The bearer token of an `Authorization` value, if it uses the Bearer scheme
+/// (case-insensitive, RFC 9110 §11.1).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_matches(' '))
+}
+
+/// Verifies `creds` against `auth` at `now` (unix seconds); tokens go through `cache`.
+pub fn authenticate(
+    auth: &TenantAuth,
+    creds: &Credentials<'_, '_>,
+    source_ip: IpAddr,
+    now: u64,
+    cache: &TokenCache,
+    remote: &dyn RemoteVerifiers,
+) -> Result<Identity, AuthnError> {
+    let mut identity = Identity::anonymous(Some(source_ip));
+
+    if auth.takes_bearer_tokens() {
+        let values = (creds.header)("authorization");
+        let tokens: Vec<&str> = values.iter().filter_map(|v| bearer(v)).collect();
+        if tokens.len() > 1 {
+            return Err(AuthnError::Repeated("authorization".into()));
+        }
+        if let Some(token) = tokens.first() {
+            let mut first_err = None;
+            let remote_verifiers: Vec<(&str, Arc<JwtVerifier>)> = auth
+                .remote_jwt
+                .iter()
+                .filter_map(|idp| remote.verifier(idp).map(|v| (idp.as_str(), v)))
+                .collect();
+            let inline = auth.jwt.iter().map(|v| (None, v));
+            let fetched = remote_verifiers.iter().map(|(idp, v)| (Some(*idp), &**v));
+            for (remote_idp, v) in inline.chain(fetched) {
+                match v.verify_cached(cache, token, now) {
+                    Ok(t) => {
+                        identity.user = Some(t.identity.clone());
+                        break;
+                    }
+                    Err(e) => {
+                        if let (Some(idp), JwtError::UnknownKid(_)) = (remote_idp, &e) {
+                            remote.unknown_kid(idp);
+                        }
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            if identity.user.is_none() {
+                return Err(first_err.map_or(AuthnError::Unverifiable, AuthnError::Token));
+            }
+        }
+    }
+
+    for p in &auth.api_keys {
+        let values = (creds.header)(&p.header);
+        match values.as_slice() {
+            [] => {}
+            [key] => match p.verifier.verify(key) {
+                // Two providers reading the same header: the first that knows the key wins.
+                Some(id) if identity.api_key.is_none() => identity.api_key = Some(id),
+                Some(_) => {}
+                None if identity.api_key.is_some() => {}
+                None => {
+                    // Another provider with the same header may still know it.
+                    let other = auth
+                        .api_keys
+                        .iter()
+                        .filter(|q| q.header == p.header)
+                        .find_map(|q| q.verifier.verify(key));
+                    match other {
+                        Some(id) => identity.api_key = Some(id),
+                        None => return Err(AuthnError::ApiKey(p.header.clone())),
+                    }
+                }
+            },
+            _ => return Err(AuthnError::Repeated(p.header.clone())),
+        }
+    }
+
+    if let Some(chain) = creds.client_chain
+        && let Some((leaf, intermediates)) = chain.split_first()
+    {
+        let at = UnixTime::since_unix_epoch(Duration::from_secs(now));
+        let idp = auth
+            .certs
+            .iter()
+            .find(|p| {
+                p.verifier
+                    .verify_client_cert(leaf, intermediates, at)
+                    .is_ok()
+            })
+            .ok_or(AuthnError::CertificateNotTrusted)?;
+        identity.client_certificate = Some(certificate_identity(&idp.idp, leaf.as_ref())?);
+    }
+
+    Ok(identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_other_schemes_are_not_tokens() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc"), Some("abc"));
+        assert_eq!(bearer("Basic dXNlcjpwdw=="), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
+
+    #[test]
+    fn anonymous_when_nothing_is_presented() {
+        let auth = TenantAuth::default();
+        let header = |_: &str| Vec::new();
+        let creds = Credentials {
+            header: &header,
+            client_chain: None,
+        };
+        let cache = TokenCache::new(16).unwrap();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let id = authenticate(&auth, &creds, ip, 0, &cache, &NoRemote).unwrap();
+        assert!(!id.authenticated());
+        assert_eq!(id.source_ip, Some(ip));
+    }
+
+    #[test]
+    fn a_bearer_token_is_refused_while_remote_keys_are_not_fetched() {
+        let auth = TenantAuth {
+            remote_jwt: vec!["remote".into()],
+            ..TenantAuth::default()
+        };
+        let header = |n: &str| {
+            if n == "authorization" {
+                vec!["Bearer x.y.z"]
+            } else {
+                Vec::new()
+            }
+        };
+        let creds = Credentials {
+            header: &header,
+            client_chain: None,
+        };
+        let cache = TokenCache::new(16).unwrap();
+        let err = authenticate(
+            &auth,
+            &creds,
+            "192.0.2.7".parse().unwrap(),
+            0,
+            &cache,
+            &NoRemote,
+        );
+        assert!(matches!(err, Err(AuthnError::Unverifiable)));
+    }
+}

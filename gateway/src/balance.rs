@@ -1,0 +1,445 @@
+//! Load balancing across a rule's upstreams, and the health view it skips.
+//!
+//! A rule lists upstreams (Services) with weights; each Service has ready endpoint
+//! addresses.
+//! - **RoundRobin**: a pick first chooses a Service by smooth weighted round robin (nginx's
+//!   algorithm: even spreading, no bursts to the heaviest member), then the next address of
+//!   that Service in turn. So a weight is a Service's share of traffic whatever its number
+//!   of endpoints, as in Gateway API `backendRefs`.
+//! - **LeastConnections**: the address with the fewest requests in flight per unit of its
+//!   Service's weight.
+//! - **ConsistentHash**: weighted rendezvous hashing of the request's key (client IP or
+//!   identity) over the addresses, so a client sticks to one address while it is healthy.
+//!
+//! Unhealthy addresses (failed active checks, or ejected after a connect failure) are
+//! skipped, as are addresses already tried for this request. When every address is
+//! unhealthy the pick ignores health rather than failing: health information can be wrong
+//! (a partition between gateway and checks), and a try costs one connect.
+
+use rustronaut_contract::snapshot::{LoadBalancing, Upstream, UpstreamKind};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+struct Member {
+    weight: i64,
+    addresses: Vec<SocketAddr>,
+    next: AtomicUsize,
+}
+
+/// Requests in flight per upstream address (for least-connections), across reloads.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    map: Mutex<HashMap<SocketAddr, usize>>,
+}
+
+impl InFlight {
+    /// Requests in flight to `addr`.
+    pub fn get(&self, addr: SocketAddr) -> usize {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&addr).copied().unwrap_or(0)
+    }
+
+    /// A request to `addr` started.
+    pub fn start(&self, addr: SocketAddr) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(addr).or_default() += 1;
+    }
+
+    /// A request to `addr` ended.
+    pub fn end(&self, addr: SocketAddr) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&addr) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&addr);
+            }
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: a hash that is the same in every build and on every replica, so
+/// consistent hashing sends a key to the same address from every gateway pod.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        // Separator, so ("ab","c") and ("a","bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The balancer of one rule: the snapshot's algorithm over the Service upstreams. Site
+/// upstreams (through the tunnel) are not served by this build and are left out.
+pub struct Balancer {
+    algorithm: LoadBalancing,
+    members: Vec<Member>,
+    current: Mutex<Vec<i64>>,
+    ties: AtomicUsize,
+}
+
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balancer")
+            .field("algorithm", &self.algorithm)
+            .field("members", &self.members.len())
+            .finish()
+    }
+}
+
+impl Balancer {
+    /// A balancer over `upstreams`; weight-0 and address-less upstreams never get traffic.
+    pub fn new(upstreams: &[Upstream], algorithm: LoadBalancing) -> Self {
+        let members: Vec<Member> = upstreams
+            .iter()
+            .filter_map(|u| match &u.kind {
+                UpstreamKind::Service(s) if u.weight > 0 && !s.addresses.is_empty() => {
+                    Some(Member {
+                        weight: i64::from(u.weight),
+                        addresses: s.addresses.clone(),
+                        next: AtomicUsize::new(0),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        let current = Mutex::new(vec![0; members.len()]);
+        Self {
+            algorithm,
+            members,
+            current,
+            ties: AtomicUsize::new(0),
+        }
+    }
+
+    /// Every address, for health checking.
+    pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.members
+            .iter()
+            .flat_map(|m| m.addresses.iter().copied())
+    }
+
+    /// The next address, skipping `tried` and those `health` reports down (unless nothing
+    /// else is left). `hash_key` is the request's key for consistent hashing. `None`: no
+    /// address at all, or every one already tried.
+    pub fn pick(
+        &self,
+        health: &Health,
+        tried: &[SocketAddr],
+        inflight: &InFlight,
+        hash_key: Option<&str>,
+    ) -> Option<SocketAddr> {
+        for respect_health in [true, false] {
+            let usable =
+                |a: &SocketAddr| !tried.contains(a) && (!respect_health || health.is_up(*a));
+            let found = match (self.algorithm, hash_key) {
+                (LoadBalancing::LeastConnections, _) => self.pick_least(&usable, inflight),
+                (LoadBalancing::ConsistentHash { .. }, Some(key)) => self.pick_hash(&usable, key),
+                _ => self.pick_round_robin(&usable),
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    }
+
+    fn candidates<'a>(
+        &'a self,
+        usable: &'a dyn Fn(&SocketAddr) -> bool,
+    ) -> impl Iterator<Item = (i64, SocketAddr)> + 'a {
+        self.members.iter().flat_map(move |m| {
+            m.addresses
+                .iter()
+                .filter(move |a| usable(a))
+                .map(move |a| (m.weight, *a))
+        })
+    }
+
+    /// Fewest requests in flight relative to weight; ties rotate.
+    fn pick_least(
+        &self,
+        usable: &dyn Fn(&SocketAddr) -> bool,
+        inflight: &InFlight,
+    ) -> Option<SocketAddr> {
+        let all: Vec<(i64, SocketAddr)> = self.candidates(usable).collect();
+        if all.is_empty() {
+            return None;
+        }
+        let offset = self.ties.fetch_add(1, Ordering::Relaxed);
+        let mut best: Option<(f64, SocketAddr)> = None;
+        for k in 0..all.len() {
+            let (w, a) = all[(offset + k) % all.len()];
+            let load = (inflight.get(a) as f64 + 1.0) / w as f64;
+            if best.is_none_or(|(b, _)| load < b) {
+                best = Some((load, a));
+            }
+        }
+        best.map(|(_, a)| a)
+    }
+
+    /// Weighted rendezvous hashing: the address with the highest `w / -ln(u)`, `u` a
+    /// uniform hash of (key, address). Removing an address moves only its own keys.
+    fn pick_hash(&self, usable: &dyn Fn(&SocketAddr) -> bool, key: &str) -> Option<SocketAddr> {
+        let mut best: Option<(f64, SocketAddr)> = None;
+        for (w, a) in self.candidates(usable) {
+            let h = fnv1a(&[key.as_bytes(), a.to_string().as_bytes()]);
+            // 53 bits into (0, 1).
+            let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            let score = w as f64 / -u.ln();
+            if best.is_none_or(|(b, _)| score > b) {
+                best = Some((score, a));
+            }
+        }
+        best.map(|(_, a)| a)
+    }
+
+    /// Smooth weighted round robin over Services, then the next address of the Service.
+    fn pick_round_robin(&self, usable: &dyn Fn(&SocketAddr) -> bool) -> Option<SocketAddr> {
+        let eligible: Vec<bool> = self
+            .members
+            .iter()
+            .map(|m| m.addresses.iter().any(usable))
+            .collect();
+        if !eligible.iter().any(|e| *e) {
+            return None;
+        }
+        let chosen = {
+            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            let total: i64 = self
+                .members
+                .iter()
+                .zip(&eligible)
+                .filter(|(_, e)| **e)
+                .map(|(m, _)| m.weight)
+                .sum();
+            let mut best: Option<usize> = None;
+            for (i, m) in self.members.iter().enumerate() {
+                if !eligible[i] {
+                    continue;
+                }
+                current[i] += m.weight;
+                if best.is_none_or(|b| current[i] > current[b]) {
+                    best = Some(i);
+                }
+            }
+            let b = best?;
+            current[b] -= total;
+            b
+        };
+        let m = &self.members[chosen];
+        let n = m.addresses.len();
+        let start = m.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| m.addresses[(start + k) % n])
+            .find(|a| usable(a))
+    }
+}
+
+/// Which upstream addresses are down, shared by the active checker and the passive
+/// ejection on connect failures; survives snapshot reloads (it is keyed by address).
+#[derive(Debug, Default)]
+pub struct Health {
+    inner: Mutex<HashMap<SocketAddr, AddrHealth>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct AddrHealth {
+    ejected_until: Option<Instant>,
+    active_down: bool,
+    failures: u32,
+    successes: u32,
+}
+
+impl Health {
+    /// Whether `addr` may receive traffic now.
+    pub fn is_up(&self, addr: SocketAddr) -> bool {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&addr) {
+            None => true,
+            Some(h) => !h.active_down && h.ejected_until.is_none_or(|t| t <= Instant::now()),
+        }
+    }
+
+    /// Passive ejection: a connect to `addr` failed; keep traffic away for `for_`.
+    pub fn eject(&self, addr: SocketAddr, for_: Duration) {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(addr).or_default().ejected_until = Some(Instant::now() + for_);
+    }
+
+    /// Records an active check result with the thresholds of the rule; returns whether the
+    /// address changed state (for logging) and whether it is now up for active checks.
+    pub fn record_check(
+        &self,
+        addr: SocketAddr,
+        ok: bool,
+        unhealthy: u32,
+        healthy: u32,
+    ) -> (bool, bool) {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let h = map.entry(addr).or_default();
+        let before = h.active_down;
+        if ok {
+            h.failures = 0;
+            h.successes = h.successes.saturating_add(1);
+            if h.active_down && h.successes >= healthy.max(1) {
+                h.active_down = false;
+            }
+        } else {
+            h.successes = 0;
+            h.failures = h.failures.saturating_add(1);
+            if !h.active_down && h.failures >= unhealthy.max(1) {
+                h.active_down = true;
+            }
+        }
+        (before != h.active_down, !h.active_down)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustronaut_contract::snapshot::ServiceUpstream;
+
+    fn svc(weight: u32, addrs: &[&str]) -> Upstream {
+        Upstream {
+            kind: UpstreamKind::Service(ServiceUpstream {
+                name: "s".into(),
+                port: 80,
+                addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            }),
+            weight,
+        }
+    }
+
+    #[test]
+    fn weights_are_shares_of_services_not_of_endpoints() {
+        let rr = Balancer::new(
+            &[
+                svc(3, &["10.0.0.1:80"]),
+                svc(1, &["10.0.1.1:80", "10.0.1.2:80"]),
+                svc(0, &["10.0.2.1:80"]),
+            ],
+            LoadBalancing::RoundRobin,
+        );
+        let health = Health::default();
+        let mut counts: HashMap<SocketAddr, usize> = HashMap::new();
+        for _ in 0..400 {
+            *counts
+                .entry(rr.pick(&health, &[], &InFlight::default(), None).unwrap())
+                .or_default() += 1;
+        }
+        assert_eq!(counts[&"10.0.0.1:80".parse().unwrap()], 300);
+        assert_eq!(counts[&"10.0.1.1:80".parse().unwrap()], 50);
+        assert_eq!(counts[&"10.0.1.2:80".parse().unwrap()], 50);
+        assert!(!counts.contains_key(&"10.0.2.1:80".parse().unwrap()));
+    }
+
+    #[test]
+    fn ejected_and_tried_addresses_are_skipped_until_nothing_else_is_left() {
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let rr = Balancer::new(
+            &[svc(1, &["10.0.0.1:80", "10.0.0.2:80"])],
+            LoadBalancing::RoundRobin,
+        );
+        let health = Health::default();
+        health.eject(a, Duration::from_secs(60));
+        for _ in 0..4 {
+            assert_eq!(rr.pick(&health, &[], &InFlight::default(), None), Some(b));
+        }
+        // Everything down: health is ignored rather than failing the request.
+        health.eject(b, Duration::from_secs(60));
+        assert!(rr.pick(&health, &[], &InFlight::default(), None).is_some());
+        // Tried addresses are never picked again for the same request.
+        assert_eq!(rr.pick(&health, &[a, b], &InFlight::default(), None), None);
+    }
+
+    #[test]
+    fn active_checks_respect_thresholds() {
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let h = Health::default();
+        assert_eq!(h.record_check(a, false, 2, 2), (false, true));
+        assert!(h.is_up(a));
+        assert_eq!(h.record_check(a, false, 2, 2), (true, false));
+        assert!(!h.is_up(a));
+        assert_eq!(h.record_check(a, true, 2, 2), (false, false));
+        assert_eq!(h.record_check(a, true, 2, 2), (true, true));
+        assert!(h.is_up(a));
+    }
+
+    #[test]
+    fn no_service_upstream_means_no_pick() {
+        let rr = Balancer::new(&[], LoadBalancing::RoundRobin);
+        assert_eq!(
+            rr.pick(&Health::default(), &[], &InFlight::default(), None),
+            None
+        );
+    }
+
+    #[test]
+    fn least_connections_prefers_the_least_loaded_address() {
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let lb = Balancer::new(
+            &[svc(1, &["10.0.0.1:80", "10.0.0.2:80"])],
+            LoadBalancing::LeastConnections,
+        );
+        let inflight = InFlight::default();
+        let health = Health::default();
+        inflight.start(a);
+        inflight.start(a);
+        inflight.start(b);
+        for _ in 0..4 {
+            assert_eq!(lb.pick(&health, &[], &inflight, None), Some(b));
+        }
+        inflight.end(a);
+        inflight.end(a);
+        assert_eq!(lb.pick(&health, &[], &inflight, None), Some(a));
+    }
+
+    #[test]
+    fn consistent_hash_is_sticky_and_moves_only_the_keys_of_a_removed_address() {
+        let addrs = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
+        let lb = Balancer::new(
+            &[svc(1, &addrs)],
+            LoadBalancing::ConsistentHash {
+                hash_key: rustronaut_contract::snapshot::HashKey::ClientIp,
+            },
+        );
+        let health = Health::default();
+        let inflight = InFlight::default();
+        let keys: Vec<String> = (0..300).map(|i| format!("ip:192.0.2.{i}")).collect();
+        let first: Vec<SocketAddr> = keys
+            .iter()
+            .map(|k| lb.pick(&health, &[], &inflight, Some(k)).unwrap())
+            .collect();
+        // Sticky.
+        for (k, a) in keys.iter().zip(&first) {
+            assert_eq!(lb.pick(&health, &[], &inflight, Some(k)), Some(*a));
+        }
+        // Spread over every address.
+        for a in addrs {
+            let a: SocketAddr = a.parse().unwrap();
+            assert!(first.iter().filter(|x| **x == a).count() > 50, "{a}");
+        }
+        // Eject one: only its keys move.
+        let gone: SocketAddr = addrs[0].parse().unwrap();
+        health.eject(gone, Duration::from_secs(60));
+        for (k, a) in keys.iter().zip(&first) {
+            let now = lb.pick(&health, &[], &inflight, Some(k)).unwrap();
+            if *a == gone {
+                assert_ne!(now, gone);
+            } else {
+                assert_eq!(now, *a);
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Active health checks of the upstream addresses of rules that configure `healthCheck`:
+//! an HTTP `GET <path>` (2xx/3xx is healthy) or, without a path, a TCP connect, every
+//! `intervalMs`, each bounded by `timeoutMs`; `unhealthyThreshold` consecutive failures
+//! take an address out of rotation, `healthyThreshold` successes bring it back.
+//!
+//! One loop reads the current snapshot on every tick, so a reload changes what is checked
+//! without restarting anything; results go to the shared [`Health`].
+
+use crate::balance::Health;
+use crate::metrics::{AddressLabel, Metrics};
+use crate::reload::Store;
+use rustronaut_contract::snapshot::HealthCheck;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How often the loop looks for due checks.
+const TICK: Duration = Duration::from_millis(100);
+
+/// One check; `true` when healthy.
+pub async fn check(addr: SocketAddr, hc: &HealthCheck) -> bool {
+    let timeout = Duration::from_millis(hc.timeout_ms.max(1));
+    tokio::time::timeout(timeout, check_inner(addr, hc.path.as_deref()))
+        .await
+        .unwrap_or(false)
+}
+
+async fn check_inner(addr: SocketAddr, path: Option<&str>) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let Some(path) = path else { return true };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: rustronaut-gateway-health\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 32];
+    let mut n = 0;
+    while n < 12 {
+        match stream.read(&mut buf[n..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(k) => n += k,
+        }
+    }
+    // "HTTP/1.x NNN"
+    let status = std::str::from_utf8(&buf[9..12])
+        .ok()
+        .and_then(|s| s.parse::<u16>().ok());
+    buf.starts_with(b"HTTP/1.") && status.is_some_and(|s| (200..400).contains(&s))
+}
+
+/// Runs the checks forever (the caller drops the task to stop it).
+pub async fn run(store: Arc<Store>, health: Arc<Health>, metrics: Arc<Metrics>) {
+    let due: Arc<Mutex<HashMap<SocketAddr, Instant>>> = Arc::default();
+    let running: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+    loop {
+        tokio::time::sleep(TICK).await;
+        let Some(state) = store.current() else {
+            continue;
+        };
+        let now = Instant::now();
+        // Forget addresses no longer in the snapshot, so the schedule stays bounded.
+        let current: HashSet<SocketAddr> = state
+            .balancers
+            .values()
+            .flat_map(|b| b.addresses())
+            .collect();
+        due.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|a, _| current.contains(a));
+        for (ri, r) in state.snapshot.resources.iter().enumerate() {
+            for (ui, rule) in r.rules.iter().enumerate() {
+                let Some(hc) = &rule.health_check else {
+                    continue;
+                };
+                let Some(b) = state.balancers.get(&(ri, ui)) else {
+                    continue;
+                };
+                for addr in b.addresses() {
+                    {
+                        let mut due = due.lock().unwrap_or_else(|p| p.into_inner());
+                        if due.get(&addr).is_some_and(|t| *t > now) {
+                            continue;
+                        }
+                        let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
+                        if !running.insert(addr) {
+                            continue;
+                        }
+                        due.insert(addr, now + Duration::from_millis(hc.interval_ms.max(100)));
+                    }
+                    let hc = hc.clone();
+                    let health = health.clone();
+                    let running = running.clone();
+                    let metrics = metrics.clone();
+                    tokio::spawn(async move {
+                        let ok = check(addr, &hc).await;
+                        let (changed, up) = health.record_check(
+                            addr,
+                            ok,
+                            hc.unhealthy_threshold,
+                            hc.healthy_threshold,
+                        );
+                        if changed {
+                            tracing::warn!(upstream = %addr, healthy = up, "upstream health changed");
+                        }
+                        metrics
+                            .upstream_up
+                            .get_or_create(&AddressLabel {
+                                address: addr.to_string(),
+                            })
+                            .set(i64::from(up));
+                        running
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&addr);
+                    });
+                }
+            }
+        }
+    }
+}

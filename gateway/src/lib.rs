@@ -1,0 +1,31 @@
+//! The Rustronaut gateway: a Pingora proxy that enforces a compiled snapshot.
+//!
+//! ```text
+//!  snapshot file --reload (poll, Compiled::load, arc-swap)--> Store
+//!                                                              |
+//!  client --TLS (SNI cert, client cert)--> proxy (per listener) | reads Arc<Compiled>
+//!     request_filter: pipeline::decide = route -> normalise -> authenticate -> evaluate
+//!                     -> rate limit          (pure; 400/401/403/404/429 answered here)
+//!     upstream_peer:  weighted round robin over healthy addresses (balance, health)
+//!     upstream_request_filter: normalised target, identity headers, X-Forwarded-*
+//!     logging: one JSON decision line + metrics
+//!  admin (own runtime): /healthz /readyz /metrics, snapshot reloader, active health checks,
+//!                       remote JWKS fetching
+//! ```
+//!
+//! The binary (`src/main.rs`) only parses flags and wires these together.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod authn;
+pub mod balance;
+pub mod health;
+pub mod jwks;
+pub mod metrics;
+pub mod pipeline;
+pub mod proxy;
+pub mod ratelimit;
+pub mod reload;
+pub mod server;
+pub mod state;
+pub mod tls;

@@ -1,0 +1,208 @@
+//! `rustronaut-gateway`: parses flags and wires the library together.
+//!
+//! Threads: Pingora owns one runtime per listener; a separate thread runs a small Tokio
+//! runtime with the admin server, the snapshot reloader and the active health checks.
+#![forbid(unsafe_code)]
+
+use anyhow::Context as _;
+use clap::Parser;
+use rustronaut_contract::eval::DecisionIds;
+use rustronaut_contract::identity::cache::TokenCache;
+use rustronaut_gateway::admin::{self, AdminState};
+use rustronaut_gateway::balance::Health;
+use rustronaut_gateway::jwks::{self, Fetcher, RemoteJwks};
+use rustronaut_gateway::metrics::Metrics;
+use rustronaut_gateway::proxy::Shared;
+use rustronaut_gateway::ratelimit::RateLimiter;
+use rustronaut_gateway::reload::{Polled, Reloader, Store};
+use rustronaut_gateway::{health, server};
+use std::hash::{BuildHasher, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Command-line flags; each can also come from the environment variable named.
+#[derive(Debug, Parser)]
+#[command(name = "rustronaut-gateway", version, about = "Rustronaut gateway")]
+struct Args {
+    /// Snapshot file (JSON), polled for changes.
+    #[arg(long, env = "RUSTRONAUT_SNAPSHOT")]
+    snapshot: PathBuf,
+    /// Admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, env = "RUSTRONAUT_ADMIN_LISTEN", default_value = "0.0.0.0:9901")]
+    admin_listen: SocketAddr,
+    /// Address the snapshot's listeners bind to (their ports come from the snapshot).
+    #[arg(long, env = "RUSTRONAUT_BIND_ADDRESS", default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// How often the snapshot file is checked for changes, in milliseconds.
+    #[arg(long, env = "RUSTRONAUT_POLL_INTERVAL_MS", default_value_t = 1000)]
+    poll_interval_ms: u64,
+    /// Worker threads per listener.
+    #[arg(long, env = "RUSTRONAUT_THREADS", default_value_t = 2)]
+    threads: usize,
+    /// Upstream connect timeout, in milliseconds.
+    #[arg(long, env = "RUSTRONAUT_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
+    connect_timeout_ms: u64,
+    /// How long an upstream address stays out of rotation after a connect failure, seconds.
+    #[arg(long, env = "RUSTRONAUT_EJECT_SECONDS", default_value_t = 10)]
+    eject_seconds: u64,
+    /// Most upstream addresses tried per request (only connect failures are retried).
+    #[arg(long, env = "RUSTRONAUT_MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: usize,
+    /// Verified JWTs kept in the cache.
+    #[arg(long, env = "RUSTRONAUT_TOKEN_CACHE_SIZE", default_value_t = TokenCache::DEFAULT_CAPACITY)]
+    token_cache_size: usize,
+    /// Extra CA certificates (PEM) trusted for remote JWKS endpoints, besides the OS store.
+    #[arg(long, env = "RUSTRONAUT_JWKS_CA_FILE")]
+    jwks_ca_file: Option<PathBuf>,
+    /// Seconds given to requests in flight after SIGTERM (listeners stop accepting at once;
+    /// readiness reports draining).
+    #[arg(long, env = "RUSTRONAUT_GRACE_PERIOD_SECONDS", default_value_t = 5)]
+    grace_period_seconds: u64,
+    /// Seconds the proxy runtimes may take to stop after the grace period.
+    #[arg(
+        long,
+        env = "RUSTRONAUT_SHUTDOWN_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    shutdown_timeout_seconds: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    // One crypto provider for the whole process (ring), installed before any TLS use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let store = Arc::new(Store::default());
+    let remote = Arc::new(RemoteJwks::default());
+    let fetcher = Fetcher::new(
+        args.jwks_ca_file
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .as_deref(),
+    )?;
+    let metrics = Arc::new(Metrics::new());
+    let health_state = Arc::new(Health::default());
+    let admin_state = Arc::new(AdminState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        draining: Default::default(),
+    });
+
+    // The admin runtime: admin server, reloader, health checks.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("rustronaut-admin")
+        .enable_all()
+        .build()
+        .context("failed to start the admin runtime")?;
+    let mut reloader = Reloader::new(args.snapshot.clone(), store.clone(), metrics.clone());
+    let poll = Duration::from_millis(args.poll_interval_ms.max(50));
+    runtime.spawn(async move {
+        let mut first = Some(first_tx);
+        loop {
+            match reloader.poll() {
+                Ok(Polled::Applied(_)) => {
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Polled::Unchanged) => {}
+                Err(e) => tracing::error!(error = %e, "snapshot not applied; the last good snapshot keeps serving"),
+            }
+            tokio::time::sleep(poll).await;
+        }
+    });
+    runtime.spawn(health::run(
+        store.clone(),
+        health_state.clone(),
+        metrics.clone(),
+    ));
+    runtime.spawn(jwks::run(
+        store.clone(),
+        remote.clone(),
+        fetcher,
+        metrics.clone(),
+    ));
+    // Pingora handles SIGTERM itself (stop accepting, grace period for requests in flight);
+    // readiness turns false as soon as the signal arrives so load balancers move away.
+    {
+        let state = admin_state.clone();
+        runtime.spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                term.recv().await;
+                state.draining.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    let admin_addr = args.admin_listen;
+    let admin_task = {
+        let state = admin_state.clone();
+        let mut stop = stop_rx.clone();
+        runtime.spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = admin::serve(admin_addr, state, shutdown).await {
+                tracing::error!(error = %e, "admin server stopped");
+            }
+        })
+    };
+    tracing::info!(admin = %admin_addr, snapshot = %args.snapshot.display(), "waiting for a valid snapshot");
+    first_rx
+        .recv()
+        .context("the reloader stopped before a snapshot was loaded")?;
+    let first = store
+        .current()
+        .context("no snapshot after the first load")?;
+
+    let nonce = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        metrics,
+        limiter: RateLimiter::default(),
+        health: health_state,
+        inflight: Default::default(),
+        cache: TokenCache::new(args.token_cache_size.max(1)).context("token cache")?,
+        ids: DecisionIds::new(nonce),
+        remote,
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        eject_for: Duration::from_secs(args.eject_seconds),
+        max_attempts: args.max_attempts.max(1),
+    });
+    let opts = server::ServerOptions {
+        bind: args.bind_address,
+        threads: args.threads,
+        grace_period_seconds: args.grace_period_seconds,
+        shutdown_timeout_seconds: args.shutdown_timeout_seconds,
+    };
+    let mut pingora = server::build(&first, &shared, &opts)?;
+    drop(first);
+    pingora.bootstrap();
+    tracing::info!("serving");
+    // Blocks until SIGTERM/SIGINT and the graceful shutdown complete.
+    pingora.run(pingora::server::RunArgs::default());
+
+    admin_state.draining.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let _ = runtime.block_on(admin_task);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! Prometheus metrics of the gateway, served on the admin port at `/metrics`.
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `rustronaut_gateway_requests_total` | `resource`, `status` | responses, by Resource (`-` when none routed) and status |
+//! | `rustronaut_gateway_decisions_total` | `effect`, `reason` | policy decisions |
+//! | `rustronaut_gateway_request_duration_seconds` | | time from request headers to the end of the response |
+//! | `rustronaut_gateway_config_info` | `version` | 1 for the snapshot being served |
+//! | `rustronaut_gateway_snapshot_reloads_total` | `result` (`applied`, `refused`) | reload attempts |
+//! | `rustronaut_gateway_snapshot_refused_total` | `reason` | refused snapshots, by error kind |
+//! | `rustronaut_gateway_upstream_ejections_total` | | passive ejections after connect failures |
+//! | `rustronaut_gateway_upstream_up` | `address` | 1/0: the last active health verdict of an address |
+//! | `rustronaut_gateway_jwks_fetches_total` | `result` (`ok`, `failed`) | remote JWKS fetches |
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of `requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `namespace/name`, or `-`.
+    pub resource: String,
+    /// HTTP status.
+    pub status: u16,
+}
+
+/// Labels of `decisions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `Allow` or `Deny`.
+    pub effect: &'static str,
+    /// The evaluator's reason, or the gateway's (`InvalidCredentials`, `RateLimited`).
+    pub reason: &'static str,
+}
+
+/// One-label sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    /// Snapshot content hash.
+    pub version: String,
+}
+
+/// One-label sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// Outcome.
+    pub result: &'static str,
+}
+
+/// One-label sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Error kind.
+    pub reason: &'static str,
+}
+
+/// One-label sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AddressLabel {
+    /// Upstream `ip:port`.
+    pub address: String,
+}
+
+/// All metric handles, registered once.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Responses.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Decisions.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// Request latency.
+    pub latency: Histogram,
+    /// Config version being served.
+    pub config: Family<VersionLabel, Gauge>,
+    /// Reload attempts.
+    pub reloads: Family<ResultLabel, Counter>,
+    /// Refused snapshots by reason.
+    pub refused: Family<ReasonLabel, Counter>,
+    /// Passive ejections.
+    pub ejections: Counter,
+    /// Active health by address.
+    pub upstream_up: Family<AddressLabel, Gauge>,
+    /// Remote JWKS fetches.
+    pub jwks_fetches: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("rustronaut_gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let config = Family::<VersionLabel, Gauge>::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
+        let refused = Family::<ReasonLabel, Counter>::default();
+        let ejections = Counter::default();
+        let upstream_up = Family::<AddressLabel, Gauge>::default();
+        let jwks_fetches = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP responses by resource and status",
+            requests.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Policy decisions by effect and reason",
+            decisions.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request headers to the end of the response",
+            latency.clone(),
+        );
+        registry.register(
+            "config_info",
+            "The snapshot version being served (value 1)",
+            config.clone(),
+        );
+        registry.register(
+            "snapshot_reloads",
+            "Snapshot reload attempts by result",
+            reloads.clone(),
+        );
+        registry.register(
+            "snapshot_refused",
+            "Refused snapshots by reason",
+            refused.clone(),
+        );
+        registry.register(
+            "upstream_ejections",
+            "Upstream addresses ejected after a connect failure",
+            ejections.clone(),
+        );
+        registry.register(
+            "upstream_up",
+            "Last active health verdict of an upstream address (1 up, 0 down)",
+            upstream_up.clone(),
+        );
+        registry.register(
+            "jwks_fetches",
+            "Remote JWKS fetches by result",
+            jwks_fetches.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            decisions,
+            latency,
+            config,
+            reloads,
+            refused,
+            ejections,
+            upstream_up,
+            jwks_fetches,
+        }
+    }
+
+    /// Marks `version` as the one being served (and only it).
+    pub fn set_version(&self, version: &str) {
+        self.config.clear();
+        self.config
+            .get_or_create(&VersionLabel {
+                version: version.to_string(),
+            })
+            .set(1);
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,604 @@
+//! The request decision pipeline, as one function of facts the proxy phase gathered:
+//!
+//! ```text
+//!  facts --host--> Resource (404) --normalize--> path (400) --route--> rule (404)
+//!        --client IP (400)--> authenticate (401) --evaluate--> Deny (401/403) | Allow
+//!        --rate limit (429)--> Forward { upstream rule, normalised target, identity, id }
+//! ```
+//!
+//! No I/O, no clock reads (time comes in [`Env`]), no Pingora types: the proxy phase only
+//! gathers facts, calls [`decide`], and carries out the verdict, so everything that makes a
+//! security decision is testable without sockets.
+
+use crate::authn::{self, Credentials, RemoteVerifiers};
+use crate::jwks::RemoteJwks;
+use crate::ratelimit::RateLimiter;
+use crate::state::Compiled;
+use rustls::pki_types::CertificateDer;
+use rustronaut_contract::Identity;
+use rustronaut_contract::eval::{DecisionIds, Effect, Reason, Request, evaluate};
+use rustronaut_contract::identity::cache::TokenCache;
+use rustronaut_contract::identity::client_ip::client_ip_from_forwarded_for;
+use rustronaut_contract::identity::jwt::JwtVerifier;
+use rustronaut_contract::path::normalize;
+use rustronaut_contract::snapshot::{HashKey, LoadBalancing, TlsVersion};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// What the proxy phase saw.
+pub struct RequestFacts<'a, 'h> {
+    /// Listener name (from the snapshot).
+    pub listener: &'a str,
+    /// Listener port.
+    pub port: u16,
+    /// Negotiated TLS version as rustls names it (`TLSv1_2`, `TLSv1_3`); `None` on plain HTTP.
+    pub tls_version: Option<&'a str>,
+    /// Method.
+    pub method: &'a str,
+    /// Request target as received (origin form: path and query).
+    pub target: &'a str,
+    /// `:authority` or `Host`, as received (may carry a port).
+    pub host: Option<&'a str>,
+    /// Values of a request header (lower-case name), in order.
+    pub header: &'a dyn Fn(&str) -> Vec<&'h str>,
+    /// TCP peer address.
+    pub peer: IpAddr,
+    /// Verified TLS client certificate chain, leaf first.
+    pub client_chain: Option<&'a [CertificateDer<'static>]>,
+}
+
+/// The process-wide pieces the pipeline uses.
+pub struct Env<'a> {
+    /// Wall-clock time (JWT expiry, schedules).
+    pub now: SystemTime,
+    /// Monotonic time (rate limits).
+    pub instant: Instant,
+    /// Verified-token cache.
+    pub cache: &'a TokenCache,
+    /// Decision id source.
+    pub ids: &'a DecisionIds,
+    /// Rate-limit buckets.
+    pub limiter: &'a RateLimiter,
+    /// Keys fetched for remote-JWKS providers.
+    pub remote: &'a RemoteJwks,
+}
+
+/// The remote verifiers of one tenant.
+struct TenantRemote<'a> {
+    remote: &'a RemoteJwks,
+    tenant: &'a str,
+}
+
+impl RemoteVerifiers for TenantRemote<'_> {
+    fn verifier(&self, idp: &str) -> Option<Arc<JwtVerifier>> {
+        self.remote.get(self.tenant, idp)
+    }
+    fn unknown_kid(&self, idp: &str) {
+        self.remote.request_refresh(self.tenant, idp);
+    }
+}
+
+/// Where an allowed request goes.
+#[derive(Debug)]
+pub struct Forward {
+    /// Index of the Resource in the snapshot.
+    pub resource: usize,
+    /// Index of the rule in the Resource.
+    pub rule: usize,
+    /// The normalised target to send upstream (path and original query).
+    pub target: String,
+    /// Host without port, lower-case.
+    pub host: String,
+    /// Verified identity.
+    pub identity: Identity,
+    /// The key a ConsistentHash rule balances on.
+    pub hash_key: Option<String>,
+}
+
+/// What to do with the request.
+#[derive(Debug)]
+pub enum Action {
+    /// Proxy it.
+    Forward(Box<Forward>),
+    /// Answer it here with this status.
+    Respond {
+        /// HTTP status.
+        status: u16,
+        /// Ask for credentials (`WWW-Authenticate: Bearer`).
+        challenge: bool,
+    },
+}
+
+/// What happened, for the decision log and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct Record {
+    /// `namespace/name` of the Resource, when one was routed.
+    pub resource: Option<String>,
+    /// Resource rule (section).
+    pub section: Option<String>,
+    /// Caller summary (`anonymous`, `user:okta/alice`, ...).
+    pub identity: String,
+    /// Client address after trusted-proxy resolution.
+    pub client_ip: Option<IpAddr>,
+    /// `Allow`, `Deny`, or `-` for requests refused before a decision (400, 404).
+    pub effect: &'static str,
+    /// Why: an evaluator reason or a gateway one (`NoRoute`, `InvalidPath`,
+    /// `InvalidCredentials`, `RateLimited`...).
+    pub reason: &'static str,
+    /// Deciding policy.
+    pub policy: Option<String>,
+    /// Deciding policy rule.
+    pub policy_rule: Option<String>,
+    /// Decision id, on every decision (allow and deny) and on every refusal.
+    pub decision_id: String,
+    /// Human detail (error message), never a secret.
+    pub detail: Option<String>,
+    /// What the DryRun policies would have decided (`Deny DeniedBy ns/policy rule`), when any
+    /// targets the request; logged, never enforced.
+    pub dry_run: Option<String>,
+}
+
+/// The pipeline's answer.
+#[derive(Debug)]
+pub struct Verdict {
+    /// What to do.
+    pub action: Action,
+    /// What to log.
+    pub record: Record,
+}
+
+fn refuse(
+    mut record: Record,
+    status: u16,
+    reason: &'static str,
+    detail: Option<String>,
+) -> Verdict {
+    record.reason = reason;
+    record.detail = detail;
+    if record.effect.is_empty() {
+        record.effect = "-";
+    }
+    Verdict {
+        action: Action::Respond {
+            status,
+            challenge: status == 401,
+        },
+        record,
+    }
+}
+
+/// `host` without port and trailing dot, lower-case; `None` when it is not a plausible
+/// host.
+pub fn host_only(host: &str) -> Option<String> {
+    let h = if let Some(rest) = host.strip_prefix('[') {
+        // IPv6 literal.
+        &host[..rest.find(']')? + 2]
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let h = h.strip_suffix('.').unwrap_or(h);
+    if h.is_empty() {
+        return None;
+    }
+    Some(h.to_ascii_lowercase())
+}
+
+/// A short, log-friendly summary of who is calling.
+pub fn identity_summary(id: &Identity) -> String {
+    let mut parts = Vec::new();
+    if let Some(u) = &id.user {
+        parts.push(format!("user:{}/{}", u.idp, u.subject));
+    }
+    if let Some(k) = &id.api_key {
+        parts.push(format!("apiKey:{}/{}", k.idp, k.client_id));
+    }
+    if let Some(c) = &id.client_certificate {
+        let name = c
+            .san_uris
+            .first()
+            .or(c.san_dns_names.first())
+            .or(c.san_emails.first())
+            .cloned()
+            .unwrap_or_else(|| c.spki_sha256.clone());
+        parts.push(format!("cert:{}/{}", c.idp, name));
+    }
+    if parts.is_empty() {
+        "anonymous".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// The rate-limit or hash key of a caller: its strongest credential, else its address.
+fn limit_key(id: &Identity, ip: IpAddr, key: HashKey) -> String {
+    if key == HashKey::ClientIdentity {
+        if let Some(u) = &id.user {
+            return format!("user:{}/{}", u.idp, u.subject);
+        }
+        if let Some(k) = &id.api_key {
+            return format!("apiKey:{}/{}", k.idp, k.client_id);
+        }
+        if let Some(c) = &id.client_certificate {
+            return format!("cert:{}/{}", c.idp, c.spki_sha256);
+        }
+    }
+    format!("ip:{ip}")
+}
+
+/// Decides what to do with one request.
+pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verdict {
+    let mut record = Record {
+        identity: "anonymous".into(),
+        decision_id: env.ids.next_id(),
+        ..Record::default()
+    };
+
+    // A listener that requires TLS 1.3 refuses requests on older connections (the TLS
+    // backend negotiates 1.2 and 1.3 on every listener).
+    if let (Some(certs), Some(v)) = (c.certs.get(facts.listener), facts.tls_version)
+        && certs.min_version == TlsVersion::V1_3
+        && v != "TLSv1_3"
+    {
+        return refuse(
+            record,
+            403,
+            "TlsVersionTooLow",
+            Some(format!("{v} below 1.3")),
+        );
+    }
+
+    let Some(host) = facts.host.and_then(host_only) else {
+        return refuse(record, 400, "MissingHost", None);
+    };
+    let Some((ri, resource)) = c.resource_for_host(facts.listener, &host) else {
+        return refuse(
+            record,
+            404,
+            "NoRoute",
+            Some(format!("no resource for host {host}")),
+        );
+    };
+    record.resource = Some(format!("{}/{}", resource.namespace, resource.name));
+
+    let target = match normalize(facts.target) {
+        Ok(t) => t,
+        Err(e) => return refuse(record, 400, "InvalidPath", Some(e.to_string())),
+    };
+    let headers = facts.header;
+    let Some(rule) = resource.route(facts.method, &target.path, |name| {
+        headers(&name.to_ascii_lowercase()).into_iter().next()
+    }) else {
+        return refuse(record, 404, "NoRoute", Some("no rule matches".into()));
+    };
+    let ui = resource
+        .rules
+        .iter()
+        .position(|r| std::ptr::eq(r, rule))
+        .unwrap_or_default();
+    record.section = Some(rule.name.clone());
+
+    let xff = (facts.header)("x-forwarded-for");
+    let client_ip = match client_ip_from_forwarded_for(
+        facts.peer,
+        &xff,
+        c.snapshot.client_ip_detection.trusted_hops,
+    ) {
+        Ok(ip) => ip,
+        Err(e) => return refuse(record, 400, "InvalidForwardedFor", Some(e.to_string())),
+    };
+    record.client_ip = Some(client_ip);
+
+    let now_secs = env
+        .now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let empty = crate::state::TenantAuth::default();
+    let auth = c.tenants.get(&resource.tenant).unwrap_or(&empty);
+    let creds = Credentials {
+        header: facts.header,
+        client_chain: facts.client_chain,
+    };
+    let remote = TenantRemote {
+        remote: env.remote,
+        tenant: &resource.tenant,
+    };
+    let identity = match authn::authenticate(auth, &creds, client_ip, now_secs, env.cache, &remote)
+    {
+        Ok(id) => id,
+        Err(e) => {
+            record.effect = "Deny";
+            return refuse(record, 401, "InvalidCredentials", Some(e.to_string()));
+        }
+    };
+    record.identity = identity_summary(&identity);
+
+    let request = Request::new(&resource.namespace, &resource.name, &identity)
+        .section(&rule.name)
+        .http(facts.method, &target.path)
+        .host(&host)
+        .port(facts.port);
+    let decision = evaluate(&c.policies, &request, env.now, record.decision_id.clone());
+    record.policy = decision.policy.as_ref().map(ToString::to_string);
+    record.policy_rule = decision.rule.as_deref().map(str::to_string);
+    record.reason = decision.reason.as_str();
+    record.dry_run = decision.shadow.as_ref().map(|o| {
+        format!(
+            "{:?} {} {} {}",
+            o.effect,
+            o.reason.as_str(),
+            o.policy
+                .as_ref()
+                .map_or_else(|| "-".into(), ToString::to_string),
+            o.rule.as_deref().unwrap_or("-")
+        )
+    });
+    if decision.effect == Effect::Deny {
+        record.effect = "Deny";
+        // Credentials could change the outcome unless a Deny rule matched this caller.
+        let status = if !identity.authenticated() && decision.reason != Reason::DeniedBy {
+            401
+        } else {
+            403
+        };
+        let reason = record.reason;
+        return refuse(record, status, reason, None);
+    }
+    record.effect = "Allow";
+
+    if let Some(limit) = &rule.rate_limit {
+        let scope = format!(
+            "{}/{}#{}:{}/{}/{:?}",
+            resource.namespace,
+            resource.name,
+            rule.name,
+            limit.requests_per_second,
+            limit.burst,
+            limit.key
+        );
+        let key = limit_key(&identity, client_ip, limit.key);
+        if !env.limiter.allow(&scope, &key, limit, env.instant) {
+            record.effect = "Deny";
+            return refuse(record, 429, "RateLimited", None);
+        }
+    }
+
+    Verdict {
+        action: Action::Forward(Box::new(Forward {
+            resource: ri,
+            rule: ui,
+            target: target.forward(),
+            host,
+            hash_key: match rule.load_balancing {
+                LoadBalancing::ConsistentHash { hash_key } => {
+                    Some(limit_key(&identity, client_ip, hash_key))
+                }
+                _ => None,
+            },
+            identity,
+        })),
+        record,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn host_only_strips_port_dot_and_case() {
+        assert_eq!(
+            host_only("App.Example:8443").as_deref(),
+            Some("app.example")
+        );
+        assert_eq!(host_only("app.example.").as_deref(), Some("app.example"));
+        assert_eq!(
+            host_only("[2001:db8::1]:443").as_deref(),
+            Some("[2001:db8::1]")
+        );
+        assert_eq!(host_only(":80"), None);
+        assert_eq!(host_only("[::1"), None);
+    }
+
+    fn compiled(trusted_hops: u32) -> Compiled {
+        let up =
+            json!([{"kind": {"service": {"name": "s", "port": 80, "addresses": ["127.0.0.1:9"]}}}]);
+        let target = json!([{"resource": {"namespace": "ns", "name": "app"}}]);
+        let snap = json!({
+            "schemaVersion": 1,
+            "gateway": {"namespace": "rtn-system", "name": "edge"},
+            "clientIPDetection": {"trustedHops": trusted_hops},
+            "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+            "tenants": [{"name": "t", "domains": ["*.example.test"]}],
+            "resources": [{
+                "namespace": "ns", "name": "app", "tenant": "t", "protocol": "HTTP",
+                "listeners": ["http"], "hostnames": ["app.example.test", "*.wild.example.test"],
+                "rules": [
+                    {"name": "all", "upstreams": up},
+                    {"name": "post-only", "matches": [{"path": {"type": "Exact", "value": "/form"}, "method": "POST"}],
+                     "upstreams": up,
+                     "rateLimit": {"requestsPerSecond": 1, "burst": 1, "key": "ClientIP"}}
+                ]
+            }],
+            "policies": [
+                {"namespace": "ns", "name": "open", "tenant": "t", "action": "Allow", "targets": target,
+                 "rules": [{"name": "anyone", "from": ["anonymous"],
+                            "to": [{"paths": [{"type": "PathPrefix", "value": "/public"}, {"type": "Exact", "value": "/form"}]}]}]},
+                {"namespace": "ns", "name": "office", "tenant": "t", "action": "Allow", "targets": target,
+                 "rules": [{"name": "office", "from": [{"sourceCIDRs": {"cidrs": ["198.51.100.0/24"]}}],
+                            "to": [{"paths": [{"type": "PathPrefix", "value": "/office"}]}]}]},
+                {"namespace": "ns", "name": "shadow", "tenant": "t", "action": "Deny", "mode": "DryRun",
+                 "targets": target,
+                 "rules": [{"name": "would-deny", "from": ["anonymous"],
+                            "to": [{"paths": [{"type": "PathPrefix", "value": "/public/shadow"}]}]}]},
+                {"namespace": "ns", "name": "no-admin", "tenant": "t", "action": "Deny", "targets": target,
+                 "rules": [{"name": "nobody", "from": ["anonymous"],
+                            "to": [{"paths": [{"type": "PathPrefix", "value": "/admin"}]}]}]}
+            ]
+        });
+        Compiled::load(&serde_json::to_vec(&snap).unwrap()).unwrap()
+    }
+
+    struct Harness {
+        cache: TokenCache,
+        ids: DecisionIds,
+        limiter: RateLimiter,
+        remote: RemoteJwks,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self {
+                cache: TokenCache::new(16).unwrap(),
+                ids: DecisionIds::new(7),
+                limiter: RateLimiter::default(),
+                remote: RemoteJwks::default(),
+                now: Instant::now(),
+            }
+        }
+
+        fn run(
+            &self,
+            c: &Compiled,
+            method: &str,
+            host: &str,
+            target: &str,
+            xff: &[&'static str],
+        ) -> Verdict {
+            let xff = xff.to_vec();
+            let header = move |name: &str| -> Vec<&'static str> {
+                if name == "x-forwarded-for" {
+                    xff.clone()
+                } else {
+                    Vec::new()
+                }
+            };
+            let facts = RequestFacts {
+                listener: "http",
+                port: 80,
+                tls_version: None,
+                method,
+                target,
+                host: Some(host),
+                header: &header,
+                peer: "192.0.2.1".parse().unwrap(),
+                client_chain: None,
+            };
+            let env = Env {
+                now: SystemTime::now(),
+                instant: self.now,
+                cache: &self.cache,
+                ids: &self.ids,
+                limiter: &self.limiter,
+                remote: &self.remote,
+            };
+            decide(c, &facts, &env)
+        }
+    }
+
+    fn status(v: &Verdict) -> u16 {
+        match v.action {
+            Action::Forward(_) => 200,
+            Action::Respond { status, .. } => status,
+        }
+    }
+
+    #[test]
+    fn routes_normalises_and_decides() {
+        let c = compiled(0);
+        let h = Harness::new();
+        let cases: &[(&str, &str, &str, u16)] = &[
+            ("GET", "app.example.test", "/public/a", 200),
+            ("GET", "APP.example.test:8080", "/public/a", 200),
+            ("GET", "x.y.wild.example.test", "/public", 200),
+            ("GET", "other.example.test", "/public", 404),
+            ("GET", "app.example.test", "/private", 401),
+            ("GET", "app.example.test", "/admin", 403),
+            ("GET", "app.example.test", "/public/../admin", 403),
+            ("GET", "app.example.test", "//admin", 403),
+            ("GET", "app.example.test", "/%2e%2E/admin", 403),
+            ("GET", "app.example.test", "/public/%2Fadmin", 400),
+            ("GET", "app.example.test", "", 400),
+            ("GET", "app.example.test", "*", 400),
+        ];
+        for (method, host, target, want) in cases {
+            let v = h.run(&c, method, host, target, &[]);
+            assert_eq!(status(&v), *want, "{method} {host} {target}: {v:?}");
+            assert!(!v.record.decision_id.is_empty());
+        }
+    }
+
+    #[test]
+    fn forwards_the_normalised_target_with_the_query_untouched() {
+        let c = compiled(0);
+        let v = Harness::new().run(
+            &c,
+            "GET",
+            "app.example.test",
+            "/x/../public//%7Ea?q=%2F",
+            &[],
+        );
+        let Action::Forward(f) = v.action else {
+            panic!("{v:?}")
+        };
+        assert_eq!(f.target, "/public/~a?q=%2F");
+        assert_eq!(f.host, "app.example.test");
+        assert_eq!(v.record.effect, "Allow");
+        assert_eq!(v.record.policy.as_deref(), Some("ns/open"));
+    }
+
+    #[test]
+    fn forwarded_for_is_trusted_only_with_trusted_hops() {
+        let office = ["198.51.100.7"];
+        // Not trusted: the header is ignored, the peer (192.0.2.1) is not in the office.
+        let v = Harness::new().run(&compiled(0), "GET", "app.example.test", "/office", &office);
+        assert_eq!(status(&v), 401);
+        let v = Harness::new().run(&compiled(1), "GET", "app.example.test", "/office", &office);
+        assert_eq!(status(&v), 200, "{v:?}");
+        assert_eq!(v.record.client_ip, Some("198.51.100.7".parse().unwrap()));
+        // One trusted hop but no header: the request did not come through the proxy.
+        let v = Harness::new().run(&compiled(1), "GET", "app.example.test", "/office", &[]);
+        assert_eq!(status(&v), 400);
+    }
+
+    #[test]
+    fn dry_run_outcomes_are_recorded_never_enforced() {
+        let c = compiled(0);
+        let v = Harness::new().run(&c, "GET", "app.example.test", "/public/shadow", &[]);
+        assert_eq!(status(&v), 200, "{v:?}");
+        assert_eq!(
+            v.record.dry_run.as_deref(),
+            Some("Deny DeniedBy ns/shadow would-deny")
+        );
+        let v = Harness::new().run(&c, "GET", "app.example.test", "/public/other", &[]);
+        assert_eq!(status(&v), 200);
+        assert!(
+            v.record
+                .dry_run
+                .as_deref()
+                .is_none_or(|d| d.starts_with("Allow")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn method_routing_and_rate_limit() {
+        let c = compiled(0);
+        let h = Harness::new();
+        // GET /form routes to "all", which has no limit.
+        for _ in 0..3 {
+            assert_eq!(
+                status(&h.run(&c, "GET", "app.example.test", "/form", &[])),
+                200
+            );
+        }
+        let first = h.run(&c, "POST", "app.example.test", "/form", &[]);
+        assert_eq!(first.record.section.as_deref(), Some("post-only"));
+        assert_eq!(status(&first), 200);
+        let second = h.run(&c, "POST", "app.example.test", "/form", &[]);
+        assert_eq!(status(&second), 429);
+        assert_eq!(second.record.reason, "RateLimited");
+    }
+}

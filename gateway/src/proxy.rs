@@ -1,0 +1,492 @@
+//! The Pingora HTTP proxy: one [`GatewayProxy`] per HTTP(S) listener. Its phases gather
+//! facts and carry out what [`crate::pipeline::decide`] says; they decide nothing
+//! themselves.
+//!
+//! ```text
+//!  request_filter          facts -> decide -> Respond (write 4xx, stop) | Forward (to ctx)
+//!  upstream_peer           balancer pick (healthy, not yet tried) -> HttpPeer
+//!  fail_to_connect         eject the address, retry another (connect failures only)
+//!  upstream_request_filter normalised target, identity + forwarding headers, strip spoofs
+//!  logging                 one JSON decision line, metrics
+//! ```
+
+use crate::balance::{Health, InFlight};
+use crate::metrics::{DecisionLabels, Metrics, RequestLabels};
+use crate::pipeline::{self, Action, Env, Forward, Record, RequestFacts};
+use crate::ratelimit::RateLimiter;
+use crate::reload::Store;
+use crate::state::Compiled;
+use crate::tls::PeerChain;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::HeaderValue;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use rustronaut_contract::Identity;
+use rustronaut_contract::eval::DecisionIds;
+use rustronaut_contract::identity::cache::TokenCache;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Headers the gateway sets for upstreams; any client-supplied `x-rustronaut-*` header is
+/// removed first, so an upstream can trust them.
+pub const HEADER_USER: &str = "x-rustronaut-user";
+/// Verified email.
+pub const HEADER_EMAIL: &str = "x-rustronaut-email";
+/// Groups, comma-separated.
+pub const HEADER_GROUPS: &str = "x-rustronaut-groups";
+/// The provider that verified the caller.
+pub const HEADER_IDP: &str = "x-rustronaut-identity-provider";
+/// The decision id (to upstreams on allow, to clients on every refusal).
+pub const HEADER_DECISION_ID: &str = "x-rustronaut-decision-id";
+const PREFIX: &str = "x-rustronaut-";
+
+/// Process-wide state shared by every listener.
+#[derive(Debug)]
+pub struct Shared {
+    /// The serving state.
+    pub store: Arc<Store>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Rate-limit buckets.
+    pub limiter: RateLimiter,
+    /// Upstream health.
+    pub health: Arc<Health>,
+    /// Requests in flight per upstream address.
+    pub inflight: InFlight,
+    /// Verified-token cache.
+    pub cache: TokenCache,
+    /// Decision ids.
+    pub ids: DecisionIds,
+    /// Keys fetched for remote-JWKS providers.
+    pub remote: Arc<crate::jwks::RemoteJwks>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// How long an address stays ejected after a connect failure.
+    pub eject_for: Duration,
+    /// Most upstream addresses tried per request (connect failures only).
+    pub max_attempts: usize,
+}
+
+/// One listener as bound.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    /// Name in the snapshot.
+    pub name: String,
+    /// Port.
+    pub port: u16,
+    /// TLS-terminating.
+    pub https: bool,
+}
+
+/// The proxy of one listener.
+#[derive(Debug)]
+pub struct GatewayProxy {
+    listener: ListenerInfo,
+    shared: Arc<Shared>,
+}
+
+impl GatewayProxy {
+    /// A proxy for `listener`.
+    pub fn new(listener: ListenerInfo, shared: Arc<Shared>) -> Self {
+        Self { listener, shared }
+    }
+}
+
+/// Per-request state.
+#[derive(Debug)]
+pub struct Ctx {
+    started: Instant,
+    state: Option<Arc<Compiled>>,
+    forward: Option<Box<Forward>>,
+    record: Option<Record>,
+    peer_ip: Option<IpAddr>,
+    tried: Vec<SocketAddr>,
+    /// The address counted in [`Shared::inflight`] for this request.
+    counted: Option<SocketAddr>,
+}
+
+fn header_value(s: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(s).ok()
+}
+
+/// The identity headers for an upstream, `(name, value)`; values that are not valid header
+/// values are left out rather than mangled.
+pub fn identity_headers(id: &Identity, decision_id: &str) -> Vec<(&'static str, HeaderValue)> {
+    let mut out = Vec::new();
+    let user = id
+        .user
+        .as_ref()
+        .map(|u| (u.subject.clone(), u.idp.clone()))
+        .or_else(|| {
+            id.api_key
+                .as_ref()
+                .map(|k| (k.client_id.clone(), k.idp.clone()))
+        })
+        .or_else(|| {
+            id.client_certificate.as_ref().and_then(|c| {
+                c.san_uris
+                    .first()
+                    .or(c.san_dns_names.first())
+                    .or(c.san_emails.first())
+                    .map(|n| (n.clone(), c.idp.clone()))
+            })
+        });
+    if let Some((name, idp)) = user {
+        out.extend(header_value(&name).map(|v| (HEADER_USER, v)));
+        out.extend(header_value(&idp).map(|v| (HEADER_IDP, v)));
+    }
+    let email = id.user.as_ref().and_then(|u| u.email.clone()).or_else(|| {
+        id.client_certificate
+            .as_ref()
+            .and_then(|c| c.san_emails.first().cloned())
+    });
+    if let Some(email) = email {
+        out.extend(header_value(&email).map(|v| (HEADER_EMAIL, v)));
+    }
+    if let Some(u) = &id.user
+        && !u.groups.is_empty()
+    {
+        out.extend(header_value(&u.groups.join(",")).map(|v| (HEADER_GROUPS, v)));
+    }
+    out.extend(header_value(decision_id).map(|v| (HEADER_DECISION_ID, v)));
+    out
+}
+
+/// The values of header `name`. A value that is not visible ASCII is kept as a value that
+/// verifies as nothing, so a mangled credential is refused rather than ignored.
+fn header_values<'a>(req: &'a RequestHeader, name: &str) -> Vec<&'a str> {
+    req.headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+        .collect()
+}
+
+fn body_for(status: u16) -> &'static str {
+    match status {
+        400 => "bad request",
+        401 => "authentication required",
+        403 => "forbidden",
+        404 => "no route",
+        429 => "too many requests",
+        502 => "upstream unreachable",
+        503 => "no upstream available",
+        _ => "refused",
+    }
+}
+
+impl GatewayProxy {
+    async fn respond(
+        &self,
+        session: &mut Session,
+        status: u16,
+        challenge: bool,
+        decision_id: &str,
+    ) -> Result<()> {
+        let body = serde_json::json!({
+            "status": status,
+            "error": body_for(status),
+            "decisionId": decision_id,
+        })
+        .to_string();
+        let mut resp = ResponseHeader::build(status, Some(4))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header(HEADER_DECISION_ID, decision_id)?;
+        if challenge {
+            resp.insert_header("www-authenticate", "Bearer realm=\"rustronaut\"")?;
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for GatewayProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            state: None,
+            forward: None,
+            record: None,
+            peer_ip: None,
+            tried: Vec::new(),
+            counted: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(state) = self.shared.store.current() else {
+            session.respond_error(503).await?;
+            return Ok(true);
+        };
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no peer address"))?;
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        ctx.peer_ip = Some(peer);
+        let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
+        let verdict = {
+            let req = session.req_header();
+            let header = |name: &str| header_values(req, name);
+            let host = req
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| req.headers.get("host").and_then(|h| h.to_str().ok()));
+            // A target pingora had to decode lossily, or no target at all, is refused by
+            // normalize (an empty target is not absolute).
+            let target = if req.raw_path_is_utf8() {
+                req.uri.path_and_query().map_or("", |pq| pq.as_str())
+            } else {
+                ""
+            };
+            let chain = ssl
+                .as_ref()
+                .and_then(|d| d.extension.get::<PeerChain>())
+                .map(|c| c.0.as_slice());
+            let facts = RequestFacts {
+                listener: &self.listener.name,
+                port: self.listener.port,
+                tls_version: ssl.as_ref().map(|d| d.version.as_ref()),
+                method: req.method.as_str(),
+                target,
+                host,
+                header: &header,
+                peer,
+                client_chain: chain,
+            };
+            let env = Env {
+                now: SystemTime::now(),
+                instant: Instant::now(),
+                cache: &self.shared.cache,
+                ids: &self.shared.ids,
+                limiter: &self.shared.limiter,
+                remote: &self.shared.remote,
+            };
+            pipeline::decide(&state, &facts, &env)
+        };
+        let decision_id = verdict.record.decision_id.clone();
+        ctx.record = Some(verdict.record);
+        ctx.state = Some(state);
+        match verdict.action {
+            Action::Respond { status, challenge } => {
+                self.respond(session, status, challenge, &decision_id)
+                    .await?;
+                Ok(true)
+            }
+            Action::Forward(f) => {
+                ctx.forward = Some(f);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(state), Some(f)) = (&ctx.state, &ctx.forward) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no routed request",
+            ));
+        };
+        let rule = &state.snapshot.resources[f.resource].rules[f.rule];
+        let addr = state
+            .balancers
+            .get(&(f.resource, f.rule))
+            .and_then(|b| {
+                b.pick(
+                    &self.shared.health,
+                    &ctx.tried,
+                    &self.shared.inflight,
+                    f.hash_key.as_deref(),
+                )
+            })
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no upstream address"))?;
+        ctx.tried.push(addr);
+        if let Some(prev) = ctx.counted.replace(addr) {
+            self.shared.inflight.end(prev);
+        }
+        self.shared.inflight.start(addr);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(self.shared.connect_timeout);
+        let timeout = Duration::from_millis(rule.timeout_ms);
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(addr) = peer._address.as_inet() {
+            self.shared.health.eject(*addr, self.shared.eject_for);
+            self.shared.metrics.ejections.inc();
+            tracing::warn!(upstream = %addr, error = %e, "upstream connect failed; ejected");
+        }
+        // Only a failed connect is retried: nothing reached the upstream, so even a
+        // non-idempotent request is safe to send elsewhere.
+        if ctx.tried.len() < self.shared.max_attempts {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(state), Some(f), Some(record)) = (&ctx.state, &ctx.forward, &ctx.record) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no routed request",
+            ));
+        };
+        let uri: http::Uri = f.target.parse().map_err(|_| {
+            Error::explain(ErrorType::InternalError, "normalised target is not a URI")
+        })?;
+        upstream.set_uri(uri);
+
+        let spoofed: Vec<String> = upstream
+            .headers
+            .keys()
+            .map(|k| k.as_str().to_string())
+            .filter(|k| k.starts_with(PREFIX))
+            .collect();
+        for k in spoofed {
+            upstream.remove_header(&k);
+        }
+        // API keys are secrets between the client and the gateway.
+        let resource = &state.snapshot.resources[f.resource];
+        if let Some(auth) = state.tenants.get(&resource.tenant) {
+            for p in &auth.api_keys {
+                upstream.remove_header(&p.header);
+            }
+        }
+        for (name, value) in identity_headers(&f.identity, &record.decision_id) {
+            upstream.insert_header(name, value)?;
+        }
+
+        let peer = ctx.peer_ip.map(|p| p.to_string()).unwrap_or_default();
+        let xff = if state.snapshot.client_ip_detection.trusted_hops == 0 {
+            // Nothing in front of the gateway is trusted: what the client wrote is dropped.
+            peer
+        } else {
+            let prior: Vec<&str> = upstream
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            if prior.is_empty() {
+                peer
+            } else {
+                format!("{}, {peer}", prior.join(", "))
+            }
+        };
+        upstream.insert_header("x-forwarded-for", xff)?;
+        upstream.insert_header(
+            "x-forwarded-proto",
+            if self.listener.https { "https" } else { "http" },
+        )?;
+        upstream.insert_header("x-forwarded-host", f.host.as_str())?;
+        // The upstream sees the host the request was routed by, whatever form the client
+        // used (absolute-form target, HTTP/2 :authority).
+        upstream.insert_header("host", f.host.as_str())?;
+        Ok(())
+    }
+
+    /// Pingora's default error answer, plus the decision id and the JSON body of every other
+    /// refusal when the request got that far (a 502/503 after an Allow).
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let written = match &ctx.record {
+                Some(r) => {
+                    let id = r.decision_id.clone();
+                    self.respond(session, code, false, &id).await
+                }
+                None => session.respond_error(code).await,
+            };
+            if let Err(err) = written {
+                tracing::debug!(error = %err, "failed to send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(addr) = ctx.counted.take() {
+            self.shared.inflight.end(addr);
+        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let m = &self.shared.metrics;
+        m.latency.observe(ctx.started.elapsed().as_secs_f64());
+        let record = ctx.record.take().unwrap_or_default();
+        m.requests
+            .get_or_create(&RequestLabels {
+                resource: record.resource.clone().unwrap_or_else(|| "-".into()),
+                status,
+            })
+            .inc();
+        if record.effect == "Allow" || record.effect == "Deny" {
+            m.decisions
+                .get_or_create(&DecisionLabels {
+                    effect: record.effect,
+                    reason: record.reason,
+                })
+                .inc();
+        }
+        let upstream = ctx.tried.last().map(ToString::to_string);
+        tracing::info!(
+            target: "rustronaut::decision",
+            listener = %self.listener.name,
+            resource = record.resource.as_deref().unwrap_or("-"),
+            section = record.section.as_deref().unwrap_or("-"),
+            identity = %record.identity,
+            client_ip = %record.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+            decision = record.effect,
+            reason = record.reason,
+            policy = record.policy.as_deref().unwrap_or("-"),
+            rule = record.policy_rule.as_deref().unwrap_or("-"),
+            decision_id = %record.decision_id,
+            status,
+            upstream = upstream.as_deref().unwrap_or("-"),
+            detail = record.detail.as_deref().unwrap_or(""),
+            dry_run = record.dry_run.as_deref().unwrap_or("-"),
+            error = %e.map(ToString::to_string).unwrap_or_default(),
+            "request"
+        );
+    }
+}

@@ -1,0 +1,440 @@
+//! The compiled, immutable view of one snapshot that every request reads.
+//!
+//! ```text
+//!   bytes --Snapshot::load--> Snapshot --Compiled::build--> Compiled (Arc, swapped atomically)
+//!                                          |- PolicySet (the evaluator's index)
+//!                                          |- per tenant: JWT verifiers, API-key verifiers,
+//!                                          |  client-certificate verifiers (credential checks)
+//!                                          |- per listener: TLS certificates for SNI
+//!                                          '- per (resource, rule): a load balancer
+//! ```
+//!
+//! Everything that can fail (parsing JWKS, API-key hashes, PEM keys, CA bundles) fails here,
+//! once, when a snapshot is loaded, so a broken snapshot is refused as a whole and the last
+//! good one keeps serving; the request path only looks things up.
+
+use crate::balance::Balancer;
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::sign::CertifiedKey;
+use rustronaut_contract::PolicySet;
+use rustronaut_contract::identity::apikey::{ApiKeyError, ApiKeyVerifier};
+use rustronaut_contract::identity::jwt::{Jwks, JwtError, JwtVerifier, JwtVerifierConfig};
+use rustronaut_contract::snapshot::{
+    ClientCertificateMode, CompiledResource, IdentityProviderKind, JwksSource, ListenerProtocol,
+    ResourceProtocol, Snapshot, SnapshotError, TlsVersion, UpstreamKind,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Why a snapshot could not be turned into a serving state.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// `Snapshot::load` refused it (parse or validation).
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// An inline JWKS that yields no usable key.
+    #[error("tenant {tenant}: identity provider {idp}: {source}")]
+    Jwt {
+        /// Tenant.
+        tenant: String,
+        /// Provider.
+        idp: String,
+        /// Cause.
+        source: JwtError,
+    },
+    /// An API-key provider with an unparseable hash or duplicate client.
+    #[error("tenant {tenant}: identity provider {idp}: {source}")]
+    ApiKey {
+        /// Tenant.
+        tenant: String,
+        /// Provider.
+        idp: String,
+        /// Cause.
+        source: ApiKeyError,
+    },
+    /// A CA bundle that cannot verify anything.
+    #[error("{what}: invalid CA bundle: {reason}")]
+    CaBundle {
+        /// Where the bundle is (`tenant acme provider corp-ca`, `listener https`).
+        what: String,
+        /// Cause.
+        reason: String,
+    },
+    /// A listener certificate or key that rustls cannot use.
+    #[error("listener {listener}: certificate {name}: {reason}")]
+    Certificate {
+        /// Listener.
+        listener: String,
+        /// Certificate (Secret) name.
+        name: String,
+        /// Cause.
+        reason: String,
+    },
+    /// PROXY protocol is requested but this gateway does not parse it; serving anyway would
+    /// fail every connection in a confusing way, so the snapshot is refused loudly.
+    #[error("clientIPDetection.proxyProtocol is not supported by this gateway build")]
+    ProxyProtocolUnsupported,
+}
+
+impl BuildError {
+    /// A short, stable label for the reload-failure metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Snapshot(SnapshotError::Json(_)) => "parse",
+            Self::Snapshot(SnapshotError::MissingVersion)
+            | Self::Snapshot(SnapshotError::UnsupportedVersion { .. }) => "version",
+            Self::Snapshot(SnapshotError::Invalid(_)) => "invalid",
+            Self::Jwt { .. } => "jwks",
+            Self::ApiKey { .. } => "api_key",
+            Self::CaBundle { .. } => "ca_bundle",
+            Self::Certificate { .. } => "certificate",
+            Self::ProxyProtocolUnsupported => "unsupported",
+        }
+    }
+}
+
+/// One API-key provider: the header it reads and its verifier.
+#[derive(Debug)]
+pub struct ApiKeyProvider {
+    /// Header name, lower-case.
+    pub header: String,
+    /// Verifier over the stored hashes.
+    pub verifier: ApiKeyVerifier,
+}
+
+/// One clientCertificate provider: a verifier that checks a chain against its CA only.
+#[derive(Debug)]
+pub struct CertProvider {
+    /// Provider name.
+    pub idp: String,
+    /// Verifier rooted at the provider's CA bundle.
+    pub verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// The credential checkers of one tenant. Only these are consulted for a request to one of
+/// the tenant's Resources, so a credential from another tenant's provider never verifies.
+#[derive(Debug, Default)]
+pub struct TenantAuth {
+    /// JWT providers with inline JWKS.
+    pub jwt: Vec<JwtVerifier>,
+    /// JWT providers with remote JWKS (names), verified with the keys [`crate::jwks`]
+    /// fetched; until then their tokens are refused.
+    pub remote_jwt: Vec<String>,
+    /// API-key providers.
+    pub api_keys: Vec<ApiKeyProvider>,
+    /// clientCertificate providers.
+    pub certs: Vec<CertProvider>,
+}
+
+impl TenantAuth {
+    /// Whether the tenant has any bearer-token provider, i.e. whether an `Authorization:
+    /// Bearer` header is a credential for the gateway rather than for the upstream.
+    pub fn takes_bearer_tokens(&self) -> bool {
+        !self.jwt.is_empty() || !self.remote_jwt.is_empty()
+    }
+}
+
+/// The certificates of one TLS listener, for SNI selection.
+#[derive(Debug)]
+pub struct ListenerCerts {
+    /// `(hostnames, key)` in snapshot order; the first is the default for clients without
+    /// SNI or with an unknown name.
+    pub certs: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+    /// Lowest TLS version.
+    pub min_version: TlsVersion,
+}
+
+impl ListenerCerts {
+    /// The certificate for `sni`: an exact hostname, then a `*.` wildcard covering one label,
+    /// then the first certificate.
+    pub fn select(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(sni) = sni {
+            let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+            for (names, key) in &self.certs {
+                if names.iter().any(|n| n.eq_ignore_ascii_case(&sni)) {
+                    return Some(key.clone());
+                }
+            }
+            for (names, key) in &self.certs {
+                if names.iter().any(|n| wildcard_covers_one_label(n, &sni)) {
+                    return Some(key.clone());
+                }
+            }
+        }
+        self.certs.first().map(|(_, k)| k.clone())
+    }
+}
+
+fn wildcard_covers_one_label(pattern: &str, host: &str) -> bool {
+    let Some(suffix) = pattern.strip_prefix("*.") else {
+        return false;
+    };
+    covers_labels(suffix, host) && !host.as_bytes()[..host.len() - suffix.len() - 1].contains(&b'.')
+}
+
+/// Whether `host` is `<one or more labels>.<suffix>` (ASCII case-insensitive). Compares
+/// bytes, so no input can split a character.
+fn covers_labels(suffix: &str, host: &str) -> bool {
+    let (h, s) = (host.as_bytes(), suffix.as_bytes());
+    h.len() > s.len() + 1
+        && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+        && h[h.len() - s.len() - 1] == b'.'
+}
+
+/// Everything the request path needs from one snapshot.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The snapshot itself.
+    pub snapshot: Snapshot,
+    /// `Snapshot::content_hash`, reported as the config version.
+    pub version: String,
+    /// The evaluator's index.
+    pub policies: PolicySet,
+    /// Credential checkers by tenant name.
+    pub tenants: HashMap<String, TenantAuth>,
+    /// TLS certificates by listener name.
+    pub certs: HashMap<String, ListenerCerts>,
+    /// Client-certificate verifiers by listener name, with whether a certificate is required;
+    /// absent: the listener asks for none.
+    pub client_verifiers: HashMap<String, (Arc<dyn ClientCertVerifier>, bool)>,
+    /// Balancers by (resource index, rule index).
+    pub balancers: HashMap<(usize, usize), Balancer>,
+}
+
+impl Compiled {
+    /// Parses, validates and compiles `bytes`.
+    pub fn load(bytes: &[u8]) -> Result<Self, BuildError> {
+        Self::build(Snapshot::load(bytes)?)
+    }
+
+    /// Compiles an already validated snapshot.
+    pub fn build(snapshot: Snapshot) -> Result<Self, BuildError> {
+        if snapshot.client_ip_detection.proxy_protocol {
+            return Err(BuildError::ProxyProtocolUnsupported);
+        }
+        let mut tenants = HashMap::new();
+        for t in &snapshot.tenants {
+            tenants.insert(t.name.clone(), tenant_auth(t)?);
+        }
+        let mut certs = HashMap::new();
+        let mut client_verifiers = HashMap::new();
+        for l in &snapshot.listeners {
+            if l.protocol != ListenerProtocol::Https {
+                continue;
+            }
+            if let Some(cc) = &l.client_certificate
+                && cc.mode != ClientCertificateMode::None
+            {
+                let optional = cc.mode == ClientCertificateMode::Optional;
+                let verifier = client_verifier(&cc.ca_pem, optional).map_err(|reason| {
+                    BuildError::CaBundle {
+                        what: format!("listener {}", l.name),
+                        reason,
+                    }
+                })?;
+                client_verifiers.insert(l.name.clone(), (verifier, !optional));
+            }
+            let Some(tls) = &l.tls else { continue };
+            let mut list = Vec::new();
+            for c in &tls.certificates {
+                let key = certified_key(&c.certificate_chain_pem, c.private_key_pem.expose())
+                    .map_err(|reason| BuildError::Certificate {
+                        listener: l.name.clone(),
+                        name: c.name.clone(),
+                        reason,
+                    })?;
+                list.push((c.hostnames.clone(), key));
+            }
+            certs.insert(
+                l.name.clone(),
+                ListenerCerts {
+                    certs: list,
+                    min_version: tls.min_version,
+                },
+            );
+        }
+        let mut balancers = HashMap::new();
+        for (ri, r) in snapshot.resources.iter().enumerate() {
+            if r.protocol != ResourceProtocol::Http {
+                continue;
+            }
+            for (ui, rule) in r.rules.iter().enumerate() {
+                if rule
+                    .upstreams
+                    .iter()
+                    .any(|u| matches!(u.kind, UpstreamKind::Site(_)))
+                {
+                    tracing::warn!(
+                        resource = %r.key(), rule = %rule.name,
+                        "site upstreams (through the tunnel) are not served by this build; they get no traffic"
+                    );
+                }
+                balancers.insert(
+                    (ri, ui),
+                    Balancer::new(&rule.upstreams, rule.load_balancing),
+                );
+            }
+        }
+        Ok(Self {
+            version: snapshot.content_hash(),
+            policies: PolicySet::from_snapshot(&snapshot),
+            snapshot,
+            tenants,
+            certs,
+            client_verifiers,
+            balancers,
+        })
+    }
+
+    /// The HTTP Resource attached to `listener` that serves `host` (lower-case, no port, no
+    /// trailing dot): an exact hostname first, then the longest matching `*.` wildcard.
+    pub fn resource_for_host(
+        &self,
+        listener: &str,
+        host: &str,
+    ) -> Option<(usize, &CompiledResource)> {
+        let candidates = self.snapshot.resources.iter().enumerate().filter(|(_, r)| {
+            r.protocol == ResourceProtocol::Http && r.listeners.iter().any(|l| l == listener)
+        });
+        let mut best: Option<(usize, usize, &CompiledResource)> = None;
+        for (i, r) in candidates {
+            for h in &r.hostnames {
+                let score = if h.eq_ignore_ascii_case(host) {
+                    usize::MAX
+                } else if let Some(suffix) = h.strip_prefix("*.") {
+                    // A wildcard covers one or more labels, as in Policy `hosts`.
+                    if !covers_labels(suffix, host) {
+                        continue;
+                    }
+                    suffix.len()
+                } else {
+                    continue;
+                };
+                if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
+                    best = Some((score, i, r));
+                }
+            }
+        }
+        best.map(|(_, i, r)| (i, r))
+    }
+}
+
+fn tenant_auth(t: &rustronaut_contract::snapshot::Tenant) -> Result<TenantAuth, BuildError> {
+    let mut out = TenantAuth::default();
+    for p in &t.identity_providers {
+        match &p.kind {
+            IdentityProviderKind::Jwt(j) => match &j.jwks {
+                JwksSource::Inline(doc) => {
+                    let err = |source| BuildError::Jwt {
+                        tenant: t.name.clone(),
+                        idp: p.name.clone(),
+                        source,
+                    };
+                    let jwks = Jwks::from_value(doc).map_err(err)?;
+                    let v = JwtVerifier::new(JwtVerifierConfig::from_provider(&p.name, j), jwks)
+                        .map_err(err)?;
+                    out.jwt.push(v);
+                }
+                JwksSource::Remote(_) => out.remote_jwt.push(p.name.clone()),
+            },
+            IdentityProviderKind::ApiKey(a) => {
+                let verifier = ApiKeyVerifier::from_provider(&p.name, a).map_err(|source| {
+                    BuildError::ApiKey {
+                        tenant: t.name.clone(),
+                        idp: p.name.clone(),
+                        source,
+                    }
+                })?;
+                out.api_keys.push(ApiKeyProvider {
+                    header: a.header.to_ascii_lowercase(),
+                    verifier,
+                });
+            }
+            IdentityProviderKind::ClientCertificate(c) => {
+                let verifier =
+                    client_verifier(&c.ca_pem, false).map_err(|reason| BuildError::CaBundle {
+                        what: format!("tenant {} provider {}", t.name, p.name),
+                        reason,
+                    })?;
+                out.certs.push(CertProvider {
+                    idp: p.name.clone(),
+                    verifier,
+                });
+            }
+            // OIDC login (browser redirect and session cookie) is not served by this build;
+            // policies naming an OIDC provider simply never match a user from it.
+            IdentityProviderKind::Oidc(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A rustls client-certificate verifier rooted at the certificates of `ca_pem`; with
+/// `optional`, clients without a certificate are let through the handshake (a presented but
+/// invalid one still fails it).
+pub fn client_verifier(
+    ca_pem: &str,
+    optional: bool,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| e.to_string())?;
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err("no CA certificate".into());
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    );
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder.build().map_err(|e| e.to_string())
+}
+
+fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, String> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err("certificate chain holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("private key: {e}"))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("private key: {e}"))?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match()
+        .map_err(|e| format!("key does not match certificate: {e}"))?;
+    Ok(Arc::new(ck))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_certificate_covers_exactly_one_label() {
+        assert!(wildcard_covers_one_label(
+            "*.acme.example",
+            "app.acme.example"
+        ));
+        assert!(!wildcard_covers_one_label(
+            "*.acme.example",
+            "a.b.acme.example"
+        ));
+        assert!(!wildcard_covers_one_label("*.acme.example", "acme.example"));
+        assert!(!wildcard_covers_one_label(
+            "*.acme.example",
+            "xacme.example"
+        ));
+    }
+}

@@ -1,0 +1,470 @@
+//! Test harness: the gateway binary as a child process on free loopback ports, real
+//! upstream servers, curl as the client, a test CA from rcgen.
+#![allow(dead_code, missing_docs)]
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const API_KEY: &str = "globex-0123456789abcdefghijklmnop";
+pub const ISSUER: &str = "https://token.test";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An upstream that echoes what it received as JSON: path (with query), headers.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    /// Requests whose path contains `/held` wait for a permit here before answering.
+    pub gate: Arc<tokio::sync::Semaphore>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Upstream {
+    pub fn start(name: &'static str) -> Self {
+        Self::start_with_status(name, 200)
+    }
+
+    /// An upstream answering every request with `status`.
+    pub fn start_with_status(name: &'static str, status: u16) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = gate.clone();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let h = hits.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let h = h.clone();
+            let g = g.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                if req.uri().path().contains("/held") {
+                    g.acquire().await.unwrap().forget();
+                }
+                let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for (k, v) in req.headers() {
+                    headers
+                        .entry(k.as_str().to_string())
+                        .or_default()
+                        .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+                }
+                let target = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_default();
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    axum::Json(json!({"upstream": name, "target": target, "headers": headers})),
+                )
+            }
+        });
+        rt.spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            addr,
+            hits,
+            gate,
+            _rt: rt,
+        }
+    }
+}
+
+/// A response as curl saw it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// A header the upstream received (first value).
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name][0].as_str().map(str::to_string)
+    }
+}
+
+/// Runs curl with `args`; `--path-as-is` so curl does not normalise paths itself.
+pub fn curl(args: &[&str]) -> Resp {
+    let dir = tempfile::tempdir().unwrap();
+    let hfile = dir.path().join("h");
+    let out = Command::new("curl")
+        .args(["-s", "-S", "--path-as-is", "--max-time", "20", "-D"])
+        .arg(&hfile)
+        .args(args)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw = std::fs::read_to_string(&hfile).unwrap();
+    // With redirects or 100-continue there can be several blocks; the last one counts.
+    let block = raw
+        .split("\r\n\r\n")
+        .filter(|b| !b.trim().is_empty())
+        .last()
+        .unwrap_or_default();
+    let mut lines = block.lines();
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.split_whitespace();
+    let version = parts.next().unwrap_or_default().to_string();
+    let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Resp {
+        status,
+        version,
+        headers,
+        body: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
+/// The gateway child process; killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub snapshot: PathBuf,
+    pub admin: u16,
+    log: PathBuf,
+}
+
+impl Gateway {
+    pub fn start(snapshot: &Value) -> Self {
+        Self::start_with(snapshot, &[])
+    }
+
+    /// [`Gateway::start`] with extra flags.
+    pub fn start_with(snapshot: &Value, extra: &[&str]) -> Self {
+        let gw = Self::spawn(&serde_json::to_vec_pretty(snapshot).unwrap(), extra);
+        gw.wait_ready(snapshot);
+        gw
+    }
+
+    /// Starts the process on a snapshot file holding `bytes`, without waiting.
+    pub fn spawn(bytes: &[u8], extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot.json");
+        std::fs::write(&path, bytes).unwrap();
+        let admin = free_port();
+        let log = dir.path().join("gateway.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_rustronaut-gateway"))
+            .arg("--snapshot")
+            .arg(&path)
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--bind-address", "127.0.0.1", "--poll-interval-ms", "100"])
+            .args(["--threads", "1", "--grace-period-seconds", "0"])
+            .args(["--shutdown-timeout-seconds", "1"])
+            .args(extra)
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+            ))
+            .spawn()
+            .expect("gateway starts");
+        Self {
+            child,
+            dir,
+            snapshot: path,
+            admin,
+            log,
+        }
+    }
+
+    /// Waits until /readyz is 200 and every listener of `snapshot` accepts connections.
+    pub fn wait_ready(&self, snapshot: &Value) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ports: Vec<u16> = snapshot["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["port"].as_u64().unwrap() as u16)
+            .collect();
+        loop {
+            let ready = std::net::TcpStream::connect(("127.0.0.1", self.admin)).is_ok()
+                && self.admin_get("/readyz").0 == 200
+                && ports
+                    .iter()
+                    .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok());
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not stop; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `(status, body)` of an admin endpoint.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{}{path}", self.admin))
+            .output()
+            .unwrap();
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// Replaces the snapshot file atomically (write + rename), as a kubelet volume update
+    /// does.
+    pub fn write_snapshot_bytes(&self, bytes: &[u8]) {
+        let tmp = self.dir.path().join("snapshot.json.tmp");
+        let mut f = std::fs::File::create(&tmp).unwrap();
+        f.write_all(bytes).unwrap();
+        f.sync_all().unwrap();
+        std::fs::rename(&tmp, &self.snapshot).unwrap();
+    }
+
+    /// Waits until `cond` holds on the admin metrics text.
+    pub fn wait_metrics(&self, what: &str, cond: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, m) = self.admin_get("/metrics");
+            if cond(&m) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; metrics:\n{m}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test PKI: one CA issuing server and client certificates.
+pub struct Pki {
+    pub ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            ca_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// `(chain pem, key pem)` for a server certificate covering `names`.
+    pub fn server(&self, names: &[&str]) -> (String, String) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// `(cert pem, key pem)` for a client certificate with a URI SAN.
+    pub fn client(&self, uri: &str) -> (String, String) {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "client");
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// Writes `contents` to `dir/name` and returns the path as a string.
+pub fn write(dir: &Path, name: &str, contents: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+/// A JWT signer with its JWKS.
+pub struct Signer {
+    key: jsonwebtoken::EncodingKey,
+    pub jwks: Value,
+}
+
+impl Signer {
+    pub fn new() -> Self {
+        let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+            &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER,
+        );
+        let kp = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
+        let raw = kp.public_key_raw();
+        assert_eq!(raw.len(), 65, "uncompressed P-256 point");
+        let jwks = json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(&raw[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&raw[33..65]),
+        }]});
+        Self { key, jwks }
+    }
+
+    pub fn token(&self, sub: &str, groups: &[&str], exp_from_now: i64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some("k1".into());
+        let claims = json!({
+            "iss": ISSUER, "aud": "rtn", "sub": sub, "iat": now, "exp": now + exp_from_now,
+            "email": format!("{sub}@acme.test"), "groups": groups,
+        });
+        jsonwebtoken::encode(&h, &claims, &self.key).unwrap()
+    }
+}
+
+/// The API-key hash for [`API_KEY`].
+pub fn api_key_hash() -> String {
+    rustronaut_contract::identity::apikey::hash_api_key(API_KEY, b"0123456789abcdef0123").unwrap()
+}
+
+/// An HTTPS server (certificate for `localhost` from `pki`) answering every request with
+/// `body` as JSON.
+pub struct JwksServer {
+    pub port: u16,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl JwksServer {
+    pub fn start(pki: &Pki, body: String) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (chain, key) = pki.server(&["localhost"]);
+        let certs = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        rt.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = vec![0u8; 8192];
+                    let mut n = 0;
+                    while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => n += k,
+                        }
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(resp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        Self { port, _rt: rt }
+    }
+}

@@ -1,0 +1,960 @@
+//! End-to-end tests of the gateway binary: real sockets on 127.0.0.1, real upstreams, curl
+//! as the client, snapshots written by the test.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::time::Instant;
+
+const HOST: &str = "app.acme.test";
+
+struct Scenario {
+    http: u16,
+    https: Option<(u16, Vec<Value>, String)>,
+    upstreams: Vec<String>,
+    health_check: Option<Value>,
+    load_balancing: Option<Value>,
+    signer_jwks: Value,
+    extra_policies: Vec<Value>,
+    extra_idps: Vec<Value>,
+}
+
+fn path_op(prefix: &str) -> Value {
+    json!({"paths": [{"type": "PathPrefix", "value": prefix}]})
+}
+
+fn snapshot(s: &Scenario) -> Value {
+    let mut listeners = vec![json!({"name": "http", "port": s.http, "protocol": "HTTP"})];
+    let mut resource_listeners = vec!["http"];
+    let mut idps = vec![
+        json!({"name": "ci", "kind": {"jwt": {
+            "issuer": ISSUER, "audiences": ["rtn"], "jwks": {"inline": s.signer_jwks}}}}),
+        json!({"name": "keys", "kind": {"apiKey": {
+            "header": "X-Api-Key", "keys": [{"clientID": "globex", "hash": api_key_hash()}]}}}),
+    ];
+    idps.extend(s.extra_idps.iter().cloned());
+    if let Some((port, certs, ca)) = &s.https {
+        listeners.push(json!({
+            "name": "https", "port": port, "protocol": "HTTPS",
+            "tls": {"certificates": certs},
+            "clientCertificate": {"mode": "Optional", "caPem": ca},
+        }));
+        resource_listeners.push("https");
+        idps.push(json!({"name": "corp-ca", "kind": {"clientCertificate": {"caPem": ca}}}));
+    }
+    let upstream = json!([{"kind": {"service": {
+        "name": "app", "port": 80, "addresses": s.upstreams}}}]);
+    let mut all = json!({"name": "all", "upstreams": upstream});
+    if let Some(hc) = &s.health_check {
+        all["healthCheck"] = hc.clone();
+    }
+    if let Some(lb) = &s.load_balancing {
+        all["loadBalancing"] = lb.clone();
+    }
+    let mut policies = vec![
+        json!({"namespace": "acme-apps", "name": "anon-public", "tenant": "acme", "action": "Allow",
+            "targets": [{"resource": {"namespace": "acme-apps", "name": "app"}}],
+            "rules": [{"name": "anyone", "from": ["anonymous"],
+                       "to": [path_op("/public"), path_op("/limited")]}]}),
+        json!({"namespace": "acme-apps", "name": "api-callers", "tenant": "acme", "action": "Allow",
+        "targets": [{"resource": {"namespace": "acme-apps", "name": "app"}}],
+        "rules": [
+            {"name": "devs", "from": [{"user": {"groups": ["dev"]}}], "to": [path_op("/api")]},
+            {"name": "globex", "from": [{"apiKey": {"clientIDs": ["globex"]}}], "to": [path_op("/api")]},
+            {"name": "ci-cert", "from": [{"clientCertificate": {"sanURIs": ["spiffe://acme/ci"]}}],
+             "to": [path_op("/mtls")]}
+        ]}),
+        json!({"namespace": "acme-apps", "name": "deny-admin", "tenant": "acme", "action": "Deny",
+            "targets": [{"resource": {"namespace": "acme-apps", "name": "app"}}],
+            "rules": [{"name": "nobody", "from": ["anonymous"], "to": [path_op("/admin")]}]}),
+    ];
+    policies.extend(s.extra_policies.iter().cloned());
+    json!({
+        "schemaVersion": 1,
+        "gateway": {"namespace": "rtn-system", "name": "edge"},
+        "listeners": listeners,
+        "tenants": [{"name": "acme", "domains": ["*.acme.test"], "identityProviders": idps}],
+        "resources": [{
+            "namespace": "acme-apps", "name": "app", "tenant": "acme", "protocol": "HTTP",
+            "listeners": resource_listeners, "hostnames": [HOST],
+            "rules": [
+                all,
+                {"name": "limited", "matches": [{"path": {"type": "PathPrefix", "value": "/limited"}}],
+                 "upstreams": upstream,
+                 "rateLimit": {"requestsPerSecond": 1, "burst": 3, "key": "ClientIP"}}
+            ]
+        }],
+        "policies": policies,
+    })
+}
+
+fn scenario(upstream: &Upstream, signer: &Signer) -> Scenario {
+    Scenario {
+        http: free_port(),
+        https: None,
+        upstreams: vec![upstream.addr.to_string()],
+        health_check: None,
+        load_balancing: None,
+        signer_jwks: signer.jwks.clone(),
+        extra_policies: Vec::new(),
+        extra_idps: Vec::new(),
+    }
+}
+
+fn url(port: u16, path: &str) -> String {
+    format!("http://127.0.0.1:{port}{path}")
+}
+
+fn get(port: u16, path: &str, extra: &[&str]) -> Resp {
+    let host = format!("Host: {HOST}");
+    let u = url(port, path);
+    let mut args: Vec<&str> = vec!["-H", &host];
+    args.extend_from_slice(extra);
+    args.push(&u);
+    curl(&args)
+}
+
+fn assert_refused(r: &Resp, status: u16) {
+    assert_eq!(r.status, status, "{r:?}");
+    let id = r
+        .header("x-rustronaut-decision-id")
+        .expect("decision id header");
+    assert!(!id.is_empty());
+    assert_eq!(r.json()["decisionId"], id);
+}
+
+#[test]
+fn anonymous_requests_are_routed_allowed_and_denied() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let gw = Gateway::start(&snapshot(&s));
+
+    let r = get(s.http, "/public/page?x=1", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["target"], "/public/page?x=1");
+
+    // No Allow for anonymous callers on /api: credentials could help, so 401 with a challenge.
+    let r = get(s.http, "/api/items", &[]);
+    assert_refused(&r, 401);
+    assert!(r.header("www-authenticate").is_some());
+
+    // Unknown host: no route.
+    let r = curl(&["-H", "Host: nope.acme.test", &url(s.http, "/public")]);
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Decisions are logged as JSON lines with resource, decision, reason and id.
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"reason\":\"NoAllowMatched\""))
+        .unwrap_or_else(|| panic!("no decision line in log:\n{log}"));
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["resource"], "acme-apps/app");
+    assert_eq!(v["decision"], "Deny");
+    assert_eq!(v["status"], 401);
+    assert_eq!(v["identity"], "anonymous");
+    assert!(v["decision_id"].as_str().is_some_and(|s| !s.is_empty()));
+}
+
+#[test]
+fn jwt_bearer_tokens_allow_deny_and_are_never_downgraded() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let _gw = Gateway::start(&snapshot(&s));
+
+    let good = format!(
+        "Authorization: Bearer {}",
+        signer.token("alice", &["dev"], 300)
+    );
+    let r = get(s.http, "/api/items", &["-H", &good]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.upstream_header("x-rustronaut-user").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        r.upstream_header("x-rustronaut-email").as_deref(),
+        Some("alice@acme.test")
+    );
+    assert_eq!(
+        r.upstream_header("x-rustronaut-groups").as_deref(),
+        Some("dev")
+    );
+    // Served again from the verified-token cache: same answer.
+    assert_eq!(get(s.http, "/api/items", &["-H", &good]).status, 200);
+
+    // Authenticated but not allowed: 403.
+    let other = format!(
+        "Authorization: Bearer {}",
+        signer.token("bob", &["sales"], 300)
+    );
+    assert_refused(&get(s.http, "/api/items", &["-H", &other]), 403);
+
+    // Expired, or signed by someone else, or garbage: 401, even where anonymous callers are
+    // allowed (a bad credential never falls back to anonymous).
+    let expired = format!(
+        "Authorization: Bearer {}",
+        signer.token("alice", &["dev"], -3600)
+    );
+    assert_refused(&get(s.http, "/api/items", &["-H", &expired]), 401);
+    assert_refused(&get(s.http, "/public/x", &["-H", &expired]), 401);
+    let forged = format!(
+        "Authorization: Bearer {}",
+        Signer::new().token("alice", &["dev"], 300)
+    );
+    assert_refused(&get(s.http, "/api/items", &["-H", &forged]), 401);
+    assert_refused(
+        &get(
+            s.http,
+            "/public/x",
+            &["-H", "Authorization: Bearer not.a.jwt"],
+        ),
+        401,
+    );
+}
+
+#[test]
+fn api_keys_allow_and_unknown_keys_are_refused() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let _gw = Gateway::start(&snapshot(&s));
+
+    let key = format!("X-Api-Key: {API_KEY}");
+    let r = get(s.http, "/api/items", &["-H", &key]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.upstream_header("x-rustronaut-user").as_deref(),
+        Some("globex")
+    );
+    // The key is a secret between client and gateway: not forwarded.
+    assert_eq!(r.upstream_header("x-api-key"), None);
+
+    let wrong = "X-Api-Key: globex-wrong-key-0123456789abcdef";
+    assert_refused(&get(s.http, "/api/items", &["-H", wrong]), 401);
+    assert_refused(&get(s.http, "/public/x", &["-H", wrong]), 401);
+}
+
+#[test]
+fn identity_and_forwarding_headers_cannot_be_spoofed() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let _gw = Gateway::start(&snapshot(&s));
+
+    let spoof = [
+        "-H",
+        "X-Rustronaut-User: root",
+        "-H",
+        "X-Rustronaut-Groups: admins",
+        "-H",
+        "x-rustronaut-email: root@acme.test",
+        "-H",
+        "X-Forwarded-For: 203.0.113.9",
+        "-H",
+        "X-Forwarded-Proto: https",
+    ];
+    let r = get(s.http, "/public/x", &spoof);
+    assert_eq!(r.status, 200, "{r:?}");
+    let h = &r.json()["headers"];
+    assert!(h.get("x-rustronaut-user").is_none(), "{h}");
+    assert!(h.get("x-rustronaut-groups").is_none(), "{h}");
+    assert!(h.get("x-rustronaut-email").is_none(), "{h}");
+    assert_eq!(h["x-forwarded-for"], json!(["127.0.0.1"]));
+    assert_eq!(h["x-forwarded-proto"], json!(["http"]));
+    assert_eq!(h["x-forwarded-host"], json!([HOST]));
+    assert!(h["x-rustronaut-decision-id"][0].as_str().is_some());
+
+    // With a real identity, only the verified values arrive, once.
+    let token = format!(
+        "Authorization: Bearer {}",
+        signer.token("alice", &["dev"], 300)
+    );
+    let mut args = spoof.to_vec();
+    args.extend(["-H", token.as_str()]);
+    let r = get(s.http, "/api/x", &args);
+    assert_eq!(r.status, 200, "{r:?}");
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-rustronaut-user"], json!(["alice"]));
+    assert_eq!(h["x-rustronaut-groups"], json!(["dev"]));
+}
+
+#[test]
+fn path_tricks_cannot_reach_a_denied_rule() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let _gw = Gateway::start(&snapshot(&s));
+    let token = format!(
+        "Authorization: Bearer {}",
+        signer.token("alice", &["dev"], 300)
+    );
+
+    for path in [
+        "/admin",
+        "/api/../admin",
+        "//admin",
+        "/api/%2e%2e/admin",
+        "/%2E%2E/admin/",
+        "/public/./../admin/x",
+        "/%61dmin",
+    ] {
+        let r = get(s.http, path, &["-H", &token]);
+        assert_refused(&r, 403);
+        let r = get(s.http, path, &[]);
+        assert_refused(&r, 403);
+    }
+    // Spellings normalize refuses: 400.
+    for path in ["/api/%2Fadmin", "/api/%5C..%5Cadmin", "/api/%00"] {
+        assert_refused(&get(s.http, path, &[]), 400);
+    }
+    // A raw backslash may already be refused by the HTTP parser; either way it is a 400.
+    assert_eq!(get(s.http, "/api\\..\\admin", &[]).status, 400);
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // What is forwarded is the normalised path.
+    let r = get(s.http, "/api/../public//a/%7Eb", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["target"], "/public/a/~b");
+}
+
+#[test]
+fn bad_snapshot_is_refused_and_hot_reload_changes_decisions() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let mut s = scenario(&up, &signer);
+    let gw = Gateway::start(&snapshot(&s));
+    let (code, ready) = gw.admin_get("/readyz");
+    assert_eq!(code, 200);
+    let first_version = ready.trim().trim_start_matches("ready ").to_string();
+    assert!(first_version.starts_with("sha256:"));
+    assert_refused(&get(s.http, "/open/x", &[]), 401);
+
+    // Not JSON, then JSON that fails validation: both refused, the old snapshot serves.
+    gw.write_snapshot_bytes(b"{ not json");
+    gw.wait_metrics("a refused snapshot", |m| {
+        m.contains("rustronaut_gateway_snapshot_refused_total{reason=\"parse\"} 1")
+    });
+    let mut invalid = snapshot(&s);
+    invalid["resources"][0]["tenant"] = json!("no-such-tenant");
+    gw.write_snapshot_bytes(&serde_json::to_vec(&invalid).unwrap());
+    gw.wait_metrics("an invalid snapshot", |m| {
+        m.contains("rustronaut_gateway_snapshot_refused_total{reason=\"invalid\"} 1")
+    });
+    assert_eq!(get(s.http, "/public/x", &[]).status, 200);
+    assert_eq!(
+        gw.admin_get("/readyz"),
+        (200, format!("ready {first_version}\n"))
+    );
+    assert!(gw.log().contains("the last good snapshot keeps serving"));
+
+    // A valid change applies without a restart.
+    s.extra_policies.push(json!({
+        "namespace": "acme-apps", "name": "open", "tenant": "acme", "action": "Allow",
+        "targets": [{"resource": {"namespace": "acme-apps", "name": "app"}}],
+        "rules": [{"name": "anyone", "from": ["anonymous"], "to": [path_op("/open")]}]}));
+    gw.write_snapshot_bytes(&serde_json::to_vec(&snapshot(&s)).unwrap());
+    gw.wait_metrics("the new version", |m| {
+        m.contains("rustronaut_gateway_config_info{version=")
+            && !m.contains(&format!("version=\"{first_version}\""))
+    });
+    let r = get(s.http, "/open/x", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        gw.admin_get("/metrics")
+            .1
+            .contains("rustronaut_gateway_snapshot_reloads_total{result=\"applied\"} 2")
+    );
+}
+
+#[test]
+fn rate_limit_answers_429_beyond_the_burst() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let _gw = Gateway::start(&snapshot(&s));
+
+    let start = Instant::now();
+    let mut allowed = 0u64;
+    let mut limited = 0u64;
+    for _ in 0..12 {
+        let r = get(s.http, "/limited/x", &[]);
+        match r.status {
+            200 => allowed += 1,
+            429 => {
+                assert_refused(&r, 429);
+                limited += 1;
+            }
+            other => panic!("unexpected status {other}: {r:?}"),
+        }
+    }
+    // burst 3, 1 token per second: at most one more per elapsed second.
+    let elapsed = start.elapsed().as_secs() + 1;
+    assert!(allowed >= 3, "allowed {allowed}");
+    assert!(allowed <= 3 + elapsed, "allowed {allowed} in {elapsed}s");
+    assert_eq!(allowed + limited, 12);
+    // Other rules are not limited.
+    for _ in 0..5 {
+        assert_eq!(get(s.http, "/public/x", &[]).status, 200);
+    }
+}
+
+#[test]
+fn https_with_sni_http2_and_client_certificates() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let pki = Pki::new("test CA");
+    let (app_chain, app_key) = pki.server(&[HOST]);
+    let (other_chain, other_key) = pki.server(&["other.acme.test"]);
+    let mut s = scenario(&up, &signer);
+    let https = free_port();
+    s.https = Some((
+        https,
+        vec![
+            json!({"name": "other", "hostnames": ["other.acme.test"],
+                   "certificateChainPem": other_chain, "privateKeyPem": other_key}),
+            json!({"name": "app", "hostnames": [HOST],
+                   "certificateChainPem": app_chain, "privateKeyPem": app_key}),
+        ],
+        pki.ca_pem.clone(),
+    ));
+    let gw = Gateway::start(&snapshot(&s));
+    let dir = gw.dir.path();
+    let ca = write(dir, "ca.pem", &pki.ca_pem);
+    let (ccert, ckey) = pki.client("spiffe://acme/ci");
+    let ccert = write(dir, "client.pem", &ccert);
+    let ckey = write(dir, "client-key.pem", &ckey);
+    let resolve_app = format!("{HOST}:{https}:127.0.0.1");
+    let resolve_other = format!("other.acme.test:{https}:127.0.0.1");
+    let app = |path: &str| format!("https://{HOST}:{https}{path}");
+
+    // HTTP/2 over TLS, certificate chosen by SNI (curl verifies it against the test CA).
+    let r = curl(&[
+        "--http2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve_app,
+        &app("/public/x"),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.version, "HTTP/2");
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("https")
+    );
+    let r = curl(&[
+        "--http1.1",
+        "--tlsv1.2",
+        "--tls-max",
+        "1.2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve_app,
+        &app("/public/x"),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = curl(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve_other,
+        &format!("https://other.acme.test:{https}/public"),
+    ]);
+    assert_eq!(
+        r.status, 404,
+        "the other certificate verified, no resource there: {r:?}"
+    );
+
+    // Client certificate: identity from its URI SAN.
+    let r = curl(&[
+        "--http2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve_app,
+        "--cert",
+        &ccert,
+        "--key",
+        &ckey,
+        &app("/mtls/x"),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.upstream_header("x-rustronaut-user").as_deref(),
+        Some("spiffe://acme/ci")
+    );
+    assert_eq!(
+        r.upstream_header("x-rustronaut-identity-provider")
+            .as_deref(),
+        Some("corp-ca")
+    );
+    // Without it: anonymous, not allowed there.
+    assert_refused(
+        &curl(&["--cacert", &ca, "--resolve", &resolve_app, &app("/mtls/x")]),
+        401,
+    );
+    // A certificate from another CA fails the handshake.
+    let rogue = Pki::new("rogue CA");
+    let (rc, rk) = rogue.client("spiffe://acme/ci");
+    let rc = write(dir, "rogue.pem", &rc);
+    let rk = write(dir, "rogue-key.pem", &rk);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve_app,
+            "--cert",
+            &rc,
+            "--key",
+            &rk,
+        ])
+        .arg(app("/mtls/x"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "handshake with a rogue certificate must fail"
+    );
+}
+
+#[test]
+fn admin_endpoints_report_health_and_metrics() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let gw = Gateway::start(&snapshot(&s));
+    assert_eq!(gw.admin_get("/healthz"), (200, "ok\n".into()));
+    assert_eq!(get(s.http, "/public/x", &[]).status, 200);
+    assert_eq!(get(s.http, "/api/x", &[]).status, 401);
+    gw.wait_metrics("request counters", |m| {
+        m.contains("rustronaut_gateway_requests_total{resource=\"acme-apps/app\",status=\"200\"} 1")
+            && m.contains(
+                "rustronaut_gateway_requests_total{resource=\"acme-apps/app\",status=\"401\"} 1",
+            )
+    });
+    let (_, m) = gw.admin_get("/metrics");
+    assert!(
+        m.contains("rustronaut_gateway_decisions_total{effect=\"Allow\",reason=\"AllowedBy\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            "rustronaut_gateway_decisions_total{effect=\"Deny\",reason=\"NoAllowMatched\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("rustronaut_gateway_request_duration_seconds_count 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("rustronaut_gateway_config_info{version=\"sha256:"),
+        "{m}"
+    );
+}
+
+#[test]
+fn connect_failures_are_retried_elsewhere_and_ejected() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let mut s = scenario(&up, &signer);
+    // Nothing listens on the first address.
+    s.upstreams.insert(0, format!("127.0.0.1:{}", free_port()));
+    let gw = Gateway::start(&snapshot(&s));
+    for _ in 0..6 {
+        let r = get(s.http, "/public/x", &[]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["upstream"], "a");
+    }
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 6);
+    let (_, m) = gw.admin_get("/metrics");
+    assert!(
+        m.contains("rustronaut_gateway_upstream_ejections_total 1\n"),
+        "{m}"
+    );
+}
+
+#[test]
+fn active_health_checks_take_failing_upstreams_out_of_rotation() {
+    let good = Upstream::start("good");
+    let bad = Upstream::start_with_status("bad", 500);
+    let signer = Signer::new();
+    let mut s = scenario(&good, &signer);
+    s.upstreams.push(bad.addr.to_string());
+    s.health_check = Some(
+        json!({"path": "/healthz", "intervalMs": 100, "timeoutMs": 1000,
+                                 "unhealthyThreshold": 2, "healthyThreshold": 1}),
+    );
+    let gw = Gateway::start(&snapshot(&s));
+    gw.wait_metrics("the bad upstream marked down", |m| {
+        m.contains(&format!(
+            "rustronaut_gateway_upstream_up{{address=\"{}\"}} 0",
+            bad.addr
+        )) && m.contains(&format!(
+            "rustronaut_gateway_upstream_up{{address=\"{}\"}} 1",
+            good.addr
+        ))
+    });
+    // Round robin over both addresses would send half of these to the bad one.
+    for _ in 0..8 {
+        let r = get(s.http, "/public/x", &[]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["upstream"], "good");
+    }
+}
+
+#[test]
+fn sigterm_stops_the_gateway_cleanly() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let mut gw = Gateway::start(&snapshot(&s));
+    assert_eq!(get(s.http, "/public/x", &[]).status, 200);
+    let status = gw.terminate();
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        gw.log()
+    );
+    assert!(gw.log().contains("\"stopped\""), "{}", gw.log());
+}
+
+#[test]
+fn certificates_rotate_on_reload_and_min_tls_version_is_enforced() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let old_ca = Pki::new("old CA");
+    let new_ca = Pki::new("new CA");
+    let (chain, key) = old_ca.server(&[HOST]);
+    let mut s = scenario(&up, &signer);
+    let https = free_port();
+    let cert = |chain: &str, key: &str| {
+        vec![json!({"name": "app", "hostnames": [HOST],
+                    "certificateChainPem": chain, "privateKeyPem": key})]
+    };
+    s.https = Some((https, cert(&chain, &key), old_ca.ca_pem.clone()));
+    let gw = Gateway::start(&snapshot(&s));
+    let dir = gw.dir.path();
+    let old = write(dir, "old.pem", &old_ca.ca_pem);
+    let new = write(dir, "new.pem", &new_ca.ca_pem);
+    let resolve = format!("{HOST}:{https}:127.0.0.1");
+    let target = format!("https://{HOST}:{https}/public/x");
+    assert_eq!(
+        curl(&["--cacert", &old, "--resolve", &resolve, &target]).status,
+        200
+    );
+
+    // A client certificate from the old CA is accepted (Optional mode).
+    let (oc, ok) = old_ca.client("spiffe://acme/ci");
+    let (oc, ok) = (write(dir, "oc.pem", &oc), write(dir, "ok.pem", &ok));
+    let mtls = format!("https://{HOST}:{https}/mtls/x");
+    let r = curl(&[
+        "--cacert",
+        &old,
+        "--resolve",
+        &resolve,
+        "--cert",
+        &oc,
+        "--key",
+        &ok,
+        &mtls,
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // Rotate the server certificate and the client CA, require client certificates and
+    // TLS 1.3, all on the running listener.
+    let (chain, key) = new_ca.server(&[HOST]);
+    s.https = Some((https, cert(&chain, &key), new_ca.ca_pem.clone()));
+    let mut next = snapshot(&s);
+    next["listeners"][1]["tls"]["minVersion"] = json!("1.3");
+    next["listeners"][1]["clientCertificate"]["mode"] = json!("Required");
+    gw.write_snapshot_bytes(&serde_json::to_vec(&next).unwrap());
+    gw.wait_metrics("the rotated snapshot", |m| {
+        m.contains("rustronaut_gateway_snapshot_reloads_total{result=\"applied\"} 2")
+    });
+    let (nc, nk) = new_ca.client("spiffe://acme/ci");
+    let (nc, nk) = (write(dir, "nc.pem", &nc), write(dir, "nk.pem", &nk));
+    let r = curl(&[
+        "--cacert",
+        &new,
+        "--resolve",
+        &resolve,
+        "--tlsv1.3",
+        "--cert",
+        &nc,
+        "--key",
+        &nk,
+        &mtls,
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.upstream_header("x-rustronaut-user").as_deref(),
+        Some("spiffe://acme/ci")
+    );
+    let fails = |args: &[&str]| {
+        !std::process::Command::new("curl")
+            .args(["-s", "--max-time", "10"])
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    // Required now: no certificate, or one from the old CA, fails the handshake.
+    assert!(fails(&["--cacert", &new, "--resolve", &resolve, &target]));
+    assert!(fails(&[
+        "--cacert",
+        &new,
+        "--resolve",
+        &resolve,
+        "--cert",
+        &oc,
+        "--key",
+        &ok,
+        &target,
+    ]));
+    assert!(
+        fails(&[
+            "--cacert",
+            &old,
+            "--resolve",
+            &resolve,
+            "--cert",
+            &nc,
+            "--key",
+            &nk,
+            &target,
+        ]),
+        "the old server certificate is no longer served"
+    );
+    // TLS 1.2 on a 1.3-only listener: refused in the request phase.
+    let r = curl(&[
+        "--cacert",
+        &new,
+        "--resolve",
+        &resolve,
+        "--tlsv1.2",
+        "--tls-max",
+        "1.2",
+        "--cert",
+        &nc,
+        "--key",
+        &nk,
+        &target,
+    ]);
+    assert_refused(&r, 403);
+}
+
+#[test]
+fn unreachable_upstreams_answer_503_with_a_decision_id() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let mut s = scenario(&up, &signer);
+    s.upstreams = vec![
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let gw = Gateway::start(&snapshot(&s));
+    let r = get(s.http, "/public/x", &[]);
+    assert_refused(&r, 503);
+    let (_, m) = gw.admin_get("/metrics");
+    assert!(
+        m.contains("rustronaut_gateway_upstream_ejections_total 2\n"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_reload_does_not_disturb_requests_in_flight() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let mut s = scenario(&up, &signer);
+    s.extra_policies.push(json!({
+        "namespace": "acme-apps", "name": "held", "tenant": "acme", "action": "Allow",
+        "targets": [{"resource": {"namespace": "acme-apps", "name": "app"}}],
+        "rules": [{"name": "anyone", "from": ["anonymous"], "to": [path_op("/held")]}]}));
+    let gw = Gateway::start(&snapshot(&s));
+    let port = s.http;
+    let in_flight = std::thread::spawn(move || get(port, "/held/x", &[]));
+    // Wait until the request is past the decision and held by the upstream.
+    while up.hits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(!in_flight.is_finished(), "request ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Withdraw the Allow while the request is in flight.
+    s.extra_policies.clear();
+    gw.write_snapshot_bytes(&serde_json::to_vec(&snapshot(&s)).unwrap());
+    gw.wait_metrics("the reload", |m| {
+        m.contains("rustronaut_gateway_snapshot_reloads_total{result=\"applied\"} 2")
+    });
+    assert_refused(&get(port, "/held/y", &[]), 401);
+    up.gate.add_permits(1);
+    let r = in_flight.join().unwrap();
+    assert_eq!(
+        r.status, 200,
+        "the request decided before the reload completes: {r:?}"
+    );
+}
+
+#[test]
+fn remote_jwks_are_fetched_and_verify_tokens() {
+    let up = Upstream::start("a");
+    let inline = Signer::new();
+    let remote = Signer::new();
+    let pki = Pki::new("JWKS CA");
+    let jwks = JwksServer::start(&pki, remote.jwks.to_string());
+    let mut s = scenario(&up, &inline);
+    // Same issuer and key id as the inline provider, different key: the inline verifier
+    // refuses the signature, the remote one accepts it.
+    s.extra_idps
+        .push(json!({"name": "remote-ci", "kind": {"jwt": {
+        "issuer": ISSUER, "audiences": ["rtn"],
+        "jwks": {"remote": {"uri": format!("https://localhost:{}/jwks", jwks.port),
+                            "refreshIntervalSeconds": 300}}}}}));
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = write(ca_dir.path(), "jwks-ca.pem", &pki.ca_pem);
+    let gw = Gateway::start_with(&snapshot(&s), &["--jwks-ca-file", &ca]);
+    gw.wait_metrics("the JWKS fetch", |m| {
+        m.contains("rustronaut_gateway_jwks_fetches_total{result=\"ok\"} 1")
+    });
+    let token = format!(
+        "Authorization: Bearer {}",
+        remote.token("carol", &["dev"], 300)
+    );
+    let r = get(s.http, "/api/x", &["-H", &token]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.upstream_header("x-rustronaut-user").as_deref(),
+        Some("carol")
+    );
+    assert_eq!(
+        r.upstream_header("x-rustronaut-identity-provider")
+            .as_deref(),
+        Some("remote-ci")
+    );
+    // Inline tokens still verify; a token from a third key does not.
+    let inline_token = format!(
+        "Authorization: Bearer {}",
+        inline.token("alice", &["dev"], 300)
+    );
+    assert_eq!(get(s.http, "/api/x", &["-H", &inline_token]).status, 200);
+    let stranger = format!(
+        "Authorization: Bearer {}",
+        Signer::new().token("eve", &["dev"], 300)
+    );
+    assert_refused(&get(s.http, "/api/x", &["-H", &stranger]), 401);
+}
+
+#[test]
+fn tokens_are_refused_while_a_remote_jwks_cannot_be_fetched() {
+    let up = Upstream::start("a");
+    let inline = Signer::new();
+    let remote = Signer::new();
+    let mut s = scenario(&up, &inline);
+    // Nothing listens there, and the gateway does not trust a private CA anyway.
+    s.extra_idps
+        .push(json!({"name": "remote-ci", "kind": {"jwt": {
+        "issuer": ISSUER, "audiences": ["rtn"],
+        "jwks": {"remote": {"uri": format!("https://localhost:{}/jwks", free_port()),
+                            "refreshIntervalSeconds": 300}}}}}));
+    let gw = Gateway::start(&snapshot(&s));
+    gw.wait_metrics("a failed JWKS fetch", |m| {
+        m.contains("rustronaut_gateway_jwks_fetches_total{result=\"failed\"} 1")
+    });
+    let token = format!(
+        "Authorization: Bearer {}",
+        remote.token("carol", &["dev"], 300)
+    );
+    assert_refused(&get(s.http, "/api/x", &["-H", &token]), 401);
+    assert_refused(&get(s.http, "/public/x", &["-H", &token]), 401);
+}
+
+fn upstream_of(r: &Resp) -> String {
+    r.json()["upstream"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn consistent_hash_keeps_a_client_on_one_upstream() {
+    let a = Upstream::start("a");
+    let b = Upstream::start("b");
+    let signer = Signer::new();
+    let mut s = scenario(&a, &signer);
+    s.upstreams.push(b.addr.to_string());
+    s.load_balancing = Some(json!({"type": "ConsistentHash", "hashKey": "ClientIP"}));
+    let _gw = Gateway::start(&snapshot(&s));
+    let first = upstream_of(&get(s.http, "/public/x", &[]));
+    for _ in 0..7 {
+        assert_eq!(upstream_of(&get(s.http, "/public/x", &[])), first);
+    }
+}
+
+#[test]
+fn least_connections_avoids_a_busy_upstream() {
+    let a = Upstream::start("a");
+    let b = Upstream::start("b");
+    let signer = Signer::new();
+    let mut s = scenario(&a, &signer);
+    s.upstreams.push(b.addr.to_string());
+    s.load_balancing = Some(json!({"type": "LeastConnections"}));
+    s.extra_policies.push(json!({
+        "namespace": "acme-apps", "name": "held", "tenant": "acme", "action": "Allow",
+        "targets": [{"resource": {"namespace": "acme-apps", "name": "app"}}],
+        "rules": [{"name": "anyone", "from": ["anonymous"], "to": [path_op("/held")]}]}));
+    let _gw = Gateway::start(&snapshot(&s));
+    let port = s.http;
+    let held = std::thread::spawn(move || get(port, "/held/x", &[]));
+    let hits = |u: &Upstream| u.hits.load(std::sync::atomic::Ordering::SeqCst);
+    while hits(&a) + hits(&b) == 0 {
+        assert!(!held.is_finished(), "request ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (busy, idle) = if hits(&a) == 1 { (&a, "b") } else { (&b, "a") };
+    for _ in 0..5 {
+        assert_eq!(upstream_of(&get(s.http, "/public/x", &[])), idle);
+    }
+    busy.gate.add_permits(1);
+    assert_eq!(held.join().unwrap().status, 200);
+}
+
+#[test]
+fn readiness_waits_for_a_first_valid_snapshot() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let gw = Gateway::spawn(b"{\"schemaVersion\": 99}", &[]);
+    // The admin port answers, but nothing is ready and no listener is bound.
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    let (code, body) = loop {
+        let (code, body) = gw.admin_get("/readyz");
+        if code != 0 {
+            break (code, body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "admin never answered: {}",
+            gw.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!((code, body.as_str()), (503, "no valid snapshot loaded\n"));
+    gw.wait_metrics("the refused snapshot", |m| {
+        m.contains("rustronaut_gateway_snapshot_refused_total{reason=\"version\"} 1")
+    });
+    assert!(std::net::TcpStream::connect(("127.0.0.1", s.http)).is_err());
+
+    let valid = snapshot(&s);
+    gw.write_snapshot_bytes(&serde_json::to_vec(&valid).unwrap());
+    gw.wait_ready(&valid);
+    assert_eq!(get(s.http, "/public/x", &[]).status, 200);
+}
