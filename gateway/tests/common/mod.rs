@@ -21,12 +21,38 @@ use std::time::{Duration, Instant};
 pub const API_KEY: &str = "globex-0123456789abcdefghijklmnop";
 pub const ISSUER: &str = "https://token.test";
 
+/// A loopback port no other caller in this test binary has been given.
+///
+/// Why not just `bind(0)` and drop: the gateway binds its ports itself, after this
+/// returns, and tests run in parallel. The kernel may hand a just-released ephemeral port
+/// to the next `bind(0)`, so two gateways could be given the same port, and one test
+/// would talk to the other's listener (a real flake seen in CI). Ports are therefore
+/// taken from below the kernel's ephemeral range (32768+, also used by curl's outgoing
+/// connections) with a per-process counter, and each is checked free before it is
+/// handed out.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::AtomicU16;
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Start each test binary at a different offset so that two binaries run by hand at
+    // once rarely meet.
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + (std::process::id() % u32::from(SPAN)) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = LOW + n % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 /// An upstream that echoes what it received as JSON: path (with query), headers.
