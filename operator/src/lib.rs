@@ -1,0 +1,1 @@
+//! The rustronaut operator (work in progress).
