@@ -1,1 +1,11 @@
-//! The rustronaut operator (work in progress).
+//! The rustronaut operator: one kube-rs controller per kind, each reconciling as
+//! read -> validate -> build -> server-side apply -> status (see ARCHITECTURE.md).
+//!
+//! Module map:
+//! - [`context`]: what every reconciler shares (client, field manager, metrics, events).
+//! - [`metrics`]: Prometheus metrics of the reconcilers.
+//! - [`apply`]: server-side apply with the operator's fixed field manager.
+
+pub mod apply;
+pub mod context;
+pub mod metrics;

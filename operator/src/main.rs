@@ -1,0 +1,3 @@
+//! `rustronaut-operator` (work in progress: the controllers are being written).
+
+fn main() {}
