@@ -14,11 +14,57 @@ use rustronaut_crds::resource as r;
 use rustronaut_crds::tenancy::Target;
 use rustronaut_crds::validate::parse_duration;
 use rustronaut_crds::{Policy, Resource, Tenant};
+use std::collections::BTreeMap;
 
 /// Where secret material comes from.
 pub trait SecretSource {
     /// The value of `key` in Secret `namespace/name`, if it exists.
     fn get(&self, namespace: &str, name: &str, key: &str) -> Option<String>;
+
+    /// Every key of Secret `namespace/name`, if it exists. API-key Secrets need it: their keys
+    /// are client IDs, so they cannot be read one known key at a time. Default: unknown (an
+    /// API-key provider then holds no keys and authenticates nobody, failing closed).
+    fn data(&self, _namespace: &str, _name: &str) -> Option<BTreeMap<String, String>> {
+        None
+    }
+}
+
+/// Secrets held in memory: `(namespace, name) -> key -> value`. The operator fills one from
+/// its Secret reflector for each build; tests fill one by hand.
+#[derive(Debug, Clone, Default)]
+pub struct SecretMap(pub BTreeMap<(String, String), BTreeMap<String, String>>);
+
+impl SecretMap {
+    /// Adds (or replaces) Secret `namespace/name` with `data`.
+    pub fn insert<'a>(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        data: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> &mut Self {
+        self.0.insert(
+            (namespace.to_string(), name.to_string()),
+            data.into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        self
+    }
+}
+
+impl SecretSource for SecretMap {
+    fn get(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
+        self.0
+            .get(&(namespace.to_string(), name.to_string()))?
+            .get(key)
+            .cloned()
+    }
+
+    fn data(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        self.0
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
 }
 
 /// No Secrets at all (offline policy evaluation).
@@ -97,9 +143,23 @@ pub fn tenant(t: &Tenant, secrets: &dyn SecretSource) -> cs::Tenant {
                     ca_pem,
                 })
             } else if let Some(a) = &idp.api_key {
+                // Each Secret maps client IDs to salted hashes; a client ID in several
+                // Secrets keeps the first (refs order), so the result is deterministic.
+                let mut keys: BTreeMap<String, String> = BTreeMap::new();
+                for r in &a.secret_refs {
+                    for (client_id, hash) in secrets.data(&ns, &r.name).unwrap_or_default() {
+                        keys.entry(client_id).or_insert(hash);
+                    }
+                }
                 cs::IdentityProviderKind::ApiKey(cs::ApiKeyProvider {
                     header: a.header.clone(),
-                    keys: Vec::new(),
+                    keys: keys
+                        .into_iter()
+                        .map(|(client_id, hash)| cs::ApiKeyEntry {
+                            client_id,
+                            hash: hash.trim().to_string(),
+                        })
+                        .collect(),
                 })
             } else {
                 // The CRD's CEL rule makes this unreachable for stored objects; a provider of

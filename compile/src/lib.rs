@@ -7,6 +7,7 @@
 //!    v
 //!  contract: CompiledResource, CompiledPolicy, Tenant -> PolicySet (rustronaut_contract)
 //!    | policytest: embedded Policy tests against the whole set    (policytest)
+//!    | snapshot: one Gateway's whole contract::Snapshot            (snapshot)
 //! ```
 //!
 //! Pure: no Kubernetes client, no network. The operator feeds it from its reflectors and writes
@@ -15,6 +16,7 @@
 
 pub mod convert;
 pub mod policytest;
+pub mod snapshot;
 pub mod world;
 
 pub use policytest::{Compiled, TestOutcome, compile, run_all};
