@@ -1,0 +1,684 @@
+//! The Gateway controller: each Gateway becomes its compiled snapshot and the workload that
+//! serves it.
+//!
+//! ```text
+//!  read      Gateway + reflector stores (Tenants, Resources, Policies, Secrets, Services,
+//!            EndpointSlices) -> World + GatewayInputs                       (this module)
+//!  build     rustronaut_compile::snapshot::gateway_snapshot -> Snapshot | BuildError
+//!            objects::* -> Secret, ConfigMap, SA, Role, RoleBinding, Deployment, Service,
+//!            PDB, HPA                                                       (objects)
+//!  apply     server-side apply, field manager "rustronaut-operator"        (crate::apply)
+//!  status    status::status -> Accepted / Programmed / Ready, configVersion (status)
+//! ```
+//!
+//! A snapshot that cannot be built leaves the previous `<gw>-snapshot` Secret untouched (the
+//! gateways keep serving the last good configuration), sets Accepted=False and
+//! Programmed=False with the reason, records a Warning Event, and waits for a change: the
+//! reconcile itself succeeds, so nothing retries in a hot loop and nothing crash-loops.
+//!
+//! Watches. The Gateway and the objects it owns are watched as usual (`owns`). Everything
+//! else a snapshot is made of (Tenants, Resources, Policies, Secrets, Services,
+//! EndpointSlices) is held in reflector stores, and *any* change of those re-reconciles every
+//! Gateway (`reconcile_all_on`, coalesced through a one-slot channel and the controller's
+//! debounce). Simple and obviously correct; an index from objects to the Gateways they affect
+//! is the optimisation for later, when the benchmark says it is needed. Changes to Secrets the
+//! operator writes itself trigger nothing, so writing a snapshot does not wake every Gateway.
+
+pub mod objects;
+pub mod status;
+
+use crate::apply::{apply, apply_status};
+use crate::context::Context;
+use futures::channel::mpsc;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use objects::{Settings, labels, names};
+use rustronaut_compile::World;
+use rustronaut_compile::convert::SecretSource;
+use rustronaut_compile::snapshot::{
+    BuildError, GatewayInputs, Impact, ServicePort, TlsKeyPair, gateway_snapshot,
+};
+use rustronaut_contract::snapshot as cs;
+use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The kind label of this controller's metrics.
+pub const KIND: &str = "Gateway";
+/// How often a Gateway is reconciled without any change (a safety net for missed events).
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Retry delay after a failed reconcile (an API call failed).
+pub const RETRY: Duration = Duration::from_secs(10);
+
+/// Failures of a reconcile: all transient (API calls). An invalid spec is not an error here:
+/// it becomes a condition and the reconcile succeeds.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Server-side apply of a generated object failed.
+    #[error("failed to apply {kind} {namespace}/{name}: {source}")]
+    Apply {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// Deleting an object that is no longer wanted failed.
+    #[error("failed to delete {kind} {namespace}/{name}: {source}")]
+    Delete {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// Reading the current snapshot Secret failed.
+    #[error("failed to read Secret {namespace}/{name}: {source}")]
+    Read {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// Writing the Gateway's status failed.
+    #[error("failed to write the status of Gateway {namespace}/{name}: {source}")]
+    Status {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// A reflector stopped before its first list.
+    #[error("the {0} cache stopped before it was filled")]
+    CacheDropped(&'static str),
+}
+
+impl Error {
+    /// A short, bounded label for metrics (the variant).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Apply { .. } => "Apply",
+            Self::Delete { .. } => "Delete",
+            Self::Read { .. } => "Read",
+            Self::Status { .. } => "Status",
+            Self::CacheDropped(_) => "CacheDropped",
+        }
+    }
+}
+
+/// The reflector stores a snapshot is built from.
+#[derive(Clone)]
+pub struct Stores {
+    /// Tenants.
+    pub tenants: Store<Tenant>,
+    /// Resources.
+    pub resources: Store<RtnResource>,
+    /// Policies.
+    pub policies: Store<Policy>,
+    /// Secrets (TLS certificates, identity-provider material).
+    pub secrets: Store<Secret>,
+    /// Services (Service port -> EndpointSlice port name).
+    pub services: Store<Service>,
+    /// EndpointSlices (ready endpoints).
+    pub slices: Store<EndpointSlice>,
+}
+
+impl Stores {
+    /// Waits until every store has completed its first list.
+    pub async fn ready(&self) -> Result<(), Error> {
+        macro_rules! wait {
+            ($($f:ident),*) => {$(
+                self.$f
+                    .wait_until_ready()
+                    .await
+                    .map_err(|_| Error::CacheDropped(stringify!($f)))?;
+            )*};
+        }
+        wait!(tenants, resources, policies, secrets, services, slices);
+        Ok(())
+    }
+
+    /// The rustronaut.io objects in the cache, as one [`World`] (`gateway` is the only
+    /// Gateway: a snapshot depends on no other).
+    pub fn world(&self, gateway: &Gateway) -> World {
+        fn all<K: Clone + kube::Resource<DynamicType = ()>>(s: &Store<K>) -> Vec<K> {
+            s.state().iter().map(|k| (**k).clone()).collect()
+        }
+        World {
+            tenants: all(&self.tenants),
+            gateways: vec![gateway.clone()],
+            resources: all(&self.resources),
+            policies: all(&self.policies),
+        }
+    }
+
+    /// Ready endpoints of Service port `namespace/name:port` as `ip:targetPort`; None when
+    /// the Service or the port does not exist.
+    pub fn endpoints(&self, namespace: &str, name: &str, port: u16) -> Option<Vec<SocketAddr>> {
+        let svc = self.services.get(&ObjectRef::new(name).within(namespace))?;
+        let sp = svc
+            .spec
+            .as_ref()?
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.port == i32::from(port))?;
+        let port_name = sp.name.clone().unwrap_or_default();
+        let mut out = Vec::new();
+        for slice in self.slices.state() {
+            if slice.namespace().as_deref() != Some(namespace)
+                || slice
+                    .labels()
+                    .get("kubernetes.io/service-name")
+                    .map(String::as_str)
+                    != Some(name)
+            {
+                continue;
+            }
+            let target = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.clone().unwrap_or_default() == port_name)
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok());
+            let Some(target) = target else { continue };
+            for ep in &slice.endpoints {
+                // Absent readiness means ready (the EndpointSlice API's convention).
+                if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                    continue;
+                }
+                out.extend(
+                    ep.addresses
+                        .iter()
+                        .filter_map(|a| a.parse::<IpAddr>().ok())
+                        .map(|ip| SocketAddr::new(ip, target)),
+                );
+            }
+        }
+        out.sort();
+        out.dedup();
+        Some(out)
+    }
+
+    /// The inputs of `gateway`'s build: its TLS Secrets, the endpoints of every Service
+    /// port the Resources in `world` name.
+    pub fn inputs<'a>(&'a self, world: &World, gateway: &Gateway) -> GatewayInputs<'a> {
+        let ns = gateway.namespace().unwrap_or_default();
+        let mut tls = BTreeMap::new();
+        for l in &gateway.spec.listeners {
+            for r in l.tls.iter().flat_map(|t| &t.certificate_refs) {
+                let Some(s) = self.secrets.get(&ObjectRef::new(&r.name).within(&ns)) else {
+                    continue;
+                };
+                let key = |k: &str| {
+                    s.data
+                        .as_ref()
+                        .and_then(|d| d.get(k))
+                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                        .unwrap_or_default()
+                };
+                tls.insert(
+                    cs::ObjectRef::new(&ns, &r.name),
+                    TlsKeyPair {
+                        certificate_chain_pem: key("tls.crt"),
+                        private_key_pem: key("tls.key"),
+                    },
+                );
+            }
+        }
+        let mut endpoints = BTreeMap::new();
+        for res in &world.resources {
+            let res_ns = res.namespace().unwrap_or_default();
+            let upstreams = res
+                .spec
+                .upstreams
+                .iter()
+                .chain(res.spec.rules.iter().flat_map(|r| &r.upstreams));
+            for svc in upstreams.filter_map(|u| u.service.as_ref()) {
+                let Ok(port) = u16::try_from(svc.port) else {
+                    continue;
+                };
+                let key = ServicePort::new(&res_ns, &svc.name, port);
+                if endpoints.contains_key(&key) {
+                    continue;
+                }
+                if let Some(addrs) = self.endpoints(&res_ns, &svc.name, port) {
+                    endpoints.insert(key, addrs);
+                }
+            }
+        }
+        GatewayInputs {
+            tls,
+            endpoints,
+            secrets: self,
+        }
+    }
+}
+
+/// Identity-provider Secrets straight from the Secret store.
+impl SecretSource for Stores {
+    fn get(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
+        let s = self.secrets.get(&ObjectRef::new(name).within(namespace))?;
+        let bytes = s.data.as_ref()?.get(key)?;
+        String::from_utf8(bytes.0.clone()).ok()
+    }
+
+    fn data(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        let s = self.secrets.get(&ObjectRef::new(name).within(namespace))?;
+        Some(
+            s.data
+                .iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+                .collect(),
+        )
+    }
+}
+
+/// What the Gateway reconciler works with.
+pub struct GatewayContext {
+    /// Client, metrics, Event reporter.
+    pub ctx: Context,
+    /// The caches.
+    pub stores: Stores,
+    /// Builder settings (flags).
+    pub settings: Settings,
+    /// Publishes Events.
+    pub recorder: Recorder,
+}
+
+fn managed(obj: &impl Resource) -> bool {
+    obj.meta()
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::MANAGED_BY))
+        .is_some_and(|v| v == labels::OPERATOR)
+}
+
+/// Runs a reflector for `api` into a new store; every change (except of objects the operator
+/// manages) pokes `tx`. Returns the store and the stream to drive.
+fn reflect<K>(
+    api: Api<K>,
+    tx: mpsc::Sender<()>,
+) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .map(move |r| match r {
+            Ok(obj) => {
+                if !managed(&obj) {
+                    // A full slot already means "reconcile everything": coalesce.
+                    let _ = tx.clone().try_send(());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying")
+            }
+        });
+    (store, stream)
+}
+
+/// The Gateway controller: caches, triggers and the reconcile loop.
+pub struct GatewayController {
+    context: Arc<GatewayContext>,
+    drivers: Vec<std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>>,
+    triggers: mpsc::Receiver<()>,
+    ready: Arc<AtomicBool>,
+}
+
+impl GatewayController {
+    /// Sets up the caches for `ctx`'s client (nothing runs until [`Self::run`]).
+    pub fn new(ctx: Context, settings: Settings) -> Self {
+        let client = ctx.client.clone();
+        let (tx, triggers) = mpsc::channel(1);
+        let (tenants, s1) = reflect(Api::<Tenant>::all(client.clone()), tx.clone());
+        let (resources, s2) = reflect(Api::<RtnResource>::all(client.clone()), tx.clone());
+        let (policies, s3) = reflect(Api::<Policy>::all(client.clone()), tx.clone());
+        let (secrets, s4) = reflect(Api::<Secret>::all(client.clone()), tx.clone());
+        let (services, s5) = reflect(Api::<Service>::all(client.clone()), tx.clone());
+        let (slices, s6) = reflect(Api::<EndpointSlice>::all(client.clone()), tx);
+        let recorder = Recorder::new(client, ctx.reporter.clone());
+        Self {
+            context: Arc::new(GatewayContext {
+                ctx,
+                stores: Stores {
+                    tenants,
+                    resources,
+                    policies,
+                    secrets,
+                    services,
+                    slices,
+                },
+                settings,
+                recorder,
+            }),
+            drivers: vec![
+                s1.boxed(),
+                s2.boxed(),
+                s3.boxed(),
+                s4.boxed(),
+                s5.boxed(),
+                s6.boxed(),
+            ],
+            triggers,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// True once every cache has been filled (for `/readyz`).
+    pub fn ready_flag(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    /// Runs until `shutdown` completes; in-flight reconciles finish first.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+        let client = self.context.ctx.client.clone();
+        let drivers: Vec<_> = self
+            .drivers
+            .into_iter()
+            .map(|d| tokio::spawn(d.for_each(|()| async {})))
+            .collect();
+        let stores = self.context.stores.clone();
+        let ready = self.ready.clone();
+        let readiness = tokio::spawn(async move {
+            if stores.ready().await.is_ok() {
+                ready.store(true, Ordering::Relaxed);
+            }
+        });
+        let owned = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
+        Controller::new(
+            Api::<Gateway>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(Api::<Deployment>::all(client.clone()), owned())
+        .owns(Api::<Service>::all(client.clone()), owned())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned())
+        .owns(Api::<ServiceAccount>::all(client.clone()), owned())
+        .owns(Api::<Role>::all(client.clone()), owned())
+        .owns(Api::<RoleBinding>::all(client.clone()), owned())
+        .reconcile_all_on(self.triggers)
+        .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, self.context)
+        .for_each(|r| async move {
+            match r {
+                Ok((obj, _)) => tracing::debug!(gateway = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+        readiness.abort();
+        for d in drivers {
+            d.abort();
+        }
+    }
+}
+
+/// Reconciles one Gateway, recording metrics.
+pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<GatewayContext>) -> Result<Action, Error> {
+    let start = Instant::now();
+    let result = reconcile_inner(&gw, &ctx).await;
+    ctx.ctx.metrics.observe(
+        KIND,
+        start.elapsed(),
+        result.as_ref().err().map(Error::label),
+    );
+    result
+}
+
+/// Transient failures back off and retry.
+pub fn error_policy(gw: Arc<Gateway>, error: &Error, _ctx: Arc<GatewayContext>) -> Action {
+    tracing::warn!(
+        gateway = %format!("{}/{}", gw.namespace().unwrap_or_default(), gw.name_any()),
+        error = %error,
+        "reconcile failed; retrying"
+    );
+    Action::requeue(RETRY)
+}
+
+async fn put<K>(client: &kube::Client, ns: &str, obj: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    apply(&api, &name, obj)
+        .await
+        .map_err(|source| Error::Apply {
+            kind: static_kind::<K>(),
+            namespace: ns.to_string(),
+            name,
+            source,
+        })
+}
+
+fn static_kind<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "Secret" => "Secret",
+        "ConfigMap" => "ConfigMap",
+        "ServiceAccount" => "ServiceAccount",
+        "Role" => "Role",
+        "RoleBinding" => "RoleBinding",
+        "Deployment" => "Deployment",
+        "Service" => "Service",
+        "PodDisruptionBudget" => "PodDisruptionBudget",
+        "HorizontalPodAutoscaler" => "HorizontalPodAutoscaler",
+        _ => "object",
+    }
+}
+
+/// Deletes `name` if it exists (an object the current spec no longer wants).
+async fn remove<K>(client: &kube::Client, ns: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(Error::Delete {
+            kind: static_kind::<K>(),
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, Error> {
+    let client = &ctx.ctx.client;
+    let ns = gw.namespace().unwrap_or_default();
+    let name = gw.name_any();
+    if gw.meta().deletion_timestamp.is_some() {
+        // Owned objects go with the Gateway (garbage collection); nothing to do.
+        return Ok(Action::await_change());
+    }
+    ctx.stores.ready().await?;
+
+    // read + build
+    let built = {
+        // Scoped: the inputs borrow the stores through a `dyn SecretSource`, which must not
+        // live across an await (the reconcile future is sent between threads).
+        let world = ctx.stores.world(gw);
+        let inputs = ctx.stores.inputs(&world, gw);
+        gateway_snapshot(&world, gw, &inputs)
+    };
+
+    // apply: the workload, whatever the snapshot's fate (it does not depend on it)
+    put(client, &ns, &objects::service_account(gw)).await?;
+    put(client, &ns, &objects::role(gw)).await?;
+    put(client, &ns, &objects::role_binding(gw)).await?;
+    let status_cm = put(client, &ns, &objects::status_config_map(gw)).await?;
+    let service = put(client, &ns, &objects::service(gw)).await?;
+    let deployment = put(client, &ns, &objects::deployment(gw, &ctx.settings)).await?;
+    match objects::pdb(gw) {
+        Some(p) => drop(put(client, &ns, &p).await?),
+        None => remove::<PodDisruptionBudget>(client, &ns, &name).await?,
+    }
+    match objects::hpa(gw) {
+        Some(h) => drop(put(client, &ns, &h).await?),
+        None => remove::<HorizontalPodAutoscaler>(client, &ns, &name).await?,
+    }
+
+    // apply: the snapshot, only when it was built; otherwise the last good one stays
+    let reference = gw.object_ref(&());
+    let (outcome, served) = match built {
+        Ok(outcome) => {
+            let secret = put(
+                client,
+                &ns,
+                &objects::snapshot_secret(gw, &outcome.snapshot),
+            )
+            .await?;
+            for p in &outcome.problems {
+                let level = if p.impact == Impact::Degraded {
+                    "degraded"
+                } else {
+                    "excluded"
+                };
+                tracing::info!(
+                    gateway = %format!("{ns}/{name}"),
+                    object = %format!("{} {}", p.kind, p.object),
+                    reason = p.reason,
+                    level,
+                    "{}",
+                    p.message
+                );
+            }
+            let served = config_version(&secret);
+            (
+                status::Built::Ok {
+                    attached: outcome.attached,
+                    problems: outcome
+                        .problems
+                        .iter()
+                        .filter(|p| p.impact != Impact::Degraded)
+                        .count(),
+                },
+                served,
+            )
+        }
+        Err(e) => {
+            publish_failure(ctx, &reference, &e).await;
+            let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            let secret_name = names::snapshot(&name);
+            let current = api
+                .get_opt(&secret_name)
+                .await
+                .map_err(|source| Error::Read {
+                    namespace: ns.clone(),
+                    name: secret_name,
+                    source,
+                })?;
+            (
+                status::Built::Failed {
+                    reason: e.reason(),
+                    message: e.to_string(),
+                },
+                current.as_ref().and_then(config_version),
+            )
+        }
+    };
+
+    // status
+    let reports = status_cm.data.clone().unwrap_or_default();
+    let new = status::status(&status::Observed {
+        generation: gw.meta().generation,
+        previous: gw.status.as_ref(),
+        built: outcome,
+        served,
+        deployment: Some(&deployment),
+        service: Some(&service),
+        reports: reports.into_iter().collect(),
+        now: Time(k8s_openapi::jiff::Timestamp::now()),
+    });
+    if gw.status.as_ref() != Some(&new) {
+        let api: Api<Gateway> = Api::namespaced(client.clone(), &ns);
+        let body = serde_json::json!({
+            "apiVersion": Gateway::api_version(&()),
+            "kind": Gateway::kind(&()),
+            "status": new,
+        });
+        apply_status(&api, &name, &body)
+            .await
+            .map_err(|source| Error::Status {
+                namespace: ns.clone(),
+                name: name.clone(),
+                source,
+            })?;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+fn config_version(secret: &Secret) -> Option<String> {
+    secret
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(objects::CONFIG_VERSION_ANNOTATION)
+        .cloned()
+}
+
+async fn publish_failure(
+    ctx: &GatewayContext,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    e: &BuildError,
+) {
+    let mut note = e.to_string();
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: e.reason().to_string(),
+        note: Some(note),
+        action: "BuildSnapshot".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(error = %err, "failed to publish an Event");
+    }
+}

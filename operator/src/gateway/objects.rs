@@ -1,0 +1,717 @@
+//! The `build` step of the Gateway reconciler: pure functions from a Gateway (and its compiled
+//! snapshot) to the whole objects the operator server-side applies. No client, no I/O, so each
+//! is tested as "Gateway in, whole JSON out".
+//!
+//! Every generated object lives in the Gateway's namespace, carries an ownerReference to the
+//! Gateway (controller=true, so Kubernetes garbage-collects it with the Gateway) and the labels
+//! of [`labels`]. The names are a contract with the gateway binary (see [`names`]).
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::{Resource, ResourceExt};
+use rustronaut_contract::snapshot::Snapshot;
+use rustronaut_crds::Gateway;
+use rustronaut_crds::gateway::{ListenerProtocol, ServiceType};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// Port of the gateway's admin server (/healthz, /readyz, /metrics).
+pub const ADMIN_PORT: u16 = 9901;
+/// Key of the snapshot in the snapshot Secret.
+pub const SNAPSHOT_KEY: &str = "snapshot.json";
+/// Annotation on the snapshot Secret: the snapshot's content hash, so status can report the
+/// version being served without parsing the Secret.
+pub const CONFIG_VERSION_ANNOTATION: &str = "rustronaut.io/config-version";
+/// The user and group the gateway runs as (distroless "nonroot").
+pub const RUN_AS: i64 = 65532;
+
+/// Names of the generated objects: a contract with the gateway binary and its RBAC.
+pub mod names {
+    /// Secret holding the compiled snapshot.
+    pub fn snapshot(gw: &str) -> String {
+        format!("{gw}-snapshot")
+    }
+    /// ConfigMap the gateway pods report their loaded version into.
+    pub fn status(gw: &str) -> String {
+        format!("{gw}-status")
+    }
+    /// ServiceAccount, Role and RoleBinding of the gateway pods.
+    pub fn account(gw: &str) -> String {
+        format!("{gw}-gateway")
+    }
+}
+
+/// Label keys and the fixed values of generated objects.
+pub mod labels {
+    /// `app.kubernetes.io/name`.
+    pub const NAME: &str = "app.kubernetes.io/name";
+    /// `app.kubernetes.io/instance`: the Gateway's name.
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    /// `app.kubernetes.io/managed-by`.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// Value of [`NAME`].
+    pub const GATEWAY: &str = "rustronaut-gateway";
+    /// Value of [`MANAGED_BY`]; also what the operator's watches select on.
+    pub const OPERATOR: &str = "rustronaut-operator";
+    /// Selector of every object the operator manages.
+    pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=rustronaut-operator";
+}
+
+/// Settings of the builders that come from the operator's flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Gateway container image.
+    pub image: String,
+}
+
+impl Settings {
+    /// The default image: the gateway of the same release as this operator.
+    pub fn default_image() -> String {
+        format!("ghcr.io/rustronaut/gateway:{}", env!("CARGO_PKG_VERSION"))
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            image: Self::default_image(),
+        }
+    }
+}
+
+fn typed<T: DeserializeOwned>(v: Value) -> T {
+    // The JSON is built from constants and validated CR fields; a mismatch is a bug in this
+    // module, which the whole-object tests catch.
+    serde_json::from_value(v).expect("generated object matches its Kubernetes type")
+}
+
+fn selector_labels(gw: &Gateway) -> Value {
+    json!({labels::NAME: labels::GATEWAY, labels::INSTANCE: gw.name_any()})
+}
+
+fn metadata(gw: &Gateway, name: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": gw.namespace().unwrap_or_default(),
+        "labels": {
+            labels::NAME: labels::GATEWAY,
+            labels::INSTANCE: gw.name_any(),
+            labels::MANAGED_BY: labels::OPERATOR,
+        },
+        "ownerReferences": gw.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
+    })
+}
+
+/// The Secret holding `snapshot` (`snapshot.json` = [`Snapshot::to_json`]).
+pub fn snapshot_secret(gw: &Gateway, snapshot: &Snapshot) -> Secret {
+    let mut s: Secret = typed(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": metadata(gw, &names::snapshot(&gw.name_any())),
+        "type": "Opaque",
+    }));
+    s.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(CONFIG_VERSION_ANNOTATION.into(), snapshot.content_hash());
+    s.data = Some(BTreeMap::from([(
+        SNAPSHOT_KEY.to_string(),
+        ByteString(snapshot.to_json()),
+    )]));
+    s
+}
+
+/// The ConfigMap pods report into. The operator applies it without `data`, so it owns no
+/// entry and never removes the pods' (each pod applies its own entry as its own manager).
+pub fn status_config_map(gw: &Gateway) -> ConfigMap {
+    typed(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": metadata(gw, &names::status(&gw.name_any())),
+    }))
+}
+
+/// The gateway pods' ServiceAccount.
+pub fn service_account(gw: &Gateway) -> ServiceAccount {
+    typed(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": metadata(gw, &names::account(&gw.name_any())),
+    }))
+}
+
+/// The gateway pods' Role: read their own snapshot Secret, report into their own status
+/// ConfigMap, nothing else. `list`/`watch` with resourceNames are honoured only for requests
+/// with a `metadata.name` field selector, which is how the gateway watches.
+pub fn role(gw: &Gateway) -> Role {
+    let name = gw.name_any();
+    typed(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": metadata(gw, &names::account(&name)),
+        "rules": [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"],
+             "resourceNames": [names::snapshot(&name)]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch"],
+             "resourceNames": [names::status(&name)]},
+        ],
+    }))
+}
+
+/// Binds [`role`] to [`service_account`].
+pub fn role_binding(gw: &Gateway) -> RoleBinding {
+    let account = names::account(&gw.name_any());
+    typed(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": metadata(gw, &account),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+        "subjects": [{"kind": "ServiceAccount", "name": account,
+                      "namespace": gw.namespace().unwrap_or_default()}],
+    }))
+}
+
+fn transport(p: ListenerProtocol) -> &'static str {
+    if p == ListenerProtocol::Udp {
+        "UDP"
+    } else {
+        "TCP"
+    }
+}
+
+/// (port, TCP|UDP, first listener name) of the listeners, one per distinct port and transport
+/// (HTTPS listeners that differ only in hostname share a port).
+fn listener_ports(gw: &Gateway) -> Vec<(i32, &'static str, String)> {
+    let mut out: Vec<(i32, &'static str, String)> = Vec::new();
+    for l in &gw.spec.listeners {
+        let proto = transport(l.protocol);
+        if !out.iter().any(|(p, t, _)| *p == l.port && *t == proto) {
+            out.push((l.port, proto, l.name.clone()));
+        }
+    }
+    out
+}
+
+/// Replicas of the Deployment, or None when an HPA decides.
+fn replicas(gw: &Gateway) -> Option<i32> {
+    gw.spec.autoscaling.is_none().then_some(gw.spec.replicas)
+}
+
+/// The gateway container's security context, re-applied after any podTemplate override.
+fn container_security() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "readOnlyRootFilesystem": true,
+        "allowPrivilegeEscalation": false,
+        "privileged": false,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// The gateway Deployment, with `spec.podTemplate` merged in and the security settings and
+/// the contract with the binary (command, args, POD_NAME) re-applied after the merge.
+pub fn deployment(gw: &Gateway, settings: &Settings) -> Deployment {
+    let name = gw.name_any();
+    let mut ports: Vec<Value> = listener_ports(gw)
+        .into_iter()
+        .map(|(port, proto, _)| json!({"containerPort": port, "protocol": proto}))
+        .collect();
+    ports.push(json!({"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}));
+    let probe = |path: &str| {
+        json!({
+            "httpGet": {"path": path, "port": ADMIN_PORT},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        })
+    };
+    let generated = json!({
+        "metadata": {
+            "labels": {
+                labels::NAME: labels::GATEWAY,
+                labels::INSTANCE: name,
+                labels::MANAGED_BY: labels::OPERATOR,
+            }
+        },
+        "spec": {
+            "serviceAccountName": names::account(&name),
+            "containers": [{
+                "name": "gateway",
+                "image": settings.image,
+                "ports": ports,
+                "resources": {
+                    "requests": {"cpu": "100m", "memory": "128Mi"},
+                    "limits": {"cpu": "1", "memory": "512Mi"},
+                },
+                "livenessProbe": probe("/healthz"),
+                "readinessProbe": probe("/readyz"),
+            }],
+        }
+    });
+    let mut template = match &gw.spec.pod_template {
+        Some(overlay) => merge(generated, overlay),
+        None => generated,
+    };
+    enforce(&mut template, gw, settings);
+    let mut spec = json!({
+        "selector": {"matchLabels": selector_labels(gw)},
+        "template": template,
+    });
+    if let Some(r) = replicas(gw) {
+        spec["replicas"] = json!(r);
+    }
+    typed(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": metadata(gw, &name),
+        "spec": spec,
+    }))
+}
+
+/// Merges `overlay` into `base`: objects key by key (`null` deletes), lists of objects that
+/// all have a `name` (containers, volumes, env) item by name, other lists replaced. This is
+/// the part of Kubernetes' strategic merge that pod templates need, without its patch
+/// directives; a JSON merge patch alone would replace the whole containers list.
+pub fn merge(base: Value, overlay: &Value) -> Value {
+    match (base, overlay) {
+        (Value::Object(mut b), Value::Object(o)) => {
+            for (k, v) in o {
+                if v.is_null() {
+                    b.remove(k);
+                } else {
+                    let merged = match b.remove(k) {
+                        Some(old) => merge(old, v),
+                        None => v.clone(),
+                    };
+                    b.insert(k.clone(), merged);
+                }
+            }
+            Value::Object(b)
+        }
+        (Value::Array(mut b), Value::Array(o)) if named(&b) && named(o) => {
+            for item in o {
+                let pos = b.iter().position(|x| x["name"] == item["name"]);
+                match pos {
+                    Some(i) => {
+                        let old = std::mem::take(&mut b[i]);
+                        b[i] = merge(old, item);
+                    }
+                    None => b.push(item.clone()),
+                }
+            }
+            Value::Array(b)
+        }
+        (_, o) => o.clone(),
+    }
+}
+
+fn named(list: &[Value]) -> bool {
+    list.iter()
+        .all(|x| x.get("name").is_some_and(Value::is_string))
+}
+
+/// What no podTemplate override may change: the selector labels, the ServiceAccount, the
+/// security settings of the pod and of every container, and the gateway container's image,
+/// command, args and POD_NAME.
+fn enforce(template: &mut Value, gw: &Gateway, settings: &Settings) {
+    let name = gw.name_any();
+    let ns = gw.namespace().unwrap_or_default();
+    for (k, v) in selector_labels(gw).as_object().into_iter().flatten() {
+        template["metadata"]["labels"][k] = v.clone();
+    }
+    let spec = &mut template["spec"];
+    spec["serviceAccountName"] = json!(names::account(&name));
+    spec["automountServiceAccountToken"] = json!(true);
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        if let Some(o) = spec.as_object_mut() {
+            o.remove(host);
+        }
+    }
+    let mut pod_security = json!({
+        "runAsNonRoot": true,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    });
+    // Listeners below 1024 (443) without NET_BIND_SERVICE: the namespaced, "safe" sysctl lets
+    // a non-root process bind them, so no capability is ever added.
+    if gw.spec.listeners.iter().any(|l| l.port < 1024) {
+        pod_security["sysctls"] =
+            json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]);
+    }
+    let user_security = spec["securityContext"].take();
+    spec["securityContext"] = merge(user_security, &pod_security);
+    for list in ["containers", "initContainers"] {
+        let Some(containers) = spec[list].as_array_mut() else {
+            continue;
+        };
+        for c in containers {
+            let own = c["securityContext"].take();
+            c["securityContext"] = merge(own, &container_security());
+            // Replaced, not merged: an override must not add capabilities back.
+            c["securityContext"]["capabilities"] = json!({"drop": ["ALL"]});
+            if c["name"] == "gateway" && list == "containers" {
+                c["image"] = json!(settings.image);
+                c["command"] = json!(["rustronaut-gateway"]);
+                c["args"] = json!([
+                    "--config-from",
+                    format!("{ns}/{}", names::snapshot(&name)),
+                    "--report-status",
+                    format!("{ns}/{}", names::status(&name)),
+                    "--admin-listen",
+                    format!("0.0.0.0:{ADMIN_PORT}"),
+                ]);
+                let env = c["env"].take();
+                let env = if env.is_array() { env } else { json!([]) };
+                c["env"] = merge(
+                    env,
+                    &json!([{"name": "POD_NAME",
+                             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]),
+                );
+                // A value set by the override would conflict with valueFrom.
+                if let Some(list) = c["env"].as_array_mut()
+                    && let Some(pod) = list.iter_mut().find(|e| e["name"] == "POD_NAME")
+                    && let Some(o) = pod.as_object_mut()
+                {
+                    o.remove("value");
+                }
+            }
+        }
+    }
+}
+
+/// The Service in front of the gateway pods: one port per listener port and transport.
+/// Type from spec.service (ClusterIP when absent).
+pub fn service(gw: &Gateway) -> Service {
+    let name = gw.name_any();
+    let ports: Vec<Value> = listener_ports(gw)
+        .into_iter()
+        .map(|(port, proto, listener)| {
+            json!({"name": listener, "port": port, "targetPort": port, "protocol": proto})
+        })
+        .collect();
+    let type_ = match gw.spec.service.as_ref().map(|s| s.type_) {
+        None | Some(ServiceType::ClusterIP) => "ClusterIP",
+        Some(ServiceType::LoadBalancer) => "LoadBalancer",
+        Some(ServiceType::NodePort) => "NodePort",
+    };
+    let mut meta = metadata(gw, &name);
+    if let Some(s) = &gw.spec.service
+        && !s.annotations.is_empty()
+    {
+        meta["annotations"] = json!(s.annotations);
+    }
+    typed(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": meta,
+        "spec": {"type": type_, "selector": selector_labels(gw), "ports": ports},
+    }))
+}
+
+/// A PodDisruptionBudget (maxUnavailable 1) when more than one pod runs, so a node drain
+/// never takes every gateway pod at once; None with a single pod (a PDB would block drains).
+pub fn pdb(gw: &Gateway) -> Option<PodDisruptionBudget> {
+    let min = gw
+        .spec
+        .autoscaling
+        .as_ref()
+        .map_or(gw.spec.replicas, |a| a.min_replicas);
+    (min > 1).then(|| {
+        typed(json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": metadata(gw, &gw.name_any()),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(gw)}},
+        }))
+    })
+}
+
+/// A HorizontalPodAutoscaler on CPU when spec.autoscaling is set.
+pub fn hpa(gw: &Gateway) -> Option<HorizontalPodAutoscaler> {
+    let a = gw.spec.autoscaling.as_ref()?;
+    let name = gw.name_any();
+    Some(typed(json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(gw, &name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": a.min_replicas,
+            "maxReplicas": a.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization",
+                           "averageUtilization": a.target_cpu_utilization_percentage}}}],
+        },
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(extra: Value) -> Gateway {
+        let mut v = json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": "rtn", "uid": "u-1"},
+            "spec": {
+                "listeners": [
+                    {"name": "https", "port": 443, "protocol": "HTTPS",
+                     "tls": {"certificateRefs": [{"name": "tls"}]}},
+                    {"name": "admin", "port": 443, "protocol": "HTTPS", "hostname": "a.example",
+                     "tls": {"certificateRefs": [{"name": "tls"}]}},
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                ]
+            }
+        });
+        if let (Some(spec), Some(extra)) = (v["spec"].as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn to_json(v: impl serde::Serialize) -> Value {
+        serde_json::to_value(v).unwrap()
+    }
+
+    fn owner() -> Value {
+        json!([{"apiVersion": "rustronaut.io/v1alpha1", "kind": "Gateway", "name": "edge",
+                "uid": "u-1", "controller": true}])
+    }
+
+    fn meta(name: &str) -> Value {
+        json!({
+            "name": name, "namespace": "rtn",
+            "labels": {"app.kubernetes.io/name": "rustronaut-gateway",
+                       "app.kubernetes.io/instance": "edge",
+                       "app.kubernetes.io/managed-by": "rustronaut-operator"},
+            "ownerReferences": owner(),
+        })
+    }
+
+    #[test]
+    fn deployment_whole_object() {
+        let gw = gateway(json!({"replicas": 3}));
+        let d = to_json(deployment(
+            &gw,
+            &Settings {
+                image: "img:1".into(),
+            },
+        ));
+        let security = json!({
+            "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+            "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+            "privileged": false, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        });
+        let probe = |p: &str| {
+            json!({"httpGet": {"path": p, "port": 9901}, "periodSeconds": 10,
+                   "timeoutSeconds": 2, "failureThreshold": 3})
+        };
+        let want = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": meta("edge"),
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "rustronaut-gateway",
+                                             "app.kubernetes.io/instance": "edge"}},
+                "template": {
+                    "metadata": {"labels": {"app.kubernetes.io/name": "rustronaut-gateway",
+                                            "app.kubernetes.io/instance": "edge",
+                                            "app.kubernetes.io/managed-by": "rustronaut-operator"}},
+                    "spec": {
+                        "serviceAccountName": "edge-gateway",
+                        "automountServiceAccountToken": true,
+                        "securityContext": {
+                            "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                            "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start",
+                                         "value": "0"}],
+                        },
+                        "containers": [{
+                            "name": "gateway",
+                            "image": "img:1",
+                            "command": ["rustronaut-gateway"],
+                            "args": ["--config-from", "rtn/edge-snapshot",
+                                     "--report-status", "rtn/edge-status",
+                                     "--admin-listen", "0.0.0.0:9901"],
+                            "env": [{"name": "POD_NAME",
+                                     "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                            "ports": [
+                                {"containerPort": 443, "protocol": "TCP"},
+                                {"containerPort": 53, "protocol": "UDP"},
+                                {"name": "admin", "containerPort": 9901, "protocol": "TCP"},
+                            ],
+                            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                          "limits": {"cpu": "1", "memory": "512Mi"}},
+                            "livenessProbe": probe("/healthz"),
+                            "readinessProbe": probe("/readyz"),
+                            "securityContext": security,
+                        }],
+                    }
+                }
+            }
+        });
+        assert_eq!(d, want, "{}", serde_json::to_string_pretty(&d).unwrap());
+    }
+
+    #[test]
+    fn pod_template_merges_but_cannot_weaken_security_or_the_contract() {
+        let gw = gateway(json!({
+            "autoscaling": {"minReplicas": 2, "maxReplicas": 5},
+            "podTemplate": {
+                "metadata": {"labels": {"team": "edge", "app.kubernetes.io/instance": "evil"}},
+                "spec": {
+                    "nodeSelector": {"pool": "edge"},
+                    "hostNetwork": true,
+                    "securityContext": {"runAsUser": 0, "fsGroup": 2000},
+                    "containers": [
+                        {"name": "gateway",
+                         "args": ["--snapshot", "/tmp/x"],
+                         "resources": {"limits": {"memory": "1Gi"}},
+                         "env": [{"name": "RUST_LOG", "value": "debug"},
+                                 {"name": "POD_NAME", "value": "fixed"}],
+                         "securityContext": {"privileged": true,
+                                             "capabilities": {"add": ["NET_ADMIN"]}}},
+                        {"name": "sidecar", "image": "busybox"}
+                    ]
+                }
+            }
+        }));
+        let d = to_json(deployment(&gw, &Settings::default()));
+        assert!(d["spec"].get("replicas").is_none(), "the HPA decides");
+        let t = &d["spec"]["template"];
+        assert_eq!(t["metadata"]["labels"]["team"], "edge");
+        assert_eq!(
+            t["metadata"]["labels"]["app.kubernetes.io/instance"],
+            "edge"
+        );
+        let spec = &t["spec"];
+        assert_eq!(spec["nodeSelector"]["pool"], "edge");
+        assert!(spec.get("hostNetwork").is_none());
+        assert_eq!(spec["securityContext"]["runAsUser"], 65532);
+        assert_eq!(spec["securityContext"]["fsGroup"], 2000);
+        let containers = spec["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 2);
+        let gwc = &containers[0];
+        assert_eq!(gwc["resources"]["limits"]["memory"], "1Gi");
+        assert_eq!(gwc["resources"]["requests"]["cpu"], "100m", "kept");
+        assert_eq!(gwc["args"][0], "--config-from");
+        assert_eq!(gwc["image"], Settings::default_image());
+        let env = gwc["env"].as_array().unwrap();
+        assert!(env.iter().any(|e| e["name"] == "RUST_LOG"));
+        let pod = env.iter().find(|e| e["name"] == "POD_NAME").unwrap();
+        assert!(pod.get("value").is_none());
+        assert_eq!(pod["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+        for c in containers {
+            let s = &c["securityContext"];
+            assert_eq!(s["privileged"], false);
+            assert_eq!(s["readOnlyRootFilesystem"], true);
+            assert_eq!(s["allowPrivilegeEscalation"], false);
+            assert_eq!(s["capabilities"]["drop"], json!(["ALL"]));
+            assert_eq!(s["runAsNonRoot"], true);
+        }
+        assert!(
+            containers[0]["securityContext"]["capabilities"]
+                .get("add")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn rbac_reaches_only_the_gateways_own_objects() {
+        let gw = gateway(json!({}));
+        assert_eq!(
+            to_json(role(&gw)),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": meta("edge-gateway"),
+                "rules": [
+                    {"apiGroups": [""], "resources": ["secrets"],
+                     "verbs": ["get", "list", "watch"], "resourceNames": ["edge-snapshot"]},
+                    {"apiGroups": [""], "resources": ["configmaps"],
+                     "verbs": ["get", "patch"], "resourceNames": ["edge-status"]},
+                ]
+            })
+        );
+        assert_eq!(
+            to_json(role_binding(&gw)),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": meta("edge-gateway"),
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                            "name": "edge-gateway"},
+                "subjects": [{"kind": "ServiceAccount", "name": "edge-gateway",
+                              "namespace": "rtn"}],
+            })
+        );
+        assert_eq!(
+            to_json(service_account(&gw)),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta("edge-gateway")})
+        );
+        assert_eq!(
+            to_json(status_config_map(&gw)),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("edge-status")})
+        );
+    }
+
+    #[test]
+    fn service_pdb_hpa() {
+        let gw = gateway(json!({"replicas": 1}));
+        assert_eq!(
+            to_json(service(&gw)),
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": meta("edge"),
+                "spec": {
+                    "type": "ClusterIP",
+                    "selector": {"app.kubernetes.io/name": "rustronaut-gateway",
+                                 "app.kubernetes.io/instance": "edge"},
+                    "ports": [
+                        {"name": "https", "port": 443, "targetPort": 443, "protocol": "TCP"},
+                        {"name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP"},
+                    ]
+                }
+            })
+        );
+        assert!(pdb(&gw).is_none(), "one pod: a PDB would block node drains");
+        assert!(hpa(&gw).is_none());
+
+        let gw = gateway(json!({
+            "autoscaling": {"minReplicas": 2, "maxReplicas": 4},
+            "service": {"type": "LoadBalancer", "annotations": {"lb": "internal"}}
+        }));
+        let svc = to_json(service(&gw));
+        assert_eq!(svc["spec"]["type"], "LoadBalancer");
+        assert_eq!(svc["metadata"]["annotations"]["lb"], "internal");
+        assert_eq!(
+            to_json(pdb(&gw).unwrap())["spec"],
+            json!({"maxUnavailable": 1, "selector": {"matchLabels": {
+                "app.kubernetes.io/name": "rustronaut-gateway",
+                "app.kubernetes.io/instance": "edge"}}})
+        );
+        assert_eq!(
+            to_json(hpa(&gw).unwrap())["spec"],
+            json!({
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "edge"},
+                "minReplicas": 2, "maxReplicas": 4,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 70}}}],
+            })
+        );
+    }
+
+    #[test]
+    fn snapshot_secret_carries_the_json_and_its_version() {
+        let gw = gateway(json!({}));
+        let snap = Snapshot::new(rustronaut_contract::snapshot::ObjectRef::new("rtn", "edge"));
+        let s = snapshot_secret(&gw, &snap);
+        assert_eq!(s.metadata.name.as_deref(), Some("edge-snapshot"));
+        assert_eq!(
+            s.metadata.annotations.as_ref().unwrap()[CONFIG_VERSION_ANNOTATION],
+            snap.content_hash()
+        );
+        let bytes = &s.data.as_ref().unwrap()[SNAPSHOT_KEY].0;
+        assert_eq!(Snapshot::load(bytes).unwrap(), snap);
+        assert_eq!(to_json(&s)["metadata"]["ownerReferences"], owner());
+    }
+}

@@ -1,0 +1,328 @@
+//! The `status` step of the Gateway reconciler: a pure function from what the reconcile saw
+//! to the Gateway's status. Conditions keep their `lastTransitionTime` while their status does
+//! not change, so an unchanged world yields an identical status and no write.
+//!
+//! - `Accepted`: the snapshot could be built (False: the reason of the build error).
+//! - `Programmed`: the snapshot Secret holds the snapshot of the current spec (False: the last
+//!   good snapshot, if any, keeps serving).
+//! - `Ready`: Programmed, the Deployment has its replicas ready, and as many pods report the
+//!   served version as loaded (from the `<gw>-status` ConfigMap).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use rustronaut_crds::conditions::{reasons, types};
+use rustronaut_crds::gateway::{GatewayAddress, GatewayStatus, ListenerStatus};
+use std::collections::BTreeMap;
+
+/// What became of the build.
+#[derive(Debug, Clone)]
+pub enum Built {
+    /// Built and written; listener name -> attached Resources; problems of other objects.
+    Ok {
+        /// Attached Resources per listener.
+        attached: BTreeMap<String, usize>,
+        /// How many objects were left out or fail closed.
+        problems: usize,
+    },
+    /// Not built: condition reason and message.
+    Failed {
+        /// Condition reason.
+        reason: &'static str,
+        /// For people.
+        message: String,
+    },
+}
+
+/// Everything the status is computed from.
+#[derive(Debug, Clone)]
+pub struct Observed<'a> {
+    /// metadata.generation of the Gateway.
+    pub generation: Option<i64>,
+    /// The current status (for transition times and the last configVersion).
+    pub previous: Option<&'a GatewayStatus>,
+    /// The build.
+    pub built: Built,
+    /// Content hash of the snapshot in the Secret (current or last good), if any.
+    pub served: Option<String>,
+    /// The gateway Deployment as applied.
+    pub deployment: Option<&'a Deployment>,
+    /// The gateway Service as applied.
+    pub service: Option<&'a Service>,
+    /// `<gw>-status` data: pod name -> version it loaded.
+    pub reports: BTreeMap<String, String>,
+    /// Now.
+    pub now: Time,
+}
+
+fn condition(o: &Observed<'_>, type_: &str, ok: bool, reason: &str, message: String) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last = o
+        .previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map_or_else(|| o.now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: o.generation,
+        last_transition_time: last,
+    }
+}
+
+/// The addresses of the Service: load-balancer ingress when there is one, else the
+/// cluster IP.
+pub fn addresses(svc: Option<&Service>) -> Vec<GatewayAddress> {
+    let Some(svc) = svc else { return Vec::new() };
+    let mut out: Vec<GatewayAddress> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            i.ip.as_ref()
+                .map(|ip| ("IPAddress", ip))
+                .or(i.hostname.as_ref().map(|h| ("Hostname", h)))
+        })
+        .map(|(t, v)| GatewayAddress {
+            type_: t.into(),
+            value: v.clone(),
+        })
+        .collect();
+    if out.is_empty()
+        && let Some(ip) = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_ref())
+        && ip != "None"
+        && !ip.is_empty()
+    {
+        out.push(GatewayAddress {
+            type_: "IPAddress".into(),
+            value: ip.clone(),
+        });
+    }
+    out
+}
+
+/// Computes the status.
+pub fn status(o: &Observed<'_>) -> GatewayStatus {
+    let mut conditions = Vec::new();
+    let (accepted, programmed_ok) = match &o.built {
+        Built::Ok { problems, .. } => {
+            let msg = if *problems == 0 {
+                "the gateway configuration is valid".to_string()
+            } else {
+                format!(
+                    "the gateway configuration is valid; {problems} problem(s) with attached objects are reported on them"
+                )
+            };
+            conditions.push(condition(o, types::ACCEPTED, true, reasons::ACCEPTED, msg));
+            (true, o.served.is_some())
+        }
+        Built::Failed { reason, message } => {
+            conditions.push(condition(
+                o,
+                types::ACCEPTED,
+                false,
+                reason,
+                message.clone(),
+            ));
+            (false, false)
+        }
+    };
+    let served = o.served.as_deref().unwrap_or("none");
+    let programmed = match (&o.built, programmed_ok) {
+        (_, true) => condition(
+            o,
+            types::PROGRAMMED,
+            true,
+            reasons::PROGRAMMED,
+            format!("snapshot {served} written"),
+        ),
+        (Built::Failed { reason, message }, _) => condition(
+            o,
+            types::PROGRAMMED,
+            false,
+            reason,
+            if o.served.is_some() {
+                format!("{message}; the last good snapshot {served} keeps serving")
+            } else {
+                format!("{message}; no snapshot has been written yet")
+            },
+        ),
+        (Built::Ok { .. }, false) => condition(
+            o,
+            types::PROGRAMMED,
+            false,
+            reasons::PENDING,
+            "the snapshot is being written".into(),
+        ),
+    };
+    conditions.push(programmed);
+
+    let dep_status = o.deployment.and_then(|d| d.status.as_ref());
+    let want = o
+        .deployment
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+        .max(1);
+    let ready = dep_status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let loaded = o
+        .served
+        .as_ref()
+        .map_or(0, |v| o.reports.values().filter(|r| *r == v).count());
+    let loaded = i32::try_from(loaded).unwrap_or(i32::MAX);
+    let all_loaded = accepted && programmed_ok && ready >= want && loaded >= want;
+    conditions.push(condition(
+        o,
+        types::READY,
+        all_loaded,
+        if all_loaded {
+            reasons::READY
+        } else if !accepted {
+            match &o.built {
+                Built::Failed { reason, .. } => reason,
+                Built::Ok { .. } => reasons::PENDING,
+            }
+        } else {
+            reasons::PENDING
+        },
+        format!("{ready}/{want} pods ready, {loaded} report snapshot {served} loaded"),
+    ));
+
+    let config_version = if loaded >= want && o.served.is_some() {
+        o.served.clone()
+    } else {
+        o.previous.and_then(|p| p.config_version.clone())
+    };
+    let listeners = match &o.built {
+        Built::Ok { attached, .. } => attached
+            .iter()
+            .map(|(name, n)| ListenerStatus {
+                name: name.clone(),
+                attached_resources: i32::try_from(*n).unwrap_or(i32::MAX),
+                conditions: Vec::new(),
+            })
+            .collect(),
+        Built::Failed { .. } => o.previous.map(|p| p.listeners.clone()).unwrap_or_default(),
+    };
+    GatewayStatus {
+        conditions,
+        observed_generation: o.generation,
+        addresses: addresses(o.service),
+        listeners,
+        tunnel: o.previous.and_then(|p| p.tunnel.clone()),
+        config_version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn time(s: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())
+    }
+
+    fn observed<'a>(built: Built, served: Option<&str>) -> Observed<'a> {
+        Observed {
+            generation: Some(3),
+            previous: None,
+            built,
+            served: served.map(str::to_string),
+            deployment: None,
+            service: None,
+            reports: BTreeMap::new(),
+            now: time(1000),
+        }
+    }
+
+    fn ok() -> Built {
+        Built::Ok {
+            attached: BTreeMap::from([("https".to_string(), 2)]),
+            problems: 0,
+        }
+    }
+
+    fn cond<'a>(s: &'a GatewayStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn ready_when_every_wanted_pod_loaded_the_served_snapshot() {
+        let dep: Deployment = serde_json::from_value(json!({
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"readyReplicas": 2}
+        }))
+        .unwrap();
+        let svc: Service = serde_json::from_value(json!({
+            "spec": {"clusterIP": "10.96.0.10"}
+        }))
+        .unwrap();
+        let mut o = observed(ok(), Some("sha256:b"));
+        o.deployment = Some(&dep);
+        o.service = Some(&svc);
+        o.reports = BTreeMap::from([
+            ("p1".to_string(), "sha256:b".to_string()),
+            ("p2".to_string(), "sha256:a".to_string()),
+        ]);
+        let s = status(&o);
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(cond(&s, "Accepted").status, "True");
+        assert_eq!(cond(&s, "Programmed").status, "True");
+        let ready = cond(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Pending")
+        );
+        assert_eq!(
+            ready.message,
+            "2/2 pods ready, 1 report snapshot sha256:b loaded"
+        );
+        assert_eq!(s.config_version, None);
+        assert_eq!(s.addresses[0].value, "10.96.0.10");
+        assert_eq!(s.listeners[0].attached_resources, 2);
+
+        o.reports.insert("p2".into(), "sha256:b".into());
+        let prev = s.clone();
+        o.previous = Some(&prev);
+        o.now = time(2000);
+        let s = status(&o);
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert_eq!(s.config_version.as_deref(), Some("sha256:b"));
+        assert_eq!(
+            cond(&s, "Accepted").last_transition_time,
+            time(1000),
+            "unchanged status keeps its transition time"
+        );
+        assert_eq!(cond(&s, "Ready").last_transition_time, time(2000));
+    }
+
+    #[test]
+    fn a_failed_build_says_why_and_that_the_last_good_snapshot_serves() {
+        let o = observed(
+            Built::Failed {
+                reason: reasons::INVALID_CERTIFICATE_REF,
+                message: "listener https: TLS Secret ns/x not found".into(),
+            },
+            Some("sha256:a"),
+        );
+        let s = status(&o);
+        let a = cond(&s, "Accepted");
+        assert_eq!(
+            (a.status.as_str(), a.reason.as_str()),
+            ("False", "InvalidCertificateRef")
+        );
+        let p = cond(&s, "Programmed");
+        assert_eq!(p.status, "False");
+        assert_eq!(
+            p.message,
+            "listener https: TLS Secret ns/x not found; the last good snapshot sha256:a keeps serving"
+        );
+        assert_eq!(cond(&s, "Ready").reason, "InvalidCertificateRef");
+    }
+}
