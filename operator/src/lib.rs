@@ -5,9 +5,11 @@
 //! - [`context`]: what every reconciler shares (client, field manager, metrics, events).
 //! - [`metrics`]: Prometheus metrics of the reconcilers.
 //! - [`apply`]: server-side apply with the operator's fixed field manager.
+//! - [`server`]: the /metrics, /healthz, /readyz endpoint.
 //! - [`gateway`]: the Gateway controller (snapshot Secret, Deployment, Service, RBAC, status).
 
 pub mod apply;
 pub mod context;
 pub mod gateway;
 pub mod metrics;
+pub mod server;
