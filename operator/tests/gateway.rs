@@ -1,0 +1,560 @@
+//! The Gateway controller against a real API server (the e2e control plane, with
+//! kube-controller-manager for Deployments and garbage collection, and kwok for pods):
+//! create -> snapshot and workload appear -> Policy update and delete reach the snapshot ->
+//! a missing certificate keeps the last good snapshot -> the gateway's RBAC reaches only its
+//! own objects -> deleting the Gateway collects everything it owns.
+//!
+//! One test function on purpose: the controller reconciles every Gateway of the cluster, so
+//! two controllers in one test binary would race each other.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use rustronaut_contract::snapshot::{Snapshot, UpstreamKind};
+use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
+use rustronaut_operator::context::Context;
+use rustronaut_operator::gateway::GatewayController;
+use rustronaut_operator::gateway::objects::Settings;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+const CERT: &str = include_str!("../../contract/tests/fixtures/ca.pem");
+const KEY: &str = include_str!("../../contract/tests/fixtures/ec-p256.pem");
+const TEST_MANAGER: &str = "rustronaut-operator-test";
+const IMAGE: &str = "example.test/rustronaut/gateway:test";
+
+async fn install_crds(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in rustronaut_crds::generate::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(
+            &name,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the API server refused CRD {name}: {e}"));
+    }
+    for crd in rustronaut_crds::generate::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        eventually(&format!("CRD {name} Established"), || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let c = crds.get(&name).await.ok()?;
+                c.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// Polls `f` until it yields Some, for up to 60 seconds.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn create<K>(api: &Api<K>, value: Value) -> K
+where
+    K: Clone + DeserializeOwned + serde::Serialize + Debug,
+{
+    let obj: K = serde_json::from_value(value).unwrap();
+    api.create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("create {obj:?}: {e}"))
+}
+
+async fn patch<K>(api: &Api<K>, name: &str, value: Value) -> K
+where
+    K: Clone + DeserializeOwned + Debug,
+{
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&value))
+        .await
+        .unwrap_or_else(|e| panic!("patch {name}: {e}"))
+}
+
+/// The snapshot in `<gw>-snapshot`, if the Secret exists and loads.
+async fn snapshot(secrets: &Api<Secret>, gw: &str) -> Option<Snapshot> {
+    let s = secrets.get_opt(&format!("{gw}-snapshot")).await.ok()??;
+    let bytes = s.data?.get("snapshot.json")?.0.clone();
+    Some(Snapshot::load(&bytes).expect("the operator writes snapshots that load"))
+}
+
+fn condition<'a>(gw: &'a Gateway, type_: &str) -> Option<(&'a str, &'a str, Option<i64>)> {
+    let c = gw
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status.as_str(), c.reason.as_str(), c.observed_generation))
+}
+
+fn assert_owned(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, gw: &Gateway) {
+    let owners = meta.owner_references.clone().unwrap_or_default();
+    assert!(
+        owners.iter().any(|o| o.kind == "Gateway"
+            && o.name == gw.name_any()
+            && Some(&o.uid) == gw.uid().as_ref()
+            && o.controller == Some(true)),
+        "{:?} is not controlled by the Gateway: {owners:?}",
+        meta.name
+    );
+    let labels = meta.labels.clone().unwrap_or_default();
+    assert_eq!(labels["app.kubernetes.io/name"], "rustronaut-gateway");
+    assert_eq!(labels["app.kubernetes.io/instance"], gw.name_any());
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"],
+        "rustronaut-operator"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_lifecycle() {
+    let client = rustronaut_e2e::client().await;
+    install_crds(&client).await;
+    let suffix = rustronaut_e2e::random_suffix();
+    let gw_ns = rustronaut_e2e::namespace(&client, "gw").await;
+    let apps = rustronaut_e2e::namespace(&client, "apps").await;
+    let domain = format!("{suffix}.example");
+    let tenant_name = format!("t-{suffix}");
+
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    create(
+        &tenants,
+        json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": tenant_name},
+            "spec": {"namespaces": [apps, gw_ns], "domains": [format!("*.{domain}")]}
+        }),
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &gw_ns);
+    create(
+        &secrets,
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "edge-tls"},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": CERT, "tls.key": KEY}
+        }),
+    )
+    .await;
+    // An upstream Service without a selector and its EndpointSlice, as a real one would have.
+    let services: Api<Service> = Api::namespaced(client.clone(), &apps);
+    create(
+        &services,
+        json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "app"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }),
+    )
+    .await;
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), &apps);
+    create(
+        &slices,
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "app-1", "labels": {"kubernetes.io/service-name": "app"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.9.0.1"], "conditions": {"ready": true}},
+                {"addresses": ["10.9.0.2"], "conditions": {"ready": false}}
+            ],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }),
+    )
+    .await;
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), &gw_ns);
+    create(
+        &gateways,
+        json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "edge"},
+            "spec": {
+                "replicas": 2,
+                "listeners": [{"name": "https", "port": 443, "protocol": "HTTPS",
+                               "tls": {"certificateRefs": [{"name": "edge-tls"}]}}]
+            }
+        }),
+    )
+    .await;
+    let resources: Api<RtnResource> = Api::namespaced(client.clone(), &apps);
+    create(
+        &resources,
+        json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
+            "metadata": {"name": "app"},
+            "spec": {
+                "gatewayRefs": [{"namespace": gw_ns, "name": "edge"}],
+                "protocol": "HTTP",
+                "hostnames": [format!("app.{domain}")],
+                "rules": [{"name": "all", "upstreams": [{"service": {"name": "app", "port": 80}}]}]
+            }
+        }),
+    )
+    .await;
+    let policies: Api<Policy> = Api::namespaced(client.clone(), &apps);
+    create(
+        &policies,
+        json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Policy",
+            "metadata": {"name": "office"},
+            "spec": {
+                "targetRefs": [{"kind": "Resource", "name": "app"}],
+                "action": "Allow",
+                "rules": [{"name": "office", "from": [{"sourceCIDRs": {"cidrs": ["10.0.0.0/8"]}}]}]
+            }
+        }),
+    )
+    .await;
+
+    // The controller, in-process, as the binary runs it.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = GatewayController::new(
+        Context::new(client.clone(), Some("operator-test".into())),
+        Settings {
+            image: IMAGE.into(),
+        },
+    );
+    let ready = controller.ready_flag();
+    let running = tokio::spawn(controller.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // The snapshot appears, valid, with the Resource, its resolved endpoints, the Policy.
+    let first = eventually("the snapshot Secret", || {
+        let secrets = secrets.clone();
+        async move {
+            let s = snapshot(&secrets, "edge").await?;
+            s.policies.iter().any(|p| p.name == "office").then_some(s)
+        }
+    })
+    .await;
+    assert!(ready.load(std::sync::atomic::Ordering::Relaxed));
+    let res = first
+        .resource(&apps, "app")
+        .expect("the Resource is served");
+    let UpstreamKind::Service(svc) = &res.rules[0].upstreams[0].kind else {
+        panic!("a Service upstream")
+    };
+    assert_eq!(
+        svc.addresses,
+        ["10.9.0.1:8080".parse::<std::net::SocketAddr>().unwrap()],
+        "ready endpoints only, at the target port"
+    );
+    assert_eq!(first.listeners[0].name, "https");
+
+    // The workload, owned by the Gateway, with the contract the gateway binary expects.
+    let gw = gateways.get("edge").await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &gw_ns);
+    let d = deployments.get("edge").await.unwrap();
+    assert_owned(&d.metadata, &gw);
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("edge-gateway"));
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some(IMAGE));
+    assert_eq!(
+        c.command.as_deref(),
+        Some(&["rustronaut-gateway".to_string()][..])
+    );
+    assert_eq!(
+        c.args.clone().unwrap(),
+        [
+            "--config-from",
+            &format!("{gw_ns}/edge-snapshot"),
+            "--report-status",
+            &format!("{gw_ns}/edge-status"),
+            "--admin-listen",
+            "0.0.0.0:9901"
+        ]
+    );
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
+    let svc = Api::<Service>::namespaced(client.clone(), &gw_ns)
+        .get("edge")
+        .await
+        .unwrap();
+    assert_owned(&svc.metadata, &gw);
+    assert_owned(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &gw_ns)
+            .get("edge-gateway")
+            .await
+            .unwrap()
+            .metadata,
+        &gw,
+    );
+    assert_owned(
+        &Api::<Role>::namespaced(client.clone(), &gw_ns)
+            .get("edge-gateway")
+            .await
+            .unwrap()
+            .metadata,
+        &gw,
+    );
+    assert_owned(
+        &Api::<RoleBinding>::namespaced(client.clone(), &gw_ns)
+            .get("edge-gateway")
+            .await
+            .unwrap()
+            .metadata,
+        &gw,
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &gw_ns);
+    assert_owned(&configmaps.get("edge-status").await.unwrap().metadata, &gw);
+    let secret = secrets.get("edge-snapshot").await.unwrap();
+    assert_owned(&secret.metadata, &gw);
+
+    // Status: Accepted, Programmed, observedGeneration, the Service address.
+    let gw = eventually("Accepted and Programmed", || {
+        let gateways = gateways.clone();
+        async move {
+            let gw = gateways.get("edge").await.ok()?;
+            let g = gw.metadata.generation;
+            (condition(&gw, "Accepted") == Some(("True", "Accepted", g))
+                && condition(&gw, "Programmed") == Some(("True", "Programmed", g)))
+            .then_some(gw)
+        }
+    })
+    .await;
+    let st = gw.status.as_ref().unwrap();
+    assert_eq!(st.observed_generation, gw.metadata.generation);
+    assert_eq!(
+        st.addresses[0].value,
+        svc.spec.as_ref().unwrap().cluster_ip.clone().unwrap()
+    );
+    assert_eq!(st.listeners[0].attached_resources, 1);
+    assert_eq!(
+        condition(&gw, "Ready").map(|c| c.0),
+        Some("False"),
+        "no pod reported yet"
+    );
+
+    // Two pods report the served version loaded: configVersion follows.
+    let version = first.content_hash();
+    for pod in ["edge-pod-a", "edge-pod-b"] {
+        configmaps
+            .patch(
+                "edge-status",
+                &PatchParams::apply(pod),
+                &Patch::Apply(json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "edge-status"},
+                    "data": {pod: version}
+                })),
+            )
+            .await
+            .unwrap();
+    }
+    eventually("configVersion reported", || {
+        let gateways = gateways.clone();
+        let version = version.clone();
+        async move {
+            let gw = gateways.get("edge").await.ok()?;
+            (gw.status?.config_version? == version).then_some(())
+        }
+    })
+    .await;
+
+    // Updating the Policy changes the snapshot.
+    patch(
+        &policies,
+        "office",
+        json!({"spec": {"rules": [{"name": "office",
+            "from": [{"sourceCIDRs": {"cidrs": ["192.168.0.0/16"]}}]}]}}),
+    )
+    .await;
+    let updated = eventually("the updated policy in the snapshot", || {
+        let secrets = secrets.clone();
+        async move {
+            let s = snapshot(&secrets, "edge").await?;
+            let p = s.policies.iter().find(|p| p.name == "office")?;
+            serde_json::to_string(&p.rules)
+                .ok()?
+                .contains("192.168.0.0/16")
+                .then_some(s)
+        }
+    })
+    .await;
+    assert_ne!(updated.content_hash(), version);
+
+    // Deleting the Policy removes it from the snapshot (default deny again).
+    policies
+        .delete("office", &DeleteParams::default())
+        .await
+        .unwrap();
+    let without = eventually("the policy gone from the snapshot", || {
+        let secrets = secrets.clone();
+        async move {
+            let s = snapshot(&secrets, "edge").await?;
+            s.policies.is_empty().then_some(s)
+        }
+    })
+    .await;
+    assert!(without.resource(&apps, "app").is_some());
+
+    // A missing TLS Secret: Accepted/Programmed=False with the reason, the last good snapshot
+    // stays, a Warning Event says why.
+    let good = secrets.get("edge-snapshot").await.unwrap();
+    let broken = patch(
+        &gateways,
+        "edge",
+        json!({"spec": {"listeners": [{"name": "https", "port": 443, "protocol": "HTTPS",
+            "tls": {"certificateRefs": [{"name": "missing-tls"}]}}]}}),
+    )
+    .await;
+    let generation = broken.metadata.generation;
+    let gw = eventually("Accepted=False for the missing certificate", || {
+        let gateways = gateways.clone();
+        async move {
+            let gw = gateways.get("edge").await.ok()?;
+            (condition(&gw, "Accepted") == Some(("False", "InvalidCertificateRef", generation)))
+                .then_some(gw)
+        }
+    })
+    .await;
+    assert_eq!(
+        condition(&gw, "Programmed"),
+        Some(("False", "InvalidCertificateRef", generation))
+    );
+    let programmed = gw
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Programmed")
+        .unwrap();
+    assert!(
+        programmed.message.contains("missing-tls not found")
+            && programmed.message.contains("keeps serving"),
+        "{}",
+        programmed.message
+    );
+    assert_eq!(gw.status.as_ref().unwrap().observed_generation, generation);
+    let kept = secrets.get("edge-snapshot").await.unwrap();
+    assert_eq!(kept.data, good.data, "the last good snapshot is untouched");
+    let events: Api<Event> = Api::namespaced(client.clone(), &gw_ns);
+    eventually("a Warning Event", || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.type_.as_deref() == Some("Warning")
+                        && e.reason.as_deref() == Some("InvalidCertificateRef")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("edge")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+
+    // The certificate arrives: accepted again, without touching the Gateway.
+    create(
+        &secrets,
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "missing-tls"},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": CERT, "tls.key": KEY}
+        }),
+    )
+    .await;
+    eventually("Accepted again", || {
+        let gateways = gateways.clone();
+        async move {
+            let gw = gateways.get("edge").await.ok()?;
+            (condition(&gw, "Accepted").map(|c| c.0) == Some("True")).then_some(())
+        }
+    })
+    .await;
+
+    // The gateway pods' RBAC reaches their own snapshot and status objects, nothing else.
+    let sa = format!("system:serviceaccount:{gw_ns}:edge-gateway");
+    let as_gateway = rustronaut_e2e::shared()
+        .client_as(&sa, &["system:serviceaccounts", "system:authenticated"])
+        .await;
+    let gw_secrets: Api<Secret> = Api::namespaced(as_gateway.clone(), &gw_ns);
+    gw_secrets
+        .get("edge-snapshot")
+        .await
+        .expect("the gateway reads its snapshot");
+    let denied = gw_secrets.get("edge-tls").await.unwrap_err();
+    assert!(
+        matches!(&denied, kube::Error::Api(e) if e.code == 403),
+        "{denied}"
+    );
+    let watch = gw_secrets
+        .list(&ListParams::default().fields("metadata.name=edge-snapshot"))
+        .await
+        .expect("list (and so watch) with the name field selector is allowed");
+    assert_eq!(watch.items.len(), 1);
+    assert!(gw_secrets.list(&ListParams::default()).await.is_err());
+    Api::<ConfigMap>::namespaced(as_gateway.clone(), &gw_ns)
+        .patch(
+            "edge-status",
+            &PatchParams::apply("edge-pod-c"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "edge-status"}, "data": {"edge-pod-c": "x"}})),
+        )
+        .await
+        .expect("the gateway reports into its status ConfigMap");
+    assert!(
+        Api::<Gateway>::namespaced(as_gateway, &gw_ns)
+            .get("edge")
+            .await
+            .is_err()
+    );
+
+    // Deleting the Gateway: kube-controller-manager's garbage collector removes what it owns.
+    gateways
+        .delete("edge", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("owned objects collected", || {
+        let deployments = deployments.clone();
+        let secrets = secrets.clone();
+        let configmaps = configmaps.clone();
+        async move {
+            let gone = deployments.get_opt("edge").await.ok()?.is_none()
+                && secrets.get_opt("edge-snapshot").await.ok()?.is_none()
+                && configmaps.get_opt("edge-status").await.ok()?.is_none();
+            gone.then_some(())
+        }
+    })
+    .await;
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the controller stops on shutdown")
+        .unwrap();
+    tenants
+        .delete(&tenant_name, &DeleteParams::default())
+        .await
+        .unwrap();
+}
