@@ -377,6 +377,15 @@ async fn gateway_lifecycle() {
         }
     })
     .await;
+    // kwok runs the pods (Ready), so with both reports the Gateway is Ready.
+    eventually("Ready", || {
+        let gateways = gateways.clone();
+        async move {
+            let gw = gateways.get("edge").await.ok()?;
+            (condition(&gw, "Ready").map(|c| (c.0, c.1)) == Some(("True", "Ready"))).then_some(())
+        }
+    })
+    .await;
 
     // Updating the Policy changes the snapshot.
     patch(
