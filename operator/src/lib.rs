@@ -6,10 +6,12 @@
 //! - [`metrics`]: Prometheus metrics of the reconcilers.
 //! - [`apply`]: server-side apply with the operator's fixed field manager.
 //! - [`server`]: the /metrics, /healthz, /readyz endpoint.
+//! - [`leader`]: leader election on a Lease (only the holder runs the controllers).
 //! - [`gateway`]: the Gateway controller (snapshot Secret, Deployment, Service, RBAC, status).
 
 pub mod apply;
 pub mod context;
 pub mod gateway;
+pub mod leader;
 pub mod metrics;
 pub mod server;

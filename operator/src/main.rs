@@ -1,16 +1,20 @@
-//! `rustronaut-operator`: parses flags, wires the Gateway controller, the metrics/health
-//! server and signal handling. The logic lives in the library.
+//! `rustronaut-operator`: parses flags, wires the Gateway controller, leader election, the
+//! metrics/health server and signal handling. The logic lives in the library.
 
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use rustronaut_operator::context::Context;
 use rustronaut_operator::gateway::GatewayController;
 use rustronaut_operator::gateway::objects::Settings;
+use rustronaut_operator::leader::{Elector, LeaseConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Environment variable naming this operator instance (the pod name, via the Downward API).
 const POD_NAME_ENV: &str = "POD_NAME";
+/// Environment variable with the operator's namespace (the Downward API), where its Lease is.
+const POD_NAMESPACE_ENV: &str = "POD_NAMESPACE";
 
 /// The rustronaut operator: reconciles Gateways into their snapshot and workload.
 #[derive(Debug, Parser)]
@@ -22,9 +26,20 @@ struct Args {
     /// Address of the /metrics, /healthz and /readyz server.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_listen: SocketAddr,
-    /// This instance's name in Events (the pod name in a cluster).
+    /// This instance's name in Events and in the Lease (the pod name in a cluster). Default:
+    /// the host name.
     #[arg(long, env = POD_NAME_ENV)]
     instance: Option<String>,
+    /// Run the controllers only while holding the Lease, so several replicas never write at
+    /// once. Turn off only for a single replica outside a cluster.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the Lease.
+    #[arg(long, env = POD_NAMESPACE_ENV, default_value = "rustronaut-system")]
+    lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "rustronaut-operator")]
+    lease_name: String,
 }
 
 #[tokio::main]
@@ -38,7 +53,12 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("no Kubernetes client configuration: {e}"))?;
-    let ctx = Context::new(client, args.instance);
+    let identity = args
+        .instance
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("rustronaut-operator-{}", std::process::id()));
+    let ctx = Context::new(client.clone(), Some(identity.clone()));
     let mut registry = Registry::default();
     ctx.metrics.register(&mut registry);
     let controller = GatewayController::new(
@@ -47,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
             image: args.gateway_image,
         },
     );
+    let ready = controller.ready_flag();
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", args.metrics_listen))?;
@@ -54,20 +75,63 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(rustronaut_operator::server::serve(
         listener,
         Arc::new(registry),
-        controller.ready_flag(),
+        ready.clone(),
     ));
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         terminated().await;
         tracing::info!("shutting down: finishing in-flight reconciles");
-        let _ = stop.send(());
+        let _ = stop.send(true);
     });
-    controller
-        .run(async move {
-            let _ = stopped.await;
-        })
-        .await;
+    let stop_requested = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let leadership = if args.leader_elect {
+        let mut cfg = LeaseConfig::new(&args.lease_namespace, &identity);
+        cfg.name = args.lease_name;
+        // A standby is ready to take over; reporting it unready would stall rolling updates
+        // (the new pod waits for a Lease the old pod holds until it is replaced).
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!(lease = %cfg.name, namespace = %cfg.namespace, "waiting for the Lease");
+        tokio::select! {
+            l = Elector::new(client, cfg).acquire() => Some(l),
+            () = stop_requested() => return Ok(()),
+        }
+    } else {
+        None
+    };
+
+    let lost = leadership.as_ref().map(|l| l.lost());
+    let shutdown = {
+        let stop = stop_requested();
+        async move {
+            match lost {
+                Some(lost) => {
+                    tokio::select! {
+                        () = stop => {}
+                        () = lost => {}
+                    }
+                }
+                None => stop.await,
+            }
+        }
+    };
+    controller.run(shutdown).await;
+    if let Some(l) = leadership {
+        if !l.is_leading() {
+            // Exit non-zero: Kubernetes restarts the pod as a plain candidate, which is simpler
+            // and safer than stopping and restarting controllers in one process.
+            anyhow::bail!("leadership lost; exiting so this replica restarts as a candidate");
+        }
+        if let Err(e) = l.release().await {
+            tracing::warn!(error = %e, "releasing the Lease failed; it expires on its own");
+        }
+    }
     Ok(())
 }
 
