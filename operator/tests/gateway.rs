@@ -4,6 +4,9 @@
 //! a missing certificate keeps the last good snapshot -> the gateway's RBAC reaches only its
 //! own objects -> deleting the Gateway collects everything it owns.
 //!
+//! The controller runs as the operator's ServiceAccount under the RBAC of
+//! `rustronaut_operator::rbac` (impersonation), so missing permissions fail here.
+//!
 //! One test function on purpose: the controller reconciles every Gateway of the cluster, so
 //! two controllers in one test binary would race each other.
 
@@ -131,6 +134,45 @@ fn assert_owned(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
     );
 }
 
+/// Installs the operator's ClusterRole, binds it to the operator's ServiceAccount, and
+/// returns a client impersonating that ServiceAccount.
+async fn operator_client(admin: &kube::Client) -> kube::Client {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let params = PatchParams::apply(TEST_MANAGER).force();
+    let role = rustronaut_operator::rbac::cluster_role();
+    Api::<ClusterRole>::all(admin.clone())
+        .patch(
+            rustronaut_operator::rbac::NAME,
+            &params,
+            &Patch::Apply(&role),
+        )
+        .await
+        .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "rustronaut-operator-test"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": rustronaut_operator::rbac::NAME},
+        "subjects": [{"kind": "ServiceAccount", "name": "rustronaut-operator",
+                      "namespace": "rustronaut-system"}],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .patch("rustronaut-operator-test", &params, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+    rustronaut_e2e::shared()
+        .client_as(
+            "system:serviceaccount:rustronaut-system:rustronaut-operator",
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:rustronaut-system",
+                "system:authenticated",
+            ],
+        )
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_lifecycle() {
     let client = rustronaut_e2e::client().await;
@@ -232,10 +274,12 @@ async fn gateway_lifecycle() {
     )
     .await;
 
-    // The controller, in-process, as the binary runs it.
+    // The controller, in-process, as the binary runs it, with exactly the RBAC it ships
+    // with: a permission the code needs but the ClusterRole lacks fails this test.
+    let operator = operator_client(&client).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let controller = GatewayController::new(
-        Context::new(client.clone(), Some("operator-test".into())),
+        Context::new(operator, Some("operator-test".into())),
         Settings {
             image: IMAGE.into(),
         },

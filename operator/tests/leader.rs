@@ -3,8 +3,9 @@
 //! once, and a leader that finds another holder learns it has lost.
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use rustronaut_operator::leader::{Elector, LeaseConfig};
 use std::time::{Duration, Instant};
 
@@ -25,9 +26,38 @@ async fn holder(api: &Api<Lease>) -> (Option<String>, Option<i32>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_failover_release_and_loss() {
-    let client = rustronaut_e2e::client().await;
-    let ns = rustronaut_e2e::namespace(&client, "lease").await;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let admin = rustronaut_e2e::client().await;
+    let ns = rustronaut_e2e::namespace(&admin, "lease").await;
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), &ns);
+    // The candidates run as the operator's ServiceAccount with the Role it ships with.
+    let params = PatchParams::apply("rustronaut-operator-test").force();
+    Api::<Role>::namespaced(admin.clone(), &ns)
+        .patch(
+            rustronaut_operator::rbac::NAME,
+            &params,
+            &Patch::Apply(&rustronaut_operator::rbac::lease_role(&ns)),
+        )
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "rustronaut-operator", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": rustronaut_operator::rbac::NAME},
+        "subjects": [{"kind": "ServiceAccount", "name": "rustronaut-operator",
+                      "namespace": ns}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), &ns)
+        .patch("rustronaut-operator", &params, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+    let client = rustronaut_e2e::shared()
+        .client_as(
+            &format!("system:serviceaccount:{ns}:rustronaut-operator"),
+            &["system:serviceaccounts", "system:authenticated"],
+        )
+        .await;
 
     let a = Elector::new(client.clone(), cfg(&ns, "a")).acquire().await;
     assert!(a.is_leading());

@@ -1,0 +1,67 @@
+//! The operator's own RBAC, as code: what the Helm chart ships and what the integration
+//! tests run the controllers under (impersonating the operator's ServiceAccount), so a
+//! permission the code needs but the RBAC lacks fails a test instead of a user's cluster.
+//!
+//! Cluster-wide because Gateways, Resources and the Secrets they name live in any
+//! namespace. The operator can write Secrets and RBAC objects, so its ServiceAccount is as
+//! sensitive as any controller's; it never gets `delete` on what it does not prune, nor
+//! `escalate`/`bind`: the Roles it writes grant only permissions it holds itself.
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+use serde_json::json;
+
+/// Name of the ClusterRole (and of the operator's ServiceAccount).
+pub const NAME: &str = "rustronaut-operator";
+
+/// Everything the controllers read and write.
+pub fn cluster_role() -> ClusterRole {
+    let read = ["get", "list", "watch"];
+    let write = ["get", "list", "watch", "create", "patch"];
+    let prune = ["get", "create", "patch", "delete"];
+    serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": NAME},
+        "rules": [
+            {"apiGroups": ["rustronaut.io"],
+             "resources": ["tenants", "resources", "policies", "gateways"], "verbs": read},
+            {"apiGroups": ["rustronaut.io"], "resources": ["gateways/status"],
+             "verbs": ["get", "patch"]},
+            // Secrets: TLS and identity-provider material (read), snapshots (write).
+            {"apiGroups": [""],
+             "resources": ["secrets", "configmaps", "services", "serviceaccounts"],
+             "verbs": write},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": write},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"],
+             "verbs": write},
+            {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": prune},
+            {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
+             "verbs": prune},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"],
+             "verbs": ["create", "patch"]},
+        ],
+    }))
+    .expect("a ClusterRole")
+}
+
+/// Leader election, in the operator's own namespace only.
+pub fn lease_role(namespace: &str) -> Role {
+    serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": NAME, "namespace": namespace},
+        "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                   "verbs": ["get", "create", "update"]}],
+    }))
+    .expect("a Role")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds() {
+        assert_eq!(cluster_role().rules.unwrap().len(), 9);
+        assert_eq!(lease_role("ns").metadata.namespace.as_deref(), Some("ns"));
+    }
+}
