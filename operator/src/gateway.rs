@@ -535,13 +535,23 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
     ctx.stores.ready().await?;
 
     // read + build
-    let built = {
+    let (built, problem_refs) = {
         // Scoped: the inputs borrow the stores through a `dyn SecretSource`, which must not
         // live across an await (the reconcile future is sent between threads).
         let world = ctx.stores.world(gw);
         let inputs = ctx.stores.inputs(&world, gw);
-        gateway_snapshot(&world, gw, &inputs)
+        let built = gateway_snapshot(&world, gw, &inputs);
+        let refs = match &built {
+            Ok(outcome) => problem_references(&world, &outcome.problems),
+            Err(_) => Vec::new(),
+        };
+        (built, refs)
     };
+    let previous = ctx
+        .stores
+        .secrets
+        .get(&ObjectRef::new(&names::snapshot(&name)).within(&ns))
+        .and_then(|s| config_version(&s));
 
     // apply: the workload, whatever the snapshot's fate (it does not depend on it)
     put(client, &ns, &objects::service_account(gw)).await?;
@@ -585,6 +595,11 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
                 );
             }
             let served = config_version(&secret);
+            if served != previous {
+                // The configuration changed: say on each affected object why it is left out,
+                // fails closed or is degraded here (not on every resync: no Event storm).
+                publish_problems(ctx, &problem_refs, &reference).await;
+            }
             (
                 status::Built::Ok {
                     attached: outcome.attached,
@@ -649,6 +664,81 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
     Ok(Action::requeue(RESYNC))
 }
 
+/// At most this many problem Events per reconcile, so a broken bulk apply cannot turn one
+/// reconcile into thousands of API calls (every problem is still logged).
+pub const MAX_PROBLEM_EVENTS: usize = 50;
+
+/// Object references (with uids, so `kubectl describe` finds the Events) of the objects
+/// that have problems.
+fn problem_references(
+    world: &World,
+    problems: &[rustronaut_compile::snapshot::Problem],
+) -> Vec<(k8s_openapi::api::core::v1::ObjectReference, String, String)> {
+    problems
+        .iter()
+        .filter_map(|p| {
+            let (ns, name) = (p.object.namespace.as_str(), p.object.name.as_str());
+            let matches = |m: &kube::api::ObjectMeta| {
+                m.name.as_deref() == Some(name) && m.namespace.as_deref().unwrap_or_default() == ns
+            };
+            let r = match p.kind {
+                "Resource" => world
+                    .resources
+                    .iter()
+                    .find(|r| matches(&r.metadata))
+                    .map(|r| r.object_ref(&())),
+                "Policy" => world
+                    .policies
+                    .iter()
+                    .find(|x| matches(&x.metadata))
+                    .map(|x| x.object_ref(&())),
+                "Tenant" => world
+                    .tenants
+                    .iter()
+                    .find(|x| matches(&x.metadata))
+                    .map(|x| x.object_ref(&())),
+                _ => world
+                    .gateways
+                    .iter()
+                    .find(|x| matches(&x.metadata))
+                    .map(|x| x.object_ref(&())),
+            }?;
+            Some((r, p.reason.to_string(), p.message.clone()))
+        })
+        .collect()
+}
+
+async fn publish_problems(
+    ctx: &GatewayContext,
+    problems: &[(k8s_openapi::api::core::v1::ObjectReference, String, String)],
+    gateway: &k8s_openapi::api::core::v1::ObjectReference,
+) {
+    for (reference, reason, message) in problems.iter().take(MAX_PROBLEM_EVENTS) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.clone(),
+            note: Some(truncate(message.clone())),
+            action: "BuildSnapshot".into(),
+            secondary: (reference != gateway).then(|| gateway.clone()),
+        };
+        if let Err(err) = ctx.recorder.publish(&event, reference).await {
+            tracing::warn!(error = %err, "failed to publish an Event");
+        }
+    }
+}
+
+/// Event notes are limited to 1 kB.
+fn truncate(mut note: String) -> String {
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    note
+}
+
 fn config_version(secret: &Secret) -> Option<String> {
     secret
         .metadata
@@ -663,18 +753,10 @@ async fn publish_failure(
     reference: &k8s_openapi::api::core::v1::ObjectReference,
     e: &BuildError,
 ) {
-    let mut note = e.to_string();
-    if note.len() > 1000 {
-        let mut cut = 1000;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-    }
     let event = Event {
         type_: EventType::Warning,
         reason: e.reason().to_string(),
-        note: Some(note),
+        note: Some(truncate(e.to_string())),
         action: "BuildSnapshot".into(),
         secondary: None,
     };

@@ -259,6 +259,22 @@ async fn gateway_lifecycle() {
         }),
     )
     .await;
+    // A Resource that may not attach (its hostname is outside the tenant's domains): left
+    // out and told why, without stalling the good one.
+    create(
+        &resources,
+        json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
+            "metadata": {"name": "outside"},
+            "spec": {
+                "gatewayRefs": [{"namespace": gw_ns, "name": "edge"}],
+                "protocol": "HTTP",
+                "hostnames": ["app.elsewhere.example"],
+                "rules": [{"name": "all", "upstreams": [{"service": {"name": "app", "port": 80}}]}]
+            }
+        }),
+    )
+    .await;
     let policies: Api<Policy> = Api::namespaced(client.clone(), &apps);
     create(
         &policies,
@@ -311,6 +327,27 @@ async fn gateway_lifecycle() {
         "ready endpoints only, at the target port"
     );
     assert_eq!(first.listeners[0].name, "https");
+    assert!(first.resource(&apps, "outside").is_none(), "left out");
+    let app_events: Api<Event> = Api::namespaced(client.clone(), &apps);
+    eventually("a Warning Event on the left-out Resource", || {
+        let app_events = app_events.clone();
+        async move {
+            let list = app_events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.type_.as_deref() == Some("Warning")
+                        && e.reason.as_deref() == Some("HostnameOutsideTenant")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("outside")
+                        && e.regarding
+                            .as_ref()
+                            .and_then(|r| r.uid.as_deref())
+                            .is_some()
+                })
+                .then_some(())
+        }
+    })
+    .await;
 
     // The workload, owned by the Gateway, with the contract the gateway binary expects.
     let gw = gateways.get("edge").await.unwrap();
