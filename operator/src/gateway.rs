@@ -64,8 +64,17 @@ use std::time::{Duration, Instant};
 pub const KIND: &str = "Gateway";
 /// How often a Gateway is reconciled without any change (a safety net for missed events).
 pub const RESYNC: Duration = Duration::from_secs(300);
-/// Retry delay after a failed reconcile (an API call failed).
-pub const RETRY: Duration = Duration::from_secs(10);
+/// First retry delay after a failed reconcile (an API call failed); doubles per failure.
+pub const RETRY: Duration = Duration::from_secs(2);
+/// Longest retry delay.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Delay before retry number `failures` (1-based): 2s, 4s, 8s ... at most [`RETRY_MAX`], so
+/// a transient failure retries quickly and a persistent one does not hammer the API server.
+pub fn backoff(failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    RETRY.saturating_mul(factor).min(RETRY_MAX)
+}
 
 /// Failures of a reconcile: all transient (API calls). An invalid spec is not an error here:
 /// it becomes a condition and the reconcile succeeds.
@@ -313,6 +322,12 @@ pub struct GatewayContext {
     pub settings: Settings,
     /// Publishes Events.
     pub recorder: Recorder,
+    /// Consecutive failed reconciles per Gateway (`namespace/name`), for [`backoff`].
+    pub failures: std::sync::Mutex<BTreeMap<String, u32>>,
+}
+
+fn key(gw: &Gateway) -> String {
+    format!("{}/{}", gw.namespace().unwrap_or_default(), gw.name_any())
 }
 
 fn managed(obj: &impl Resource) -> bool {
@@ -383,6 +398,7 @@ impl GatewayController {
                 },
                 settings,
                 recorder,
+                failures: Default::default(),
             }),
             drivers: vec![
                 s1.boxed(),
@@ -450,6 +466,11 @@ impl GatewayController {
 pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<GatewayContext>) -> Result<Action, Error> {
     let start = Instant::now();
     let result = reconcile_inner(&gw, &ctx).await;
+    if result.is_ok()
+        && let Ok(mut f) = ctx.failures.lock()
+    {
+        f.remove(&key(&gw));
+    }
     ctx.ctx.metrics.observe(
         KIND,
         start.elapsed(),
@@ -458,14 +479,22 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<GatewayContext>) -> Result<Act
     result
 }
 
-/// Transient failures back off and retry.
-pub fn error_policy(gw: Arc<Gateway>, error: &Error, _ctx: Arc<GatewayContext>) -> Action {
+/// Transient failures back off exponentially per Gateway and retry.
+pub fn error_policy(gw: Arc<Gateway>, error: &Error, ctx: Arc<GatewayContext>) -> Action {
+    let failures = ctx.failures.lock().map_or(1, |mut f| {
+        let n = f.entry(key(&gw)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    });
+    let delay = backoff(failures);
     tracing::warn!(
-        gateway = %format!("{}/{}", gw.namespace().unwrap_or_default(), gw.name_any()),
+        gateway = %key(&gw),
         error = %error,
+        failures,
+        retry_in = ?delay,
         "reconcile failed; retrying"
     );
-    Action::requeue(RETRY)
+    Action::requeue(delay)
 }
 
 async fn put<K>(client: &kube::Client, ns: &str, obj: &K) -> Result<K, Error>
@@ -762,5 +791,20 @@ async fn publish_failure(
     };
     if let Err(err) = ctx.recorder.publish(&event, reference).await {
         tracing::warn!(error = %err, "failed to publish an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let got: Vec<u64> = [1, 2, 3, 4, 8, 9, 100, u32::MAX]
+            .into_iter()
+            .map(|n| backoff(n).as_secs())
+            .collect();
+        assert_eq!(got, [2, 4, 8, 16, 256, 300, 300, 300]);
+        assert_eq!(backoff(0), RETRY);
     }
 }
