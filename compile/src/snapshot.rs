@@ -166,6 +166,16 @@ fn join(errors: &[ValidationError]) -> String {
 }
 
 impl BuildError {
+    /// The listener at fault, when the error is about one.
+    pub fn listener(&self) -> Option<&str> {
+        match self {
+            Self::CertificateNotFound { listener, .. }
+            | Self::InvalidCertificate { listener, .. }
+            | Self::InvalidListener { listener, .. } => Some(listener),
+            Self::Invalid(_) => None,
+        }
+    }
+
     /// The condition reason.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -1307,6 +1317,7 @@ mod tests {
         inputs.tls.clear();
         let err = gateway_snapshot(&world, gateway(&world, "edge"), &inputs).unwrap_err();
         assert_eq!(err.reason(), reasons::INVALID_CERTIFICATE_REF);
+        assert_eq!(err.listener(), Some("https"));
         assert_eq!(
             err.to_string(),
             "listener https: TLS Secret rtn-system/acme-wildcard-tls not found"

@@ -657,6 +657,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
                 status::Built::Failed {
                     reason: e.reason(),
                     message: e.to_string(),
+                    listener: e.listener().map(str::to_string),
                 },
                 current.as_ref().and_then(config_version),
             )
@@ -672,6 +673,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         served,
         deployment: Some(&deployment),
         service: Some(&service),
+        listeners: gw.spec.listeners.iter().map(|l| l.name.clone()).collect(),
         reports: reports.into_iter().collect(),
         now: Time(k8s_openapi::jiff::Timestamp::now()),
     });

@@ -544,6 +544,17 @@ async fn gateway_lifecycle() {
         programmed.message
     );
     assert_eq!(gw.status.as_ref().unwrap().observed_generation, generation);
+    let https = &gw.status.as_ref().unwrap().listeners[0];
+    let resolved = https
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ResolvedRefs")
+        .unwrap();
+    assert_eq!(
+        (resolved.status.as_str(), resolved.reason.as_str()),
+        ("False", "InvalidCertificateRef"),
+        "the listener at fault says so"
+    );
     let kept = secrets.get("edge-snapshot").await.unwrap();
     assert_eq!(kept.data, good.data, "the last good snapshot is untouched");
     let events: Api<Event> = Api::namespaced(client.clone(), &gw_ns);

@@ -7,6 +7,8 @@
 //!   good snapshot, if any, keeps serving).
 //! - `Ready`: Programmed, the Deployment has its replicas ready, and as many pods report the
 //!   served version as loaded (from the `<gw>-status` ConfigMap).
+//! - per listener: attached Resources, `ResolvedRefs` (False for the listener a failed build
+//!   blames, e.g. its certificate Secret is missing) and `Programmed`.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -31,6 +33,8 @@ pub enum Built {
         reason: &'static str,
         /// For people.
         message: String,
+        /// The listener at fault, when one is.
+        listener: Option<String>,
     },
 }
 
@@ -49,6 +53,8 @@ pub struct Observed<'a> {
     pub deployment: Option<&'a Deployment>,
     /// The gateway Service as applied.
     pub service: Option<&'a Service>,
+    /// Names of the Gateway's listeners, in spec order.
+    pub listeners: Vec<String>,
     /// `<gw>-status` data: pod name -> version it loaded.
     pub reports: BTreeMap<String, String>,
     /// Now.
@@ -56,10 +62,23 @@ pub struct Observed<'a> {
 }
 
 fn condition(o: &Observed<'_>, type_: &str, ok: bool, reason: &str, message: String) -> Condition {
+    let previous = o.previous.map_or(&[][..], |p| &p.conditions[..]);
+    condition_in(o, previous, type_, ok, reason, message)
+}
+
+/// A condition whose transition time is kept from `previous` while its status holds.
+fn condition_in(
+    o: &Observed<'_>,
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+) -> Condition {
     let status = if ok { "True" } else { "False" };
-    let last = o
-        .previous
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+    let last = previous
+        .iter()
+        .find(|c| c.type_ == type_)
         .filter(|c| c.status == status)
         .map_or_else(|| o.now.clone(), |c| c.last_transition_time.clone());
     Condition {
@@ -106,6 +125,80 @@ pub fn addresses(svc: Option<&Service>) -> Vec<GatewayAddress> {
     out
 }
 
+/// One listener: attached Resources, ResolvedRefs (False for the listener a failed build
+/// blames) and Programmed.
+fn listener_status(o: &Observed<'_>, name: &str, programmed: bool) -> ListenerStatus {
+    let previous = o
+        .previous
+        .and_then(|p| p.listeners.iter().find(|l| l.name == name));
+    let before = previous.map_or(&[][..], |l| &l.conditions[..]);
+    let (attached, resolved) = match &o.built {
+        Built::Ok { attached, .. } => (
+            attached.get(name).copied().unwrap_or(0),
+            condition_in(
+                o,
+                before,
+                types::RESOLVED_REFS,
+                true,
+                reasons::RESOLVED,
+                "every reference resolves".into(),
+            ),
+        ),
+        Built::Failed {
+            reason,
+            message,
+            listener,
+        } => {
+            let n = previous.map_or(0, |l| usize::try_from(l.attached_resources).unwrap_or(0));
+            let at_fault = listener.as_deref() == Some(name);
+            let resolved = if at_fault {
+                condition_in(
+                    o,
+                    before,
+                    types::RESOLVED_REFS,
+                    false,
+                    reason,
+                    message.clone(),
+                )
+            } else {
+                condition_in(
+                    o,
+                    before,
+                    types::RESOLVED_REFS,
+                    true,
+                    reasons::RESOLVED,
+                    "every reference resolves".into(),
+                )
+            };
+            (n, resolved)
+        }
+    };
+    let programmed = if programmed {
+        condition_in(
+            o,
+            before,
+            types::PROGRAMMED,
+            true,
+            reasons::PROGRAMMED,
+            "in the served snapshot".into(),
+        )
+    } else {
+        condition_in(
+            o,
+            before,
+            types::PROGRAMMED,
+            false,
+            reasons::PENDING,
+            "the current spec is not in the served snapshot".into(),
+        )
+    };
+    ListenerStatus {
+        name: name.to_string(),
+        attached_resources: i32::try_from(attached).unwrap_or(i32::MAX),
+        conditions: vec![resolved, programmed],
+    }
+}
+
 /// Computes the status.
 pub fn status(o: &Observed<'_>) -> GatewayStatus {
     let mut conditions = Vec::new();
@@ -121,7 +214,9 @@ pub fn status(o: &Observed<'_>) -> GatewayStatus {
             conditions.push(condition(o, types::ACCEPTED, true, reasons::ACCEPTED, msg));
             (true, o.served.is_some())
         }
-        Built::Failed { reason, message } => {
+        Built::Failed {
+            reason, message, ..
+        } => {
             conditions.push(condition(
                 o,
                 types::ACCEPTED,
@@ -141,7 +236,12 @@ pub fn status(o: &Observed<'_>) -> GatewayStatus {
             reasons::PROGRAMMED,
             format!("snapshot {served} written"),
         ),
-        (Built::Failed { reason, message }, _) => condition(
+        (
+            Built::Failed {
+                reason, message, ..
+            },
+            _,
+        ) => condition(
             o,
             types::PROGRAMMED,
             false,
@@ -198,17 +298,11 @@ pub fn status(o: &Observed<'_>) -> GatewayStatus {
     } else {
         o.previous.and_then(|p| p.config_version.clone())
     };
-    let listeners = match &o.built {
-        Built::Ok { attached, .. } => attached
-            .iter()
-            .map(|(name, n)| ListenerStatus {
-                name: name.clone(),
-                attached_resources: i32::try_from(*n).unwrap_or(i32::MAX),
-                conditions: Vec::new(),
-            })
-            .collect(),
-        Built::Failed { .. } => o.previous.map(|p| p.listeners.clone()).unwrap_or_default(),
-    };
+    let listeners = o
+        .listeners
+        .iter()
+        .map(|name| listener_status(o, name, programmed_ok))
+        .collect();
     GatewayStatus {
         conditions,
         observed_generation: o.generation,
@@ -236,6 +330,7 @@ mod tests {
             served: served.map(str::to_string),
             deployment: None,
             service: None,
+            listeners: vec!["https".into(), "tcp".into()],
             reports: BTreeMap::new(),
             now: time(1000),
         }
@@ -286,6 +381,8 @@ mod tests {
         assert_eq!(s.config_version, None);
         assert_eq!(s.addresses[0].value, "10.96.0.10");
         assert_eq!(s.listeners[0].attached_resources, 2);
+        assert_eq!(s.listeners[1].attached_resources, 0);
+        assert!(s.listeners[0].conditions.iter().all(|c| c.status == "True"));
 
         o.reports.insert("p2".into(), "sha256:b".into());
         let prev = s.clone();
@@ -308,6 +405,7 @@ mod tests {
             Built::Failed {
                 reason: reasons::INVALID_CERTIFICATE_REF,
                 message: "listener https: TLS Secret ns/x not found".into(),
+                listener: Some("https".into()),
             },
             Some("sha256:a"),
         );
@@ -324,5 +422,26 @@ mod tests {
             "listener https: TLS Secret ns/x not found; the last good snapshot sha256:a keeps serving"
         );
         assert_eq!(cond(&s, "Ready").reason, "InvalidCertificateRef");
+        let l = |name: &str, t: &str| {
+            let c = s
+                .listeners
+                .iter()
+                .find(|l| l.name == name)
+                .unwrap()
+                .conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap();
+            (c.status.clone(), c.reason.clone())
+        };
+        assert_eq!(
+            l("https", "ResolvedRefs"),
+            ("False".into(), "InvalidCertificateRef".into())
+        );
+        assert_eq!(
+            l("tcp", "ResolvedRefs"),
+            ("True".into(), "ResolvedRefs".into())
+        );
+        assert_eq!(l("https", "Programmed").0, "False");
     }
 }
