@@ -131,6 +131,7 @@ pub fn tenant(t: &Tenant, secrets: &dyn SecretSource) -> cs::Tenant {
                         ..Default::default()
                     },
                     clock_skew_seconds: 60,
+                    cookie_name: j.cookie_name.clone(),
                 })
             } else if let Some(c) = &idp.client_certificate {
                 let ca_pem = c

@@ -166,6 +166,15 @@ pub struct JwtProvider {
     #[serde(default = "default_groups_claim")]
     #[schemars(length(min = 1, max = 128))]
     pub groups_claim: String,
+    /// A cookie that may carry the token, for browsers (which cannot add an Authorization
+    /// header to a navigation). `Authorization: Bearer` wins when both are sent; the cookie
+    /// is removed before the request reaches the upstream, so the token is not leaked to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    )]
+    pub cookie_name: Option<String>,
 }
 
 /// A remote JWKS endpoint.

@@ -482,6 +482,20 @@ pub struct JwtProvider {
     /// Tolerated clock difference for `exp`, `nbf`, `iat`. Default: 60; at most 300.
     #[serde(default = "default_skew")]
     pub clock_skew_seconds: u64,
+    /// A cookie that may carry the token instead of `Authorization: Bearer` (browsers
+    /// cannot set headers on navigation). The header wins when both are present; the cookie
+    /// is stripped before the request reaches the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_name: Option<String>,
+}
+
+/// Whether `name` is an RFC 6265 cookie-name (an RFC 9110 token).
+pub fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn default_skew() -> u64 {

@@ -518,6 +518,16 @@ fn identity_provider(p: &str, name: &str, kind: &IdentityProviderKind, e: &mut E
                     Bad("a JWT provider needs at least one non-empty audience".into()),
                 );
             }
+            if let Some(c) = &j.cookie_name
+                && !super::is_cookie_name(c)
+            {
+                e.push(
+                    format!("{kp}.cookieName"),
+                    Bad(format!(
+                        "{c:?} is not a cookie name (RFC 6265 token, at most 128 characters)"
+                    )),
+                );
+            }
             if j.clock_skew_seconds > crate::identity::jwt::MAX_CLOCK_SKEW {
                 e.push(
                     format!("{kp}.clockSkewSeconds"),

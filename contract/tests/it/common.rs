@@ -34,6 +34,7 @@ pub fn jwt_idp(name: &str) -> IdentityProvider {
             }),
             claim_mappings: ClaimMappings::default(),
             clock_skew_seconds: 60,
+            cookie_name: None,
         }),
     }
 }

@@ -250,6 +250,7 @@ fn validate_reports_every_problem_with_its_path() {
             jwks: JwksSource::Inline(serde_json::json!({"keys": [{"kty": "oct", "k": "AA"}]})),
             claim_mappings: ClaimMappings::default(),
             clock_skew_seconds: 60,
+            cookie_name: Some("session token".into()),
         }),
     }); // [5]
     if let IdentityProviderKind::ApiKey(a) = &mut s.tenants[0].identity_providers[4].kind {
@@ -399,6 +400,10 @@ fn validate_reports_every_problem_with_its_path() {
         (
             "tenants[0].identityProviders[5].kind.jwt.jwks.inline",
             Box::new(|k| matches!(k, K::InvalidJwks(_))),
+        ),
+        (
+            "tenants[0].identityProviders[5].kind.jwt.cookieName",
+            Box::new(|k| matches!(k, K::InvalidIdentityProvider(m) if m.contains("cookie name"))),
         ),
         (
             "tenants[0].identityProviders[4].kind.apiKey.keys[0].hash",
