@@ -6,6 +6,8 @@
 //! expired token would pass wherever anonymous callers may. What counts as presented:
 //! - `Authorization: Bearer <token>`, when the tenant has a JWT provider (otherwise the
 //!   header belongs to the upstream and passes through untouched);
+//! - without such a header, a cookie named by a JWT provider's `cookieName` (browsers cannot
+//!   add headers to a navigation); the proxy strips that cookie before forwarding;
 //! - the header of any of the tenant's API-key providers;
 //! - a TLS client certificate (already verified against the listener's CA bundle during the
 //!   handshake; here it must also chain to a CA of one of this tenant's providers).
@@ -95,6 +97,32 @@ pub fn bearer(value: &str) -> Option<&str> {
         .then(|| rest.trim_matches(' '))
 }
 
+/// The values of cookie `name` in `Cookie` header values (`a=1; b=2`, RFC 6265 §5.4; HTTP/2
+/// clients may send several headers). Names match exactly, as browsers store them.
+pub fn cookie_values<'h>(headers: &[&'h str], name: &str) -> Vec<&'h str> {
+    headers
+        .iter()
+        .flat_map(|h| h.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim_matches('"'))
+        .collect()
+}
+
+/// A `Cookie` header value without the cookies in `names`; `None` when nothing is left.
+pub fn strip_cookies(value: &str, names: &[String]) -> Option<String> {
+    let kept: Vec<&str> = value
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let n = pair.split_once('=').map_or(*pair, |(n, _)| n);
+            !names.iter().any(|x| x == n)
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
 /// Verifies `creds` against `auth` at `now` (unix seconds); tokens go through `cache`.
 pub fn authenticate(
     auth: &TenantAuth,
@@ -108,9 +136,22 @@ pub fn authenticate(
 
     if auth.takes_bearer_tokens() {
         let values = (creds.header)("authorization");
-        let tokens: Vec<&str> = values.iter().filter_map(|v| bearer(v)).collect();
+        let mut tokens: Vec<&str> = values.iter().filter_map(|v| bearer(v)).collect();
         if tokens.len() > 1 {
             return Err(AuthnError::Repeated("authorization".into()));
+        }
+        if tokens.is_empty() && !auth.jwt_cookies.is_empty() {
+            let cookies = (creds.header)("cookie");
+            for name in &auth.jwt_cookies {
+                let found = cookie_values(&cookies, name);
+                if found.len() > 1 {
+                    return Err(AuthnError::Repeated(format!("cookie {name}")));
+                }
+                if let Some(t) = found.first() {
+                    tokens.push(t);
+                    break;
+                }
+            }
         }
         if let Some(token) = tokens.first() {
             let mut first_err = None;
@@ -196,6 +237,48 @@ mod tests {
         assert_eq!(bearer("bearer  abc"), Some("abc"));
         assert_eq!(bearer("Basic dXNlcjpwdw=="), None);
         assert_eq!(bearer("Bearer"), None);
+    }
+
+    #[test]
+    fn cookies_are_found_by_exact_name_and_stripped_alone() {
+        let headers = ["theme=dark; rtn_token=abc.def.ghi", "other=1; rtn_token2=x"];
+        assert_eq!(cookie_values(&headers, "rtn_token"), vec!["abc.def.ghi"]);
+        assert_eq!(cookie_values(&headers, "RTN_TOKEN"), Vec::<&str>::new());
+        assert_eq!(cookie_values(&["a=\"q\""], "a"), vec!["q"]);
+        let names = vec!["rtn_token".to_string()];
+        assert_eq!(
+            strip_cookies(headers[0], &names).as_deref(),
+            Some("theme=dark")
+        );
+        assert_eq!(strip_cookies("rtn_token=x", &names), None);
+        assert_eq!(
+            strip_cookies(headers[1], &names).as_deref(),
+            Some("other=1; rtn_token2=x")
+        );
+    }
+
+    #[test]
+    fn a_repeated_token_cookie_is_refused() {
+        let auth = TenantAuth {
+            remote_jwt: vec!["remote".into()],
+            jwt_cookies: vec!["t".into()],
+            ..TenantAuth::default()
+        };
+        let header = |n: &str| {
+            if n == "cookie" {
+                vec!["t=a.b.c", "t=d.e.f"]
+            } else {
+                Vec::new()
+            }
+        };
+        let creds = Credentials {
+            header: &header,
+            client_chain: None,
+        };
+        let cache = TokenCache::new(16).unwrap();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let err = authenticate(&auth, &creds, ip, 0, &cache, &NoRemote);
+        assert!(matches!(err, Err(AuthnError::Repeated(h)) if h == "cookie t"));
     }
 
     #[test]

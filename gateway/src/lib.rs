@@ -1,7 +1,8 @@
 //! The Rustronaut gateway: a Pingora proxy that enforces a compiled snapshot.
 //!
 //! ```text
-//!  snapshot file --reload (poll, Compiled::load, arc-swap)--> Store
+//!  snapshot file (poll) or Secret (watch, kube_source)
+//!    --reload (Compiled::load, arc-swap)--> Store; loaded version -> ConfigMap (kube_source)
 //!                                                              |
 //!  client --TLS (SNI cert, client cert)--> proxy (per listener) | reads Arc<Compiled>
 //!     request_filter: pipeline::decide = route -> normalise -> authenticate -> evaluate
@@ -21,6 +22,7 @@ pub mod authn;
 pub mod balance;
 pub mod health;
 pub mod jwks;
+pub mod kube_source;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
@@ -28,4 +30,5 @@ pub mod ratelimit;
 pub mod reload;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod tls;

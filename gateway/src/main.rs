@@ -5,16 +5,18 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 use rustronaut_contract::eval::DecisionIds;
 use rustronaut_contract::identity::cache::TokenCache;
 use rustronaut_gateway::admin::{self, AdminState};
 use rustronaut_gateway::balance::Health;
 use rustronaut_gateway::jwks::{self, Fetcher, RemoteJwks};
+use rustronaut_gateway::kube_source::{self, ObjectRef};
 use rustronaut_gateway::metrics::Metrics;
 use rustronaut_gateway::proxy::Shared;
 use rustronaut_gateway::ratelimit::RateLimiter;
-use rustronaut_gateway::reload::{Polled, Reloader, Store};
+use rustronaut_gateway::reload::{Polled, ReloadError, Reloader, Store};
+use rustronaut_gateway::telemetry::Telemetry;
 use rustronaut_gateway::{health, server};
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
@@ -26,10 +28,26 @@ use std::time::Duration;
 /// Command-line flags; each can also come from the environment variable named.
 #[derive(Debug, Parser)]
 #[command(name = "rustronaut-gateway", version, about = "Rustronaut gateway")]
+#[command(group(ArgGroup::new("source").required(true).args(["snapshot", "config_from"])))]
 struct Args {
-    /// Snapshot file (JSON), polled for changes.
+    /// Snapshot file (JSON), polled for changes. Exactly one of --snapshot and --config-from.
     #[arg(long, env = "RUSTRONAUT_SNAPSHOT")]
-    snapshot: PathBuf,
+    snapshot: Option<PathBuf>,
+    /// Secret NAMESPACE/NAME holding the snapshot under the key `snapshot.json`, watched
+    /// through the Kubernetes API (in-cluster ServiceAccount, or KUBECONFIG outside).
+    #[arg(long, env = "RUSTRONAUT_CONFIG_FROM")]
+    config_from: Option<ObjectRef>,
+    /// ConfigMap NAMESPACE/NAME where this pod reports the config version it loaded
+    /// (`data[POD_NAME]`), read by the operator for the Gateway's status.
+    #[arg(long, env = "RUSTRONAUT_REPORT_STATUS")]
+    report_status: Option<ObjectRef>,
+    /// This pod's name (the Downward API's metadata.name); required by --report-status.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// OTLP/HTTP collector base URL (http://host:4318): one span per request is exported
+    /// to `<url>/v1/traces`. Unset: no tracing.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Admin listener (/healthz, /readyz, /metrics).
     #[arg(long, env = "RUSTRONAUT_ADMIN_LISTEN", default_value = "0.0.0.0:9901")]
     admin_listen: SocketAddr,
@@ -109,23 +127,68 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("failed to start the admin runtime")?;
-    let mut reloader = Reloader::new(args.snapshot.clone(), store.clone(), metrics.clone());
-    let poll = Duration::from_millis(args.poll_interval_ms.max(50));
-    runtime.spawn(async move {
-        let mut first = Some(first_tx);
-        loop {
-            match reloader.poll() {
-                Ok(Polled::Applied(_)) => {
-                    if let Some(tx) = first.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Polled::Unchanged) => {}
-                Err(e) => tracing::error!(error = %e, "snapshot not applied; the last good snapshot keeps serving"),
+    let (versions_tx, versions_rx) = tokio::sync::watch::channel::<Option<String>>(None);
+    let mut first = Some(first_tx);
+    let mut applied = move |result: Result<Polled, ReloadError>| match result {
+        Ok(Polled::Applied(version)) => {
+            if let Some(tx) = first.take() {
+                let _ = tx.send(());
             }
-            tokio::time::sleep(poll).await;
+            versions_tx.send_replace(Some(version));
         }
-    });
+        Ok(Polled::Unchanged) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "snapshot not applied; the last good snapshot keeps serving")
+        }
+    };
+    let needs_client = args.config_from.is_some() || args.report_status.is_some();
+    let client = if needs_client {
+        Some(runtime.block_on(kube_source::client())?)
+    } else {
+        None
+    };
+    let source = match (&args.snapshot, &args.config_from, &client) {
+        (Some(path), _, _) => {
+            let mut reloader = Reloader::new(path.clone(), store.clone(), metrics.clone());
+            let poll = Duration::from_millis(args.poll_interval_ms.max(50));
+            runtime.spawn(async move {
+                loop {
+                    applied(reloader.poll());
+                    tokio::time::sleep(poll).await;
+                }
+            });
+            path.display().to_string()
+        }
+        (None, Some(secret), Some(client)) => {
+            let origin = format!("Secret {secret}");
+            let mut reloader = Reloader::for_source(origin.clone(), store.clone(), metrics.clone());
+            let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+            runtime.spawn(kube_source::watch_secret(
+                client.clone(),
+                secret.clone(),
+                tx,
+            ));
+            runtime.spawn(async move {
+                while let Some(bytes) = rx.recv().await {
+                    applied(reloader.offer(bytes));
+                }
+            });
+            origin
+        }
+        _ => anyhow::bail!("one of --snapshot and --config-from is required"),
+    };
+    if let (Some(cm), Some(client)) = (&args.report_status, &client) {
+        let pod = args
+            .pod_name
+            .clone()
+            .context("--report-status needs the pod name (POD_NAME or --pod-name)")?;
+        runtime.spawn(kube_source::report_status(
+            client.clone(),
+            cm.clone(),
+            pod,
+            versions_rx,
+        ));
+    }
     runtime.spawn(health::run(
         store.clone(),
         health_state.clone(),
@@ -162,7 +225,7 @@ fn main() -> anyhow::Result<()> {
             }
         })
     };
-    tracing::info!(admin = %admin_addr, snapshot = %args.snapshot.display(), "waiting for a valid snapshot");
+    tracing::info!(admin = %admin_addr, source = %source, "waiting for a valid snapshot");
     first_rx
         .recv()
         .context("the reloader stopped before a snapshot was loaded")?;
@@ -170,6 +233,15 @@ fn main() -> anyhow::Result<()> {
         .current()
         .context("no snapshot after the first load")?;
 
+    // The OTLP exporter's blocking HTTP client must be built outside any Tokio runtime.
+    let telemetry = match &args.otlp_endpoint {
+        Some(url) => {
+            let t = Telemetry::otlp(url).context("--otlp-endpoint")?;
+            tracing::info!(endpoint = %url, "exporting request spans over OTLP/HTTP");
+            Some(Arc::new(t))
+        }
+        None => None,
+    };
     let nonce = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
@@ -185,6 +257,7 @@ fn main() -> anyhow::Result<()> {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         eject_for: Duration::from_secs(args.eject_seconds),
         max_attempts: args.max_attempts.max(1),
+        telemetry: telemetry.clone(),
     });
     let opts = server::ServerOptions {
         bind: args.bind_address,
@@ -203,6 +276,9 @@ fn main() -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = runtime.block_on(admin_task);
     runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Some(t) = &telemetry {
+        t.shutdown();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,8 +7,11 @@
 //!  upstream_peer           balancer pick (healthy, not yet tried) -> HttpPeer
 //!  fail_to_connect         eject the address, retry another (connect failures only)
 //!  upstream_request_filter normalised target, identity + forwarding headers, strip spoofs
-//!  logging                 one JSON decision line, metrics
+//!  logging                 one JSON decision line, metrics, the request span ends
 //! ```
+//!
+//! With tracing on ([`crate::telemetry`]), a span starts in `request_filter` (continuing the
+//! client's W3C trace context) and the upstream gets a `traceparent` naming it.
 
 use crate::balance::{Health, InFlight};
 use crate::metrics::{DecisionLabels, Metrics, RequestLabels};
@@ -69,6 +72,8 @@ pub struct Shared {
     pub eject_for: Duration,
     /// Most upstream addresses tried per request (connect failures only).
     pub max_attempts: usize,
+    /// Request spans, when an OTLP endpoint is configured.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 /// One listener as bound.
@@ -107,6 +112,8 @@ pub struct Ctx {
     tried: Vec<SocketAddr>,
     /// The address counted in [`Shared::inflight`] for this request.
     counted: Option<SocketAddr>,
+    /// The request span, when tracing is on.
+    trace: Option<opentelemetry::Context>,
 }
 
 fn header_value(s: &str) -> Option<HeaderValue> {
@@ -220,10 +227,20 @@ impl ProxyHttp for GatewayProxy {
             peer_ip: None,
             tried: Vec::new(),
             counted: None,
+            trace: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(t) = &self.shared.telemetry {
+            let req = session.req_header();
+            ctx.trace = Some(t.start(req.method.as_str(), |h| {
+                req.headers
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            }));
+        }
         let Some(state) = self.shared.store.current() else {
             session.respond_error(503).await?;
             return Ok(true);
@@ -380,9 +397,32 @@ impl ProxyHttp for GatewayProxy {
             for p in &auth.api_keys {
                 upstream.remove_header(&p.header);
             }
+            // So are JWTs carried in cookies: the other cookies pass.
+            if !auth.jwt_cookies.is_empty() {
+                let kept: Vec<String> = upstream
+                    .headers
+                    .get_all("cookie")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .filter_map(|v| crate::authn::strip_cookies(v, &auth.jwt_cookies))
+                    .collect();
+                upstream.remove_header("cookie");
+                for v in kept {
+                    upstream.append_header("cookie", v)?;
+                }
+            }
         }
         for (name, value) in identity_headers(&f.identity, &record.decision_id) {
             upstream.insert_header(name, value)?;
+        }
+        // The upstream's parent span is the gateway's, not the client's.
+        if let (Some(t), Some(cx)) = (&self.shared.telemetry, &ctx.trace) {
+            for h in crate::telemetry::CONTEXT_HEADERS {
+                upstream.remove_header(h);
+            }
+            for (name, value) in t.inject(cx) {
+                upstream.insert_header(name, value)?;
+            }
         }
 
         let peer = ctx.peer_ip.map(|p| p.to_string()).unwrap_or_default();
@@ -488,5 +528,21 @@ impl ProxyHttp for GatewayProxy {
             error = %e.map(ToString::to_string).unwrap_or_default(),
             "request"
         );
+        if let Some(cx) = ctx.trace.take() {
+            crate::telemetry::Telemetry::finish(
+                &cx,
+                &crate::telemetry::SpanFacts {
+                    resource: record.resource.as_deref(),
+                    decision: record.effect,
+                    reason: record.reason,
+                    policy: record.policy.as_deref(),
+                    rule: record.policy_rule.as_deref(),
+                    decision_id: &record.decision_id,
+                    status,
+                    upstream: upstream.as_deref(),
+                    listener: &self.listener.name,
+                },
+            );
+        }
     }
 }

@@ -1,8 +1,9 @@
-//! The single writer of the serving state: it polls the snapshot file, compiles a changed
-//! one, and swaps it in atomically.
+//! The single writer of the serving state: it takes snapshot bytes from its source (a file it
+//! polls, or a Kubernetes Secret watched by [`crate::kube_source`]), compiles a changed one,
+//! and swaps it in atomically.
 //!
 //! ```text
-//!  every poll: read file --same bytes as last time?--> nothing
+//!  every poll / watch event: bytes --same bytes as last time?--> nothing
 //!                  | changed
 //!                  v
 //!      Compiled::load --error--> log + snapshot_refused{reason}; the last good state serves
@@ -36,10 +37,10 @@ pub enum ReloadError {
         source: std::io::Error,
     },
     /// The snapshot was refused.
-    #[error("snapshot {path} refused: {source}")]
+    #[error("snapshot from {origin} refused: {source}")]
     Refused {
-        /// File.
-        path: PathBuf,
+        /// Where it came from (file path or Secret namespace/name).
+        origin: String,
         /// Cause.
         source: BuildError,
     },
@@ -72,10 +73,13 @@ pub enum Polled {
     Applied(String),
 }
 
-/// Polls one snapshot file.
+/// Applies the snapshots of one source.
 #[derive(Debug)]
 pub struct Reloader {
-    path: PathBuf,
+    /// Where snapshots come from, for logs and errors.
+    origin: String,
+    /// The file polled by [`Reloader::poll`], if the source is a file.
+    path: Option<PathBuf>,
     last: Option<Vec<u8>>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
@@ -99,10 +103,22 @@ fn bound_shape(listeners: &[Listener]) -> Vec<(String, u16, bool)> {
 }
 
 impl Reloader {
-    /// A reloader of `path` into `store`.
+    /// A reloader of the file `path` into `store`.
     pub fn new(path: PathBuf, store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
         Self {
-            path,
+            origin: path.display().to_string(),
+            path: Some(path),
+            last: None,
+            store,
+            metrics,
+        }
+    }
+
+    /// A reloader fed through [`Reloader::offer`] by another source (`origin` names it).
+    pub fn for_source(origin: String, store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            origin,
+            path: None,
             last: None,
             store,
             metrics,
@@ -112,10 +128,18 @@ impl Reloader {
     /// Reads the file and applies it when it changed. A refused snapshot is remembered, so
     /// it is reported once, not on every poll, until the file changes again.
     pub fn poll(&mut self) -> Result<Polled, ReloadError> {
-        let bytes = std::fs::read(&self.path).map_err(|source| ReloadError::Read {
-            path: self.path.clone(),
+        let Some(path) = &self.path else {
+            return Ok(Polled::Unchanged);
+        };
+        let bytes = std::fs::read(path).map_err(|source| ReloadError::Read {
+            path: path.clone(),
             source,
         })?;
+        self.offer(bytes)
+    }
+
+    /// Applies `bytes` when they differ from the last snapshot offered.
+    pub fn offer(&mut self, bytes: Vec<u8>) -> Result<Polled, ReloadError> {
         if self.last.as_deref() == Some(bytes.as_slice()) {
             return Ok(Polled::Unchanged);
         }
@@ -142,7 +166,7 @@ impl Reloader {
                     .reloads
                     .get_or_create(&ResultLabel { result: "applied" })
                     .inc();
-                tracing::info!(version = %version, path = %self.path.display(), "snapshot applied");
+                tracing::info!(version = %version, origin = %self.origin, "snapshot applied");
                 Ok(Polled::Applied(version))
             }
             Err(source) => {
@@ -157,7 +181,7 @@ impl Reloader {
                     })
                     .inc();
                 Err(ReloadError::Refused {
-                    path: self.path.clone(),
+                    origin: self.origin.clone(),
                     source,
                 })
             }

@@ -124,6 +124,8 @@ pub struct TenantAuth {
     /// JWT providers with remote JWKS (names), verified with the keys [`crate::jwks`]
     /// fetched; until then their tokens are refused.
     pub remote_jwt: Vec<String>,
+    /// Cookies that may carry a JWT (`cookieName` of the JWT providers), for browsers.
+    pub jwt_cookies: Vec<String>,
     /// API-key providers.
     pub api_keys: Vec<ApiKeyProvider>,
     /// clientCertificate providers.
@@ -327,20 +329,28 @@ fn tenant_auth(t: &rustronaut_contract::snapshot::Tenant) -> Result<TenantAuth, 
     let mut out = TenantAuth::default();
     for p in &t.identity_providers {
         match &p.kind {
-            IdentityProviderKind::Jwt(j) => match &j.jwks {
-                JwksSource::Inline(doc) => {
-                    let err = |source| BuildError::Jwt {
-                        tenant: t.name.clone(),
-                        idp: p.name.clone(),
-                        source,
-                    };
-                    let jwks = Jwks::from_value(doc).map_err(err)?;
-                    let v = JwtVerifier::new(JwtVerifierConfig::from_provider(&p.name, j), jwks)
-                        .map_err(err)?;
-                    out.jwt.push(v);
+            IdentityProviderKind::Jwt(j) => {
+                if let Some(c) = &j.cookie_name
+                    && !out.jwt_cookies.contains(c)
+                {
+                    out.jwt_cookies.push(c.clone());
                 }
-                JwksSource::Remote(_) => out.remote_jwt.push(p.name.clone()),
-            },
+                match &j.jwks {
+                    JwksSource::Inline(doc) => {
+                        let err = |source| BuildError::Jwt {
+                            tenant: t.name.clone(),
+                            idp: p.name.clone(),
+                            source,
+                        };
+                        let jwks = Jwks::from_value(doc).map_err(err)?;
+                        let v =
+                            JwtVerifier::new(JwtVerifierConfig::from_provider(&p.name, j), jwks)
+                                .map_err(err)?;
+                        out.jwt.push(v);
+                    }
+                    JwksSource::Remote(_) => out.remote_jwt.push(p.name.clone()),
+                }
+            }
             IdentityProviderKind::ApiKey(a) => {
                 let verifier = ApiKeyVerifier::from_provider(&p.name, a).map_err(|source| {
                     BuildError::ApiKey {

@@ -29,7 +29,8 @@ fn snapshot(s: &Scenario) -> Value {
     let mut resource_listeners = vec!["http"];
     let mut idps = vec![
         json!({"name": "ci", "kind": {"jwt": {
-            "issuer": ISSUER, "audiences": ["rtn"], "jwks": {"inline": s.signer_jwks}}}}),
+            "issuer": ISSUER, "audiences": ["rtn"], "jwks": {"inline": s.signer_jwks},
+            "cookieName": "rtn_token"}}}),
         json!({"name": "keys", "kind": {"apiKey": {
             "header": "X-Api-Key", "keys": [{"clientID": "globex", "hash": api_key_hash()}]}}}),
     ];
@@ -215,6 +216,51 @@ fn jwt_bearer_tokens_allow_deny_and_are_never_downgraded() {
         ),
         401,
     );
+}
+
+#[test]
+fn jwt_cookies_authenticate_browsers_and_never_reach_the_upstream() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let _gw = Gateway::start(&snapshot(&s));
+    let dev = signer.token("alice", &["dev"], 300);
+
+    let cookie = format!("Cookie: theme=dark; rtn_token={dev}");
+    let r = get(s.http, "/api/items", &["-H", &cookie]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.upstream_header("x-rustronaut-user").as_deref(),
+        Some("alice")
+    );
+    // The token is the gateway's; the upstream gets the other cookies only.
+    assert_eq!(r.upstream_header("cookie").as_deref(), Some("theme=dark"));
+    let only = format!("Cookie: rtn_token={dev}");
+    let r = get(s.http, "/api/items", &["-H", &only]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.upstream_header("cookie"), None, "{r:?}");
+
+    // A bad token in the cookie is a bad credential: 401, never anonymous.
+    assert_refused(
+        &get(s.http, "/public/x", &["-H", "Cookie: rtn_token=not.a.jwt"]),
+        401,
+    );
+    // The Authorization header wins over the cookie.
+    let sales = format!(
+        "Authorization: Bearer {}",
+        signer.token("bob", &["sales"], 300)
+    );
+    assert_refused(
+        &get(s.http, "/api/items", &["-H", &sales, "-H", &cookie]),
+        403,
+    );
+    // A cookie of another name is not a credential.
+    let r = get(
+        s.http,
+        "/api/items",
+        &["-H", &format!("Cookie: token={dev}")],
+    );
+    assert_refused(&r, 401);
 }
 
 #[test]
@@ -957,4 +1003,138 @@ fn readiness_waits_for_a_first_valid_snapshot() {
     gw.write_snapshot_bytes(&serde_json::to_vec(&valid).unwrap());
     gw.wait_ready(&valid);
     assert_eq!(get(s.http, "/public/x", &[]).status, 200);
+}
+
+/// Hot reload under load: clients on keep-alive connections send requests without pause
+/// while valid snapshots (each a different config version) and broken ones are swapped in.
+/// Every request must succeed: no connection reset, no 5xx, no half-applied state.
+#[test]
+fn hot_reload_under_load_fails_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let mut s = scenario(&up, &signer);
+    let gw = Gateway::start(&snapshot(&s));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (total, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, total, failed) = (stop.clone(), total.clone(), failed.clone());
+            let port = s.http;
+            std::thread::spawn(move || {
+                let u = url(port, &format!("/public/client-{i}"));
+                while !stop.load(Ordering::SeqCst) {
+                    // One curl process, 50 requests on one keep-alive connection.
+                    let mut cmd = std::process::Command::new("curl");
+                    cmd.args(["-s", "--max-time", "20", "-H", &format!("Host: {HOST}")])
+                        .args(["-w", "%{http_code}\n"]);
+                    for _ in 0..50 {
+                        cmd.args(["-o", "/dev/null", &u]);
+                    }
+                    let out = cmd.output().unwrap();
+                    let codes = String::from_utf8_lossy(&out.stdout).into_owned();
+                    let n = codes.lines().count();
+                    let ok = codes.lines().filter(|c| *c == "200").count();
+                    // A connection failure shows as 000 or as missing lines.
+                    total.fetch_add(50, Ordering::SeqCst);
+                    failed.fetch_add(50 - ok.min(n), Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+
+    for round in 0..20 {
+        // The first snapshot was load 1; this round's is load round + 2.
+        let applied = round + 2;
+        // A valid snapshot that differs (a new policy each round), then every fifth round a
+        // broken one, which must be refused while the last good one serves.
+        s.extra_policies = vec![json!({
+            "namespace": "acme-apps", "name": format!("round-{round}"), "tenant": "acme",
+            "action": "Allow",
+            "targets": [{"resource": {"namespace": "acme-apps", "name": "app"}}],
+            "rules": [{"name": "anyone", "from": ["anonymous"], "to": [path_op("/r")]}]})];
+        gw.write_snapshot_bytes(&serde_json::to_vec(&snapshot(&s)).unwrap());
+        gw.wait_metrics("the reload", |m| {
+            m.contains(&format!(
+                "rustronaut_gateway_snapshot_reloads_total{{result=\"applied\"}} {applied}"
+            ))
+        });
+        if round % 5 == 4 {
+            gw.write_snapshot_bytes(b"{\"schemaVersion\": 1, \"listeners\": [");
+            gw.wait_metrics("the refusal", |m| {
+                m.contains(&format!(
+                    "rustronaut_gateway_snapshot_refused_total{{reason=\"parse\"}} {}",
+                    round / 5 + 1
+                ))
+            });
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (total, failed) = (total.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    eprintln!(
+        "hot reload under load: {total} requests, {failed} failed, 20 valid + 4 broken swaps"
+    );
+    assert!(total >= 200, "too few requests to prove anything: {total}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {total} requests failed; log:\n{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn request_spans_are_exported_over_otlp_and_continue_the_client_trace() {
+    let collector = OtlpReceiver::start();
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let endpoint = format!("http://{}", collector.addr);
+    let mut gw = Gateway::start_with(&snapshot(&s), &["--otlp-endpoint", &endpoint]);
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = format!("traceparent: 00-{trace_id}-00f067aa0ba902b7-01");
+    let r = get(s.http, "/public/x", &["-H", &parent]);
+    assert_eq!(r.status, 200, "{r:?}");
+    // The upstream's parent is the gateway's span, in the client's trace.
+    let tp = r
+        .upstream_header("traceparent")
+        .expect("traceparent to upstream");
+    assert!(tp.starts_with(&format!("00-{trace_id}-")), "{tp}");
+    assert!(!tp.contains("00f067aa0ba902b7"), "{tp}");
+    let denied = get(s.http, "/api/items", &[]);
+    assert_refused(&denied, 401);
+    let denied_id = denied
+        .header("x-rustronaut-decision-id")
+        .unwrap()
+        .to_string();
+
+    // Shutdown flushes the batch.
+    assert!(gw.terminate().success(), "{}", gw.log());
+    let got = collector.received();
+    let raw_trace_id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    for needle in [
+        &raw_trace_id[..],
+        b"rustronaut-gateway",
+        b"rustronaut.decision_id",
+        denied_id.as_bytes(),
+        b"rustronaut.resource",
+        b"acme-apps/app",
+        b"NoAllowMatched",
+        b"anon-public",
+    ] {
+        assert!(
+            contains_bytes(&got, needle),
+            "{:?} not exported ({} bytes received); log:\n{}",
+            String::from_utf8_lossy(needle),
+            got.len(),
+            gw.log()
+        );
+    }
 }

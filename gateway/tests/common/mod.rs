@@ -71,6 +71,11 @@ impl Upstream {
 
     /// An upstream answering every request with `status`.
     pub fn start_with_status(name: &'static str, status: u16) -> Self {
+        Self::start_on(name, status, "127.0.0.1:0")
+    }
+
+    /// An upstream answering `status` on `addr` (a fixed port, for the documented example).
+    pub fn start_on(name: &'static str, status: u16, addr: &str) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -80,8 +85,8 @@ impl Upstream {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let g = gate.clone();
         let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .unwrap_or_else(|e| panic!("binding the upstream on {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         let h = hits.clone();
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
@@ -214,11 +219,47 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snapshot.json");
         std::fs::write(&path, bytes).unwrap();
+        let source = vec!["--snapshot".to_string(), path.display().to_string()];
+        Self::spawn_in(dir, path, &source, &[], extra)
+    }
+
+    /// Starts the process reading its snapshot from the Secret `secret` (NAMESPACE/NAME)
+    /// through the API server of `kubeconfig`, reporting into the ConfigMap `status` as
+    /// pod `pod`; without waiting.
+    pub fn spawn_from_secret(
+        kubeconfig: &Path,
+        secret: &str,
+        status: &str,
+        pod: &str,
+        extra: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unused-snapshot.json");
+        let source = vec![
+            "--config-from".to_string(),
+            secret.to_string(),
+            "--report-status".to_string(),
+            status.to_string(),
+        ];
+        let env = [
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("POD_NAME", pod.to_string()),
+        ];
+        Self::spawn_in(dir, path, &source, &env, extra)
+    }
+
+    fn spawn_in(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        source: &[String],
+        env: &[(&str, String)],
+        extra: &[&str],
+    ) -> Self {
         let admin = free_port();
         let log = dir.path().join("gateway.log");
         let child = Command::new(env!("CARGO_BIN_EXE_rustronaut-gateway"))
-            .arg("--snapshot")
-            .arg(&path)
+            .args(source)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(["--bind-address", "127.0.0.1", "--poll-interval-ms", "100"])
             .args(["--threads", "1", "--grace-period-seconds", "0"])
@@ -493,4 +534,80 @@ impl JwksServer {
         });
         Self { port, _rt: rt }
     }
+}
+
+/// A minimal OTLP/HTTP collector: keeps the body of every `POST /v1/traces` (protobuf) and
+/// answers 200. Plain std sockets, one thread per connection, keep-alive honoured.
+pub struct OtlpReceiver {
+    pub addr: SocketAddr,
+    pub bodies: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl OtlpReceiver {
+    pub fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let store = bodies.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let path_ok = line.starts_with("POST /v1/traces ");
+                        let mut len = 0usize;
+                        loop {
+                            let mut h = String::new();
+                            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let h = h.trim_end();
+                            if h.is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = h.split_once(':')
+                                && k.eq_ignore_ascii_case("content-length")
+                            {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let status = if path_ok {
+                            store.lock().unwrap().push(body);
+                            "200 OK"
+                        } else {
+                            "404 Not Found"
+                        };
+                        let resp = format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n"
+                        );
+                        if conn.write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, bodies }
+    }
+
+    /// Every body received so far, concatenated (protobuf keeps strings and ids verbatim).
+    pub fn received(&self) -> Vec<u8> {
+        self.bodies.lock().unwrap().concat()
+    }
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
