@@ -11,6 +11,7 @@
 //! - [`gateway`]: the Gateway controller (snapshot Secret, Deployment, Service, RBAC, status).
 
 pub mod apply;
+pub mod conditions;
 pub mod context;
 pub mod gateway;
 pub mod leader;

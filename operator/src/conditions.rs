@@ -1,0 +1,909 @@
+//! Pure: the status of every Resource, Policy and Tenant, computed from one [`World`] and the
+//! outcome of each Gateway's build. No client; the shells ([`crate::status`],
+//! [`crate::tenant`]) gather the inputs from the caches and write what differs.
+//!
+//! Why whole-world functions rather than one object at a time: every condition here depends
+//! on other objects (namespace claims on every Tenant, `TestsPassed` on the whole effective
+//! policy set, `Programmed` on every Gateway's snapshot), so computing them all in one pass
+//! compiles the world once instead of once per object.
+//!
+//! Conditions keep their `lastTransitionTime` while their status holds, so an unchanged world
+//! yields an identical status and the shells write nothing.
+//!
+//! - Resource: `Accepted` (False: `NoTenant`, `NotAllowedByGateway`, `HostnameOutsideTenant`,
+//!   `HostnameConflict`, `InvalidParameters`, `Invalid`), `ResolvedRefs` (False: a missing
+//!   Gateway, Service or site, named), `Programmed` (True when in the snapshot of every Gateway
+//!   it references, named), `Ready`.
+//! - Policy: `Accepted` (False: `NoTenant`, or what `validate::policy` finds), `ResolvedRefs`
+//!   (False: targetRefs that match no Resource, a missing rule, a missing identity-provider
+//!   Secret), `TestsPassed` (the embedded tests against the whole effective set; False names
+//!   the first failing test), `Ready`.
+//! - Tenant: `Accepted` (False: `NamespaceClaimed`/`DomainClaimed` naming the holder, or
+//!   `Invalid`), `Ready`, usage counts.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use rustronaut_compile::snapshot::{BuildOutcome, Impact};
+use rustronaut_compile::{TestOutcome, World};
+use rustronaut_contract::snapshot::ObjectRef;
+use rustronaut_crds::conditions::{reasons, types};
+use rustronaut_crds::policy::{PolicyStatus, PolicyTargetStatus};
+use rustronaut_crds::resource::ResourceStatus;
+use rustronaut_crds::tenancy::{Claims, policy_targets};
+use rustronaut_crds::tenant::{Quotas, TenantStatus};
+use rustronaut_crds::{Policy, Resource, Tenant};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What became of one Gateway's build: the outcome, or why it failed (the last good snapshot
+/// keeps serving, so nothing new is programmed there).
+pub type Builds = BTreeMap<ObjectRef, Result<BuildOutcome, String>>;
+
+/// Reasons that mean a Gateway refused to attach a Resource (the `Accepted` condition);
+/// every other left-out or degraded reason is about a reference (`ResolvedRefs`).
+const REFUSALS: &[&str] = &[
+    reasons::NO_TENANT,
+    reasons::NOT_ALLOWED_BY_GATEWAY,
+    reasons::HOSTNAME_OUTSIDE_TENANT,
+    reasons::HOSTNAME_CONFLICT,
+    reasons::INVALID_PARAMETERS,
+    reasons::INVALID,
+    reasons::QUOTA_EXCEEDED,
+];
+
+/// At most this many names in a message, so a status stays small (the rest is counted).
+const MAX_NAMES: usize = 5;
+
+fn names(items: &[String]) -> String {
+    let mut out = items
+        .iter()
+        .take(MAX_NAMES)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > MAX_NAMES {
+        out.push_str(&format!(" and {} more", items.len() - MAX_NAMES));
+    }
+    out
+}
+
+/// A condition of `generation`; the transition time is kept from `previous` while the status
+/// holds.
+pub fn condition(
+    previous: &[Condition],
+    now: &Time,
+    generation: Option<i64>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last = previous
+        .iter()
+        .find(|c| c.type_ == type_)
+        .filter(|c| c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: last,
+    }
+}
+
+/// `Ready`: True when every condition in `parts` is True, else False with the reason and
+/// message of the first that is not.
+fn ready(
+    previous: &[Condition],
+    now: &Time,
+    generation: Option<i64>,
+    parts: &[Condition],
+) -> Condition {
+    match parts.iter().find(|c| c.status != "True") {
+        Some(bad) => condition(
+            previous,
+            now,
+            generation,
+            types::READY,
+            false,
+            &bad.reason,
+            format!("{}: {}", bad.type_, bad.message),
+        ),
+        None => condition(
+            previous,
+            now,
+            generation,
+            types::READY,
+            true,
+            reasons::READY,
+            "every condition holds".into(),
+        ),
+    }
+}
+
+/// Collected findings for one condition: the first reason wins, every message is kept.
+#[derive(Default)]
+struct Findings {
+    reason: Option<&'static str>,
+    messages: Vec<String>,
+}
+
+impl Findings {
+    fn add(&mut self, reason: &'static str, message: String) {
+        self.reason.get_or_insert(reason);
+        if !self.messages.contains(&message) {
+            self.messages.push(message);
+        }
+    }
+
+    fn condition(
+        &self,
+        previous: &[Condition],
+        now: &Time,
+        generation: Option<i64>,
+        type_: &str,
+        good: (&str, String),
+    ) -> Condition {
+        match self.reason {
+            Some(reason) => condition(
+                previous,
+                now,
+                generation,
+                type_,
+                false,
+                reason,
+                self.messages.join("; "),
+            ),
+            None => condition(previous, now, generation, type_, true, good.0, good.1),
+        }
+    }
+}
+
+/// The status of Resource `res`.
+pub fn resource_status(
+    world: &World,
+    claims: &Claims,
+    builds: &Builds,
+    res: &Resource,
+    now: &Time,
+) -> ResourceStatus {
+    let ns = res.namespace().unwrap_or_default();
+    let name = res.name_any();
+    let generation = res.metadata.generation;
+    let previous = res.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    let mut accepted = Findings::default();
+    let mut refs = Findings::default();
+    let mut programmed = Vec::new();
+    let mut not_programmed = Vec::new();
+    let tenant = claims.tenant_of(&ns);
+    if tenant.is_none() {
+        accepted.add(
+            reasons::NO_TENANT,
+            format!("namespace {ns} belongs to no Tenant"),
+        );
+    }
+    let mut gateways: Vec<ObjectRef> = Vec::new();
+    for r in &res.spec.gateway_refs {
+        let key = ObjectRef::new(r.namespace.as_deref().unwrap_or(&ns), &r.name);
+        if !gateways.contains(&key) {
+            gateways.push(key);
+        }
+    }
+    if gateways.is_empty() {
+        accepted.add(reasons::INVALID, "spec.gatewayRefs names no Gateway".into());
+    }
+    for gw in &gateways {
+        let exists = world.gateways.iter().any(|g| {
+            g.namespace().as_deref() == Some(gw.namespace.as_str()) && g.name_any() == gw.name
+        });
+        if !exists {
+            refs.add(
+                reasons::GATEWAY_NOT_FOUND,
+                format!("Gateway {gw} not found"),
+            );
+            not_programmed.push(format!("{gw} (not found)"));
+            continue;
+        }
+        match builds.get(gw) {
+            None => not_programmed.push(format!("{gw} (not built yet)")),
+            Some(Err(e)) => {
+                not_programmed.push(format!("{gw} (its snapshot cannot be built: {e})"));
+            }
+            Some(Ok(outcome)) => {
+                for p in outcome.problems_of("Resource", &ns, &name) {
+                    let message = format!("Gateway {gw}: {}", p.message);
+                    if REFUSALS.contains(&p.reason) {
+                        // NoTenant is already said once, without a gateway prefix.
+                        if p.reason != reasons::NO_TENANT {
+                            accepted.add(p.reason, message);
+                        }
+                    } else {
+                        refs.add(p.reason, message);
+                    }
+                }
+                let served = outcome
+                    .snapshot
+                    .resources
+                    .iter()
+                    .any(|r| r.namespace == ns && r.name == name);
+                if served {
+                    programmed.push(gw.to_string());
+                } else {
+                    not_programmed.push(gw.to_string());
+                }
+            }
+        }
+    }
+    let accepted = accepted.condition(
+        previous,
+        now,
+        generation,
+        types::ACCEPTED,
+        (
+            reasons::ACCEPTED,
+            format!("accepted for tenant {}", tenant.unwrap_or_default()),
+        ),
+    );
+    let resolved = refs.condition(
+        previous,
+        now,
+        generation,
+        types::RESOLVED_REFS,
+        (
+            reasons::RESOLVED,
+            "every Gateway, Service and site resolves".into(),
+        ),
+    );
+    let programmed = if not_programmed.is_empty() && !programmed.is_empty() {
+        condition(
+            previous,
+            now,
+            generation,
+            types::PROGRAMMED,
+            true,
+            reasons::PROGRAMMED,
+            format!("in the snapshot of Gateway {}", names(&programmed)),
+        )
+    } else {
+        let reason = if accepted.status != "True" {
+            accepted.reason.clone()
+        } else if resolved.status != "True" {
+            resolved.reason.clone()
+        } else {
+            reasons::PENDING.to_string()
+        };
+        let mut message = format!("not in the snapshot of Gateway {}", names(&not_programmed));
+        if !programmed.is_empty() {
+            message.push_str(&format!("; in the snapshot of {}", names(&programmed)));
+        }
+        condition(
+            previous,
+            now,
+            generation,
+            types::PROGRAMMED,
+            false,
+            &reason,
+            message,
+        )
+    };
+    let parts = [accepted, resolved, programmed];
+    let ready = ready(previous, now, generation, &parts);
+    let mut conditions = parts.to_vec();
+    conditions.push(ready);
+    ResourceStatus {
+        conditions,
+        observed_generation: generation,
+        policies: res
+            .status
+            .as_ref()
+            .map(|s| s.policies.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// Everything computed once per pass for the Policies: compiled world and test outcomes.
+pub struct PolicyInputs<'a> {
+    /// The world.
+    pub world: &'a World,
+    /// Its claims.
+    pub claims: &'a Claims,
+    /// Per-gateway builds.
+    pub builds: &'a Builds,
+    /// Policy (`namespace/name`) -> targetRefs that name no Resource.
+    pub missing_targets: &'a BTreeMap<String, Vec<String>>,
+    /// Policy (`namespace/name`) -> its test outcomes (from `policytest::run_all`).
+    pub tests: &'a BTreeMap<String, Vec<TestOutcome>>,
+}
+
+/// The status of Policy `p`.
+pub fn policy_status(inputs: &PolicyInputs<'_>, p: &Policy, now: &Time) -> PolicyStatus {
+    let ns = p.namespace().unwrap_or_default();
+    let name = p.name_any();
+    let key = format!("{ns}/{name}");
+    let generation = p.metadata.generation;
+    let previous = p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    let mut accepted = Findings::default();
+    let mut refs = Findings::default();
+    let tenant = inputs
+        .claims
+        .tenant_of(&ns)
+        .and_then(|t| inputs.world.tenant(t));
+    let mut targets = Vec::new();
+    match tenant {
+        None => accepted.add(
+            reasons::NO_TENANT,
+            format!("namespace {ns} belongs to no Tenant"),
+        ),
+        Some(t) => {
+            for problem in rustronaut_crds::validate::policy(&p.spec, &t.spec) {
+                accepted.add(
+                    problem.reason,
+                    format!("{}: {}", problem.field, problem.message),
+                );
+            }
+            let (resolved, _) = policy_targets(
+                p,
+                &inputs.world.resources,
+                inputs.claims,
+                t.spec.admin_namespace(),
+            );
+            let mut protocols = Vec::new();
+            for target in &resolved {
+                let found = inputs.world.resources.iter().find(|r| {
+                    r.namespace().as_deref() == Some(target.namespace.as_str())
+                        && r.name_any() == target.name
+                });
+                if let Some(r) = found
+                    && !protocols.contains(&r.spec.protocol)
+                {
+                    protocols.push(r.spec.protocol);
+                }
+                let gateways: Vec<String> = inputs
+                    .builds
+                    .iter()
+                    .filter_map(|(gw, b)| Some((gw, b.as_ref().ok()?)))
+                    .filter(|(_, b)| {
+                        b.snapshot
+                            .resources
+                            .iter()
+                            .any(|r| r.namespace == target.namespace && r.name == target.name)
+                    })
+                    .map(|(gw, _)| gw.to_string())
+                    .take(8)
+                    .collect();
+                targets.push(PolicyTargetStatus {
+                    resource: format!("{}/{}", target.namespace, target.name),
+                    section_name: target.section.clone(),
+                    gateways,
+                });
+            }
+            for proto in protocols {
+                for problem in rustronaut_crds::validate::policy_for_target(&p.spec, proto) {
+                    accepted.add(
+                        problem.reason,
+                        format!("{}: {}", problem.field, problem.message),
+                    );
+                }
+            }
+        }
+    }
+    targets.truncate(1000);
+    if let Some(missing) = inputs.missing_targets.get(&key) {
+        refs.add(
+            reasons::TARGET_NOT_FOUND,
+            format!("targetRefs match no Resource: {}", names(missing)),
+        );
+    }
+    for (gw, b) in inputs.builds {
+        let Ok(outcome) = b else { continue };
+        for problem in outcome.problems_of("Policy", &ns, &name) {
+            // What validation already reported under Accepted is not repeated here.
+            let about_refs =
+                problem.impact == Impact::Degraded || problem.reason == reasons::SECRET_NOT_FOUND;
+            if about_refs {
+                refs.add(problem.reason, format!("Gateway {gw}: {}", problem.message));
+            }
+        }
+    }
+    let accepted = accepted.condition(
+        previous,
+        now,
+        generation,
+        types::ACCEPTED,
+        (
+            reasons::ACCEPTED,
+            format!(
+                "accepted for tenant {}",
+                tenant.map(ResourceExt::name_any).unwrap_or_default()
+            ),
+        ),
+    );
+    let resolved = refs.condition(
+        previous,
+        now,
+        generation,
+        types::RESOLVED_REFS,
+        (
+            reasons::RESOLVED,
+            format!("{} target(s) resolved", targets.len()),
+        ),
+    );
+    let outcomes = inputs.tests.get(&key).map_or(&[][..], |v| &v[..]);
+    let failed: Vec<&TestOutcome> = outcomes.iter().filter(|t| !t.passed()).collect();
+    let tests = match failed.first() {
+        Some(first) => condition(
+            previous,
+            now,
+            generation,
+            types::TESTS_PASSED,
+            false,
+            reasons::TEST_FAILED,
+            format!(
+                "test {} ({} of {} failed, evaluated against the whole effective policy set)",
+                first.message(),
+                failed.len(),
+                outcomes.len()
+            ),
+        ),
+        None => condition(
+            previous,
+            now,
+            generation,
+            types::TESTS_PASSED,
+            true,
+            reasons::TESTS_PASSED,
+            if outcomes.is_empty() {
+                "no embedded tests".into()
+            } else {
+                format!(
+                    "all {} test(s) passed against the whole effective policy set",
+                    outcomes.len()
+                )
+            },
+        ),
+    };
+    let parts = [accepted, resolved, tests];
+    let ready = ready(previous, now, generation, &parts);
+    let mut conditions = parts.to_vec();
+    conditions.push(ready);
+    PolicyStatus {
+        conditions,
+        observed_generation: generation,
+        targets,
+    }
+}
+
+/// Test outcomes grouped by Policy (`namespace/name`).
+pub fn tests_by_policy(outcomes: Vec<TestOutcome>) -> BTreeMap<String, Vec<TestOutcome>> {
+    let mut out: BTreeMap<String, Vec<TestOutcome>> = BTreeMap::new();
+    for o in outcomes {
+        out.entry(o.policy.clone()).or_default().push(o);
+    }
+    out
+}
+
+/// The status of Tenant `t`: its claims and validity, and what it uses.
+pub fn tenant_status(world: &World, claims: &Claims, t: &Tenant, now: &Time) -> TenantStatus {
+    let name = t.name_any();
+    let generation = t.metadata.generation;
+    let previous = t.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    let mut accepted = Findings::default();
+    for problem in rustronaut_crds::validate::tenant(&t.spec) {
+        accepted.add(
+            problem.reason,
+            format!("{}: {}", problem.field, problem.message),
+        );
+    }
+    for lost in claims.lost.get(&name).into_iter().flatten() {
+        accepted.add(lost.reason, lost.message());
+    }
+    let held: BTreeSet<&str> = claims
+        .namespaces
+        .iter()
+        .filter(|(_, holder)| **holder == name)
+        .map(|(ns, _)| ns.as_str())
+        .collect();
+    let accepted = accepted.condition(
+        previous,
+        now,
+        generation,
+        types::ACCEPTED,
+        (
+            reasons::ACCEPTED,
+            format!(
+                "holds {} namespace(s) and {} domain(s)",
+                held.len(),
+                claims.domains_of(&name).count()
+            ),
+        ),
+    );
+    let in_held = |ns: Option<String>| ns.is_some_and(|ns| held.contains(ns.as_str()));
+    let count = |n: usize| Some(i32::try_from(n).unwrap_or(i32::MAX));
+    let usage = Quotas {
+        resources: count(
+            world
+                .resources
+                .iter()
+                .filter(|r| in_held(r.namespace()))
+                .count(),
+        ),
+        policies: count(
+            world
+                .policies
+                .iter()
+                .filter(|p| in_held(p.namespace()))
+                .count(),
+        ),
+        gateways: count(
+            world
+                .gateways
+                .iter()
+                .filter(|g| in_held(g.namespace()))
+                .count(),
+        ),
+        sites: count(
+            world
+                .gateways
+                .iter()
+                .flat_map(|g| g.spec.tunnel.iter().flat_map(|t| &t.sites))
+                .filter(|s| s.tenant == name)
+                .count(),
+        ),
+    };
+    let parts = [accepted];
+    let ready = ready(previous, now, generation, &parts);
+    let mut conditions = parts.to_vec();
+    conditions.push(ready);
+    TenantStatus {
+        conditions,
+        observed_generation: generation,
+        usage: Some(usage),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustronaut_compile::convert::NoSecrets;
+    use rustronaut_compile::snapshot::{GatewayInputs, ServicePort, gateway_snapshot};
+    use rustronaut_crds::Gateway;
+    use serde_json::{Value, json};
+
+    fn time(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    fn meta(name: &str, ns: Option<&str>, created: &str) -> Value {
+        let mut m = json!({"name": name, "generation": 3, "creationTimestamp": created});
+        if let Some(ns) = ns {
+            m["namespace"] = json!(ns);
+        }
+        m
+    }
+
+    fn tenant(name: &str, created: &str, namespaces: &[&str], domains: &[&str]) -> Tenant {
+        serde_json::from_value(json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant",
+            "metadata": meta(name, None, created),
+            "spec": {"namespaces": namespaces, "domains": domains}
+        }))
+        .unwrap()
+    }
+
+    fn gateway(ns: &str, name: &str, from: &str) -> Gateway {
+        serde_json::from_value(json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Gateway",
+            "metadata": meta(name, Some(ns), "2025-01-01T00:00:00Z"),
+            "spec": {"listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+                     "tenants": {"from": from}}
+        }))
+        .unwrap()
+    }
+
+    fn resource(ns: &str, name: &str, host: &str, gw: (&str, &str)) -> Resource {
+        serde_json::from_value(json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
+            "metadata": meta(name, Some(ns), "2025-01-01T00:00:00Z"),
+            "spec": {"gatewayRefs": [{"namespace": gw.0, "name": gw.1}], "protocol": "HTTP",
+                     "hostnames": [host],
+                     "rules": [{"name": "all", "upstreams": [{"service": {"name": "app", "port": 80}}]}]}
+        }))
+        .unwrap()
+    }
+
+    fn policy(ns: &str, name: &str, targets: &[&str], tests: Value) -> Policy {
+        serde_json::from_value(json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Policy",
+            "metadata": meta(name, Some(ns), "2025-01-01T00:00:00Z"),
+            "spec": {"targetRefs": targets.iter().map(|t| json!({"kind": "Resource", "name": t})).collect::<Vec<_>>(),
+                     "action": "Allow",
+                     "rules": [{"name": "office", "from": [{"sourceCIDRs": {"cidrs": ["10.0.0.0/8"]}}]}],
+                     "tests": tests}
+        }))
+        .unwrap()
+    }
+
+    /// A world: tenant `a` owns `apps` and `gw` (domain a.example), tenant `b` owns `bapps`;
+    /// Gateway gw/edge admits only its own tenant (Same).
+    fn world() -> World {
+        World {
+            tenants: vec![
+                tenant("a", "2025-01-01T00:00:00Z", &["apps", "gw"], &["*.a.example"]),
+                tenant("b", "2025-01-02T00:00:00Z", &["bapps"], &["*.b.example"]),
+            ],
+            gateways: vec![gateway("gw", "edge", "Same")],
+            resources: vec![
+                resource("apps", "app", "app.a.example", ("gw", "edge")),
+                resource("bapps", "other", "x.b.example", ("gw", "edge")),
+                resource("nowhere", "orphan", "o.a.example", ("gw", "edge")),
+                resource("apps", "lost", "l.a.example", ("gw", "missing")),
+            ],
+            policies: Vec::new(),
+        }
+    }
+
+    fn builds(world: &World, with_endpoints: bool) -> Builds {
+        let mut endpoints = BTreeMap::new();
+        if with_endpoints {
+            endpoints.insert(
+                ServicePort::new("apps", "app", 80),
+                vec!["10.9.0.1:8080".parse().unwrap()],
+            );
+        }
+        let inputs = GatewayInputs {
+            tls: BTreeMap::new(),
+            endpoints,
+            secrets: &NoSecrets,
+        };
+        world
+            .gateways
+            .iter()
+            .map(|g| {
+                let key = ObjectRef::new(g.namespace().unwrap(), g.name_any());
+                (
+                    key,
+                    gateway_snapshot(world, g, &inputs).map_err(|e| e.to_string()),
+                )
+            })
+            .collect()
+    }
+
+    fn get<'a>(conditions: &'a [Condition], t: &str) -> &'a Condition {
+        conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    fn res_status(world: &World, builds: &Builds, ns: &str, name: &str) -> ResourceStatus {
+        let r = world
+            .resources
+            .iter()
+            .find(|r| r.namespace().as_deref() == Some(ns) && r.name_any() == name)
+            .unwrap();
+        resource_status(
+            world,
+            &world.claims(),
+            builds,
+            r,
+            &time("2026-01-01T00:00:00Z"),
+        )
+    }
+
+    #[test]
+    fn a_served_resource_is_accepted_resolved_and_programmed() {
+        let w = world();
+        let b = builds(&w, true);
+        let s = res_status(&w, &b, "apps", "app");
+        assert_eq!(s.observed_generation, Some(3));
+        for t in [
+            types::ACCEPTED,
+            types::RESOLVED_REFS,
+            types::PROGRAMMED,
+            types::READY,
+        ] {
+            assert_eq!(
+                get(&s.conditions, t).status,
+                "True",
+                "{t}: {:?}",
+                s.conditions
+            );
+        }
+        assert!(
+            get(&s.conditions, types::PROGRAMMED)
+                .message
+                .contains("gw/edge")
+        );
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+    }
+
+    #[test]
+    fn a_missing_backend_is_named_under_resolved_refs() {
+        let w = world();
+        let s = res_status(&w, &builds(&w, false), "apps", "app");
+        let c = get(&s.conditions, types::RESOLVED_REFS);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reasons::BACKEND_NOT_FOUND)
+        );
+        assert!(c.message.contains("app:80"), "{}", c.message);
+        // Degraded, still served.
+        assert_eq!(get(&s.conditions, types::PROGRAMMED).status, "True");
+        assert_eq!(
+            get(&s.conditions, types::READY).reason,
+            reasons::BACKEND_NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn refusals_are_not_accepted_and_not_programmed() {
+        let w = world();
+        let b = builds(&w, true);
+        let s = res_status(&w, &b, "nowhere", "orphan");
+        let c = get(&s.conditions, types::ACCEPTED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reasons::NO_TENANT)
+        );
+        assert!(c.message.contains("nowhere"));
+        let p = get(&s.conditions, types::PROGRAMMED);
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("False", reasons::NO_TENANT)
+        );
+
+        let s = res_status(&w, &b, "bapps", "other");
+        let c = get(&s.conditions, types::ACCEPTED);
+        assert_eq!(c.reason, reasons::NOT_ALLOWED_BY_GATEWAY, "{c:?}");
+        assert!(c.message.contains("tenant b"), "{}", c.message);
+
+        let s = res_status(&w, &b, "apps", "lost");
+        let c = get(&s.conditions, types::RESOLVED_REFS);
+        assert_eq!(c.reason, reasons::GATEWAY_NOT_FOUND);
+        assert!(c.message.contains("gw/missing"));
+        assert_eq!(get(&s.conditions, types::PROGRAMMED).status, "False");
+    }
+
+    #[test]
+    fn transition_times_hold_while_the_status_holds() {
+        let w = world();
+        let b = builds(&w, true);
+        let first = res_status(&w, &b, "apps", "app");
+        let mut w2 = w.clone();
+        w2.resources[0].status = Some(first.clone());
+        let r = &w2.resources[0];
+        let again = resource_status(&w2, &w2.claims(), &b, r, &time("2026-02-01T00:00:00Z"));
+        assert_eq!(
+            again, first,
+            "an unchanged world yields an identical status"
+        );
+        let degraded = resource_status(
+            &w2,
+            &w2.claims(),
+            &builds(&w2, false),
+            r,
+            &time("2026-02-01T00:00:00Z"),
+        );
+        assert_eq!(
+            get(&degraded.conditions, types::RESOLVED_REFS).last_transition_time,
+            time("2026-02-01T00:00:00Z")
+        );
+        assert_eq!(
+            get(&degraded.conditions, types::ACCEPTED).last_transition_time,
+            time("2026-01-01T00:00:00Z")
+        );
+    }
+
+    fn pol_status(w: &World, name: &str) -> PolicyStatus {
+        let compiled = rustronaut_compile::compile(w);
+        let tests = tests_by_policy(rustronaut_compile::run_all(w, &compiled));
+        let missing: BTreeMap<String, Vec<String>> = compiled.missing_targets.into_iter().collect();
+        let b = builds(w, true);
+        let claims = w.claims();
+        let inputs = PolicyInputs {
+            world: w,
+            claims: &claims,
+            builds: &b,
+            missing_targets: &missing,
+            tests: &tests,
+        };
+        let p = w.policies.iter().find(|p| p.name_any() == name).unwrap();
+        policy_status(&inputs, p, &time("2026-01-01T00:00:00Z"))
+    }
+
+    #[test]
+    fn policy_tests_run_against_the_whole_set() {
+        let mut w = world();
+        let office = json!([{"name": "office-allowed", "expect": "Allow",
+                             "request": {"sourceIP": "10.1.2.3", "path": "/"}}]);
+        let wrong = json!([
+            {"name": "fine", "expect": "Deny", "request": {"sourceIP": "192.0.2.1", "path": "/"}},
+            {"name": "outsider-allowed", "expect": "Allow",
+             "request": {"sourceIP": "192.0.2.1", "path": "/"}}
+        ]);
+        w.policies.push(policy("apps", "good", &["app"], office));
+        w.policies.push(policy("apps", "bad", &["app"], wrong));
+        let s = pol_status(&w, "good");
+        let c = get(&s.conditions, types::TESTS_PASSED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reasons::TESTS_PASSED)
+        );
+        assert!(c.message.contains("all 1 test"), "{}", c.message);
+        assert_eq!(get(&s.conditions, types::READY).status, "True");
+        assert_eq!(s.targets[0].resource, "apps/app");
+        assert_eq!(s.targets[0].gateways, ["gw/edge"]);
+
+        let s = pol_status(&w, "bad");
+        let c = get(&s.conditions, types::TESTS_PASSED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reasons::TEST_FAILED)
+        );
+        assert!(c.message.contains("outsider-allowed"), "{}", c.message);
+        assert!(c.message.contains("1 of 2 failed"), "{}", c.message);
+    }
+
+    #[test]
+    fn policy_refs_that_match_nothing_are_named() {
+        let mut w = world();
+        w.policies
+            .push(policy("apps", "p", &["app", "ghost"], json!([])));
+        w.policies
+            .push(policy("nowhere", "q", &["orphan"], json!([])));
+        let s = pol_status(&w, "p");
+        let c = get(&s.conditions, types::RESOLVED_REFS);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reasons::TARGET_NOT_FOUND)
+        );
+        assert!(
+            c.message.contains("ghost") && !c.message.contains("app,"),
+            "{}",
+            c.message
+        );
+        assert_eq!(
+            get(&s.conditions, types::TESTS_PASSED).message,
+            "no embedded tests"
+        );
+        assert_eq!(get(&s.conditions, types::ACCEPTED).status, "True");
+
+        let s = pol_status(&w, "q");
+        assert_eq!(
+            get(&s.conditions, types::ACCEPTED).reason,
+            reasons::NO_TENANT
+        );
+    }
+
+    #[test]
+    fn the_younger_tenant_loses_a_shared_namespace_and_is_told_who_holds_it() {
+        let mut w = world();
+        w.tenants
+            .push(tenant("c", "2025-03-01T00:00:00Z", &["apps", "capps"], &[]));
+        let claims = w.claims();
+        let now = time("2026-01-01T00:00:00Z");
+        let c = tenant_status(&w, &claims, &w.tenants[2], &now);
+        let acc = get(&c.conditions, types::ACCEPTED);
+        assert_eq!(
+            (acc.status.as_str(), acc.reason.as_str()),
+            ("False", reasons::NAMESPACE_CLAIMED)
+        );
+        assert!(
+            acc.message.contains("apps") && acc.message.contains("tenant a"),
+            "{}",
+            acc.message
+        );
+        assert_eq!(get(&c.conditions, types::READY).status, "False");
+
+        let a = tenant_status(&w, &claims, &w.tenants[0], &now);
+        assert_eq!(get(&a.conditions, types::ACCEPTED).status, "True");
+        let usage = a.usage.unwrap();
+        assert_eq!(usage.resources, Some(2), "apps/app and apps/lost");
+        assert_eq!(usage.gateways, Some(1));
+        assert_eq!(usage.policies, Some(0));
+        assert_eq!(c.usage.unwrap().resources, Some(0), "apps is not c's");
+    }
+}
