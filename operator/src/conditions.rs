@@ -630,7 +630,12 @@ mod tests {
     fn world() -> World {
         World {
             tenants: vec![
-                tenant("a", "2025-01-01T00:00:00Z", &["apps", "gw"], &["*.a.example"]),
+                tenant(
+                    "a",
+                    "2025-01-01T00:00:00Z",
+                    &["apps", "gw"],
+                    &["*.a.example"],
+                ),
                 tenant("b", "2025-01-02T00:00:00Z", &["bapps"], &["*.b.example"]),
             ],
             gateways: vec![gateway("gw", "edge", "Same")],

@@ -30,10 +30,10 @@ pub mod status;
 use crate::apply::{apply, apply_status};
 use crate::context::Context;
 use futures::channel::mpsc;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -124,6 +124,26 @@ pub enum Error {
         /// The API error.
         source: kube::Error,
     },
+    /// Writing the status of another kind (Resource, Policy, Tenant) failed.
+    #[error("failed to write the status of {kind} {namespace}/{name}: {source}")]
+    ObjectStatus {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Namespace (empty for a Tenant).
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// Listing objects (to prune what is no longer wanted) failed.
+    #[error("failed to list {kind}: {source}")]
+    List {
+        /// Kind of the objects.
+        kind: &'static str,
+        /// The API error.
+        source: kube::Error,
+    },
     /// A reflector stopped before its first list.
     #[error("the {0} cache stopped before it was filled")]
     CacheDropped(&'static str),
@@ -137,6 +157,8 @@ impl Error {
             Self::Delete { .. } => "Delete",
             Self::Read { .. } => "Read",
             Self::Status { .. } => "Status",
+            Self::ObjectStatus { .. } => "ObjectStatus",
+            Self::List { .. } => "List",
             Self::CacheDropped(_) => "CacheDropped",
         }
     }
@@ -157,6 +179,11 @@ pub struct Stores {
     pub services: Store<Service>,
     /// EndpointSlices (ready endpoints).
     pub slices: Store<EndpointSlice>,
+    /// Every Gateway (the Resource/Policy status pass builds each one's snapshot; the
+    /// Gateway controller itself works from its own watch).
+    pub gateways: Store<Gateway>,
+    /// Namespaces (a Tenant labels and isolates only namespaces that exist).
+    pub namespaces: Store<Namespace>,
 }
 
 impl Stores {
@@ -170,7 +197,9 @@ impl Stores {
                     .map_err(|_| Error::CacheDropped(stringify!($f)))?;
             )*};
         }
-        wait!(tenants, resources, policies, secrets, services, slices);
+        wait!(
+            tenants, resources, policies, secrets, services, slices, gateways, namespaces
+        );
         Ok(())
     }
 
@@ -183,6 +212,20 @@ impl Stores {
         World {
             tenants: all(&self.tenants),
             gateways: vec![gateway.clone()],
+            resources: all(&self.resources),
+            policies: all(&self.policies),
+        }
+    }
+
+    /// Every rustronaut.io object in the cache, all Gateways included (for the status
+    /// passes, which look at every Gateway at once).
+    pub fn world_all(&self) -> World {
+        fn all<K: Clone + kube::Resource<DynamicType = ()>>(s: &Store<K>) -> Vec<K> {
+            s.state().iter().map(|k| (**k).clone()).collect()
+        }
+        World {
+            tenants: all(&self.tenants),
+            gateways: all(&self.gateways),
             resources: all(&self.resources),
             policies: all(&self.policies),
         }
@@ -338,26 +381,66 @@ fn managed(obj: &impl Resource) -> bool {
         .is_some_and(|v| v == labels::OPERATOR)
 }
 
+/// Which changes of a watched kind wake its listeners.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Changes {
+    /// Every change (Secrets, Services, EndpointSlices: their data is what matters).
+    All,
+    /// Changes of the spec (generation), labels or deletion only, not of the status: the
+    /// status passes write the status of Resources, Policies, Tenants and the Gateway
+    /// controller that of Gateways, and those writes must not wake everything again.
+    Spec,
+}
+
+/// What `Changes::Spec` compares.
+fn fingerprint(obj: &impl Resource) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let m = obj.meta();
+    m.generation.hash(&mut h);
+    m.labels.hash(&mut h);
+    m.deletion_timestamp.is_some().hash(&mut h);
+    h.finish()
+}
+
 /// Runs a reflector for `api` into a new store; every change (except of objects the operator
-/// manages) pokes `tx`. Returns the store and the stream to drive.
+/// manages, and, with [`Changes::Spec`], except status-only updates) pokes every sender in
+/// `txs`. Returns the store and the stream to drive.
 fn reflect<K>(
     api: Api<K>,
-    tx: mpsc::Sender<()>,
+    txs: Vec<mpsc::Sender<()>>,
+    changes: Changes,
 ) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
+    let poke = move || {
+        for tx in &txs {
+            // A full slot already means "reconcile everything": coalesce.
+            let _ = tx.clone().try_send(());
+        }
+    };
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
-        .touched_objects()
         .map(move |r| match r {
-            Ok(obj) => {
-                if !managed(&obj) {
-                    // A full slot already means "reconcile everything": coalesce.
-                    let _ = tx.clone().try_send(());
+            Ok(watcher::Event::Apply(obj)) | Ok(watcher::Event::InitApply(obj)) => {
+                let uid = obj.meta().uid.clone().unwrap_or_default();
+                let print = fingerprint(&obj);
+                let changed = seen.insert(uid, print) != Some(print);
+                if !managed(&obj) && (changes == Changes::All || changed) {
+                    poke();
                 }
             }
+            Ok(watcher::Event::Delete(obj)) => {
+                seen.remove(&obj.meta().uid.clone().unwrap_or_default());
+                if !managed(&obj) {
+                    poke();
+                }
+            }
+            Ok(watcher::Event::InitDone) => poke(),
+            Ok(watcher::Event::Init) => {}
             Err(e) => {
                 tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying")
             }
@@ -365,11 +448,14 @@ where
     (store, stream)
 }
 
-/// The Gateway controller: caches, triggers and the reconcile loop.
+/// The Gateway controller and, sharing its caches and leader election, the Tenant controller
+/// and the Resource/Policy status pass.
 pub struct GatewayController {
     context: Arc<GatewayContext>,
     drivers: Vec<std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>>,
     triggers: mpsc::Receiver<()>,
+    status_triggers: mpsc::Receiver<()>,
+    tenant_triggers: mpsc::Receiver<()>,
     ready: Arc<AtomicBool>,
 }
 
@@ -377,13 +463,53 @@ impl GatewayController {
     /// Sets up the caches for `ctx`'s client (nothing runs until [`Self::run`]).
     pub fn new(ctx: Context, settings: Settings) -> Self {
         let client = ctx.client.clone();
-        let (tx, triggers) = mpsc::channel(1);
-        let (tenants, s1) = reflect(Api::<Tenant>::all(client.clone()), tx.clone());
-        let (resources, s2) = reflect(Api::<RtnResource>::all(client.clone()), tx.clone());
-        let (policies, s3) = reflect(Api::<Policy>::all(client.clone()), tx.clone());
-        let (secrets, s4) = reflect(Api::<Secret>::all(client.clone()), tx.clone());
-        let (services, s5) = reflect(Api::<Service>::all(client.clone()), tx.clone());
-        let (slices, s6) = reflect(Api::<EndpointSlice>::all(client.clone()), tx);
+        let (gw, triggers) = mpsc::channel(1);
+        let (st, status_triggers) = mpsc::channel(1);
+        let (tn, tenant_triggers) = mpsc::channel(1);
+        // Who listens to what: Gateways to everything a snapshot is made of; the status pass
+        // to the same plus Gateways; Tenants to Tenants, what they count, and Namespaces.
+        let everyone = || vec![gw.clone(), st.clone(), tn.clone()];
+        let (tenants, s1) = reflect(
+            Api::<Tenant>::all(client.clone()),
+            everyone(),
+            Changes::Spec,
+        );
+        let (resources, s2) = reflect(
+            Api::<RtnResource>::all(client.clone()),
+            everyone(),
+            Changes::Spec,
+        );
+        let (policies, s3) = reflect(
+            Api::<Policy>::all(client.clone()),
+            everyone(),
+            Changes::Spec,
+        );
+        let snapshot_inputs = || vec![gw.clone(), st.clone()];
+        let (secrets, s4) = reflect(
+            Api::<Secret>::all(client.clone()),
+            snapshot_inputs(),
+            Changes::All,
+        );
+        let (services, s5) = reflect(
+            Api::<Service>::all(client.clone()),
+            snapshot_inputs(),
+            Changes::All,
+        );
+        let (slices, s6) = reflect(
+            Api::<EndpointSlice>::all(client.clone()),
+            snapshot_inputs(),
+            Changes::All,
+        );
+        let (gateways, s7) = reflect(
+            Api::<Gateway>::all(client.clone()),
+            vec![st.clone(), tn.clone()],
+            Changes::Spec,
+        );
+        let (namespaces, s8) = reflect(
+            Api::<Namespace>::all(client.clone()),
+            vec![tn.clone()],
+            Changes::Spec,
+        );
         let recorder = Recorder::new(client, ctx.reporter.clone());
         Self {
             context: Arc::new(GatewayContext {
@@ -395,6 +521,8 @@ impl GatewayController {
                     secrets,
                     services,
                     slices,
+                    gateways,
+                    namespaces,
                 },
                 settings,
                 recorder,
@@ -407,8 +535,12 @@ impl GatewayController {
                 s4.boxed(),
                 s5.boxed(),
                 s6.boxed(),
+                s7.boxed(),
+                s8.boxed(),
             ],
             triggers,
+            status_triggers,
+            tenant_triggers,
             ready: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -418,8 +550,10 @@ impl GatewayController {
         self.ready.clone()
     }
 
-    /// Runs until `shutdown` completes; in-flight reconciles finish first.
+    /// Runs the Gateway controller, the Tenant controller and the Resource/Policy status pass
+    /// until `shutdown` completes; in-flight Gateway reconciles finish first.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+        let shutdown = shutdown.shared();
         let client = self.context.ctx.client.clone();
         let drivers: Vec<_> = self
             .drivers
@@ -433,6 +567,38 @@ impl GatewayController {
                 ready.store(true, Ordering::Relaxed);
             }
         });
+        let status = {
+            let ctx = self.context.ctx.clone();
+            let stores = self.context.stores.clone();
+            tokio::spawn(crate::pass::drive(
+                crate::status::KIND,
+                ctx.metrics.clone(),
+                self.status_triggers,
+                shutdown.clone(),
+                move |_resync| {
+                    let ctx = ctx.clone();
+                    let stores = stores.clone();
+                    async move { crate::status::pass(&ctx, &stores).await }
+                },
+            ))
+        };
+        let tenants = {
+            let ctx = self.context.ctx.clone();
+            let stores = self.context.stores.clone();
+            let state = Arc::new(crate::tenant::State::default());
+            tokio::spawn(crate::pass::drive(
+                crate::tenant::KIND,
+                ctx.metrics.clone(),
+                self.tenant_triggers,
+                shutdown.clone(),
+                move |resync| {
+                    let ctx = ctx.clone();
+                    let stores = stores.clone();
+                    let state = state.clone();
+                    async move { crate::tenant::pass(&ctx, &stores, &state, resync).await }
+                },
+            ))
+        };
         let owned = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
         Controller::new(
             Api::<Gateway>::all(client.clone()),
@@ -455,6 +621,8 @@ impl GatewayController {
             }
         })
         .await;
+        let _ = status.await;
+        let _ = tenants.await;
         readiness.abort();
         for d in drivers {
             d.abort();

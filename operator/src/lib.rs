@@ -8,7 +8,12 @@
 //! - [`rbac`]: the operator's own RBAC (shipped and tested).
 //! - [`server`]: the /metrics, /healthz, /readyz endpoint.
 //! - [`leader`]: leader election on a Lease (only the holder runs the controllers).
-//! - [`gateway`]: the Gateway controller (snapshot Secret, Deployment, Service, RBAC, status).
+//! - [`gateway`]: the Gateway controller (snapshot Secret, Deployment, Service, RBAC, status);
+//!   it owns the caches and also runs the two whole-world controllers below.
+//! - [`pass`]: the loop of the whole-world controllers (debounce, resync, backoff).
+//! - [`conditions`]: pure: Resource, Policy and Tenant status from a World and the builds.
+//! - [`status`]: the Resource and Policy status pass (writes what `conditions` computes).
+//! - [`tenant`]: the Tenant controller (status, namespace labels, NetworkPolicies, admins).
 
 pub mod apply;
 pub mod conditions;
@@ -16,5 +21,8 @@ pub mod context;
 pub mod gateway;
 pub mod leader;
 pub mod metrics;
+pub mod pass;
 pub mod rbac;
 pub mod server;
+pub mod status;
+pub mod tenant;

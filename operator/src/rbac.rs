@@ -12,6 +12,8 @@ use serde_json::json;
 
 /// Name of the ClusterRole (and of the operator's ServiceAccount).
 pub const NAME: &str = "rustronaut-operator";
+/// Name of the ClusterRole a Tenant's admins are bound to in each namespace it holds.
+pub const TENANT_ADMIN: &str = "rustronaut-tenant-admin";
 
 /// Everything the controllers read and write.
 pub fn cluster_role() -> ClusterRole {
@@ -24,21 +26,49 @@ pub fn cluster_role() -> ClusterRole {
         "rules": [
             {"apiGroups": ["rustronaut.io"],
              "resources": ["tenants", "resources", "policies", "gateways"], "verbs": read},
-            {"apiGroups": ["rustronaut.io"], "resources": ["gateways/status"],
+            {"apiGroups": ["rustronaut.io"],
+             "resources": ["gateways/status", "tenants/status", "resources/status",
+                           "policies/status"],
              "verbs": ["get", "patch"]},
+            // Namespaces: read, and the Tenant label (patch only: never create one).
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch", "patch"]},
             // Secrets: TLS and identity-provider material (read), snapshots (write).
             {"apiGroups": [""],
              "resources": ["secrets", "configmaps", "services", "serviceaccounts"],
              "verbs": write},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": write},
-            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"],
-             "verbs": write},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": write},
+            // RoleBindings: the gateways' and the tenant admins' (pruned when a Tenant lets a
+            // namespace go).
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"],
+             "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+            // Binding the tenant-admin ClusterRole without holding what it grants.
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+             "verbs": ["bind"], "resourceNames": [TENANT_ADMIN]},
+            {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+             "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
             {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": prune},
             {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
              "verbs": prune},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"],
              "verbs": ["create", "patch"]},
+        ],
+    }))
+    .expect("a ClusterRole")
+}
+
+/// What a Tenant's admins may do in the namespaces it holds: manage Resources and Policies
+/// and read their status (the Tenant controller binds it; the chart ships it).
+pub fn tenant_admin_cluster_role() -> ClusterRole {
+    serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": TENANT_ADMIN},
+        "rules": [
+            {"apiGroups": ["rustronaut.io"], "resources": ["resources", "policies"],
+             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+            {"apiGroups": ["rustronaut.io"], "resources": ["resources/status", "policies/status"],
+             "verbs": ["get"]},
         ],
     }))
     .expect("a ClusterRole")
@@ -61,7 +91,9 @@ mod tests {
 
     #[test]
     fn builds() {
-        assert_eq!(cluster_role().rules.unwrap().len(), 9);
+        assert_eq!(cluster_role().rules.unwrap().len(), 13);
+        let admin = tenant_admin_cluster_role();
+        assert_eq!(admin.metadata.name.as_deref(), Some(TENANT_ADMIN));
         assert_eq!(lease_role("ns").metadata.namespace.as_deref(), Some("ns"));
     }
 }

@@ -1,0 +1,152 @@
+//! The Resource and Policy status pass: a thin shell around [`crate::conditions`].
+//!
+//! ```text
+//!  read    the caches -> World (every Gateway) + each Gateway's build (the same pure
+//!          gateway_snapshot the Gateway controller writes), compile + policytest::run_all
+//!  status  conditions::resource_status / policy_status for every object
+//!  write   server-side apply of `status` (field manager "rustronaut-operator"), only where it
+//!          differs from the cached status
+//! ```
+//!
+//! A pass rather than a controller per kind (see [`crate::pass`]): every condition depends on
+//! the whole world. Rebuilding each Gateway's snapshot here, instead of sharing the Gateway
+//! controller's results, keeps the two independent: the builds are pure and deterministic, so
+//! both compute the same snapshot from the same caches, and `Programmed` says what the
+//! Gateway controller writes (or, when its build fails, that the last good snapshot serves).
+//!
+//! One object whose write fails does not stall the others: the pass writes everything it can
+//! and reports the first failure, which retries the pass with backoff.
+
+use crate::apply::apply_status;
+use crate::conditions::{Builds, PolicyInputs, policy_status, resource_status, tests_by_policy};
+use crate::context::Context;
+use crate::gateway::{Error, Stores};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::{Resource, ResourceExt};
+use rustronaut_compile::snapshot::gateway_snapshot;
+use rustronaut_contract::snapshot::ObjectRef;
+use rustronaut_crds::{Policy, Resource as RtnResource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+/// The kind label of this pass's metrics.
+pub const KIND: &str = "ResourcePolicyStatus";
+
+/// One status write.
+struct Write<S> {
+    namespace: String,
+    name: String,
+    status: S,
+}
+
+/// Computes every Resource's and Policy's status and writes those that changed.
+pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
+    stores.ready().await?;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    // Scoped: the build inputs borrow the stores through a `dyn SecretSource`, which must not
+    // live across an await.
+    let (resources, policies) = {
+        let world = stores.world_all();
+        let claims = world.claims();
+        let mut builds = Builds::new();
+        for gw in &world.gateways {
+            if gw.meta().deletion_timestamp.is_some() {
+                continue;
+            }
+            let key = ObjectRef::new(gw.namespace().unwrap_or_default(), gw.name_any());
+            let inputs = stores.inputs(&world, gw);
+            builds.insert(
+                key,
+                gateway_snapshot(&world, gw, &inputs).map_err(|e| e.to_string()),
+            );
+        }
+        let resources: Vec<Write<_>> = world
+            .resources
+            .iter()
+            .filter(|r| r.meta().deletion_timestamp.is_none())
+            .filter_map(|r| {
+                let status = resource_status(&world, &claims, &builds, r, &now);
+                (r.status.as_ref() != Some(&status)).then(|| Write {
+                    namespace: r.namespace().unwrap_or_default(),
+                    name: r.name_any(),
+                    status,
+                })
+            })
+            .collect();
+        let compiled = rustronaut_compile::compile(&world);
+        let tests = tests_by_policy(rustronaut_compile::run_all(&world, &compiled));
+        let missing: BTreeMap<String, Vec<String>> = compiled.missing_targets.into_iter().collect();
+        let inputs = PolicyInputs {
+            world: &world,
+            claims: &claims,
+            builds: &builds,
+            missing_targets: &missing,
+            tests: &tests,
+        };
+        let policies: Vec<Write<_>> = world
+            .policies
+            .iter()
+            .filter(|p| p.meta().deletion_timestamp.is_none())
+            .filter_map(|p| {
+                let status = policy_status(&inputs, p, &now);
+                (p.status.as_ref() != Some(&status)).then(|| Write {
+                    namespace: p.namespace().unwrap_or_default(),
+                    name: p.name_any(),
+                    status,
+                })
+            })
+            .collect();
+        (resources, policies)
+    };
+    let mut first_error = None;
+    for w in resources {
+        if let Err(e) = write::<RtnResource, _>(ctx, w).await {
+            first_error.get_or_insert(e);
+        }
+    }
+    for w in policies {
+        if let Err(e) = write::<Policy, _>(ctx, w).await {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Server-side applies `w.status` to the status subresource; an object deleted meanwhile is
+/// not an error.
+async fn write<K, S>(ctx: &Context, w: Write<S>) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    S: Serialize + Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &w.namespace);
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": w.status,
+    });
+    match apply_status(&api, &w.name, &body).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => {
+            let kind = if K::kind(&()) == "Policy" {
+                "Policy"
+            } else {
+                "Resource"
+            };
+            tracing::warn!(kind, namespace = %w.namespace, name = %w.name, error = %source, "status write failed");
+            Err(Error::ObjectStatus {
+                kind,
+                namespace: w.namespace,
+                name: w.name,
+                source,
+            })
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! The Tenant controller: claims, status, and what a Tenant puts into the namespaces it holds.
+//!
+//! ```text
+//!  read    the caches -> World + Claims (crds::tenancy::resolve_claims: the oldest claim wins)
+//!  status  conditions::tenant_status: Accepted (False/NamespaceClaimed|DomainClaimed naming the
+//!          holder, or Invalid), Ready, observedGeneration, usage
+//!  apply   per held namespace that exists:
+//!            Namespace      label rustronaut.io/tenant=<tenant> (only that field is applied)
+//!            NetworkPolicy  rustronaut-tenant-isolation: default-deny ingress except from
+//!                           gateway pods (any namespace); owned by the Tenant
+//!            RoleBinding    rustronaut-tenant-admins: spec.admins -> ClusterRole
+//!                           rustronaut-tenant-admin; owned by the Tenant
+//!  prune   labels, NetworkPolicies and RoleBindings in namespaces the Tenant no longer holds
+//! ```
+//!
+//! A pass over all Tenants (see [`crate::pass`]), because a claim is decided among all of
+//! them: deleting the older Tenant hands its namespaces to the younger one. Tenants are
+//! cluster-scoped, so they may own namespaced objects: deleting a Tenant lets the garbage
+//! collector remove its NetworkPolicies and RoleBindings; the next pass removes its labels.
+//!
+//! The admins' RoleBinding refers to a ClusterRole instead of a Role per namespace so the
+//! operator never needs the permissions it hands out (it holds only `bind` on that one
+//! ClusterRole, see [`crate::rbac`]).
+
+use crate::apply::{apply, apply_status};
+use crate::conditions::tenant_status;
+use crate::context::{Context, FIELD_MANAGER};
+use crate::gateway::objects::labels;
+use crate::gateway::{Error, Stores};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::{Resource, ResourceExt};
+use rustronaut_crds::Tenant;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+/// The kind label of this controller's metrics.
+pub const KIND: &str = "Tenant";
+/// The label naming the Tenant that holds a namespace (and that owns generated objects).
+pub const TENANT_LABEL: &str = "rustronaut.io/tenant";
+/// Name of the NetworkPolicy in every held namespace.
+pub const NETWORK_POLICY: &str = "rustronaut-tenant-isolation";
+/// Name of the admins' RoleBinding in every held namespace.
+pub const ADMIN_BINDING: &str = "rustronaut-tenant-admins";
+
+/// What the controller remembers between passes: the intent last applied per object, so an
+/// unchanged intent is not re-sent on every pass. Dropped on each resync, which repairs drift
+/// (someone deleting or editing a generated object).
+#[derive(Default)]
+pub struct State {
+    applied: Mutex<BTreeMap<String, Value>>,
+}
+
+/// Labels of every object the Tenant controller generates.
+fn object_labels(tenant: &str) -> Value {
+    json!({
+        labels::MANAGED_BY: labels::OPERATOR,
+        TENANT_LABEL: tenant,
+    })
+}
+
+/// The label intent for a held namespace: only this label, so other labels and fields stay
+/// with whoever set them.
+pub fn namespace_label(namespace: &str, tenant: Option<&str>) -> Value {
+    let mut meta = json!({"name": namespace});
+    if let Some(t) = tenant {
+        meta["labels"] = json!({TENANT_LABEL: t});
+    }
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
+}
+
+/// Default-deny ingress for every pod of `namespace` except the gateway pods, admitting only
+/// traffic from gateway pods (`app.kubernetes.io/name=rustronaut-gateway`, in any namespace):
+/// a tenant's workloads are reachable only through a gateway, which enforces the policies.
+/// Gateway pods in the namespace are not selected, so their own listeners stay reachable.
+pub fn network_policy(t: &Tenant, namespace: &str) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {
+            "name": NETWORK_POLICY, "namespace": namespace,
+            "labels": object_labels(&t.name_any()),
+            "ownerReferences": t.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
+        },
+        "spec": {
+            "podSelector": {"matchExpressions": [{
+                "key": labels::NAME, "operator": "NotIn", "values": [labels::GATEWAY],
+            }]},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{
+                "namespaceSelector": {},
+                "podSelector": {"matchLabels": {labels::NAME: labels::GATEWAY}},
+            }]}],
+        },
+    })
+}
+
+/// The admins' RoleBinding in `namespace`, or None when the Tenant names no admins.
+pub fn admin_binding(t: &Tenant, namespace: &str) -> Option<Value> {
+    let admins = t.spec.admins.as_ref()?;
+    let subjects: Vec<Value> =
+        admins
+            .groups
+            .iter()
+            .map(|g| json!({"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": g}))
+            .chain(admins.users.iter().map(
+                |u| json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": u}),
+            ))
+            .collect();
+    if subjects.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {
+            "name": ADMIN_BINDING, "namespace": namespace,
+            "labels": object_labels(&t.name_any()),
+            "ownerReferences": t.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
+        },
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": crate::rbac::TENANT_ADMIN},
+        "subjects": subjects,
+    }))
+}
+
+/// Everything one pass wants, computed from the caches.
+#[derive(Default)]
+struct Plan {
+    /// Tenant name -> new status (only where it differs).
+    statuses: Vec<(String, Value)>,
+    /// Namespace label intents to apply (namespace -> intent).
+    labels: Vec<(String, Value)>,
+    /// Generated objects: (kind, namespace, name) -> intent.
+    objects: BTreeMap<(&'static str, String, String), Value>,
+}
+
+fn plan(stores: &Stores, now: &Time) -> Plan {
+    let world = stores.world_all();
+    let claims = world.claims();
+    let mut plan = Plan::default();
+    for t in &world.tenants {
+        if t.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        let name = t.name_any();
+        let status = tenant_status(&world, &claims, t, now);
+        if t.status.as_ref() != Some(&status) {
+            plan.statuses.push((
+                name.clone(),
+                json!({"apiVersion": Tenant::api_version(&()), "kind": Tenant::kind(&()),
+                       "status": status}),
+            ));
+        }
+    }
+    for (ns, holder) in &claims.namespaces {
+        let Some(t) = world.tenant(holder) else {
+            continue;
+        };
+        if t.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        let Some(namespace) = stores
+            .namespaces
+            .get(&kube::runtime::reflector::ObjectRef::new(ns))
+        else {
+            // Not created yet: the Namespace watch runs another pass when it is.
+            continue;
+        };
+        if namespace.labels().get(TENANT_LABEL) != Some(holder) {
+            plan.labels
+                .push((ns.clone(), namespace_label(ns, Some(holder))));
+        }
+        plan.objects.insert(
+            ("NetworkPolicy", ns.clone(), NETWORK_POLICY.into()),
+            network_policy(t, ns),
+        );
+        if let Some(rb) = admin_binding(t, ns) {
+            plan.objects
+                .insert(("RoleBinding", ns.clone(), ADMIN_BINDING.into()), rb);
+        }
+    }
+    // Labels this operator set on namespaces that are no longer held by that tenant.
+    for namespace in stores.namespaces.state() {
+        let ns = namespace.name_any();
+        let Some(label) = namespace.labels().get(TENANT_LABEL) else {
+            continue;
+        };
+        let ours = namespace
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .any(|m| m.manager.as_deref() == Some(FIELD_MANAGER));
+        if ours && claims.tenant_of(&ns) != Some(label.as_str()) {
+            let holder = claims.tenant_of(&ns).filter(|h| {
+                world
+                    .tenant(h)
+                    .is_some_and(|t| t.meta().deletion_timestamp.is_none())
+            });
+            plan.labels.push((ns.clone(), namespace_label(&ns, holder)));
+        }
+    }
+    plan
+}
+
+/// One pass over every Tenant: status, namespace labels, generated objects, pruning.
+pub async fn pass(
+    ctx: &Context,
+    stores: &Stores,
+    state: &State,
+    resync: bool,
+) -> Result<(), Error> {
+    stores.ready().await?;
+    if resync && let Ok(mut a) = state.applied.lock() {
+        a.clear();
+    }
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let plan = plan(stores, &now);
+    let client = &ctx.client;
+    let mut first_error: Option<Error> = None;
+
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    for (name, body) in &plan.statuses {
+        match apply_status(&tenants, name, body).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                first_error.get_or_insert(Error::ObjectStatus {
+                    kind: "Tenant",
+                    namespace: String::new(),
+                    name: name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for (ns, body) in &plan.labels {
+        if let Err(source) = apply(&namespaces, ns, body).await {
+            first_error.get_or_insert(Error::Apply {
+                kind: "Namespace",
+                namespace: String::new(),
+                name: ns.clone(),
+                source,
+            });
+        }
+    }
+    for ((kind, ns, name), body) in &plan.objects {
+        let key = format!("{kind}/{ns}/{name}");
+        let unchanged = state
+            .applied
+            .lock()
+            .is_ok_and(|a| a.get(&key) == Some(body));
+        if unchanged {
+            continue;
+        }
+        let result = match *kind {
+            "NetworkPolicy" => {
+                let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+                apply(&api, name, body).await.map(drop)
+            }
+            _ => {
+                let api: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+                apply(&api, name, body).await.map(drop)
+            }
+        };
+        match result {
+            Ok(()) => {
+                if let Ok(mut a) = state.applied.lock() {
+                    a.insert(key, body.clone());
+                }
+            }
+            Err(source) => {
+                first_error.get_or_insert(Error::Apply {
+                    kind,
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    if let Err(e) = prune::<NetworkPolicy>(ctx, "NetworkPolicy", &plan, state).await {
+        first_error.get_or_insert(e);
+    }
+    if let Err(e) = prune::<RoleBinding>(ctx, "RoleBinding", &plan, state).await {
+        first_error.get_or_insert(e);
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Deletes the generated objects of `kind` that the plan no longer wants (a namespace the
+/// Tenant lost or dropped, admins removed). Objects of deleted Tenants go by garbage
+/// collection; those still present are deleted here too.
+async fn prune<K>(
+    ctx: &Context,
+    kind: &'static str,
+    plan: &Plan,
+    state: &State,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let all: Api<K> = Api::all(ctx.client.clone());
+    let selector = format!("{},{TENANT_LABEL}", labels::MANAGED_SELECTOR);
+    let list = all
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::List { kind, source })?;
+    let wanted: BTreeSet<(String, String)> = plan
+        .objects
+        .keys()
+        .filter(|(k, _, _)| *k == kind)
+        .map(|(_, ns, name)| (ns.clone(), name.clone()))
+        .collect();
+    for obj in list.items {
+        let ns = obj.metadata.namespace.clone().unwrap_or_default();
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        if wanted.contains(&(ns.clone(), name.clone())) {
+            continue;
+        }
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Delete {
+                    kind,
+                    namespace: ns,
+                    name,
+                    source,
+                });
+            }
+        }
+        if let Ok(mut a) = state.applied.lock() {
+            a.remove(&format!("{kind}/{ns}/{name}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(admins: Value) -> Tenant {
+        serde_json::from_value(json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "acme", "uid": "u-1"},
+            "spec": {"namespaces": ["apps"], "admins": admins}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_network_policy_admits_only_gateway_pods_and_is_owned_by_the_tenant() {
+        let np: NetworkPolicy =
+            serde_json::from_value(network_policy(&tenant(json!({})), "apps")).unwrap();
+        let owner = &np.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Tenant", "u-1"));
+        assert_eq!(np.metadata.labels.as_ref().unwrap()[TENANT_LABEL], "acme");
+        let spec = np.spec.unwrap();
+        assert_eq!(spec.policy_types.unwrap(), ["Ingress"]);
+        let ingress = spec.ingress.unwrap();
+        assert_eq!(ingress.len(), 1, "one rule: from gateway pods");
+        let peer = &ingress[0].from.as_ref().unwrap()[0];
+        assert!(
+            peer.namespace_selector.is_some(),
+            "gateway pods of any namespace"
+        );
+        assert_eq!(
+            peer.pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()[labels::NAME],
+            labels::GATEWAY
+        );
+        assert!(ingress[0].ports.is_none());
+        let selected = spec.pod_selector.unwrap().match_expressions.unwrap();
+        assert_eq!(selected[0].operator, "NotIn", "gateway pods stay reachable");
+    }
+
+    #[test]
+    fn admins_are_bound_to_the_tenant_admin_cluster_role() {
+        assert!(admin_binding(&tenant(json!({})), "apps").is_none());
+        let rb: RoleBinding = serde_json::from_value(
+            admin_binding(
+                &tenant(json!({"groups": ["acme-admins"], "users": ["ann"]})),
+                "apps",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(rb.role_ref.kind, "ClusterRole");
+        assert_eq!(rb.role_ref.name, crate::rbac::TENANT_ADMIN);
+        let subjects = rb.subjects.unwrap();
+        assert_eq!(
+            subjects
+                .iter()
+                .map(|s| (s.kind.as_str(), s.name.as_str()))
+                .collect::<Vec<_>>(),
+            [("Group", "acme-admins"), ("User", "ann")]
+        );
+    }
+
+    #[test]
+    fn the_namespace_intent_is_just_the_label() {
+        assert_eq!(
+            namespace_label("apps", Some("acme")),
+            json!({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": "apps", "labels": {TENANT_LABEL: "acme"}}})
+        );
+        assert_eq!(
+            namespace_label("apps", None)["metadata"],
+            json!({"name": "apps"}),
+            "an empty intent releases the label"
+        );
+    }
+}
