@@ -1,0 +1,590 @@
+//! The Tenant controller and the Resource/Policy status pass against a real API server (the
+//! e2e control plane, with kube-controller-manager for garbage collection), running as the
+//! operator's ServiceAccount under `rustronaut_operator::rbac` (impersonation), so a missing
+//! permission fails here:
+//! - two Tenants claim one namespace: the younger gets Accepted=False naming the older;
+//! - held namespaces are labelled, isolated by a NetworkPolicy and bound for the admins;
+//!   deleting the Tenant collects the NetworkPolicy (garbage collection) and the label;
+//! - a Resource in a namespace no Tenant owns gets Accepted=False/NoTenant; a served one is
+//!   Programmed naming its Gateway;
+//! - a Policy whose embedded test fails gets TestsPassed=False naming the test; fixed, True;
+//!   targetRefs that match nothing are named under ResolvedRefs;
+//! - deleting the only Allow policy revokes access: the snapshot Secret no longer holds it and
+//!   the evaluator denies what it allowed.
+//!
+//! One test function on purpose: the controllers reconcile the whole cluster, so two in one
+//! test binary would race each other.
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use rustronaut_contract::eval::{Effect, Request, evaluate};
+use rustronaut_contract::identity::Identity;
+use rustronaut_contract::policy::PolicySet;
+use rustronaut_contract::snapshot::Snapshot;
+use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
+use rustronaut_operator::context::Context;
+use rustronaut_operator::gateway::GatewayController;
+use rustronaut_operator::gateway::objects::Settings;
+use rustronaut_operator::tenant::{ADMIN_BINDING, NETWORK_POLICY, TENANT_LABEL};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+const TEST_MANAGER: &str = "rustronaut-operator-test";
+
+async fn install_crds(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in rustronaut_crds::generate::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(
+            &name,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the API server refused CRD {name}: {e}"));
+    }
+    for crd in rustronaut_crds::generate::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        eventually(&format!("CRD {name} Established"), || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let c = crds.get(&name).await.ok()?;
+                c.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// Polls `f` until it yields Some, for up to 60 seconds.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn create<K>(api: &Api<K>, value: Value) -> K
+where
+    K: Clone + DeserializeOwned + serde::Serialize + Debug,
+{
+    let obj: K = serde_json::from_value(value).unwrap();
+    api.create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("create {obj:?}: {e}"))
+}
+
+/// Installs the operator's ClusterRole and the tenant-admin ClusterRole, binds the first to
+/// the operator's ServiceAccount, and returns a client impersonating that ServiceAccount.
+async fn operator_client(admin: &kube::Client) -> kube::Client {
+    let params = PatchParams::apply(TEST_MANAGER).force();
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    for role in [
+        rustronaut_operator::rbac::cluster_role(),
+        rustronaut_operator::rbac::tenant_admin_cluster_role(),
+    ] {
+        roles
+            .patch(&role.name_any(), &params, &Patch::Apply(&role))
+            .await
+            .unwrap();
+    }
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "rustronaut-operator-test"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": rustronaut_operator::rbac::NAME},
+        "subjects": [{"kind": "ServiceAccount", "name": "rustronaut-operator",
+                      "namespace": "rustronaut-system"}],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .patch("rustronaut-operator-test", &params, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+    rustronaut_e2e::shared()
+        .client_as(
+            "system:serviceaccount:rustronaut-system:rustronaut-operator",
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:rustronaut-system",
+                "system:authenticated",
+            ],
+        )
+        .await
+}
+
+/// `(status, reason, message)` of condition `type_`, when it describes `generation`.
+fn cond(
+    conditions: &[Condition],
+    type_: &str,
+    generation: Option<i64>,
+) -> Option<(String, String, String)> {
+    let c = conditions.iter().find(|c| c.type_ == type_)?;
+    (c.observed_generation == generation)
+        .then(|| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn tenant_cond(
+    api: &Api<Tenant>,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let t = api.get(name).await.ok()?;
+    let s = t.status.as_ref()?;
+    (s.observed_generation == t.metadata.generation).then_some(())?;
+    cond(&s.conditions, type_, t.metadata.generation)
+}
+
+async fn resource_cond(
+    api: &Api<RtnResource>,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let r = api.get(name).await.ok()?;
+    cond(&r.status.as_ref()?.conditions, type_, r.metadata.generation)
+}
+
+async fn policy_cond(
+    api: &Api<Policy>,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let p = api.get(name).await.ok()?;
+    cond(&p.status.as_ref()?.conditions, type_, p.metadata.generation)
+}
+
+/// The snapshot in `<gw>-snapshot`, if the Secret exists and loads.
+async fn snapshot(secrets: &Api<Secret>, gw: &str) -> Option<Snapshot> {
+    let s = secrets.get_opt(&format!("{gw}-snapshot")).await.ok()??;
+    let bytes = s.data?.get("snapshot.json")?.0.clone();
+    Some(Snapshot::load(&bytes).expect("the operator writes snapshots that load"))
+}
+
+/// What the gateway would decide for an anonymous GET / from `ip` to `ns/name`.
+fn decide(s: &Snapshot, ns: &str, name: &str, ip: &str) -> Effect {
+    let set = PolicySet::compile(&s.tenants, &s.resources, &s.policies);
+    let identity = Identity::anonymous(Some(ip.parse().unwrap()));
+    let path = rustronaut_contract::path::normalize("/").unwrap().path;
+    let request = Request::new(ns, name, &identity)
+        .section("all")
+        .http("GET", &path);
+    evaluate(&set, &request, std::time::SystemTime::now(), "test").effect
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_and_object_status() {
+    let client = rustronaut_e2e::client().await;
+    install_crds(&client).await;
+    let suffix = rustronaut_e2e::random_suffix();
+    let apps = rustronaut_e2e::namespace(&client, "apps").await;
+    let shared = rustronaut_e2e::namespace(&client, "shared").await;
+    let unowned = rustronaut_e2e::namespace(&client, "unowned").await;
+    let domain = format!("{suffix}.example");
+    let older = format!("older-{suffix}");
+    let younger = format!("younger-{suffix}");
+
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    create(
+        &tenants,
+        json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": older},
+            "spec": {"namespaces": [apps, shared], "domains": [format!("*.{domain}")],
+                     "admins": {"groups": [format!("admins-{suffix}")]}}
+        }),
+    )
+    .await;
+    // creationTimestamp has one-second resolution: make "younger" unambiguous.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    create(
+        &tenants,
+        json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": younger},
+            "spec": {"namespaces": [shared]}
+        }),
+    )
+    .await;
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), &apps);
+    create(
+        &gateways,
+        json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "edge"},
+            "spec": {"listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}
+        }),
+    )
+    .await;
+    let resource = |name: &str, host: String| {
+        json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
+            "metadata": {"name": name},
+            "spec": {
+                "gatewayRefs": [{"namespace": apps, "name": "edge"}],
+                "protocol": "HTTP",
+                "hostnames": [host],
+                "rules": [{"name": "all", "upstreams": [{"service": {"name": "app", "port": 80}}]}]
+            }
+        })
+    };
+    let resources: Api<RtnResource> = Api::namespaced(client.clone(), &apps);
+    create(&resources, resource("app", format!("app.{domain}"))).await;
+    let orphans: Api<RtnResource> = Api::namespaced(client.clone(), &unowned);
+    create(&orphans, resource("orphan", format!("orphan.{domain}"))).await;
+    let policies: Api<Policy> = Api::namespaced(client.clone(), &apps);
+    let office = |tests: Value| {
+        json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Policy",
+            "metadata": {"name": "office"},
+            "spec": {
+                "targetRefs": [{"kind": "Resource", "name": "app"}, {"kind": "Resource", "name": "ghost"}],
+                "action": "Allow",
+                "rules": [{"name": "office", "from": [{"sourceCIDRs": {"cidrs": ["10.0.0.0/8"]}}]}],
+                "tests": tests
+            }
+        })
+    };
+    // The second test is wrong: an address outside 10/8 is denied by default.
+    create(
+        &policies,
+        office(json!([
+            {"name": "office-allowed", "expect": "Allow", "request": {"sourceIP": "10.1.2.3"}},
+            {"name": "outsider-allowed", "expect": "Allow", "request": {"sourceIP": "192.0.2.9"}}
+        ])),
+    )
+    .await;
+
+    // The controllers, in-process as the binary runs them, under the shipped RBAC.
+    let operator = operator_client(&client).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = GatewayController::new(
+        Context::new(operator, Some("operator-test".into())),
+        Settings {
+            image: "example.test/rustronaut/gateway:test".into(),
+        },
+    );
+    let running = tokio::spawn(controller.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // Claims: the older Tenant holds the shared namespace, the younger is told who does.
+    let (status, reason, message) = eventually("the younger Tenant's claim conflict", || {
+        let tenants = tenants.clone();
+        let younger = younger.clone();
+        async move {
+            tenant_cond(&tenants, &younger, "Accepted")
+                .await
+                .filter(|c| c.0 == "False")
+        }
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "NamespaceClaimed")
+    );
+    assert!(
+        message.contains(&shared) && message.contains(&older),
+        "names the namespace and its holder: {message}"
+    );
+    let (status, ..) = eventually("the older Tenant Accepted", || {
+        let tenants = tenants.clone();
+        let older = older.clone();
+        async move { tenant_cond(&tenants, &older, "Accepted").await }
+    })
+    .await;
+    assert_eq!(status, "True");
+    let usage = tenants
+        .get(&older)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .usage
+        .unwrap();
+    assert_eq!(
+        (usage.resources, usage.policies, usage.gateways),
+        (Some(1), Some(1), Some(1))
+    );
+
+    // Held namespaces: labelled, isolated, bound for the admins; owned by the Tenant.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in [&apps, &shared] {
+        eventually(&format!("namespace {ns} labelled"), || {
+            let namespaces = namespaces.clone();
+            let older = older.clone();
+            async move {
+                let n = namespaces.get(ns).await.ok()?;
+                (n.labels().get(TENANT_LABEL) == Some(&older)).then_some(())
+            }
+        })
+        .await;
+    }
+    let labels = namespaces.get(&apps).await.unwrap().labels().clone();
+    assert_eq!(
+        labels["rustronaut.io/test"], "true",
+        "other labels are left alone"
+    );
+    assert!(
+        !namespaces
+            .get(&unowned)
+            .await
+            .unwrap()
+            .labels()
+            .contains_key(TENANT_LABEL),
+        "a namespace no Tenant claims is not labelled"
+    );
+    let older_uid = tenants.get(&older).await.unwrap().uid();
+    let netpols: Api<NetworkPolicy> = Api::namespaced(client.clone(), &shared);
+    let np = eventually("the NetworkPolicy", || {
+        let netpols = netpols.clone();
+        async move { netpols.get_opt(NETWORK_POLICY).await.ok()? }
+    })
+    .await;
+    let owner = &np.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), Some(&owner.uid)),
+        ("Tenant", older_uid.as_ref())
+    );
+    let peer = &np.spec.unwrap().ingress.unwrap()[0].from.clone().unwrap()[0];
+    assert_eq!(
+        peer.pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["app.kubernetes.io/name"],
+        "rustronaut-gateway"
+    );
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &apps);
+    let rb = eventually("the admins' RoleBinding", || {
+        let bindings = bindings.clone();
+        async move { bindings.get_opt(ADMIN_BINDING).await.ok()? }
+    })
+    .await;
+    assert_eq!(rb.subjects.unwrap()[0].name, format!("admins-{suffix}"));
+
+    // Resources: one served, one in a namespace nobody owns.
+    let (status, reason, message) = eventually("the orphan's NoTenant", || {
+        let orphans = orphans.clone();
+        async move { resource_cond(&orphans, "orphan", "Accepted").await }
+    })
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "NoTenant"));
+    assert!(message.contains(&unowned), "{message}");
+    let (status, _, message) = eventually("the app Programmed", || {
+        let resources = resources.clone();
+        async move {
+            resource_cond(&resources, "app", "Programmed")
+                .await
+                .filter(|c| c.0 == "True")
+        }
+    })
+    .await;
+    assert_eq!(status, "True");
+    assert!(message.contains(&format!("{apps}/edge")), "{message}");
+    assert_eq!(
+        resource_cond(&resources, "app", "Accepted")
+            .await
+            .unwrap()
+            .0,
+        "True"
+    );
+    // No Service "app" exists: served (degraded), and the missing backend is named.
+    let (status, reason, message) = resource_cond(&resources, "app", "ResolvedRefs")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "BackendNotFound")
+    );
+    assert!(message.contains("app:80"), "{message}");
+
+    // Policy: the failing test is named; the missing target is named.
+    let (status, reason, message) = eventually("TestsPassed=False", || {
+        let policies = policies.clone();
+        async move { policy_cond(&policies, "office", "TestsPassed").await }
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "TestFailed"),
+        "{message}"
+    );
+    assert!(message.contains("outsider-allowed"), "{message}");
+    let (status, reason, message) = policy_cond(&policies, "office", "ResolvedRefs")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "TargetNotFound")
+    );
+    assert!(message.contains("ghost"), "{message}");
+
+    // Fixed: the outsider is expected to be denied, the ghost target removed.
+    let mut fixed = office(json!([
+        {"name": "office-allowed", "expect": "Allow", "request": {"sourceIP": "10.1.2.3"}},
+        {"name": "outsider-denied", "expect": "Deny", "request": {"sourceIP": "192.0.2.9"}}
+    ]));
+    fixed["spec"]["targetRefs"] = json!([{"kind": "Resource", "name": "app"}]);
+    policies
+        .patch(
+            "office",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": fixed["spec"]})),
+        )
+        .await
+        .unwrap();
+    let (_, reason, message) = eventually("TestsPassed=True", || {
+        let policies = policies.clone();
+        async move {
+            policy_cond(&policies, "office", "TestsPassed")
+                .await
+                .filter(|c| c.0 == "True")
+        }
+    })
+    .await;
+    assert_eq!(reason, "TestsPassed");
+    assert!(message.contains("all 2 test"), "{message}");
+    assert_eq!(
+        policy_cond(&policies, "office", "Ready").await.unwrap().0,
+        "True"
+    );
+
+    // Deleting the only Allow policy revokes access in the snapshot the gateways load.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &apps);
+    let before = eventually("the snapshot with the policy", || {
+        let secrets = secrets.clone();
+        async move {
+            let s = snapshot(&secrets, "edge").await?;
+            s.policies.iter().any(|p| p.name == "office").then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(decide(&before, &apps, "app", "10.1.2.3"), Effect::Allow);
+    policies
+        .delete("office", &DeleteParams::default())
+        .await
+        .unwrap();
+    let after = eventually("the snapshot without the policy", || {
+        let secrets = secrets.clone();
+        async move {
+            let s = snapshot(&secrets, "edge").await?;
+            (!s.policies.iter().any(|p| p.name == "office")).then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        after.resource(&apps, "app").is_some(),
+        "the Resource is still served"
+    );
+    assert_eq!(decide(&after, &apps, "app", "10.1.2.3"), Effect::Deny);
+
+    // Deleting the older Tenant: its NetworkPolicies go (garbage collection), the shared
+    // namespace passes to the younger Tenant, the label of the other goes.
+    tenants
+        .delete(&older, &DeleteParams::default())
+        .await
+        .unwrap();
+    let netpols_apps: Api<NetworkPolicy> = Api::namespaced(client.clone(), &apps);
+    eventually("the NetworkPolicy collected", || {
+        let netpols_apps = netpols_apps.clone();
+        async move {
+            netpols_apps
+                .get_opt(NETWORK_POLICY)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    eventually(
+        "the shared namespace relabelled to the younger Tenant",
+        || {
+            let namespaces = namespaces.clone();
+            let shared = shared.clone();
+            let younger = younger.clone();
+            async move {
+                let n = namespaces.get(&shared).await.ok()?;
+                (n.labels().get(TENANT_LABEL) == Some(&younger)).then_some(())
+            }
+        },
+    )
+    .await;
+    eventually("the younger Tenant Accepted", || {
+        let tenants = tenants.clone();
+        let younger = younger.clone();
+        async move {
+            tenant_cond(&tenants, &younger, "Accepted")
+                .await
+                .filter(|c| c.0 == "True")
+        }
+    })
+    .await;
+    let younger_uid = tenants.get(&younger).await.unwrap().uid();
+    eventually(
+        "the shared NetworkPolicy owned by the younger Tenant",
+        || {
+            let netpols = netpols.clone();
+            let younger_uid = younger_uid.clone();
+            async move {
+                let np = netpols.get_opt(NETWORK_POLICY).await.ok()??;
+                np.owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == younger_uid.as_ref())
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    eventually("the apps namespace unlabelled", || {
+        let namespaces = namespaces.clone();
+        let apps = apps.clone();
+        async move {
+            let n = namespaces.get(&apps).await.ok()?;
+            (!n.labels().contains_key(TENANT_LABEL)).then_some(())
+        }
+    })
+    .await;
+    let (status, reason, _) = eventually("the app loses its tenant", || {
+        let resources = resources.clone();
+        async move {
+            resource_cond(&resources, "app", "Accepted")
+                .await
+                .filter(|c| c.0 == "False")
+        }
+    })
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "NoTenant"));
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the controllers stop")
+        .unwrap();
+    tenants
+        .delete(&younger, &DeleteParams::default())
+        .await
+        .unwrap();
+}
