@@ -13,7 +13,9 @@
 //! - Resource: `Accepted` (False: `NoTenant`, `NotAllowedByGateway`, `HostnameOutsideTenant`,
 //!   `HostnameConflict`, `InvalidParameters`, `Invalid`), `ResolvedRefs` (False: a missing
 //!   Gateway, Service or site, named), `Programmed` (True when in the snapshot of every Gateway
-//!   it references, named), `Ready`.
+//!   it references, named), `Reachable` (False/`NoAllowPolicy`: no enforcing Allow Policy
+//!   selects it, so default deny refuses every request), `Ready`; `policies` lists the
+//!   Policies that select it.
 //! - Policy: `Accepted` (False: `NoTenant`, or what `validate::policy` finds), `ResolvedRefs`
 //!   (False: targetRefs that match no Resource, a missing rule, a missing identity-provider
 //!   Secret), `TestsPassed` (the embedded tests against the whole effective set; False names
@@ -27,8 +29,9 @@ use rustronaut_compile::snapshot::{BuildOutcome, Impact};
 use rustronaut_compile::{TestOutcome, World};
 use rustronaut_contract::snapshot::ObjectRef;
 use rustronaut_crds::conditions::{reasons, types};
+use rustronaut_crds::policy::{PolicyAction, PolicyMode};
 use rustronaut_crds::policy::{PolicyStatus, PolicyTargetStatus};
-use rustronaut_crds::resource::ResourceStatus;
+use rustronaut_crds::resource::{AppliedPolicy, ResourceStatus};
 use rustronaut_crds::tenancy::{Claims, policy_targets};
 use rustronaut_crds::tenant::{Quotas, TenantStatus};
 use rustronaut_crds::{Policy, Resource, Tenant};
@@ -161,12 +164,60 @@ impl Findings {
     }
 }
 
-/// The status of Resource `res`.
+/// Resource (`namespace`, `name`) -> the Policies that select it, in namespace/name order
+/// (at most 1000, the CRD's limit).
+pub fn applied_policies(
+    world: &World,
+    claims: &Claims,
+) -> BTreeMap<(String, String), Vec<AppliedPolicy>> {
+    let mut policies: Vec<&Policy> = world.policies.iter().collect();
+    policies.sort_by_key(|p| (p.namespace(), p.name_any()));
+    let mut out: BTreeMap<(String, String), Vec<AppliedPolicy>> = BTreeMap::new();
+    for p in policies {
+        if p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let ns = p.namespace().unwrap_or_default();
+        let admin_ns = claims
+            .tenant_of(&ns)
+            .and_then(|t| world.tenant(t))
+            .and_then(|t| t.spec.admin_namespace());
+        let (targets, _) = policy_targets(p, &world.resources, claims, admin_ns);
+        let mut seen = BTreeSet::new();
+        for t in targets {
+            if !seen.insert((t.namespace.clone(), t.name.clone())) {
+                continue;
+            }
+            let list = out.entry((t.namespace, t.name)).or_default();
+            if list.len() < 1000 {
+                list.push(AppliedPolicy {
+                    namespace: ns.clone(),
+                    name: p.name_any(),
+                    action: match p.spec.action {
+                        PolicyAction::Allow => "Allow",
+                        PolicyAction::Deny => "Deny",
+                    }
+                    .into(),
+                    mode: match p.spec.mode {
+                        PolicyMode::Enforce => "Enforce",
+                        PolicyMode::DryRun => "DryRun",
+                    }
+                    .into(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The status of Resource `res`; `applied` are the Policies that select it
+/// ([`applied_policies`]).
 pub fn resource_status(
     world: &World,
     claims: &Claims,
     builds: &Builds,
     res: &Resource,
+    applied: &[AppliedPolicy],
     now: &Time,
 ) -> ResourceStatus {
     let ns = res.namespace().unwrap_or_default();
@@ -288,18 +339,41 @@ pub fn resource_status(
             message,
         )
     };
-    let parts = [accepted, resolved, programmed];
+    let allows: Vec<String> = applied
+        .iter()
+        .filter(|p| p.action == "Allow" && p.mode == "Enforce")
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect();
+    let reachable = if allows.is_empty() {
+        condition(
+            previous,
+            now,
+            generation,
+            types::REACHABLE,
+            false,
+            reasons::NO_ALLOW_POLICY,
+            "no enforcing Allow Policy selects this Resource: default deny refuses every request"
+                .into(),
+        )
+    } else {
+        condition(
+            previous,
+            now,
+            generation,
+            types::REACHABLE,
+            true,
+            types::REACHABLE,
+            format!("allowed by {}", names(&allows)),
+        )
+    };
+    let parts = [accepted, resolved, programmed, reachable];
     let ready = ready(previous, now, generation, &parts);
     let mut conditions = parts.to_vec();
     conditions.push(ready);
     ResourceStatus {
         conditions,
         observed_generation: generation,
-        policies: res
-            .status
-            .as_ref()
-            .map(|s| s.policies.clone())
-            .unwrap_or_default(),
+        policies: applied.to_vec(),
     }
 }
 
@@ -685,25 +759,50 @@ mod tests {
             .iter()
             .find(|r| r.namespace().as_deref() == Some(ns) && r.name_any() == name)
             .unwrap();
+        let claims = world.claims();
+        let applied = applied_policies(world, &claims);
+        let key = (ns.to_string(), name.to_string());
+        let applied = applied.get(&key).map_or(&[][..], |v| &v[..]);
         resource_status(
             world,
-            &world.claims(),
+            &claims,
             builds,
             r,
+            applied,
             &time("2026-01-01T00:00:00Z"),
         )
     }
 
     #[test]
     fn a_served_resource_is_accepted_resolved_and_programmed() {
-        let w = world();
+        let mut w = world();
+        let before = res_status(&w, &builds(&w, true), "apps", "app");
+        let r = get(&before.conditions, types::REACHABLE);
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", reasons::NO_ALLOW_POLICY)
+        );
+        assert!(before.policies.is_empty());
+        w.policies
+            .push(policy("apps", "allow", &["app"], json!([])));
         let b = builds(&w, true);
         let s = res_status(&w, &b, "apps", "app");
+        assert_eq!(s.policies.len(), 1);
+        assert_eq!(
+            (s.policies[0].name.as_str(), s.policies[0].action.as_str()),
+            ("allow", "Allow")
+        );
+        assert!(
+            get(&s.conditions, types::REACHABLE)
+                .message
+                .contains("apps/allow")
+        );
         assert_eq!(s.observed_generation, Some(3));
         for t in [
             types::ACCEPTED,
             types::RESOLVED_REFS,
             types::PROGRAMMED,
+            types::REACHABLE,
             types::READY,
         ] {
             assert_eq!(
@@ -780,7 +879,7 @@ mod tests {
         let mut w2 = w.clone();
         w2.resources[0].status = Some(first.clone());
         let r = &w2.resources[0];
-        let again = resource_status(&w2, &w2.claims(), &b, r, &time("2026-02-01T00:00:00Z"));
+        let again = resource_status(&w2, &w2.claims(), &b, r, &[], &time("2026-02-01T00:00:00Z"));
         assert_eq!(
             again, first,
             "an unchanged world yields an identical status"
@@ -790,6 +889,7 @@ mod tests {
             &w2.claims(),
             &builds(&w2, false),
             r,
+            &[],
             &time("2026-02-01T00:00:00Z"),
         );
         assert_eq!(

@@ -18,7 +18,9 @@
 //! and reports the first failure, which retries the pass with backoff.
 
 use crate::apply::apply_status;
-use crate::conditions::{Builds, PolicyInputs, policy_status, resource_status, tests_by_policy};
+use crate::conditions::{
+    Builds, PolicyInputs, applied_policies, policy_status, resource_status, tests_by_policy,
+};
 use crate::context::Context;
 use crate::gateway::{Error, Stores};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -63,12 +65,15 @@ pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
                 gateway_snapshot(&world, gw, &inputs).map_err(|e| e.to_string()),
             );
         }
+        let applied = applied_policies(&world, &claims);
         let resources: Vec<Write<_>> = world
             .resources
             .iter()
             .filter(|r| r.meta().deletion_timestamp.is_none())
             .filter_map(|r| {
-                let status = resource_status(&world, &claims, &builds, r, &now);
+                let key = (r.namespace().unwrap_or_default(), r.name_any());
+                let policies = applied.get(&key).map_or(&[][..], |v| &v[..]);
+                let status = resource_status(&world, &claims, &builds, r, policies, &now);
                 (r.status.as_ref() != Some(&status)).then(|| Write {
                     namespace: r.namespace().unwrap_or_default(),
                     name: r.name_any(),

@@ -482,6 +482,13 @@ async fn tenants_and_object_status() {
     })
     .await;
     assert_eq!(decide(&before, &apps, "app", "10.1.2.3"), Effect::Allow);
+    let (status, _, message) = eventually("Reachable=True", || {
+        let resources = resources.clone();
+        async move { resource_cond(&resources, "app", "Reachable").await }
+    })
+    .await;
+    assert_eq!(status, "True");
+    assert!(message.contains(&format!("{apps}/office")), "{message}");
     policies
         .delete("office", &DeleteParams::default())
         .await
@@ -499,6 +506,28 @@ async fn tenants_and_object_status() {
         "the Resource is still served"
     );
     assert_eq!(decide(&after, &apps, "app", "10.1.2.3"), Effect::Deny);
+    // ... and the Resource says so itself.
+    let (_, reason, message) = eventually("Reachable=False", || {
+        let resources = resources.clone();
+        async move {
+            resource_cond(&resources, "app", "Reachable")
+                .await
+                .filter(|c| c.0 == "False")
+        }
+    })
+    .await;
+    assert_eq!(reason, "NoAllowPolicy", "{message}");
+    assert!(
+        resources
+            .get("app")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .policies
+            .is_empty(),
+        "no Policy selects it any more"
+    );
 
     // Deleting the older Tenant: its NetworkPolicies go (garbage collection), the shared
     // namespace passes to the younger Tenant, the label of the other goes.
