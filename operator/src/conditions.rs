@@ -96,6 +96,23 @@ pub fn condition(
     }
 }
 
+/// The conditions of `types` that are False in `new` and were not False for the same reason
+/// in `previous`: what deserves a Warning Event once, not on every pass.
+pub fn newly_failed<'a>(
+    previous: &[Condition],
+    new: &'a [Condition],
+    types: &[&str],
+) -> Vec<&'a Condition> {
+    new.iter()
+        .filter(|c| types.contains(&c.type_.as_str()) && c.status == "False")
+        .filter(|c| {
+            !previous
+                .iter()
+                .any(|p| p.type_ == c.type_ && p.status == "False" && p.reason == c.reason)
+        })
+        .collect()
+}
+
 /// `Ready`: True when every condition in `parts` is True, else False with the reason and
 /// message of the first that is not.
 fn ready(
@@ -981,6 +998,30 @@ mod tests {
             get(&s.conditions, types::ACCEPTED).reason,
             reasons::NO_TENANT
         );
+    }
+
+    #[test]
+    fn only_new_failures_are_events() {
+        let now = time("2026-01-01T00:00:00Z");
+        let c = |t: &str, ok: bool, reason: &str| {
+            condition(&[], &now, None, t, ok, reason, String::new())
+        };
+        let previous = [
+            c("Accepted", false, "NamespaceClaimed"),
+            c("TestsPassed", true, "TestsPassed"),
+        ];
+        let new = [
+            c("Accepted", false, "NamespaceClaimed"),
+            c("TestsPassed", false, "TestFailed"),
+            c("Ready", false, "TestFailed"),
+        ];
+        let got: Vec<&str> = newly_failed(&previous, &new, &["Accepted", "TestsPassed"])
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(got, ["TestsPassed"]);
+        let got = newly_failed(&[], &new, &["Accepted"]);
+        assert_eq!(got.len(), 1, "a first status that fails is new");
     }
 
     #[test]

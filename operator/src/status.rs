@@ -19,15 +19,19 @@
 
 use crate::apply::apply_status;
 use crate::conditions::{
-    Builds, PolicyInputs, applied_policies, policy_status, resource_status, tests_by_policy,
+    Builds, PolicyInputs, applied_policies, newly_failed, policy_status, resource_status,
+    tests_by_policy,
 };
 use crate::context::Context;
 use crate::gateway::{Error, Stores};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use rustronaut_compile::snapshot::gateway_snapshot;
 use rustronaut_contract::snapshot::ObjectRef;
+use rustronaut_crds::conditions::types;
 use rustronaut_crds::{Policy, Resource as RtnResource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,11 +41,14 @@ use std::fmt::Debug;
 /// The kind label of this pass's metrics.
 pub const KIND: &str = "ResourcePolicyStatus";
 
-/// One status write.
+/// One status write, and the Warning Events to publish once it is written.
 struct Write<S> {
     namespace: String,
     name: String,
     status: S,
+    reference: ObjectReference,
+    /// (reason, message) of conditions that just failed.
+    events: Vec<(String, String)>,
 }
 
 /// Computes every Resource's and Policy's status and writes those that changed.
@@ -78,6 +85,9 @@ pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
                     namespace: r.namespace().unwrap_or_default(),
                     name: r.name_any(),
                     status,
+                    reference: r.object_ref(&()),
+                    // The Gateway controller already reports what a snapshot leaves out.
+                    events: Vec::new(),
                 })
             })
             .collect();
@@ -97,23 +107,32 @@ pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
             .filter(|p| p.meta().deletion_timestamp.is_none())
             .filter_map(|p| {
                 let status = policy_status(&inputs, p, &now);
+                let previous = p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+                // A failing embedded test is news only this pass can tell.
+                let events = newly_failed(previous, &status.conditions, &[types::TESTS_PASSED])
+                    .into_iter()
+                    .map(|c| (c.reason.clone(), c.message.clone()))
+                    .collect();
                 (p.status.as_ref() != Some(&status)).then(|| Write {
                     namespace: p.namespace().unwrap_or_default(),
                     name: p.name_any(),
                     status,
+                    reference: p.object_ref(&()),
+                    events,
                 })
             })
             .collect();
         (resources, policies)
     };
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let mut first_error = None;
     for w in resources {
-        if let Err(e) = write::<RtnResource, _>(ctx, w).await {
+        if let Err(e) = write::<RtnResource, _>(ctx, &recorder, w).await {
             first_error.get_or_insert(e);
         }
     }
     for w in policies {
-        if let Err(e) = write::<Policy, _>(ctx, w).await {
+        if let Err(e) = write::<Policy, _>(ctx, &recorder, w).await {
             first_error.get_or_insert(e);
         }
     }
@@ -122,7 +141,7 @@ pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
 
 /// Server-side applies `w.status` to the status subresource; an object deleted meanwhile is
 /// not an error.
-async fn write<K, S>(ctx: &Context, w: Write<S>) -> Result<(), Error>
+async fn write<K, S>(ctx: &Context, recorder: &Recorder, w: Write<S>) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -137,7 +156,12 @@ where
         "status": w.status,
     });
     match apply_status(&api, &w.name, &body).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            for (reason, message) in w.events {
+                publish_warning(recorder, &w.reference, reason, message).await;
+            }
+            Ok(())
+        }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(source) => {
             let kind = if K::kind(&()) == "Policy" {
@@ -153,5 +177,31 @@ where
                 source,
             })
         }
+    }
+}
+
+/// Publishes a Warning Event about `reference` (Events are best effort: a failure is logged).
+pub async fn publish_warning(
+    recorder: &Recorder,
+    reference: &ObjectReference,
+    reason: String,
+    mut note: String,
+) {
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason,
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, "failed to publish an Event");
     }
 }

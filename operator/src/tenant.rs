@@ -23,17 +23,21 @@
 //! ClusterRole, see [`crate::rbac`]).
 
 use crate::apply::{apply, apply_status};
-use crate::conditions::tenant_status;
+use crate::conditions::{newly_failed, tenant_status};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::gateway::objects::labels;
 use crate::gateway::{Error, Stores};
+use crate::status::publish_warning;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::events::Recorder;
 use kube::{Resource, ResourceExt};
 use rustronaut_crds::Tenant;
+use rustronaut_crds::conditions::types;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -126,11 +130,15 @@ pub fn admin_binding(t: &Tenant, namespace: &str) -> Option<Value> {
     }))
 }
 
+/// A Tenant's status to write: name, body, reference, Events (reason, message).
+type StatusWrite = (String, Value, ObjectReference, Vec<(String, String)>);
+
 /// Everything one pass wants, computed from the caches.
 #[derive(Default)]
 struct Plan {
-    /// Tenant name -> new status (only where it differs).
-    statuses: Vec<(String, Value)>,
+    /// Tenant name -> new status (only where it differs), its reference and the
+    /// (reason, message) of conditions that just failed (Warning Events).
+    statuses: Vec<StatusWrite>,
     /// Namespace label intents to apply (namespace -> intent).
     labels: Vec<(String, Value)>,
     /// Generated objects: (kind, namespace, name) -> intent.
@@ -148,10 +156,17 @@ fn plan(stores: &Stores, now: &Time) -> Plan {
         let name = t.name_any();
         let status = tenant_status(&world, &claims, t, now);
         if t.status.as_ref() != Some(&status) {
+            let previous = t.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+            let events = newly_failed(previous, &status.conditions, &[types::ACCEPTED])
+                .into_iter()
+                .map(|c| (c.reason.clone(), c.message.clone()))
+                .collect();
             plan.statuses.push((
                 name.clone(),
                 json!({"apiVersion": Tenant::api_version(&()), "kind": Tenant::kind(&()),
                        "status": status}),
+                t.object_ref(&()),
+                events,
             ));
         }
     }
@@ -223,9 +238,14 @@ pub async fn pass(
     let mut first_error: Option<Error> = None;
 
     let tenants: Api<Tenant> = Api::all(client.clone());
-    for (name, body) in &plan.statuses {
+    let recorder = Recorder::new(client.clone(), ctx.reporter.clone());
+    for (name, body, reference, events) in &plan.statuses {
         match apply_status(&tenants, name, body).await {
-            Ok(_) => {}
+            Ok(_) => {
+                for (reason, message) in events {
+                    publish_warning(&recorder, reference, reason.clone(), message.clone()).await;
+                }
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(source) => {
                 first_error.get_or_insert(Error::ObjectStatus {

@@ -192,6 +192,26 @@ fn decide(s: &Snapshot, ns: &str, name: &str, ip: &str) -> Effect {
     evaluate(&set, &request, std::time::SystemTime::now(), "test").effect
 }
 
+/// Waits for a Warning Event with `reason` about the object named `name`.
+async fn warning_about(client: &kube::Client, ns: &str, name: &str, reason: &str) {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("a Warning {reason} Event about {name}"), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.type_.as_deref() == Some("Warning")
+                        && e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                })
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_and_object_status() {
     let client = rustronaut_e2e::client().await;
@@ -307,6 +327,8 @@ async fn tenants_and_object_status() {
         message.contains(&shared) && message.contains(&older),
         "names the namespace and its holder: {message}"
     );
+    // Events of cluster-scoped objects go to the default namespace.
+    warning_about(&client, "default", &younger, "NamespaceClaimed").await;
     let (status, ..) = eventually("the older Tenant Accepted", || {
         let tenants = tenants.clone();
         let older = older.clone();
@@ -432,6 +454,7 @@ async fn tenants_and_object_status() {
         "{message}"
     );
     assert!(message.contains("outsider-allowed"), "{message}");
+    warning_about(&client, &apps, "office", "TestFailed").await;
     let (status, reason, message) = policy_cond(&policies, "office", "ResolvedRefs")
         .await
         .unwrap();
