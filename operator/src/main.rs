@@ -1,5 +1,9 @@
-//! `rustronaut-operator`: parses flags, wires the Gateway controller, leader election, the
+//! `rustronaut-operator`: parses flags, wires the controllers, leader election, the
 //! metrics/health server and signal handling. The logic lives in the library.
+//!
+//! `GatewayController::run` runs the Gateway controller together with the Tenant controller
+//! and the Resource/Policy status pass: they share its caches, so all three start and stop
+//! together under the one Lease.
 
 use clap::Parser;
 use prometheus_client::registry::Registry;
@@ -16,7 +20,8 @@ const POD_NAME_ENV: &str = "POD_NAME";
 /// Environment variable with the operator's namespace (the Downward API), where its Lease is.
 const POD_NAMESPACE_ENV: &str = "POD_NAMESPACE";
 
-/// The rustronaut operator: reconciles Gateways into their snapshot and workload.
+/// The rustronaut operator: reconciles Gateways into their snapshot and workload, Tenants into
+/// claims and namespace isolation, and the status of Resources and Policies.
 #[derive(Debug, Parser)]
 #[command(name = "rustronaut-operator", version)]
 struct Args {

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// Labels of the reconcile counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
-    /// `Tenant`, `Gateway`, `Resource` or `Policy`.
+    /// `Gateway`, `Tenant` (a Tenant pass) or `ResourcePolicyStatus` (a status pass).
     pub kind: String,
 }
 
