@@ -88,3 +88,85 @@ pub async fn drive<F, Fut>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn runs_at_start_and_once_per_burst_then_stops() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let resyncs = Arc::new(AtomicU32::new(0));
+        let (mut tx, rx) = mpsc::channel(1);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(drive(
+            "Test",
+            Arc::new(Metrics::default()),
+            rx,
+            async move {
+                let _ = stopped.await;
+            },
+            {
+                let runs = runs.clone();
+                let resyncs = resyncs.clone();
+                move |resync| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    if resync {
+                        resyncs.fetch_add(1, Ordering::SeqCst);
+                    }
+                    async { Ok(()) }
+                }
+            },
+        ));
+        tokio::time::sleep(DEBOUNCE * 3).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "one pass at start");
+        assert_eq!(
+            resyncs.load(Ordering::SeqCst),
+            1,
+            "the first pass is a full one"
+        );
+        // A burst of pokes is one pass.
+        for _ in 0..5 {
+            let _ = tx.try_send(());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(DEBOUNCE * 3).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "one pass per burst");
+        assert_eq!(resyncs.load(Ordering::SeqCst), 1, "a poke is not a resync");
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops on shutdown")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_pass_retries_without_a_poke() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let (_tx, rx) = mpsc::channel(1);
+        let task = tokio::spawn(drive(
+            "Test",
+            Arc::new(Metrics::default()),
+            rx,
+            std::future::pending(),
+            {
+                let runs = runs.clone();
+                move |_| {
+                    let n = runs.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n == 0 {
+                            Err(Error::CacheDropped("test"))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                }
+            },
+        ));
+        // The first retry comes after backoff(1) = 2s (+ the debounce).
+        tokio::time::sleep(backoff(1) + DEBOUNCE * 3).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        task.abort();
+    }
+}
