@@ -39,6 +39,11 @@ up)
 	echo "export PATH=$bin:\$PATH"
 	;;
 down)
+	# Processes `make demo` started (operator, gateway, upstream), if any.
+	if [ -f "$dir/demo.pids" ]; then
+		while read -r p; do kill "$p" 2>/dev/null || true; done <"$dir/demo.pids"
+		rm -f "$dir/demo.pids"
+	fi
 	if [ -x "$supervisor" ]; then
 		"$supervisor" down --dir "$dir/run"
 	elif [ -f "$dir/run/supervisor.pid" ]; then

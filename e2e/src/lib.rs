@@ -13,6 +13,7 @@
 
 pub mod controlplane;
 pub mod pki;
+pub mod scenario;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
