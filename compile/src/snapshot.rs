@@ -249,6 +249,67 @@ pub fn admitted_tenants(world: &World, gateway: &Gateway, claims: &Claims) -> BT
     }
 }
 
+/// Which identity providers of `t` lack Secret material (a missing Secret or key, a CA
+/// bundle without certificates), with a message each: such a provider is left out of every
+/// snapshot, and the Tenant's `ResolvedRefs` condition names it.
+pub fn missing_idp_secrets(
+    t: &rustronaut_crds::Tenant,
+    secrets: &dyn SecretSource,
+) -> BTreeMap<String, String> {
+    let ns = t.spec.admin_namespace().unwrap_or_default();
+    let describe = |name: &str, key: Option<&str>| match (secrets.data(ns, name), key) {
+        (Some(_), Some(key)) => format!("Secret {ns}/{name} has no key {key}"),
+        _ => format!("Secret {ns}/{name} not found"),
+    };
+    let need = |name: &str, key: &str| -> Result<String, String> {
+        secrets
+            .get(ns, name, key)
+            .ok_or_else(|| describe(name, Some(key)))
+    };
+    let mut out = BTreeMap::new();
+    for idp in &t.spec.identity_providers {
+        let result: Result<(), String> = (|| {
+            if let Some(o) = &idp.oidc {
+                let r = &o.client_secret_ref;
+                need(&r.name, r.key.as_deref().unwrap_or("clientSecret"))?;
+            }
+            if let Some(r) = idp.jwt.as_ref().and_then(|j| j.jwks_secret_ref.as_ref()) {
+                need(&r.name, r.key.as_deref().unwrap_or("jwks.json"))?;
+            }
+            if let Some(c) = &idp.client_certificate {
+                for r in &c.ca_certificate_refs {
+                    let key = r.key.as_deref().unwrap_or("ca.crt");
+                    let pem = need(&r.name, key)?;
+                    match parse_pem_certificates(&pem) {
+                        Ok(certs) if !certs.is_empty() => {}
+                        Ok(_) => {
+                            return Err(format!(
+                                "Secret {ns}/{} key {key} holds no certificate",
+                                r.name
+                            ));
+                        }
+                        Err(e) => {
+                            return Err(format!("Secret {ns}/{} key {key}: {e}", r.name));
+                        }
+                    }
+                }
+            }
+            if let Some(a) = &idp.api_key {
+                for r in &a.secret_refs {
+                    if secrets.data(ns, &r.name).is_none() {
+                        return Err(describe(&r.name, None));
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(message) = result {
+            out.insert(idp.name.clone(), message);
+        }
+    }
+    out
+}
+
 struct Builder<'a> {
     world: &'a World,
     gateway: &'a Gateway,
@@ -706,62 +767,9 @@ impl Builder<'_> {
         }
         out
     }
-
     /// Which identity providers of `t` lack Secret material, with a message each.
     fn missing_secrets(&self, t: &rustronaut_crds::Tenant) -> BTreeMap<String, String> {
-        let ns = t.spec.admin_namespace().unwrap_or_default();
-        let secrets = self.inputs.secrets;
-        let describe = |name: &str, key: Option<&str>| match (secrets.data(ns, name), key) {
-            (Some(_), Some(key)) => format!("Secret {ns}/{name} has no key {key}"),
-            _ => format!("Secret {ns}/{name} not found"),
-        };
-        let need = |name: &str, key: &str| -> Result<String, String> {
-            secrets
-                .get(ns, name, key)
-                .ok_or_else(|| describe(name, Some(key)))
-        };
-        let mut out = BTreeMap::new();
-        for idp in &t.spec.identity_providers {
-            let result: Result<(), String> = (|| {
-                if let Some(o) = &idp.oidc {
-                    let r = &o.client_secret_ref;
-                    need(&r.name, r.key.as_deref().unwrap_or("clientSecret"))?;
-                }
-                if let Some(r) = idp.jwt.as_ref().and_then(|j| j.jwks_secret_ref.as_ref()) {
-                    need(&r.name, r.key.as_deref().unwrap_or("jwks.json"))?;
-                }
-                if let Some(c) = &idp.client_certificate {
-                    for r in &c.ca_certificate_refs {
-                        let key = r.key.as_deref().unwrap_or("ca.crt");
-                        let pem = need(&r.name, key)?;
-                        match parse_pem_certificates(&pem) {
-                            Ok(certs) if !certs.is_empty() => {}
-                            Ok(_) => {
-                                return Err(format!(
-                                    "Secret {ns}/{} key {key} holds no certificate",
-                                    r.name
-                                ));
-                            }
-                            Err(e) => {
-                                return Err(format!("Secret {ns}/{} key {key}: {e}", r.name));
-                            }
-                        }
-                    }
-                }
-                if let Some(a) = &idp.api_key {
-                    for r in &a.secret_refs {
-                        if secrets.data(ns, &r.name).is_none() {
-                            return Err(describe(&r.name, None));
-                        }
-                    }
-                }
-                Ok(())
-            })();
-            if let Err(message) = result {
-                out.insert(idp.name.clone(), message);
-            }
-        }
-        out
+        missing_idp_secrets(t, self.inputs.secrets)
     }
 
     /// The contract tenant `name`, without the identity providers whose Secrets are missing.

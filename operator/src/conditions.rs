@@ -21,7 +21,8 @@
 //!   Secret), `TestsPassed` (the embedded tests against the whole effective set; False names
 //!   the first failing test), `Ready`.
 //! - Tenant: `Accepted` (False: `NamespaceClaimed`/`DomainClaimed` naming the holder, or
-//!   `Invalid`), `Ready`, usage counts.
+//!   `Invalid`), `ResolvedRefs` (False/`SecretNotFound` naming identity providers whose
+//!   Secrets are missing), `Ready`, usage counts.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
@@ -575,8 +576,16 @@ pub fn tests_by_policy(outcomes: Vec<TestOutcome>) -> BTreeMap<String, Vec<TestO
     out
 }
 
-/// The status of Tenant `t`: its claims and validity, and what it uses.
-pub fn tenant_status(world: &World, claims: &Claims, t: &Tenant, now: &Time) -> TenantStatus {
+/// The status of Tenant `t`: its claims and validity, its identity providers' Secrets
+/// (`missing`: provider -> what is missing, from `snapshot::missing_idp_secrets`), and what
+/// it uses.
+pub fn tenant_status(
+    world: &World,
+    claims: &Claims,
+    t: &Tenant,
+    missing: &BTreeMap<String, String>,
+    now: &Time,
+) -> TenantStatus {
     let name = t.name_any();
     let generation = t.metadata.generation;
     let previous = t.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
@@ -643,7 +652,27 @@ pub fn tenant_status(world: &World, claims: &Claims, t: &Tenant, now: &Time) -> 
                 .count(),
         ),
     };
-    let parts = [accepted];
+    let mut refs = Findings::default();
+    for (idp, message) in missing {
+        refs.add(
+            reasons::SECRET_NOT_FOUND,
+            format!("identity provider {idp}: {message}; Policies naming it fail closed"),
+        );
+    }
+    let resolved = refs.condition(
+        previous,
+        now,
+        generation,
+        types::RESOLVED_REFS,
+        (
+            reasons::RESOLVED,
+            format!(
+                "the Secrets of {} identity provider(s) resolve",
+                t.spec.identity_providers.len()
+            ),
+        ),
+    );
+    let parts = [accepted, resolved];
     let ready = ready(previous, now, generation, &parts);
     let mut conditions = parts.to_vec();
     conditions.push(ready);
@@ -1031,7 +1060,8 @@ mod tests {
             .push(tenant("c", "2025-03-01T00:00:00Z", &["apps", "capps"], &[]));
         let claims = w.claims();
         let now = time("2026-01-01T00:00:00Z");
-        let c = tenant_status(&w, &claims, &w.tenants[2], &now);
+        let none = BTreeMap::new();
+        let c = tenant_status(&w, &claims, &w.tenants[2], &none, &now);
         let acc = get(&c.conditions, types::ACCEPTED);
         assert_eq!(
             (acc.status.as_str(), acc.reason.as_str()),
@@ -1044,8 +1074,27 @@ mod tests {
         );
         assert_eq!(get(&c.conditions, types::READY).status, "False");
 
-        let a = tenant_status(&w, &claims, &w.tenants[0], &now);
+        let a = tenant_status(&w, &claims, &w.tenants[0], &none, &now);
         assert_eq!(get(&a.conditions, types::ACCEPTED).status, "True");
+        assert_eq!(get(&a.conditions, types::RESOLVED_REFS).status, "True");
+        assert_eq!(get(&a.conditions, types::READY).status, "True");
+        let missing =
+            BTreeMap::from([("okta".to_string(), "Secret apps/okta not found".to_string())]);
+        let broken = tenant_status(&w, &claims, &w.tenants[0], &missing, &now);
+        let r = get(&broken.conditions, types::RESOLVED_REFS);
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", reasons::SECRET_NOT_FOUND)
+        );
+        assert!(
+            r.message.contains("okta") && r.message.contains("apps/okta"),
+            "{}",
+            r.message
+        );
+        assert_eq!(
+            get(&broken.conditions, types::READY).reason,
+            reasons::SECRET_NOT_FOUND
+        );
         let usage = a.usage.unwrap();
         assert_eq!(usage.resources, Some(2), "apps/app and apps/lost");
         assert_eq!(usage.gateways, Some(1));

@@ -467,7 +467,8 @@ impl GatewayController {
         let (st, status_triggers) = mpsc::channel(1);
         let (tn, tenant_triggers) = mpsc::channel(1);
         // Who listens to what: Gateways to everything a snapshot is made of; the status pass
-        // to the same plus Gateways; Tenants to Tenants, what they count, and Namespaces.
+        // to the same plus Gateways; Tenants to Tenants, what they count, Secrets and
+        // Namespaces.
         let everyone = || vec![gw.clone(), st.clone(), tn.clone()];
         let (tenants, s1) = reflect(
             Api::<Tenant>::all(client.clone()),
@@ -485,11 +486,8 @@ impl GatewayController {
             Changes::Spec,
         );
         let snapshot_inputs = || vec![gw.clone(), st.clone()];
-        let (secrets, s4) = reflect(
-            Api::<Secret>::all(client.clone()),
-            snapshot_inputs(),
-            Changes::All,
-        );
+        // Secrets also wake the Tenants: their ResolvedRefs is about identity-provider Secrets.
+        let (secrets, s4) = reflect(Api::<Secret>::all(client.clone()), everyone(), Changes::All);
         let (services, s5) = reflect(
             Api::<Service>::all(client.clone()),
             snapshot_inputs(),

@@ -3,7 +3,8 @@
 //! ```text
 //!  read    the caches -> World + Claims (crds::tenancy::resolve_claims: the oldest claim wins)
 //!  status  conditions::tenant_status: Accepted (False/NamespaceClaimed|DomainClaimed naming the
-//!          holder, or Invalid), Ready, observedGeneration, usage
+//!          holder, or Invalid), ResolvedRefs (identity-provider Secrets), Ready,
+//!          observedGeneration, usage
 //!  apply   per held namespace that exists:
 //!            Namespace      label rustronaut.io/tenant=<tenant> (only that field is applied)
 //!            NetworkPolicy  rustronaut-tenant-isolation: default-deny ingress except from
@@ -36,6 +37,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::events::Recorder;
 use kube::{Resource, ResourceExt};
+use rustronaut_compile::snapshot::missing_idp_secrets;
 use rustronaut_crds::Tenant;
 use rustronaut_crds::conditions::types;
 use serde_json::{Value, json};
@@ -154,13 +156,18 @@ fn plan(stores: &Stores, now: &Time) -> Plan {
             continue;
         }
         let name = t.name_any();
-        let status = tenant_status(&world, &claims, t, now);
+        let missing = missing_idp_secrets(t, stores);
+        let status = tenant_status(&world, &claims, t, &missing, now);
         if t.status.as_ref() != Some(&status) {
             let previous = t.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-            let events = newly_failed(previous, &status.conditions, &[types::ACCEPTED])
-                .into_iter()
-                .map(|c| (c.reason.clone(), c.message.clone()))
-                .collect();
+            let events = newly_failed(
+                previous,
+                &status.conditions,
+                &[types::ACCEPTED, types::RESOLVED_REFS],
+            )
+            .into_iter()
+            .map(|c| (c.reason.clone(), c.message.clone()))
+            .collect();
             plan.statuses.push((
                 name.clone(),
                 json!({"apiVersion": Tenant::api_version(&()), "kind": Tenant::kind(&()),

@@ -242,7 +242,10 @@ async fn tenants_and_object_status() {
         json!({
             "apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant",
             "metadata": {"name": younger},
-            "spec": {"namespaces": [shared]}
+            "spec": {"namespaces": [shared],
+                     "identityProviders": [{"name": "okta", "oidc": {
+                         "issuer": "https://okta.example", "clientID": "rustronaut",
+                         "clientSecretRef": {"name": "okta-client"}}}]}
         }),
     )
     .await;
@@ -589,6 +592,35 @@ async fn tenants_and_object_status() {
         let younger = younger.clone();
         async move {
             tenant_cond(&tenants, &younger, "Accepted")
+                .await
+                .filter(|c| c.0 == "True")
+        }
+    })
+    .await;
+    // Its identity provider's Secret (in its admin namespace, the first it claims) is missing.
+    let (status, reason, message) = tenant_cond(&tenants, &younger, "ResolvedRefs")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SecretNotFound")
+    );
+    assert!(
+        message.contains("okta") && message.contains(&format!("{shared}/okta-client")),
+        "{message}"
+    );
+    let secrets_shared: Api<Secret> = Api::namespaced(client.clone(), &shared);
+    create(
+        &secrets_shared,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "okta-client"},
+               "stringData": {"clientSecret": "s3cret"}}),
+    )
+    .await;
+    eventually("ResolvedRefs once the Secret exists", || {
+        let tenants = tenants.clone();
+        let younger = younger.clone();
+        async move {
+            tenant_cond(&tenants, &younger, "ResolvedRefs")
                 .await
                 .filter(|c| c.0 == "True")
         }
