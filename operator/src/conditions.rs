@@ -35,6 +35,7 @@ use rustronaut_crds::policy::{PolicyStatus, PolicyTargetStatus};
 use rustronaut_crds::resource::{AppliedPolicy, ResourceStatus};
 use rustronaut_crds::tenancy::{Claims, policy_targets};
 use rustronaut_crds::tenant::{Quotas, TenantStatus};
+use rustronaut_crds::validate::hostname_within;
 use rustronaut_crds::{Policy, Resource, Tenant};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -247,11 +248,31 @@ pub fn resource_status(
     let mut programmed = Vec::new();
     let mut not_programmed = Vec::new();
     let tenant = claims.tenant_of(&ns);
-    if tenant.is_none() {
-        accepted.add(
+    match tenant {
+        None => accepted.add(
             reasons::NO_TENANT,
             format!("namespace {ns} belongs to no Tenant"),
-        );
+        ),
+        // Checked here too, not only by the builds, so it is said even when no referenced
+        // Gateway exists.
+        Some(t) => {
+            let domains: Vec<&str> = claims.domains_of(t).collect();
+            for h in &res.spec.hostnames {
+                if !domains.iter().any(|d| hostname_within(h, d)) {
+                    accepted.add(
+                        reasons::HOSTNAME_OUTSIDE_TENANT,
+                        format!(
+                            "{h} is outside the domains tenant {t} holds ({})",
+                            if domains.is_empty() {
+                                "none".to_string()
+                            } else {
+                                domains.join(", ")
+                            }
+                        ),
+                    );
+                }
+            }
+        }
     }
     let mut gateways: Vec<ObjectRef> = Vec::new();
     for r in &res.spec.gateway_refs {
@@ -284,8 +305,9 @@ pub fn resource_status(
                 for p in outcome.problems_of("Resource", &ns, &name) {
                     let message = format!("Gateway {gw}: {}", p.message);
                     if REFUSALS.contains(&p.reason) {
-                        // NoTenant is already said once, without a gateway prefix.
-                        if p.reason != reasons::NO_TENANT {
+                        // Said once above, without a gateway prefix.
+                        let said = [reasons::NO_TENANT, reasons::HOSTNAME_OUTSIDE_TENANT];
+                        if !said.contains(&p.reason) {
                             accepted.add(p.reason, message);
                         }
                     } else {
@@ -909,6 +931,17 @@ mod tests {
         let c = get(&s.conditions, types::ACCEPTED);
         assert_eq!(c.reason, reasons::NOT_ALLOWED_BY_GATEWAY, "{c:?}");
         assert!(c.message.contains("tenant b"), "{}", c.message);
+
+        let mut outside = w.clone();
+        outside.resources[3].spec.hostnames = vec!["x.elsewhere.example".into()];
+        let s = res_status(&outside, &builds(&outside, true), "apps", "lost");
+        let c = get(&s.conditions, types::ACCEPTED);
+        assert_eq!(
+            c.reason,
+            reasons::HOSTNAME_OUTSIDE_TENANT,
+            "even on a missing Gateway"
+        );
+        assert!(c.message.contains("x.elsewhere.example") && c.message.contains("*.a.example"));
 
         let s = res_status(&w, &b, "apps", "lost");
         let c = get(&s.conditions, types::RESOLVED_REFS);
