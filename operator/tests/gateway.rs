@@ -14,10 +14,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use rustronaut_contract::snapshot::{Snapshot, UpstreamKind};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use rustronaut_contract::snapshot::UpstreamKind;
 use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
 use rustronaut_operator::context::Context;
 use rustronaut_operator::gateway::GatewayController;
@@ -25,69 +24,14 @@ use rustronaut_operator::gateway::objects::Settings;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::fmt::Debug;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
+use common::{create, eventually, install_crds, operator_client, snapshot};
 
 const CERT: &str = include_str!("../../contract/tests/fixtures/ca.pem");
 const KEY: &str = include_str!("../../contract/tests/fixtures/ec-p256.pem");
-const TEST_MANAGER: &str = "rustronaut-operator-test";
 const IMAGE: &str = "example.test/rustronaut/gateway:test";
-
-async fn install_crds(client: &kube::Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in rustronaut_crds::generate::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(
-            &name,
-            &PatchParams::apply(TEST_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("the API server refused CRD {name}: {e}"));
-    }
-    for crd in rustronaut_crds::generate::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        eventually(&format!("CRD {name} Established"), || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                let c = crds.get(&name).await.ok()?;
-                c.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
-        .await;
-    }
-}
-
-/// Polls `f` until it yields Some, for up to 60 seconds.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn create<K>(api: &Api<K>, value: Value) -> K
-where
-    K: Clone + DeserializeOwned + serde::Serialize + Debug,
-{
-    let obj: K = serde_json::from_value(value).unwrap();
-    api.create(&PostParams::default(), &obj)
-        .await
-        .unwrap_or_else(|e| panic!("create {obj:?}: {e}"))
-}
 
 async fn patch<K>(api: &Api<K>, name: &str, value: Value) -> K
 where
@@ -96,13 +40,6 @@ where
     api.patch(name, &PatchParams::default(), &Patch::Merge(&value))
         .await
         .unwrap_or_else(|e| panic!("patch {name}: {e}"))
-}
-
-/// The snapshot in `<gw>-snapshot`, if the Secret exists and loads.
-async fn snapshot(secrets: &Api<Secret>, gw: &str) -> Option<Snapshot> {
-    let s = secrets.get_opt(&format!("{gw}-snapshot")).await.ok()??;
-    let bytes = s.data?.get("snapshot.json")?.0.clone();
-    Some(Snapshot::load(&bytes).expect("the operator writes snapshots that load"))
 }
 
 fn condition<'a>(gw: &'a Gateway, type_: &str) -> Option<(&'a str, &'a str, Option<i64>)> {
@@ -132,45 +69,6 @@ fn assert_owned(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
         labels["app.kubernetes.io/managed-by"],
         "rustronaut-operator"
     );
-}
-
-/// Installs the operator's ClusterRole, binds it to the operator's ServiceAccount, and
-/// returns a client impersonating that ServiceAccount.
-async fn operator_client(admin: &kube::Client) -> kube::Client {
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-    let params = PatchParams::apply(TEST_MANAGER).force();
-    let role = rustronaut_operator::rbac::cluster_role();
-    Api::<ClusterRole>::all(admin.clone())
-        .patch(
-            rustronaut_operator::rbac::NAME,
-            &params,
-            &Patch::Apply(&role),
-        )
-        .await
-        .unwrap();
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "rustronaut-operator-test"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": rustronaut_operator::rbac::NAME},
-        "subjects": [{"kind": "ServiceAccount", "name": "rustronaut-operator",
-                      "namespace": "rustronaut-system"}],
-    }))
-    .unwrap();
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .patch("rustronaut-operator-test", &params, &Patch::Apply(&binding))
-        .await
-        .unwrap();
-    rustronaut_e2e::shared()
-        .client_as(
-            "system:serviceaccount:rustronaut-system:rustronaut-operator",
-            &[
-                "system:serviceaccounts",
-                "system:serviceaccounts:rustronaut-system",
-                "system:authenticated",
-            ],
-        )
-        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

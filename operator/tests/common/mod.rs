@@ -1,0 +1,120 @@
+//! Helpers shared by the integration tests: CRDs, polling, the operator's identity.
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use rustronaut_contract::snapshot::Snapshot;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Field manager of what the tests themselves apply.
+pub const TEST_MANAGER: &str = "rustronaut-operator-test";
+
+/// Installs the CRDs and waits until they are Established.
+pub async fn install_crds(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in rustronaut_crds::generate::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(
+            &name,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the API server refused CRD {name}: {e}"));
+    }
+    for crd in rustronaut_crds::generate::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        eventually(&format!("CRD {name} Established"), || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let c = crds.get(&name).await.ok()?;
+                c.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// Polls `f` until it yields Some, for up to 60 seconds.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Creates `value` as a `K`.
+pub async fn create<K>(api: &Api<K>, value: Value) -> K
+where
+    K: Clone + DeserializeOwned + serde::Serialize + Debug,
+{
+    let obj: K = serde_json::from_value(value).unwrap();
+    api.create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("create {obj:?}: {e}"))
+}
+
+/// Installs the operator's ClusterRole and the tenant-admin ClusterRole, binds the first to
+/// the operator's ServiceAccount, and returns a client impersonating that ServiceAccount.
+pub async fn operator_client(admin: &kube::Client) -> kube::Client {
+    let params = PatchParams::apply(TEST_MANAGER).force();
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    for role in [
+        rustronaut_operator::rbac::cluster_role(),
+        rustronaut_operator::rbac::tenant_admin_cluster_role(),
+    ] {
+        roles
+            .patch(&role.name_any(), &params, &Patch::Apply(&role))
+            .await
+            .unwrap();
+    }
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "rustronaut-operator-test"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": rustronaut_operator::rbac::NAME},
+        "subjects": [{"kind": "ServiceAccount", "name": "rustronaut-operator",
+                      "namespace": "rustronaut-system"}],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .patch("rustronaut-operator-test", &params, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+    rustronaut_e2e::shared()
+        .client_as(
+            "system:serviceaccount:rustronaut-system:rustronaut-operator",
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:rustronaut-system",
+                "system:authenticated",
+            ],
+        )
+        .await
+}
+
+/// The snapshot in `<gw>-snapshot`, if the Secret exists and loads.
+pub async fn snapshot(secrets: &Api<Secret>, gw: &str) -> Option<Snapshot> {
+    let s = secrets.get_opt(&format!("{gw}-snapshot")).await.ok()??;
+    let bytes = s.data?.get("snapshot.json")?.0.clone();
+    Some(Snapshot::load(&bytes).expect("the operator writes snapshots that load"))
+}
