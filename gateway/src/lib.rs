@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod authn;
 pub mod balance;
+pub mod framing;
 pub mod health;
 pub mod jwks;
 pub mod kube_source;

@@ -44,6 +44,12 @@ struct Args {
     /// This pod's name (the Downward API's metadata.name); required by --report-status.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+    /// Most header fields in one request (more: 431).
+    #[arg(long, env = "RUSTRONAUT_MAX_HEADERS", default_value_t = 100)]
+    max_headers: usize,
+    /// Most bytes of header names and values in one request (more: 431).
+    #[arg(long, env = "RUSTRONAUT_MAX_HEADER_BYTES", default_value_t = 65536)]
+    max_header_bytes: usize,
     /// OTLP/HTTP collector base URL (http://host:4318): one span per request is exported
     /// to `<url>/v1/traces`. Unset: no tracing.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -258,6 +264,10 @@ fn main() -> anyhow::Result<()> {
         eject_for: Duration::from_secs(args.eject_seconds),
         max_attempts: args.max_attempts.max(1),
         telemetry: telemetry.clone(),
+        header_limits: rustronaut_gateway::framing::Limits {
+            max_headers: args.max_headers.max(1),
+            max_header_bytes: args.max_header_bytes.max(1024),
+        },
     });
     let opts = server::ServerOptions {
         bind: args.bind_address,

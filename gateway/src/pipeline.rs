@@ -46,6 +46,8 @@ pub struct RequestFacts<'a, 'h> {
     pub peer: IpAddr,
     /// Verified TLS client certificate chain, leaf first.
     pub client_chain: Option<&'a [CertificateDer<'static>]>,
+    /// Why the header's framing or size is refused ([`crate::framing::check`]), if it is.
+    pub framing: Option<&'a crate::framing::Refusal>,
 }
 
 /// The process-wide pieces the pipeline uses.
@@ -233,6 +235,11 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
         decision_id: env.ids.next_id(),
         ..Record::default()
     };
+
+    // Ambiguous framing or oversized headers: refused before anything reads them.
+    if let Some(r) = facts.framing {
+        return refuse(record, r.status(), r.reason(), Some(r.to_string()));
+    }
 
     // A listener that requires TLS 1.3 refuses requests on older connections (the TLS
     // backend negotiates 1.2 and 1.3 on every listener).
@@ -485,6 +492,7 @@ mod tests {
                 header: &header,
                 peer: "192.0.2.1".parse().unwrap(),
                 client_chain: None,
+                framing: None,
             };
             let env = Env {
                 now: SystemTime::now(),

@@ -74,6 +74,8 @@ pub struct Shared {
     pub max_attempts: usize,
     /// Request spans, when an OTLP endpoint is configured.
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// Header size limits ([`crate::framing`]).
+    pub header_limits: crate::framing::Limits,
 }
 
 /// One listener as bound.
@@ -180,6 +182,7 @@ fn body_for(status: u16) -> &'static str {
         403 => "forbidden",
         404 => "no route",
         429 => "too many requests",
+        431 => "request header fields too large",
         502 => "upstream unreachable",
         503 => "no upstream available",
         _ => "refused",
@@ -271,6 +274,8 @@ impl ProxyHttp for GatewayProxy {
             } else {
                 ""
             };
+            let framing =
+                crate::framing::check(req.version, &req.headers, &self.shared.header_limits).err();
             let chain = ssl
                 .as_ref()
                 .and_then(|d| d.extension.get::<PeerChain>())
@@ -285,6 +290,7 @@ impl ProxyHttp for GatewayProxy {
                 header: &header,
                 peer,
                 client_chain: chain,
+                framing: framing.as_ref(),
             };
             let env = Env {
                 now: SystemTime::now(),
@@ -301,6 +307,11 @@ impl ProxyHttp for GatewayProxy {
         ctx.state = Some(state);
         match verdict.action {
             Action::Respond { status, challenge } => {
+                // A refused request's body is never read: close the connection after the
+                // answer, so unread bytes cannot be taken for a next request.
+                if status == 400 || status == 431 {
+                    session.set_keepalive(None);
+                }
                 self.respond(session, status, challenge, &decision_id)
                     .await?;
                 Ok(true)

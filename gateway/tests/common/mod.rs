@@ -59,6 +59,8 @@ pub fn free_port() -> u16 {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Every request target the upstream received, in order.
+    pub seen: Arc<std::sync::Mutex<Vec<String>>>,
     /// Requests whose path contains `/held` wait for a permit here before answering.
     pub gate: Arc<tokio::sync::Semaphore>,
     _rt: tokio::runtime::Runtime,
@@ -89,11 +91,20 @@ impl Upstream {
             .unwrap_or_else(|e| panic!("binding the upstream on {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         let h = hits.clone();
+        let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let s = seen.clone();
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
             let h = h.clone();
             let g = g.clone();
+            let s = s.clone();
             async move {
                 h.fetch_add(1, Ordering::SeqCst);
+                s.lock().unwrap().push(
+                    req.uri()
+                        .path_and_query()
+                        .map(|p| p.as_str().to_string())
+                        .unwrap_or_default(),
+                );
                 if req.uri().path().contains("/held") {
                     g.acquire().await.unwrap().forget();
                 }
@@ -121,6 +132,7 @@ impl Upstream {
         Self {
             addr,
             hits,
+            seen,
             gate,
             _rt: rt,
         }
