@@ -142,9 +142,15 @@ struct Plan {
     /// (reason, message) of conditions that just failed (Warning Events).
     statuses: Vec<StatusWrite>,
     /// Namespace label intents to apply (namespace -> intent).
-    labels: Vec<(String, Value)>,
+    labels: BTreeMap<String, Value>,
     /// Generated objects: (kind, namespace, name) -> intent.
     objects: BTreeMap<(&'static str, String, String), Value>,
+}
+
+/// A namespace being deleted.
+fn terminating(ns: &Namespace) -> bool {
+    ns.metadata.deletion_timestamp.is_some()
+        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
 }
 
 fn plan(stores: &Stores, now: &Time) -> Plan {
@@ -191,9 +197,13 @@ fn plan(stores: &Stores, now: &Time) -> Plan {
             // Not created yet: the Namespace watch runs another pass when it is.
             continue;
         };
+        if terminating(&namespace) {
+            // Nothing new can be created in it, and everything in it is going anyway.
+            continue;
+        }
         if namespace.labels().get(TENANT_LABEL) != Some(holder) {
             plan.labels
-                .push((ns.clone(), namespace_label(ns, Some(holder))));
+                .insert(ns.clone(), namespace_label(ns, Some(holder)));
         }
         plan.objects.insert(
             ("NetworkPolicy", ns.clone(), NETWORK_POLICY.into()),
@@ -210,6 +220,9 @@ fn plan(stores: &Stores, now: &Time) -> Plan {
         let Some(label) = namespace.labels().get(TENANT_LABEL) else {
             continue;
         };
+        if terminating(&namespace) {
+            continue;
+        }
         let ours = namespace
             .metadata
             .managed_fields
@@ -222,7 +235,7 @@ fn plan(stores: &Stores, now: &Time) -> Plan {
                     .tenant(h)
                     .is_some_and(|t| t.meta().deletion_timestamp.is_none())
             });
-            plan.labels.push((ns.clone(), namespace_label(&ns, holder)));
+            plan.labels.insert(ns.clone(), namespace_label(&ns, holder));
         }
     }
     plan
