@@ -440,7 +440,9 @@ where
                 }
             }
             Ok(watcher::Event::InitDone) => poke(),
-            Ok(watcher::Event::Init) => {}
+            // A re-list: forget what was seen, so objects deleted while the watch was down
+            // are not remembered forever (every object counts as changed once).
+            Ok(watcher::Event::Init) => seen.clear(),
             Err(e) => {
                 tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying")
             }
@@ -965,6 +967,26 @@ async fn publish_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_only_updates_keep_the_fingerprint() {
+        let mut r: RtnResource = serde_json::from_value(serde_json::json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
+            "metadata": {"name": "app", "namespace": "apps", "generation": 1},
+            "spec": {"gatewayRefs": [{"name": "edge"}], "protocol": "HTTP",
+                     "rules": [{"name": "all", "upstreams": [{"service": {"name": "app", "port": 80}}]}]}
+        }))
+        .unwrap();
+        let before = fingerprint(&r);
+        r.status = Some(Default::default());
+        r.metadata.resource_version = Some("42".into());
+        assert_eq!(fingerprint(&r), before, "a status write wakes nobody");
+        r.metadata.labels = Some([("tier".to_string(), "web".to_string())].into());
+        let labelled = fingerprint(&r);
+        assert_ne!(labelled, before, "labels select Policies' targets");
+        r.metadata.generation = Some(2);
+        assert_ne!(fingerprint(&r), labelled, "a spec change");
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
