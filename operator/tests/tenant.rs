@@ -5,7 +5,8 @@
 //! - two Tenants claim one namespace: the younger gets Accepted=False naming the older;
 //! - held namespaces are labelled, isolated by a NetworkPolicy and bound for the admins;
 //!   deleting the Tenant collects the NetworkPolicy (garbage collection) and the label;
-//! - a Resource in a namespace no Tenant owns gets Accepted=False/NoTenant; a served one is
+//! - a Resource in a namespace no Tenant owns gets Accepted=False/NoTenant, one of a tenant
+//!   the Gateway does not admit Accepted=False/NotAllowedByGateway; a served one is
 //!   Programmed naming its Gateway;
 //! - a Policy whose embedded test fails gets TestsPassed=False naming the test; fixed, True;
 //!   targetRefs that match nothing are named under ResolvedRefs;
@@ -115,6 +116,7 @@ async fn tenants_and_object_status() {
     let apps = rustronaut_e2e::namespace(&client, "apps").await;
     let shared = rustronaut_e2e::namespace(&client, "shared").await;
     let unowned = rustronaut_e2e::namespace(&client, "unowned").await;
+    let foreign = rustronaut_e2e::namespace(&client, "foreign").await;
     let domain = format!("{suffix}.example");
     let older = format!("older-{suffix}");
     let younger = format!("younger-{suffix}");
@@ -170,6 +172,23 @@ async fn tenants_and_object_status() {
     create(&resources, resource("app", format!("app.{domain}"))).await;
     let orphans: Api<RtnResource> = Api::namespaced(client.clone(), &unowned);
     create(&orphans, resource("orphan", format!("orphan.{domain}"))).await;
+    // A third Tenant's Resource asks for the Gateway, which admits only its own tenant.
+    let third = format!("third-{suffix}");
+    create(
+        &tenants,
+        json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": third},
+            "spec": {"namespaces": [foreign], "domains": [format!("*.third-{domain}")]}
+        }),
+    )
+    .await;
+    let foreigners: Api<RtnResource> = Api::namespaced(client.clone(), &foreign);
+    create(
+        &foreigners,
+        resource("intruder", format!("x.third-{domain}")),
+    )
+    .await;
     let policies: Api<Policy> = Api::namespaced(client.clone(), &apps);
     let office = |tests: Value| {
         json!({
@@ -304,7 +323,27 @@ async fn tenants_and_object_status() {
     .await;
     assert_eq!(rb.subjects.unwrap()[0].name, format!("admins-{suffix}"));
 
-    // Resources: one served, one in a namespace nobody owns.
+    // Resources: one served, one in a namespace nobody owns, one the Gateway refuses.
+    let (status, reason, message) = eventually("the intruder's NotAllowedByGateway", || {
+        let foreigners = foreigners.clone();
+        async move { resource_cond(&foreigners, "intruder", "Accepted").await }
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "NotAllowedByGateway")
+    );
+    assert!(
+        message.contains(&format!("{apps}/edge")) && message.contains(&third),
+        "{message}"
+    );
+    assert_eq!(
+        resource_cond(&foreigners, "intruder", "Programmed")
+            .await
+            .unwrap()
+            .1,
+        "NotAllowedByGateway"
+    );
     let (status, reason, message) = eventually("the orphan's NoTenant", || {
         let orphans = orphans.clone();
         async move { resource_cond(&orphans, "orphan", "Accepted").await }
@@ -562,8 +601,7 @@ async fn tenants_and_object_status() {
         .await
         .expect("the controllers stop")
         .unwrap();
-    tenants
-        .delete(&younger, &DeleteParams::default())
-        .await
-        .unwrap();
+    for t in [&younger, &third] {
+        tenants.delete(t, &DeleteParams::default()).await.unwrap();
+    }
 }
