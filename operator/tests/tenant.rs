@@ -596,6 +596,22 @@ async fn tenants_and_object_status() {
     .await;
     assert_eq!((status.as_str(), reason.as_str()), ("False", "NoTenant"));
 
+    // Settled: passes write only what differs, so nothing is rewritten without a change.
+    let rv = |r: Option<String>| r.expect("a resourceVersion");
+    let quiet = (
+        rv(resources.get("app").await.unwrap().resource_version()),
+        rv(tenants.get(&younger).await.unwrap().resource_version()),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        quiet,
+        (
+            rv(resources.get("app").await.unwrap().resource_version()),
+            rv(tenants.get(&younger).await.unwrap().resource_version()),
+        ),
+        "a settled world is not rewritten"
+    );
+
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), running)
         .await
