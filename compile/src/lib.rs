@@ -6,6 +6,7 @@
 //!    | convert: CR types -> contract types, secrets via a source  (convert)
 //!    v
 //!  contract: CompiledResource, CompiledPolicy, Tenant -> PolicySet (rustronaut_contract)
+//!    | quota: Resources and Policies over their tenant's quota     (quota)
 //!    | policytest: embedded Policy tests against the whole set    (policytest)
 //!    | snapshot: one Gateway's whole contract::Snapshot            (snapshot)
 //! ```
@@ -16,6 +17,7 @@
 
 pub mod convert;
 pub mod policytest;
+pub mod quota;
 pub mod snapshot;
 pub mod world;
 

@@ -49,12 +49,19 @@ pub fn compile(world: &World) -> Compiled {
         .iter()
         .map(|t| convert::tenant(t, &NoSecrets))
         .collect();
+    // Quotas as the gateways apply them: Resources over quota are not served, Policies over
+    // quota fail closed.
+    let over = crate::quota::over_quota(world, &claims);
     let resources: Vec<CompiledResource> = world
         .resources
         .iter()
         .filter_map(|r| {
             let ns = r.namespace()?;
             let tenant = claims.tenant_of(&ns)?;
+            let key = rustronaut_contract::snapshot::ObjectRef::new(&ns, r.name_any());
+            if over.resources.contains_key(&key) {
+                return None;
+            }
             Some(convert::resource(r, tenant, Vec::new()))
         })
         .collect();
@@ -70,7 +77,12 @@ pub fn compile(world: &World) -> Compiled {
         if !missing.is_empty() {
             missing_targets.push((format!("{ns}/{}", p.name_any()), missing));
         }
-        policies.push(convert::policy(p, tenant, &targets));
+        let mut compiled = convert::policy(p, tenant, &targets);
+        let key = rustronaut_contract::snapshot::ObjectRef::new(&ns, p.name_any());
+        if let Some(message) = over.policies.get(&key) {
+            compiled.unresolved.push(message.clone());
+        }
+        policies.push(compiled);
     }
     let set = PolicySet::compile(&tenants, &resources, &policies);
     Compiled {

@@ -5,8 +5,8 @@
 //!  World + Gateway + GatewayInputs (TLS Secrets, Service endpoints, identity-provider Secrets)
 //!    1. listeners          Gateway.spec.listeners, certificates from `inputs.tls`
 //!    2. admitted tenants   Gateway.spec.tenants: Same | All | Selector
-//!    3. resources          every Resource whose gatewayRefs name this Gateway, of an admitted
-//!                          tenant, hostnames inside the tenant's held domains, on a fitting
+//!    3. resources          every Resource whose gatewayRefs name this Gateway, within its
+//!                          tenant's quota (crate::quota), of an admitted tenant, hostnames inside the tenant's held domains, on a fitting
 //!                          listener; Service upstreams resolved through `inputs.endpoints`
 //!    4. tenants            identity providers with their Secret material (missing: dropped)
 //!    5. policies           of those tenants, targets narrowed to the resources of this gateway
@@ -29,6 +29,7 @@
 //! Pure: no Kubernetes client; the operator gathers the inputs from its reflectors.
 
 use crate::convert::{self, SecretSource};
+use crate::quota::{OverQuota, over_quota};
 use crate::world::World;
 use kube::ResourceExt;
 use rustronaut_contract::identity::cert::{certificate_identity, parse_pem_certificates};
@@ -316,6 +317,7 @@ struct Builder<'a> {
     gw: ObjectRef,
     inputs: &'a GatewayInputs<'a>,
     claims: Claims,
+    over: OverQuota,
     problems: Vec<Problem>,
 }
 
@@ -333,8 +335,10 @@ pub fn gateway_snapshot(
         gw,
         inputs,
         claims: world.claims(),
+        over: OverQuota::default(),
         problems: Vec::new(),
     };
+    b.over = over_quota(world, &b.claims);
     let mut snapshot = Snapshot::new(b.gw.clone());
     if let Some(c) = &gateway.spec.client_ip_detection {
         snapshot.client_ip_detection = cs::ClientIpDetection {
@@ -688,6 +692,10 @@ impl Builder<'_> {
                 );
                 continue;
             };
+            if let Some(message) = self.over.resources.get(&key).cloned() {
+                left_out(self, reasons::QUOTA_EXCEEDED, message);
+                continue;
+            }
             if !admitted.contains(&tenant) {
                 left_out(
                     self,
@@ -946,6 +954,10 @@ impl Builder<'_> {
                         dropped[&name]
                     ));
                 }
+            }
+            if let Some(message) = self.over.policies.get(&key) {
+                reason = reasons::QUOTA_EXCEEDED;
+                compiled.unresolved.push(message.clone());
             }
             if !compiled.unresolved.is_empty() {
                 self.problem(
@@ -1420,6 +1432,52 @@ mod tests {
                 "rules": [{"name": "all", "upstreams": [{"service": {"name": name, "port": 80}}]}]
             }
         }))
+    }
+
+    #[test]
+    fn over_quota_resources_are_left_out_and_policies_fail_closed() {
+        let mut world = examples();
+        world.tenants[0].spec.quotas = Some(rustronaut_crds::tenant::Quotas {
+            resources: Some(2),
+            policies: Some(1),
+            ..Default::default()
+        });
+        let out = build(&world, &secrets()).unwrap();
+        assert_eq!(out.snapshot.validate(), Ok(()));
+        // No creationTimestamps in files: namespace/name order decides.
+        assert_eq!(
+            names(&out.snapshot.resources, |r| r.name.clone()),
+            ["grafana", "postgres"]
+        );
+        let p: Vec<_> = out.problems_of("Resource", "acme-apps", "wiki").collect();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            (p[0].reason, p[0].impact),
+            (reasons::QUOTA_EXCEEDED, Impact::LeftOut)
+        );
+        assert!(
+            p[0].message.contains("spec.quotas.resources"),
+            "{}",
+            p[0].message
+        );
+        let mut policies: Vec<_> = out.snapshot.policies.iter().collect();
+        policies.sort_by_key(|p| (p.namespace.clone(), p.name.clone()));
+        assert!(
+            policies[0].unresolved.is_empty(),
+            "the first is within quota"
+        );
+        for p in &policies[1..] {
+            assert!(
+                p.unresolved
+                    .iter()
+                    .any(|u| u.contains("spec.quotas.policies")),
+                "{} fails closed, never dropped",
+                p.name
+            );
+            let problem: Vec<_> = out.problems_of("Policy", &p.namespace, &p.name).collect();
+            assert_eq!(problem.last().unwrap().reason, reasons::QUOTA_EXCEEDED);
+            assert_eq!(problem.last().unwrap().impact, Impact::FailsClosed);
+        }
     }
 
     #[test]

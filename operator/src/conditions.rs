@@ -10,13 +10,14 @@
 //! Conditions keep their `lastTransitionTime` while their status holds, so an unchanged world
 //! yields an identical status and the shells write nothing.
 //!
-//! - Resource: `Accepted` (False: `NoTenant`, `NotAllowedByGateway`, `HostnameOutsideTenant`,
-//!   `HostnameConflict`, `InvalidParameters`, `Invalid`), `ResolvedRefs` (False: a missing
+//! - Resource: `Accepted` (False: `NoTenant`, `QuotaExceeded`, `NotAllowedByGateway`,
+//!   `HostnameOutsideTenant`, `HostnameConflict`, `InvalidParameters`, `Invalid`), `ResolvedRefs` (False: a missing
 //!   Gateway, Service or site, named), `Programmed` (True when in the snapshot of every Gateway
 //!   it references, named), `Reachable` (False/`NoAllowPolicy`: no enforcing Allow Policy
 //!   selects it, so default deny refuses every request), `Ready`; `policies` lists the
 //!   Policies that select it.
-//! - Policy: `Accepted` (False: `NoTenant`, or what `validate::policy` finds), `ResolvedRefs`
+//! - Policy: `Accepted` (False: `NoTenant`, `QuotaExceeded`, or what `validate::policy`
+//!   finds), `ResolvedRefs`
 //!   (False: targetRefs that match no Resource, a missing rule, a missing identity-provider
 //!   Secret), `TestsPassed` (the embedded tests against the whole effective set; False names
 //!   the first failing test), `Ready`.
@@ -26,6 +27,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
+use rustronaut_compile::quota::OverQuota;
 use rustronaut_compile::snapshot::{BuildOutcome, Impact};
 use rustronaut_compile::{TestOutcome, World};
 use rustronaut_contract::snapshot::ObjectRef;
@@ -230,13 +232,14 @@ pub fn applied_policies(
 }
 
 /// The status of Resource `res`; `applied` are the Policies that select it
-/// ([`applied_policies`]).
+/// ([`applied_policies`]), `over` what is beyond its tenant's quota.
 pub fn resource_status(
     world: &World,
     claims: &Claims,
     builds: &Builds,
     res: &Resource,
     applied: &[AppliedPolicy],
+    over: &OverQuota,
     now: &Time,
 ) -> ResourceStatus {
     let ns = res.namespace().unwrap_or_default();
@@ -256,6 +259,9 @@ pub fn resource_status(
         // Checked here too, not only by the builds, so it is said even when no referenced
         // Gateway exists.
         Some(t) => {
+            if let Some(message) = over.resources.get(&ObjectRef::new(&ns, &name)) {
+                accepted.add(reasons::QUOTA_EXCEEDED, message.clone());
+            }
             let domains: Vec<&str> = claims.domains_of(t).collect();
             for h in &res.spec.hostnames {
                 if !domains.iter().any(|d| hostname_within(h, d)) {
@@ -306,7 +312,11 @@ pub fn resource_status(
                     let message = format!("Gateway {gw}: {}", p.message);
                     if REFUSALS.contains(&p.reason) {
                         // Said once above, without a gateway prefix.
-                        let said = [reasons::NO_TENANT, reasons::HOSTNAME_OUTSIDE_TENANT];
+                        let said = [
+                            reasons::NO_TENANT,
+                            reasons::HOSTNAME_OUTSIDE_TENANT,
+                            reasons::QUOTA_EXCEEDED,
+                        ];
                         if !said.contains(&p.reason) {
                             accepted.add(p.reason, message);
                         }
@@ -429,6 +439,8 @@ pub struct PolicyInputs<'a> {
     pub missing_targets: &'a BTreeMap<String, Vec<String>>,
     /// Policy (`namespace/name`) -> its test outcomes (from `policytest::run_all`).
     pub tests: &'a BTreeMap<String, Vec<TestOutcome>>,
+    /// What is beyond its tenant's quota.
+    pub over: &'a OverQuota,
 }
 
 /// The status of Policy `p`.
@@ -451,6 +463,12 @@ pub fn policy_status(inputs: &PolicyInputs<'_>, p: &Policy, now: &Time) -> Polic
             format!("namespace {ns} belongs to no Tenant"),
         ),
         Some(t) => {
+            if let Some(message) = inputs.over.policies.get(&ObjectRef::new(&ns, &name)) {
+                accepted.add(
+                    reasons::QUOTA_EXCEEDED,
+                    format!("{message}; this Policy fails closed"),
+                );
+            }
             for problem in rustronaut_crds::validate::policy(&p.spec, &t.spec) {
                 accepted.add(
                     problem.reason,
@@ -837,6 +855,7 @@ mod tests {
             builds,
             r,
             applied,
+            &rustronaut_compile::quota::over_quota(world, &claims),
             &time("2026-01-01T00:00:00Z"),
         )
     }
@@ -951,6 +970,32 @@ mod tests {
     }
 
     #[test]
+    fn quotas_refuse_the_youngest() {
+        let mut w = world();
+        w.tenants[0].spec.quotas = Some(Quotas {
+            resources: Some(1),
+            policies: Some(0),
+            ..Default::default()
+        });
+        w.policies.push(policy("apps", "p", &["app"], json!([])));
+        let b = builds(&w, true);
+        // Same creationTimestamp: name order decides; "app" is kept, "lost" is over.
+        let kept = res_status(&w, &b, "apps", "app");
+        assert_eq!(get(&kept.conditions, types::ACCEPTED).status, "True");
+        let s = res_status(&w, &b, "apps", "lost");
+        let c = get(&s.conditions, types::ACCEPTED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reasons::QUOTA_EXCEEDED)
+        );
+        assert!(c.message.contains("spec.quotas.resources"), "{}", c.message);
+        let p = pol_status(&w, "p");
+        let c = get(&p.conditions, types::ACCEPTED);
+        assert_eq!(c.reason, reasons::QUOTA_EXCEEDED);
+        assert!(c.message.contains("fails closed"), "{}", c.message);
+    }
+
+    #[test]
     fn transition_times_hold_while_the_status_holds() {
         let w = world();
         let b = builds(&w, true);
@@ -958,7 +1003,15 @@ mod tests {
         let mut w2 = w.clone();
         w2.resources[0].status = Some(first.clone());
         let r = &w2.resources[0];
-        let again = resource_status(&w2, &w2.claims(), &b, r, &[], &time("2026-02-01T00:00:00Z"));
+        let again = resource_status(
+            &w2,
+            &w2.claims(),
+            &b,
+            r,
+            &[],
+            &OverQuota::default(),
+            &time("2026-02-01T00:00:00Z"),
+        );
         assert_eq!(
             again, first,
             "an unchanged world yields an identical status"
@@ -969,6 +1022,7 @@ mod tests {
             &builds(&w2, false),
             r,
             &[],
+            &OverQuota::default(),
             &time("2026-02-01T00:00:00Z"),
         );
         assert_eq!(
@@ -993,6 +1047,7 @@ mod tests {
             builds: &b,
             missing_targets: &missing,
             tests: &tests,
+            over: &rustronaut_compile::quota::over_quota(w, &claims),
         };
         let p = w.policies.iter().find(|p| p.name_any() == name).unwrap();
         policy_status(&inputs, p, &time("2026-01-01T00:00:00Z"))

@@ -73,6 +73,7 @@ pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
             );
         }
         let applied = applied_policies(&world, &claims);
+        let over = rustronaut_compile::quota::over_quota(&world, &claims);
         let resources: Vec<Write<_>> = world
             .resources
             .iter()
@@ -80,7 +81,7 @@ pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
             .filter_map(|r| {
                 let key = (r.namespace().unwrap_or_default(), r.name_any());
                 let policies = applied.get(&key).map_or(&[][..], |v| &v[..]);
-                let status = resource_status(&world, &claims, &builds, r, policies, &now);
+                let status = resource_status(&world, &claims, &builds, r, policies, &over, &now);
                 (r.status.as_ref() != Some(&status)).then(|| Write {
                     namespace: r.namespace().unwrap_or_default(),
                     name: r.name_any(),
@@ -100,6 +101,7 @@ pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
             builds: &builds,
             missing_targets: &missing,
             tests: &tests,
+            over: &over,
         };
         let policies: Vec<Write<_>> = world
             .policies
