@@ -6,7 +6,8 @@
 //! - held namespaces are labelled, isolated by a NetworkPolicy and bound for the admins;
 //!   deleting the Tenant collects the NetworkPolicy (garbage collection) and the label;
 //! - a Resource in a namespace no Tenant owns gets Accepted=False/NoTenant, one of a tenant
-//!   the Gateway does not admit Accepted=False/NotAllowedByGateway; a served one is
+//!   the Gateway does not admit Accepted=False/NotAllowedByGateway, one over its tenant's
+//!   quota Accepted=False/QuotaExceeded (and is not served); a served one is
 //!   Programmed naming its Gateway;
 //! - a Policy whose embedded test fails gets TestsPassed=False naming the test; fixed, True;
 //!   targetRefs that match nothing are named under ResolvedRefs;
@@ -128,7 +129,8 @@ async fn tenants_and_object_status() {
             "apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant",
             "metadata": {"name": older},
             "spec": {"namespaces": [apps, shared], "domains": [format!("*.{domain}")],
-                     "admins": {"groups": [format!("admins-{suffix}")]}}
+                     "admins": {"groups": [format!("admins-{suffix}")]},
+                     "quotas": {"resources": 1}}
         }),
     )
     .await;
@@ -379,6 +381,26 @@ async fn tenants_and_object_status() {
     );
     assert!(message.contains("app:80"), "{message}");
 
+    // Quota: the tenant may have one Resource; a second, younger one is refused.
+    create(&resources, resource("extra", format!("extra.{domain}"))).await;
+    let (status, reason, message) = eventually("the extra Resource's QuotaExceeded", || {
+        let resources = resources.clone();
+        async move { resource_cond(&resources, "extra", "Accepted").await }
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "QuotaExceeded")
+    );
+    assert!(message.contains("spec.quotas.resources"), "{message}");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &apps);
+    let s = snapshot(&secrets, "edge").await.unwrap();
+    assert!(s.resource(&apps, "extra").is_none() && s.resource(&apps, "app").is_some());
+    resources
+        .delete("extra", &DeleteParams::default())
+        .await
+        .unwrap();
+
     // Policy: the failing test is named; the missing target is named.
     let (status, reason, message) = eventually("TestsPassed=False", || {
         let policies = policies.clone();
@@ -432,7 +454,6 @@ async fn tenants_and_object_status() {
     );
 
     // Deleting the only Allow policy revokes access in the snapshot the gateways load.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &apps);
     let before = eventually("the snapshot with the policy", || {
         let secrets = secrets.clone();
         async move {
