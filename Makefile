@@ -49,3 +49,10 @@ clean: cluster-down ## stop the cluster and remove build output
 .PHONY: bench-tunnel
 bench-tunnel: tools ## tunnel throughput and RSS: hub+connector vs a wireguard-go pair (root)
 	bash tunnel/bench/run.sh
+
+.PHONY: bench-gateway
+bench-gateway: ## gateway HTTP/1.1 req/s vs nginx and HAProxy reverse proxies and direct, same run
+	bash gateway/bench/run.sh
+
+bench: bench-gateway bench-tunnel ## every benchmark that compares with a reference (root; installs nginx, haproxy, h2load, iperf3)
+	cargo bench -p rustronaut-contract --bench evaluate --bench jwt -- --warm-up-time 1 --measurement-time 3

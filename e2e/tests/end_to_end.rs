@@ -197,6 +197,13 @@ fn apply_operator_gateway_curl_and_policy_changes_are_enforced_live() {
             .patch(rustronaut_operator::rbac::NAME, &ssa, &Patch::Apply(&cr))
             .await
             .unwrap();
+        // What a Tenant's admins get in its namespaces (the operator may only bind this).
+        let tenant_admin = rustronaut_operator::rbac::tenant_admin_cluster_role();
+        let name = tenant_admin.metadata.name.clone().unwrap();
+        Api::<ClusterRole>::all(admin.clone())
+            .patch(&name, &ssa, &Patch::Apply(&tenant_admin))
+            .await
+            .unwrap();
         let crb: ClusterRoleBinding = serde_json::from_value(json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": "rustronaut-operator"},

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# HTTP/1.1 throughput of the gateway (enforcing a JWT Allow policy) against nginx and HAProxy
+# as plain reverse proxies, and against no proxy at all, in the same run, alternating.
+#
+#   h2load --h1 ─▶ { direct | nginx proxy | HAProxy | rustronaut-gateway } ─▶ nginx upstream
+#
+# Every proxy gets one worker thread (the machine has 2 cores: one for the proxy, one for
+# h2load and the upstream), keep-alive to the upstream, access logs off. The gateway verifies
+# the token (cached after the first request) and evaluates the policy on every request, and
+# logs one JSON decision line per request; nginx and HAProxy only forward.
+#
+# Usage: gateway/bench/run.sh     ROUNDS=3 REQUESTS=100000 CONNECTIONS=50 by default;
+#        PERF_OUT=/tmp/gw.perf also profiles the gateway (perf report -i /tmp/gw.perf)
+# Needs nginx, haproxy and h2load (nghttp2-client): installed with apt-get when missing.
+set -euo pipefail
+ROUNDS=${ROUNDS:-3}
+N=${REQUESTS:-100000}
+C=${CONNECTIONS:-50}
+NBIG=${BIG_REQUESTS:-2000}
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
+
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+if [ ${#need[@]} -gt 0 ]; then
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+(cd "$repo" && cargo build -q --release -p rustronaut-gateway)
+GW=$CARGO_TARGET_DIR/release/rustronaut-gateway
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+head -c 1048576 /dev/urandom >"$work/big.bin"
+# nginx workers drop to an unprivileged user: let them read the file.
+chmod 755 "$work" && chmod 644 "$work/big.bin"
+cat >"$work/upstream.conf" <<CONF
+worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err;
+events { worker_connections 8192; }
+http { access_log off;
+  server { listen 127.0.0.1:19001; keepalive_requests 1000000;
+    location = /small { return 200 "hello, world\n"; }
+    location = /big { alias $work/big.bin; } } }
+CONF
+cat >"$work/proxy.conf" <<CONF
+worker_processes 1; daemon off; pid $work/proxy.pid; error_log $work/proxy.err;
+events { worker_connections 8192; }
+http { access_log off;
+  upstream backend { server 127.0.0.1:19001; keepalive 128; }
+  server { listen 127.0.0.1:19002; keepalive_requests 1000000;
+    location / { proxy_pass http://backend; proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_buffering on; } } }
+CONF
+cat >"$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:19003
+  default_backend be
+backend be
+  server up 127.0.0.1:19001
+CONF
+
+# The gateway: the standalone example's issuer (DEV-ONLY keys), an Allow for group dev.
+python3 - "$repo/gateway/examples/standalone/snapshot.json" >"$work/snapshot.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+s["listeners"] = [{"name": "http", "port": 19004, "protocol": "HTTP"}]
+s["tenants"][0]["domains"] = ["bench.localhost"]
+r = s["resources"][0]
+r["listeners"] = ["http"]
+r["hostnames"] = ["bench.localhost"]
+r["rules"][0]["upstreams"][0]["kind"]["service"]["addresses"] = ["127.0.0.1:19001"]
+json.dump(s, sys.stdout)
+PY
+TOKEN=$("$repo/gateway/examples/standalone/mint-token.sh" alice dev 86400)
+
+nginx -c "$work/upstream.conf" & pids+=($!)
+nginx -c "$work/proxy.conf" & pids+=($!)
+haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
+"$GW" --snapshot "$work/snapshot.json" --admin-listen 127.0.0.1:19005 --bind-address 127.0.0.1 \
+	--threads 1 >"$work/gateway.log" 2>&1 & gwpid=$!; pids+=($gwpid)
+for _ in $(seq 1 100); do
+	[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19005/readyz)" = 200 ] && break
+	sleep 0.1
+done
+sleep 0.5
+idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$gwpid/status")
+
+declare -A port=([direct]=19001 [nginx]=19002 [haproxy]=19003 [gateway]=19004)
+targets=(direct nginx haproxy gateway)
+run() { # target path requests -> "req/s mean_ms"
+	local out
+	out=$(h2load --h1 -n "$3" -c "$C" -t 1 -H ":authority: bench.localhost" \
+		-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${port[$1]}$2" 2>&1)
+	local ok
+	ok=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' <<<"$out")
+	if [ "$ok" != "$3" ]; then
+		echo "$1 $2: only ${ok:-0} of $3 answered 2xx:" >&2
+		echo "$out" >&2
+		exit 1
+	fi
+	local rps mean
+	rps=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
+	mean=$(awk '/^time for request:/ {print $6}' <<<"$out")
+	echo "$rps $mean"
+}
+# PERF_OUT=file: profile the gateway (perf record -g) during one extra run of small requests.
+if [ -n "${PERF_OUT:-}" ]; then
+	perf record -F 999 -g -p "$gwpid" -o "$PERF_OUT" -- sleep 4 >/dev/null 2>&1 &
+	perfpid=$!
+	sleep 0.3
+	run gateway /small "$N" >/dev/null
+	wait "$perfpid" || true
+fi
+declare -A small big
+for r in $(seq 1 "$ROUNDS"); do
+	for t in "${targets[@]}"; do
+		small[$t]+="$(run "$t" /small "$N") "
+		big[$t]+="$(run "$t" /big "$NBIG") "
+	done
+	echo "round $r done" >&2
+done
+peak_rss=$(awk '/VmHWM/ {print $2}' "/proc/$gwpid/status")
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+field() { # values "rps mean rps mean ..." -> the n-th field of each pair
+	awk -v n="$1" '{for (i = n; i <= NF; i += 2) print $i}'
+}
+printf '\n%s requests x %s connections (small), %s x 1 MiB, %s rounds, median of rounds\n\n' "$N" "$C" "$NBIG" "$ROUNDS"
+echo "| target | small req/s | vs nginx | mean latency | 1 MiB req/s | vs nginx | mean latency |"
+echo "|---|---|---|---|---|---|---|"
+ns=$(field 1 <<<"${small[nginx]}" | median)
+nb=$(field 1 <<<"${big[nginx]}" | median)
+for t in "${targets[@]}"; do
+	s=$(field 1 <<<"${small[$t]}" | median)
+	sl=$(field 2 <<<"${small[$t]}" | median)
+	b=$(field 1 <<<"${big[$t]}" | median)
+	bl=$(field 2 <<<"${big[$t]}" | median)
+	printf '| %s | %.0f | %.2f | %s | %.0f | %.2f | %s |\n' "$t" "$s" "$(echo "$s / $ns" | bc -l)" "$sl" \
+		"$b" "$(echo "$b / $nb" | bc -l)" "$bl"
+done
+printf '\ngateway RSS: idle %s KiB, peak %s KiB\n' "$idle_rss" "$peak_rss"
