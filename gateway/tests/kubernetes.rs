@@ -70,20 +70,6 @@ fn secret(name: &str, snapshot: &[u8]) -> Secret {
     s
 }
 
-/// The admin kubeconfig, impersonating the gateway's ServiceAccount: the gateway process gets
-/// exactly that account's permissions, as in a pod.
-fn impersonating_kubeconfig(admin: &std::path::Path, ns: &str, sa: &str, out: &std::path::Path) {
-    let mut kc: Value = serde_json::from_slice(&std::fs::read(admin).unwrap()).unwrap();
-    let user = &mut kc["users"][0]["user"];
-    user["as"] = json!(format!("system:serviceaccount:{ns}:{sa}"));
-    user["as-groups"] = json!([
-        "system:serviceaccounts",
-        format!("system:serviceaccounts:{ns}"),
-        "system:authenticated"
-    ]);
-    std::fs::write(out, serde_json::to_vec_pretty(&kc).unwrap()).unwrap();
-}
-
 #[test]
 fn snapshot_from_a_secret_is_watched_reported_and_bad_ones_refused() {
     let cluster = rustronaut_e2e::shared();
@@ -159,7 +145,14 @@ fn snapshot_from_a_secret_is_watched_reported_and_bad_ones_refused() {
 
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    impersonating_kubeconfig(cluster.kubeconfig(), &ns, "edge-gateway", &kubeconfig);
+    // The gateway process gets exactly that account's permissions, as in a pod.
+    rustronaut_e2e::scenario::impersonating_kubeconfig(
+        cluster.kubeconfig(),
+        &ns,
+        "edge-gateway",
+        &kubeconfig,
+    )
+    .unwrap();
     let pod = "edge-6f7c9-x2x4q";
     let gw = Gateway::spawn_from_secret(
         &kubeconfig,
