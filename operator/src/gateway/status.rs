@@ -66,7 +66,8 @@ fn condition(o: &Observed<'_>, type_: &str, ok: bool, reason: &str, message: Str
     condition_in(o, previous, type_, ok, reason, message)
 }
 
-/// A condition whose transition time is kept from `previous` while its status holds.
+/// A condition whose transition time is kept from `previous` while its status holds (the
+/// one rule every kind's conditions follow: [`crate::conditions::condition`]).
 fn condition_in(
     o: &Observed<'_>,
     previous: &[Condition],
@@ -75,20 +76,7 @@ fn condition_in(
     reason: &str,
     message: String,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let last = previous
-        .iter()
-        .find(|c| c.type_ == type_)
-        .filter(|c| c.status == status)
-        .map_or_else(|| o.now.clone(), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message,
-        observed_generation: o.generation,
-        last_transition_time: last,
-    }
+    crate::conditions::condition(previous, &o.now, o.generation, type_, ok, reason, message)
 }
 
 /// The addresses of the Service: load-balancer ingress when there is one, else the
