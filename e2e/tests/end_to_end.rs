@@ -9,46 +9,17 @@
 //! docs/benchmarks.md; never asserted against a time).
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use rustronaut_crds::Gateway;
 use rustronaut_e2e::scenario::{self, HOST, LISTENER_PORT, UPSTREAM_PORT};
 use serde_json::json;
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
-const MANAGER: &str = "rustronaut-e2e";
-
-/// A child process killed on drop, its output in a file.
-struct Proc {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, log: std::path::PathBuf) -> Self {
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let child = cmd
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        Self { child, log }
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod support;
+use support::{MANAGER, Proc, kubectl_apply, percentile, wait_for};
 
 /// A tiny HTTP/1.1 upstream on `0.0.0.0:UPSTREAM_PORT` answering 200 with a body naming it.
 fn upstream() {
@@ -116,55 +87,6 @@ fn status(token: Option<&str>) -> u16 {
     String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
 }
 
-fn wait_for(what: &str, logs: &[&Proc], mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !cond() {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = logs.iter().map(|p| p.log()).collect();
-            panic!(
-                "timed out waiting for {what}; logs:\n{}",
-                logs.join("\n---\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn kubectl_apply(cluster: &rustronaut_e2e::TestCluster, yaml: &str) {
-    let mut child = cluster
-        .kubectl()
-        .args([
-            "apply",
-            "--server-side",
-            "--field-manager",
-            MANAGER,
-            "-f",
-            "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 #[test]
 fn apply_operator_gateway_curl_and_policy_changes_are_enforced_live() {
     let cluster = rustronaut_e2e::shared();
@@ -177,115 +99,15 @@ fn apply_operator_gateway_curl_and_policy_changes_are_enforced_live() {
     let ssa = PatchParams::apply(MANAGER).force();
 
     // The operator's namespace, ServiceAccount and RBAC, exactly as shipped.
-    let op_ns = "rustronaut-system";
-    rt.block_on(async {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": op_ns}})).unwrap();
-        Api::<Namespace>::all(admin.clone())
-            .patch(op_ns, &ssa, &Patch::Apply(&ns))
-            .await
-            .unwrap();
-        let sa: ServiceAccount = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": "rustronaut-operator", "namespace": op_ns}}))
-        .unwrap();
-        Api::<ServiceAccount>::namespaced(admin.clone(), op_ns)
-            .patch("rustronaut-operator", &ssa, &Patch::Apply(&sa))
-            .await
-            .unwrap();
-        let cr = rustronaut_operator::rbac::cluster_role();
-        Api::<ClusterRole>::all(admin.clone())
-            .patch(rustronaut_operator::rbac::NAME, &ssa, &Patch::Apply(&cr))
-            .await
-            .unwrap();
-        // What a Tenant's admins get in its namespaces (the operator may only bind this).
-        let tenant_admin = rustronaut_operator::rbac::tenant_admin_cluster_role();
-        let name = tenant_admin.metadata.name.clone().unwrap();
-        Api::<ClusterRole>::all(admin.clone())
-            .patch(&name, &ssa, &Patch::Apply(&tenant_admin))
-            .await
-            .unwrap();
-        let crb: ClusterRoleBinding = serde_json::from_value(json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "rustronaut-operator"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": rustronaut_operator::rbac::NAME},
-            "subjects": [{"kind": "ServiceAccount", "name": "rustronaut-operator",
-                          "namespace": op_ns}]}))
-        .unwrap();
-        Api::<ClusterRoleBinding>::all(admin.clone())
-            .patch("rustronaut-operator", &ssa, &Patch::Apply(&crb))
-            .await
-            .unwrap();
-        let lease = rustronaut_operator::rbac::lease_role(op_ns);
-        Api::<Role>::namespaced(admin.clone(), op_ns)
-            .patch(rustronaut_operator::rbac::NAME, &ssa, &Patch::Apply(&lease))
-            .await
-            .unwrap();
-        let rb: RoleBinding = serde_json::from_value(json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": "rustronaut-operator", "namespace": op_ns},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                        "name": rustronaut_operator::rbac::NAME},
-            "subjects": [{"kind": "ServiceAccount", "name": "rustronaut-operator",
-                          "namespace": op_ns}]}))
-        .unwrap();
-        Api::<RoleBinding>::namespaced(admin.clone(), op_ns)
-            .patch("rustronaut-operator", &ssa, &Patch::Apply(&rb))
-            .await
-            .unwrap();
-    });
-
+    rt.block_on(support::install_operator_rbac(&admin));
     // kubectl apply -f crds/, then the scenario.
-    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    let out = cluster
-        .kubectl()
-        .args(["apply", "--server-side", "--field-manager", MANAGER, "-f"])
-        .arg(&crds)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cluster
-        .kubectl()
-        .args(["wait", "--for=condition=Established", "--timeout=60s"])
-        .args(["crd/tenants.rustronaut.io", "crd/gateways.rustronaut.io"])
-        .args(["crd/resources.rustronaut.io", "crd/policies.rustronaut.io"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::install_crds(cluster);
     upstream();
     let host_ip = scenario::host_ip().expect("a non-loopback address for the EndpointSlice");
     kubectl_apply(cluster, &scenario::demo_manifests(host_ip));
 
     // The operator binary, as its ServiceAccount.
-    let op_kubeconfig = dir.path().join("operator.kubeconfig");
-    scenario::impersonating_kubeconfig(
-        cluster.kubeconfig(),
-        op_ns,
-        "rustronaut-operator",
-        &op_kubeconfig,
-    )
-    .unwrap();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut op_cmd = Command::new(scenario::sibling_binary("rustronaut-operator").unwrap());
-    op_cmd
-        .env("KUBECONFIG", &op_kubeconfig)
-        .env("POD_NAME", "rustronaut-operator-e2e")
-        .env("RUST_LOG", "info")
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .args(["--lease-namespace", op_ns]);
-    let operator = Proc::spawn(op_cmd, dir.path().join("operator.log"));
+    let (operator, _metrics) = support::start_operator(cluster, dir.path());
 
     // The Deployment the operator generated, and one of its (kwok) pods.
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "demo-apps");
