@@ -50,9 +50,15 @@ clean: cluster-down ## stop the cluster and remove build output
 bench-tunnel: tools ## tunnel throughput and RSS: hub+connector vs a wireguard-go pair (root)
 	bash tunnel/bench/run.sh
 
+.PHONY: bench-operator
+bench-operator: tools ## operator at scale: 50 tenants, 1,000 Resources, 1,000 Policies (release build)
+	cargo build --release -p rustronaut-operator --bin rustronaut-operator
+	SCALE_TENANTS=$${SCALE_TENANTS:-50} SCALE_PER_TENANT=$${SCALE_PER_TENANT:-20} SCALE_CHANGES=$${SCALE_CHANGES:-50} \
+	  RUSTRONAUT_TOOLS_BIN=$$($(TOOLS) bindir) cargo test --release -p rustronaut-e2e --test scale -- --nocapture
+
 .PHONY: bench-gateway
 bench-gateway: ## gateway HTTP/1.1 req/s vs nginx and HAProxy reverse proxies and direct, same run
 	bash gateway/bench/run.sh
 
-bench: bench-gateway bench-tunnel ## every benchmark that compares with a reference (root; installs nginx, haproxy, h2load, iperf3)
+bench: bench-gateway bench-tunnel bench-operator ## every benchmark that compares with a reference (root; installs nginx, haproxy, h2load, iperf3)
 	cargo bench -p rustronaut-contract --bench evaluate --bench jwt -- --warm-up-time 1 --measurement-time 3
