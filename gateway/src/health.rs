@@ -1,4 +1,5 @@
-//! Active health checks of the upstream addresses of rules that configure `healthCheck`:
+//! Active health checks of the upstream addresses of rules (HTTP) and Resources (TCP, UDP,
+//! TLSPassthrough) that configure `healthCheck`:
 //! an HTTP `GET <path>` (2xx/3xx is healthy) or, without a path, a TCP connect, every
 //! `intervalMs`, each bounded by `timeoutMs`; `unhealthyThreshold` consecutive failures
 //! take an address out of rotation, `healthyThreshold` successes bring it back.
@@ -9,6 +10,7 @@
 use crate::balance::Health;
 use crate::metrics::{AddressLabel, Metrics};
 use crate::reload::Store;
+use crate::state::L4_RULE;
 use rustronaut_contract::snapshot::HealthCheck;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -73,12 +75,26 @@ pub async fn run(store: Arc<Store>, health: Arc<Health>, metrics: Arc<Metrics>) 
         due.lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|a, _| current.contains(a));
-        for (ri, r) in state.snapshot.resources.iter().enumerate() {
-            for (ui, rule) in r.rules.iter().enumerate() {
-                let Some(hc) = &rule.health_check else {
-                    continue;
-                };
-                let Some(b) = state.balancers.get(&(ri, ui)) else {
+        // HTTP rules carry their own health check; an L4 Resource has one for all its
+        // upstreams, kept under rule index [`L4_RULE`].
+        let checked = state
+            .snapshot
+            .resources
+            .iter()
+            .enumerate()
+            .flat_map(|(ri, r)| {
+                let l4 = r.health_check.as_ref().map(|hc| ((ri, L4_RULE), hc));
+                r.rules
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(ui, rule)| {
+                        rule.health_check.as_ref().map(|hc| ((ri, ui), hc))
+                    })
+                    .chain(l4)
+            });
+        for (key, hc) in checked {
+            {
+                let Some(b) = state.balancers.get(&key) else {
                     continue;
                 };
                 for addr in b.addresses() {

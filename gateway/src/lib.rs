@@ -10,6 +10,9 @@
 //!     upstream_peer:  weighted round robin over healthy addresses (balance, health)
 //!     upstream_request_filter: normalised target, identity headers, X-Forwarded-*
 //!     logging: one JSON decision line + metrics
+//!  client --TCP / TLS / TLSPassthrough / UDP--> l4 (Pingora background service per port):
+//!     PROXY header -> TLS handshake or ClientHello peek -> l4::decide (same evaluator)
+//!     -> close (deny) | balancer pick -> splice bytes / relay datagrams
 //!  admin (own runtime): /healthz /readyz /metrics, snapshot reloader, active health checks,
 //!                       remote JWKS fetching
 //! ```
@@ -24,6 +27,7 @@ pub mod framing;
 pub mod health;
 pub mod jwks;
 pub mod kube_source;
+pub mod l4;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

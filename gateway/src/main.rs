@@ -85,6 +85,20 @@ struct Args {
     /// readiness reports draining).
     #[arg(long, env = "RUSTRONAUT_GRACE_PERIOD_SECONDS", default_value_t = 5)]
     grace_period_seconds: u64,
+    /// Time a new L4 connection has to send its PROXY header and ClientHello, or to complete
+    /// its TLS handshake, in milliseconds.
+    #[arg(
+        long,
+        env = "RUSTRONAUT_L4_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    l4_handshake_timeout_ms: u64,
+    /// A UDP flow silent in both directions this long ends, in milliseconds.
+    #[arg(long, env = "RUSTRONAUT_UDP_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    udp_idle_timeout_ms: u64,
+    /// Most UDP flows per UDP listener; new flows beyond it are dropped.
+    #[arg(long, env = "RUSTRONAUT_UDP_MAX_FLOWS", default_value_t = 10_000)]
+    udp_max_flows: usize,
     /// Seconds the proxy runtimes may take to stop after the grace period.
     #[arg(
         long,
@@ -274,6 +288,12 @@ fn main() -> anyhow::Result<()> {
         threads: args.threads,
         grace_period_seconds: args.grace_period_seconds,
         shutdown_timeout_seconds: args.shutdown_timeout_seconds,
+        l4: rustronaut_gateway::l4::L4Options {
+            handshake_timeout: Duration::from_millis(args.l4_handshake_timeout_ms.max(1)),
+            udp_idle_timeout: Duration::from_millis(args.udp_idle_timeout_ms.max(10)),
+            udp_max_flows: args.udp_max_flows.max(1),
+            ..Default::default()
+        },
     };
     let mut pingora = server::build(&first, &shared, &opts)?;
     drop(first);

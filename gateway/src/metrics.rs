@@ -11,6 +11,9 @@
 //! | `rustronaut_gateway_upstream_ejections_total` | | passive ejections after connect failures |
 //! | `rustronaut_gateway_upstream_up` | `address` | 1/0: the last active health verdict of an address |
 //! | `rustronaut_gateway_jwks_fetches_total` | `result` (`ok`, `failed`) | remote JWKS fetches |
+//! | `rustronaut_gateway_l4_connections_total` | `protocol`, `resource`, `result` | L4 connections and UDP flows: `allowed`, `denied` (policy), `refused` (no route, bad PROXY header or handshake), `unreachable` (allowed, no upstream connected) |
+//! | `rustronaut_gateway_l4_udp_flows` | | UDP flows remembered (allowed and denied) |
+//! | `rustronaut_gateway_l4_udp_flows_dropped_total` | | datagrams of new flows dropped at the flow cap |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,6 +38,17 @@ pub struct DecisionLabels {
     pub effect: &'static str,
     /// The evaluator's reason, or the gateway's (`InvalidCredentials`, `RateLimited`).
     pub reason: &'static str,
+}
+
+/// Labels of `l4_connections_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct L4Labels {
+    /// `TCP`, `TLSPassthrough` or `UDP`.
+    pub protocol: &'static str,
+    /// `namespace/name`, or `-`.
+    pub resource: String,
+    /// `allowed`, `denied`, `refused` or `unreachable`.
+    pub result: &'static str,
 }
 
 /// One-label sets.
@@ -87,6 +101,12 @@ pub struct Metrics {
     pub upstream_up: Family<AddressLabel, Gauge>,
     /// Remote JWKS fetches.
     pub jwks_fetches: Family<ResultLabel, Counter>,
+    /// L4 connections and UDP flows by outcome.
+    pub l4_connections: Family<L4Labels, Counter>,
+    /// UDP flows remembered.
+    pub l4_udp_flows: Gauge,
+    /// Datagrams of new UDP flows dropped at the cap.
+    pub l4_udp_flows_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -108,6 +128,9 @@ impl Metrics {
         let ejections = Counter::default();
         let upstream_up = Family::<AddressLabel, Gauge>::default();
         let jwks_fetches = Family::<ResultLabel, Counter>::default();
+        let l4_connections = Family::<L4Labels, Counter>::default();
+        let l4_udp_flows = Gauge::default();
+        let l4_udp_flows_dropped = Counter::default();
         registry.register(
             "requests",
             "HTTP responses by resource and status",
@@ -153,6 +176,21 @@ impl Metrics {
             "Remote JWKS fetches by result",
             jwks_fetches.clone(),
         );
+        registry.register(
+            "l4_connections",
+            "L4 connections and UDP flows by protocol, resource and result",
+            l4_connections.clone(),
+        );
+        registry.register(
+            "l4_udp_flows",
+            "UDP flows remembered (allowed and denied)",
+            l4_udp_flows.clone(),
+        );
+        registry.register(
+            "l4_udp_flows_dropped",
+            "Datagrams of new UDP flows dropped at the flow cap",
+            l4_udp_flows_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -164,6 +202,9 @@ impl Metrics {
             ejections,
             upstream_up,
             jwks_fetches,
+            l4_connections,
+            l4_udp_flows,
+            l4_udp_flows_dropped,
         }
     }
 

@@ -213,7 +213,7 @@ pub fn identity_summary(id: &Identity) -> String {
 }
 
 /// The rate-limit or hash key of a caller: its strongest credential, else its address.
-fn limit_key(id: &Identity, ip: IpAddr, key: HashKey) -> String {
+pub(crate) fn limit_key(id: &Identity, ip: IpAddr, key: HashKey) -> String {
     if key == HashKey::ClientIdentity {
         if let Some(u) = &id.user {
             return format!("user:{}/{}", u.idp, u.subject);

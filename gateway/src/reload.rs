@@ -14,14 +14,14 @@
 //! ```
 //!
 //! Listeners are bound once at start-up from the first snapshot; a later snapshot that adds,
-//! removes or re-ports an HTTP(S) listener, or switches TLS on or off, is still applied
+//! removes, re-ports or changes the protocol of a listener (HTTP to HTTPS included) is still applied
 //! (routes, policies, certificates, client CAs, upstreams) and a warning says the listener
 //! change needs a restart.
 
 use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
 use crate::state::{BuildError, Compiled};
 use arc_swap::ArcSwapOption;
-use rustronaut_contract::snapshot::{Listener, ListenerProtocol};
+use rustronaut_contract::snapshot::Listener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -85,18 +85,13 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
 }
 
-/// The listener facts that need a rebind when they change.
-fn bound_shape(listeners: &[Listener]) -> Vec<(String, u16, bool)> {
+/// The listener facts that need a rebind when they change: name, port and protocol (HTTP
+/// vs HTTPS included). TLS on a TCP listener is not among them: L4 listeners read it from
+/// the current snapshot per connection.
+fn bound_shape(listeners: &[Listener]) -> Vec<(String, u16, u8)> {
     let mut v: Vec<_> = listeners
         .iter()
-        .filter(|l| matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https))
-        .map(|l| {
-            (
-                l.name.clone(),
-                l.port,
-                l.protocol == ListenerProtocol::Https,
-            )
-        })
+        .map(|l| (l.name.clone(), l.port, l.protocol as u8))
         .collect();
     v.sort();
     v

@@ -1,12 +1,17 @@
 //! Builds the Pingora server: one proxy service per HTTP/HTTPS listener of the first
-//! snapshot, TLS settings from [`crate::tls`].
+//! snapshot, TLS settings from [`crate::tls`]; one [`crate::l4::L4Service`] (a background
+//! service with its own runtime) per TCP, UDP or TLSPassthrough port. TLSPassthrough
+//! listeners with distinct hostnames may share a port: they share one service, which routes
+//! by SNI across them.
 
+use crate::l4::{Kind, L4Service};
 use crate::proxy::{GatewayProxy, ListenerInfo, Shared};
 use crate::state::Compiled;
 use crate::tls::{DynamicClientVerifier, PeerChainCallback, SniResolver};
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
+use pingora::services::background::background_service;
 use rustronaut_contract::snapshot::ListenerProtocol;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,9 +19,19 @@ use std::sync::Arc;
 /// Why the server could not be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The snapshot has no HTTP or HTTPS listener, so there is nothing to bind.
-    #[error("the snapshot has no HTTP or HTTPS listener")]
+    /// The snapshot has no listener, so there is nothing to bind.
+    #[error("the snapshot has no listener")]
     NoListener,
+    /// An L4 port could not be bound.
+    #[error("{protocol} port {port}: {source}")]
+    Bind {
+        /// Protocol.
+        protocol: &'static str,
+        /// Port.
+        port: u16,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// TLS settings could not be created.
     #[error("listener {listener}: {reason}")]
     Tls {
@@ -38,9 +53,12 @@ pub struct ServerOptions {
     pub grace_period_seconds: u64,
     /// Seconds to wait for in-flight requests after that.
     pub shutdown_timeout_seconds: u64,
+    /// Bounds of the L4 listeners.
+    pub l4: crate::l4::L4Options,
 }
 
-/// A Pingora server with every HTTP(S) listener of `first` bound.
+/// A Pingora server with every listener of `first`: L4 ports bound now, HTTP(S) ones when
+/// Pingora starts.
 pub fn build(
     first: &Compiled,
     shared: &Arc<Shared>,
@@ -56,12 +74,32 @@ pub fn build(
         Server::new_with_opt_and_conf(None::<pingora::server::configuration::Opt>, conf);
     let conf = server.configuration.clone();
     let mut any = false;
+    let mut l4_bound: Vec<(Kind, u16)> = Vec::new();
     for l in &first.snapshot.listeners {
         let https = match l.protocol {
             ListenerProtocol::Http => false,
             ListenerProtocol::Https => true,
             other => {
-                tracing::warn!(listener = %l.name, protocol = ?other, "listener protocol not served by this gateway build");
+                let Some(kind) = Kind::of(other) else {
+                    continue;
+                };
+                if l4_bound.contains(&(kind, l.port)) {
+                    continue;
+                }
+                l4_bound.push((kind, l.port));
+                let addr = std::net::SocketAddr::new(opts.bind, l.port);
+                let svc = L4Service::bind(kind, addr, shared.clone(), opts.l4.clone()).map_err(
+                    |source| ServerError::Bind {
+                        protocol: kind.label(),
+                        port: l.port,
+                        source,
+                    },
+                )?;
+                let mut bg = background_service(&format!("{} {}", kind.label(), l.port), svc);
+                bg.threads = Some(opts.threads.max(1));
+                tracing::info!(listener = %l.name, %addr, protocol = kind.label(), "listener bound");
+                server.add_service(bg);
+                any = true;
                 continue;
             }
         };

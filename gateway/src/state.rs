@@ -74,10 +74,22 @@ pub enum BuildError {
         /// Cause.
         reason: String,
     },
-    /// PROXY protocol is requested but this gateway does not parse it; serving anyway would
-    /// fail every connection in a confusing way, so the snapshot is refused loudly.
-    #[error("clientIPDetection.proxyProtocol is not supported by this gateway build")]
-    ProxyProtocolUnsupported,
+    /// PROXY protocol is requested on a gateway with HTTP(S) listeners: L4 listeners parse
+    /// it, the HTTP proxy does not (Pingora 0.9 offers a pre-TLS hook on TLS listeners only,
+    /// none on plain HTTP). Serving anyway would fail every HTTP connection in a confusing
+    /// way, so the snapshot is refused loudly.
+    #[error(
+        "clientIPDetection.proxyProtocol is not supported on HTTP/HTTPS listeners by this gateway build (listener {0})"
+    )]
+    ProxyProtocolUnsupported(String),
+    /// The rustls configuration of a TLS-terminating TCP listener could not be built.
+    #[error("listener {listener}: TLS configuration: {reason}")]
+    TlsConfig {
+        /// Listener.
+        listener: String,
+        /// Cause.
+        reason: String,
+    },
 }
 
 impl BuildError {
@@ -91,8 +103,8 @@ impl BuildError {
             Self::Jwt { .. } => "jwks",
             Self::ApiKey { .. } => "api_key",
             Self::CaBundle { .. } => "ca_bundle",
-            Self::Certificate { .. } => "certificate",
-            Self::ProxyProtocolUnsupported => "unsupported",
+            Self::Certificate { .. } | Self::TlsConfig { .. } => "certificate",
+            Self::ProxyProtocolUnsupported(_) => "unsupported",
         }
     }
 }
@@ -203,9 +215,18 @@ pub struct Compiled {
     /// Client-certificate verifiers by listener name, with whether a certificate is required;
     /// absent: the listener asks for none.
     pub client_verifiers: HashMap<String, (Arc<dyn ClientCertVerifier>, bool)>,
-    /// Balancers by (resource index, rule index).
+    /// Balancers by (resource index, rule index) for HTTP rules; `(resource index,
+    /// [`L4_RULE`])` for the upstreams of a TCP, UDP or TLSPassthrough Resource, so the
+    /// health checks and the balancer lookups treat both alike.
     pub balancers: HashMap<(usize, usize), Balancer>,
+    /// rustls server configurations of the TLS-terminating TCP listeners, by name. Built per
+    /// snapshot, so a certificate, CA or minimum-version change applies to the next
+    /// connection.
+    pub tcp_tls: HashMap<String, Arc<rustls::ServerConfig>>,
 }
+
+/// The rule index under which an L4 Resource's balancer is kept in [`Compiled::balancers`].
+pub const L4_RULE: usize = usize::MAX;
 
 impl Compiled {
     /// Parses, validates and compiles `bytes`.
@@ -215,8 +236,13 @@ impl Compiled {
 
     /// Compiles an already validated snapshot.
     pub fn build(snapshot: Snapshot) -> Result<Self, BuildError> {
-        if snapshot.client_ip_detection.proxy_protocol {
-            return Err(BuildError::ProxyProtocolUnsupported);
+        if snapshot.client_ip_detection.proxy_protocol
+            && let Some(l) = snapshot
+                .listeners
+                .iter()
+                .find(|l| matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https))
+        {
+            return Err(BuildError::ProxyProtocolUnsupported(l.name.clone()));
         }
         let mut tenants = HashMap::new();
         for t in &snapshot.tenants {
@@ -225,7 +251,7 @@ impl Compiled {
         let mut certs = HashMap::new();
         let mut client_verifiers = HashMap::new();
         for l in &snapshot.listeners {
-            if l.protocol != ListenerProtocol::Https {
+            if !matches!(l.protocol, ListenerProtocol::Https | ListenerProtocol::Tcp) {
                 continue;
             }
             if let Some(cc) = &l.client_certificate
@@ -259,9 +285,37 @@ impl Compiled {
                 },
             );
         }
+        let mut tcp_tls = HashMap::new();
+        for l in &snapshot.listeners {
+            if l.protocol != ListenerProtocol::Tcp {
+                continue;
+            }
+            let Some(listener_certs) = certs.get(&l.name) else {
+                continue;
+            };
+            let config = tcp_server_config(
+                listener_certs,
+                client_verifiers.get(&l.name).map(|(v, _)| v.clone()),
+            )
+            .map_err(|reason| BuildError::TlsConfig {
+                listener: l.name.clone(),
+                reason,
+            })?;
+            tcp_tls.insert(l.name.clone(), config);
+        }
         let mut balancers = HashMap::new();
         for (ri, r) in snapshot.resources.iter().enumerate() {
             if r.protocol != ResourceProtocol::Http {
+                if r.upstreams
+                    .iter()
+                    .any(|u| matches!(u.kind, UpstreamKind::Site(_)))
+                {
+                    tracing::warn!(
+                        resource = %r.key(),
+                        "site upstreams (through the tunnel) are not served by this build; they get no traffic"
+                    );
+                }
+                balancers.insert((ri, L4_RULE), Balancer::new(&r.upstreams, r.load_balancing));
                 continue;
             }
             for (ui, rule) in r.rules.iter().enumerate() {
@@ -289,6 +343,34 @@ impl Compiled {
             certs,
             client_verifiers,
             balancers,
+            tcp_tls,
+        })
+    }
+
+    /// The TCP or UDP Resource attached to `listener` on `port`.
+    pub fn resource_for_port(
+        &self,
+        protocol: ResourceProtocol,
+        listener: &str,
+        port: u16,
+    ) -> Option<(usize, &CompiledResource)> {
+        self.snapshot.resources.iter().enumerate().find(|(_, r)| {
+            r.protocol == protocol
+                && r.listeners.iter().any(|l| l == listener)
+                && r.ports.contains(&port)
+        })
+    }
+
+    /// The TLSPassthrough Resource serving `sni` on one of `listeners` (the passthrough
+    /// listeners sharing a port): an exact hostname first, then the longest `*.` wildcard.
+    pub fn resource_for_sni(
+        &self,
+        listeners: &[&str],
+        sni: &str,
+    ) -> Option<(usize, &CompiledResource)> {
+        self.best_by_host(sni, |r| {
+            r.protocol == ResourceProtocol::TlsPassthrough
+                && r.listeners.iter().any(|l| listeners.contains(&l.as_str()))
         })
     }
 
@@ -299,9 +381,22 @@ impl Compiled {
         listener: &str,
         host: &str,
     ) -> Option<(usize, &CompiledResource)> {
-        let candidates = self.snapshot.resources.iter().enumerate().filter(|(_, r)| {
+        self.best_by_host(host, |r| {
             r.protocol == ResourceProtocol::Http && r.listeners.iter().any(|l| l == listener)
-        });
+        })
+    }
+
+    fn best_by_host(
+        &self,
+        host: &str,
+        eligible: impl Fn(&CompiledResource) -> bool,
+    ) -> Option<(usize, &CompiledResource)> {
+        let candidates = self
+            .snapshot
+            .resources
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| eligible(r));
         let mut best: Option<(usize, usize, &CompiledResource)> = None;
         for (i, r) in candidates {
             for h in &r.hostnames {
@@ -408,6 +503,44 @@ pub fn client_verifier(
         builder
     };
     builder.build().map_err(|e| e.to_string())
+}
+
+/// The rustls configuration of a TLS-terminating TCP listener: its certificates by SNI,
+/// its client-certificate verifier (if any), the listener's minimum version enforced in
+/// the handshake itself (there is no request phase to refuse in later, unlike HTTPS).
+fn tcp_server_config(
+    certs: &ListenerCerts,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let versions: &[&rustls::SupportedProtocolVersion] = match certs.min_version {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .map_err(|e| e.to_string())?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let resolver = StaticSni(ListenerCerts {
+        certs: certs.certs.clone(),
+        min_version: certs.min_version,
+    });
+    Ok(Arc::new(builder.with_cert_resolver(Arc::new(resolver))))
+}
+
+/// SNI selection over one snapshot's certificates (the snapshot owns the configuration,
+/// so no store lookup is needed, unlike the HTTPS listeners' [`crate::tls::SniResolver`]).
+#[derive(Debug)]
+struct StaticSni(ListenerCerts);
+
+impl rustls::server::ResolvesServerCert for StaticSni {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.select(hello.server_name())
+    }
 }
 
 fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, String> {

@@ -292,13 +292,16 @@ impl Gateway {
         }
     }
 
-    /// Waits until /readyz is 200 and every listener of `snapshot` accepts connections.
+    /// Waits until /readyz is 200, every HTTP(S) listener of `snapshot` accepts
+    /// connections and the process says it is serving (L4 ports are bound before that line,
+    /// so they are not probed: a probe would be a connection the tests would have to count).
     pub fn wait_ready(&self, snapshot: &Value) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let ports: Vec<u16> = snapshot["listeners"]
             .as_array()
             .unwrap()
             .iter()
+            .filter(|l| l["protocol"] == "HTTP" || l["protocol"] == "HTTPS")
             .map(|l| l["port"].as_u64().unwrap() as u16)
             .collect();
         loop {
@@ -306,7 +309,8 @@ impl Gateway {
                 && self.admin_get("/readyz").0 == 200
                 && ports
                     .iter()
-                    .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok());
+                    .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                && self.log().contains("\"message\":\"serving\"");
             if ready {
                 return;
             }

@@ -1,0 +1,608 @@
+//! L4 listeners over real loopback sockets: TCP (plain and TLS-terminated with client
+//! certificates), TLS passthrough by SNI, UDP flows, PROXY protocol v1/v2, and reloads.
+//! Every denial is checked at the upstream too: it counts the connections or datagrams it
+//! received, so "closed" also means "nothing got through".
+
+mod common;
+
+use common::*;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NS: &str = "acme-apps";
+
+/// A TCP echo server (optionally TLS) counting the connections it accepted.
+struct Echo {
+    addr: SocketAddr,
+    conns: Arc<AtomicUsize>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Echo {
+    fn start(tls: Option<(String, String)>) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let acceptor = tls.map(|(chain, key)| {
+            let certs = CertificateDer::pem_slice_iter(chain.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
+        let c = conns.clone();
+        rt.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match acceptor {
+                        Some(a) => {
+                            if let Ok(s) = a.accept(tcp).await {
+                                echo(s).await;
+                            }
+                        }
+                        None => echo(tcp).await,
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            conns,
+            _rt: rt,
+        }
+    }
+
+    fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+}
+
+async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A UDP echo server counting datagrams and recording their sources.
+struct UdpEcho {
+    addr: SocketAddr,
+    sources: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl UdpEcho {
+    fn start() -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let sources: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+        let s = sources.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                s.lock().unwrap().push(from);
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        });
+        Self { addr, sources }
+    }
+
+    fn count(&self) -> usize {
+        self.sources.lock().unwrap().len()
+    }
+}
+
+/// A snapshot with the given listeners, resources and policies for tenant acme.
+fn snapshot(listeners: Value, resources: Value, policies: Value, idps: Value) -> Value {
+    json!({
+        "schemaVersion": 1,
+        "gateway": {"namespace": "rtn-system", "name": "edge"},
+        "listeners": listeners,
+        "tenants": [{"name": "acme", "domains": ["*.acme.test"], "identityProviders": idps}],
+        "resources": resources,
+        "policies": policies,
+    })
+}
+
+fn service(addr: SocketAddr) -> Value {
+    json!([{"kind": {"service": {"name": "echo", "port": addr.port(), "addresses": [addr.to_string()]}}}])
+}
+
+/// A TCP or UDP Resource named `name` on listener `listener` (port `port`).
+fn port_resource(name: &str, protocol: &str, listener: &str, port: u16, up: SocketAddr) -> Value {
+    json!({"namespace": NS, "name": name, "tenant": "acme", "protocol": protocol,
+           "listeners": [listener], "ports": [port], "upstreams": service(up)})
+}
+
+fn allow(name: &str, resource: &str, from: Value) -> Value {
+    json!({"namespace": NS, "name": name, "tenant": "acme", "action": "Allow",
+           "targets": [{"resource": {"namespace": NS, "name": resource}}],
+           "rules": [{"name": "r", "from": from}]})
+}
+
+fn cidrs(list: &[&str]) -> Value {
+    json!([{"sourceCIDRs": {"cidrs": list}}])
+}
+
+/// Connects, sends `prefix` then `msg`, and reads until `msg.len()` bytes or the end.
+/// `Err`: the connection was reset.
+fn tcp_roundtrip(port: u16, prefix: &[u8], msg: &[u8]) -> Result<Vec<u8>, std::io::Error> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut out = prefix.to_vec();
+    out.extend_from_slice(msg);
+    // A write may race the gateway's close; the read tells what happened.
+    let _ = s.write_all(&out);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while got.len() < msg.len() {
+        match s.read(&mut buf)? {
+            0 => break,
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    Ok(got)
+}
+
+/// Whether the gateway closed (or reset) the connection without echoing anything.
+fn closed_without_echo(port: u16, prefix: &[u8]) -> bool {
+    match tcp_roundtrip(port, prefix, b"hello") {
+        Ok(got) => got.is_empty(),
+        Err(_) => true,
+    }
+}
+
+fn metric_value(m: &str, prefix: &str) -> u64 {
+    m.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn l4_metric(protocol: &str, resource: &str, result: &str) -> String {
+    format!(
+        "rustronaut_gateway_l4_connections_total{{protocol=\"{protocol}\",resource=\"{resource}\",result=\"{result}\"}}"
+    )
+}
+
+#[test]
+fn tcp_allowed_by_client_cidr_echoes_and_denied_reaches_nothing() {
+    let open_up = Echo::start(None);
+    let closed_up = Echo::start(None);
+    let (p1, p2) = (free_port(), free_port());
+    let snap = snapshot(
+        json!([{"name": "tcp-open", "port": p1, "protocol": "TCP"},
+               {"name": "tcp-closed", "port": p2, "protocol": "TCP"}]),
+        json!([
+            port_resource("open", "TCP", "tcp-open", p1, open_up.addr),
+            port_resource("closed", "TCP", "tcp-closed", p2, closed_up.addr)
+        ]),
+        json!([
+            allow("loopback", "open", cidrs(&["127.0.0.0/8"])),
+            allow("office", "closed", cidrs(&["198.51.100.0/24"]))
+        ]),
+        json!([]),
+    );
+    let gw = Gateway::start(&snap);
+    let base = open_up.conns();
+    assert_eq!(tcp_roundtrip(p1, b"", b"hello").unwrap(), b"hello");
+    assert_eq!(open_up.conns(), base + 1);
+
+    assert!(closed_without_echo(p2, b""));
+    assert!(closed_without_echo(p2, b""));
+    assert_eq!(
+        closed_up.conns(),
+        0,
+        "a denied connection reached the upstream"
+    );
+    gw.wait_metrics("denied connections counted", |m| {
+        metric_value(m, &l4_metric("TCP", "acme-apps/closed", "denied")) == 2
+            && metric_value(m, &l4_metric("TCP", "acme-apps/open", "allowed")) == base as u64 + 1
+    });
+    let log = gw.log();
+    let denied = log
+        .lines()
+        .find(|l| l.contains("\"resource\":\"acme-apps/closed\""))
+        .unwrap_or_else(|| panic!("no decision line for the denied resource:\n{log}"));
+    assert!(denied.contains("\"decision\":\"Deny\""), "{denied}");
+    assert!(denied.contains("\"reason\":\"NoAllowMatched\""), "{denied}");
+    assert!(denied.contains("\"decision_id\":\""), "{denied}");
+    assert!(!denied.contains("\"decision_id\":\"\""), "{denied}");
+}
+
+/// A TLS client over tokio-rustls: the echoed bytes and the certificate the server showed.
+fn tls_roundtrip(
+    port: u16,
+    sni: &str,
+    roots_pem: &str,
+    client: Option<&(String, String)>,
+    msg: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let config = match client {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_slice_iter(chain.as_bytes())
+                        .collect::<Result<Vec<_>, _>>()
+                        .unwrap(),
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(sni.to_string()).unwrap();
+        let work = async {
+            let mut tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            let cert = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+            tls.write_all(msg).await.map_err(|e| e.to_string())?;
+            let mut got = vec![0u8; msg.len()];
+            tls.read_exact(&mut got)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            Ok((got, cert))
+        };
+        tokio::time::timeout(Duration::from_secs(10), work)
+            .await
+            .map_err(|_| "timed out".to_string())?
+    })
+}
+
+#[test]
+fn tls_terminated_tcp_takes_the_client_certificate_as_identity() {
+    let up = Echo::start(None);
+    let server_pki = Pki::new("gateway ca");
+    let client_pki = Pki::new("acme clients ca");
+    let (chain, key) = server_pki.server(&["db.acme.test"]);
+    let port = free_port();
+    let snap = snapshot(
+        json!([{"name": "tcp-tls", "port": port, "protocol": "TCP",
+                "tls": {"certificates": [{"name": "db", "hostnames": ["db.acme.test"],
+                        "certificateChainPem": chain, "privateKeyPem": key}]},
+                "clientCertificate": {"mode": "Optional", "caPem": client_pki.ca_pem}}]),
+        json!([port_resource("db", "TCP", "tcp-tls", port, up.addr)]),
+        json!([allow(
+            "ci-only",
+            "db",
+            json!([{"clientCertificate": {"sanURIs": ["spiffe://acme/ci"]}}])
+        )]),
+        json!([{"name": "corp-ca", "kind": {"clientCertificate": {"caPem": client_pki.ca_pem}}}]),
+    );
+    let gw = Gateway::start(&snap);
+    let base = up.conns();
+    let ci = client_pki.client("spiffe://acme/ci");
+    let other = client_pki.client("spiffe://acme/intruder");
+
+    let (got, _) = tls_roundtrip(port, "db.acme.test", &server_pki.ca_pem, Some(&ci), b"ping")
+        .expect("the ci certificate is allowed");
+    assert_eq!(got, b"ping");
+    assert_eq!(up.conns(), base + 1);
+
+    let e = tls_roundtrip(
+        port,
+        "db.acme.test",
+        &server_pki.ca_pem,
+        Some(&other),
+        b"ping",
+    )
+    .expect_err("another certificate of the same CA is denied");
+    assert!(
+        e.starts_with("read"),
+        "handshake completes, then closed: {e}"
+    );
+    let e = tls_roundtrip(port, "db.acme.test", &server_pki.ca_pem, None, b"ping")
+        .expect_err("no certificate: anonymous, denied");
+    assert!(e.starts_with("read"), "{e}");
+    assert_eq!(
+        up.conns(),
+        base + 1,
+        "a denied connection reached the upstream"
+    );
+
+    let log = gw.log();
+    assert!(
+        log.contains("\"identity\":\"cert:corp-ca/spiffe://acme/ci\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("\"identity\":\"cert:corp-ca/spiffe://acme/intruder\""),
+        "{log}"
+    );
+}
+
+#[test]
+fn tls_passthrough_routes_by_sni_without_terminating() {
+    let upstream_pki = Pki::new("upstream ca");
+    let upstream_cert = upstream_pki.server(&["db.acme.test"]);
+    let upstream_leaf = CertificateDer::pem_slice_iter(upstream_cert.0.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    let up = Echo::start(Some(upstream_cert));
+    let port = free_port();
+    let snap = snapshot(
+        json!([{"name": "pass", "port": port, "protocol": "TLSPassthrough"}]),
+        json!([{"namespace": NS, "name": "db", "tenant": "acme", "protocol": "TLSPassthrough",
+                "listeners": ["pass"], "hostnames": ["db.acme.test"], "upstreams": service(up.addr)}]),
+        json!([allow("anyone", "db", json!(["anonymous"]))]),
+        json!([]),
+    );
+    let gw = Gateway::start(&snap);
+    // The client trusts only the upstream's CA: the handshake proves it reached the upstream.
+    let base = up.conns();
+    let (got, cert) = tls_roundtrip(port, "db.acme.test", &upstream_pki.ca_pem, None, b"pong")
+        .expect("routed by SNI to the upstream");
+    assert_eq!(got, b"pong");
+    assert_eq!(
+        cert, upstream_leaf,
+        "the client saw the upstream's own certificate"
+    );
+    assert_eq!(up.conns(), base + 1);
+
+    let e = tls_roundtrip(port, "other.acme.test", &upstream_pki.ca_pem, None, b"pong")
+        .expect_err("unknown SNI is closed");
+    assert!(e.starts_with("handshake"), "{e}");
+    // No SNI at all (an IP address as the server name sends none).
+    let e = tls_roundtrip(port, "127.0.0.1", &upstream_pki.ca_pem, None, b"pong")
+        .expect_err("no SNI is closed");
+    assert!(e.starts_with("handshake"), "{e}");
+    // Not TLS at all.
+    assert!(closed_without_echo(port, b"GET / HTTP/1.1\r\n\r\n"));
+    assert_eq!(
+        up.conns(),
+        base + 1,
+        "a refused connection reached the upstream"
+    );
+    gw.wait_metrics("refusals counted", |m| {
+        metric_value(m, &l4_metric("TLSPassthrough", "-", "refused")) == 3
+            && metric_value(m, &l4_metric("TLSPassthrough", "acme-apps/db", "allowed")) == 1
+    });
+    let log = gw.log();
+    assert!(log.contains("\"reason\":\"MissingSNI\""), "{log}");
+    assert!(log.contains("no resource for SNI other.acme.test"), "{log}");
+}
+
+/// Sends `msg` from a fresh socket and waits up to `wait` for an answer.
+fn udp_roundtrip(sock: &UdpSocket, port: u16, msg: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    sock.set_read_timeout(Some(wait)).unwrap();
+    sock.send_to(msg, ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 2048];
+    sock.recv_from(&mut buf)
+        .ok()
+        .map(|(n, _)| buf[..n].to_vec())
+}
+
+#[test]
+fn udp_flows_are_decided_once_and_idle_out() {
+    let open_up = UdpEcho::start();
+    let closed_up = UdpEcho::start();
+    let (p1, p2) = (free_port(), free_port());
+    let snap = snapshot(
+        json!([{"name": "dns", "port": p1, "protocol": "UDP"},
+               {"name": "syslog", "port": p2, "protocol": "UDP"}]),
+        json!([
+            port_resource("dns", "UDP", "dns", p1, open_up.addr),
+            port_resource("syslog", "UDP", "syslog", p2, closed_up.addr)
+        ]),
+        json!([
+            allow("loopback", "dns", cidrs(&["127.0.0.0/8"])),
+            allow("office", "syslog", cidrs(&["198.51.100.0/24"]))
+        ]),
+        json!([]),
+    );
+    let gw = Gateway::start_with(&snap, &["--udp-idle-timeout-ms", "400"]);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let wait = Duration::from_secs(5);
+    // The first datagram may arrive before the service reads its socket: it is queued.
+    let r = udp_roundtrip(&client, p1, b"q1", wait);
+    assert_eq!(r.as_deref(), Some(&b"q1"[..]), "{}", gw.log());
+    assert_eq!(
+        udp_roundtrip(&client, p1, b"q2", wait).as_deref(),
+        Some(&b"q2"[..])
+    );
+    let first = open_up.sources.lock().unwrap().clone();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0], first[1], "one flow, one upstream socket");
+
+    let denied = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            udp_roundtrip(&denied, p2, b"log", Duration::from_millis(300)),
+            None
+        );
+    }
+    assert_eq!(
+        closed_up.count(),
+        0,
+        "a denied datagram reached the upstream"
+    );
+    gw.wait_metrics("one denied flow, one allowed", |m| {
+        metric_value(m, &l4_metric("UDP", "acme-apps/syslog", "denied")) == 1
+            && metric_value(m, &l4_metric("UDP", "acme-apps/dns", "allowed")) == 1
+    });
+
+    // Idle past the timeout: the flow is forgotten, the next datagram starts a new one.
+    gw.wait_metrics("flows idled out", |m| {
+        metric_value(m, "rustronaut_gateway_l4_udp_flows ") == 0
+    });
+    assert_eq!(
+        udp_roundtrip(&client, p1, b"q3", wait).as_deref(),
+        Some(&b"q3"[..])
+    );
+    let all = open_up.sources.lock().unwrap().clone();
+    assert_eq!(all.len(), 3);
+    assert_ne!(all[2], all[0], "a new flow uses a new upstream socket");
+    gw.wait_metrics("a second decision", |m| {
+        metric_value(m, &l4_metric("UDP", "acme-apps/dns", "allowed")) == 2
+    });
+}
+
+fn proxy_v2(src: [u8; 4], src_port: u16, dst_port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x21); // version 2, PROXY
+    h.push(0x11); // TCP over IPv4
+    h.extend_from_slice(&12u16.to_be_bytes());
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&src_port.to_be_bytes());
+    h.extend_from_slice(&dst_port.to_be_bytes());
+    h
+}
+
+#[test]
+fn proxy_protocol_sets_the_client_ip_policies_see() {
+    let up = Echo::start(None);
+    let port = free_port();
+    let mut snap = snapshot(
+        json!([{"name": "tcp", "port": port, "protocol": "TCP"}]),
+        json!([port_resource("app", "TCP", "tcp", port, up.addr)]),
+        json!([allow("partner", "app", cidrs(&["203.0.113.0/24"]))]),
+        json!([]),
+    );
+    snap["clientIPDetection"] = json!({"proxyProtocol": true});
+    let gw = Gateway::start(&snap);
+    let base = up.conns();
+
+    let v1_ok = format!("PROXY TCP4 203.0.113.9 127.0.0.1 40000 {port}\r\n");
+    assert_eq!(tcp_roundtrip(port, v1_ok.as_bytes(), b"v1").unwrap(), b"v1");
+    let v1_no = format!("PROXY TCP4 198.51.100.9 127.0.0.1 40000 {port}\r\n");
+    assert!(closed_without_echo(port, v1_no.as_bytes()));
+    assert_eq!(
+        tcp_roundtrip(port, &proxy_v2([203, 0, 113, 10], 40001, port), b"v2").unwrap(),
+        b"v2"
+    );
+    assert!(closed_without_echo(
+        port,
+        &proxy_v2([198, 51, 100, 10], 40001, port)
+    ));
+    // Without a header (the loopback peer would not be allowed anyway, but the connection
+    // is refused before any decision), and with a malformed one.
+    assert!(closed_without_echo(port, b""));
+    assert!(closed_without_echo(port, b"PROXY TCP4 nonsense\r\n"));
+    assert_eq!(
+        up.conns(),
+        base + 2,
+        "only the allowed connections reach the upstream"
+    );
+
+    let log = gw.log();
+    for ip in [
+        "203.0.113.9",
+        "203.0.113.10",
+        "198.51.100.9",
+        "198.51.100.10",
+    ] {
+        assert!(
+            log.contains(&format!("\"client_ip\":\"{ip}\"")),
+            "{ip}:\n{log}"
+        );
+    }
+    assert!(log.contains("\"reason\":\"InvalidProxyProtocol\""), "{log}");
+}
+
+#[test]
+fn reloads_apply_to_new_connections_and_a_broken_snapshot_is_refused() {
+    let up = Echo::start(None);
+    let port = free_port();
+    let snap = snapshot(
+        json!([{"name": "tcp", "port": port, "protocol": "TCP"}]),
+        json!([port_resource("app", "TCP", "tcp", port, up.addr)]),
+        json!([allow("loopback", "app", cidrs(&["127.0.0.0/8"]))]),
+        json!([]),
+    );
+    let gw = Gateway::start(&snap);
+    // A connection opened before the reload keeps working after it.
+    let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    held.write_all(b"a").unwrap();
+    let mut one = [0u8; 1];
+    held.read_exact(&mut one).unwrap();
+
+    gw.write_snapshot_bytes(b"{ not json");
+    gw.wait_metrics("the parse failure", |m| {
+        m.contains("rustronaut_gateway_snapshot_refused_total{reason=\"parse\"} 1")
+    });
+    // PROXY protocol with an HTTP listener: refused (the HTTP proxy does not parse it).
+    let mut http = snap.clone();
+    http["clientIPDetection"] = json!({"proxyProtocol": true});
+    http["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "web", "port": free_port(), "protocol": "HTTP"}));
+    gw.write_snapshot_bytes(&serde_json::to_vec(&http).unwrap());
+    gw.wait_metrics("the unsupported refusal", |m| {
+        m.contains("rustronaut_gateway_snapshot_refused_total{reason=\"unsupported\"} 1")
+    });
+    assert_eq!(tcp_roundtrip(port, b"", b"still").unwrap(), b"still");
+
+    // Now only 198.51.100.0/24 may connect: new connections are denied.
+    let mut next = snap.clone();
+    next["policies"] = json!([allow("office", "app", cidrs(&["198.51.100.0/24"]))]);
+    gw.write_snapshot_bytes(&serde_json::to_vec(&next).unwrap());
+    gw.wait_metrics("the reload", |m| {
+        m.contains("rustronaut_gateway_snapshot_reloads_total{result=\"applied\"} 2")
+    });
+    let before = up.conns();
+    assert!(closed_without_echo(port, b""));
+    assert_eq!(up.conns(), before);
+    // The connection decided before the reload is not cut.
+    held.write_all(b"b").unwrap();
+    held.read_exact(&mut one).unwrap();
+    assert_eq!(&one, b"b");
+}
