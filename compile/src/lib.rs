@@ -9,6 +9,7 @@
 //!    | quota: Resources and Policies over their tenant's quota     (quota)
 //!    | policytest: embedded Policy tests against the whole set    (policytest)
 //!    | snapshot: one Gateway's whole contract::Snapshot            (snapshot)
+//!    | tunnel: hub and site addresses inside the tunnel pool      (tunnel)
 //! ```
 //!
 //! Pure: no Kubernetes client, no network. The operator feeds it from its reflectors and writes
@@ -19,6 +20,7 @@ pub mod convert;
 pub mod policytest;
 pub mod quota;
 pub mod snapshot;
+pub mod tunnel;
 pub mod world;
 
 pub use policytest::{Compiled, TestOutcome, compile, run_all};

@@ -10,7 +10,9 @@
 //!                          listener; Service upstreams resolved through `inputs.endpoints`
 //!    4. tenants            identity providers with their Secret material (missing: dropped)
 //!    5. policies           of those tenants, targets narrowed to the resources of this gateway
-//!    6. tunnel             sites with public keys; allowed targets from the resources' upstreams
+//!    6. tunnel             sites with public keys (the spec's or generated ones from
+//!                          `inputs.site_keys`), addresses in the pool (crate::tunnel);
+//!                          allowed targets from the resources' upstreams
 //!    7. validate           Snapshot::validate(); a problem inside one Resource, Policy or
 //!                          identity provider quarantines that object and the build goes on
 //! ```
@@ -93,6 +95,10 @@ pub struct GatewayInputs<'a> {
     pub endpoints: BTreeMap<ServicePort, Vec<SocketAddr>>,
     /// Identity-provider Secrets (OIDC client secrets, CA bundles, API-key hashes, JWKS).
     pub secrets: &'a dyn SecretSource,
+    /// Public keys the operator generated for tunnel sites without `publicKey` (site name ->
+    /// base64 key, from the `<gateway>-site-<name>` Secrets). A key in the spec always wins;
+    /// a site with neither is left out of the tunnel until its key exists.
+    pub site_keys: BTreeMap<String, String>,
 }
 
 /// What happened to an object that has a [`Problem`].
@@ -591,6 +597,13 @@ impl Builder<'_> {
         Ok(out.into_iter().collect())
     }
 
+    /// A site's public key: from the spec, else the one the operator generated.
+    fn site_key(&self, s: &g::Site) -> Option<String> {
+        s.public_key
+            .clone()
+            .or_else(|| self.inputs.site_keys.get(&s.name).cloned())
+    }
+
     /// Checks the site upstreams of `res` against this gateway's tunnel.
     fn check_sites(&self, res: &Resource, tenant: &str) -> Result<(), (&'static str, String)> {
         let gw = self.gw.to_string();
@@ -631,11 +644,11 @@ impl Builder<'_> {
                     ),
                 ));
             }
-            if s.public_key.is_none() {
+            if self.site_key(s).is_none() {
                 return Err((
                     reasons::SITE_NOT_FOUND,
                     format!(
-                        "site {} has no publicKey yet (generated keys are not supported yet)",
+                        "site {} has no publicKey and the operator has not generated one yet",
                         site.name
                     ),
                 ));
@@ -980,9 +993,18 @@ impl Builder<'_> {
     /// Resources in the snapshot reach through it.
     fn tunnel(&self, resources: &[cs::CompiledResource]) -> Option<cs::Tunnel> {
         let t = self.gateway.spec.tunnel.as_ref()?;
+        // Addresses over every site of the spec, keyed or not, so a site keeps its address
+        // when its key appears.
+        let addresses = t
+            .address_pool
+            .parse::<rustronaut_contract::cidr::Cidr>()
+            .map(|pool| {
+                crate::tunnel::site_addresses(&pool, t.sites.iter().map(|s| s.name.as_str()))
+            })
+            .unwrap_or_default();
         let mut sites = Vec::new();
         for s in &t.sites {
-            let Some(public_key) = &s.public_key else {
+            let Some(public_key) = self.site_key(s) else {
                 continue;
             };
             // (host, is UDP) -> ports.
@@ -1007,8 +1029,8 @@ impl Builder<'_> {
             sites.push(cs::TunnelSite {
                 name: s.name.clone(),
                 tenant: s.tenant.clone(),
-                public_key: public_key.clone(),
-                tunnel_address: None,
+                public_key,
+                tunnel_address: addresses.get(&s.name).map(IpAddr::to_string),
                 advertised_cidrs: s.advertised_cidrs.clone(),
                 allowed_targets: targets
                     .into_iter()
@@ -1184,6 +1206,7 @@ mod tests {
             tls,
             endpoints,
             secrets,
+            site_keys: BTreeMap::new(),
         }
     }
 
@@ -1304,6 +1327,11 @@ mod tests {
                 ports: vec![8080],
                 protocol: cs::TransportProtocol::Tcp,
             }]
+        );
+        let pool: rustronaut_contract::cidr::Cidr = tunnel.address_pool.parse().unwrap();
+        assert_eq!(
+            tunnel.sites[0].tunnel_address,
+            Some(crate::tunnel::site_addresses(&pool, ["dc1"])["dc1"].to_string())
         );
         assert_eq!(out.attached["https"], 2);
         assert_eq!(out.attached["postgres"], 1);
@@ -1609,6 +1637,50 @@ mod tests {
         // The connector is not told to open anything for a left-out Resource.
         let site = &out.snapshot.tunnel.as_ref().unwrap().sites[0];
         assert!(site.allowed_targets.iter().all(|t| t.host == "10.1.2.3"));
+    }
+
+    #[test]
+    fn a_site_without_public_key_uses_the_generated_one() {
+        let mut world = examples();
+        let edge = world
+            .gateways
+            .iter_mut()
+            .find(|g| g.name_any() == "edge")
+            .unwrap();
+        let site = &mut edge.spec.tunnel.as_mut().unwrap().sites[0];
+        let spec_key = site.public_key.take().unwrap();
+        let secrets = secrets();
+
+        // No key yet: the site is not in the tunnel and its Resource says why.
+        let out = build(&world, &secrets).unwrap();
+        assert!(out.snapshot.tunnel.as_ref().unwrap().sites.is_empty());
+        let p = out
+            .problems
+            .iter()
+            .find(|p| p.reason == reasons::SITE_NOT_FOUND)
+            .expect("a Resource using dc1 is left out");
+        assert!(p.message.contains("not generated one yet"), "{}", p.message);
+
+        // The generated key is used, at the address the site has either way.
+        let mut inputs = inputs(&secrets);
+        inputs.site_keys.insert("dc1".into(), spec_key.clone());
+        let out = gateway_snapshot(&world, gateway(&world, "edge"), &inputs).unwrap();
+        assert_eq!(out.snapshot.validate(), Ok(()));
+        let tunnel = out.snapshot.tunnel.as_ref().unwrap();
+        assert_eq!(tunnel.sites.len(), 1);
+        assert_eq!(tunnel.sites[0].public_key, spec_key);
+        assert!(tunnel.sites[0].tunnel_address.is_some());
+        assert!(!tunnel.sites[0].allowed_targets.is_empty());
+
+        // A key in the spec wins over a generated one.
+        let other = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+        inputs.site_keys.insert("dc1".into(), other.into());
+        let world = examples();
+        let out = gateway_snapshot(&world, gateway(&world, "edge"), &inputs).unwrap();
+        assert_eq!(
+            out.snapshot.tunnel.as_ref().unwrap().sites[0].public_key,
+            spec_key
+        );
     }
 
     #[test]

@@ -821,6 +821,7 @@ mod tests {
             tls: BTreeMap::new(),
             endpoints,
             secrets: &NoSecrets,
+            site_keys: BTreeMap::new(),
         };
         world
             .gateways

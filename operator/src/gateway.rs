@@ -7,6 +7,8 @@
 //!  build     rustronaut_compile::snapshot::gateway_snapshot -> Snapshot | BuildError
 //!            objects::* -> Secret, ConfigMap, SA, Role, RoleBinding, Deployment, Service,
 //!            PDB, HPA                                                       (objects)
+//!            with spec.tunnel: key Secrets (created once), hub config Secret,
+//!            StatefulSet, per-replica UDP Services, stream Service          (tunnel)
 //!  apply     server-side apply, field manager "rustronaut-operator"        (crate::apply)
 //!  status    status::status -> Accepted / Programmed / Ready, configVersion (status)
 //! ```
@@ -26,19 +28,20 @@
 
 pub mod objects;
 pub mod status;
+pub mod tunnel;
 
 use crate::apply::{apply, apply_status};
 use crate::context::Context;
 use futures::channel::mpsc;
 use futures::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -51,6 +54,7 @@ use rustronaut_compile::snapshot::{
     BuildError, GatewayInputs, Impact, ServicePort, TlsKeyPair, gateway_snapshot,
 };
 use rustronaut_contract::snapshot as cs;
+use rustronaut_crds::gateway::TunnelStatus;
 use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -147,6 +151,9 @@ pub enum Error {
     /// A reflector stopped before its first list.
     #[error("the {0} cache stopped before it was filled")]
     CacheDropped(&'static str),
+    /// The system random number generator failed (a key or token could not be made).
+    #[error("failed to generate {0}: the system random number generator failed")]
+    Random(String),
 }
 
 impl Error {
@@ -160,6 +167,7 @@ impl Error {
             Self::ObjectStatus { .. } => "ObjectStatus",
             Self::List { .. } => "List",
             Self::CacheDropped(_) => "CacheDropped",
+            Self::Random(_) => "Random",
         }
     }
 }
@@ -331,7 +339,25 @@ impl Stores {
             tls,
             endpoints,
             secrets: self,
+            site_keys: self.site_keys(gateway),
         }
+    }
+
+    /// Public keys of `gateway`'s sites without spec publicKey, from the generated
+    /// `<gw>-site-<name>` Secrets in the cache.
+    pub fn site_keys(&self, gateway: &Gateway) -> BTreeMap<String, String> {
+        let ns = gateway.namespace().unwrap_or_default();
+        let name = gateway.name_any();
+        let sites = gateway.spec.tunnel.iter().flat_map(|t| &t.sites);
+        sites
+            .filter(|s| s.public_key.is_none())
+            .filter_map(|s| {
+                let secret = self
+                    .secrets
+                    .get(&ObjectRef::new(&tunnel::names::site(&name, &s.name)).within(&ns))?;
+                Some((s.name.clone(), tunnel::public_key_of(&secret)?))
+            })
+            .collect()
     }
 }
 
@@ -434,10 +460,10 @@ where
                 }
             }
             Ok(watcher::Event::Delete(obj)) => {
+                // Also for the operator's own objects: a deleted key Secret (a rotation) or
+                // Service is recreated now, not at the next resync.
                 seen.remove(&obj.meta().uid.clone().unwrap_or_default());
-                if !managed(&obj) {
-                    poke();
-                }
+                poke();
             }
             Ok(watcher::Event::InitDone) => poke(),
             // A re-list: forget what was seen, so objects deleted while the watch was down
@@ -605,6 +631,7 @@ impl GatewayController {
             watcher::Config::default(),
         )
         .owns(Api::<Deployment>::all(client.clone()), owned())
+        .owns(Api::<StatefulSet>::all(client.clone()), owned())
         .owns(Api::<Service>::all(client.clone()), owned())
         .owns(Api::<ConfigMap>::all(client.clone()), owned())
         .owns(Api::<ServiceAccount>::all(client.clone()), owned())
@@ -696,6 +723,7 @@ fn static_kind<K: Resource<DynamicType = ()>>() -> &'static str {
         "Service" => "Service",
         "PodDisruptionBudget" => "PodDisruptionBudget",
         "HorizontalPodAutoscaler" => "HorizontalPodAutoscaler",
+        "StatefulSet" => "StatefulSet",
         _ => "object",
     }
 }
@@ -731,12 +759,22 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
     }
     ctx.stores.ready().await?;
 
+    // keys first: the snapshot names the sites by their (possibly generated) public keys
+    let keys = match &gw.spec.tunnel {
+        Some(_) => Some(ensure_keys(ctx, gw).await?),
+        None => None,
+    };
+
     // read + build
     let (built, problem_refs) = {
         // Scoped: the inputs borrow the stores through a `dyn SecretSource`, which must not
         // live across an await (the reconcile future is sent between threads).
         let world = ctx.stores.world(gw);
-        let inputs = ctx.stores.inputs(&world, gw);
+        let mut inputs = ctx.stores.inputs(&world, gw);
+        if let Some(k) = &keys {
+            // Fresher than the cache: a key created a moment ago.
+            inputs.site_keys.extend(k.sites.clone());
+        }
         let built = gateway_snapshot(&world, gw, &inputs);
         let refs = match &built {
             Ok(outcome) => problem_references(&world, &outcome.problems),
@@ -766,8 +804,15 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         None => remove::<HorizontalPodAutoscaler>(client, &ns, &name).await?,
     }
 
-    // apply: the snapshot, only when it was built; otherwise the last good one stays
+    // apply: the tunnel hub (its configuration only from a built snapshot), then prune
     let reference = gw.object_ref(&());
+    if let Some(k) = &keys {
+        let compiled = built.as_ref().ok().and_then(|o| o.snapshot.tunnel.as_ref());
+        apply_hub(ctx, gw, k, compiled, &reference).await?;
+    }
+    prune_hub(ctx, gw).await?;
+
+    // apply: the snapshot, only when it was built; otherwise the last good one stays
     let (outcome, served) = match built {
         Ok(outcome) => {
             let secret = put(
@@ -843,6 +888,11 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         service: Some(&service),
         listeners: gw.spec.listeners.iter().map(|l| l.name.clone()).collect(),
         reports: reports.into_iter().collect(),
+        tunnel: keys.map(|k| TunnelStatus {
+            public_keys: k.replicas.into_iter().flatten().collect(),
+            // Per-site state would come from the hub pods' /status; not read (see README).
+            sites: Vec::new(),
+        }),
         now: Time(k8s_openapi::jiff::Timestamp::now()),
     });
     if gw.status.as_ref() != Some(&new) {
@@ -861,6 +911,202 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
             })?;
     }
     Ok(Action::requeue(RESYNC))
+}
+
+/// The tunnel's key material as it exists after [`ensure_keys`].
+struct HubKeys {
+    /// Public key of each replica, in replica order; None for a key Secret that holds no
+    /// valid key (edited by hand: left alone, never overwritten, and not advertised).
+    replicas: Vec<Option<String>>,
+    /// Public keys of the sites without spec publicKey.
+    sites: BTreeMap<String, String>,
+}
+
+/// Returns Secret `name`, creating it from `make` when it does not exist. Never overwrites:
+/// `create` fails with 409 when another reconcile (or a stale cache) raced us, and the
+/// existing Secret wins.
+async fn ensure_secret(
+    ctx: &GatewayContext,
+    ns: &str,
+    name: &str,
+    what: &str,
+    make: impl FnOnce() -> Option<Secret>,
+) -> Result<Secret, Error> {
+    if let Some(s) = ctx.stores.secrets.get(&ObjectRef::new(name).within(ns)) {
+        return Ok((*s).clone());
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.ctx.client.clone(), ns);
+    let secret = make().ok_or_else(|| Error::Random(what.to_string()))?;
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(s) => {
+            tracing::info!(secret = %format!("{ns}/{name}"), "generated tunnel key material");
+            Ok(s)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            api.get(name).await.map_err(|source| Error::Read {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                source,
+            })
+        }
+        Err(source) => Err(Error::Apply {
+            kind: "Secret",
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Creates the replica keys, the keys of sites without spec publicKey and the gateway token
+/// when absent.
+async fn ensure_keys(ctx: &GatewayContext, gw: &Gateway) -> Result<HubKeys, Error> {
+    use rustronaut_tunnel::keys::PrivateKey;
+    let ns = gw.namespace().unwrap_or_default();
+    let name = gw.name_any();
+    let Some(t) = &gw.spec.tunnel else {
+        return Ok(HubKeys {
+            replicas: Vec::new(),
+            sites: BTreeMap::new(),
+        });
+    };
+    let new_key = || PrivateKey::generate().ok();
+    let mut replicas = Vec::new();
+    for i in 0..t.replicas {
+        let secret = ensure_secret(
+            ctx,
+            &ns,
+            &tunnel::names::replica(&name, i),
+            "a hub key",
+            || Some(tunnel::replica_key_secret(gw, i, &new_key()?)),
+        )
+        .await?;
+        let public = tunnel::public_key_of(&secret);
+        if public.is_none() {
+            tracing::warn!(
+                secret = %format!("{ns}/{}", tunnel::names::replica(&name, i)),
+                "hub key Secret holds no valid private-key; delete it to have a new one generated"
+            );
+        }
+        replicas.push(public);
+    }
+    let pool = t.address_pool.parse().ok();
+    let addresses = pool
+        .map(|p| {
+            rustronaut_compile::tunnel::site_addresses(&p, t.sites.iter().map(|s| s.name.as_str()))
+        })
+        .unwrap_or_default();
+    let hub = pool.and_then(|p| rustronaut_compile::tunnel::hub_address(&p));
+    let mut sites = BTreeMap::new();
+    for s in t.sites.iter().filter(|s| s.public_key.is_none()) {
+        let secret = ensure_secret(
+            ctx,
+            &ns,
+            &tunnel::names::site(&name, &s.name),
+            "a site key",
+            || {
+                Some(tunnel::site_key_secret(
+                    gw,
+                    &s.name,
+                    &new_key()?,
+                    addresses.get(&s.name).copied(),
+                    hub,
+                ))
+            },
+        )
+        .await?;
+        if let Some(public) = tunnel::public_key_of(&secret) {
+            sites.insert(s.name.clone(), public);
+        }
+    }
+    ensure_secret(
+        ctx,
+        &ns,
+        &tunnel::names::token(&name),
+        "the tunnel token",
+        || Some(tunnel::token_secret(gw, &tunnel::new_token().ok()?)),
+    )
+    .await?;
+    Ok(HubKeys { replicas, sites })
+}
+
+/// Applies the hub's workload and, when the snapshot was built, its configuration (a
+/// configuration the hub would refuse is not written: the last good one stays, as with the
+/// snapshot, and a Warning Event says why).
+async fn apply_hub(
+    ctx: &GatewayContext,
+    gw: &Gateway,
+    keys: &HubKeys,
+    compiled: Option<&cs::Tunnel>,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+) -> Result<(), Error> {
+    let client = &ctx.ctx.client;
+    let ns = gw.namespace().unwrap_or_default();
+    if let Some(t) = compiled {
+        match tunnel::hub_config(t) {
+            Ok(config) => drop(put(client, &ns, &tunnel::hub_config_secret(gw, &config)).await?),
+            Err(e) => {
+                let event = Event {
+                    type_: EventType::Warning,
+                    reason: "InvalidTunnelConfig".into(),
+                    note: Some(truncate(e.to_string())),
+                    action: "BuildHubConfig".into(),
+                    secondary: None,
+                };
+                if let Err(err) = ctx.recorder.publish(&event, reference).await {
+                    tracing::warn!(error = %err, "failed to publish an Event");
+                }
+            }
+        }
+    }
+    let public: Vec<String> = keys.replicas.iter().flatten().cloned().collect();
+    if let Some(ss) = tunnel::stateful_set(gw, &ctx.settings, &public) {
+        put(client, &ns, &ss).await?;
+    }
+    let replicas = gw.spec.tunnel.as_ref().map_or(0, |t| t.replicas);
+    for i in 0..replicas {
+        if let Some(svc) = tunnel::replica_service(gw, i) {
+            put(client, &ns, &svc).await?;
+        }
+    }
+    if let Some(svc) = tunnel::stream_service(gw) {
+        put(client, &ns, &svc).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the hub objects the spec no longer wants (all of them without `spec.tunnel`):
+/// ownerReferences only clean up after the Gateway itself is deleted.
+async fn prune_hub(ctx: &GatewayContext, gw: &Gateway) -> Result<(), Error> {
+    let client = &ctx.ctx.client;
+    let ns = gw.namespace().unwrap_or_default();
+    let wanted = tunnel::wanted(gw);
+    let secrets: Vec<String> = ctx
+        .stores
+        .secrets
+        .state()
+        .iter()
+        .filter(|s| tunnel::is_hub_object(gw, &***s) && !wanted.secrets.contains(&s.name_any()))
+        .map(|s| s.name_any())
+        .collect();
+    for name in secrets {
+        remove::<Secret>(client, &ns, &name).await?;
+    }
+    let services: Vec<String> = ctx
+        .stores
+        .services
+        .state()
+        .iter()
+        .filter(|s| tunnel::is_hub_object(gw, &***s) && !wanted.services.contains(&s.name_any()))
+        .map(|s| s.name_any())
+        .collect();
+    for name in services {
+        remove::<Service>(client, &ns, &name).await?;
+    }
+    if gw.spec.tunnel.is_none() {
+        remove::<StatefulSet>(client, &ns, &tunnel::names::hub(&gw.name_any())).await?;
+    }
+    Ok(())
 }
 
 /// At most this many problem Events per reconcile, so a broken bulk apply cannot turn one

@@ -32,12 +32,17 @@ pub fn cluster_role() -> ClusterRole {
              "verbs": ["get", "patch"]},
             // Namespaces: read, and the Tenant label (patch only: never create one).
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch", "patch"]},
-            // Secrets: TLS and identity-provider material (read), snapshots (write).
-            {"apiGroups": [""],
-             "resources": ["secrets", "configmaps", "services", "serviceaccounts"],
-             "verbs": write},
+            // Secrets: TLS and identity-provider material (read), snapshots, tunnel keys and
+            // hub configuration (write). Secrets and Services are also deleted: the tunnel
+            // hub's, when the spec no longer wants them (fewer replicas or sites, no tunnel).
+            {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts"], "verbs": write},
+            {"apiGroups": [""], "resources": ["secrets", "services"],
+             "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": write},
+            // The tunnel hub (watched as an owned kind; deleted when spec.tunnel goes).
+            {"apiGroups": ["apps"], "resources": ["statefulsets"],
+             "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
             {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": write},
             // RoleBindings: the gateways' and the tenant admins' (pruned when a Tenant lets a
             // namespace go).
@@ -91,7 +96,7 @@ mod tests {
 
     #[test]
     fn builds() {
-        assert_eq!(cluster_role().rules.unwrap().len(), 13);
+        assert_eq!(cluster_role().rules.unwrap().len(), 15);
         let admin = tenant_admin_cluster_role();
         assert_eq!(admin.metadata.name.as_deref(), Some(TENANT_ADMIN));
         assert_eq!(lease_role("ns").metadata.namespace.as_deref(), Some("ns"));

@@ -111,6 +111,14 @@ pub struct HubConfig {
     pub listen_port: u16,
     /// File holding this replica's private key (base64, mode 0600). Required.
     pub private_key_file: PathBuf,
+    /// Also accept a key file its group may read (mode 0440 or 0640; never group-writable,
+    /// never readable by others). Default false. For Kubernetes only: a Secret volume's files
+    /// belong to root, and the only way a non-root container can read one is `fsGroup`,
+    /// which makes them `root:<fsGroup>` and group-readable (0440); the group is the pod's
+    /// own, so the key still stays inside the pod. The operator sets this in the
+    /// configuration it generates.
+    #[serde(default)]
+    pub private_key_group_readable: bool,
     /// The hub's address inside every tunnel, e.g. 100.96.0.1. Required. All replicas may share
     /// it: each tunnel is a point-to-point link of its own.
     pub tunnel_address: IpAddr,

@@ -368,7 +368,11 @@ impl Hub {
     /// Same, from a configuration value (no reloads of the configuration; tokens still are).
     pub async fn new(raw: HubConfig) -> Result<Self, HubError> {
         let valid = raw.validate()?;
-        let key = keys::load_private_key(&raw.private_key_file)?;
+        let key = if raw.private_key_group_readable {
+            keys::load_private_key_group_readable(&raw.private_key_file)?
+        } else {
+            keys::load_private_key(&raw.private_key_file)?
+        };
         let tokens = Tokens::load(&raw.token_file)?;
         let socket = bind_udp(raw.listen_port).await?;
         engine::tune_udp_socket(&socket);
@@ -642,6 +646,7 @@ async fn run_reloader(shared: Arc<Shared>, config_path: Option<PathBuf>, mut raw
                 Ok((new, valid)) => {
                     let restart_needed = new.listen_port != raw.listen_port
                         || new.private_key_file != raw.private_key_file
+                        || new.private_key_group_readable != raw.private_key_group_readable
                         || new.tunnel_address != raw.tunnel_address
                         || new.control_port != raw.control_port
                         || new.stream_listen != raw.stream_listen

@@ -196,17 +196,35 @@ pub fn mode_is_private(mode: u32) -> bool {
     mode & 0o077 == 0
 }
 
+/// Checks that permission bits keep a private key to its owner and its group: the group
+/// may read (not write or execute), others nothing. This is what a Kubernetes Secret volume
+/// with `fsGroup` produces (`root:<fsGroup>`, 0440), the only form a non-root container can
+/// read at all.
+pub fn mode_is_private_to_group(mode: u32) -> bool {
+    mode & 0o037 == 0
+}
+
 /// Reads a private key file, refusing one that the group or others may read.
 ///
 /// Symbolic links are followed (Kubernetes mounts Secrets through them); the mode checked is
 /// that of the file they point to.
 pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
+    load_checked(path, mode_is_private)
+}
+
+/// Reads a private key file that its group may read but not write, and others nothing
+/// (see [`mode_is_private_to_group`]); for hubs whose key comes from a Kubernetes Secret.
+pub fn load_private_key_group_readable(path: &Path) -> Result<PrivateKey, KeyError> {
+    load_checked(path, mode_is_private_to_group)
+}
+
+fn load_checked(path: &Path, private: fn(u32) -> bool) -> Result<PrivateKey, KeyError> {
     let meta = std::fs::metadata(path).map_err(|source| KeyError::Read {
         path: path.to_owned(),
         source,
     })?;
     let mode = meta.permissions().mode() & 0o7777;
-    if !mode_is_private(mode) {
+    if !private(mode) {
         return Err(KeyError::InsecurePermissions {
             path: path.to_owned(),
             mode,
@@ -320,6 +338,29 @@ mod tests {
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
         assert!(load_private_key(&path).is_ok());
+    }
+
+    #[test]
+    fn group_readable_key_file_is_accepted_only_where_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let key = PrivateKey::generate().unwrap();
+        write_private_key(&path, &key).unwrap();
+        for mode in [0o440, 0o640, 0o400, 0o600] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let loaded = load_private_key_group_readable(&path).unwrap();
+            assert_eq!(loaded.public_key(), key.public_key(), "{mode:o}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+        assert!(load_private_key(&path).is_err(), "the default stays strict");
+        for mode in [0o460, 0o444, 0o404, 0o450, 0o644] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = load_private_key_group_readable(&path).unwrap_err();
+            assert!(
+                matches!(err, KeyError::InsecurePermissions { .. }),
+                "{mode:o}"
+            );
+        }
     }
 
     #[test]

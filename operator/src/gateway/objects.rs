@@ -6,6 +6,7 @@
 //! Gateway (controller=true, so Kubernetes garbage-collects it with the Gateway) and the labels
 //! of [`labels`]. The names are a contract with the gateway binary (see [`names`]).
 
+use super::tunnel;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -29,6 +30,8 @@ pub const SNAPSHOT_KEY: &str = "snapshot.json";
 pub const CONFIG_VERSION_ANNOTATION: &str = "rustronaut.io/config-version";
 /// The user and group the gateway runs as (distroless "nonroot").
 pub const RUN_AS: i64 = 65532;
+/// Volume of the gateway pods holding the tunnel token (with `spec.tunnel`).
+pub const TUNNEL_TOKEN_VOLUME: &str = "tunnel-token";
 
 /// Names of the generated objects: a contract with the gateway binary and its RBAC.
 pub mod names {
@@ -84,7 +87,7 @@ impl Default for Settings {
     }
 }
 
-fn typed<T: DeserializeOwned>(v: Value) -> T {
+pub(crate) fn typed<T: DeserializeOwned>(v: Value) -> T {
     // The JSON is built from constants and validated CR fields; a mismatch is a bug in this
     // module, which the whole-object tests catch.
     serde_json::from_value(v).expect("generated object matches its Kubernetes type")
@@ -198,7 +201,7 @@ fn replicas(gw: &Gateway) -> Option<i32> {
 }
 
 /// The gateway container's security context, re-applied after any podTemplate override.
-fn container_security() -> Value {
+pub(crate) fn container_security() -> Value {
     json!({
         "runAsNonRoot": true,
         "runAsUser": RUN_AS,
@@ -341,6 +344,23 @@ fn enforce(template: &mut Value, gw: &Gateway, settings: &Settings) {
         pod_security["sysctls"] =
             json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]);
     }
+    if gw.spec.tunnel.is_some() {
+        // The token Secret's files are root-owned: readable by the non-root gateway only
+        // through its group (mode 0440).
+        pod_security["fsGroup"] = json!(RUN_AS);
+        let token = json!([{"name": TUNNEL_TOKEN_VOLUME,
+                            "secret": {"secretName": tunnel::names::token(&name),
+                                       "defaultMode": 0o440}}]);
+        let volumes = spec["volumes"].take();
+        spec["volumes"] = merge(
+            if volumes.is_array() {
+                volumes
+            } else {
+                json!([])
+            },
+            &token,
+        );
+    }
     let user_security = spec["securityContext"].take();
     spec["securityContext"] = merge(user_security, &pod_security);
     for list in ["containers", "initContainers"] {
@@ -355,14 +375,24 @@ fn enforce(template: &mut Value, gw: &Gateway, settings: &Settings) {
             if c["name"] == "gateway" && list == "containers" {
                 c["image"] = json!(settings.image);
                 c["command"] = json!(["rustronaut-gateway"]);
-                c["args"] = json!([
-                    "--config-from",
+                let mut args = vec![
+                    "--config-from".to_string(),
                     format!("{ns}/{}", names::snapshot(&name)),
-                    "--report-status",
+                    "--report-status".to_string(),
                     format!("{ns}/{}", names::status(&name)),
-                    "--admin-listen",
+                    "--admin-listen".to_string(),
                     format!("0.0.0.0:{ADMIN_PORT}"),
-                ]);
+                ];
+                args.extend(tunnel::gateway_args(gw));
+                c["args"] = json!(args);
+                if gw.spec.tunnel.is_some() {
+                    let mounts = c["volumeMounts"].take();
+                    c["volumeMounts"] = merge(
+                        if mounts.is_array() { mounts } else { json!([]) },
+                        &json!([{"name": TUNNEL_TOKEN_VOLUME, "mountPath": tunnel::TOKEN_DIR,
+                                 "readOnly": true}]),
+                    );
+                }
                 let env = c["env"].take();
                 let env = if env.is_array() { env } else { json!([]) };
                 c["env"] = merge(
@@ -615,6 +645,51 @@ mod tests {
                 .get("add")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn with_a_tunnel_the_gateway_gets_the_stream_and_the_token() {
+        let gw = gateway(json!({"tunnel": {"replicas": 2}, "podTemplate": {"spec": {
+            "volumes": [{"name": "extra", "emptyDir": {}}],
+            "containers": [{"name": "gateway",
+                            "volumeMounts": [{"name": "extra", "mountPath": "/extra"}]}]}}}));
+        let d = to_json(deployment(&gw, &Settings::default()));
+        let spec = &d["spec"]["template"]["spec"];
+        let c = &spec["containers"][0];
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            args[6..],
+            [
+                "--tunnel-stream",
+                "edge-hub-stream.rtn.svc:4200",
+                "--tunnel-token-file",
+                "/var/run/rustronaut/tunnel/token"
+            ]
+        );
+        assert_eq!(
+            c["volumeMounts"],
+            json!([{"name": "extra", "mountPath": "/extra"},
+                   {"name": "tunnel-token", "mountPath": "/var/run/rustronaut/tunnel",
+                    "readOnly": true}])
+        );
+        assert_eq!(
+            spec["volumes"],
+            json!([{"name": "extra", "emptyDir": {}},
+                   {"name": "tunnel-token",
+                    "secret": {"secretName": "edge-tunnel-token", "defaultMode": 288}}])
+        );
+        assert_eq!(spec["securityContext"]["fsGroup"], 65532);
+
+        let plain = to_json(deployment(&gateway(json!({})), &Settings::default()));
+        let spec = &plain["spec"]["template"]["spec"];
+        assert_eq!(spec["containers"][0]["args"].as_array().unwrap().len(), 6);
+        assert!(spec.get("volumes").is_none());
+        assert!(spec["securityContext"].get("fsGroup").is_none());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use rustronaut_crds::conditions::{reasons, types};
-use rustronaut_crds::gateway::{GatewayAddress, GatewayStatus, ListenerStatus};
+use rustronaut_crds::gateway::{GatewayAddress, GatewayStatus, ListenerStatus, TunnelStatus};
 use std::collections::BTreeMap;
 
 /// What became of the build.
@@ -57,6 +57,8 @@ pub struct Observed<'a> {
     pub listeners: Vec<String>,
     /// `<gw>-status` data: pod name -> version it loaded.
     pub reports: BTreeMap<String, String>,
+    /// The tunnel hub's state (None without `spec.tunnel`).
+    pub tunnel: Option<TunnelStatus>,
     /// Now.
     pub now: Time,
 }
@@ -296,7 +298,7 @@ pub fn status(o: &Observed<'_>) -> GatewayStatus {
         observed_generation: o.generation,
         addresses: addresses(o.service),
         listeners,
-        tunnel: o.previous.and_then(|p| p.tunnel.clone()),
+        tunnel: o.tunnel.clone(),
         config_version,
     }
 }
@@ -320,6 +322,7 @@ mod tests {
             service: None,
             listeners: vec!["https".into(), "tcp".into()],
             reports: BTreeMap::new(),
+            tunnel: None,
             now: time(1000),
         }
     }
