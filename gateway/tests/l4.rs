@@ -606,3 +606,103 @@ fn reloads_apply_to_new_connections_and_a_broken_snapshot_is_refused() {
     held.read_exact(&mut one).unwrap();
     assert_eq!(&one, b"b");
 }
+
+#[test]
+fn l4_upstreams_skip_addresses_marked_down_and_retry_failed_connects() {
+    let up = Echo::start(None);
+    // Nothing listens on these: one is found down by active checks, the other by a connect.
+    let checked_dead = format!("127.0.0.1:{}", free_port());
+    let passive_dead = format!("127.0.0.1:{}", free_port());
+    let (p1, p2) = (free_port(), free_port());
+    let ups = |dead: &str| {
+        json!([{"kind": {"service": {"name": "echo", "port": 9,
+                 "addresses": [dead, up.addr.to_string()]}}}])
+    };
+    let snap = snapshot(
+        json!([{"name": "checked", "port": p1, "protocol": "TCP"},
+               {"name": "passive", "port": p2, "protocol": "TCP"}]),
+        json!([{"namespace": NS, "name": "checked", "tenant": "acme", "protocol": "TCP",
+                "listeners": ["checked"], "ports": [p1], "upstreams": ups(&checked_dead),
+                "healthCheck": {"intervalMs": 100, "timeoutMs": 200,
+                                "unhealthyThreshold": 1, "healthyThreshold": 1}},
+               {"namespace": NS, "name": "passive", "tenant": "acme", "protocol": "TCP",
+                "listeners": ["passive"], "ports": [p2], "upstreams": ups(&passive_dead)}]),
+        json!([
+            allow("c", "checked", json!(["anonymous"])),
+            allow("p", "passive", json!(["anonymous"]))
+        ]),
+        json!([]),
+    );
+    let gw = Gateway::start(&snap);
+    gw.wait_metrics("the active check marking the dead address down", |m| {
+        m.contains(&format!(
+            "rustronaut_gateway_upstream_up{{address=\"{checked_dead}\"}} 0"
+        ))
+    });
+    for i in 0..4 {
+        let msg = format!("checked {i}");
+        assert_eq!(
+            tcp_roundtrip(p1, b"", msg.as_bytes()).unwrap(),
+            msg.as_bytes()
+        );
+    }
+    let (_, m) = gw.admin_get("/metrics");
+    assert_eq!(
+        metric_value(&m, "rustronaut_gateway_upstream_ejections_total"),
+        0,
+        "an address marked down was tried"
+    );
+    // Without checks the dead address is found by one failed connect, retried elsewhere
+    // within the same connection, and then skipped.
+    for i in 0..4 {
+        let msg = format!("passive {i}");
+        assert_eq!(
+            tcp_roundtrip(p2, b"", msg.as_bytes()).unwrap(),
+            msg.as_bytes()
+        );
+    }
+    let (_, m) = gw.admin_get("/metrics");
+    assert_eq!(
+        metric_value(&m, "rustronaut_gateway_upstream_ejections_total"),
+        1
+    );
+}
+
+#[test]
+fn udp_flows_beyond_the_cap_are_dropped() {
+    let up = UdpEcho::start();
+    let port = free_port();
+    let snap = snapshot(
+        json!([{"name": "dns", "port": port, "protocol": "UDP"}]),
+        json!([port_resource("dns", "UDP", "dns", port, up.addr)]),
+        json!([allow("anyone", "dns", json!(["anonymous"]))]),
+        json!([]),
+    );
+    let gw = Gateway::start_with(&snap, &["--udp-max-flows", "1"]);
+    let (a, b) = (
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+    );
+    let wait = Duration::from_secs(5);
+    assert_eq!(
+        udp_roundtrip(&a, port, b"a", wait).as_deref(),
+        Some(&b"a"[..])
+    );
+    assert_eq!(
+        udp_roundtrip(&b, port, b"b", Duration::from_millis(300)),
+        None
+    );
+    assert_eq!(
+        up.count(),
+        1,
+        "a datagram beyond the cap reached the upstream"
+    );
+    // The existing flow is not affected.
+    assert_eq!(
+        udp_roundtrip(&a, port, b"a2", wait).as_deref(),
+        Some(&b"a2"[..])
+    );
+    gw.wait_metrics("the dropped datagram", |m| {
+        metric_value(m, "rustronaut_gateway_l4_udp_flows_dropped_total") == 1
+    });
+}
