@@ -16,7 +16,7 @@
 //! unhealthy the pick ignores health rather than failing: health information can be wrong
 //! (a partition between gateway and checks), and a try costs one connect.
 
-use rustronaut_contract::snapshot::{LoadBalancing, Upstream, UpstreamKind};
+use rustronaut_contract::snapshot::{LoadBalancing, SiteUpstream, Upstream, UpstreamKind};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -26,7 +26,18 @@ use std::time::{Duration, Instant};
 struct Member {
     weight: i64,
     addresses: Vec<SocketAddr>,
+    /// A site upstream (through the tunnel hub): no addresses of its own.
+    site: Option<SiteUpstream>,
     next: AtomicUsize,
+}
+
+/// What [`Balancer::pick_target`] chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick<'a> {
+    /// A Service address.
+    Addr(SocketAddr),
+    /// A host at a site, reached through the tunnel hub.
+    Site(&'a SiteUpstream),
 }
 
 /// Requests in flight per upstream address (for least-connections), across reloads.
@@ -77,7 +88,8 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 }
 
 /// The balancer of one rule: the snapshot's algorithm over the Service upstreams. Site
-/// upstreams (through the tunnel) are not served by this build and are left out.
+/// upstreams (through the tunnel) are members too, but only [`Balancer::pick_target`]
+/// (the L4 path) returns them; [`Balancer::pick`] (HTTP) never does.
 pub struct Balancer {
     algorithm: LoadBalancing,
     members: Vec<Member>,
@@ -104,9 +116,16 @@ impl Balancer {
                     Some(Member {
                         weight: i64::from(u.weight),
                         addresses: s.addresses.clone(),
+                        site: None,
                         next: AtomicUsize::new(0),
                     })
                 }
+                UpstreamKind::Site(s) if u.weight > 0 => Some(Member {
+                    weight: i64::from(u.weight),
+                    addresses: Vec::new(),
+                    site: Some(s.clone()),
+                    next: AtomicUsize::new(0),
+                }),
                 _ => None,
             })
             .collect();
@@ -208,38 +227,93 @@ impl Balancer {
             .iter()
             .map(|m| m.addresses.iter().any(usable))
             .collect();
-        if !eligible.iter().any(|e| *e) {
-            return None;
-        }
-        let chosen = {
-            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            let total: i64 = self
-                .members
-                .iter()
-                .zip(&eligible)
-                .filter(|(_, e)| **e)
-                .map(|(m, _)| m.weight)
-                .sum();
-            let mut best: Option<usize> = None;
-            for (i, m) in self.members.iter().enumerate() {
-                if !eligible[i] {
-                    continue;
-                }
-                current[i] += m.weight;
-                if best.is_none_or(|b| current[i] > current[b]) {
-                    best = Some(i);
-                }
-            }
-            let b = best?;
-            current[b] -= total;
-            b
-        };
-        let m = &self.members[chosen];
+        let chosen = self.choose_member(&eligible)?;
+        Self::next_address(&self.members[chosen], usable)
+    }
+
+    fn next_address(m: &Member, usable: &dyn Fn(&SocketAddr) -> bool) -> Option<SocketAddr> {
         let n = m.addresses.len();
         let start = m.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|k| m.addresses[(start + k) % n])
             .find(|a| usable(a))
+    }
+
+    /// Smooth weighted round robin (nginx's) over the `eligible` members.
+    fn choose_member(&self, eligible: &[bool]) -> Option<usize> {
+        if !eligible.iter().any(|e| *e) {
+            return None;
+        }
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let total: i64 = self
+            .members
+            .iter()
+            .zip(eligible)
+            .filter(|(_, e)| **e)
+            .map(|(m, _)| m.weight)
+            .sum();
+        let mut best: Option<usize> = None;
+        for (i, m) in self.members.iter().enumerate() {
+            if !eligible[i] {
+                continue;
+            }
+            current[i] += m.weight;
+            if best.is_none_or(|b| current[i] > current[b]) {
+                best = Some(i);
+            }
+        }
+        let b = best?;
+        current[b] -= total;
+        Some(b)
+    }
+
+    /// Whether any upstream is a site.
+    pub fn has_sites(&self) -> bool {
+        self.members.iter().any(|m| m.site.is_some())
+    }
+
+    /// The next target, sites included (L4). Without site upstreams this is
+    /// [`Balancer::pick`]. With them, upstreams share traffic by weighted round robin
+    /// whatever the algorithm (the gateway cannot see a site's hosts' load or health); a
+    /// site is always eligible (the hub and the connector decide whether it is reachable),
+    /// a Service while it has a usable address.
+    pub fn pick_target(
+        &self,
+        health: &Health,
+        tried: &[SocketAddr],
+        inflight: &InFlight,
+        hash_key: Option<&str>,
+        sites_tried: bool,
+    ) -> Option<Pick<'_>> {
+        if !self.has_sites() {
+            return self.pick(health, tried, inflight, hash_key).map(Pick::Addr);
+        }
+        for respect_health in [true, false] {
+            let usable =
+                |a: &SocketAddr| !tried.contains(a) && (!respect_health || health.is_up(*a));
+            let eligible: Vec<bool> = self
+                .members
+                .iter()
+                .map(|m| {
+                    if m.site.is_some() {
+                        !sites_tried
+                    } else {
+                        m.addresses.iter().any(usable)
+                    }
+                })
+                .collect();
+            let Some(chosen) = self.choose_member(&eligible) else {
+                continue;
+            };
+            let m = &self.members[chosen];
+            if let Some(site) = &m.site {
+                return Some(Pick::Site(site));
+            }
+            if let Some(a) = Self::next_address(m, &usable) {
+                return Some(Pick::Addr(a));
+            }
+        }
+        None
     }
 }
 

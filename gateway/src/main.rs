@@ -99,6 +99,14 @@ struct Args {
     /// Most UDP flows per UDP listener; new flows beyond it are dropped.
     #[arg(long, env = "RUSTRONAUT_UDP_MAX_FLOWS", default_value_t = 10_000)]
     udp_max_flows: usize,
+    /// The tunnel hub's stream endpoint (HOST:PORT, resolved at each connection), through
+    /// which site upstreams of TCP and TLSPassthrough Resources are reached.
+    #[arg(long, env = "RUSTRONAUT_TUNNEL_STREAM", requires = "tunnel_token_file")]
+    tunnel_stream: Option<String>,
+    /// File holding the bearer token for the hub's stream endpoint (first non-empty line;
+    /// re-read when it changes).
+    #[arg(long, env = "RUSTRONAUT_TUNNEL_TOKEN_FILE", requires = "tunnel_stream")]
+    tunnel_token_file: Option<PathBuf>,
     /// Seconds the proxy runtimes may take to stop after the grace period.
     #[arg(
         long,
@@ -265,6 +273,18 @@ fn main() -> anyhow::Result<()> {
     let nonce = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
+    let tunnel = match (&args.tunnel_stream, &args.tunnel_token_file) {
+        (Some(hub), Some(token)) => Some(Arc::new(
+            rustronaut_gateway::tunnel::TunnelClient::new(
+                hub.clone(),
+                token.clone(),
+                // Opening includes the hub asking the connector, which dials the target.
+                Duration::from_millis(args.connect_timeout_ms).max(Duration::from_secs(10)),
+            )
+            .context("--tunnel-token-file")?,
+        )),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         store: store.clone(),
         metrics,
@@ -282,6 +302,7 @@ fn main() -> anyhow::Result<()> {
             max_headers: args.max_headers.max(1),
             max_header_bytes: args.max_header_bytes.max(1024),
         },
+        tunnel,
     });
     let opts = server::ServerOptions {
         bind: args.bind_address,

@@ -76,6 +76,8 @@ pub struct Shared {
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     /// Header size limits ([`crate::framing`]).
     pub header_limits: crate::framing::Limits,
+    /// The tunnel hub's stream endpoint, for site upstreams (`--tunnel-stream`).
+    pub tunnel: Option<Arc<crate::tunnel::TunnelClient>>,
 }
 
 /// One listener as bound.

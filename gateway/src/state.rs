@@ -306,13 +306,16 @@ impl Compiled {
         let mut balancers = HashMap::new();
         for (ri, r) in snapshot.resources.iter().enumerate() {
             if r.protocol != ResourceProtocol::Http {
-                if r.upstreams
-                    .iter()
-                    .any(|u| matches!(u.kind, UpstreamKind::Site(_)))
+                // Site upstreams of TCP and TLSPassthrough Resources go through the tunnel
+                // hub (`--tunnel-stream`); UDP ones get no traffic yet (l4::udp).
+                if r.protocol == ResourceProtocol::Udp
+                    && r.upstreams
+                        .iter()
+                        .any(|u| matches!(u.kind, UpstreamKind::Site(_)))
                 {
                     tracing::warn!(
                         resource = %r.key(),
-                        "site upstreams (through the tunnel) are not served by this build; they get no traffic"
+                        "site upstreams of UDP resources are not served by this build; they get no traffic"
                     );
                 }
                 balancers.insert((ri, L4_RULE), Balancer::new(&r.upstreams, r.load_balancing));
@@ -326,7 +329,7 @@ impl Compiled {
                 {
                     tracing::warn!(
                         resource = %r.key(), rule = %rule.name,
-                        "site upstreams (through the tunnel) are not served by this build; they get no traffic"
+                        "site upstreams of HTTP rules are not served by this build (L4 ones are); they get no traffic"
                     );
                 }
                 balancers.insert(

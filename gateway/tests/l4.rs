@@ -706,3 +706,171 @@ fn udp_flows_beyond_the_cap_are_dropped() {
         metric_value(m, "rustronaut_gateway_l4_udp_flows_dropped_total") == 1
     });
 }
+
+/// A real tunnel hub and site connector (the tunnel crate's own `Hub` and `Connector`, as
+/// the `rustronaut-tunnel` binary runs them) in this process, on loopback: the connector's
+/// WireGuard tunnel to the hub is UDP over 127.0.0.1, so no namespace is needed. The hub
+/// lets site `dc1` reach `allowed` only.
+struct TunnelPair {
+    stream: SocketAddr,
+    token_file: std::path::PathBuf,
+    site_public_key: String,
+    stop: tokio_util::sync::CancellationToken,
+    _dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+}
+
+const TUNNEL_TOKEN: &str = "gateway-token-0123456789abcdef";
+
+impl TunnelPair {
+    fn start(allowed: SocketAddr) -> Self {
+        use rustronaut_tunnel::config::{ConnectorConfig, HubConfig};
+        use rustronaut_tunnel::keys::{PrivateKey, write_private_key};
+        let dir = tempfile::tempdir().unwrap();
+        let hub_key = PrivateKey::generate().unwrap();
+        let site_key = PrivateKey::generate().unwrap();
+        let hub_key_file = dir.path().join("hub.key");
+        let site_key_file = dir.path().join("site.key");
+        write_private_key(&hub_key_file, &hub_key).unwrap();
+        write_private_key(&site_key_file, &site_key).unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TUNNEL_TOKEN}\n")).unwrap();
+        let wg_port = free_port();
+        let stream: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let hub: HubConfig = serde_json::from_value(json!({
+            "listen_port": wg_port,
+            "private_key_file": hub_key_file,
+            "tunnel_address": "100.96.0.1",
+            "stream_listen": stream.to_string(),
+            "token_file": token_file,
+            "admin_listen": format!("127.0.0.1:{}", free_port()),
+            "sites": [{"name": "dc1", "public_key": site_key.public_key().to_string(),
+                       "tunnel_address": "100.96.1.1",
+                       "allowed_targets": [{"cidr": allowed.ip().to_string(),
+                                            "ports": [allowed.port()], "protocol": "TCP"}]}],
+        }))
+        .unwrap();
+        let connector: ConnectorConfig = serde_json::from_value(json!({
+            "hubs": [{"endpoint": format!("127.0.0.1:{wg_port}"),
+                      "public_key": hub_key.public_key().to_string()}],
+            "private_key_file": site_key_file,
+            "tunnel_address": "100.96.1.1",
+            "hub_tunnel_address": "100.96.0.1",
+            "persistent_keepalive_secs": 1,
+            "control_interval_secs": 1,
+            "dead_peer_timeout_secs": 3,
+        }))
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let hub = rt.block_on(rustronaut_tunnel::hub::Hub::new(hub)).unwrap();
+        rt.spawn(hub.run(stop.clone()));
+        let connector = rt
+            .block_on(rustronaut_tunnel::connector::Connector::new(connector))
+            .unwrap();
+        let s = stop.clone();
+        rt.spawn(async move { connector.run(s).await });
+        Self {
+            stream,
+            token_file,
+            site_public_key: site_key.public_key().to_string(),
+            stop,
+            _dir: dir,
+            _rt: rt,
+        }
+    }
+}
+
+impl Drop for TunnelPair {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[test]
+fn site_upstreams_are_reached_through_a_real_tunnel_hub() {
+    let target = Echo::start(None);
+    // Allowed by the snapshot's site, but not by the hub's configuration of the site.
+    let outside = Echo::start(None);
+    let tunnel = TunnelPair::start(target.addr);
+    let (p_open, p_denied, p_hub) = (free_port(), free_port(), free_port());
+    let site = |addr: SocketAddr| json!([{"kind": {"site": {"site": "dc1", "host": addr.ip().to_string(), "port": addr.port()}}}]);
+    let resource = |name: &str, listener: &str, port: u16, addr: SocketAddr| {
+        json!({"namespace": NS, "name": name, "tenant": "acme", "protocol": "TCP",
+               "listeners": [listener], "ports": [port], "upstreams": site(addr)})
+    };
+    let mut snap = snapshot(
+        json!([{"name": "open", "port": p_open, "protocol": "TCP"},
+               {"name": "denied", "port": p_denied, "protocol": "TCP"},
+               {"name": "hub-refuses", "port": p_hub, "protocol": "TCP"}]),
+        json!([
+            resource("db", "open", p_open, target.addr),
+            resource("ops", "denied", p_denied, target.addr),
+            resource("other", "hub-refuses", p_hub, outside.addr)
+        ]),
+        json!([
+            allow("anyone", "db", json!(["anonymous"])),
+            allow("office", "ops", cidrs(&["198.51.100.0/24"])),
+            allow("anyone-other", "other", json!(["anonymous"]))
+        ]),
+        json!([]),
+    );
+    snap["tunnel"] = json!({
+        "listenPort": free_port(), "addressPool": "100.96.0.0/16",
+        "sites": [{"name": "dc1", "tenant": "acme", "publicKey": tunnel.site_public_key,
+                   "tunnelAddress": "100.96.1.1",
+                   "allowedTargets": [
+                       {"host": "127.0.0.1", "ports": [target.addr.port(), outside.addr.port()],
+                        "protocol": "TCP"}]}]
+    });
+    let gw = Gateway::start_with(
+        &snap,
+        &[
+            "--tunnel-stream",
+            &tunnel.stream.to_string(),
+            "--tunnel-token-file",
+            tunnel.token_file.to_str().unwrap(),
+        ],
+    );
+    // The tunnel comes up in the background (handshake, then the allow list is pushed).
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    loop {
+        if tcp_roundtrip(p_open, b"", b"through the hub").is_ok_and(|g| g == b"through the hub") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no echo through the tunnel; log:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reached = target.conns();
+    assert!(reached >= 1);
+    assert_eq!(tcp_roundtrip(p_open, b"", b"again").unwrap(), b"again");
+    assert_eq!(target.conns(), reached + 1);
+
+    // Denied by policy at the gateway: the hub is never asked.
+    assert!(closed_without_echo(p_denied, b""));
+    assert_eq!(target.conns(), reached + 1);
+    // Allowed by policy, refused by the hub: closed, logged, counted as unreachable.
+    assert!(closed_without_echo(p_hub, b""));
+    assert_eq!(outside.conns(), 0);
+    gw.wait_metrics("the hub's refusal", |m| {
+        metric_value(m, &l4_metric("TCP", "acme-apps/other", "unreachable")) == 1
+            && metric_value(m, &l4_metric("TCP", "acme-apps/ops", "denied")) == 1
+    });
+    let log = gw.log();
+    assert!(log.contains("denied_by_hub"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "\"upstream\":\"site:dc1/127.0.0.1:{}\"",
+            target.addr.port()
+        )),
+        "{log}"
+    );
+}

@@ -11,7 +11,8 @@
 //!       certificate (tenant providers) else anonymous with the client IP; evaluate
 //!       (no method, no path; host = SNI, port = listener port)
 //!    -> Deny: close, log + count | Allow: balancer pick (health honoured), connect
-//!       (connect failures eject and retry), then splice bytes both ways
+//!       (connect failures eject and retry) or open a site stream through the tunnel hub
+//!       (crate::tunnel), then splice bytes both ways
 //! ```
 //!
 //! Why tokio tasks inside Pingora background services rather than Pingora's `ServerApp`:
@@ -295,7 +296,7 @@ pub(crate) fn record(
     port: u16,
     peer: SocketAddr,
     record: &Record,
-    upstream: Option<SocketAddr>,
+    upstream: Option<String>,
 ) {
     let m = &shared.metrics;
     if record.effect == "Allow" || record.effect == "Deny" {
@@ -331,7 +332,7 @@ pub(crate) fn record(
         policy = record.policy.as_deref().unwrap_or("-"),
         rule = record.policy_rule.as_deref().unwrap_or("-"),
         decision_id = %record.decision_id,
-        upstream = %upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
+        upstream = upstream.as_deref().unwrap_or("-"),
         detail = record.detail.as_deref().unwrap_or(""),
         dry_run = record.dry_run.as_deref().unwrap_or("-"),
         "connection"

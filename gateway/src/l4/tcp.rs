@@ -1,9 +1,11 @@
 //! TCP-based L4 ports: plain TCP, TLS-terminated TCP and TLSPassthrough.
 
 use super::{Kind, L4Facts, L4Options, Prefixed, canonical, decide, listeners_on, record};
+use crate::balance::Pick;
 use crate::pipeline::{Env, Record};
 use crate::proxy::Shared;
 use crate::state::{Compiled, L4_RULE};
+use crate::tunnel::Protocol;
 use pingora::server::ShutdownWatch;
 use rustls::pki_types::CertificateDer;
 use rustronaut_contract::identity::client_ip::{ClientIpError, ProxyHeader, parse_proxy_header};
@@ -224,6 +226,23 @@ async fn handle(
     }
 }
 
+/// Where an allowed connection went.
+enum Upstream {
+    /// A Service address (counted in flight for least-connections).
+    Addr(SocketAddr),
+    /// A host at a site, through the tunnel hub.
+    Site(String),
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(a) => a.fmt(f),
+            Self::Site(s) => f.write_str(s),
+        }
+    }
+}
+
 /// Carries out a verdict: close on deny; on allow connect (retrying other addresses after
 /// connect failures), send `early` (bytes already read), then splice.
 #[allow(clippy::too_many_arguments)]
@@ -243,66 +262,117 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
         record(shared, kind, port, peer, &rec, None);
         return;
     };
-    let Some((mut upstream, addr)) =
-        connect(shared, state, f.resource, f.hash_key.as_deref()).await
-    else {
-        rec.detail = Some("no upstream address could be connected".into());
-        record(shared, kind, port, peer, &rec, None);
-        return;
-    };
-    record(shared, kind, port, peer, &rec, Some(addr));
-    shared.inflight.start(addr);
+    let (mut upstream, target, from_upstream) =
+        match connect(shared, state, f.resource, f.hash_key.as_deref()).await {
+            Ok(c) => c,
+            Err(detail) => {
+                rec.detail = Some(detail);
+                record(shared, kind, port, peer, &rec, None);
+                return;
+            }
+        };
+    record(shared, kind, port, peer, &rec, Some(target.to_string()));
+    if let Upstream::Addr(a) = target {
+        shared.inflight.start(a);
+    }
     let started = Instant::now();
     let result = async {
+        if !from_upstream.is_empty() {
+            client.write_all(&from_upstream).await?;
+        }
         if !early.is_empty() {
             upstream.write_all(early).await?;
         }
         copy_bidirectional(&mut client, &mut upstream).await
     }
     .await;
-    shared.inflight.end(addr);
+    if let Upstream::Addr(a) = target {
+        shared.inflight.end(a);
+    }
     let (up, down) = result.as_ref().map_or((0, 0), |(a, b)| (*a, *b));
     tracing::debug!(
         protocol = kind.label(),
         port,
         peer = %peer,
-        upstream = %addr,
+        upstream = %target,
         decision_id = %rec.decision_id,
         bytes_up = up + early.len() as u64,
-        bytes_down = down,
+        bytes_down = down + from_upstream.len() as u64,
         seconds = started.elapsed().as_secs_f64(),
         error = %result.err().map(|e| e.to_string()).unwrap_or_default(),
         "connection closed"
     );
 }
 
-/// Connects to an address of the Resource's balancer; a failed connect ejects the address
-/// and another is tried, up to `max_attempts`.
+/// Connects to a target of the Resource's balancer: a Service address (a failed connect
+/// ejects it and another is tried, up to `max_attempts`) or a site through the tunnel hub
+/// (tried once: the hub and the connector already know whether the site is reachable).
+/// Returns the stream, where it goes, and bytes the hub delivered with its answer.
 async fn connect(
     shared: &Shared,
     state: &Compiled,
     resource: usize,
     hash_key: Option<&str>,
-) -> Option<(TcpStream, SocketAddr)> {
-    let balancer = state.balancers.get(&(resource, L4_RULE))?;
+) -> Result<(TcpStream, Upstream, Vec<u8>), String> {
+    let balancer = state
+        .balancers
+        .get(&(resource, L4_RULE))
+        .ok_or("no upstream")?;
     let mut tried = Vec::new();
-    while tried.len() < shared.max_attempts {
-        let addr = balancer.pick(&shared.health, &tried, &shared.inflight, hash_key)?;
+    let mut site_tried = false;
+    let mut last_error = String::from("no upstream address");
+    for _ in 0..shared.max_attempts {
+        let Some(pick) = balancer.pick_target(
+            &shared.health,
+            &tried,
+            &shared.inflight,
+            hash_key,
+            site_tried,
+        ) else {
+            break;
+        };
+        let addr = match pick {
+            Pick::Addr(addr) => addr,
+            Pick::Site(site) => {
+                site_tried = true;
+                let label = format!("site:{}/{}:{}", site.site, site.host, site.port);
+                let Some(tunnel) = &shared.tunnel else {
+                    last_error = format!("{label}: no --tunnel-stream configured");
+                    tracing::warn!(upstream = %label, "site upstream without --tunnel-stream");
+                    continue;
+                };
+                match tunnel
+                    .open(&site.site, Protocol::Tcp, &site.host, site.port)
+                    .await
+                {
+                    Ok((stream, early)) => return Ok((stream, Upstream::Site(label), early)),
+                    Err(e) => {
+                        tracing::warn!(upstream = %label, error = %e, "site upstream not opened");
+                        last_error = format!("{label}: {e}");
+                        continue;
+                    }
+                }
+            }
+        };
         tried.push(addr);
         match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                return Some((s, addr));
+                return Ok((s, Upstream::Addr(addr), Vec::new()));
             }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %addr, error = %e, "upstream connect failed; ejected");
+                last_error = format!("{addr}: {e}");
             }
-            Err(_) => tracing::warn!(upstream = %addr, "upstream connect timed out; ejected"),
+            Err(_) => {
+                tracing::warn!(upstream = %addr, "upstream connect timed out; ejected");
+                last_error = format!("{addr}: connect timed out");
+            }
         }
         shared.health.eject(addr, shared.eject_for);
         shared.metrics.ejections.inc();
     }
-    None
+    Err(last_error)
 }
 
 /// Reads until `buf` starts with a complete PROXY header (every byte after it stays in

@@ -188,7 +188,7 @@ async fn open(
         rec.detail = Some(format!("connecting to {addr}: {e}"));
         return denied(&rec);
     }
-    record(shared, Kind::Udp, port, peer, &rec, Some(addr));
+    record(shared, Kind::Udp, port, peer, &rec, Some(addr.to_string()));
     let flow = Arc::new(Flow {
         last: AtomicU64::new(now_ms),
         upstream: Some(Arc::new(up)),
