@@ -4,7 +4,9 @@
 //!
 //! ```text
 //!  request_filter          facts -> decide -> Respond (write 4xx, stop) | Forward (to ctx)
-//!  upstream_peer           balancer pick (healthy, not yet tried) -> HttpPeer
+//!  upstream_peer           balancer pick (healthy, not yet tried) -> HttpPeer; a site
+//!                          upstream -> HttpPeer whose custom L4 connector opens a stream
+//!                          through the tunnel hub (crate::tunnel::SiteConnect)
 //!  fail_to_connect         eject the address, retry another (connect failures only)
 //!  upstream_request_filter normalised target, identity + forwarding headers, strip spoofs
 //!  logging                 one JSON decision line, metrics, the request span ends
@@ -13,7 +15,7 @@
 //! With tracing on ([`crate::telemetry`]), a span starts in `request_filter` (continuing the
 //! client's W3C trace context) and the upstream gets a `traceparent` naming it.
 
-use crate::balance::{Health, InFlight};
+use crate::balance::{Health, InFlight, Pick};
 use crate::metrics::{DecisionLabels, Metrics, RequestLabels};
 use crate::pipeline::{self, Action, Env, Forward, Record, RequestFacts};
 use crate::ratelimit::RateLimiter;
@@ -114,6 +116,10 @@ pub struct Ctx {
     record: Option<Record>,
     peer_ip: Option<IpAddr>,
     tried: Vec<SocketAddr>,
+    /// The site upstream of the current attempt (`site:<site>/<host>:<port>`).
+    site: Option<String>,
+    /// Whether a site upstream was tried for this request.
+    site_tried: bool,
     /// The address counted in [`Shared::inflight`] for this request.
     counted: Option<SocketAddr>,
     /// The request span, when tracing is on.
@@ -231,6 +237,8 @@ impl ProxyHttp for GatewayProxy {
             record: None,
             peer_ip: None,
             tried: Vec::new(),
+            site: None,
+            site_tried: false,
             counted: None,
             trace: None,
         }
@@ -333,18 +341,50 @@ impl ProxyHttp for GatewayProxy {
             ));
         };
         let rule = &state.snapshot.resources[f.resource].rules[f.rule];
-        let addr = state
+        let pick = state
             .balancers
             .get(&(f.resource, f.rule))
             .and_then(|b| {
-                b.pick(
+                b.pick_target(
                     &self.shared.health,
                     &ctx.tried,
                     &self.shared.inflight,
                     f.hash_key.as_deref(),
+                    ctx.site_tried,
                 )
             })
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no upstream address"))?;
+        let timeout = Duration::from_millis(rule.timeout_ms);
+        let addr = match pick {
+            Pick::Addr(addr) => addr,
+            Pick::Site(site) => {
+                let label = format!("site:{}/{}:{}", site.site, site.host, site.port);
+                let Some(client) = &self.shared.tunnel else {
+                    tracing::warn!(upstream = %label, "site upstream without --tunnel-stream");
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(503),
+                        "site upstream without a tunnel hub",
+                    ));
+                };
+                ctx.site = Some(label);
+                ctx.site_tried = true;
+                // The address is never dialled (the custom connector opens a hub stream);
+                // the group key keeps the pooled connections of each site target apart.
+                let unused = SocketAddr::from(([0, 0, 0, 0], site.port));
+                let mut peer = HttpPeer::new(unused, false, String::new());
+                peer.group_key = crate::tunnel::site_group_key(&site.site, &site.host, site.port);
+                peer.options.custom_l4 = Some(Arc::new(crate::tunnel::SiteConnect {
+                    client: client.clone(),
+                    site: site.site.clone(),
+                    host: site.host.clone(),
+                    port: site.port,
+                }));
+                peer.options.read_timeout = Some(timeout);
+                peer.options.write_timeout = Some(timeout);
+                return Ok(Box::new(peer));
+            }
+        };
+        ctx.site = None;
         ctx.tried.push(addr);
         if let Some(prev) = ctx.counted.replace(addr) {
             self.shared.inflight.end(prev);
@@ -352,7 +392,6 @@ impl ProxyHttp for GatewayProxy {
         self.shared.inflight.start(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.shared.connect_timeout);
-        let timeout = Duration::from_millis(rule.timeout_ms);
         peer.options.read_timeout = Some(timeout);
         peer.options.write_timeout = Some(timeout);
         Ok(Box::new(peer))
@@ -365,14 +404,18 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(addr) = peer._address.as_inet() {
+        if let Some(site) = &ctx.site {
+            // The hub refused or is unreachable: it already knows whether the site is up,
+            // so the site is not ejected; another upstream of the rule may be tried.
+            tracing::warn!(upstream = %site, error = %e, "site upstream not opened");
+        } else if let Some(addr) = peer._address.as_inet() {
             self.shared.health.eject(*addr, self.shared.eject_for);
             self.shared.metrics.ejections.inc();
             tracing::warn!(upstream = %addr, error = %e, "upstream connect failed; ejected");
         }
         // Only a failed connect is retried: nothing reached the upstream, so even a
         // non-idempotent request is safe to send elsewhere.
-        if ctx.tried.len() < self.shared.max_attempts {
+        if ctx.tried.len() + usize::from(ctx.site_tried) < self.shared.max_attempts {
             e.set_retry(true);
         }
         e
@@ -521,7 +564,10 @@ impl ProxyHttp for GatewayProxy {
                 })
                 .inc();
         }
-        let upstream = ctx.tried.last().map(ToString::to_string);
+        let upstream = ctx
+            .site
+            .clone()
+            .or_else(|| ctx.tried.last().map(ToString::to_string));
         tracing::info!(
             target: "rustronaut::decision",
             listener = %self.listener.name,

@@ -322,16 +322,6 @@ impl Compiled {
                 continue;
             }
             for (ui, rule) in r.rules.iter().enumerate() {
-                if rule
-                    .upstreams
-                    .iter()
-                    .any(|u| matches!(u.kind, UpstreamKind::Site(_)))
-                {
-                    tracing::warn!(
-                        resource = %r.key(), rule = %rule.name,
-                        "site upstreams of HTTP rules are not served by this build (L4 ones are); they get no traffic"
-                    );
-                }
                 balancers.insert(
                     (ri, ui),
                     Balancer::new(&rule.upstreams, rule.load_balancing),

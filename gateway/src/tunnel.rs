@@ -242,6 +242,63 @@ impl TunnelClient {
     }
 }
 
+/// A Pingora L4 connector that opens an HTTP upstream connection as a site stream through
+/// the hub, for HTTP rules with site upstreams. Pingora pools upstream connections by peer
+/// hash: the proxy gives site peers a `group_key` derived from (site, host, port)
+/// ([`site_group_key`]), so a pooled connection to one site target is never reused for
+/// another or for a Service.
+#[derive(Debug)]
+pub struct SiteConnect {
+    /// The hub client.
+    pub client: std::sync::Arc<TunnelClient>,
+    /// Site name.
+    pub site: String,
+    /// Host at the site.
+    pub host: String,
+    /// Port at the site.
+    pub port: u16,
+}
+
+#[async_trait::async_trait]
+impl pingora::connectors::L4Connect for SiteConnect {
+    async fn connect(
+        &self,
+        _addr: &pingora::protocols::l4::socket::SocketAddr,
+    ) -> pingora::Result<pingora::protocols::l4::stream::Stream> {
+        match self
+            .client
+            .open(&self.site, Protocol::Tcp, &self.host, self.port)
+            .await
+        {
+            Ok((tcp, early)) => {
+                let mut stream = pingora::protocols::l4::stream::Stream::from(tcp);
+                stream.rewind(&early);
+                Ok(stream)
+            }
+            Err(e) => Err(pingora::Error::explain(
+                pingora::ErrorType::ConnectError,
+                format!("site {}/{}:{}: {e}", self.site, self.host, self.port),
+            )),
+        }
+    }
+}
+
+/// The connection-pool group of a site target (never 0, the group of Service peers).
+pub fn site_group_key(site: &str, host: &str, port: u16) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in site
+        .bytes()
+        .chain([0xff])
+        .chain(host.bytes())
+        .chain([0xff])
+        .chain(port.to_be_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

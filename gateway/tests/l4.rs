@@ -710,7 +710,7 @@ fn udp_flows_beyond_the_cap_are_dropped() {
 /// A real tunnel hub and site connector (the tunnel crate's own `Hub` and `Connector`, as
 /// the `rustronaut-tunnel` binary runs them) in this process, on loopback: the connector's
 /// WireGuard tunnel to the hub is UDP over 127.0.0.1, so no namespace is needed. The hub
-/// lets site `dc1` reach `allowed` only.
+/// lets site `dc1` reach the `allowed` addresses only.
 struct TunnelPair {
     stream: SocketAddr,
     token_file: std::path::PathBuf,
@@ -723,7 +723,7 @@ struct TunnelPair {
 const TUNNEL_TOKEN: &str = "gateway-token-0123456789abcdef";
 
 impl TunnelPair {
-    fn start(allowed: SocketAddr) -> Self {
+    fn start(allowed: &[SocketAddr]) -> Self {
         use rustronaut_tunnel::config::{ConnectorConfig, HubConfig};
         use rustronaut_tunnel::keys::{PrivateKey, write_private_key};
         let dir = tempfile::tempdir().unwrap();
@@ -746,8 +746,9 @@ impl TunnelPair {
             "admin_listen": format!("127.0.0.1:{}", free_port()),
             "sites": [{"name": "dc1", "public_key": site_key.public_key().to_string(),
                        "tunnel_address": "100.96.1.1",
-                       "allowed_targets": [{"cidr": allowed.ip().to_string(),
-                                            "ports": [allowed.port()], "protocol": "TCP"}]}],
+                       "allowed_targets": allowed.iter().map(|a| json!(
+                           {"cidr": a.ip().to_string(), "ports": [a.port()], "protocol": "TCP"}))
+                           .collect::<Vec<_>>()}],
         }))
         .unwrap();
         let connector: ConnectorConfig = serde_json::from_value(json!({
@@ -796,8 +797,9 @@ fn site_upstreams_are_reached_through_a_real_tunnel_hub() {
     let target = Echo::start(None);
     // Allowed by the snapshot's site, but not by the hub's configuration of the site.
     let outside = Echo::start(None);
-    let tunnel = TunnelPair::start(target.addr);
-    let (p_open, p_denied, p_hub) = (free_port(), free_port(), free_port());
+    let web = Upstream::start("at-the-site");
+    let tunnel = TunnelPair::start(&[target.addr, web.addr]);
+    let (p_open, p_denied, p_hub, p_web) = (free_port(), free_port(), free_port(), free_port());
     let site = |addr: SocketAddr| json!([{"kind": {"site": {"site": "dc1", "host": addr.ip().to_string(), "port": addr.port()}}}]);
     let resource = |name: &str, listener: &str, port: u16, addr: SocketAddr| {
         json!({"namespace": NS, "name": name, "tenant": "acme", "protocol": "TCP",
@@ -806,16 +808,25 @@ fn site_upstreams_are_reached_through_a_real_tunnel_hub() {
     let mut snap = snapshot(
         json!([{"name": "open", "port": p_open, "protocol": "TCP"},
                {"name": "denied", "port": p_denied, "protocol": "TCP"},
-               {"name": "hub-refuses", "port": p_hub, "protocol": "TCP"}]),
+               {"name": "hub-refuses", "port": p_hub, "protocol": "TCP"},
+               {"name": "web", "port": p_web, "protocol": "HTTP"}]),
         json!([
             resource("db", "open", p_open, target.addr),
             resource("ops", "denied", p_denied, target.addr),
-            resource("other", "hub-refuses", p_hub, outside.addr)
+            resource("other", "hub-refuses", p_hub, outside.addr),
+            {"namespace": NS, "name": "intranet", "tenant": "acme", "protocol": "HTTP",
+             "listeners": ["web"], "hostnames": ["intranet.acme.test"],
+             "rules": [{"name": "all", "upstreams": site(web.addr)}]},
+            {"namespace": NS, "name": "blocked", "tenant": "acme", "protocol": "HTTP",
+             "listeners": ["web"], "hostnames": ["blocked.acme.test"],
+             "rules": [{"name": "all", "upstreams": site(outside.addr)}]}
         ]),
         json!([
             allow("anyone", "db", json!(["anonymous"])),
             allow("office", "ops", cidrs(&["198.51.100.0/24"])),
-            allow("anyone-other", "other", json!(["anonymous"]))
+            allow("anyone-other", "other", json!(["anonymous"])),
+            allow("anyone-web", "intranet", json!(["anonymous"])),
+            allow("anyone-blocked", "blocked", json!(["anonymous"]))
         ]),
         json!([]),
     );
@@ -824,7 +835,8 @@ fn site_upstreams_are_reached_through_a_real_tunnel_hub() {
         "sites": [{"name": "dc1", "tenant": "acme", "publicKey": tunnel.site_public_key,
                    "tunnelAddress": "100.96.1.1",
                    "allowedTargets": [
-                       {"host": "127.0.0.1", "ports": [target.addr.port(), outside.addr.port()],
+                       {"host": "127.0.0.1",
+                        "ports": [target.addr.port(), outside.addr.port(), web.addr.port()],
                         "protocol": "TCP"}]}]
     });
     let gw = Gateway::start_with(
@@ -864,8 +876,38 @@ fn site_upstreams_are_reached_through_a_real_tunnel_hub() {
         metric_value(m, &l4_metric("TCP", "acme-apps/other", "unreachable")) == 1
             && metric_value(m, &l4_metric("TCP", "acme-apps/ops", "denied")) == 1
     });
+    // HTTP through the hub (Pingora's custom L4 connector), twice: the second request may
+    // ride the pooled connection.
+    for path in ["/one", "/two"] {
+        let r = curl(&[
+            "-H",
+            "Host: intranet.acme.test",
+            &format!("http://127.0.0.1:{p_web}{path}"),
+        ]);
+        assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+        assert_eq!(r.json()["upstream"], "at-the-site");
+        assert_eq!(r.json()["target"], path);
+    }
+    assert_eq!(web.hits.load(Ordering::SeqCst), 2);
+    // A site target the hub refuses: no upstream for the request.
+    let r = curl(&[
+        "-H",
+        "Host: blocked.acme.test",
+        &format!("http://127.0.0.1:{p_web}/x"),
+    ]);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.header("x-rustronaut-decision-id").is_some(), "{r:?}");
+    assert_eq!(outside.conns(), 0);
+
     let log = gw.log();
     assert!(log.contains("denied_by_hub"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "\"upstream\":\"site:dc1/127.0.0.1:{}\"",
+            web.addr.port()
+        )),
+        "{log}"
+    );
     assert!(
         log.contains(&format!(
             "\"upstream\":\"site:dc1/127.0.0.1:{}\"",
