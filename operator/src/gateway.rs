@@ -937,7 +937,11 @@ async fn ensure_secret(
     }
     let api: Api<Secret> = Api::namespaced(ctx.ctx.client.clone(), ns);
     let secret = make().ok_or_else(|| Error::Random(what.to_string()))?;
-    match api.create(&PostParams::default(), &secret).await {
+    let params = PostParams {
+        field_manager: Some(crate::context::FIELD_MANAGER.to_string()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &secret).await {
         Ok(s) => {
             tracing::info!(secret = %format!("{ns}/{name}"), "generated tunnel key material");
             Ok(s)
@@ -1015,6 +1019,7 @@ async fn ensure_keys(ctx: &GatewayContext, gw: &Gateway) -> Result<HubKeys, Erro
             },
         )
         .await?;
+        refresh_site_addresses(ctx, &secret, addresses.get(&s.name).copied(), hub).await?;
         if let Some(public) = tunnel::public_key_of(&secret) {
             sites.insert(s.name.clone(), public);
         }
@@ -1028,6 +1033,61 @@ async fn ensure_keys(ctx: &GatewayContext, gw: &Gateway) -> Result<HubKeys, Erro
     )
     .await?;
     Ok(HubKeys { replicas, sites })
+}
+
+/// Keeps the addresses in a site's key Secret current (a new addressPool moves them) without
+/// touching its keys: a merge patch of exactly those two entries, only when they differ.
+async fn refresh_site_addresses(
+    ctx: &GatewayContext,
+    secret: &Secret,
+    site: Option<IpAddr>,
+    hub: Option<IpAddr>,
+) -> Result<(), Error> {
+    use k8s_openapi::ByteString;
+    let current = |k: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| b.0.clone())
+    };
+    let want = |a: Option<IpAddr>| a.map(|a| a.to_string().into_bytes());
+    let entries = [
+        (tunnel::TUNNEL_ADDRESS, want(site)),
+        (tunnel::HUB_TUNNEL_ADDRESS, want(hub)),
+    ];
+    if entries.iter().all(|(k, v)| current(k) == *v) {
+        return Ok(());
+    }
+    let data: serde_json::Map<String, serde_json::Value> = entries
+        .into_iter()
+        .map(|(k, v)| {
+            let v = v.map_or(serde_json::Value::Null, |v| {
+                serde_json::json!(ByteString(v))
+            });
+            (k.to_string(), v)
+        })
+        .collect();
+    let ns = secret.namespace().unwrap_or_default();
+    let name = secret.name_any();
+    let api: Api<Secret> = Api::namespaced(ctx.ctx.client.clone(), &ns);
+    let params = kube::api::PatchParams {
+        field_manager: Some(crate::context::FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
+    api.patch(
+        &name,
+        &params,
+        &kube::api::Patch::Merge(serde_json::json!({"data": data})),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: "Secret",
+        namespace: ns,
+        name,
+        source,
+    })?;
+    Ok(())
 }
 
 /// Applies the hub's workload and, when the snapshot was built, its configuration (a

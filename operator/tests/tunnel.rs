@@ -376,10 +376,10 @@ async fn tunnel_hub_lifecycle() {
             .as_ref()?
             .annotations
             .as_ref()?
-            .get("rustronaut.io/hub-keys")
+            .get("rustronaut.io/hub-restart")
             .cloned()
     };
-    let hash_before = template_hash(&ss).expect("the keys annotation");
+    let hash_before = template_hash(&ss).expect("the restart annotation");
     secrets
         .delete("edge-hub-1", &DeleteParams::default())
         .await
@@ -411,6 +411,39 @@ async fn tunnel_hub_lifecycle() {
         data(&keys["edge-hub-0"], "private-key"),
         "the other replica keeps its key"
     );
+
+    // A new address pool: the site's Secret and the hub config follow; the keys stay.
+    gateways
+        .patch(
+            "edge",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"tunnel": {"addressPool": "100.97.0.0/16"}}})),
+        )
+        .await
+        .unwrap();
+    let moved = eventually("the site Secret's addresses follow the pool", || {
+        let secrets = secrets.clone();
+        async move {
+            let s = secrets.get("edge-site-lab").await.ok()?;
+            (data(&s, "hub-tunnel-address") == "100.97.0.1").then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(data(&moved, "private-key"), data(lab, "private-key"));
+    let lab_moved = data(&moved, "tunnel-address");
+    assert!(lab_moved.starts_with("100.97."), "{lab_moved}");
+    eventually("the hub config in the new pool", || {
+        let secrets = secrets.clone();
+        let lab_moved = lab_moved.clone();
+        async move {
+            let c = parse_hub_config(&secrets.get("edge-hub-config").await.ok()?);
+            let lab = c.sites.iter().find(|s| s.name == "lab")?;
+            (c.tunnel_address.to_string() == "100.97.0.1"
+                && lab.tunnel_address.to_string() == lab_moved)
+                .then_some(())
+        }
+    })
+    .await;
 
     // One replica fewer: its key and Service go.
     gateways

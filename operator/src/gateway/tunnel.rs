@@ -24,9 +24,9 @@
 //! shared by all replicas, names one fixed path. The volume is `root:<fsGroup>` mode 0440,
 //! the only way a non-root container can read a Secret file, hence the hub configuration's
 //! `private_key_group_readable: true`. A `subPath` mount does not follow later changes of the
-//! Secret; the pod template carries a hash of the replicas' public keys, so a rotated key
-//! rolls the StatefulSet (one pod at a time) and the running key is always the advertised
-//! one.
+//! Secret; the pod template carries a hash of the replicas' public keys (and of the hub's
+//! tunnel address, also read only at start), so a rotated key rolls the StatefulSet (one
+//! pod at a time) and the running key is always the advertised one.
 
 use super::objects::{RUN_AS, Settings, container_security, labels, typed};
 use k8s_openapi::ByteString;
@@ -70,9 +70,10 @@ pub const TOKEN_FILE: &str = "/var/run/rustronaut/tunnel/token";
 pub const STREAM_PORT: u16 = 4200;
 /// The hub's admin endpoint (/healthz, /metrics, /status).
 pub const ADMIN_PORT: u16 = 9090;
-/// Annotation on the hub pod template: a hash of the replicas' public keys, so a rotated key
-/// restarts the pods (their key file is a `subPath` mount, which never updates).
-pub const KEYS_ANNOTATION: &str = "rustronaut.io/hub-keys";
+/// Annotation on the hub pod template: a hash of what the hub reads only when it starts (the
+/// replicas' public keys and the hub's tunnel address), so a rotated key or a new address
+/// pool restarts the pods; the key file is a `subPath` mount, which never updates anyway.
+pub const RESTART_ANNOTATION: &str = "rustronaut.io/hub-restart";
 
 /// Names of the hub's objects.
 pub mod names {
@@ -320,9 +321,9 @@ pub fn hub_config_secret(gw: &Gateway, config: &HubConfig) -> Secret {
     )
 }
 
-/// A short, stable hash of the replicas' public keys for [`KEYS_ANNOTATION`].
-pub fn keys_hash(public_keys: &[String]) -> String {
-    let h = public_keys.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, k| {
+/// A short, stable hash (FNV-1a) of `parts` for [`RESTART_ANNOTATION`].
+pub fn restart_hash(parts: &[String]) -> String {
+    let h = parts.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, k| {
         k.bytes()
             .chain(std::iter::once(b'\n'))
             .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
@@ -339,7 +340,7 @@ fn service_type(gw: &Gateway) -> &'static str {
 }
 
 /// The StatefulSet of the hub (None without `spec.tunnel`). `public_keys` are the replicas'
-/// (for [`KEYS_ANNOTATION`]).
+/// (for [`RESTART_ANNOTATION`], with the hub's tunnel address).
 pub fn stateful_set(
     gw: &Gateway,
     settings: &Settings,
@@ -348,6 +349,8 @@ pub fn stateful_set(
     let t = gw.spec.tunnel.as_ref()?;
     let name = gw.name_any();
     let port = t.listen_port;
+    let mut restart = public_keys.to_vec();
+    restart.extend(hub_address(&t.address_pool).map(|a| a.to_string()));
     let probe = json!({
         "httpGet": {"path": "/healthz", "port": ADMIN_PORT},
         "periodSeconds": 10,
@@ -388,7 +391,7 @@ pub fn stateful_set(
                         labels::INSTANCE: name,
                         labels::MANAGED_BY: labels::OPERATOR,
                     },
-                    "annotations": {KEYS_ANNOTATION: keys_hash(public_keys)},
+                    "annotations": {RESTART_ANNOTATION: restart_hash(&restart)},
                 },
                 "spec": {
                     // The hub reads files only; it never talks to the API server.
@@ -682,10 +685,10 @@ mod tests {
                    "app.kubernetes.io/instance": "edge",
                    "app.kubernetes.io/managed-by": "rustronaut-operator"})
         );
-        assert_ne!(keys_hash(&["a".into()]), keys_hash(&["b".into()]));
+        assert_ne!(restart_hash(&["a".into()]), restart_hash(&["b".into()]));
         assert_ne!(
-            keys_hash(&["a".into(), "b".into()]),
-            keys_hash(&["ab".into()])
+            restart_hash(&["a".into(), "b".into()]),
+            restart_hash(&["ab".into()])
         );
     }
 
@@ -722,7 +725,8 @@ mod tests {
                                              "app.kubernetes.io/instance": "edge"}},
                 "template": {
                     "metadata": {"labels": labels,
-                                 "annotations": {KEYS_ANNOTATION: keys_hash(&["k0".into(), "k1".into()])}},
+                                 "annotations": {RESTART_ANNOTATION: restart_hash(
+                                     &["k0".into(), "k1".into(), "100.96.0.1".into()])}},
                     "spec": {
                         "automountServiceAccountToken": false,
                         "securityContext": {
