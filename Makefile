@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CLUSTER_DIR ?= $(CURDIR)/.cluster
 TOOLS := bash e2e/scripts/tools.sh
 
-.PHONY: help demo test tools cluster-up cluster-down crds crds-check policy-test lint fmt bench clean
+.PHONY: help demo test tools cluster-up cluster-down crds crds-check chart policy-test lint fmt bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ crds: ## regenerate the CRD YAML and the API reference from the Rust types
 
 crds-check: ## fail if the committed CRD YAML or reference differ from the types
 	cargo run -q -p rustronaut-crds --bin rustronaut-crdgen -- check
+
+chart: ## regenerate the Helm chart's RBAC from operator/src/rbac.rs
+	UPDATE_CHART=1 cargo test -q -p rustronaut-operator --test chart
 
 policy-test: ## run the embedded tests of the example Policies (as a GitOps CI job would)
 	cargo run -q -p rustronaut-cli -- policy test examples/

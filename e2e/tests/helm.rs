@@ -1,0 +1,210 @@
+//! `helm install` of charts/rustronaut against the real control plane, with the helm binary
+//! built by e2e/scripts/tools.sh: the chart lints, installs (CRDs included) and becomes ready
+//! on kwok nodes; the ClusterRole it ships holds exactly the rules the operator's integration
+//! tests run under (`rustronaut_operator::rbac`); the pods run non-root with a read-only root
+//! filesystem and the Downward API env the operator needs; an upgrade to one replica drops the
+//! PodDisruptionBudget; uninstall removes the operator and, as Helm does, keeps the CRDs (and
+//! so every user object).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const RELEASE: &str = "rtn";
+const NAMESPACE: &str = "rustronaut-helm";
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/rustronaut")
+}
+
+fn helm(cluster: &rustronaut_e2e::TestCluster) -> Command {
+    let bin = cluster
+        .bin_dir()
+        .map(|d| d.join("helm"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("helm"));
+    let mut cmd = Command::new(bin);
+    // Helm keeps caches and repositories under $HOME by default; keep them out of it.
+    let home = std::env::temp_dir().join("rustronaut-helm-home");
+    cmd.env("KUBECONFIG", cluster.kubeconfig())
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    cmd
+}
+
+fn run(mut cmd: Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn helm_installs_the_operator_with_the_rbac_it_was_tested_with() {
+    let cluster = rustronaut_e2e::shared();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin = rt.block_on(cluster.client());
+
+    let mut lint = helm(cluster);
+    lint.args(["lint", "--strict"]).arg(chart());
+    run(lint);
+
+    let mut install = helm(cluster);
+    install
+        .args(["install", RELEASE])
+        .arg(chart())
+        .args(["--namespace", NAMESPACE, "--create-namespace"])
+        .args(["--wait", "--timeout", "180s"])
+        .args(["--set", "gateway.image.tag=test"]);
+    run(install);
+
+    // CRDs from the chart's crds/ directory.
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for name in [
+        "tenants.rustronaut.io",
+        "resources.rustronaut.io",
+        "gateways.rustronaut.io",
+        "policies.rustronaut.io",
+    ] {
+        assert!(
+            rt.block_on(crds.get_opt(name)).unwrap().is_some(),
+            "CRD {name} installed"
+        );
+    }
+
+    // RBAC: exactly what the code says (and what the integration tests ran under).
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    let installed = rt
+        .block_on(roles.get(rustronaut_operator::rbac::NAME))
+        .unwrap();
+    assert_eq!(
+        installed.rules,
+        rustronaut_operator::rbac::cluster_role().rules
+    );
+    let tenant_admin = rt
+        .block_on(roles.get(rustronaut_operator::rbac::TENANT_ADMIN))
+        .unwrap();
+    assert_eq!(
+        tenant_admin.rules,
+        rustronaut_operator::rbac::tenant_admin_cluster_role().rules
+    );
+    let lease: Api<Role> = Api::namespaced(admin.clone(), NAMESPACE);
+    assert_eq!(
+        rt.block_on(lease.get(rustronaut_operator::rbac::NAME))
+            .unwrap()
+            .rules,
+        rustronaut_operator::rbac::lease_role(NAMESPACE).rules
+    );
+
+    // The Deployment: ready (helm --wait), hardened, with the env the operator reads.
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), NAMESPACE);
+    let d = rt
+        .block_on(deployments.get(rustronaut_operator::rbac::NAME))
+        .unwrap();
+    assert_eq!(d.status.as_ref().and_then(|s| s.ready_replicas), Some(2));
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some(rustronaut_operator::rbac::NAME)
+    );
+    assert_eq!(
+        pod.security_context.and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
+    let c = &pod.containers[0];
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+    let env: Vec<_> = c.env.clone().unwrap_or_default();
+    let var = |name: &str| env.iter().find(|e| e.name == name).cloned();
+    assert_eq!(
+        var("POD_NAMESPACE")
+            .and_then(|e| e.value_from)
+            .and_then(|v| v.field_ref)
+            .map(|f| f.field_path),
+        Some("metadata.namespace".to_string()),
+        "the Lease lives in the release namespace"
+    );
+    assert_eq!(
+        var("RUSTRONAUT_GATEWAY_IMAGE").and_then(|e| e.value),
+        Some("ghcr.io/rustronaut/gateway:test".to_string())
+    );
+    assert_eq!(
+        c.image.as_deref(),
+        Some("ghcr.io/rustronaut/operator:0.1.0"),
+        "the operator image defaults to the chart's appVersion"
+    );
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(admin.clone(), NAMESPACE);
+    assert!(
+        rt.block_on(pdbs.get_opt(rustronaut_operator::rbac::NAME))
+            .unwrap()
+            .is_some()
+    );
+
+    // Upgrade to one replica: no PodDisruptionBudget (it would block every drain).
+    let mut upgrade = helm(cluster);
+    upgrade
+        .args(["upgrade", RELEASE])
+        .arg(chart())
+        .args(["--namespace", NAMESPACE, "--reuse-values"])
+        .args([
+            "--set",
+            "operator.replicas=1",
+            "--wait",
+            "--timeout",
+            "180s",
+        ]);
+    run(upgrade);
+    assert!(
+        rt.block_on(pdbs.get_opt(rustronaut_operator::rbac::NAME))
+            .unwrap()
+            .is_none()
+    );
+
+    // Uninstall: the operator goes; the CRDs (and so every user object) stay.
+    let mut uninstall = helm(cluster);
+    uninstall
+        .args(["uninstall", RELEASE, "--namespace", NAMESPACE])
+        .args(["--wait", "--timeout", "120s"]);
+    run(uninstall);
+    let mut gone = false;
+    for _ in 0..300 {
+        if rt
+            .block_on(deployments.get_opt(rustronaut_operator::rbac::NAME))
+            .unwrap()
+            .is_none()
+        {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(gone, "uninstall removes the operator Deployment");
+    assert!(
+        rt.block_on(roles.get_opt(rustronaut_operator::rbac::NAME))
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        rt.block_on(crds.get_opt("gateways.rustronaut.io"))
+            .unwrap()
+            .is_some(),
+        "Helm never deletes CRDs"
+    );
+}
