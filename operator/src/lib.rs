@@ -8,7 +8,8 @@
 //! - [`rbac`]: the operator's own RBAC (shipped and tested).
 //! - [`server`]: the /metrics, /healthz, /readyz endpoint.
 //! - [`leader`]: leader election on a Lease (only the holder runs the controllers).
-//! - [`gateway`]: the Gateway controller (snapshot Secret, Deployment, Service, RBAC, status);
+//! - [`gateway`]: the Gateway controller (snapshot Secret, Deployment, Service, RBAC, the
+//!   tunnel hub of `spec.tunnel`, status);
 //!   it owns the caches and also runs the two whole-world controllers below.
 //! - [`pass`]: the loop of the whole-world controllers (debounce, resync, backoff).
 //! - [`conditions`]: pure: Resource, Policy and Tenant status from a World and the builds.

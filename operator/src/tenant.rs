@@ -82,7 +82,9 @@ pub fn namespace_label(namespace: &str, tenant: Option<&str>) -> Value {
 /// Default-deny ingress for every pod of `namespace` except the gateway pods, admitting only
 /// traffic from gateway pods (`app.kubernetes.io/name=rustronaut-gateway`, in any namespace):
 /// a tenant's workloads are reachable only through a gateway, which enforces the policies.
-/// Gateway pods in the namespace are not selected, so their own listeners stay reachable.
+/// Gateway pods and tunnel hub pods in the namespace are not selected, so their own
+/// listeners stay reachable (a hub's WireGuard port must take UDP from sites outside the
+/// cluster; its stream port authenticates gateways with a token).
 pub fn network_policy(t: &Tenant, namespace: &str) -> Value {
     json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -93,7 +95,8 @@ pub fn network_policy(t: &Tenant, namespace: &str) -> Value {
         },
         "spec": {
             "podSelector": {"matchExpressions": [{
-                "key": labels::NAME, "operator": "NotIn", "values": [labels::GATEWAY],
+                "key": labels::NAME, "operator": "NotIn",
+                "values": [labels::GATEWAY, crate::gateway::tunnel::HUB],
             }]},
             "policyTypes": ["Ingress"],
             "ingress": [{"from": [{
@@ -426,6 +429,11 @@ mod tests {
         assert!(ingress[0].ports.is_none());
         let selected = spec.pod_selector.unwrap().match_expressions.unwrap();
         assert_eq!(selected[0].operator, "NotIn", "gateway pods stay reachable");
+        assert_eq!(
+            selected[0].values.as_deref().unwrap(),
+            [labels::GATEWAY, crate::gateway::tunnel::HUB],
+            "and so do tunnel hub pods"
+        );
     }
 
     #[test]
