@@ -2,7 +2,7 @@
 # Builds (once) and locates the Go-built tools the tests and the demo need:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (e2e/tools/k8s wrapper module)
 #   etcd                                                               (e2e/tools/etcd wrapper module)
-#   kwok, helm, wireguard-go                                           (pinned `go install`)
+#   kwok, helm, wireguard-go, an OIDC provider                         (pinned `go install`)
 #
 # Every tool lands in its own directory under the cache, keyed by its version and by the hash of
 # the wrapper module's go.mod/go.sum, and is rebuilt only when that directory is absent. The cache
@@ -23,6 +23,11 @@ HELM_VERSION=v3.21.4
 # wireguard-go has no useful semver tag (the only one is a stale v0.0.20201121): pin a
 # pseudo-version, which is wireguard-go 0.0.20250522.
 WIREGUARD_GO_VERSION=v0.0.0-20250521234502-f333402bd9cb
+# A real OpenID Connect provider for the gateway's browser-login tests: zitadel/oidc's example
+# OP (an OpenID-certified library; users, clients and redirect URIs from env/file). Dex, the
+# ecosystem's usual choice, is not installable from the Go module proxy: its v2 tags have no
+# /v2 module path, so the newest version the proxy serves is v2.13.0+incompatible (2018).
+ZITADEL_OIDC_VERSION=v3.52.0
 
 here=$(cd "$(dirname "$0")" && pwd)
 tools_src=$(cd "$here/../tools" && pwd)
@@ -97,6 +102,11 @@ build_wireguard_go() {
 	mv "$OUT/wireguard" "$OUT/wireguard-go"
 }
 
+build_oidc_provider() {
+	GOBIN="$OUT" go install -trimpath -ldflags "-s -w" "github.com/zitadel/oidc/v3/example/server@$ZITADEL_OIDC_VERSION"
+	mv "$OUT/server" "$OUT/oidc-provider"
+}
+
 build_all() {
 	command -v go >/dev/null || { log "go is not installed: the control plane is built from Go modules"; exit 1; }
 	local k8s_dir="$cache/tools/kubernetes-$K8S_VERSION-$(modhash "$tools_src/k8s")"
@@ -104,19 +114,21 @@ build_all() {
 	local kwok_dir="$cache/tools/kwok-$KWOK_VERSION"
 	local helm_dir="$cache/tools/helm-$HELM_VERSION"
 	local wg_dir="$cache/tools/wireguard-go-$WIREGUARD_GO_VERSION"
+	local oidc_dir="$cache/tools/oidc-provider-$ZITADEL_OIDC_VERSION"
 	build_into "$etcd_dir" build_etcd
 	build_into "$kwok_dir" build_kwok
 	build_into "$helm_dir" build_helm
 	build_into "$wg_dir" build_wireguard_go
+	build_into "$oidc_dir" build_oidc_provider
 	build_into "$k8s_dir" build_k8s
 	# One directory of symlinks per combination of versions, so two clones pinned to different
 	# versions on one machine never see each other's binaries.
-	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" | sha256sum | cut -c1-12)
+	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" | sha256sum | cut -c1-12)
 	local bin="$cache/bin/$key"
 	if [ ! -d "$bin" ]; then
 		mkdir -p "$bin.tmp.$$"
 		local d f
-		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir"; do
+		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir"; do
 			for f in "$d"/*; do ln -sf "$f" "$bin.tmp.$$/$(basename "$f")"; done
 		done
 		mv "$bin.tmp.$$" "$bin" 2>/dev/null || rm -rf "$bin.tmp.$$"
@@ -127,7 +139,7 @@ build_all() {
 case "${1:-build}" in
 build | bindir) build_all ;;
 versions)
-	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\n' \
-		"$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$WIREGUARD_GO_VERSION" ;;
+	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\nzitadel-oidc %s\n' \
+		"$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$WIREGUARD_GO_VERSION" "$ZITADEL_OIDC_VERSION" ;;
 *) echo "usage: $0 [build|bindir|versions]" >&2; exit 2 ;;
 esac
