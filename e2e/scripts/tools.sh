@@ -24,7 +24,8 @@ HELM_VERSION=v3.21.4
 # pseudo-version, which is wireguard-go 0.0.20250522.
 WIREGUARD_GO_VERSION=v0.0.0-20250521234502-f333402bd9cb
 # A real OpenID Connect provider for the gateway's browser-login tests: zitadel/oidc's example
-# OP (an OpenID-certified library; users, clients and redirect URIs from env/file). Dex, the
+# OP (an OpenID-certified library), served over HTTPS by the small wrapper module in
+# e2e/tools/oidc-provider (users, client and redirect URIs from the environment). Dex, the
 # ecosystem's usual choice, is not installable from the Go module proxy: its v2 tags have no
 # /v2 module path, so the newest version the proxy serves is v2.13.0+incompatible (2018).
 ZITADEL_OIDC_VERSION=v3.52.0
@@ -103,8 +104,7 @@ build_wireguard_go() {
 }
 
 build_oidc_provider() {
-	GOBIN="$OUT" go install -trimpath -ldflags "-s -w" "github.com/zitadel/oidc/v3/example/server@$ZITADEL_OIDC_VERSION"
-	mv "$OUT/server" "$OUT/oidc-provider"
+	(cd "$tools_src/oidc-provider" && go build -trimpath -ldflags "-s -w" -o "$OUT/oidc-provider" .)
 }
 
 build_all() {
@@ -114,7 +114,7 @@ build_all() {
 	local kwok_dir="$cache/tools/kwok-$KWOK_VERSION"
 	local helm_dir="$cache/tools/helm-$HELM_VERSION"
 	local wg_dir="$cache/tools/wireguard-go-$WIREGUARD_GO_VERSION"
-	local oidc_dir="$cache/tools/oidc-provider-$ZITADEL_OIDC_VERSION"
+	local oidc_dir="$cache/tools/oidc-provider-$ZITADEL_OIDC_VERSION-$(modhash "$tools_src/oidc-provider")"
 	build_into "$etcd_dir" build_etcd
 	build_into "$kwok_dir" build_kwok
 	build_into "$helm_dir" build_helm
