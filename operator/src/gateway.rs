@@ -9,6 +9,8 @@
 //!            PDB, HPA                                                       (objects)
 //!            with spec.tunnel: key Secrets (created once), hub config Secret,
 //!            StatefulSet, per-replica UDP Services, stream Service          (tunnel)
+//!  status    ... + status.tunnel: replica public keys, sites from the hubs' /status
+//!                                                                           (hubstatus)
 //!  apply     server-side apply, field manager "rustronaut-operator"        (crate::apply)
 //!  status    status::status -> Accepted / Programmed / Ready, configVersion (status)
 //! ```
@@ -26,6 +28,7 @@
 //! is the optimisation for later, when the benchmark says it is needed. Changes to Secrets the
 //! operator writes itself trigger nothing, so writing a snapshot does not wake every Gateway.
 
+pub mod hubstatus;
 pub mod objects;
 pub mod status;
 pub mod tunnel;
@@ -811,6 +814,22 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         apply_hub(ctx, gw, k, compiled, &reference).await?;
     }
     prune_hub(ctx, gw).await?;
+    let sites = match &gw.spec.tunnel {
+        Some(t) => {
+            // The ready hub pods, from the stream Service's EndpointSlices (cached).
+            let addrs: Vec<SocketAddr> = ctx
+                .stores
+                .endpoints(&ns, &tunnel::names::stream(&name), tunnel::STREAM_PORT)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| SocketAddr::new(a.ip(), tunnel::ADMIN_PORT))
+                .collect();
+            let reports = hubstatus::fetch_all(&addrs).await;
+            let names: Vec<String> = t.sites.iter().map(|s| s.name.clone()).collect();
+            hubstatus::site_status(&names, &reports)
+        }
+        None => Vec::new(),
+    };
 
     // apply: the snapshot, only when it was built; otherwise the last good one stays
     let (outcome, served) = match built {
@@ -890,8 +909,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         reports: reports.into_iter().collect(),
         tunnel: keys.map(|k| TunnelStatus {
             public_keys: k.replicas.into_iter().flatten().collect(),
-            // Per-site state would come from the hub pods' /status; not read (see README).
-            sites: Vec::new(),
+            sites,
         }),
         now: Time(k8s_openapi::jiff::Timestamp::now()),
     });
@@ -910,7 +928,12 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
                 source,
             })?;
     }
-    Ok(Action::requeue(RESYNC))
+    // With a tunnel, sooner: the sites' state changes without any event.
+    Ok(Action::requeue(if gw.spec.tunnel.is_some() {
+        hubstatus::INTERVAL
+    } else {
+        RESYNC
+    }))
 }
 
 /// The tunnel's key material as it exists after [`ensure_keys`].

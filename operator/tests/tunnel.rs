@@ -340,6 +340,10 @@ async fn tunnel_hub_lifecycle() {
     })
     .await;
 
+    // kwok runs no hub process: no replica answers /status, so nothing is claimed per site.
+    let gw = gateways.get("edge").await.unwrap();
+    assert!(gw.status.unwrap().tunnel.unwrap().sites.is_empty());
+
     // A re-reconcile (a spec change) leaves every key and the token as they were.
     let generation = gateways.get("edge").await.unwrap().metadata.generation;
     gateways
