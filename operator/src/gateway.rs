@@ -1129,6 +1129,11 @@ async fn apply_hub(
         match tunnel::hub_config(t) {
             Ok(config) => drop(put(client, &ns, &tunnel::hub_config_secret(gw, &config)).await?),
             Err(e) => {
+                tracing::warn!(
+                    gateway = %format!("{ns}/{}", gw.name_any()),
+                    error = %e,
+                    "hub configuration not written; the last good one stays"
+                );
                 let event = Event {
                     type_: EventType::Warning,
                     reason: "InvalidTunnelConfig".into(),
@@ -1154,6 +1159,12 @@ async fn apply_hub(
     }
     if let Some(svc) = tunnel::stream_service(gw) {
         put(client, &ns, &svc).await?;
+    }
+    match tunnel::pdb(gw) {
+        Some(p) => drop(put(client, &ns, &p).await?),
+        None => {
+            remove::<PodDisruptionBudget>(client, &ns, &tunnel::names::hub(&gw.name_any())).await?
+        }
     }
     Ok(())
 }
@@ -1187,7 +1198,9 @@ async fn prune_hub(ctx: &GatewayContext, gw: &Gateway) -> Result<(), Error> {
         remove::<Service>(client, &ns, &name).await?;
     }
     if gw.spec.tunnel.is_none() {
-        remove::<StatefulSet>(client, &ns, &tunnel::names::hub(&gw.name_any())).await?;
+        let hub = tunnel::names::hub(&gw.name_any());
+        remove::<StatefulSet>(client, &ns, &hub).await?;
+        remove::<PodDisruptionBudget>(client, &ns, &hub).await?;
     }
     Ok(())
 }

@@ -282,6 +282,15 @@ async fn tunnel_hub_lifecycle() {
         .collect();
     assert_eq!(projected, ["edge-hub-0", "edge-hub-1"]);
 
+    // Two replicas: a disruption budget keeps one up through a node drain.
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), &gw_ns);
+    let pdb = pdbs.get("edge-hub").await.unwrap().spec.unwrap();
+    assert_eq!(
+        pdb.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+
     // One UDP Service per replica (selecting that pod), the stream Service.
     let services: Api<Service> = Api::namespaced(client.clone(), &gw_ns);
     for i in 0..2 {
@@ -462,10 +471,12 @@ async fn tunnel_hub_lifecycle() {
         let secrets = secrets.clone();
         let services = services.clone();
         let gateways = gateways.clone();
+        let pdbs = pdbs.clone();
         let want = vec![hub_keys[0].clone()];
         async move {
             let gone = secrets.get_opt("edge-hub-1").await.ok()?.is_none()
                 && services.get_opt("edge-hub-1").await.ok()?.is_none()
+                && pdbs.get_opt("edge-hub").await.ok()?.is_none()
                 && services.get_opt("edge-hub-0").await.ok()?.is_some();
             (gone && public_keys(&gateways).await? == want).then_some(())
         }

@@ -8,6 +8,7 @@
 //!  <gw>-tunnel-token   Secret   token (hub and gateway pods), created once
 //!  <gw>-hub-config     Secret   hub.yaml = hub_config(compiled snapshot's tunnel)
 //!  <gw>-hub            StatefulSet  rustronaut-tunnel hub --config /etc/rustronaut/hub/hub.yaml
+//!  <gw>-hub            PodDisruptionBudget  maxUnavailable 1, with more than one replica
 //!  <gw>-hub-<i>        Service  UDP listenPort -> pod <gw>-hub-<i> (connectors reach each one)
 //!  <gw>-hub-stream     Service  TCP 4200 -> any hub pod (the gateway pods' stream endpoint)
 //! ```
@@ -32,6 +33,7 @@ use super::objects::{RUN_AS, Settings, container_security, labels, typed};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Resource, ResourceExt};
 use rustronaut_contract::snapshot as cs;
 use rustronaut_crds::Gateway;
@@ -436,6 +438,20 @@ pub fn stateful_set(
     })))
 }
 
+/// A PodDisruptionBudget (maxUnavailable 1) for more than one hub replica, so a node drain
+/// never takes every hub at once (connectors keep their tunnels through the others); None
+/// for a single replica (it would block drains) or without a tunnel.
+pub fn pdb(gw: &Gateway) -> Option<PodDisruptionBudget> {
+    let t = gw.spec.tunnel.as_ref()?;
+    (t.replicas > 1).then(|| {
+        typed(json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": metadata(gw, &names::hub(&gw.name_any())),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(gw)}},
+        }))
+    })
+}
+
 /// The UDP Service of hub replica `i`: connectors keep a tunnel to every replica, so each
 /// needs its own address. Type and annotations from `spec.service`, like the gateway's.
 pub fn replica_service(gw: &Gateway, i: i32) -> Option<Service> {
@@ -783,6 +799,30 @@ mod tests {
             }
         });
         assert_eq!(ss, want, "{}", serde_json::to_string_pretty(&ss).unwrap());
+    }
+
+    #[test]
+    fn pdb_only_with_several_replicas() {
+        let two = gateway(json!({"replicas": 2}));
+        assert_eq!(
+            serde_json::to_value(pdb(&two).unwrap()).unwrap(),
+            json!({
+                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": "edge-hub", "namespace": "rtn",
+                    "labels": {"app.kubernetes.io/name": "rustronaut-tunnel-hub",
+                               "app.kubernetes.io/instance": "edge",
+                               "app.kubernetes.io/managed-by": "rustronaut-operator"},
+                    "ownerReferences": [{"apiVersion": "rustronaut.io/v1alpha1",
+                        "kind": "Gateway", "name": "edge", "uid": "u-1", "controller": true}]},
+                "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {
+                    "app.kubernetes.io/name": "rustronaut-tunnel-hub",
+                    "app.kubernetes.io/instance": "edge"}}},
+            })
+        );
+        assert!(pdb(&gateway(json!({"replicas": 1}))).is_none());
+        let mut none = two.clone();
+        none.spec.tunnel = None;
+        assert!(pdb(&none).is_none());
     }
 
     #[test]
