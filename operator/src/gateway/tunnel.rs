@@ -605,6 +605,56 @@ mod tests {
         );
     }
 
+    /// The hub itself (`Hub::from_file`, what `rustronaut-tunnel hub --config` runs) starts
+    /// from the generated configuration with a key and token shaped like the Secret volume
+    /// files the kubelet writes with fsGroup (mode 0440); only the paths and ports are moved
+    /// to a temporary directory and free ports.
+    #[tokio::test]
+    async fn the_hub_starts_from_the_generated_config_and_secret_volume_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let gw = gateway(json!({"replicas": 2}));
+        let dir = std::env::temp_dir().join(format!("rtn-hub-start-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+            path
+        };
+        let key = PrivateKey::generate().unwrap();
+        let key_secret = replica_key_secret(&gw, 0, &key);
+        let key_file = write("key", &key_secret.data.as_ref().unwrap()[PRIVATE_KEY].0);
+        let token = token_secret(&gw, &new_token().unwrap());
+        let token_file = write("token", &token.data.as_ref().unwrap()[TOKEN].0);
+        let free_tcp = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let udp = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let mut config = hub_config(&compiled()).unwrap();
+        assert!(config.private_key_group_readable);
+        config.private_key_file = key_file;
+        config.token_file = token_file;
+        config.listen_port = udp.local_addr().unwrap().port();
+        drop(udp);
+        config.stream_listen = free_tcp();
+        config.admin_listen = free_tcp();
+        let start = |config: &HubConfig| {
+            let secret = hub_config_secret(&gw, config);
+            let path = dir.join("hub.yaml");
+            std::fs::write(&path, &secret.data.as_ref().unwrap()[HUB_CONFIG].0).unwrap();
+            async move { rustronaut_tunnel::hub::Hub::from_file(&path).await }
+        };
+        let hub = start(&config).await.expect("the hub starts");
+        assert_eq!(hub.public_key(), key.public_key());
+        drop(hub);
+        // Without the option the hub refuses the Secret volume's key file: why it is set.
+        config.private_key_group_readable = false;
+        let refused = start(&config).await.err().expect("refused").to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(refused.contains("0440"), "{refused}");
+    }
+
     #[test]
     fn hub_config_refuses_what_the_hub_would_refuse() {
         let mut t = compiled();
