@@ -9,9 +9,14 @@
 # the token (cached after the first request) and evaluates the policy on every request, and
 # logs one JSON decision line per request; nginx and HAProxy only forward.
 #
+# Then TCP throughput (iperf3, one stream) direct vs the gateway's TCP listener (an Allow by
+# client CIDR, decided once per connection, then spliced) vs HAProxy in tcp mode.
+#
 # Usage: gateway/bench/run.sh     ROUNDS=3 REQUESTS=100000 CONNECTIONS=50 by default;
 #        PERF_OUT=/tmp/gw.perf also profiles the gateway (perf report -i /tmp/gw.perf)
-# Needs nginx, haproxy and h2load (nghttp2-client): installed with apt-get when missing.
+#        TCP_ONLY=1 runs only the iperf3 part (TCP_SECONDS=5 per run); the gateway runs twice,
+#        with its default 64 KiB copy buffers and with tokio's 8 KiB (gateway-8k)
+# Needs nginx, haproxy, h2load (nghttp2-client) and iperf3: installed with apt-get when missing.
 set -euo pipefail
 ROUNDS=${ROUNDS:-3}
 N=${REQUESTS:-100000}
@@ -28,6 +33,7 @@ need=()
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v iperf3 >/dev/null || need+=(iperf3)
 if [ ${#need[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
@@ -42,6 +48,77 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# TCP throughput: iperf3 -> { direct | HAProxy (mode tcp) | gateway TCP listener } -> iperf3 -s
+tcp_bench() {
+	local secs=${TCP_SECONDS:-5}
+	iperf3 -s -B 127.0.0.1 -p 19011 >"$work/iperf3.log" 2>&1 & pids+=($!)
+	cat >"$work/haproxy-tcp.cfg" <<CONF
+global
+  nbthread 1
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:19013
+  default_backend be
+backend be
+  server up 127.0.0.1:19011
+CONF
+	haproxy -f "$work/haproxy-tcp.cfg" -db >"$work/haproxy-tcp.log" 2>&1 & pids+=($!)
+	cat >"$work/snapshot-tcp.json" <<'JSON'
+{"schemaVersion": 1, "gateway": {"namespace": "bench", "name": "bench"},
+ "listeners": [{"name": "tcp", "port": 19012, "protocol": "TCP"}],
+ "tenants": [{"name": "bench"}],
+ "resources": [{"namespace": "bench", "name": "iperf", "tenant": "bench", "protocol": "TCP",
+   "listeners": ["tcp"], "ports": [19012],
+   "upstreams": [{"kind": {"service": {"name": "iperf", "port": 19011, "addresses": ["127.0.0.1:19011"]}}}]}],
+ "policies": [{"namespace": "bench", "name": "local", "tenant": "bench", "action": "Allow",
+   "targets": [{"resource": {"namespace": "bench", "name": "iperf"}}],
+   "rules": [{"name": "loopback", "from": [{"sourceCIDRs": {"cidrs": ["127.0.0.0/8"]}}]}]}]}
+JSON
+	"$GW" --snapshot "$work/snapshot-tcp.json" --admin-listen 127.0.0.1:19014 --bind-address 127.0.0.1 \
+		--threads 1 >"$work/gateway-tcp.log" 2>&1 & pids+=($!)
+	# The same with tokio's default 8 KiB copy buffers, to show what the default buys.
+	sed 's/19012/19015/g' "$work/snapshot-tcp.json" >"$work/snapshot-tcp8k.json"
+	"$GW" --snapshot "$work/snapshot-tcp8k.json" --admin-listen 127.0.0.1:19016 --bind-address 127.0.0.1 \
+		--threads 1 --l4-copy-buffer-bytes 8192 >"$work/gateway-tcp8k.log" 2>&1 & pids+=($!)
+	for admin in 19014 19016; do
+		for _ in $(seq 1 100); do
+			[ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$admin/readyz")" = 200 ] && break
+			sleep 0.1
+		done
+	done
+	sleep 0.5
+	local -A tport=([direct]=19011 [haproxy]=19013 [gateway]=19012 [gateway-8k]=19015) gbps=()
+	local r t
+	for r in $(seq 1 "$ROUNDS"); do
+		for t in direct haproxy gateway gateway-8k; do
+			gbps[$t]+="$(iperf3 -c 127.0.0.1 -p "${tport[$t]}" -t "$secs" -J |
+				python3 -c 'import json, sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9)') "
+		done
+		echo "tcp round $r done" >&2
+	done
+	printf '\niperf3, one TCP stream, %s s per run, %s rounds, median (all runs)\n\n' "$secs" "$ROUNDS"
+	echo "| target | Gbit/s | vs direct | vs HAProxy | runs |"
+	echo "|---|---|---|---|---|"
+	local d h g
+	d=$(median <<<"${gbps[direct]}")
+	h=$(median <<<"${gbps[haproxy]}")
+	for t in direct haproxy gateway gateway-8k; do
+		g=$(median <<<"${gbps[$t]}")
+		# shellcheck disable=SC2086
+		printf '| %s | %.2f | %.2f | %.2f | %s |\n' "$t" "$g" "$(echo "$g / $d" | bc -l)" \
+			"$(echo "$g / $h" | bc -l)" "$(printf '%.1f ' ${gbps[$t]})"
+	done
+}
+if [ "${TCP_ONLY:-0}" = 1 ]; then
+	tcp_bench
+	exit 0
+fi
 
 head -c 1048576 /dev/urandom >"$work/big.bin"
 # nginx workers drop to an unprivileged user: let them read the file.
@@ -187,7 +264,6 @@ nginx_workers=$(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')
 nginx_10k=$(hold 19002 $nginx_workers)
 haproxy_10k=$(hold 19003 "${pids[2]}")
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 field() { # values "rps mean rps mean ..." -> the n-th field of each pair
 	awk -v n="$1" '{for (i = n; i <= NF; i += 2) print $i}'
 }
@@ -207,3 +283,4 @@ done
 printf '\ngateway RSS: idle %s KiB, peak %s KiB\n' "$idle_rss" "$peak_rss"
 printf 'gateway RSS with 1,000 routes: idle %s KiB, holding 10,000 open connections %s KiB\n' "$rss_1000" "$rss_10k"
 printf 'holding 10,000 open connections, same run: nginx worker %s KiB, HAProxy %s KiB\n' "$nginx_10k" "$haproxy_10k"
+tcp_bench

@@ -96,6 +96,13 @@ struct Args {
     /// A UDP flow silent in both directions this long ends, in milliseconds.
     #[arg(long, env = "RUSTRONAUT_UDP_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     udp_idle_timeout_ms: u64,
+    /// Copy buffer per direction of a spliced L4 TCP connection, in bytes.
+    #[arg(
+        long,
+        env = "RUSTRONAUT_L4_COPY_BUFFER_BYTES",
+        default_value_t = 65_536
+    )]
+    l4_copy_buffer_bytes: usize,
     /// Most UDP flows per UDP listener; new flows beyond it are dropped.
     #[arg(long, env = "RUSTRONAUT_UDP_MAX_FLOWS", default_value_t = 10_000)]
     udp_max_flows: usize,
@@ -313,6 +320,7 @@ fn main() -> anyhow::Result<()> {
             handshake_timeout: Duration::from_millis(args.l4_handshake_timeout_ms.max(1)),
             udp_idle_timeout: Duration::from_millis(args.udp_idle_timeout_ms.max(10)),
             udp_max_flows: args.udp_max_flows.max(1),
+            copy_buffer: args.l4_copy_buffer_bytes.clamp(1024, 1 << 20),
             ..Default::default()
         },
     };

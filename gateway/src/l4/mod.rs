@@ -63,6 +63,10 @@ pub struct L4Options {
     /// Most UDP flows (allowed or denied) per listener; datagrams of new flows beyond it are
     /// dropped.
     pub udp_max_flows: usize,
+    /// Copy buffer per direction of a spliced TCP connection. tokio's default is 8 KiB, a
+    /// read and a write system call per 8 KiB; larger buffers cost memory per connection
+    /// and save system calls on bulk transfers (measured in docs/benchmarks.md).
+    pub copy_buffer: usize,
 }
 
 impl Default for L4Options {
@@ -72,6 +76,7 @@ impl Default for L4Options {
             max_client_hello: 32 * 1024,
             udp_idle_timeout: Duration::from_secs(60),
             udp_max_flows: 10_000,
+            copy_buffer: 64 * 1024,
         }
     }
 }

@@ -12,7 +12,9 @@ use rustronaut_contract::identity::client_ip::{ClientIpError, ProxyHeader, parse
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, copy_bidirectional};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, copy_bidirectional_with_sizes,
+};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Longest PROXY header accepted: a v2 header with the largest TLV block it can announce.
@@ -175,7 +177,10 @@ async fn handle(
                 client_chain: None,
             };
             let verdict = decide(&state, &facts, &env);
-            forward(shared, &state, kind, port, peer, verdict, stream, &buf).await;
+            forward(
+                shared, opts, &state, kind, port, peer, verdict, stream, &buf,
+            )
+            .await;
         }
         Kind::Tcp => {
             let Some(config) = names.iter().find_map(|n| state.tcp_tls.get(*n)).cloned() else {
@@ -188,7 +193,10 @@ async fn handle(
                     client_chain: None,
                 };
                 let verdict = decide(&state, &facts, &env);
-                forward(shared, &state, kind, port, peer, verdict, stream, &buf).await;
+                forward(
+                    shared, opts, &state, kind, port, peer, verdict, stream, &buf,
+                )
+                .await;
                 return;
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -220,7 +228,7 @@ async fn handle(
                 client_chain: chain.as_deref(),
             };
             let verdict = decide(&state, &facts, &env);
-            forward(shared, &state, kind, port, peer, verdict, tls, &[]).await;
+            forward(shared, opts, &state, kind, port, peer, verdict, tls, &[]).await;
         }
         Kind::Udp => {}
     }
@@ -248,6 +256,7 @@ impl std::fmt::Display for Upstream {
 #[allow(clippy::too_many_arguments)]
 async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
+    opts: &L4Options,
     state: &Compiled,
     kind: Kind,
     port: u16,
@@ -283,7 +292,8 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
         if !early.is_empty() {
             upstream.write_all(early).await?;
         }
-        copy_bidirectional(&mut client, &mut upstream).await
+        let size = opts.copy_buffer;
+        copy_bidirectional_with_sizes(&mut client, &mut upstream, size, size).await
     }
     .await;
     if let Upstream::Addr(a) = target {
