@@ -791,47 +791,12 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         .get(&ObjectRef::new(&names::snapshot(&name)).within(&ns))
         .and_then(|s| config_version(&s));
 
-    // apply: the workload, whatever the snapshot's fate (it does not depend on it)
-    put(client, &ns, &objects::service_account(gw)).await?;
-    put(client, &ns, &objects::role(gw)).await?;
-    put(client, &ns, &objects::role_binding(gw)).await?;
-    let status_cm = put(client, &ns, &objects::status_config_map(gw)).await?;
-    let service = put(client, &ns, &objects::service(gw)).await?;
-    let deployment = put(client, &ns, &objects::deployment(gw, &ctx.settings)).await?;
-    match objects::pdb(gw) {
-        Some(p) => drop(put(client, &ns, &p).await?),
-        None => remove::<PodDisruptionBudget>(client, &ns, &name).await?,
-    }
-    match objects::hpa(gw) {
-        Some(h) => drop(put(client, &ns, &h).await?),
-        None => remove::<HorizontalPodAutoscaler>(client, &ns, &name).await?,
-    }
-
-    // apply: the tunnel hub (its configuration only from a built snapshot), then prune
+    // apply: the snapshot first, only when it was built (otherwise the last good one stays).
+    // First because it is what carries a policy change to the running gateways: the workload
+    // objects and the hubs' status below are a dozen round trips that a change should not wait
+    // for (bench-operator: apply -> snapshot written).
     let reference = gw.object_ref(&());
-    if let Some(k) = &keys {
-        let compiled = built.as_ref().ok().and_then(|o| o.snapshot.tunnel.as_ref());
-        apply_hub(ctx, gw, k, compiled, &reference).await?;
-    }
-    prune_hub(ctx, gw).await?;
-    let sites = match &gw.spec.tunnel {
-        Some(t) => {
-            // The ready hub pods, from the stream Service's EndpointSlices (cached).
-            let addrs: Vec<SocketAddr> = ctx
-                .stores
-                .endpoints(&ns, &tunnel::names::stream(&name), tunnel::STREAM_PORT)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|a| SocketAddr::new(a.ip(), tunnel::ADMIN_PORT))
-                .collect();
-            let reports = hubstatus::fetch_all(&addrs).await;
-            let names: Vec<String> = t.sites.iter().map(|s| s.name.clone()).collect();
-            hubstatus::site_status(&names, &reports)
-        }
-        None => Vec::new(),
-    };
-
-    // apply: the snapshot, only when it was built; otherwise the last good one stays
+    let compiled_tunnel = built.as_ref().ok().and_then(|o| o.snapshot.tunnel.clone());
     let (outcome, served) = match built {
         Ok(outcome) => {
             let secret = put(
@@ -894,6 +859,44 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
                 current.as_ref().and_then(config_version),
             )
         }
+    };
+
+    // apply: the workload, whatever the snapshot's fate (it does not depend on it)
+    put(client, &ns, &objects::service_account(gw)).await?;
+    put(client, &ns, &objects::role(gw)).await?;
+    put(client, &ns, &objects::role_binding(gw)).await?;
+    let status_cm = put(client, &ns, &objects::status_config_map(gw)).await?;
+    let service = put(client, &ns, &objects::service(gw)).await?;
+    let deployment = put(client, &ns, &objects::deployment(gw, &ctx.settings)).await?;
+    match objects::pdb(gw) {
+        Some(p) => drop(put(client, &ns, &p).await?),
+        None => remove::<PodDisruptionBudget>(client, &ns, &name).await?,
+    }
+    match objects::hpa(gw) {
+        Some(h) => drop(put(client, &ns, &h).await?),
+        None => remove::<HorizontalPodAutoscaler>(client, &ns, &name).await?,
+    }
+
+    // apply: the tunnel hub (its configuration only from a built snapshot), then prune
+    if let Some(k) = &keys {
+        apply_hub(ctx, gw, k, compiled_tunnel.as_ref(), &reference).await?;
+    }
+    prune_hub(ctx, gw).await?;
+    let sites = match &gw.spec.tunnel {
+        Some(t) => {
+            // The ready hub pods, from the stream Service's EndpointSlices (cached).
+            let addrs: Vec<SocketAddr> = ctx
+                .stores
+                .endpoints(&ns, &tunnel::names::stream(&name), tunnel::STREAM_PORT)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| SocketAddr::new(a.ip(), tunnel::ADMIN_PORT))
+                .collect();
+            let reports = hubstatus::fetch_all(&addrs).await;
+            let names: Vec<String> = t.sites.iter().map(|s| s.name.clone()).collect();
+            hubstatus::site_status(&names, &reports)
+        }
+        None => Vec::new(),
     };
 
     // status
