@@ -45,16 +45,26 @@ struct Args {
     /// Name of the Lease.
     #[arg(long, default_value = "rustronaut-operator")]
     lease_name: String,
+    /// Log format: `text` for people, `json` (one object per line, with the current span:
+    /// the Gateway being reconciled or the pass running) for log pipelines.
+    #[arg(long, env = "RUSTRONAUT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_format == "json" {
+        logs.json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        logs.init();
+    }
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("no Kubernetes client configuration: {e}"))?;

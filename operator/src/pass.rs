@@ -65,9 +65,12 @@ pub async fn drive<F, Fut>(
             while t.try_recv().is_ok() {}
         }
         let start = Instant::now();
+        // One span per pass: every log line (and Event failure) of the pass carries the kind
+        // and whether it was a resync, and JSON logs nest them under it.
+        let span = tracing::info_span!("pass", kind, resync);
         let result = tokio::select! {
             () = &mut shutdown => return,
-            r = pass(resync) => r,
+            r = tracing::Instrument::instrument(pass(resync), span) => r,
         };
         metrics.observe(
             kind,
