@@ -25,7 +25,7 @@ use rustronaut_contract::identity::apikey::{ApiKeyError, ApiKeyVerifier};
 use rustronaut_contract::identity::jwt::{Jwks, JwtError, JwtVerifier, JwtVerifierConfig};
 use rustronaut_contract::snapshot::{
     ClientCertificateMode, CompiledResource, IdentityProviderKind, JwksSource, ListenerProtocol,
-    ResourceProtocol, Snapshot, SnapshotError, TlsVersion, UpstreamKind,
+    ResourceProtocol, Snapshot, SnapshotError, TlsVersion,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -306,18 +306,7 @@ impl Compiled {
         let mut balancers = HashMap::new();
         for (ri, r) in snapshot.resources.iter().enumerate() {
             if r.protocol != ResourceProtocol::Http {
-                // Site upstreams of TCP and TLSPassthrough Resources go through the tunnel
-                // hub (`--tunnel-stream`); UDP ones get no traffic yet (l4::udp).
-                if r.protocol == ResourceProtocol::Udp
-                    && r.upstreams
-                        .iter()
-                        .any(|u| matches!(u.kind, UpstreamKind::Site(_)))
-                {
-                    tracing::warn!(
-                        resource = %r.key(),
-                        "site upstreams of UDP resources are not served by this build; they get no traffic"
-                    );
-                }
+                // Site upstreams go through the tunnel hub (`--tunnel-stream`).
                 balancers.insert((ri, L4_RULE), Balancer::new(&r.upstreams, r.load_balancing));
                 continue;
             }

@@ -723,7 +723,7 @@ struct TunnelPair {
 const TUNNEL_TOKEN: &str = "gateway-token-0123456789abcdef";
 
 impl TunnelPair {
-    fn start(allowed: &[SocketAddr]) -> Self {
+    fn start(allowed: &[(SocketAddr, &str)]) -> Self {
         use rustronaut_tunnel::config::{ConnectorConfig, HubConfig};
         use rustronaut_tunnel::keys::{PrivateKey, write_private_key};
         let dir = tempfile::tempdir().unwrap();
@@ -746,8 +746,8 @@ impl TunnelPair {
             "admin_listen": format!("127.0.0.1:{}", free_port()),
             "sites": [{"name": "dc1", "public_key": site_key.public_key().to_string(),
                        "tunnel_address": "100.96.1.1",
-                       "allowed_targets": allowed.iter().map(|a| json!(
-                           {"cidr": a.ip().to_string(), "ports": [a.port()], "protocol": "TCP"}))
+                       "allowed_targets": allowed.iter().map(|(a, protocol)| json!(
+                           {"cidr": a.ip().to_string(), "ports": [a.port()], "protocol": protocol}))
                            .collect::<Vec<_>>()}],
         }))
         .unwrap();
@@ -798,8 +798,10 @@ fn site_upstreams_are_reached_through_a_real_tunnel_hub() {
     // Allowed by the snapshot's site, but not by the hub's configuration of the site.
     let outside = Echo::start(None);
     let web = Upstream::start("at-the-site");
-    let tunnel = TunnelPair::start(&[target.addr, web.addr]);
+    let dns = UdpEcho::start();
+    let tunnel = TunnelPair::start(&[(target.addr, "TCP"), (web.addr, "TCP"), (dns.addr, "UDP")]);
     let (p_open, p_denied, p_hub, p_web) = (free_port(), free_port(), free_port(), free_port());
+    let p_udp = free_port();
     let site = |addr: SocketAddr| json!([{"kind": {"site": {"site": "dc1", "host": addr.ip().to_string(), "port": addr.port()}}}]);
     let resource = |name: &str, listener: &str, port: u16, addr: SocketAddr| {
         json!({"namespace": NS, "name": name, "tenant": "acme", "protocol": "TCP",
@@ -809,8 +811,11 @@ fn site_upstreams_are_reached_through_a_real_tunnel_hub() {
         json!([{"name": "open", "port": p_open, "protocol": "TCP"},
                {"name": "denied", "port": p_denied, "protocol": "TCP"},
                {"name": "hub-refuses", "port": p_hub, "protocol": "TCP"},
-               {"name": "web", "port": p_web, "protocol": "HTTP"}]),
+               {"name": "web", "port": p_web, "protocol": "HTTP"},
+               {"name": "dns", "port": p_udp, "protocol": "UDP"}]),
         json!([
+            {"namespace": NS, "name": "dns", "tenant": "acme", "protocol": "UDP",
+             "listeners": ["dns"], "ports": [p_udp], "upstreams": site(dns.addr)},
             resource("db", "open", p_open, target.addr),
             resource("ops", "denied", p_denied, target.addr),
             resource("other", "hub-refuses", p_hub, outside.addr),
@@ -826,7 +831,8 @@ fn site_upstreams_are_reached_through_a_real_tunnel_hub() {
             allow("office", "ops", cidrs(&["198.51.100.0/24"])),
             allow("anyone-other", "other", json!(["anonymous"])),
             allow("anyone-web", "intranet", json!(["anonymous"])),
-            allow("anyone-blocked", "blocked", json!(["anonymous"]))
+            allow("anyone-blocked", "blocked", json!(["anonymous"])),
+            allow("anyone-dns", "dns", json!(["anonymous"]))
         ]),
         json!([]),
     );
@@ -837,7 +843,8 @@ fn site_upstreams_are_reached_through_a_real_tunnel_hub() {
                    "allowedTargets": [
                        {"host": "127.0.0.1",
                         "ports": [target.addr.port(), outside.addr.port(), web.addr.port()],
-                        "protocol": "TCP"}]}]
+                        "protocol": "TCP"},
+                       {"host": "127.0.0.1", "ports": [dns.addr.port()], "protocol": "UDP"}]}]
     });
     let gw = Gateway::start_with(
         &snap,
@@ -889,6 +896,18 @@ fn site_upstreams_are_reached_through_a_real_tunnel_hub() {
         assert_eq!(r.json()["target"], path);
     }
     assert_eq!(web.hits.load(Ordering::SeqCst), 2);
+    // UDP through the hub: datagrams framed on one hub stream per flow.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for q in [&b"q1"[..], b"q2", b"q3"] {
+        let got = udp_roundtrip(&client, p_udp, q, Duration::from_secs(10));
+        assert_eq!(got.as_deref(), Some(q), "{}", gw.log());
+    }
+    let sources = dns.sources.lock().unwrap().clone();
+    assert_eq!(sources.len(), 3);
+    assert!(
+        sources.iter().all(|s| *s == sources[0]),
+        "one flow at the site"
+    );
     // A site target the hub refuses: no upstream for the request.
     let r = curl(&[
         "-H",
@@ -914,5 +933,50 @@ fn site_upstreams_are_reached_through_a_real_tunnel_hub() {
             target.addr.port()
         )),
         "{log}"
+    );
+}
+
+#[test]
+fn sigterm_stops_l4_listeners_and_the_process_exits() {
+    let up = Echo::start(None);
+    let udp_up = UdpEcho::start();
+    let (tcp, udp) = (free_port(), free_port());
+    let snap = snapshot(
+        json!([{"name": "tcp", "port": tcp, "protocol": "TCP"},
+               {"name": "udp", "port": udp, "protocol": "UDP"}]),
+        json!([
+            port_resource("app", "TCP", "tcp", tcp, up.addr),
+            port_resource("dns", "UDP", "udp", udp, udp_up.addr)
+        ]),
+        json!([
+            allow("a", "app", json!(["anonymous"])),
+            allow("d", "dns", json!(["anonymous"]))
+        ]),
+        json!([]),
+    );
+    let mut gw = Gateway::start(&snap);
+    // A connection held open across the signal: the shutdown timeout ends it.
+    let mut held = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    held.write_all(b"x").unwrap();
+    let mut one = [0u8; 1];
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    held.read_exact(&mut one).unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert!(udp_roundtrip(&client, udp, b"q", Duration::from_secs(5)).is_some());
+
+    let status = gw.terminate();
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        gw.log()
+    );
+    // (The listeners' own "stops accepting" lines may be cut short: with a zero grace
+    // period Pingora may drop their runtimes before they run.)
+    let log = gw.log();
+    assert!(log.contains("\"stopped\""), "{log}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", tcp)).is_err(),
+        "still accepting"
     );
 }
