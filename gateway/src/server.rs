@@ -131,6 +131,12 @@ pub fn build(
             )));
             settings.enable_h2();
             svc.add_tls_with_settings(&addr, None, settings);
+            // Reads a PROXY header first while the current snapshot asks for one.
+            svc.endpoints()
+                .set_pre_tls_callback(Arc::new(crate::tls::ProxyProtocolPreTls::new(
+                    shared.store.clone(),
+                    opts.l4.handshake_timeout,
+                )));
         } else {
             svc.add_tcp(&addr);
         }

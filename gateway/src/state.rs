@@ -74,12 +74,12 @@ pub enum BuildError {
         /// Cause.
         reason: String,
     },
-    /// PROXY protocol is requested on a gateway with HTTP(S) listeners: L4 listeners parse
-    /// it, the HTTP proxy does not (Pingora 0.9 offers a pre-TLS hook on TLS listeners only,
-    /// none on plain HTTP). Serving anyway would fail every HTTP connection in a confusing
-    /// way, so the snapshot is refused loudly.
+    /// PROXY protocol is requested on a gateway with a plain HTTP listener: L4 and HTTPS
+    /// listeners parse it, plain HTTP cannot (Pingora 0.9 offers a pre-TLS hook on TLS
+    /// listeners only, nothing before plain HTTP parsing). Serving anyway would fail every
+    /// HTTP connection in a confusing way, so the snapshot is refused loudly.
     #[error(
-        "clientIPDetection.proxyProtocol is not supported on HTTP/HTTPS listeners by this gateway build (listener {0})"
+        "clientIPDetection.proxyProtocol is not supported on plain HTTP listeners by this gateway build (listener {0})"
     )]
     ProxyProtocolUnsupported(String),
     /// The rustls configuration of a TLS-terminating TCP listener could not be built.
@@ -240,7 +240,7 @@ impl Compiled {
             && let Some(l) = snapshot
                 .listeners
                 .iter()
-                .find(|l| matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https))
+                .find(|l| l.protocol == ListenerProtocol::Http)
         {
             return Err(BuildError::ProxyProtocolUnsupported(l.name.clone()));
         }

@@ -146,3 +146,77 @@ impl ClientCertVerifier for DynamicClientVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+/// PROXY protocol on HTTPS listeners: before the TLS handshake, when the current snapshot
+/// sets `clientIPDetection.proxyProtocol`, reads the v1/v2 header (strict, bounded in size
+/// and time) and makes its source the connection's peer address, which the request phase
+/// then uses as the client address. Bytes read past the header are put back for the TLS
+/// handshake. A connection without a valid header is dropped. (Plain HTTP listeners have no
+/// such hook in Pingora 0.9, so PROXY protocol with them is still refused at load.)
+#[derive(Debug)]
+pub struct ProxyProtocolPreTls {
+    store: Arc<Store>,
+    timeout: std::time::Duration,
+}
+
+impl ProxyProtocolPreTls {
+    /// A hook reading the setting from `store`, giving clients `timeout` to send the header.
+    pub fn new(store: Arc<Store>, timeout: std::time::Duration) -> Self {
+        Self { store, timeout }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::listeners::PreTlsProcess for ProxyProtocolPreTls {
+    async fn process(
+        &self,
+        stream: &mut pingora::protocols::l4::stream::Stream,
+    ) -> pingora::Result<()> {
+        use pingora::protocols::{GetSocketDigest, SocketDigest};
+        use rustronaut_contract::identity::client_ip::{ClientIpError, parse_proxy_header};
+        use std::os::unix::io::AsRawFd;
+        use tokio::io::AsyncReadExt;
+        let refuse = |why: String| {
+            pingora::Error::explain(
+                pingora::ErrorType::AcceptError,
+                format!("PROXY protocol: {why}"),
+            )
+        };
+        if !self
+            .store
+            .current()
+            .is_some_and(|s| s.snapshot.client_ip_detection.proxy_protocol)
+        {
+            return Ok(());
+        }
+        let read = async {
+            let mut buf = Vec::new();
+            loop {
+                match parse_proxy_header(&buf) {
+                    Ok(h) => return Ok((h, buf)),
+                    Err(ClientIpError::Incomplete) if buf.len() <= 16 + usize::from(u16::MAX) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                let mut chunk = [0u8; 1024];
+                let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err("connection closed before the header".into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        let (header, buf) = tokio::time::timeout(self.timeout, read)
+            .await
+            .map_err(|_| refuse("no complete header in time".into()))?
+            .map_err(refuse)?;
+        stream.rewind(&buf[header.length..]);
+        if let Some(src) = header.source {
+            let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+            let _ = digest
+                .peer_addr
+                .set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(src)));
+            stream.set_socket_digest(digest);
+        }
+        Ok(())
+    }
+}

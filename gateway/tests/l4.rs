@@ -980,3 +980,81 @@ fn sigterm_stops_l4_listeners_and_the_process_exits() {
         "still accepting"
     );
 }
+
+/// An HTTPS request on a fresh connection that starts with `header` (a PROXY header);
+/// `Ok(response text)`, or `Err` when the connection was refused or closed.
+fn https_after_header(port: u16, header: &[u8], ca_pem: &str) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let work = async {
+            let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| e.to_string())?;
+            tcp.write_all(header).await.map_err(|e| e.to_string())?;
+            let name = ServerName::try_from("app.acme.test").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            tls.write_all(
+                b"GET /office HTTP/1.1\r\nHost: app.acme.test\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            let _ = tls.read_to_end(&mut out).await;
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        };
+        tokio::time::timeout(Duration::from_secs(10), work)
+            .await
+            .map_err(|_| "timed out".to_string())?
+    })
+}
+
+#[test]
+fn proxy_protocol_on_https_listeners_sets_the_client_ip() {
+    let up = Upstream::start("office");
+    let pki = Pki::new("gateway ca");
+    let (chain, key) = pki.server(&["app.acme.test"]);
+    let port = free_port();
+    let mut snap = snapshot(
+        json!([{"name": "https", "port": port, "protocol": "HTTPS",
+                "tls": {"certificates": [{"name": "app", "hostnames": ["app.acme.test"],
+                        "certificateChainPem": chain, "privateKeyPem": key}]}}]),
+        json!([{"namespace": NS, "name": "app", "tenant": "acme", "protocol": "HTTP",
+                "listeners": ["https"], "hostnames": ["app.acme.test"],
+                "rules": [{"name": "all", "upstreams": service(up.addr)}]}]),
+        json!([allow("partner", "app", cidrs(&["203.0.113.0/24"]))]),
+        json!([]),
+    );
+    snap["clientIPDetection"] = json!({"proxyProtocol": true});
+    let gw = Gateway::start(&snap);
+
+    let ok = format!("PROXY TCP4 203.0.113.9 127.0.0.1 40000 {port}\r\n");
+    let r = https_after_header(port, ok.as_bytes(), &pki.ca_pem).unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}\n{}", gw.log());
+    assert!(r.contains("\"x-forwarded-for\":[\"203.0.113.9\"]"), "{r}");
+    let r =
+        https_after_header(port, &proxy_v2([198, 51, 100, 4], 40001, port), &pki.ca_pem).unwrap();
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    // No header: the TLS ClientHello is not a PROXY header, the connection is dropped.
+    let e = https_after_header(port, b"", &pki.ca_pem).unwrap_err();
+    assert!(e.starts_with("handshake"), "{e}");
+    assert_eq!(up.hits.load(Ordering::SeqCst), 1);
+    let log = gw.log();
+    assert!(log.contains("\"client_ip\":\"198.51.100.4\""), "{log}");
+}
