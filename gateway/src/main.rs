@@ -103,6 +103,14 @@ struct Args {
         default_value_t = 65_536
     )]
     l4_copy_buffer_bytes: usize,
+    /// A spliced L4 TCP connection silent in both directions this long is closed, in
+    /// milliseconds.
+    #[arg(
+        long,
+        env = "RUSTRONAUT_L4_IDLE_TIMEOUT_MS",
+        default_value_t = 3_600_000
+    )]
+    l4_idle_timeout_ms: u64,
     /// Most UDP flows per UDP listener; new flows beyond it are dropped.
     #[arg(long, env = "RUSTRONAUT_UDP_MAX_FLOWS", default_value_t = 10_000)]
     udp_max_flows: usize,
@@ -321,6 +329,7 @@ fn main() -> anyhow::Result<()> {
             udp_idle_timeout: Duration::from_millis(args.udp_idle_timeout_ms.max(10)),
             udp_max_flows: args.udp_max_flows.max(1),
             copy_buffer: args.l4_copy_buffer_bytes.clamp(1024, 1 << 20),
+            idle_timeout: Duration::from_millis(args.l4_idle_timeout_ms.max(10)),
             ..Default::default()
         },
     };

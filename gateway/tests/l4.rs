@@ -1058,3 +1058,41 @@ fn proxy_protocol_on_https_listeners_sets_the_client_ip() {
     let log = gw.log();
     assert!(log.contains("\"client_ip\":\"198.51.100.4\""), "{log}");
 }
+
+#[test]
+fn idle_tcp_connections_are_closed_and_busy_ones_are_not() {
+    let up = Echo::start(None);
+    let port = free_port();
+    let snap = snapshot(
+        json!([{"name": "tcp", "port": port, "protocol": "TCP"}]),
+        json!([port_resource("app", "TCP", "tcp", port, up.addr)]),
+        json!([allow("a", "app", json!(["anonymous"]))]),
+        json!([]),
+    );
+    let _gw = Gateway::start_with(&snap, &["--l4-idle-timeout-ms", "400"]);
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let mut one = [0u8; 1];
+    // Busy: a byte every 100 ms for 1.2 s, three times the idle timeout.
+    let mut busy = connect();
+    for _ in 0..12 {
+        busy.write_all(b"b").unwrap();
+        busy.read_exact(&mut one).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Idle: closed by the gateway after 400 ms of silence.
+    let mut idle = connect();
+    idle.write_all(b"i").unwrap();
+    idle.read_exact(&mut one).unwrap();
+    let started = std::time::Instant::now();
+    let n = idle.read(&mut one).unwrap_or(0);
+    assert_eq!(n, 0, "the idle connection was closed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+}

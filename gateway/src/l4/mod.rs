@@ -32,7 +32,7 @@ mod stream;
 mod tcp;
 mod udp;
 
-pub use stream::Prefixed;
+pub use stream::{LastActivity, Prefixed, Watched};
 
 use crate::authn::{self, Credentials, NoRemote};
 use crate::metrics::{DecisionLabels, L4Labels};
@@ -67,6 +67,8 @@ pub struct L4Options {
     /// read and a write system call per 8 KiB; larger buffers cost memory per connection
     /// and save system calls on bulk transfers (measured in docs/benchmarks.md).
     pub copy_buffer: usize,
+    /// A spliced TCP connection with no byte in either direction for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for L4Options {
@@ -77,6 +79,7 @@ impl Default for L4Options {
             udp_idle_timeout: Duration::from_secs(60),
             udp_max_flows: 10_000,
             copy_buffer: 64 * 1024,
+            idle_timeout: Duration::from_secs(3600),
         }
     }
 }

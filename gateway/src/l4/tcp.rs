@@ -1,6 +1,9 @@
 //! TCP-based L4 ports: plain TCP, TLS-terminated TCP and TLSPassthrough.
 
-use super::{Kind, L4Facts, L4Options, Prefixed, canonical, decide, listeners_on, record};
+use super::{
+    Kind, L4Facts, L4Options, LastActivity, Prefixed, Watched, canonical, decide, listeners_on,
+    record,
+};
 use crate::balance::Pick;
 use crate::pipeline::{Env, Record};
 use crate::proxy::Shared;
@@ -293,7 +296,16 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
             upstream.write_all(early).await?;
         }
         let size = opts.copy_buffer;
-        copy_bidirectional_with_sizes(&mut client, &mut upstream, size, size).await
+        let activity = LastActivity::new();
+        let mut c = Watched::new(&mut client, activity.clone());
+        let mut u = Watched::new(&mut upstream, activity.clone());
+        tokio::select! {
+            r = copy_bidirectional_with_sizes(&mut c, &mut u, size, size) => r,
+            _ = activity.idle(opts.idle_timeout) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("idle for {:?}", opts.idle_timeout),
+            )),
+        }
     }
     .await;
     if let Upstream::Addr(a) = target {
