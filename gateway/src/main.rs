@@ -111,6 +111,10 @@ struct Args {
         default_value_t = 3_600_000
     )]
     l4_idle_timeout_ms: u64,
+    /// Most TCP connections open at once per TCP or TLSPassthrough port; more are closed on
+    /// accept (logged and counted as refused, reason ConnectionLimit).
+    #[arg(long, env = "RUSTRONAUT_L4_MAX_CONNECTIONS", default_value_t = 20_000)]
+    l4_max_connections: usize,
     /// Most UDP flows per UDP listener; new flows beyond it are dropped.
     #[arg(long, env = "RUSTRONAUT_UDP_MAX_FLOWS", default_value_t = 10_000)]
     udp_max_flows: usize,
@@ -330,6 +334,7 @@ fn main() -> anyhow::Result<()> {
             udp_max_flows: args.udp_max_flows.max(1),
             copy_buffer: args.l4_copy_buffer_bytes.clamp(1024, 1 << 20),
             idle_timeout: Duration::from_millis(args.l4_idle_timeout_ms.max(10)),
+            max_connections: args.l4_max_connections.max(1),
             ..Default::default()
         },
     };

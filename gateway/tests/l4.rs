@@ -1096,3 +1096,41 @@ fn idle_tcp_connections_are_closed_and_busy_ones_are_not() {
         "closed after {waited:?}"
     );
 }
+
+#[test]
+fn connections_beyond_the_cap_are_closed_on_accept() {
+    let up = Echo::start(None);
+    let port = free_port();
+    let snap = snapshot(
+        json!([{"name": "tcp", "port": port, "protocol": "TCP"}]),
+        json!([port_resource("app", "TCP", "tcp", port, up.addr)]),
+        json!([allow("a", "app", json!(["anonymous"]))]),
+        json!([]),
+    );
+    let gw = Gateway::start_with(&snap, &["--l4-max-connections", "2"]);
+    let open = || -> std::io::Result<TcpStream> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"x")?;
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one)?;
+        Ok(s)
+    };
+    let first = open().unwrap();
+    let _second = open().unwrap();
+    assert!(
+        closed_without_echo(port, b""),
+        "a third connection was served"
+    );
+    gw.wait_metrics("the refusal", |m| {
+        metric_value(m, &l4_metric("TCP", "-", "refused")) == 1
+    });
+    // A slot frees when a connection ends.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open().is_err() {
+        assert!(std::time::Instant::now() < deadline, "no slot freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gw.log().contains("\"reason\":\"ConnectionLimit\""));
+}

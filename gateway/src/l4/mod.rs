@@ -69,6 +69,8 @@ pub struct L4Options {
     pub copy_buffer: usize,
     /// A spliced TCP connection with no byte in either direction for this long is closed.
     pub idle_timeout: Duration,
+    /// Most TCP connections open at once per L4 port; more are closed on accept.
+    pub max_connections: usize,
 }
 
 impl Default for L4Options {
@@ -80,6 +82,7 @@ impl Default for L4Options {
             udp_max_flows: 10_000,
             copy_buffer: 64 * 1024,
             idle_timeout: Duration::from_secs(3600),
+            max_connections: 20_000,
         }
     }
 }

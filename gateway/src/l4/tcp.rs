@@ -33,15 +33,26 @@ pub(super) async fn serve(
     mut shutdown: ShutdownWatch,
 ) {
     tracing::info!(port, protocol = kind.label(), "L4 listener serving");
+    // Connections open at once on this port, handshakes included: beyond it new ones are
+    // closed at once rather than left to exhaust descriptors and memory.
+    let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        drop(stream);
+                        let ip = canonical(peer.ip());
+                        let d = format!("{} connections open", opts.max_connections);
+                        refuse_early(&shared, kind, port, peer, ip, "ConnectionLimit", d);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
                     let opts = opts.clone();
                     tokio::spawn(async move {
                         handle(stream, peer, kind, port, &shared, &opts).await;
+                        drop(slot);
                     });
                 }
                 Err(e) => {
