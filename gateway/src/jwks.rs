@@ -18,7 +18,7 @@ use crate::metrics::{Metrics, ResultLabel};
 use crate::reload::Store;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -101,9 +101,11 @@ impl RemoteJwks {
     }
 }
 
-/// An HTTPS client for JWKS documents.
+/// An HTTPS client for JWKS documents, also used by [`crate::oidc`] (discovery, token and
+/// userinfo endpoints) so both trust the same roots. Cheap to clone (shared pool).
+#[derive(Clone)]
 pub struct Fetcher {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -155,23 +157,37 @@ impl Fetcher {
         let parsed: http::Uri = uri.parse().map_err(|_| JwksError::Uri(uri.into()))?;
         let req = http::Request::get(parsed)
             .header(http::header::ACCEPT, "application/json")
-            .header(http::header::USER_AGENT, "rustronaut-gateway")
-            .body(Empty::<Bytes>::new())
+            .body(Full::default())
             .map_err(|e| JwksError::Request(e.to_string()))?;
+        match self.send(req).await? {
+            (status, body) if (200..300).contains(&status) => Ok(body),
+            (status, _) => Err(JwksError::Status(status)),
+        }
+    }
+
+    /// Sends `req` (HTTPS only) and returns the status and body, whatever the status; the
+    /// whole exchange is bounded by the fetch timeout and the body by the size limit.
+    pub async fn send(
+        &self,
+        mut req: http::Request<Full<Bytes>>,
+    ) -> Result<(u16, Bytes), JwksError> {
+        req.headers_mut().insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("rustronaut-gateway"),
+        );
         let work = async {
             let resp = self
                 .client
                 .request(req)
                 .await
                 .map_err(|e| JwksError::Request(e.to_string()))?;
-            if !resp.status().is_success() {
-                return Err(JwksError::Status(resp.status().as_u16()));
-            }
-            Limited::new(resp.into_body(), MAX_BODY)
+            let status = resp.status().as_u16();
+            let body = Limited::new(resp.into_body(), MAX_BODY)
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
-                .map_err(|e| JwksError::Body(e.to_string()))
+                .map_err(|e| JwksError::Body(e.to_string()))?;
+            Ok((status, body))
         };
         tokio::time::timeout(FETCH_TIMEOUT, work)
             .await

@@ -5,8 +5,10 @@
 //!    --reload (Compiled::load, arc-swap)--> Store; loaded version -> ConfigMap (kube_source)
 //!                                                              |
 //!  client --TLS (SNI cert, client cert)--> proxy (per listener) | reads Arc<Compiled>
-//!     request_filter: pipeline::decide = route -> normalise -> authenticate -> evaluate
-//!                     -> rate limit          (pure; 400/401/403/404/429 answered here)
+//!     request_filter: /.rustronaut/oidc/{callback,logout} -> oidc (login, session cookie)
+//!                     pipeline::decide = route -> normalise -> authenticate (+ session
+//!                     cookie) -> evaluate -> rate limit (pure; 302 to the IdP for browsers
+//!                     that could log in; 400/401/403/404/429 answered here)
 //!     upstream_peer:  weighted round robin over healthy addresses (balance, health)
 //!     upstream_request_filter: normalised target, identity headers, X-Forwarded-*
 //!     logging: one JSON decision line + metrics
@@ -29,11 +31,13 @@ pub mod jwks;
 pub mod kube_source;
 pub mod l4;
 pub mod metrics;
+pub mod oidc;
 pub mod pipeline;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
 pub mod server;
+pub mod session;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

@@ -78,7 +78,8 @@ struct Args {
     /// Verified JWTs kept in the cache.
     #[arg(long, env = "RUSTRONAUT_TOKEN_CACHE_SIZE", default_value_t = TokenCache::DEFAULT_CAPACITY)]
     token_cache_size: usize,
-    /// Extra CA certificates (PEM) trusted for remote JWKS endpoints, besides the OS store.
+    /// Extra CA certificates (PEM) trusted for remote JWKS endpoints and OIDC providers, besides
+    /// the OS store.
     #[arg(long, env = "RUSTRONAUT_JWKS_CA_FILE")]
     jwks_ca_file: Option<PathBuf>,
     /// Seconds given to requests in flight after SIGTERM (listeners stop accepting at once;
@@ -241,6 +242,8 @@ fn main() -> anyhow::Result<()> {
         health_state.clone(),
         metrics.clone(),
     ));
+    // OIDC discovery and token exchange trust the same roots as remote JWKS.
+    let oidc = Arc::new(rustronaut_gateway::oidc::Oidc::new(fetcher.clone()));
     runtime.spawn(jwks::run(
         store.clone(),
         remote.clone(),
@@ -322,6 +325,7 @@ fn main() -> anyhow::Result<()> {
             max_header_bytes: args.max_header_bytes.max(1024),
         },
         tunnel,
+        oidc,
     });
     let opts = server::ServerOptions {
         bind: args.bind_address,

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  facts --host--> Resource (404) --normalize--> path (400) --route--> rule (404)
-//!        --client IP (400)--> authenticate (401) --evaluate--> Deny (401/403) | Allow
+//!        --client IP (400)--> authenticate (401; + session cookie on HTTPS)
+//!        --evaluate--> Deny (401/403; 302 Login for a browser that could log in) | Allow
 //!        --rate limit (429)--> Forward { upstream rule, normalised target, identity, id }
 //! ```
 //!
@@ -109,6 +110,13 @@ pub enum Action {
         status: u16,
         /// Ask for credentials (`WWW-Authenticate: Bearer`).
         challenge: bool,
+    },
+    /// Send the browser to log in with the tenant's OIDC provider `idp` ([`crate::oidc`]).
+    Login {
+        /// Tenant of the routed Resource.
+        tenant: String,
+        /// The OIDC provider.
+        idp: String,
     },
 }
 
@@ -310,15 +318,39 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
         remote: env.remote,
         tenant: &resource.tenant,
     };
-    let identity = match authn::authenticate(auth, &creds, client_ip, now_secs, env.cache, &remote)
+    let mut identity =
+        match authn::authenticate(auth, &creds, client_ip, now_secs, env.cache, &remote) {
+            Ok(id) => id,
+            Err(e) => {
+                record.effect = "Deny";
+                return refuse(record, 401, "InvalidCredentials", Some(e.to_string()));
+            }
+        };
+    // A browser session, on HTTPS only (a Secure cookie never comes over plain HTTP from a
+    // browser; one that does was copied and is ignored). A presented token wins over it.
+    let https = facts.tls_version.is_some();
+    let mut session = None;
+    if identity.user.is_none()
+        && https
+        && let Some(keys) = &auth.session
+        && let Some(s) = crate::oidc::session_from_cookies(keys, &headers("cookie"), now_secs)
     {
-        Ok(id) => id,
-        Err(e) => {
-            record.effect = "Deny";
-            return refuse(record, 401, "InvalidCredentials", Some(e.to_string()));
+        identity.user = Some(s.user());
+        session = Some(s);
+    }
+    record.identity = identity_summary(&identity);
+    let navigation = crate::oidc::is_navigation(facts.method, &headers("accept"));
+    let login = |mut record: Record, idp: &str, detail: String| {
+        record.reason = "LoginRequired";
+        record.detail = Some(detail);
+        Verdict {
+            action: Action::Login {
+                tenant: resource.tenant.clone(),
+                idp: idp.to_string(),
+            },
+            record,
         }
     };
-    record.identity = identity_summary(&identity);
 
     let request = Request::new(&resource.namespace, &resource.name, &identity)
         .section(&rule.name)
@@ -349,9 +381,34 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
             403
         };
         let reason = record.reason;
+        if let Some(idp) = decision.login_providers.first()
+            && status == 401
+        {
+            if navigation && https && auth.session.is_some() {
+                return login(record, idp, format!("login with {idp}"));
+            }
+            let why = if !https {
+                "OIDC login needs an HTTPS listener; answering 401"
+            } else if auth.session.is_none() {
+                "OIDC login is off: the tenant has no session keys"
+            } else {
+                "not a browser navigation; answering 401"
+            };
+            return refuse(record, status, reason, Some(why.into()));
+        }
         return refuse(record, status, reason, None);
     }
     record.effect = "Allow";
+    // A policy that wants a fresher login than the session's: log in again.
+    if let (Some(s), Some(max)) = (&session, decision.session_max_age_seconds)
+        && now_secs.saturating_sub(s.issued_at) > max
+    {
+        record.effect = "Deny";
+        if navigation {
+            return login(record, &s.idp, format!("session older than {max}s"));
+        }
+        return refuse(record, 401, "SessionTooOld", None);
+    }
 
     if let Some(limit) = &rule.rate_limit {
         let scope = format!(
@@ -510,6 +567,7 @@ mod tests {
         match v.action {
             Action::Forward(_) => 200,
             Action::Respond { status, .. } => status,
+            Action::Login { .. } => 302,
         }
     }
 

@@ -80,6 +80,8 @@ pub struct Shared {
     pub header_limits: crate::framing::Limits,
     /// The tunnel hub's stream endpoint, for site upstreams (`--tunnel-stream`).
     pub tunnel: Option<Arc<crate::tunnel::TunnelClient>>,
+    /// OIDC browser login (discovery cache, token exchange).
+    pub oidc: Arc<crate::oidc::Oidc>,
 }
 
 /// One listener as bound.
@@ -197,7 +199,141 @@ fn body_for(status: u16) -> &'static str {
     }
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The host the browser used (lower-case, with its port when it sent one) and the request
+/// target as received, for OIDC redirects.
+fn request_host_and_target(req: &RequestHeader) -> (Option<String>, String) {
+    let raw = req
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get("host").and_then(|h| h.to_str().ok()));
+    let host = raw.and_then(crate::oidc::public_host);
+    let target = req
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+    (host, target)
+}
+
 impl GatewayProxy {
+    /// Writes an OIDC reply (redirect or short page, with its cookies); never cached.
+    async fn reply(
+        &self,
+        session: &mut Session,
+        reply: &crate::oidc::Reply,
+        decision_id: &str,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(reply.status, Some(6))?;
+        if let Some(l) = &reply.location {
+            resp.insert_header("location", l.as_str())?;
+        }
+        for c in &reply.cookies {
+            resp.append_header("set-cookie", c.as_str())?;
+        }
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+        resp.insert_header("content-length", reply.body.len().to_string())?;
+        resp.insert_header(HEADER_DECISION_ID, decision_id)?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from_static(reply.body.as_bytes())), true)
+            .await
+    }
+
+    /// Answers the gateway's OIDC paths (callback, logout) on hosts of tenants with an OIDC
+    /// provider; `false` when the request is not one of them (it then goes on to
+    /// [`pipeline::decide`] like any other).
+    async fn oidc_endpoint(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        state: &Arc<Compiled>,
+    ) -> Result<bool> {
+        use crate::oidc::{CALLBACK_PATH, LOGOUT_PATH};
+        let req = session.req_header();
+        let path = req.uri.path();
+        let is_callback = path == CALLBACK_PATH;
+        if !is_callback && path != LOGOUT_PATH {
+            return Ok(false);
+        }
+        let (Some(host), _) = request_host_and_target(req) else {
+            return Ok(false);
+        };
+        let Some(name) = pipeline::host_only(&host) else {
+            return Ok(false);
+        };
+        let Some((_, resource)) = state.resource_for_host(&self.listener.name, &name) else {
+            return Ok(false);
+        };
+        let Some(tenant) = state
+            .snapshot
+            .tenants
+            .iter()
+            .find(|t| t.name == resource.tenant)
+        else {
+            return Ok(false);
+        };
+        if !crate::oidc::has_oidc(tenant) {
+            return Ok(false);
+        }
+        let keys = state
+            .tenants
+            .get(&tenant.name)
+            .and_then(|a| a.session.as_ref());
+        let query = req.uri.query().unwrap_or("").to_string();
+        let cookies: Vec<String> = header_values(req, "cookie")
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let cookies: Vec<&str> = cookies.iter().map(String::as_str).collect();
+        let now = unix_now();
+        let mut record = Record {
+            resource: Some(format!("{}/{}", resource.namespace, resource.name)),
+            identity: "anonymous".into(),
+            client_ip: ctx.peer_ip,
+            effect: "-",
+            decision_id: self.shared.ids.next_id(),
+            ..Record::default()
+        };
+        let oidc = &self.shared.oidc;
+        let reply = if is_callback {
+            let https = self.listener.https;
+            match oidc
+                .callback(tenant, keys, &host, &query, &cookies, https, now)
+                .await
+            {
+                Ok((reply, s)) => {
+                    record.identity = format!("user:{}/{}", s.idp, s.subject);
+                    record.reason = "LoggedIn";
+                    Ok(reply)
+                }
+                Err(e) => {
+                    record.reason = e.reason();
+                    record.detail = Some(e.to_string());
+                    Err(e.status())
+                }
+            }
+        } else {
+            record.reason = "LoggedOut";
+            Ok(oidc.logout(tenant, keys, &cookies, now).await)
+        };
+        let id = record.decision_id.clone();
+        ctx.record = Some(record);
+        ctx.state = Some(state.clone());
+        match reply {
+            Ok(reply) => self.reply(session, &reply, &id).await?,
+            Err(status) => self.respond(session, status, false, &id).await?,
+        }
+        Ok(true)
+    }
+
     async fn respond(
         &self,
         session: &mut Session,
@@ -268,6 +404,15 @@ impl ProxyHttp for GatewayProxy {
             v4 => v4,
         };
         ctx.peer_ip = Some(peer);
+        if session
+            .req_header()
+            .uri
+            .path()
+            .starts_with(crate::oidc::PATH_PREFIX)
+            && self.oidc_endpoint(session, ctx, &state).await?
+        {
+            return Ok(true);
+        }
         let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
         let verdict = {
             let req = session.req_header();
@@ -314,7 +459,7 @@ impl ProxyHttp for GatewayProxy {
         };
         let decision_id = verdict.record.decision_id.clone();
         ctx.record = Some(verdict.record);
-        ctx.state = Some(state);
+        ctx.state = Some(state.clone());
         match verdict.action {
             Action::Respond { status, challenge } => {
                 // A refused request's body is never read: close the connection after the
@@ -329,6 +474,33 @@ impl ProxyHttp for GatewayProxy {
             Action::Forward(f) => {
                 ctx.forward = Some(f);
                 Ok(false)
+            }
+            Action::Login { tenant, idp } => {
+                let (host, target) = request_host_and_target(session.req_header());
+                let t = state.snapshot.tenants.iter().find(|t| t.name == tenant);
+                let keys = state.tenants.get(&tenant).and_then(|a| a.session.as_ref());
+                let begun = match (t, host) {
+                    (Some(t), Some(host)) => {
+                        let https = self.listener.https;
+                        let now = unix_now();
+                        self.shared
+                            .oidc
+                            .begin(t, keys, &idp, &host, &target, https, now)
+                            .await
+                    }
+                    _ => Err(crate::oidc::OidcError::UnknownProvider(idp)),
+                };
+                match begun {
+                    Ok(reply) => self.reply(session, &reply, &decision_id).await?,
+                    Err(e) => {
+                        if let Some(r) = ctx.record.as_mut() {
+                            r.detail = Some(e.to_string());
+                        }
+                        self.respond(session, e.status(), false, &decision_id)
+                            .await?;
+                    }
+                }
+                Ok(true)
             }
         }
     }
@@ -453,14 +625,20 @@ impl ProxyHttp for GatewayProxy {
             for p in &auth.api_keys {
                 upstream.remove_header(&p.header);
             }
-            // So are JWTs carried in cookies: the other cookies pass.
-            if !auth.jwt_cookies.is_empty() {
+            // So are JWTs carried in cookies and the gateway's session and login cookies:
+            // the other cookies pass.
+            {
+                let mut names = auth.jwt_cookies.clone();
+                names.extend(
+                    [crate::session::SESSION_COOKIE, crate::session::LOGIN_COOKIE]
+                        .map(String::from),
+                );
                 let kept: Vec<String> = upstream
                     .headers
                     .get_all("cookie")
                     .iter()
                     .filter_map(|v| v.to_str().ok())
-                    .filter_map(|v| crate::authn::strip_cookies(v, &auth.jwt_cookies))
+                    .filter_map(|v| crate::authn::strip_cookies(v, &names))
                     .collect();
                 upstream.remove_header("cookie");
                 for v in kept {

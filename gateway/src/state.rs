@@ -82,6 +82,9 @@ pub enum BuildError {
         "clientIPDetection.proxyProtocol is not supported on plain HTTP listeners by this gateway build (listener {0})"
     )]
     ProxyProtocolUnsupported(String),
+    /// A session key that cannot seal cookies.
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
     /// The rustls configuration of a TLS-terminating TCP listener could not be built.
     #[error("listener {listener}: TLS configuration: {reason}")]
     TlsConfig {
@@ -105,6 +108,7 @@ impl BuildError {
             Self::CaBundle { .. } => "ca_bundle",
             Self::Certificate { .. } | Self::TlsConfig { .. } => "certificate",
             Self::ProxyProtocolUnsupported(_) => "unsupported",
+            Self::Session(_) => "session_key",
         }
     }
 }
@@ -142,6 +146,9 @@ pub struct TenantAuth {
     pub api_keys: Vec<ApiKeyProvider>,
     /// clientCertificate providers.
     pub certs: Vec<CertProvider>,
+    /// Session and login-state cookie keys ([`crate::session`]); `None` when the tenant has
+    /// no session keys, and then no OIDC login starts and no session cookie opens.
+    pub session: Option<crate::session::TenantKeys>,
 }
 
 impl TenantAuth {
@@ -452,11 +459,12 @@ fn tenant_auth(t: &rustronaut_contract::snapshot::Tenant) -> Result<TenantAuth, 
                     verifier,
                 });
             }
-            // OIDC login (browser redirect and session cookie) is not served by this build;
-            // policies naming an OIDC provider simply never match a user from it.
+            // OIDC login is served by crate::oidc from the snapshot's provider settings;
+            // what it needs compiled is the tenant's session keys, below.
             IdentityProviderKind::Oidc(_) => {}
         }
     }
+    out.session = crate::session::TenantKeys::new(&t.name, &t.session)?;
     Ok(out)
 }
 
