@@ -667,4 +667,216 @@ mod tests {
         assert_eq!(status(&second), 429);
         assert_eq!(second.record.reason, "RateLimited");
     }
+
+    /// A tenant with an OIDC provider and session keys, on an HTTPS listener: who is sent to
+    /// log in, who gets 401, and what a session cookie does.
+    mod login {
+        use super::*;
+        use crate::session::{SESSION_COOKIE, Session};
+        use ring::rand::SystemRandom;
+
+        fn compiled(keys: bool) -> Compiled {
+            use base64::Engine;
+            let up = json!([{"kind": {"service": {"name": "s", "port": 80, "addresses": ["127.0.0.1:9"]}}}]);
+            let target = json!([{"resource": {"namespace": "ns", "name": "app"}}]);
+            let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+            let session = if keys {
+                json!({"durationSeconds": 3600, "signingKeys": [{"id": "k", "secret": key}]})
+            } else {
+                json!({"durationSeconds": 3600})
+            };
+            let snap = json!({
+                "schemaVersion": 1,
+                "gateway": {"namespace": "rtn-system", "name": "edge"},
+                "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+                "tenants": [{"name": "t", "session": session, "identityProviders": [
+                    {"name": "corp", "kind": {"oidc": {"issuer": "https://idp.test",
+                        "clientID": "c", "clientSecret": "s"}}}]}],
+                "resources": [{
+                    "namespace": "ns", "name": "app", "tenant": "t", "protocol": "HTTP",
+                    "listeners": ["http"], "hostnames": ["app.test"],
+                    "rules": [{"name": "all", "upstreams": up}]
+                }],
+                "policies": [
+                    {"namespace": "ns", "name": "staff", "tenant": "t", "action": "Allow",
+                     "targets": target,
+                     "rules": [{"name": "staff", "from": [{"user": {"idp": "corp", "emailDomains": ["acme.test"]}}],
+                                "to": [{"paths": [{"type": "PathPrefix", "value": "/app"}]}]}]},
+                    {"namespace": "ns", "name": "fresh", "tenant": "t", "action": "Allow",
+                     "targets": target, "session": {"durationSeconds": 60},
+                     "rules": [{"name": "fresh", "from": ["authenticated"],
+                                "to": [{"paths": [{"type": "PathPrefix", "value": "/fresh"}]}]}]}
+                ]
+            });
+            Compiled::load(&serde_json::to_vec(&snap).unwrap()).unwrap()
+        }
+
+        fn run(
+            c: &Compiled,
+            tls: bool,
+            method: &str,
+            path: &str,
+            headers: &[(&str, String)],
+        ) -> Verdict {
+            let h = Harness::new();
+            let headers: Vec<(String, String)> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            let header = |name: &str| -> Vec<&str> {
+                headers
+                    .iter()
+                    .filter(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+                    .collect()
+            };
+            let facts = RequestFacts {
+                listener: "http",
+                port: 443,
+                tls_version: tls.then_some("TLSv1_3"),
+                method,
+                target: path,
+                host: Some("app.test"),
+                header: &header,
+                peer: "192.0.2.1".parse().unwrap(),
+                client_chain: None,
+                framing: None,
+            };
+            let env = Env {
+                now: SystemTime::now(),
+                instant: h.now,
+                cache: &h.cache,
+                ids: &h.ids,
+                limiter: &h.limiter,
+                remote: &h.remote,
+            };
+            decide(c, &facts, &env)
+        }
+
+        fn html() -> (&'static str, String) {
+            ("accept", "text/html,*/*;q=0.8".into())
+        }
+
+        fn cookie(c: &Compiled, email: &str, age: u64) -> (&'static str, String) {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let s = Session {
+                idp: "corp".into(),
+                subject: "u1".into(),
+                email: Some(email.into()),
+                groups: Vec::new(),
+                issued_at: now - age,
+                expires_at: now - age + 3600,
+            };
+            let keys = c.tenants["t"].session.as_ref().unwrap();
+            let v = s.seal(keys, &SystemRandom::new()).unwrap();
+            ("cookie", format!("a=1; {SESSION_COOKIE}={v}"))
+        }
+
+        #[test]
+        fn browsers_on_https_are_sent_to_log_in_others_get_401() {
+            let c = compiled(true);
+            let v = run(&c, true, "GET", "/app", &[html()]);
+            assert!(
+                matches!(&v.action, Action::Login { tenant, idp } if tenant == "t" && idp == "corp"),
+                "{v:?}"
+            );
+            assert_eq!(v.record.reason, "LoginRequired");
+            // API client, POST, plain HTTP: 401, with the reason in the log detail.
+            let v = run(
+                &c,
+                true,
+                "GET",
+                "/app",
+                &[("accept", "application/json".into())],
+            );
+            assert_eq!(status(&v), 401);
+            let v = run(&c, true, "POST", "/app", &[html()]);
+            assert_eq!(status(&v), 401);
+            let v = run(&c, false, "GET", "/app", &[html()]);
+            assert_eq!(status(&v), 401);
+            assert!(v.record.detail.unwrap().contains("HTTPS"));
+            // No session keys: fails closed.
+            let v = run(&compiled(false), true, "GET", "/app", &[html()]);
+            assert_eq!(status(&v), 401);
+            assert!(v.record.detail.unwrap().contains("no session keys"));
+        }
+
+        #[test]
+        fn a_session_cookie_is_the_user_on_https_only() {
+            let c = compiled(true);
+            let v = run(
+                &c,
+                true,
+                "GET",
+                "/app",
+                &[html(), cookie(&c, "ann@acme.test", 0)],
+            );
+            let Action::Forward(f) = &v.action else {
+                panic!("{v:?}")
+            };
+            assert_eq!(
+                f.identity.user.as_ref().unwrap().email.as_deref(),
+                Some("ann@acme.test")
+            );
+            assert_eq!(v.record.identity, "user:corp/u1");
+            // Logged in but not allowed: 403, no redirect loop.
+            let v = run(
+                &c,
+                true,
+                "GET",
+                "/app",
+                &[html(), cookie(&c, "bob@other.test", 0)],
+            );
+            assert_eq!(status(&v), 403, "{v:?}");
+            // Over plain HTTP the cookie is ignored.
+            let v = run(
+                &c,
+                false,
+                "GET",
+                "/app",
+                &[html(), cookie(&c, "ann@acme.test", 0)],
+            );
+            assert_eq!(status(&v), 401);
+            // A cookie that does not open is no session (not an error): log in again.
+            let junk = ("cookie", format!("{SESSION_COOKIE}=v1.k.AAAA"));
+            let v = run(&c, true, "GET", "/app", &[html(), junk]);
+            assert!(matches!(v.action, Action::Login { .. }), "{v:?}");
+        }
+
+        #[test]
+        fn a_policy_wanting_a_fresher_login_sends_the_browser_back_to_the_idp() {
+            let c = compiled(true);
+            let v = run(
+                &c,
+                true,
+                "GET",
+                "/fresh",
+                &[html(), cookie(&c, "ann@acme.test", 10)],
+            );
+            assert_eq!(status(&v), 200, "{v:?}");
+            let v = run(
+                &c,
+                true,
+                "GET",
+                "/fresh",
+                &[html(), cookie(&c, "ann@acme.test", 120)],
+            );
+            assert!(
+                matches!(&v.action, Action::Login { idp, .. } if idp == "corp"),
+                "{v:?}"
+            );
+            let v = run(
+                &c,
+                true,
+                "GET",
+                "/fresh",
+                &[cookie(&c, "ann@acme.test", 120)],
+            );
+            assert_eq!(status(&v), 401);
+            assert_eq!(v.record.reason, "SessionTooOld");
+        }
+    }
 }
