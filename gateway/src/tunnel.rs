@@ -162,17 +162,21 @@ pub struct TunnelClient {
 }
 
 impl TunnelClient {
-    /// A client of `hub` (`HOST:PORT`, resolved at each open so a Service name works);
-    /// reads the token once now, so a missing file fails at start-up.
-    pub fn new(hub: String, token_file: PathBuf, timeout: Duration) -> Result<Self, TunnelError> {
+    /// A client of `hub` (`HOST:PORT`, resolved at each open so a Service name works). The
+    /// token is read now only to warn early: a token file that is missing or empty at
+    /// start-up (a Secret the operator has not filled yet) must not keep the gateway from
+    /// serving everything else, so each open reads it again until it is there.
+    pub fn new(hub: String, token_file: PathBuf, timeout: Duration) -> Self {
         let c = Self {
             hub,
             token_file,
             token: Mutex::new(None),
             timeout,
         };
-        c.token()?;
-        Ok(c)
+        if let Err(e) = c.token() {
+            tracing::warn!(error = %e, "site upstreams will fail until the token is readable");
+        }
+        c
     }
 
     /// The first non-empty, non-comment line of the token file (the format the hub reads).

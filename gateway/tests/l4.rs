@@ -1134,3 +1134,46 @@ fn connections_beyond_the_cap_are_closed_on_accept() {
     }
     assert!(gw.log().contains("\"reason\":\"ConnectionLimit\""));
 }
+
+#[test]
+fn a_tunnel_token_written_after_start_is_picked_up() {
+    let target = Echo::start(None);
+    let tunnel = TunnelPair::start(&[(target.addr, "TCP")]);
+    let port = free_port();
+    let mut snap = snapshot(
+        json!([{"name": "tcp", "port": port, "protocol": "TCP"}]),
+        json!([{"namespace": NS, "name": "db", "tenant": "acme", "protocol": "TCP",
+                "listeners": ["tcp"], "ports": [port],
+                "upstreams": [{"kind": {"site": {"site": "dc1", "host": "127.0.0.1",
+                                                  "port": target.addr.port()}}}]}]),
+        json!([allow("anyone", "db", json!(["anonymous"]))]),
+        json!([]),
+    );
+    snap["tunnel"] = json!({
+        "listenPort": free_port(), "addressPool": "100.96.0.0/16",
+        "sites": [{"name": "dc1", "tenant": "acme", "publicKey": tunnel.site_public_key,
+                   "tunnelAddress": "100.96.1.1",
+                   "allowedTargets": [{"host": "127.0.0.1", "ports": [target.addr.port()],
+                                       "protocol": "TCP"}]}]
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    let gw = Gateway::start_with(
+        &snap,
+        &[
+            "--tunnel-stream",
+            &tunnel.stream.to_string(),
+            "--tunnel-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    // No token yet: the gateway serves, the site connection is refused.
+    assert!(closed_without_echo(port, b""));
+    assert!(gw.log().contains("tunnel token file"), "{}", gw.log());
+    std::fs::write(&token, format!("# rotated\n{TUNNEL_TOKEN}\n")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    while tcp_roundtrip(port, b"", b"late").map_or(true, |g| g != b"late") {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
