@@ -263,6 +263,19 @@ impl GatewayProxy {
         if !is_callback && path != LOGOUT_PATH {
             return Ok(false);
         }
+        // Refusals that come before anything else in the pipeline stay there: ambiguous
+        // framing, a TLS version below the listener's minimum.
+        let framing = crate::framing::check(req.version, &req.headers, &self.shared.header_limits);
+        let tls = session.digest().and_then(|d| d.ssl_digest.clone());
+        let too_old = state.certs.get(&self.listener.name).is_some_and(|c| {
+            c.min_version == rustronaut_contract::snapshot::TlsVersion::V1_3
+                && tls
+                    .as_ref()
+                    .is_some_and(|d| d.version.as_ref() != "TLSv1_3")
+        });
+        if framing.is_err() || too_old {
+            return Ok(false);
+        }
         let (Some(host), _) = request_host_and_target(req) else {
             return Ok(false);
         };
@@ -625,9 +638,9 @@ impl ProxyHttp for GatewayProxy {
             for p in &auth.api_keys {
                 upstream.remove_header(&p.header);
             }
-            // So are JWTs carried in cookies and the gateway's session and login cookies:
-            // the other cookies pass.
-            {
+            // So are JWTs carried in cookies and, for tenants with session keys, the
+            // gateway's session and login cookies: the other cookies pass.
+            if !auth.jwt_cookies.is_empty() || auth.session.is_some() {
                 let mut names = auth.jwt_cookies.clone();
                 names.extend(
                     [crate::session::SESSION_COOKIE, crate::session::LOGIN_COOKIE]
