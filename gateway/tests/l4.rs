@@ -1177,3 +1177,91 @@ fn a_tunnel_token_written_after_start_is_picked_up() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A TLS echo round trip offering only `versions`.
+fn tls_roundtrip_with(
+    port: u16,
+    roots_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    msg: &[u8],
+) -> Result<Vec<u8>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let work = async {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| e.to_string())?;
+            let name = ServerName::try_from("db.acme.test").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            tls.write_all(msg).await.map_err(|e| e.to_string())?;
+            let mut got = vec![0u8; msg.len()];
+            tls.read_exact(&mut got)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            Ok(got)
+        };
+        tokio::time::timeout(Duration::from_secs(10), work)
+            .await
+            .map_err(|_| "timed out".to_string())?
+    })
+}
+
+#[test]
+fn tls_on_a_tcp_listener_follows_reloads_and_enforces_the_minimum_version() {
+    let up = Echo::start(None);
+    let pki = Pki::new("gateway ca");
+    let (chain, key) = pki.server(&["db.acme.test"]);
+    let port = free_port();
+    let snap = snapshot(
+        json!([{"name": "tcp", "port": port, "protocol": "TCP"}]),
+        json!([port_resource("db", "TCP", "tcp", port, up.addr)]),
+        json!([allow("anyone", "db", json!(["anonymous"]))]),
+        json!([]),
+    );
+    let gw = Gateway::start(&snap);
+    assert_eq!(tcp_roundtrip(port, b"", b"plain").unwrap(), b"plain");
+    let tls13 = [&rustls::version::TLS13];
+    let tls12 = [&rustls::version::TLS12];
+    assert!(tls_roundtrip_with(port, &pki.ca_pem, &tls13, b"x").is_err());
+
+    // TLS switched on (1.3 only) by a reload: no restart.
+    let mut next = snap.clone();
+    next["listeners"][0]["tls"] = json!({
+        "certificates": [{"name": "db", "hostnames": ["db.acme.test"],
+                          "certificateChainPem": chain, "privateKeyPem": key}],
+        "minVersion": "1.3"});
+    gw.write_snapshot_bytes(&serde_json::to_vec(&next).unwrap());
+    gw.wait_metrics("the reload", |m| {
+        m.contains("rustronaut_gateway_snapshot_reloads_total{result=\"applied\"} 2")
+    });
+    assert_eq!(
+        tls_roundtrip_with(port, &pki.ca_pem, &tls13, b"tls").unwrap(),
+        b"tls"
+    );
+    let e = tls_roundtrip_with(port, &pki.ca_pem, &tls12, b"old").unwrap_err();
+    assert!(
+        e.starts_with("handshake"),
+        "TLS 1.2 refused in the handshake: {e}"
+    );
+    // Plain TCP now meets the TLS handshake: at most an alert comes back, never an echo.
+    let got = tcp_roundtrip(port, b"", b"plain again").unwrap_or_default();
+    assert_ne!(got, b"plain again", "plain TCP after TLS was switched on");
+    assert!(gw.log().contains("\"reason\":\"TlsHandshakeFailed\""));
+}
