@@ -11,6 +11,7 @@
 //! | `rustronaut_gateway_upstream_ejections_total` | | passive ejections after connect failures |
 //! | `rustronaut_gateway_upstream_up` | `address` | 1/0: the last active health verdict of an address |
 //! | `rustronaut_gateway_jwks_fetches_total` | `result` (`ok`, `failed`) | remote JWKS fetches |
+//! | `rustronaut_gateway_oidc_logins_total` | `result` (`ok`, or why: `InvalidCallback`, `LoginRefused`, `ProviderUnavailable`, ...) | OIDC callbacks |
 //! | `rustronaut_gateway_l4_connections_total` | `protocol`, `resource`, `result` | L4 connections and UDP flows: `allowed`, `denied` (policy), `refused` (no route, bad PROXY header or handshake), `unreachable` (allowed, no upstream connected) |
 //! | `rustronaut_gateway_l4_udp_flows` | | UDP flows remembered (allowed and denied) |
 //! | `rustronaut_gateway_l4_udp_flows_dropped_total` | | datagrams of new flows dropped at the flow cap |
@@ -101,6 +102,8 @@ pub struct Metrics {
     pub upstream_up: Family<AddressLabel, Gauge>,
     /// Remote JWKS fetches.
     pub jwks_fetches: Family<ResultLabel, Counter>,
+    /// OIDC callbacks by result (a forged-callback spike shows here).
+    pub oidc_logins: Family<ResultLabel, Counter>,
     /// L4 connections and UDP flows by outcome.
     pub l4_connections: Family<L4Labels, Counter>,
     /// UDP flows remembered.
@@ -128,6 +131,7 @@ impl Metrics {
         let ejections = Counter::default();
         let upstream_up = Family::<AddressLabel, Gauge>::default();
         let jwks_fetches = Family::<ResultLabel, Counter>::default();
+        let oidc_logins = Family::<ResultLabel, Counter>::default();
         let l4_connections = Family::<L4Labels, Counter>::default();
         let l4_udp_flows = Gauge::default();
         let l4_udp_flows_dropped = Counter::default();
@@ -177,6 +181,11 @@ impl Metrics {
             jwks_fetches.clone(),
         );
         registry.register(
+            "oidc_logins",
+            "OIDC login callbacks by result",
+            oidc_logins.clone(),
+        );
+        registry.register(
             "l4_connections",
             "L4 connections and UDP flows by protocol, resource and result",
             l4_connections.clone(),
@@ -202,6 +211,7 @@ impl Metrics {
             ejections,
             upstream_up,
             jwks_fetches,
+            oidc_logins,
             l4_connections,
             l4_udp_flows,
             l4_udp_flows_dropped,

@@ -318,7 +318,7 @@ impl GatewayProxy {
         let oidc = &self.shared.oidc;
         let reply = if is_callback {
             let https = self.listener.https;
-            match oidc
+            let reply = match oidc
                 .callback(tenant, keys, &host, &query, &cookies, https, now)
                 .await
             {
@@ -332,7 +332,14 @@ impl GatewayProxy {
                     record.detail = Some(e.to_string());
                     Err(e.status())
                 }
-            }
+            };
+            let result = if reply.is_ok() { "ok" } else { record.reason };
+            self.shared
+                .metrics
+                .oidc_logins
+                .get_or_create(&crate::metrics::ResultLabel { result })
+                .inc();
+            reply
         } else {
             record.reason = "LoggedOut";
             Ok(oidc.logout(tenant, keys, &cookies, now).await)

@@ -412,6 +412,17 @@ fn browser_logs_in_with_pkce_and_reaches_the_upstream_without_the_session_cookie
     assert_eq!(r.status, 400, "{r:?}");
     assert!(w.session_value("empty", APP).is_none());
 
+    // Every callback is counted by result.
+    let (_, m) = w.gw.admin_get("/metrics");
+    assert!(
+        m.contains("rustronaut_gateway_oidc_logins_total{result=\"ok\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("rustronaut_gateway_oidc_logins_total{result=\"InvalidCallback\"} 3"),
+        "{m}"
+    );
+
     // Logout clears the cookie and sends the browser to the OP's end_session_endpoint.
     let r = w.browser("a", &w.url(APP, "/.rustronaut/oidc/logout"), &[]);
     assert_eq!(r.status, 302, "{r:?}");
