@@ -10,10 +10,11 @@
 //! Why the gateway speaks this itself instead of calling `rustronaut_tunnel::client::open`:
 //! the tunnel crate is one crate with the hub and the connector, so depending on it would
 //! put boringtun, smoltcp and the hub's HTTP server into the gateway's dependency graph for
-//! a header of a dozen bytes plus the token, site and host. The wire format is pinned to the tunnel crate's own encoder and
-//! decoder byte for byte by a test (the tunnel crate is a dev-dependency only), and
-//! `gateway/tests/site.rs` runs a real hub and connector. Moving both sides into one small
-//! shared crate is the cleaner end state; it waits for the tunnel crate's current changes.
+//! a header of a dozen bytes plus the token, site and host. The wire format is pinned to the
+//! tunnel crate's own encoder and decoder byte for byte by a test (the tunnel crate is a
+//! dev-dependency only), and `gateway/tests/l4.rs` runs a real hub and connector. Moving both
+//! sides into one small shared crate is the cleaner end state; it waits for the tunnel
+//! crate's current changes.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
