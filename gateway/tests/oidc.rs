@@ -82,6 +82,7 @@ struct World {
     op: Provider,
     upstream: Upstream,
     gw: Gateway,
+    snapshot: Value,
     https: u16,
     http: u16,
 }
@@ -156,6 +157,7 @@ impl World {
             op,
             upstream,
             gw,
+            snapshot,
             https,
             http,
         }
@@ -508,4 +510,33 @@ fn sessions_deny_expire_resist_tampering_and_stay_in_their_tenant() {
         &["-H", &format!("Cookie: {SESSION}={value}")],
     );
     assert_eq!(r.status, 302, "expired: {r:?}");
+}
+
+#[test]
+fn another_replica_finishes_a_login_this_one_started() {
+    let w = World::new();
+    // A second gateway with the same snapshot on other ports: the browser's traffic for the
+    // same host:port is sent there (as a load balancer would), for the callback and after.
+    let mut snap = w.snapshot.clone();
+    let (https2, http2) = (free_port(), free_port());
+    snap["listeners"][0]["port"] = json!(https2);
+    snap["listeners"][1]["port"] = json!(http2);
+    let gw2 = Gateway::start_with(&snap, &["--jwks-ca-file", &w.ca]);
+    let to_gw2 = format!("{APP}:{}:127.0.0.1:{https2}", w.https);
+
+    let r = w.browser("b", &w.url(APP, "/private"), &[]);
+    assert_eq!(r.status, 302, "{r:?}");
+    let callback = w.log_in_at_op("b", r.header("location").unwrap(), ALICE);
+    let r = w.browser("b", &callback, &["--connect-to", &to_gw2]);
+    assert_eq!(
+        r.status,
+        302,
+        "callback at the other replica: {r:?}\n{}",
+        gw2.log()
+    );
+    assert!(gw2.log().contains("LoggedIn"), "{}", gw2.log());
+    let r = w.browser("b", &w.url(APP, "/private"), &["--connect-to", &to_gw2]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = w.browser("b", &w.url(APP, "/private"), &[]);
+    assert_eq!(r.status, 200, "{r:?}");
 }
