@@ -1,13 +1,16 @@
-//! Tenant quotas (`Tenant.spec.quotas.resources` and `.policies`), checked at attach time.
+//! Tenant quotas (`Tenant.spec.quotas`), checked at attach time.
 //!
 //! Objects over quota are decided the way claims are: the oldest win (by
 //! `creationTimestamp`, then namespace and name), so the answer is the same on every replica
 //! and a new object can never push out one that already works. What happens to the rest:
 //! - a Resource over quota is left out of every snapshot (not served);
 //! - a Policy over quota stays in the snapshot and fails closed (an Allow allows nothing, a
-//!   Deny denies everything it targets): dropping it could widen access.
-//!
-//! Gateway and site quotas are not enforced yet.
+//!   Deny denies everything it targets): dropping it could widen access;
+//! - a Gateway over quota (`gateways`: Gateways in the tenant's namespaces) gets no snapshot
+//!   and no workload, only a status saying why;
+//! - a tunnel site over quota (`sites`: sites naming the tenant, across every Gateway, ordered
+//!   by their Gateway's age and then their place in its list) is left out of its Gateway's
+//!   tunnel, and Resources reaching through it are not served.
 
 use crate::world::World;
 use kube::ResourceExt;
@@ -22,6 +25,10 @@ pub struct OverQuota {
     pub resources: BTreeMap<ObjectRef, String>,
     /// Policies that fail closed.
     pub policies: BTreeMap<ObjectRef, String>,
+    /// Gateways that get no snapshot and no workload.
+    pub gateways: BTreeMap<ObjectRef, String>,
+    /// Tunnel sites left out, by (Gateway, site name).
+    pub sites: BTreeMap<(ObjectRef, String), String>,
 }
 
 /// Which Resources and Policies are beyond their tenant's quota.
@@ -40,8 +47,59 @@ pub fn over_quota(world: &World, claims: &Claims) -> OverQuota {
             out.policies
                 .extend(beyond(mine, claims, &name, max, "Policies", "policies"));
         }
+        if let Some(max) = q.gateways {
+            let mine = world.gateways.iter().map(|g| &g.metadata);
+            out.gateways
+                .extend(beyond(mine, claims, &name, max, "Gateways", "gateways"));
+        }
+        if let Some(max) = q.sites {
+            out.sites.extend(sites_beyond(world, &name, max));
+        }
     }
     out
+}
+
+/// The tunnel sites naming `tenant`, on Gateways not being deleted, oldest Gateway first and
+/// in list order within one, past the first `max`.
+fn sites_beyond(world: &World, tenant: &str, max: i32) -> Vec<((ObjectRef, String), String)> {
+    let mut gateways: Vec<&rustronaut_crds::Gateway> = world
+        .gateways
+        .iter()
+        .filter(|g| g.metadata.deletion_timestamp.is_none())
+        .collect();
+    gateways.sort_by_key(|g| {
+        let ts = g.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        (
+            ts.is_none(),
+            ts,
+            g.metadata.namespace.clone(),
+            g.metadata.name.clone(),
+        )
+    });
+    let mine: Vec<(ObjectRef, String)> = gateways
+        .iter()
+        .flat_map(|g| {
+            let gw = ObjectRef::new(g.namespace().unwrap_or_default(), g.name_any());
+            g.spec
+                .tunnel
+                .iter()
+                .flat_map(|t| &t.sites)
+                .filter(|s| s.tenant == tenant)
+                .map(move |s| (gw.clone(), s.name.clone()))
+        })
+        .collect();
+    let max = usize::try_from(max).unwrap_or(0);
+    let total = mine.len();
+    mine.into_iter()
+        .skip(max)
+        .map(|key| {
+            let message = format!(
+                "tenant {tenant} may have {max} tunnel sites (spec.quotas.sites) and has {total}; \
+                 the first {max} (oldest Gateway first) are in effect"
+            );
+            (key, message)
+        })
+        .collect()
 }
 
 /// The objects of `tenant` among `all`, oldest first, past the first `max`.
@@ -146,5 +204,67 @@ mod tests {
             "{msg}"
         );
         assert!(over.policies.contains_key(&ObjectRef::new("apps", "p")));
+    }
+
+    #[test]
+    fn gateways_and_sites_beyond_quota_are_the_youngest() {
+        let tenant = serde_json::from_value(json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "acme"},
+            "spec": {"namespaces": ["apps"], "quotas": {"gateways": 1, "sites": 2}}
+        }))
+        .unwrap();
+        let key = "xTIB0vTdtu3xl8ri7MVi/cZuEBZ5uwOaXvMIsN58gX0=";
+        let gateway = |ns: &str, name: &str, created: &str, sites: &[(&str, &str)]| {
+            let sites: Vec<serde_json::Value> = sites
+                .iter()
+                .map(|(n, t)| json!({"name": n, "tenant": t, "publicKey": key}))
+                .collect();
+            serde_json::from_value(json!({
+                "apiVersion": "rustronaut.io/v1alpha1", "kind": "Gateway",
+                "metadata": meta(ns, name, created),
+                "spec": {"listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+                         "tunnel": {"sites": sites}}
+            }))
+            .unwrap()
+        };
+        let world = World {
+            tenants: vec![tenant],
+            gateways: vec![
+                // Listed young first: order comes from creationTimestamp, not the list.
+                gateway("apps", "young", "2025-03-01T00:00:00Z", &[("c", "acme")]),
+                gateway(
+                    "platform",
+                    "shared",
+                    "2025-01-01T00:00:00Z",
+                    &[("a", "acme"), ("other", "globex"), ("b", "acme")],
+                ),
+                gateway("apps", "old", "2025-02-01T00:00:00Z", &[]),
+            ],
+            resources: Vec::new(),
+            policies: Vec::new(),
+        };
+        let over = over_quota(&world, &world.claims());
+        let gws: Vec<String> = over.gateways.keys().map(ToString::to_string).collect();
+        assert_eq!(
+            gws,
+            ["apps/young"],
+            "only Gateways in the tenant's namespaces count, oldest kept"
+        );
+        let sites: Vec<(String, String)> = over
+            .sites
+            .keys()
+            .map(|(g, s)| (g.to_string(), s.clone()))
+            .collect();
+        assert_eq!(
+            sites,
+            [("apps/young".to_string(), "c".to_string())],
+            "a and b on the oldest Gateway fit; another tenant's site does not count"
+        );
+        let msg = over.sites.values().next().unwrap();
+        assert!(
+            msg.contains("may have 2 tunnel sites") && msg.contains("has 3"),
+            "{msg}"
+        );
     }
 }

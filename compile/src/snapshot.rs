@@ -162,6 +162,10 @@ pub enum BuildError {
     /// listeners, a bad tunnel): the Gateway itself must change.
     #[error("the gateway configuration is invalid: {}", join(.0))]
     Invalid(Vec<ValidationError>),
+    /// The Gateway is beyond its tenant's `quotas.gateways`: it gets no snapshot and no
+    /// workload.
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 fn join(errors: &[ValidationError]) -> String {
@@ -179,7 +183,7 @@ impl BuildError {
             Self::CertificateNotFound { listener, .. }
             | Self::InvalidCertificate { listener, .. }
             | Self::InvalidListener { listener, .. } => Some(listener),
-            Self::Invalid(_) => None,
+            Self::Invalid(_) | Self::QuotaExceeded(_) => None,
         }
     }
 
@@ -190,6 +194,7 @@ impl BuildError {
                 reasons::INVALID_CERTIFICATE_REF
             }
             Self::InvalidListener { .. } | Self::Invalid(_) => reasons::INVALID_PARAMETERS,
+            Self::QuotaExceeded(_) => reasons::QUOTA_EXCEEDED,
         }
     }
 }
@@ -345,6 +350,9 @@ pub fn gateway_snapshot(
         problems: Vec::new(),
     };
     b.over = over_quota(world, &b.claims);
+    if let Some(message) = b.over.gateways.get(&b.gw) {
+        return Err(BuildError::QuotaExceeded(message.clone()));
+    }
     let mut snapshot = Snapshot::new(b.gw.clone());
     if let Some(c) = &gateway.spec.client_ip_detection {
         snapshot.client_ip_detection = cs::ClientIpDetection {
@@ -635,6 +643,12 @@ impl Builder<'_> {
                     format!("Gateway {gw} has no tunnel site {}", site.name),
                 ));
             };
+            if let Some(message) = self.over.sites.get(&(self.gw.clone(), s.name.clone())) {
+                return Err((
+                    reasons::QUOTA_EXCEEDED,
+                    format!("site {}: {message}", s.name),
+                ));
+            }
             if s.tenant != tenant {
                 return Err((
                     reasons::REF_NOT_PERMITTED,
@@ -1004,6 +1018,14 @@ impl Builder<'_> {
             .unwrap_or_default();
         let mut sites = Vec::new();
         for s in &t.sites {
+            // Beyond its tenant's site quota: no peer, so the hub accepts no tunnel from it.
+            if self
+                .over
+                .sites
+                .contains_key(&(self.gw.clone(), s.name.clone()))
+            {
+                continue;
+            }
             let Some(public_key) = self.site_key(s) else {
                 continue;
             };
@@ -1681,6 +1703,53 @@ mod tests {
             out.snapshot.tunnel.as_ref().unwrap().sites[0].public_key,
             spec_key
         );
+    }
+
+    #[test]
+    fn gateways_and_sites_beyond_their_tenants_quota_are_not_served() {
+        let mut world = examples();
+        let site_tenant = gateway(&world, "edge").spec.tunnel.as_ref().unwrap().sites[0]
+            .tenant
+            .clone();
+        let t = world
+            .tenants
+            .iter_mut()
+            .find(|t| t.name_any() == site_tenant)
+            .unwrap();
+        t.spec.quotas = Some(rustronaut_crds::tenant::Quotas {
+            sites: Some(0),
+            ..Default::default()
+        });
+        let out = build(&world, &secrets()).unwrap();
+        assert!(
+            out.snapshot.tunnel.as_ref().unwrap().sites.is_empty(),
+            "a site over quota gets no peer"
+        );
+        let p = out
+            .problems
+            .iter()
+            .find(|p| p.reason == reasons::QUOTA_EXCEEDED)
+            .expect("the Resource reaching through dc1 is left out, naming the quota");
+        assert!(p.message.contains("spec.quotas.sites"), "{}", p.message);
+
+        // A Gateway over its tenant's quota gets no snapshot at all. (The example's Gateway
+        // lives in a platform namespace; let the tenant hold it.)
+        let edge_ns = gateway(&world, "edge").namespace().unwrap();
+        let t = world
+            .tenants
+            .iter_mut()
+            .find(|t| t.name_any() == site_tenant)
+            .unwrap();
+        t.spec.namespaces.push(edge_ns.clone());
+        t.spec.quotas = Some(rustronaut_crds::tenant::Quotas {
+            gateways: Some(0),
+            ..Default::default()
+        });
+        let secrets = secrets();
+        let err = gateway_snapshot(&world, gateway(&world, "edge"), &inputs(&secrets))
+            .expect_err("over quota");
+        assert_eq!(err.reason(), reasons::QUOTA_EXCEEDED);
+        assert!(err.to_string().contains("spec.quotas.gateways"), "{err}");
     }
 
     #[test]

@@ -214,15 +214,24 @@ impl Stores {
         Ok(())
     }
 
-    /// The rustronaut.io objects in the cache, as one [`World`] (`gateway` is the only
-    /// Gateway: a snapshot depends on no other).
+    /// The rustronaut.io objects in the cache, as one [`World`], with `gateway` as the
+    /// reconcile sees it in place of its cached copy. Other Gateways matter only to quotas
+    /// (which Gateways and sites of a tenant are the oldest).
     pub fn world(&self, gateway: &Gateway) -> World {
         fn all<K: Clone + kube::Resource<DynamicType = ()>>(s: &Store<K>) -> Vec<K> {
             s.state().iter().map(|k| (**k).clone()).collect()
         }
+        let mut gateways: Vec<Gateway> = self
+            .gateways
+            .state()
+            .iter()
+            .filter(|g| g.metadata.uid != gateway.metadata.uid)
+            .map(|g| (**g).clone())
+            .collect();
+        gateways.push(gateway.clone());
         World {
             tenants: all(&self.tenants),
-            gateways: vec![gateway.clone()],
+            gateways,
             resources: all(&self.resources),
             policies: all(&self.policies),
         }
@@ -529,9 +538,11 @@ impl GatewayController {
             snapshot_inputs(),
             Changes::All,
         );
+        // Gateways wake the Gateway controller too: quotas make one Gateway's fate depend on
+        // its tenant's others (the youngest beyond the quota waits for an older one to go).
         let (gateways, s7) = reflect(
             Api::<Gateway>::all(client.clone()),
-            vec![st.clone(), tn.clone()],
+            everyone(),
             Changes::Spec,
         );
         let (namespaces, s8) = reflect(
@@ -763,9 +774,10 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
     ctx.stores.ready().await?;
 
     // keys first: the snapshot names the sites by their (possibly generated) public keys
+    // (not for a Gateway over its tenant's quota: it gets nothing at all)
     let keys = match &gw.spec.tunnel {
-        Some(_) => Some(ensure_keys(ctx, gw).await?),
-        None => None,
+        Some(_) if !over_gateway_quota(ctx, gw) => Some(ensure_keys(ctx, gw).await?),
+        _ => None,
     };
 
     // read + build
@@ -797,6 +809,9 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
     // for (bench-operator: apply -> snapshot written).
     let reference = gw.object_ref(&());
     let compiled_tunnel = built.as_ref().ok().and_then(|o| o.snapshot.tunnel.clone());
+    // Over the tenant's Gateway quota: no snapshot (above), no workload, no hub; an existing
+    // workload (the quota was lowered) is left as it is, serving its last snapshot.
+    let over_quota = matches!(&built, Err(BuildError::QuotaExceeded(_)));
     let (outcome, served) = match built {
         Ok(outcome) => {
             let secret = put(
@@ -862,26 +877,33 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
     };
 
     // apply: the workload, whatever the snapshot's fate (it does not depend on it)
-    put(client, &ns, &objects::service_account(gw)).await?;
-    put(client, &ns, &objects::role(gw)).await?;
-    put(client, &ns, &objects::role_binding(gw)).await?;
-    let status_cm = put(client, &ns, &objects::status_config_map(gw)).await?;
-    let service = put(client, &ns, &objects::service(gw)).await?;
-    let deployment = put(client, &ns, &objects::deployment(gw, &ctx.settings)).await?;
-    match objects::pdb(gw) {
-        Some(p) => drop(put(client, &ns, &p).await?),
-        None => remove::<PodDisruptionBudget>(client, &ns, &name).await?,
-    }
-    match objects::hpa(gw) {
-        Some(h) => drop(put(client, &ns, &h).await?),
-        None => remove::<HorizontalPodAutoscaler>(client, &ns, &name).await?,
-    }
+    let (status_cm, service, deployment) = if over_quota {
+        (None, None, None)
+    } else {
+        put(client, &ns, &objects::service_account(gw)).await?;
+        put(client, &ns, &objects::role(gw)).await?;
+        put(client, &ns, &objects::role_binding(gw)).await?;
+        let status_cm = put(client, &ns, &objects::status_config_map(gw)).await?;
+        let service = put(client, &ns, &objects::service(gw)).await?;
+        let deployment = put(client, &ns, &objects::deployment(gw, &ctx.settings)).await?;
+        match objects::pdb(gw) {
+            Some(p) => drop(put(client, &ns, &p).await?),
+            None => remove::<PodDisruptionBudget>(client, &ns, &name).await?,
+        }
+        match objects::hpa(gw) {
+            Some(h) => drop(put(client, &ns, &h).await?),
+            None => remove::<HorizontalPodAutoscaler>(client, &ns, &name).await?,
+        }
+        (Some(status_cm), Some(service), Some(deployment))
+    };
 
     // apply: the tunnel hub (its configuration only from a built snapshot), then prune
     if let Some(k) = &keys {
         apply_hub(ctx, gw, k, compiled_tunnel.as_ref(), &reference).await?;
     }
-    prune_hub(ctx, gw).await?;
+    if !over_quota {
+        prune_hub(ctx, gw).await?;
+    }
     let sites = match &gw.spec.tunnel {
         Some(t) => {
             // The ready hub pods, from the stream Service's EndpointSlices (cached).
@@ -900,14 +922,14 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
     };
 
     // status
-    let reports = status_cm.data.clone().unwrap_or_default();
+    let reports = status_cm.and_then(|c| c.data.clone()).unwrap_or_default();
     let new = status::status(&status::Observed {
         generation: gw.meta().generation,
         previous: gw.status.as_ref(),
         built: outcome,
         served,
-        deployment: Some(&deployment),
-        service: Some(&service),
+        deployment: deployment.as_ref(),
+        service: service.as_ref(),
         listeners: gw.spec.listeners.iter().map(|l| l.name.clone()).collect(),
         reports: reports.into_iter().collect(),
         tunnel: keys.map(|k| TunnelStatus {
@@ -937,6 +959,19 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
     } else {
         RESYNC
     }))
+}
+
+/// Whether `gw` is beyond its tenant's `quotas.gateways` (oldest Gateways win; see
+/// `rustronaut_compile::quota`).
+fn over_gateway_quota(ctx: &GatewayContext, gw: &Gateway) -> bool {
+    let world = ctx.stores.world(gw);
+    let key = rustronaut_contract::snapshot::ObjectRef::new(
+        gw.namespace().unwrap_or_default(),
+        gw.name_any(),
+    );
+    rustronaut_compile::quota::over_quota(&world, &world.claims())
+        .gateways
+        .contains_key(&key)
 }
 
 /// The tunnel's key material as it exists after [`ensure_keys`].

@@ -239,6 +239,15 @@ async fn tunnel_hub_lifecycle() {
 
     // The StatefulSet: its replicas, the image, the command, each pod's own key.
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &gw_ns);
+    // (The snapshot is written first, the hub after it; its PodDisruptionBudget is the last
+    // object a reconcile applies, so once it exists the rest does.)
+    let last: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), &gw_ns);
+    eventually("the hub's PodDisruptionBudget", || {
+        let last = last.clone();
+        async move { last.get_opt("edge-hub").await.ok()? }
+    })
+    .await;
     let ss = statefulsets.get("edge-hub").await.unwrap();
     let spec = ss.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(2));
