@@ -496,6 +496,22 @@ fn sessions_deny_expire_resist_tampering_and_stay_in_their_tenant() {
     );
     assert_eq!(r.status, 401, "plain HTTP: {r:?}");
     assert!(w.gw.log().contains("OIDC login needs an HTTPS listener"));
+    // Nor does a callback finish there; the gateway answers it, the upstream never sees it.
+    let hits = w.upstream.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let r = w.browser(
+        "none",
+        &format!(
+            "http://{APP}:{}/.rustronaut/oidc/callback?code=c&state=s",
+            w.http
+        ),
+        &[],
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(
+        w.upstream.hits.load(std::sync::atomic::Ordering::SeqCst),
+        hits
+    );
+    assert!(w.gw.log().contains("OidcNeedsHttps"));
 
     // globex sessions last 3 seconds.
     w.login("short", SHORT, "/private", ALICE);
