@@ -191,6 +191,21 @@ pub struct ProviderState {
     fetched: Instant,
 }
 
+/// Where a login step happens.
+#[derive(Clone, Copy, Debug)]
+pub struct At<'a> {
+    /// The tenant of the Resource the host routes to.
+    pub tenant: &'a Tenant,
+    /// Its cookie keys; `None`: login fails closed.
+    pub keys: Option<&'a TenantKeys>,
+    /// The host (and port) the browser used ([`public_host`]).
+    pub host: &'a str,
+    /// Whether the listener terminates TLS.
+    pub https: bool,
+    /// Unix seconds.
+    pub now: u64,
+}
+
 /// The OIDC client of the gateway: one per process, shared by every listener.
 pub struct Oidc {
     fetcher: Fetcher,
@@ -370,19 +385,16 @@ impl Oidc {
         })
     }
 
-    /// Starts a login: the redirect to the IdP and the login-state cookie. `host` is the
-    /// host (and port) the browser asked for; `target` where it wanted to go.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn begin(
-        &self,
-        tenant: &Tenant,
-        keys: Option<&TenantKeys>,
-        idp: &str,
-        host: &str,
-        target: &str,
-        https: bool,
-        now: u64,
-    ) -> Result<Reply, OidcError> {
+    /// Starts a login with provider `idp`: the redirect to the IdP and the login-state
+    /// cookie; `target` is where the browser wanted to go.
+    pub async fn begin(&self, at: &At<'_>, idp: &str, target: &str) -> Result<Reply, OidcError> {
+        let At {
+            tenant,
+            keys,
+            host,
+            https,
+            now,
+        } = *at;
         if !https {
             return Err(OidcError::NotHttps);
         }
@@ -422,17 +434,19 @@ impl Oidc {
 
     /// Finishes a login: checks the callback against the login-state cookie, exchanges the
     /// code, verifies the ID token, sets the session cookie and sends the browser back.
-    #[allow(clippy::too_many_arguments)]
     pub async fn callback(
         &self,
-        tenant: &Tenant,
-        keys: Option<&TenantKeys>,
-        host: &str,
+        at: &At<'_>,
         query: &str,
         cookies: &[&str],
-        https: bool,
-        now: u64,
     ) -> Result<(Reply, Session), OidcError> {
+        let At {
+            tenant,
+            keys,
+            host,
+            https,
+            now,
+        } = *at;
         if !https {
             return Err(OidcError::NotHttps);
         }
@@ -594,13 +608,10 @@ impl Oidc {
 
     /// Ends the session: the cookie is cleared, and the browser goes to the provider's
     /// end_session_endpoint when it has one (so the IdP session ends too).
-    pub async fn logout(
-        &self,
-        tenant: &Tenant,
-        keys: Option<&TenantKeys>,
-        cookies: &[&str],
-        now: u64,
-    ) -> Reply {
+    pub async fn logout(&self, at: &At<'_>, cookies: &[&str]) -> Reply {
+        let At {
+            tenant, keys, now, ..
+        } = *at;
         let clear = vec![clear_cookie(SESSION_COOKIE), clear_cookie(LOGIN_COOKIE)];
         let idp = keys
             .and_then(|k| session_from_cookies(k, cookies, now))

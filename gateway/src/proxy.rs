@@ -316,12 +316,15 @@ impl GatewayProxy {
             ..Record::default()
         };
         let oidc = &self.shared.oidc;
+        let at = crate::oidc::At {
+            tenant,
+            keys,
+            host: &host,
+            https: self.listener.https,
+            now,
+        };
         let reply = if is_callback {
-            let https = self.listener.https;
-            let reply = match oidc
-                .callback(tenant, keys, &host, &query, &cookies, https, now)
-                .await
-            {
+            let reply = match oidc.callback(&at, &query, &cookies).await {
                 Ok((reply, s)) => {
                     record.identity = format!("user:{}/{}", s.idp, s.subject);
                     record.reason = "LoggedIn";
@@ -342,7 +345,7 @@ impl GatewayProxy {
             reply
         } else {
             record.reason = "LoggedOut";
-            Ok(oidc.logout(tenant, keys, &cookies, now).await)
+            Ok(oidc.logout(&at, &cookies).await)
         };
         let id = record.decision_id.clone();
         ctx.record = Some(record);
@@ -501,12 +504,14 @@ impl ProxyHttp for GatewayProxy {
                 let keys = state.tenants.get(&tenant).and_then(|a| a.session.as_ref());
                 let begun = match (t, host) {
                     (Some(t), Some(host)) => {
-                        let https = self.listener.https;
-                        let now = unix_now();
-                        self.shared
-                            .oidc
-                            .begin(t, keys, &idp, &host, &target, https, now)
-                            .await
+                        let at = crate::oidc::At {
+                            tenant: t,
+                            keys,
+                            host: &host,
+                            https: self.listener.https,
+                            now: unix_now(),
+                        };
+                        self.shared.oidc.begin(&at, &idp, &target).await
                     }
                     _ => Err(crate::oidc::OidcError::UnknownProvider(idp)),
                 };
