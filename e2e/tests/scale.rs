@@ -224,8 +224,9 @@ fn rss_mb(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// `rustronaut_operator_reconciles_total` by kind, from the operator's /metrics.
-fn reconciles(metrics: &str) -> BTreeMap<String, u64> {
+/// `(reconciles, mean seconds)` by kind, from the operator's /metrics
+/// (`rustronaut_operator_reconcile_duration_seconds` count and sum).
+fn reconciles(metrics: &str) -> BTreeMap<String, (u64, f64)> {
     use std::io::{Read, Write};
     let mut out = BTreeMap::new();
     let Ok(mut conn) = std::net::TcpStream::connect(metrics) else {
@@ -237,8 +238,17 @@ fn reconciles(metrics: &str) -> BTreeMap<String, u64> {
     );
     let mut text = String::new();
     let _ = conn.read_to_string(&mut text);
+    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("rustronaut_operator_reconciles_total{") else {
+        let (count, rest) = if let Some(r) =
+            line.strip_prefix("rustronaut_operator_reconcile_duration_seconds_count{")
+        {
+            (true, r)
+        } else if let Some(r) =
+            line.strip_prefix("rustronaut_operator_reconcile_duration_seconds_sum{")
+        {
+            (false, r)
+        } else {
             continue;
         };
         let Some((labels, value)) = rest.split_once("} ") else {
@@ -249,7 +259,15 @@ fn reconciles(metrics: &str) -> BTreeMap<String, u64> {
             .find_map(|l| l.strip_prefix("kind=\""))
             .map(|k| k.trim_end_matches('"').to_string())
             .unwrap_or_default();
-        *out.entry(kind).or_default() += value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        let v = value.trim().parse::<f64>().unwrap_or(0.0);
+        if count {
+            out.entry(kind).or_insert((0, 0.0)).0 += v as u64;
+        } else {
+            *sums.entry(kind).or_default() += v;
+        }
+    }
+    for (kind, (n, mean)) in out.iter_mut() {
+        *mean = sums.get(kind).copied().unwrap_or(0.0) / (*n).max(1) as f64;
     }
     out
 }
@@ -358,6 +376,7 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
         );
     }
     let (final_rss, final_peak) = rss_mb(operator.pid());
+    let after_edits = reconciles(&metrics);
 
     eprintln!(
         "scale: {} tenants, {} Gateways, {total} Resources, {total} Policies",
@@ -366,7 +385,8 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     eprintln!("  objects created (16 in flight) in {created_in:.2?}");
     eprintln!("  created -> every snapshot complete: {snapshots_in:.2?}");
     eprintln!("  created -> every Policy TestsPassed=True: {statuses_in:.2?}");
-    eprintln!("  reconciles by kind: {counts:?}");
+    eprintln!("  reconciles by kind (count, mean seconds) to converge: {counts:?}");
+    eprintln!("  ... and after the edits: {after_edits:?}");
     eprintln!(
         "  operator RSS: idle {idle_rss:.1} MB, settled {settled_rss:.1} MB, peak {peak_rss:.1} MB; after edits {final_rss:.1} MB (peak {final_peak:.1} MB)"
     );
