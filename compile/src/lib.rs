@@ -10,6 +10,7 @@
 //!    | policytest: embedded Policy tests against the whole set    (policytest)
 //!    | snapshot: one Gateway's whole contract::Snapshot            (snapshot)
 //!    | tunnel: hub and site addresses inside the tunnel pool      (tunnel)
+//!    | session: a tenant's session signing keys from their Secret  (session)
 //! ```
 //!
 //! Pure: no Kubernetes client, no network. The operator feeds it from its reflectors and writes
@@ -19,6 +20,7 @@
 pub mod convert;
 pub mod policytest;
 pub mod quota;
+pub mod session;
 pub mod snapshot;
 pub mod tunnel;
 pub mod world;

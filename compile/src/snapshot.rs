@@ -8,7 +8,8 @@
 //!    3. resources          every Resource whose gatewayRefs name this Gateway, within its
 //!                          tenant's quota (crate::quota), of an admitted tenant, hostnames inside the tenant's held domains, on a fitting
 //!                          listener; Service upstreams resolved through `inputs.endpoints`
-//!    4. tenants            identity providers with their Secret material (missing: dropped)
+//!    4. tenants            identity providers with their Secret material (missing: dropped),
+//!                          session signing keys from `inputs.session_keys` (crate::session)
 //!    5. policies           of those tenants, targets narrowed to the resources of this gateway
 //!    6. tunnel             sites with public keys (the spec's or generated ones from
 //!                          `inputs.site_keys`), addresses in the pool (crate::tunnel);
@@ -99,6 +100,11 @@ pub struct GatewayInputs<'a> {
     /// base64 key, from the `<gateway>-site-<name>` Secrets). A key in the spec always wins;
     /// a site with neither is left out of the tunnel until its key exists.
     pub site_keys: BTreeMap<String, String>,
+    /// The data of each tenant's session key Secret (`<gateway>-session-<tenant>`), by
+    /// tenant name, entry name -> raw bytes, as the operator created or read it. Only tenants
+    /// with an OIDC provider get keys (crate::session); a tenant without an entry here has
+    /// none, and OIDC browser login fails closed for it.
+    pub session_keys: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
 }
 
 /// What happened to an object that has a [`Problem`].
@@ -835,7 +841,47 @@ impl Builder<'_> {
         if !missing.is_empty() {
             dropped.insert(name.to_string(), missing);
         }
+        if crate::session::wants_session_keys(t) {
+            out.session.signing_keys = self.session_keys(name);
+        }
         Some(out)
+    }
+
+    /// Tenant `name`'s signing keys from its session key Secret. Entries that are not keys
+    /// are skipped, each a problem of the Tenant, and the other keys keep working.
+    fn session_keys(&mut self, name: &str) -> Vec<cs::SessionKey> {
+        let secret = crate::session::secret_name(&self.gw.name, name);
+        let (keys, skipped) = self
+            .inputs
+            .session_keys
+            .get(name)
+            .map(crate::session::session_keys)
+            .unwrap_or_default();
+        for message in skipped {
+            self.problem(
+                "Tenant",
+                ObjectRef::new("", name),
+                reasons::INVALID_PARAMETERS,
+                format!(
+                    "session key Secret {}/{secret}: {message}; that entry is skipped",
+                    self.gw.namespace
+                ),
+                Impact::Degraded,
+            );
+        }
+        if keys.is_empty() {
+            self.problem(
+                "Tenant",
+                ObjectRef::new("", name),
+                reasons::SECRET_NOT_FOUND,
+                format!(
+                    "no valid session key in Secret {}/{secret}: OIDC browser login is off at Gateway {}",
+                    self.gw.namespace, self.gw
+                ),
+                Impact::Degraded,
+            );
+        }
+        keys
     }
 
     /// Client-certificate settings: the CA bundle is the union of the clientCertificate
@@ -1229,6 +1275,14 @@ mod tests {
             endpoints,
             secrets,
             site_keys: BTreeMap::new(),
+            // What the operator passes: acme has an OIDC provider, so a generated key.
+            session_keys: BTreeMap::from([(
+                "acme".to_string(),
+                BTreeMap::from([(
+                    "key-20261201000000".to_string(),
+                    b"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_vec(),
+                )]),
+            )]),
         }
     }
 
@@ -1861,5 +1915,83 @@ mod tests {
         let err = build(&world, &secrets).unwrap_err();
         assert_eq!(err.reason(), reasons::INVALID_PARAMETERS);
         assert!(err.to_string().contains("Required"), "{err}");
+    }
+
+    #[test]
+    fn session_keys_come_from_the_input_newest_first_bad_entries_skipped() {
+        use base64::Engine;
+        let b64 = |fill: u8| base64::engine::general_purpose::STANDARD.encode([fill; 32]);
+        let world = examples();
+        let secrets = secrets();
+        let acme = |out: &BuildOutcome| {
+            out.snapshot
+                .tenants
+                .iter()
+                .find(|t| t.name == "acme")
+                .unwrap()
+                .session
+                .clone()
+        };
+        // The test default: the one generated key.
+        let out = build(&world, &secrets).unwrap();
+        let ids: Vec<String> = acme(&out)
+            .signing_keys
+            .iter()
+            .map(|k| k.id.clone())
+            .collect();
+        assert_eq!(ids, ["20261201000000"]);
+        assert_eq!(out.problems_of("Tenant", "", "acme").count(), 0);
+        // No Secret (yet): no keys, login fails closed, and the Tenant hears why.
+        let mut inputs = inputs(&secrets);
+        inputs.session_keys.clear();
+        let out = gateway_snapshot(&world, gateway(&world, "edge"), &inputs).unwrap();
+        assert!(acme(&out).signing_keys.is_empty());
+        let p: Vec<_> = out.problems_of("Tenant", "", "acme").collect();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].impact, Impact::Degraded);
+        assert!(
+            p[0].message
+                .contains("no valid session key in Secret rtn-system/edge-session-acme"),
+            "{}",
+            p[0].message
+        );
+
+        inputs.session_keys.insert(
+            "acme".into(),
+            BTreeMap::from([
+                ("key-20261201022800".into(), b64(1).into_bytes()),
+                ("key-20270301000000".into(), b64(2).into_bytes()),
+                ("key-oops".into(), b"short".to_vec()),
+            ]),
+        );
+        let out = gateway_snapshot(&world, gateway(&world, "edge"), &inputs).unwrap();
+        assert_eq!(out.snapshot.validate(), Ok(()), "the gateway accepts them");
+        let session = acme(&out);
+        let ids: Vec<&str> = session.signing_keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["20270301000000", "20261201022800"], "newest signs");
+        assert_eq!(session.signing_keys[0].secret.expose(), b64(2));
+        assert_eq!(
+            session.duration_seconds,
+            8 * 3600,
+            "the spec's duration stays"
+        );
+        let p: Vec<_> = out.problems_of("Tenant", "", "acme").collect();
+        assert_eq!(p.len(), 1, "only the bad entry: {p:?}");
+        assert_eq!(
+            (p[0].reason, p[0].impact),
+            (reasons::INVALID_PARAMETERS, Impact::Degraded)
+        );
+        assert!(p[0].message.contains("entry key-oops"), "{}", p[0].message);
+        assert!(!p[0].message.contains("short"), "never the value");
+
+        // Without an OIDC provider the tenant gets no keys, whatever the input holds.
+        let mut world = world;
+        world.tenants[0]
+            .spec
+            .identity_providers
+            .retain(|i| i.oidc.is_none());
+        let out = gateway_snapshot(&world, gateway(&world, "edge"), &inputs).unwrap();
+        assert!(acme(&out).signing_keys.is_empty());
+        assert_eq!(out.problems_of("Tenant", "", "acme").count(), 0);
     }
 }

@@ -822,6 +822,7 @@ mod tests {
             endpoints,
             secrets: &NoSecrets,
             site_keys: BTreeMap::new(),
+            session_keys: BTreeMap::new(),
         };
         world
             .gateways

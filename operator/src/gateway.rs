@@ -9,6 +9,8 @@
 //!            PDB, HPA                                                       (objects)
 //!            with spec.tunnel: key Secrets (created once), hub config Secret,
 //!            StatefulSet, per-replica UDP Services, stream Service          (tunnel)
+//!            per admitted tenant with an OIDC provider: its session key Secret
+//!            (created once, read into `inputs.session_keys`)                (session)
 //!  status    ... + status.tunnel: replica public keys, sites from the hubs' /status
 //!                                                                           (hubstatus)
 //!  apply     server-side apply, field manager "rustronaut-operator"        (crate::apply)
@@ -26,10 +28,12 @@
 //! Gateway (`reconcile_all_on`, coalesced through a one-slot channel and the controller's
 //! debounce). Simple and obviously correct; an index from objects to the Gateways they affect
 //! is the optimisation for later, when the benchmark says it is needed. Changes to Secrets the
-//! operator writes itself trigger nothing, so writing a snapshot does not wake every Gateway.
+//! operator writes itself trigger nothing, so writing a snapshot does not wake every Gateway;
+//! the exception is the session key Secrets, which people edit to rotate keys.
 
 pub mod hubstatus;
 pub mod objects;
+pub mod session;
 pub mod status;
 pub mod tunnel;
 
@@ -352,7 +356,25 @@ impl Stores {
             endpoints,
             secrets: self,
             site_keys: self.site_keys(gateway),
+            session_keys: self.session_keys(world, gateway),
         }
+    }
+
+    /// The data of `gateway`'s session key Secrets in the cache, by tenant (only of the
+    /// tenants that want one: a Secret about to be pruned contributes nothing).
+    pub fn session_keys(
+        &self,
+        world: &World,
+        gateway: &Gateway,
+    ) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+        let ns = gateway.namespace().unwrap_or_default();
+        session::wanted(world, gateway)
+            .into_iter()
+            .filter_map(|(tenant, name)| {
+                let s = self.secrets.get(&ObjectRef::new(&name.ok()?).within(&ns))?;
+                Some((tenant, session::data(&s)))
+            })
+            .collect()
     }
 
     /// Public keys of `gateway`'s sites without spec publicKey, from the generated
@@ -467,7 +489,8 @@ where
                 let uid = obj.meta().uid.clone().unwrap_or_default();
                 let print = fingerprint(&obj);
                 let changed = seen.insert(uid, print) != Some(print);
-                if !managed(&obj) && (changes == Changes::All || changed) {
+                let wakes = !managed(&obj) || session::edited_by_people(&obj);
+                if wakes && (changes == Changes::All || changed) {
                     poke();
                 }
             }
@@ -774,10 +797,17 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
     ctx.stores.ready().await?;
 
     // keys first: the snapshot names the sites by their (possibly generated) public keys
-    // (not for a Gateway over its tenant's quota: it gets nothing at all)
+    // and carries the tenants' session keys (not for a Gateway over its tenant's quota: it
+    // gets nothing at all)
+    let quota_exceeded = over_gateway_quota(ctx, gw);
     let keys = match &gw.spec.tunnel {
-        Some(_) if !over_gateway_quota(ctx, gw) => Some(ensure_keys(ctx, gw).await?),
+        Some(_) if !quota_exceeded => Some(ensure_keys(ctx, gw).await?),
         _ => None,
+    };
+    let session_keys = if quota_exceeded {
+        BTreeMap::new()
+    } else {
+        ensure_session_keys(ctx, gw).await?
     };
 
     // read + build
@@ -790,6 +820,8 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
             // Fresher than the cache: a key created a moment ago.
             inputs.site_keys.extend(k.sites.clone());
         }
+        // Likewise: the first snapshot already carries a session key created just now.
+        inputs.session_keys = session_keys;
         let built = gateway_snapshot(&world, gw, &inputs);
         let refs = match &built {
             Ok(outcome) => problem_references(&world, &outcome.problems),
@@ -903,6 +935,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
     }
     if !over_quota {
         prune_hub(ctx, gw).await?;
+        prune_sessions(ctx, gw).await?;
     }
     let sites = match &gw.spec.tunnel {
         Some(t) => {
@@ -1004,7 +1037,7 @@ async fn ensure_secret(
     };
     match api.create(&params, &secret).await {
         Ok(s) => {
-            tracing::info!(secret = %format!("{ns}/{name}"), "generated tunnel key material");
+            tracing::info!(secret = %format!("{ns}/{name}"), "generated {what}");
             Ok(s)
         }
         Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -1094,6 +1127,69 @@ async fn ensure_keys(ctx: &GatewayContext, gw: &Gateway) -> Result<HubKeys, Erro
     )
     .await?;
     Ok(HubKeys { replicas, sites })
+}
+
+/// Creates the session key Secret of every tenant that wants one at `gw` when absent (one
+/// generated key), and returns each one's data by tenant, fresher than the cache. Never
+/// overwrites and never logs a key: people add keys to these Secrets to rotate.
+async fn ensure_session_keys(
+    ctx: &GatewayContext,
+    gw: &Gateway,
+) -> Result<BTreeMap<String, BTreeMap<String, Vec<u8>>>, Error> {
+    let ns = gw.namespace().unwrap_or_default();
+    let wanted = session::wanted(&ctx.stores.world(gw), gw);
+    let mut out = BTreeMap::new();
+    for (tenant, name) in wanted {
+        let name = match name {
+            Ok(name) => name,
+            Err(name) => {
+                // The snapshot build reports the missing keys on the Tenant too.
+                tracing::warn!(
+                    gateway = %key(gw),
+                    tenant = %tenant,
+                    secret = %name,
+                    "session key Secret name is longer than 253 characters; OIDC login for this tenant stays off at this Gateway"
+                );
+                continue;
+            }
+        };
+        let secret = ensure_secret(ctx, &ns, &name, "a session key", || {
+            let id = session::new_id(k8s_openapi::jiff::Timestamp::now());
+            Some(session::key_secret(
+                gw,
+                &tenant,
+                &name,
+                &id,
+                &session::new_key().ok()?,
+            ))
+        })
+        .await?;
+        out.insert(tenant, session::data(&secret));
+    }
+    Ok(out)
+}
+
+/// Deletes `gw`'s session key Secrets of tenants that no longer want one (no longer admitted,
+/// no OIDC provider left, or deleted): their sessions end with them.
+async fn prune_sessions(ctx: &GatewayContext, gw: &Gateway) -> Result<(), Error> {
+    let ns = gw.namespace().unwrap_or_default();
+    let wanted: Vec<String> = session::wanted(&ctx.stores.world(gw), gw)
+        .into_values()
+        .filter_map(Result::ok)
+        .collect();
+    let stale: Vec<String> = ctx
+        .stores
+        .secrets
+        .state()
+        .iter()
+        .filter(|s| session::is_session_secret(gw, &***s) && !wanted.contains(&s.name_any()))
+        .map(|s| s.name_any())
+        .collect();
+    for name in stale {
+        tracing::info!(secret = %format!("{ns}/{name}"), "deleting a session key Secret no tenant wants");
+        remove::<Secret>(&ctx.ctx.client, &ns, &name).await?;
+    }
+    Ok(())
 }
 
 /// Keeps the addresses in a site's key Secret current (a new addressPool moves them) without
