@@ -17,7 +17,7 @@ use crate::ratelimit::RateLimiter;
 use crate::state::Compiled;
 use rustls::pki_types::CertificateDer;
 use rustronaut_contract::Identity;
-use rustronaut_contract::eval::{DecisionIds, Effect, Reason, Request, evaluate};
+use rustronaut_contract::eval::{Decision, DecisionIds, Effect, Reason, Request, evaluate};
 use rustronaut_contract::identity::cache::TokenCache;
 use rustronaut_contract::identity::client_ip::client_ip_from_forwarded_for;
 use rustronaut_contract::identity::jwt::JwtVerifier;
@@ -47,6 +47,8 @@ pub struct RequestFacts<'a, 'h> {
     pub peer: IpAddr,
     /// Verified TLS client certificate chain, leaf first.
     pub client_chain: Option<&'a [CertificateDer<'static>]>,
+    /// The server name the TLS client asked for (SNI); `None` on plain HTTP or without one.
+    pub sni: Option<&'a str>,
     /// Why the header's framing or size is refused ([`crate::framing::check`]), if it is.
     pub framing: Option<&'a crate::framing::Refusal>,
 }
@@ -147,6 +149,28 @@ pub struct Record {
     /// What the DryRun policies would have decided (`Deny DeniedBy ns/policy rule`), when any
     /// targets the request; logged, never enforced.
     pub dry_run: Option<String>,
+}
+
+impl Record {
+    /// Takes what the evaluator decided: the deciding policy and rule, the reason, and what the
+    /// DryRun policies would have done (the effect is set by the caller, which also decides
+    /// what a Deny turns into: 401, 403 or a closed connection).
+    pub fn note(&mut self, decision: &Decision) {
+        self.policy = decision.policy.as_ref().map(ToString::to_string);
+        self.policy_rule = decision.rule.as_deref().map(str::to_string);
+        self.reason = decision.reason.as_str();
+        self.dry_run = decision.shadow.as_ref().map(|o| {
+            format!(
+                "{:?} {} {} {}",
+                o.effect,
+                o.reason.as_str(),
+                o.policy
+                    .as_ref()
+                    .map_or_else(|| "-".into(), ToString::to_string),
+                o.rule.as_deref().unwrap_or("-")
+            )
+        });
+    }
 }
 
 /// The pipeline's answer.
@@ -266,6 +290,22 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
     let Some(host) = facts.host.and_then(host_only) else {
         return refuse(record, 400, "MissingHost", None);
     };
+    // On a listener that asks for client certificates, the connection was set up (and the
+    // certificate chosen) for the SNI name; a request for another host on it (HTTP/2
+    // connection reuse, or a client naming one host and asking for another) is sent back
+    // to open its own connection (RFC 9110 §15.5.20), so no identity proven on one host's
+    // connection is spent on another's.
+    if c.client_verifiers.contains_key(facts.listener)
+        && let Some(sni) = facts.sni
+        && host_only(sni).is_some_and(|s| s != host)
+    {
+        return refuse(
+            record,
+            421,
+            "MisdirectedRequest",
+            Some(format!("host {host} on a connection for {sni}")),
+        );
+    }
     let Some((ri, resource)) = c.resource_for_host(facts.listener, &host) else {
         return refuse(
             record,
@@ -358,20 +398,7 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
         .host(&host)
         .port(facts.port);
     let decision = evaluate(&c.policies, &request, env.now, record.decision_id.clone());
-    record.policy = decision.policy.as_ref().map(ToString::to_string);
-    record.policy_rule = decision.rule.as_deref().map(str::to_string);
-    record.reason = decision.reason.as_str();
-    record.dry_run = decision.shadow.as_ref().map(|o| {
-        format!(
-            "{:?} {} {} {}",
-            o.effect,
-            o.reason.as_str(),
-            o.policy
-                .as_ref()
-                .map_or_else(|| "-".into(), ToString::to_string),
-            o.rule.as_deref().unwrap_or("-")
-        )
-    });
+    record.note(&decision);
     if decision.effect == Effect::Deny {
         record.effect = "Deny";
         // Credentials could change the outcome unless a Deny rule matched this caller.
@@ -549,6 +576,7 @@ mod tests {
                 header: &header,
                 peer: "192.0.2.1".parse().unwrap(),
                 client_chain: None,
+                sni: None,
                 framing: None,
             };
             let env = Env {
@@ -740,6 +768,7 @@ mod tests {
                 header: &header,
                 peer: "192.0.2.1".parse().unwrap(),
                 client_chain: None,
+                sni: None,
                 framing: None,
             };
             let env = Env {

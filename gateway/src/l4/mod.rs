@@ -257,20 +257,7 @@ pub fn decide(c: &Compiled, facts: &L4Facts<'_>, env: &Env<'_>) -> L4Verdict {
         request = request.host(sni);
     }
     let decision = evaluate(&c.policies, &request, env.now, record.decision_id.clone());
-    record.policy = decision.policy.as_ref().map(ToString::to_string);
-    record.policy_rule = decision.rule.as_deref().map(str::to_string);
-    record.reason = decision.reason.as_str();
-    record.dry_run = decision.shadow.as_ref().map(|o| {
-        format!(
-            "{:?} {} {} {}",
-            o.effect,
-            o.reason.as_str(),
-            o.policy
-                .as_ref()
-                .map_or_else(|| "-".into(), ToString::to_string),
-            o.rule.as_deref().unwrap_or("-")
-        )
-    });
+    record.note(&decision);
     if decision.effect == Effect::Deny {
         record.effect = "Deny";
         return L4Verdict {
