@@ -16,9 +16,7 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use rustronaut_contract::eval::{Effect, Request, evaluate};
-use rustronaut_contract::identity::Identity;
-use rustronaut_contract::policy::PolicySet;
+use rustronaut_contract::eval::Effect;
 use rustronaut_contract::snapshot::Snapshot;
 use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
 use rustronaut_operator::context::Context;
@@ -27,18 +25,7 @@ use rustronaut_operator::gateway::objects::Settings;
 use serde_json::{Value, json};
 
 mod common;
-use common::{create, eventually, install_crds, operator_client, snapshot};
-
-/// What the gateway would decide for an anonymous GET / from `ip` to `ns/name`.
-fn decide(s: &Snapshot, ns: &str, name: &str, ip: &str) -> Effect {
-    let set = PolicySet::compile(&s.tenants, &s.resources, &s.policies);
-    let identity = Identity::anonymous(Some(ip.parse().unwrap()));
-    let path = rustronaut_contract::path::normalize("/").unwrap().path;
-    let request = Request::new(ns, name, &identity)
-        .section("all")
-        .http("GET", &path);
-    evaluate(&set, &request, std::time::SystemTime::now(), "test").effect
-}
+use common::{create, decide, eventually, install_crds, operator_client, snapshot};
 
 /// The policies of the snapshot that select `ns/name`, by `namespace/name`.
 fn policies_on(s: &Snapshot, ns: &str, name: &str) -> Vec<String> {

@@ -23,10 +23,7 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use rustronaut_contract::eval::{Effect, Request, evaluate};
-use rustronaut_contract::identity::Identity;
-use rustronaut_contract::policy::PolicySet;
-use rustronaut_contract::snapshot::Snapshot;
+use rustronaut_contract::eval::Effect;
 use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
 use rustronaut_operator::context::Context;
 use rustronaut_operator::gateway::GatewayController;
@@ -36,7 +33,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 mod common;
-use common::{create, eventually, install_crds, operator_client, snapshot};
+use common::{create, decide, eventually, install_crds, operator_client, snapshot};
 
 /// `(status, reason, message)` of condition `type_`, when it describes `generation`.
 fn cond(
@@ -76,17 +73,6 @@ async fn policy_cond(
 ) -> Option<(String, String, String)> {
     let p = api.get(name).await.ok()?;
     cond(&p.status.as_ref()?.conditions, type_, p.metadata.generation)
-}
-
-/// What the gateway would decide for an anonymous GET / from `ip` to `ns/name`.
-fn decide(s: &Snapshot, ns: &str, name: &str, ip: &str) -> Effect {
-    let set = PolicySet::compile(&s.tenants, &s.resources, &s.policies);
-    let identity = Identity::anonymous(Some(ip.parse().unwrap()));
-    let path = rustronaut_contract::path::normalize("/").unwrap().path;
-    let request = Request::new(ns, name, &identity)
-        .section("all")
-        .http("GET", &path);
-    evaluate(&set, &request, std::time::SystemTime::now(), "test").effect
 }
 
 /// Waits for a Warning Event with `reason` about the object named `name`.

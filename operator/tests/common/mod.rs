@@ -118,3 +118,18 @@ pub async fn snapshot(secrets: &Api<Secret>, gw: &str) -> Option<Snapshot> {
     let bytes = s.data?.get("snapshot.json")?.0.clone();
     Some(Snapshot::load(&bytes).expect("the operator writes snapshots that load"))
 }
+
+/// What a gateway loading `s` would decide for an anonymous GET / from `ip` to `ns/name`
+/// (rule `all`).
+#[allow(dead_code)] // not every test binary asks
+pub fn decide(s: &Snapshot, ns: &str, name: &str, ip: &str) -> rustronaut_contract::eval::Effect {
+    use rustronaut_contract::eval::{Request, evaluate};
+    let set =
+        rustronaut_contract::policy::PolicySet::compile(&s.tenants, &s.resources, &s.policies);
+    let identity = rustronaut_contract::identity::Identity::anonymous(Some(ip.parse().unwrap()));
+    let path = rustronaut_contract::path::normalize("/").unwrap().path;
+    let request = Request::new(ns, name, &identity)
+        .section("all")
+        .http("GET", &path);
+    evaluate(&set, &request, std::time::SystemTime::now(), "test").effect
+}
