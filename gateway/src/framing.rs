@@ -14,7 +14,10 @@
 //! - more than one `Content-Length` header, or a value that is not one decimal number;
 //! - more than one `Host` header (RFC 9112 §3.2 requires a 400);
 //! - more header fields than [`Limits::max_headers`], or more header bytes (names and
-//!   values) than [`Limits::max_header_bytes`]: 431.
+//!   values) than [`Limits::max_header_bytes`]: 431;
+//! - a `Content-Length` above [`Limits::max_body_bytes`]: 413, before anything is
+//!   forwarded (a chunked body has no length up front: the proxy counts it as it streams
+//!   and cuts it off there, see `request_body_filter` in [`crate::proxy`]).
 //!
 //! Pingora's HTTP/1 parser already drops `Content-Length` when `Transfer-Encoding: chunked`
 //! is present and closes the connection after the response (the other RFC-compliant
@@ -28,22 +31,27 @@
 
 use http::{HeaderMap, Version};
 
-/// Header size limits.
+/// Header and body size limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Most header fields in one request.
     pub max_headers: usize,
     /// Most bytes of header names and values together.
     pub max_header_bytes: usize,
+    /// Most bytes of one request body.
+    pub max_body_bytes: u64,
 }
 
 impl Default for Limits {
     /// 100 fields and 64 KiB: above what browsers send with large cookies (nginx refuses at
-    /// 32 KiB by default), far below what would let one request pin much memory.
+    /// 32 KiB by default), far below what would let one request pin much memory. Bodies:
+    /// 64 MiB, room for uploads an API gateway usually fronts while bounding what one client
+    /// can make an upstream read (nginx's default is 1 MiB, too small for uploads).
     fn default() -> Self {
         Self {
             max_headers: 100,
             max_header_bytes: 64 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -57,6 +65,9 @@ pub enum Refusal {
     /// Too many or too large header fields: 431.
     #[error("request header fields too large: {0}")]
     TooLarge(&'static str),
+    /// A body larger than [`Limits::max_body_bytes`]: 413.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
 }
 
 impl Refusal {
@@ -65,6 +76,7 @@ impl Refusal {
         match self {
             Self::Malformed(_) => 400,
             Self::TooLarge(_) => 431,
+            Self::BodyTooLarge(_) => 413,
         }
     }
 
@@ -73,6 +85,7 @@ impl Refusal {
         match self {
             Self::Malformed(_) => "MalformedRequest",
             Self::TooLarge(_) => "HeadersTooLarge",
+            Self::BodyTooLarge(_) => "BodyTooLarge",
         }
     }
 }
@@ -97,6 +110,16 @@ pub fn check(version: Version, headers: &HeaderMap, limits: &Limits) -> Result<(
         Version::HTTP_10 | Version::HTTP_11 | Version::HTTP_09
     );
     if !h1 {
+        // HTTP/2 frames the body itself; a declared length is still held to the limit
+        // (the body is counted as it streams either way).
+        let declared = headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .filter_map(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .max();
+        if declared.is_some_and(|n| n > limits.max_body_bytes) {
+            return Err(Refusal::BodyTooLarge(limits.max_body_bytes));
+        }
         return Ok(());
     }
     let te: Vec<_> = headers
@@ -129,6 +152,12 @@ pub fn check(version: Version, headers: &HeaderMap, limits: &Limits) -> Result<(
         [one] => {
             let v = one.as_bytes();
             if !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit) {
+                // At most 19 digits: fits in a u64.
+                let n: u64 =
+                    std::str::from_utf8(v).map_or(u64::MAX, |s| s.parse().unwrap_or(u64::MAX));
+                if n > limits.max_body_bytes {
+                    return Err(Refusal::BodyTooLarge(limits.max_body_bytes));
+                }
                 Ok(())
             } else {
                 Err(Refusal::Malformed("Content-Length is not one number"))
@@ -206,10 +235,33 @@ mod tests {
     }
 
     #[test]
+    fn a_declared_body_over_the_limit_gets_413() {
+        let limits = Limits {
+            max_body_bytes: 1024,
+            ..Limits::default()
+        };
+        for v in [Version::HTTP_11, Version::HTTP_2] {
+            let at = headers(&[("content-length", "1024")]);
+            assert_eq!(check(v, &at, &limits), Ok(()));
+            let over = headers(&[("content-length", "1025")]);
+            let r = check(v, &over, &limits);
+            assert_eq!(r, Err(Refusal::BodyTooLarge(1024)), "{v:?}");
+            assert_eq!(r.unwrap_err().status(), 413);
+        }
+        // The largest 19-digit number is over any limit, not a parse error.
+        let huge = headers(&[("content-length", "9999999999999999999")]);
+        assert_eq!(
+            check(Version::HTTP_11, &huge, &limits).map_err(|r| r.status()),
+            Err(413)
+        );
+    }
+
+    #[test]
     fn oversized_headers_get_431() {
         let limits = Limits {
             max_headers: 3,
             max_header_bytes: 32,
+            ..Limits::default()
         };
         let many = headers(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]);
         let r = check(Version::HTTP_11, &many, &limits);

@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod authn;
 pub mod balance;
+pub mod downstream;
 pub mod framing;
 pub mod health;
 pub mod jwks;

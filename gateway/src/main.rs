@@ -50,6 +50,19 @@ struct Args {
     /// Most bytes of header names and values in one request (more: 431).
     #[arg(long, env = "RUSTRONAUT_MAX_HEADER_BYTES", default_value_t = 65536)]
     max_header_bytes: usize,
+    /// Time a client has to send a whole request head, from accept (HTTP/1) or from the
+    /// first byte of a later request on a kept-alive connection; then 408 and closed.
+    /// 10 s: nginx's client_header_timeout is 60 s, but no real client trickles a head.
+    #[arg(long, env = "RUSTRONAUT_HEADER_TIMEOUT_MS", default_value_t = 10000)]
+    header_timeout_ms: u64,
+    /// Time an idle keep-alive connection waits for its next request before it is closed
+    /// (HTTP/1 and HTTP/2). 60 s, Pingora's own HTTP/1 default.
+    #[arg(long, env = "RUSTRONAUT_KEEPALIVE_TIMEOUT_MS", default_value_t = 60000)]
+    keepalive_timeout_ms: u64,
+    /// Largest request body forwarded, in bytes: a larger Content-Length gets 413 before
+    /// anything is forwarded, a chunked body that grows past it is cut off.
+    #[arg(long, env = "RUSTRONAUT_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_body_bytes: u64,
     /// OTLP/HTTP collector base URL (http://host:4318): one span per request is exported
     /// to `<url>/v1/traces`. Unset: no tracing.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -320,6 +333,7 @@ fn main() -> anyhow::Result<()> {
         header_limits: rustronaut_gateway::framing::Limits {
             max_headers: args.max_headers.max(1),
             max_header_bytes: args.max_header_bytes.max(1024),
+            max_body_bytes: args.max_body_bytes,
         },
         tunnel,
         oidc,
@@ -337,6 +351,10 @@ fn main() -> anyhow::Result<()> {
             idle_timeout: Duration::from_millis(args.l4_idle_timeout_ms.max(10)),
             max_connections: args.l4_max_connections.max(1),
             ..Default::default()
+        },
+        downstream: rustronaut_gateway::downstream::Deadlines {
+            header: Duration::from_millis(args.header_timeout_ms.max(10)),
+            keepalive: Duration::from_millis(args.keepalive_timeout_ms.max(1000)),
         },
     };
     let mut pingora = server::build(&first, &shared, &opts)?;

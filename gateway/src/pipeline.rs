@@ -218,6 +218,34 @@ pub fn host_only(host: &str) -> Option<String> {
     Some(h.to_ascii_lowercase())
 }
 
+/// Path spellings that `normalize` (RFC 3986) reads as ordinary names but common upstream
+/// servers read as traversal, so a rule allowing `/public` would let them reach `/admin`:
+/// - a dot segment with parameters, `..;x` or `.;x` (Tomcat and Spring drop `;` parameters
+///   before resolving dot segments: `/public/..;/admin` is `/admin` to them);
+/// - a percent-encoded `%`, `.`, `/` or `\` encoded again (`%252e`, `%252f`, `%255c`), which
+///   an upstream that decodes twice turns into a dot segment or a separator.
+///
+/// No legitimate client needs either, so they are refused (400) rather than guessed at.
+pub fn ambiguous_path(target: &str) -> Option<&'static str> {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    let lower = path.to_ascii_lowercase();
+    if ["%252e", "%252f", "%255c", "%2525"]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
+        return Some("double percent-encoding in the path");
+    }
+    let dotted = lower.replace("%2e", ".");
+    for segment in dotted.split(['/', '\\']) {
+        if let Some((name, _)) = segment.split_once(';')
+            && (name == "." || name == "..")
+        {
+            return Some("dot segment with parameters in the path");
+        }
+    }
+    None
+}
+
 /// A short, log-friendly summary of who is calling.
 pub fn identity_summary(id: &Identity) -> String {
     let mut parts = Vec::new();
@@ -316,6 +344,9 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
     };
     record.resource = Some(format!("{}/{}", resource.namespace, resource.name));
 
+    if let Some(why) = ambiguous_path(facts.target) {
+        return refuse(record, 400, "InvalidPath", Some(why.into()));
+    }
     let target = match normalize(facts.target) {
         Ok(t) => t,
         Err(e) => return refuse(record, 400, "InvalidPath", Some(e.to_string())),
@@ -476,6 +507,33 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn traversal_spellings_of_upstream_servers_are_caught() {
+        for bad in [
+            "/public/..;/admin",
+            "/public/..;jsessionid=1/admin",
+            "/public/.;/x",
+            "/public/%2e%2e;/admin",
+            "/public/%2E.;x/admin?q",
+            "/public/%252e%252e/admin",
+            "/public/%252F",
+            "/public/%255c",
+            "/public/%25252e",
+        ] {
+            assert!(ambiguous_path(bad).is_some(), "{bad}");
+        }
+        for good in [
+            "/public/a;b/c",
+            "/public/...;x",
+            "/public/a..;b",
+            "/public/%25/x",
+            "/public/x?next=..;/admin",
+            "/public/%2e%2e/admin",
+        ] {
+            assert_eq!(ambiguous_path(good), None, "{good}");
+        }
+    }
 
     #[test]
     fn host_only_strips_port_dot_and_case() {

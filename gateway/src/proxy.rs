@@ -9,6 +9,7 @@
 //!                          through the tunnel hub (crate::tunnel::SiteConnect)
 //!  fail_to_connect         eject the address, retry another (connect failures only)
 //!  upstream_request_filter normalised target, identity + forwarding headers, strip spoofs
+//!  request_body_filter     count the body; past --max-body-bytes: 413, upstream cut off
 //!  logging                 one JSON decision line, metrics, the request span ends
 //! ```
 //!
@@ -21,7 +22,7 @@ use crate::pipeline::{self, Action, Env, Forward, Record, RequestFacts};
 use crate::ratelimit::RateLimiter;
 use crate::reload::Store;
 use crate::state::Compiled;
-use crate::tls::PeerChain;
+use crate::tls::HandshakeFacts;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -126,6 +127,8 @@ pub struct Ctx {
     counted: Option<SocketAddr>,
     /// The request span, when tracing is on.
     trace: Option<opentelemetry::Context>,
+    /// Request body bytes seen so far.
+    body_bytes: u64,
 }
 
 fn header_value(s: &str) -> Option<HeaderValue> {
@@ -191,6 +194,8 @@ fn body_for(status: u16) -> &'static str {
         401 => "authentication required",
         403 => "forbidden",
         404 => "no route",
+        413 => "request body too large",
+        421 => "misdirected request",
         429 => "too many requests",
         431 => "request header fields too large",
         502 => "upstream unreachable",
@@ -400,6 +405,7 @@ impl ProxyHttp for GatewayProxy {
             site_tried: false,
             counted: None,
             trace: None,
+            body_bytes: 0,
         }
     }
 
@@ -454,10 +460,10 @@ impl ProxyHttp for GatewayProxy {
             };
             let framing =
                 crate::framing::check(req.version, &req.headers, &self.shared.header_limits).err();
-            let chain = ssl
+            let handshake = ssl
                 .as_ref()
-                .and_then(|d| d.extension.get::<PeerChain>())
-                .map(|c| c.0.as_slice());
+                .and_then(|d| d.extension.get::<HandshakeFacts>());
+            let chain = handshake.and_then(|h| h.chain.as_deref());
             let facts = RequestFacts {
                 listener: &self.listener.name,
                 port: self.listener.port,
@@ -468,6 +474,7 @@ impl ProxyHttp for GatewayProxy {
                 header: &header,
                 peer,
                 client_chain: chain,
+                sni: handshake.and_then(|h| h.sni.as_deref()),
                 framing: framing.as_ref(),
             };
             let env = Env {
@@ -487,7 +494,7 @@ impl ProxyHttp for GatewayProxy {
             Action::Respond { status, challenge } => {
                 // A refused request's body is never read: close the connection after the
                 // answer, so unread bytes cannot be taken for a next request.
-                if status == 400 || status == 431 {
+                if matches!(status, 400 | 413 | 431) {
                     session.set_keepalive(None);
                 }
                 self.respond(session, status, challenge, &decision_id)
@@ -528,6 +535,36 @@ impl ProxyHttp for GatewayProxy {
                 Ok(true)
             }
         }
+    }
+
+    /// Counts the body as it streams (a chunked or HTTP/2 body has no length up front; a
+    /// declared one over the limit never got here, see [`crate::framing`]). Past the limit
+    /// the request fails with 413: the upstream connection is dropped before the body's end,
+    /// so the upstream never sees a complete oversized request.
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+        }
+        let limit = self.shared.header_limits.max_body_bytes;
+        if ctx.body_bytes > limit {
+            *body = None;
+            session.set_keepalive(None);
+            if let Some(r) = ctx.record.as_mut() {
+                r.reason = "BodyTooLarge";
+                r.detail = Some(format!("request body larger than {limit} bytes"));
+            }
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "request body over --max-body-bytes",
+            ));
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

@@ -7,7 +7,7 @@
 use crate::l4::{Kind, L4Service};
 use crate::proxy::{GatewayProxy, ListenerInfo, Shared};
 use crate::state::Compiled;
-use crate::tls::{DynamicClientVerifier, PeerChainCallback, SniResolver};
+use crate::tls::{DynamicClientVerifier, HandshakeCallback, SniResolver};
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
@@ -55,6 +55,8 @@ pub struct ServerOptions {
     pub shutdown_timeout_seconds: u64,
     /// Bounds of the L4 listeners.
     pub l4: crate::l4::L4Options,
+    /// Request-head and keep-alive deadlines of HTTP(S) clients.
+    pub downstream: crate::downstream::Deadlines,
 }
 
 /// A Pingora server with every listener of `first`: L4 ports bound now, HTTP(S) ones when
@@ -109,10 +111,14 @@ pub fn build(
             https,
         };
         let proxy = GatewayProxy::new(info, shared.clone());
-        let mut svc = pingora::proxy::http_proxy_service_with_name(
-            &conf,
-            proxy,
-            &format!("listener {}", l.name),
+        let mut app = pingora::proxy::http_proxy(&conf, proxy);
+        // HTTP/2 connections idle this long are closed too (HTTP/1 ones by HeadDeadline).
+        let mut http = pingora::apps::HttpServerOptions::default();
+        http.h2_idle_timeout = Some(opts.downstream.keepalive);
+        app.server_options = Some(http);
+        let mut svc = pingora::services::listening::Service::new(
+            format!("listener {}", l.name),
+            crate::downstream::HeadDeadline::new(app, opts.downstream),
         );
         let addr = std::net::SocketAddr::new(opts.bind, l.port).to_string();
         if https {
@@ -120,7 +126,7 @@ pub fn build(
                 listener: l.name.clone(),
                 reason,
             };
-            let mut settings = TlsSettings::with_callbacks(Box::new(PeerChainCallback))
+            let mut settings = TlsSettings::with_callbacks(Box::new(HandshakeCallback))
                 .map_err(|e| tls_err(e.to_string()))?;
             settings.set_cert_resolver(Arc::new(SniResolver::new(shared.store.clone(), &l.name)));
             // Always installed: it asks for a certificate only while the current snapshot

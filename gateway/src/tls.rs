@@ -6,7 +6,7 @@
 //! - **Client certificates**: the listener's `clientCertificate` mode and CA bundle (the union
 //!   of its tenants' CAs), read from the current snapshot on every handshake
 //!   ([`DynamicClientVerifier`]), so a CA rotation or a mode change needs no restart. After
-//!   the handshake [`PeerChainCallback`] keeps the verified chain on the connection, and the
+//!   the handshake [`HandshakeCallback`] keeps the verified chain on the connection, and the
 //!   request phase attributes it to one clientCertificate provider of the requested
 //!   Resource's tenant. No CA names are hinted to clients (the hint list is borrowed from
 //!   the verifier and cannot follow a swap); clients then offer any certificate they have.
@@ -53,22 +53,31 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The verified client certificate chain of a connection, leaf first.
+/// What a handshake established, kept on the connection's TLS digest for the request phase.
 #[derive(Debug)]
-pub struct PeerChain(pub Vec<CertificateDer<'static>>);
+pub struct HandshakeFacts {
+    /// The verified client certificate chain, leaf first; `None` without one.
+    pub chain: Option<Vec<CertificateDer<'static>>>,
+    /// The server name the client asked for (SNI), which chose the certificate; the request
+    /// phase answers 421 on listeners with client certificates when a request names another
+    /// host (see [`crate::pipeline::decide`]).
+    pub sni: Option<String>,
+}
 
-/// Keeps the peer's certificate chain on the connection's TLS digest.
+/// Keeps [`HandshakeFacts`] on the connection's TLS digest.
 #[derive(Debug)]
-pub struct PeerChainCallback;
+pub struct HandshakeCallback;
 
 #[async_trait::async_trait]
-impl TlsAccept for PeerChainCallback {
+impl TlsAccept for HandshakeCallback {
     async fn handshake_complete_callback(
         &self,
         tls: &TlsRef,
     ) -> Option<Arc<dyn Any + Send + Sync>> {
-        let chain = tls.peer_cert_chain_der()?;
-        Some(Arc::new(PeerChain(chain.to_vec())))
+        Some(Arc::new(HandshakeFacts {
+            chain: tls.peer_cert_chain_der().map(<[_]>::to_vec),
+            sni: tls.server_name().map(str::to_string),
+        }))
     }
 }
 

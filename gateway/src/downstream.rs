@@ -1,0 +1,326 @@
+//! Deadlines on the client side of HTTP/1 connections that Pingora 0.9 does not give:
+//! the whole request head must arrive within `--header-timeout-ms` (slowloris), and a
+//! keep-alive connection waiting for its next request is closed after
+//! `--keepalive-timeout-ms`.
+//!
+//! Why a wrapper: Pingora reads the head in `HttpSession::read_request`
+//! (pingora-core 0.9.1 `src/protocols/http/v1/server.rs`), and every read there gets its own
+//! timeout (the 60 s keep-alive timeout the `ServerApp` blanket impl sets in
+//! `src/apps/mod.rs`, else `read_timeout`), so a client that sends one byte every 59 s keeps
+//! a connection and its buffer forever (pingora issue #447). `read_request` runs inside
+//! `HttpProxy::process_new_http` together with the whole proxying of the request, so a
+//! timeout around that call would cut slow uploads and slow upstreams too. [`HeadDeadline`]
+//! therefore stands where the blanket impl stands: for HTTP/1 it reads the head itself,
+//! under one deadline, and hands the bytes to the session as its *pipelined prefix*
+//! (`ServerSession::set_pipelined_prefix`, which `read_request` parses before reading the
+//! socket again), then lets the proxy serve the request as usual.
+//!
+//! ```text
+//!  accept (TLS done) -> ALPN h2? -> Pingora's own HTTP/2 path (h2_idle_timeout set)
+//!                    -> HTTP/1: wait for a first byte   (header timeout; on a reused
+//!                                                        connection: keep-alive timeout)
+//!                               read until the empty line ends the head (header timeout
+//!                                                        from the first byte)
+//!                               -> HttpProxy::process_new_http(session with prefix)
+//!                               -> reusable? loop
+//! ```
+//!
+//! On a missed deadline with part of a head received, the client gets `408` and the
+//! connection is closed; an idle connection is closed without a word (as Pingora does).
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{ALPN, Stream};
+use pingora::server::ShutdownWatch;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Most head bytes read here; past this the session's parser takes over and refuses the
+/// request (Pingora's own limit is 1 MiB, the gateway's `--max-header-bytes` is lower).
+const MAX_HEAD_BYTES: usize = 1024 * 1024;
+
+/// Downstream connection deadlines.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// Time from accept (or from the first byte on a reused connection) to the end of the
+    /// request head.
+    pub header: Duration,
+    /// Time a keep-alive connection may wait for the first byte of its next request.
+    pub keepalive: Duration,
+}
+
+/// What reading a head produced.
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    /// A complete head (and whatever followed it in the same reads).
+    Complete(BytesMut),
+    /// The client closed, or sent nothing before the idle deadline.
+    Idle,
+    /// Part of a head, then the deadline.
+    TimedOut,
+    /// The bytes read so far exceed [`MAX_HEAD_BYTES`] or the socket failed after some
+    /// bytes: given to the session's parser, which answers or closes.
+    Handover(BytesMut),
+}
+
+/// Where the head in `buf` ends: the index just past the empty line that closes it (CRLF
+/// CRLF, or a bare-LF form, which [`check_head`] then refuses). A false end (a head that
+/// only looks complete) only means the parser reads the rest under Pingora's per-read
+/// timeout.
+pub fn head_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(3).position(|w| w == b"\n\r\n").map(|i| i + 3);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Line breaks Pingora's parser (httparse) accepts but the gateway refuses with 400, on a
+/// head up to and including its empty line: a bare LF (RFC 9112 §2.2 lets a recipient
+/// accept it, but an upstream or a second proxy that does not would split the message
+/// elsewhere), and obs-fold, a field line continued on a line starting with a space or tab
+/// (RFC 9112 §5.2: a server must refuse it or replace it; refusing is the safe one).
+pub fn check_head(head: &[u8]) -> Result<(), &'static str> {
+    for (i, &b) in head.iter().enumerate() {
+        if b == b'\n' {
+            if i == 0 || head[i - 1] != b'\r' {
+                return Err("bare LF line ending");
+            }
+            // The request line is never folded; a line after it starting with SP or HT
+            // continues the previous field.
+            if matches!(head.get(i + 1), Some(b' ' | b'\t')) {
+                return Err("obs-fold header continuation line");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads one request head from `stream`: the first byte within `first_byte`, the rest
+/// within `header` of that first byte (or of the call, when `from_call`).
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    first_byte: Duration,
+    header: Duration,
+    from_call: bool,
+) -> Head {
+    let start = Instant::now();
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut deadline = start + first_byte;
+    loop {
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
+        match read {
+            Err(_) if buf.is_empty() => return Head::Idle,
+            Err(_) => return Head::TimedOut,
+            Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return Head::Idle,
+            Ok(Ok(0)) | Ok(Err(_)) => return Head::Handover(buf),
+            Ok(Ok(n)) => {
+                if buf.len() == n {
+                    deadline = if from_call { start } else { Instant::now() } + header;
+                }
+                if head_end(&buf).is_some() {
+                    return Head::Complete(buf);
+                }
+                if buf.len() > MAX_HEAD_BYTES {
+                    return Head::Handover(buf);
+                }
+            }
+        }
+    }
+}
+
+/// A Pingora HTTP app (the gateway's `HttpProxy`) with [`Deadlines`] on its HTTP/1
+/// connections; see the module docs.
+pub struct HeadDeadline<A> {
+    inner: Arc<A>,
+    deadlines: Deadlines,
+}
+
+impl<A> HeadDeadline<A> {
+    /// Wraps `inner`.
+    pub fn new(inner: A, deadlines: Deadlines) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            deadlines,
+        }
+    }
+}
+
+const MALFORMED_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\
+Content-Type: application/json\r\nContent-Length: 36\r\n\r\n{\"status\":400,\"error\":\"bad request\"}";
+
+const TIMEOUT_RESPONSE: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+#[async_trait]
+impl<A> ServerApp for HeadDeadline<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // HTTP/2 (and h2c, which the gateway does not enable) keeps Pingora's path: a
+        // HEADERS frame is read whole by the h2 codec, and idle connections are closed by
+        // `h2_idle_timeout`.
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        let d = self.deadlines;
+        let keepalive_secs = d.keepalive.as_secs().max(1);
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut first = true;
+        loop {
+            if *shutdown.borrow() && !first {
+                return None;
+            }
+            let idle = if first { d.header } else { d.keepalive };
+            let buf = match read_head(&mut stream, idle, d.header, first).await {
+                Head::Complete(b) => {
+                    let end = head_end(&b).unwrap_or(b.len());
+                    if let Err(why) = check_head(&b[..end]) {
+                        tracing::info!(
+                            target: "rustronaut::decision",
+                            decision = "-",
+                            reason = "MalformedRequest",
+                            detail = why,
+                            status = 400,
+                            "request"
+                        );
+                        let _ = stream.write_all(MALFORMED_RESPONSE).await;
+                        let _ = stream.shutdown().await;
+                        return None;
+                    }
+                    b
+                }
+                Head::Handover(b) => b,
+                Head::Idle => return None,
+                Head::TimedOut => {
+                    tracing::debug!(timeout = ?d.header, "request head not complete in time");
+                    let _ = stream.write_all(TIMEOUT_RESPONSE).await;
+                    let _ = stream.shutdown().await;
+                    return None;
+                }
+            };
+            first = false;
+            let mut session = ServerSession::new_http1(stream);
+            match settings.take() {
+                Some(s) => s.apply_to_session(&mut session),
+                None => {
+                    session.set_keepalive_reuses_remaining(
+                        self.inner
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            // The head is already here; Pingora's own per-read keep-alive timeout only
+            // matters for a head the check above took for complete too early.
+            session.set_keepalive(if *shutdown.borrow() {
+                None
+            } else {
+                Some(keepalive_secs)
+            });
+            session.set_pipelined_prefix(buf);
+            let reused = self.inner.process_new_http(session, shutdown).await?;
+            let (s, persistent) = reused.consume();
+            stream = s;
+            settings = persistent;
+        }
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(self.inner.as_ref()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn the_empty_line_ends_a_head() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nbody"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\n\r\nbody"), Some(26));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+    }
+
+    #[test]
+    fn bare_lf_and_obs_fold_are_refused() {
+        assert_eq!(check_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(()));
+        for bad in [
+            &b"GET / HTTP/1.1\nHost: a\n\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n",
+        ] {
+            assert!(
+                check_head(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(MALFORMED_RESPONSE.split(|b| *b == b'{').count(), 2);
+        let body =
+            &MALFORMED_RESPONSE[MALFORMED_RESPONSE.iter().position(|b| *b == b'{').unwrap()..];
+        assert_eq!(body.len(), 36, "Content-Length must match");
+    }
+
+    // Real time, short deadlines: tokio's paused clock needs its test-util feature, which
+    // would rebuild every tokio dependant for the tests.
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test]
+    async fn a_trickled_head_misses_its_deadline() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            for b in b"GET / HTTP/1.1\r\nHost: a\r\n".iter() {
+                if client.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(20 * MS).await;
+            }
+        });
+        let started = Instant::now();
+        let head = read_head(&mut server, 300 * MS, 300 * MS, true).await;
+        assert_eq!(head, Head::TimedOut);
+        let took = started.elapsed();
+        assert!(took >= 300 * MS && took < 600 * MS, "{took:?}");
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_gets_the_keepalive_timeout_then_the_header_one() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        // Silent: closed at the keep-alive timeout, without a 408.
+        let started = Instant::now();
+        let head = read_head(&mut server, 200 * MS, 100 * MS, false).await;
+        assert_eq!(head, Head::Idle);
+        assert!(started.elapsed() >= 200 * MS);
+        // A head that starts after longer than the header timeout, but completes within
+        // the header timeout of its first byte, is read.
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(300 * MS).await;
+            client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            tokio::time::sleep(50 * MS).await;
+            client.write_all(b"Host: a\r\n\r\n").await.unwrap();
+            client
+        });
+        let head = read_head(&mut server, 1000 * MS, 250 * MS, false).await;
+        assert_eq!(
+            head,
+            Head::Complete(BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..]))
+        );
+        drop(writer.await.unwrap());
+    }
+}
