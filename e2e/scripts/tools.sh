@@ -2,7 +2,7 @@
 # Builds (once) and locates the Go-built tools the tests and the demo need:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (e2e/tools/k8s wrapper module)
 #   etcd                                                               (e2e/tools/etcd wrapper module)
-#   kwok, helm, wireguard-go, an OIDC provider                         (pinned `go install`)
+#   kwok, helm, wireguard-go, an OIDC provider, h2spec                 (pinned `go install`)
 #
 # Every tool lands in its own directory under the cache, keyed by its version and by the hash of
 # the wrapper module's go.mod/go.sum, and is rebuilt only when that directory is absent. The cache
@@ -29,6 +29,9 @@ WIREGUARD_GO_VERSION=v0.0.0-20250521234502-f333402bd9cb
 # ecosystem's usual choice, is not installable from the Go module proxy: its v2 tags have no
 # /v2 module path, so the newest version the proxy serves is v2.13.0+incompatible (2018).
 ZITADEL_OIDC_VERSION=v3.52.0
+# HTTP/2 conformance for the gateway's HTTPS listener (gateway/tests/h2spec.rs). v2.2.1 is the
+# newest release; its module has no go.mod, so the proxy serves it as +incompatible.
+H2SPEC_VERSION=v2.2.1+incompatible
 
 here=$(cd "$(dirname "$0")" && pwd)
 tools_src=$(cd "$here/../tools" && pwd)
@@ -103,6 +106,10 @@ build_wireguard_go() {
 	mv "$OUT/wireguard" "$OUT/wireguard-go"
 }
 
+build_h2spec() {
+	GOBIN="$OUT" go install -trimpath -ldflags "-s -w" "github.com/summerwind/h2spec/cmd/h2spec@$H2SPEC_VERSION"
+}
+
 build_oidc_provider() {
 	(cd "$tools_src/oidc-provider" && go build -trimpath -ldflags "-s -w" -o "$OUT/oidc-provider" .)
 }
@@ -115,20 +122,22 @@ build_all() {
 	local helm_dir="$cache/tools/helm-$HELM_VERSION"
 	local wg_dir="$cache/tools/wireguard-go-$WIREGUARD_GO_VERSION"
 	local oidc_dir="$cache/tools/oidc-provider-$ZITADEL_OIDC_VERSION-$(modhash "$tools_src/oidc-provider")"
+	local h2spec_dir="$cache/tools/h2spec-$H2SPEC_VERSION"
 	build_into "$etcd_dir" build_etcd
 	build_into "$kwok_dir" build_kwok
 	build_into "$helm_dir" build_helm
 	build_into "$wg_dir" build_wireguard_go
 	build_into "$oidc_dir" build_oidc_provider
+	build_into "$h2spec_dir" build_h2spec
 	build_into "$k8s_dir" build_k8s
 	# One directory of symlinks per combination of versions, so two clones pinned to different
 	# versions on one machine never see each other's binaries.
-	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" | sha256sum | cut -c1-12)
+	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" | sha256sum | cut -c1-12)
 	local bin="$cache/bin/$key"
 	if [ ! -d "$bin" ]; then
 		mkdir -p "$bin.tmp.$$"
 		local d f
-		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir"; do
+		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir"; do
 			for f in "$d"/*; do ln -sf "$f" "$bin.tmp.$$/$(basename "$f")"; done
 		done
 		mv "$bin.tmp.$$" "$bin" 2>/dev/null || rm -rf "$bin.tmp.$$"
@@ -139,7 +148,8 @@ build_all() {
 case "${1:-build}" in
 build | bindir) build_all ;;
 versions)
-	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\nzitadel-oidc %s\n' \
-		"$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$WIREGUARD_GO_VERSION" "$ZITADEL_OIDC_VERSION" ;;
+	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\nzitadel-oidc %s\nh2spec %s\n' \
+		"$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$WIREGUARD_GO_VERSION" "$ZITADEL_OIDC_VERSION" \
+		"$H2SPEC_VERSION" ;;
 *) echo "usage: $0 [build|bindir|versions]" >&2; exit 2 ;;
 esac
