@@ -32,9 +32,10 @@ pub fn cluster_role() -> ClusterRole {
              "verbs": ["get", "patch"]},
             // Namespaces: read, and the Tenant label (patch only: never create one).
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch", "patch"]},
-            // Secrets: TLS and identity-provider material (read), snapshots, tunnel keys and
-            // hub configuration (write). Secrets and Services are also deleted: the tunnel
-            // hub's, when the spec no longer wants them (fewer replicas or sites, no tunnel).
+            // Secrets: TLS and identity-provider material (read), snapshots, tunnel keys,
+            // hub configuration and session keys (write). Secrets and Services are also
+            // deleted: the tunnel hub's, when the spec no longer wants them (fewer replicas or
+            // sites, no tunnel), and session keys no admitted OIDC tenant wants.
             {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts"], "verbs": write},
             {"apiGroups": [""], "resources": ["secrets", "services"],
              "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
