@@ -27,6 +27,7 @@ pub mod authn;
 pub mod balance;
 pub mod downstream;
 pub mod framing;
+pub mod fuzzing;
 pub mod health;
 pub mod jwks;
 pub mod kube_source;

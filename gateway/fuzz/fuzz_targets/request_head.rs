@@ -1,0 +1,7 @@
+//! Fuzz target: `rustronaut_gateway::fuzzing::request_head` (see that function for the
+//! invariants).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| rustronaut_gateway::fuzzing::request_head(data));
