@@ -5,6 +5,7 @@
 //!    --reload (Compiled::load, arc-swap)--> Store; loaded version -> ConfigMap (kube_source)
 //!                                                              |
 //!  client --TLS (SNI cert, client cert)--> proxy (per listener) | reads Arc<Compiled>
+//!     downstream: HTTP/1 head deadline, keep-alive timeout, bare LF / obs-fold -> 408/400
 //!     request_filter: /.rustronaut/oidc/{callback,logout} -> oidc (login, session cookie)
 //!                     pipeline::decide = route -> normalise -> authenticate (+ session
 //!                     cookie) -> evaluate -> rate limit (pure; 302 to the IdP for browsers
