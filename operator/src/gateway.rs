@@ -804,11 +804,13 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         Some(_) if !quota_exceeded => Some(ensure_keys(ctx, gw).await?),
         _ => None,
     };
-    let session_keys = if quota_exceeded {
+    // Which tenants get a session key Secret, worked out once for ensure and prune.
+    let sessions = if quota_exceeded {
         BTreeMap::new()
     } else {
-        ensure_session_keys(ctx, gw).await?
+        session::wanted(&ctx.stores.world(gw), gw)
     };
+    let session_keys = ensure_session_keys(ctx, gw, &sessions).await?;
 
     // read + build
     let (built, problem_refs) = {
@@ -935,7 +937,11 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
     }
     if !over_quota {
         prune_hub(ctx, gw).await?;
-        prune_sessions(ctx, gw).await?;
+        // Not when the first quota check said over (then `sessions` is empty, and the cache
+        // may have changed since): pruning would end every session for nothing.
+        if !quota_exceeded {
+            prune_sessions(ctx, gw, &sessions).await?;
+        }
     }
     let sites = match &gw.spec.tunnel {
         Some(t) => {
@@ -1135,11 +1141,11 @@ async fn ensure_keys(ctx: &GatewayContext, gw: &Gateway) -> Result<HubKeys, Erro
 async fn ensure_session_keys(
     ctx: &GatewayContext,
     gw: &Gateway,
+    wanted: &BTreeMap<String, Result<String, String>>,
 ) -> Result<BTreeMap<String, BTreeMap<String, Vec<u8>>>, Error> {
     let ns = gw.namespace().unwrap_or_default();
-    let wanted = session::wanted(&ctx.stores.world(gw), gw);
     let mut out = BTreeMap::new();
-    for (tenant, name) in wanted {
+    for (tenant, name) in wanted.clone() {
         let name = match name {
             Ok(name) => name,
             Err(name) => {
@@ -1170,19 +1176,21 @@ async fn ensure_session_keys(
 }
 
 /// Deletes `gw`'s session key Secrets of tenants that no longer want one (no longer admitted,
-/// no OIDC provider left, or deleted): their sessions end with them.
-async fn prune_sessions(ctx: &GatewayContext, gw: &Gateway) -> Result<(), Error> {
+/// no OIDC provider left, or deleted; `wanted` is [`session::wanted`]): their sessions end
+/// with them.
+async fn prune_sessions(
+    ctx: &GatewayContext,
+    gw: &Gateway,
+    wanted: &BTreeMap<String, Result<String, String>>,
+) -> Result<(), Error> {
     let ns = gw.namespace().unwrap_or_default();
-    let wanted: Vec<String> = session::wanted(&ctx.stores.world(gw), gw)
-        .into_values()
-        .filter_map(Result::ok)
-        .collect();
+    let wanted: Vec<&String> = wanted.values().filter_map(|n| n.as_ref().ok()).collect();
     let stale: Vec<String> = ctx
         .stores
         .secrets
         .state()
         .iter()
-        .filter(|s| session::is_session_secret(gw, &***s) && !wanted.contains(&s.name_any()))
+        .filter(|s| session::is_session_secret(gw, &***s) && !wanted.contains(&&s.name_any()))
         .map(|s| s.name_any())
         .collect();
     for name in stale {
