@@ -112,6 +112,10 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(
     let start = Instant::now();
     let mut buf = BytesMut::with_capacity(4096);
     let mut deadline = start + first_byte;
+    // Only the new bytes (and the two before them, the longest end marker being three) are
+    // searched after each read: a head sent in many tiny segments must not cost quadratic
+    // time.
+    let mut scanned: usize = 0;
     loop {
         let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
         match read {
@@ -123,9 +127,10 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(
                 if buf.len() == n {
                     deadline = if from_call { start } else { Instant::now() } + header;
                 }
-                if head_end(&buf).is_some() {
+                if head_end(&buf[scanned.saturating_sub(2)..]).is_some() {
                     return Head::Complete(buf);
                 }
+                scanned = buf.len();
                 if buf.len() > MAX_HEAD_BYTES {
                     return Head::Handover(buf);
                 }
@@ -279,6 +284,28 @@ mod tests {
     // Real time, short deadlines: tokio's paused clock needs its test-util feature, which
     // would rebuild every tokio dependant for the tests.
     const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test]
+    async fn an_end_marker_split_across_reads_is_found() {
+        for split in 1..4 {
+            let (mut client, mut server) = tokio::io::duplex(64);
+            let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+            let at = head.len() - split;
+            let writer = tokio::spawn(async move {
+                client.write_all(&head[..at]).await.unwrap();
+                tokio::time::sleep(20 * MS).await;
+                client.write_all(&head[at..]).await.unwrap();
+                client
+            });
+            let got = read_head(&mut server, 500 * MS, 500 * MS, true).await;
+            assert_eq!(
+                got,
+                Head::Complete(BytesMut::from(&head[..])),
+                "split {split}"
+            );
+            drop(writer.await.unwrap());
+        }
+    }
 
     #[tokio::test]
     async fn a_trickled_head_misses_its_deadline() {
