@@ -11,6 +11,7 @@ use common::*;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const HOST: &str = "app.acme.test";
@@ -280,24 +281,28 @@ impl Sink {
     }
 }
 
-#[test]
-fn bodies_over_the_limit_get_413_and_never_reach_the_upstream_whole() {
-    let up = Upstream::start("a");
-    let sink = Sink::start();
-    let http = free_port();
-    let mut snap = snapshot(http, &up.addr.to_string());
-    // /public/sink goes to the upstream that never answers, so the gateway's answer to an
-    // oversized chunked body cannot be the upstream's.
+/// Routes /public/sink to `sink`, the upstream that never answers, so the gateway's
+/// answer to an oversized streamed body cannot be the upstream's.
+fn add_sink_rule(snap: &mut Value, sink: &Sink) {
     snap["resources"][0]["rules"]
         .as_array_mut()
         .unwrap()
         .insert(
             0,
             json!({"name": "sink",
-                   "matches": [{"path": {"type": "PathPrefix", "value": "/public/sink"}}],
-                   "upstreams": [{"kind": {"service": {"name": "sink", "port": 80,
-                                  "addresses": [sink.addr.to_string()]}}}]}),
+               "matches": [{"path": {"type": "PathPrefix", "value": "/public/sink"}}],
+               "upstreams": [{"kind": {"service": {"name": "sink", "port": 80,
+                              "addresses": [sink.addr.to_string()]}}}]}),
         );
+}
+
+#[test]
+fn bodies_over_the_limit_get_413_and_never_reach_the_upstream_whole() {
+    let up = Upstream::start("a");
+    let sink = Sink::start();
+    let http = free_port();
+    let mut snap = snapshot(http, &up.addr.to_string());
+    add_sink_rule(&mut snap, &sink);
     let _gw = Gateway::start_with(&snap, &["--max-body-bytes", "1024"]);
     let h = HOST;
 
@@ -659,5 +664,54 @@ fn a_host_other_than_the_sni_on_an_mtls_listener_gets_421() {
         seen.len(),
         6,
         "only the agreeing and non-mTLS requests: {seen:?}"
+    );
+}
+
+#[test]
+fn http2_bodies_over_the_limit_are_refused_and_never_reach_the_upstream_whole() {
+    let up = Upstream::start("a");
+    let sink = Sink::start();
+    let pki = Pki::new("test CA");
+    let (mtls, tls) = (free_port(), free_port());
+    let mut snap = tls_snapshot(mtls, tls, &up.addr.to_string(), &pki);
+    add_sink_rule(&mut snap, &sink);
+    let gw = Gateway::start_with(&snap, &["--max-body-bytes", "1024"]);
+    let dir = gw.dir.path();
+    let ca = write(dir, "ca.pem", &pki.ca_pem);
+    let body = write(dir, "body", &"z".repeat(4096));
+    let resolve = format!("{HOST}:{tls}:127.0.0.1");
+    let url = format!("https://{HOST}:{tls}/public/sink");
+    let data = format!("@{body}");
+    // curl prints the status it got; a refusal sent before the request body is read ends
+    // the stream early (RST_STREAM after the response, RFC 9113 §8.1), which curl 7.88 may
+    // report as a stream error (000) instead: either way never a 2xx.
+    let run = |upload: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--http2"])
+            .args(["--cacert", &ca, "--resolve", &resolve, "--max-time", "10"])
+            .args(upload)
+            .arg(&url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Declared (content-length): refused before anything is forwarded.
+    let got = run(&["--data-binary", &data]);
+    assert!(got == "413" || got == "000", "{got}");
+    assert!(sink.received.lock().unwrap().is_empty());
+    // Streamed (DATA frames, no content-length): cut off at the limit.
+    let got = run(&["-X", "POST", "-H", "content-length:", "-T", &body]);
+    assert!(got == "413" || got == "000", "{got}");
+    std::thread::sleep(Duration::from_millis(200));
+    let seen = String::from_utf8_lossy(&sink.received.lock().unwrap()).into_owned();
+    assert!(seen.starts_with("POST /public/sink"), "{seen}");
+    let forwarded = seen.matches('z').count();
+    assert!(
+        forwarded <= 1024,
+        "{forwarded} body bytes reached the upstream"
+    );
+    assert!(
+        !seen.ends_with("0\r\n\r\n"),
+        "the body's end reached the upstream"
     );
 }
