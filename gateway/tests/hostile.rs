@@ -332,6 +332,25 @@ fn bodies_over_the_limit_get_413_and_never_reach_the_upstream_whole() {
     );
     assert_eq!(statuses(&got), vec![200], "{got}");
 
+    // A body sent in the same segment as its head (the head is read ahead of Pingora's
+    // parser, see gateway/src/downstream.rs) reaches the upstream intact, once.
+    let mut s = TcpStream::connect(("127.0.0.1", http)).unwrap();
+    s.write_all(
+        format!("POST /public/sink HTTP/1.1\r\nHost: {h}\r\nContent-Length: 11\r\n\r\nhello world")
+            .as_bytes(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !String::from_utf8_lossy(&sink.received.lock().unwrap()).ends_with("hello world") {
+        assert!(Instant::now() < deadline, "the body did not arrive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(s);
+    let seen = String::from_utf8_lossy(&sink.received.lock().unwrap()).into_owned();
+    assert_eq!(seen.matches("hello world").count(), 1, "{seen}");
+    assert!(seen.contains("\r\n\r\nhello world"), "{seen}");
+    sink.received.lock().unwrap().clear();
+
     // A chunked body that grows past the limit: 413, and the upstream got neither the
     // bytes past the limit nor the body's end.
     let chunk = "y".repeat(512);
