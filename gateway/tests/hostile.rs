@@ -734,3 +734,63 @@ fn http2_bodies_over_the_limit_are_refused_and_never_reach_the_upstream_whole() 
         "the body's end reached the upstream"
     );
 }
+
+#[test]
+fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let up = Upstream::start("a");
+    let pki = Pki::new("test CA");
+    let (mtls, tls) = (free_port(), free_port());
+    let _gw = Gateway::start_with(
+        &tls_snapshot(mtls, tls, &up.addr.to_string(), &pki),
+        &["--keepalive-timeout-ms", "1000"],
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        ServerName::try_from(HOST).unwrap(),
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", tls)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    // The client preface and an empty SETTINGS frame, then nothing: an HTTP/2 connection
+    // with no stream, which Pingora would keep for ever without h2_idle_timeout.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"h2"[..]));
+    // Read the server's SETTINGS and acknowledge them, like any client.
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).unwrap();
+    assert!(n >= 9 && buf[3] == 4 && buf[4] & 1 == 0, "{:?}", &buf[..n]);
+    s.write_all(b"\0\0\0\x04\x01\0\0\0\0").unwrap();
+    s.flush().unwrap();
+    let started = Instant::now();
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break true,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    let took = started.elapsed();
+    assert!(closed, "still open after {took:?}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+}
