@@ -144,14 +144,17 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(
 pub struct HeadDeadline<A> {
     inner: Arc<A>,
     deadlines: Deadlines,
+    /// The listener's name, for the log lines of refusals made here.
+    listener: String,
 }
 
 impl<A> HeadDeadline<A> {
-    /// Wraps `inner`.
-    pub fn new(inner: A, deadlines: Deadlines) -> Self {
+    /// Wraps `inner`, the app of `listener`.
+    pub fn new(inner: A, deadlines: Deadlines, listener: impl Into<String>) -> Self {
         Self {
             inner: Arc::new(inner),
             deadlines,
+            listener: listener.into(),
         }
     }
 }
@@ -193,6 +196,7 @@ where
                     if let Err(why) = check_head(&b[..end]) {
                         tracing::info!(
                             target: "rustronaut::decision",
+                            listener = %self.listener,
                             decision = "-",
                             reason = "MalformedRequest",
                             detail = why,
@@ -208,7 +212,15 @@ where
                 Head::Handover(b) => b,
                 Head::Idle => return None,
                 Head::TimedOut => {
-                    tracing::debug!(timeout = ?d.header, "request head not complete in time");
+                    tracing::info!(
+                        target: "rustronaut::decision",
+                        listener = %self.listener,
+                        decision = "-",
+                        reason = "HeaderTimeout",
+                        detail = "request head not complete in time",
+                        status = 408,
+                        "request"
+                    );
                     let _ = stream.write_all(TIMEOUT_RESPONSE).await;
                     let _ = stream.shutdown().await;
                     return None;

@@ -118,7 +118,7 @@ pub fn build(
         app.server_options = Some(http);
         let mut svc = pingora::services::listening::Service::new(
             format!("listener {}", l.name),
-            crate::downstream::HeadDeadline::new(app, opts.downstream),
+            crate::downstream::HeadDeadline::new(app, opts.downstream, &l.name),
         );
         let addr = std::net::SocketAddr::new(opts.bind, l.port).to_string();
         if https {

@@ -539,7 +539,7 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<(Duration, String
 fn a_trickled_request_head_is_cut_off_at_the_header_deadline() {
     let up = Upstream::start("a");
     let http = free_port();
-    let _gw = Gateway::start_with(
+    let gw = Gateway::start_with(
         &snapshot(http, &up.addr.to_string()),
         &["--header-timeout-ms", "1500"],
     );
@@ -580,6 +580,11 @@ fn a_trickled_request_head_is_cut_off_at_the_header_deadline() {
     trickle.join().unwrap();
     let seen = up.seen.lock().unwrap().clone();
     assert_eq!(seen, vec!["/public/ok".to_string()]);
+    assert!(
+        gw.log().contains("\"reason\":\"HeaderTimeout\""),
+        "{}",
+        gw.log()
+    );
 
     // A connection that sends nothing at all is closed at the same deadline.
     let mut silent = TcpStream::connect(("127.0.0.1", http)).unwrap();
