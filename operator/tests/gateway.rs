@@ -247,8 +247,18 @@ async fn gateway_lifecycle() {
     })
     .await;
 
-    // The workload, owned by the Gateway, with the contract the gateway binary expects.
-    let gw = gateways.get("edge").await.unwrap();
+    // The workload, owned by the Gateway, with the contract the gateway binary expects. The
+    // snapshot is written first and the status last: once the status describes this
+    // generation, the reconcile has applied everything in between.
+    let gw = eventually("the first reconcile finished (status written)", || {
+        let gateways = gateways.clone();
+        async move {
+            let gw = gateways.get("edge").await.ok()?;
+            let (_, _, observed) = condition(&gw, "Accepted")?;
+            (observed == gw.metadata.generation).then_some(gw)
+        }
+    })
+    .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &gw_ns);
     let d = deployments.get("edge").await.unwrap();
     assert_owned(&d.metadata, &gw);
