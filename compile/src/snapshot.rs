@@ -244,26 +244,30 @@ pub fn refs_gateway<'a>(
 
 /// The tenants `gateway` admits (Gateway.spec.tenants).
 pub fn admitted_tenants(world: &World, gateway: &Gateway, claims: &Claims) -> BTreeSet<String> {
-    let ns = gateway.namespace().unwrap_or_default();
+    world
+        .tenants
+        .iter()
+        .filter(|t| admits(gateway, t, claims))
+        .map(ResourceExt::name_any)
+        .collect()
+}
+
+/// Whether `gateway`'s `spec.tenants` admits `tenant`: Same, the tenant holding the Gateway's
+/// namespace; All, any; Selector, Tenants whose labels match (none without a selector, which
+/// the CRD requires).
+pub fn admits(gateway: &Gateway, tenant: &rustronaut_crds::Tenant, claims: &Claims) -> bool {
     match gateway.spec.tenants.from {
-        g::TenantsFrom::Same => claims
-            .tenant_of(&ns)
-            .map(str::to_string)
-            .into_iter()
-            .collect(),
-        g::TenantsFrom::All => world.tenants.iter().map(ResourceExt::name_any).collect(),
-        g::TenantsFrom::Selector => {
-            let Some(sel) = &gateway.spec.tenants.selector else {
-                // The CRD requires a selector with Selector; without one, admit nobody.
-                return BTreeSet::new();
-            };
-            world
-                .tenants
-                .iter()
-                .filter(|t| selector_matches(sel, t.labels()))
-                .map(ResourceExt::name_any)
-                .collect()
+        g::TenantsFrom::Same => {
+            let ns = gateway.namespace().unwrap_or_default();
+            claims.tenant_of(&ns) == Some(tenant.name_any().as_str())
         }
+        g::TenantsFrom::All => true,
+        g::TenantsFrom::Selector => gateway
+            .spec
+            .tenants
+            .selector
+            .as_ref()
+            .is_some_and(|sel| selector_matches(sel, tenant.labels())),
     }
 }
 

@@ -31,6 +31,7 @@
 //! operator writes itself trigger nothing, so writing a snapshot does not wake every Gateway;
 //! the exception is the session key Secrets, which people edit to rotate keys.
 
+pub mod affected;
 pub mod hubstatus;
 pub mod objects;
 pub mod session;
@@ -466,19 +467,55 @@ fn fingerprint(obj: &impl Resource) -> u64 {
 /// Runs a reflector for `api` into a new store; every change (except of objects the operator
 /// manages, and, with [`Changes::Spec`], except status-only updates) pokes every sender in
 /// `txs`. Returns the store and the stream to drive.
+/// Wakes the Gateways a change of a namespaced object can affect ([`affected`]), through the
+/// controller's `reconcile_on` stream.
+#[derive(Clone)]
+struct Index {
+    tx: mpsc::UnboundedSender<ObjectRef<Gateway>>,
+    tenants: Store<Tenant>,
+    gateways: Store<Gateway>,
+}
+
+impl Index {
+    /// `ns`: the changed object's namespace; None wakes every Gateway.
+    fn wake(&self, ns: Option<&str>) {
+        let gateways = self.gateways.state();
+        let all = || gateways.iter().map(|g| ObjectRef::from_obj(&**g)).collect();
+        let targets: Vec<ObjectRef<Gateway>> = match ns {
+            None => all(),
+            Some(ns) => {
+                let tenants: Vec<Tenant> =
+                    self.tenants.state().iter().map(|t| (**t).clone()).collect();
+                match affected::by_namespace(ns, &tenants, gateways.iter().map(|g| &**g)) {
+                    affected::Affected::All => all(),
+                    affected::Affected::These(list) => list,
+                }
+            }
+        };
+        for t in targets {
+            // Unbounded: the controller's scheduler merges repeats of one Gateway.
+            let _ = self.tx.unbounded_send(t);
+        }
+    }
+}
+
 fn reflect<K>(
     api: Api<K>,
     txs: Vec<mpsc::Sender<()>>,
     changes: Changes,
+    index: Option<Index>,
 ) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let poke = move || {
+    let poke = move |obj: Option<&K>| {
         for tx in &txs {
             // A full slot already means "reconcile everything": coalesce.
             let _ = tx.clone().try_send(());
+        }
+        if let Some(index) = &index {
+            index.wake(obj.and_then(|o| o.meta().namespace.as_deref()));
         }
     };
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
@@ -491,16 +528,16 @@ where
                 let changed = seen.insert(uid, print) != Some(print);
                 let wakes = !managed(&obj) || session::edited_by_people(&obj);
                 if wakes && (changes == Changes::All || changed) {
-                    poke();
+                    poke(Some(&obj));
                 }
             }
             Ok(watcher::Event::Delete(obj)) => {
                 // Also for the operator's own objects: a deleted key Secret (a rotation) or
                 // Service is recreated now, not at the next resync.
                 seen.remove(&obj.meta().uid.clone().unwrap_or_default());
-                poke();
+                poke(Some(&obj));
             }
-            Ok(watcher::Event::InitDone) => poke(),
+            Ok(watcher::Event::InitDone) => poke(None),
             // A re-list: forget what was seen, so objects deleted while the watch was down
             // are not remembered forever (every object counts as changed once).
             Ok(watcher::Event::Init) => seen.clear(),
@@ -517,6 +554,7 @@ pub struct GatewayController {
     context: Arc<GatewayContext>,
     drivers: Vec<std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>>,
     triggers: mpsc::Receiver<()>,
+    targets: mpsc::UnboundedReceiver<ObjectRef<Gateway>>,
     status_triggers: mpsc::Receiver<()>,
     tenant_triggers: mpsc::Receiver<()>,
     ready: Arc<AtomicBool>,
@@ -533,33 +571,14 @@ impl GatewayController {
         // to the same plus Gateways; Tenants to Tenants, what they count, Secrets and
         // Namespaces.
         let everyone = || vec![gw.clone(), st.clone(), tn.clone()];
+        // Tenants and Gateways wake every Gateway (claims, admission and quotas are decided
+        // across all of them); what Resources, Policies, Secrets, Services and EndpointSlices
+        // change wakes only the Gateways of their namespace's tenant (`index`).
         let (tenants, s1) = reflect(
             Api::<Tenant>::all(client.clone()),
             everyone(),
             Changes::Spec,
-        );
-        let (resources, s2) = reflect(
-            Api::<RtnResource>::all(client.clone()),
-            everyone(),
-            Changes::Spec,
-        );
-        let (policies, s3) = reflect(
-            Api::<Policy>::all(client.clone()),
-            everyone(),
-            Changes::Spec,
-        );
-        let snapshot_inputs = || vec![gw.clone(), st.clone()];
-        // Secrets also wake the Tenants: their ResolvedRefs is about identity-provider Secrets.
-        let (secrets, s4) = reflect(Api::<Secret>::all(client.clone()), everyone(), Changes::All);
-        let (services, s5) = reflect(
-            Api::<Service>::all(client.clone()),
-            snapshot_inputs(),
-            Changes::All,
-        );
-        let (slices, s6) = reflect(
-            Api::<EndpointSlice>::all(client.clone()),
-            snapshot_inputs(),
-            Changes::All,
+            None,
         );
         // Gateways wake the Gateway controller too: quotas make one Gateway's fate depend on
         // its tenant's others (the youngest beyond the quota waits for an older one to go).
@@ -567,11 +586,51 @@ impl GatewayController {
             Api::<Gateway>::all(client.clone()),
             everyone(),
             Changes::Spec,
+            None,
+        );
+        let (targets_tx, targets) = mpsc::unbounded();
+        let index = Some(Index {
+            tx: targets_tx,
+            tenants: tenants.clone(),
+            gateways: gateways.clone(),
+        });
+        let others = || vec![st.clone(), tn.clone()];
+        let (resources, s2) = reflect(
+            Api::<RtnResource>::all(client.clone()),
+            others(),
+            Changes::Spec,
+            index.clone(),
+        );
+        let (policies, s3) = reflect(
+            Api::<Policy>::all(client.clone()),
+            others(),
+            Changes::Spec,
+            index.clone(),
+        );
+        // Secrets also wake the Tenants: their ResolvedRefs is about identity-provider Secrets.
+        let (secrets, s4) = reflect(
+            Api::<Secret>::all(client.clone()),
+            others(),
+            Changes::All,
+            index.clone(),
+        );
+        let (services, s5) = reflect(
+            Api::<Service>::all(client.clone()),
+            vec![st.clone()],
+            Changes::All,
+            index.clone(),
+        );
+        let (slices, s6) = reflect(
+            Api::<EndpointSlice>::all(client.clone()),
+            vec![st.clone()],
+            Changes::All,
+            index,
         );
         let (namespaces, s8) = reflect(
             Api::<Namespace>::all(client.clone()),
             vec![tn.clone()],
             Changes::Spec,
+            None,
         );
         let recorder = Recorder::new(client, ctx.reporter.clone());
         Self {
@@ -602,6 +661,7 @@ impl GatewayController {
                 s8.boxed(),
             ],
             triggers,
+            targets,
             status_triggers,
             tenant_triggers,
             ready: Arc::new(AtomicBool::new(false)),
@@ -675,6 +735,7 @@ impl GatewayController {
         .owns(Api::<Role>::all(client.clone()), owned())
         .owns(Api::<RoleBinding>::all(client.clone()), owned())
         .reconcile_all_on(self.triggers)
+        .reconcile_on(self.targets)
         .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, self.context)
