@@ -9,19 +9,40 @@
 # the token (cached after the first request) and evaluates the policy on every request, and
 # logs one JSON decision line per request; nginx and HAProxy only forward.
 #
+# Then latency at a fixed rate: half of the gateway's maximum small-request rate (its median
+# from the throughput rounds), the same absolute rate for every target (h2load --h1 --rps per
+# client, -D seconds, --log-file per request); p50/p99 of each run computed from the log, and
+# the added p50/p99 of each proxy (target minus direct, medians of rounds).
+#
+# Then HTTP/2 over TLS (h2 by ALPN, a self-signed P-256 certificate made here with openssl):
+# h2load -m streams per connection against nginx's own TLS listener (direct), nginx
+# (`ssl http2`), HAProxy (`ssl alpn h2,http/1.1`) and the gateway's HTTPS listener, small
+# responses; each proxy speaks HTTP/1.1 with keep-alive to the same upstream as above.
+#
 # Then TCP throughput (iperf3, one stream) direct vs the gateway's TCP listener (an Allow by
 # client CIDR, decided once per connection, then spliced) vs HAProxy in tcp mode.
 #
 # Usage: gateway/bench/run.sh     ROUNDS=3 REQUESTS=100000 CONNECTIONS=50 by default;
 #        PERF_OUT=/tmp/gw.perf also profiles the gateway (perf report -i /tmp/gw.perf)
+#        LATENCY_ONLY=1 runs only the small-request throughput rounds (to find the rate) and
+#        the fixed-rate latency part (LAT_SECONDS=10 per run, LAT_CONNECTIONS=50, or
+#        LAT_RATE=N req/s to fix the rate instead of measuring the gateway's maximum)
+#        H2_ONLY=1 runs only the HTTP/2 part (H2_CONNECTIONS=10, H2_STREAMS=10, REQUESTS)
 #        TCP_ONLY=1 runs only the iperf3 part (TCP_SECONDS=5 per run); the gateway runs twice,
 #        with its default 64 KiB copy buffers and with tokio's 8 KiB (gateway-8k)
-# Needs nginx, haproxy, h2load (nghttp2-client) and iperf3: installed with apt-get when missing.
+# Needs nginx, haproxy, h2load (nghttp2-client), iperf3 and openssl: installed with apt-get
+# when missing.
 set -euo pipefail
 ROUNDS=${ROUNDS:-3}
 N=${REQUESTS:-100000}
 C=${CONNECTIONS:-50}
 NBIG=${BIG_REQUESTS:-2000}
+LAT_SECONDS=${LAT_SECONDS:-10}
+LAT_C=${LAT_CONNECTIONS:-50}
+H2_C=${H2_CONNECTIONS:-10}
+H2_M=${H2_STREAMS:-10}
+LATENCY_ONLY=${LATENCY_ONLY:-0}
+H2_ONLY=${H2_ONLY:-0}
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
@@ -34,6 +55,7 @@ command -v nginx >/dev/null || need+=(nginx-light)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v iperf3 >/dev/null || need+=(iperf3)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
@@ -121,6 +143,11 @@ if [ "${TCP_ONLY:-0}" = 1 ]; then
 fi
 
 head -c 1048576 /dev/urandom >"$work/big.bin"
+# The TLS listeners of the HTTP/2 part: one self-signed P-256 certificate for all of them.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+	-subj /CN=bench.localhost -addext subjectAltName=DNS:bench.localhost \
+	-keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+cat "$work/tls.crt" "$work/tls.key" >"$work/tls.pem"
 # nginx workers drop to an unprivileged user: let them read the file.
 chmod 755 "$work" && chmod 644 "$work/big.bin"
 cat >"$work/upstream.conf" <<CONF
@@ -129,7 +156,10 @@ events { worker_connections 8192; }
 http { access_log off;
   server { listen 127.0.0.1:19001; keepalive_requests 1000000;
     location = /small { return 200 "hello, world\n"; }
-    location = /big { alias $work/big.bin; } } }
+    location = /big { alias $work/big.bin; } }
+  server { listen 127.0.0.1:19021 ssl http2; keepalive_requests 1000000;
+    ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key; ssl_protocols TLSv1.3;
+    location = /small { return 200 "hello, world\n"; } } }
 CONF
 cat >"$work/proxy.conf" <<CONF
 worker_processes 1; daemon off; pid $work/proxy.pid; error_log $work/proxy.err;
@@ -138,6 +168,10 @@ events { worker_connections 15000; }
 http { access_log off;
   upstream backend { server 127.0.0.1:19001; keepalive 128; }
   server { listen 127.0.0.1:19002; keepalive_requests 1000000;
+    location / { proxy_pass http://backend; proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_buffering on; } }
+  server { listen 127.0.0.1:19022 ssl http2; keepalive_requests 1000000;
+    ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key; ssl_protocols TLSv1.3;
     location / { proxy_pass http://backend; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_buffering on; } } }
 CONF
@@ -153,19 +187,25 @@ defaults
   http-reuse always
 frontend fe
   bind 127.0.0.1:19003
+  bind 127.0.0.1:19023 ssl crt $work/tls.pem alpn h2,http/1.1
   default_backend be
 backend be
   server up 127.0.0.1:19001
 CONF
 
 # The gateway: the standalone example's issuer (DEV-ONLY keys), an Allow for group dev.
-python3 - "$repo/gateway/examples/standalone/snapshot.json" >"$work/snapshot.json" <<'PY'
+# Listeners: HTTP on 19004, HTTPS (h2 or http/1.1 by ALPN) on 19024.
+python3 - "$repo/gateway/examples/standalone/snapshot.json" "$work/tls.crt" "$work/tls.key" \
+	>"$work/snapshot.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
-s["listeners"] = [{"name": "http", "port": 19004, "protocol": "HTTP"}]
+cert = {"name": "bench", "hostnames": ["bench.localhost"],
+        "certificateChainPem": open(sys.argv[2]).read(), "privateKeyPem": open(sys.argv[3]).read()}
+s["listeners"] = [{"name": "http", "port": 19004, "protocol": "HTTP"},
+                  {"name": "https", "port": 19024, "protocol": "HTTPS", "tls": {"certificates": [cert]}}]
 s["tenants"][0]["domains"] = ["bench.localhost"]
 r = s["resources"][0]
-r["listeners"] = ["http"]
+r["listeners"] = ["http", "https"]
 r["hostnames"] = ["bench.localhost"]
 r["rules"][0]["upstreams"][0]["kind"]["service"]["addresses"] = ["127.0.0.1:19001"]
 json.dump(s, sys.stdout)
@@ -176,7 +216,7 @@ nginx -c "$work/upstream.conf" & pids+=($!)
 nginx -c "$work/proxy.conf" & pids+=($!)
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
 "$GW" --snapshot "$work/snapshot.json" --admin-listen 127.0.0.1:19005 --bind-address 127.0.0.1 \
-	--threads 1 >"$work/gateway.log" 2>&1 & gwpid=$!; pids+=($gwpid)
+	--threads 1 >"$work/gateway.log" 2>&1 & gwpid=$!; pids+=("$gwpid")
 for _ in $(seq 1 100); do
 	[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19005/readyz)" = 200 ] && break
 	sleep 0.1
@@ -185,49 +225,122 @@ sleep 0.5
 idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$gwpid/status")
 
 declare -A port=([direct]=19001 [nginx]=19002 [haproxy]=19003 [gateway]=19004)
+declare -A tlsport=([direct]=19021 [nginx]=19022 [haproxy]=19023 [gateway]=19024)
 targets=(direct nginx haproxy gateway)
+# check TARGET WHAT EXPECTED OUTPUT: every request answered 2xx, or the run fails.
+check() {
+	local ok
+	ok=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' <<<"$4")
+	if [ "$ok" != "$3" ]; then
+		echo "$1 $2: only ${ok:-0} of $3 answered 2xx:" >&2
+		echo "$4" >&2
+		exit 1
+	fi
+}
 run() { # target path requests -> "req/s mean_ms"
 	local out
 	out=$(h2load --h1 -n "$3" -c "$C" -t 1 -H ":authority: bench.localhost" \
 		-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${port[$1]}$2" 2>&1)
-	local ok
-	ok=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' <<<"$out")
-	if [ "$ok" != "$3" ]; then
-		echo "$1 $2: only ${ok:-0} of $3 answered 2xx:" >&2
-		echo "$out" >&2
-		exit 1
-	fi
+	check "$1" "$2" "$3" "$out"
 	local rps mean
 	rps=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
 	mean=$(awk '/^time for request:/ {print $6}' <<<"$out")
 	echo "$rps $mean"
+}
+# run_h2 target requests -> "req/s mean": HTTP/2 over TLS 1.3 (ALPN h2, SNI bench.localhost,
+# TLS_AES_128_GCM_SHA256 offered alone so every server uses the same cipher), H2_C
+# connections with H2_M concurrent streams each.
+run_h2() {
+	local out
+	out=$(h2load -n "$2" -c "$H2_C" -m "$H2_M" -t 1 --tls13-ciphers=TLS_AES_128_GCM_SHA256 \
+		--connect-to "127.0.0.1:${tlsport[$1]}" -H "Authorization: Bearer $TOKEN" "https://bench.localhost/small" 2>&1)
+	if ! grep -q '^Application protocol: h2$' <<<"$out"; then
+		echo "$1: HTTP/2 was not negotiated:" >&2
+		echo "$out" >&2
+		exit 1
+	fi
+	check "$1" h2 "$2" "$out"
+	awk '/^TLS Protocol:/ {p = $3} /^Cipher:/ {print p, $2}' <<<"$out" >"$work/h2-cipher-$1"
+	local rps mean
+	rps=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
+	mean=$(awk '/^time for request:/ {print $6}' <<<"$out")
+	echo "$rps $mean"
+}
+# run_lat target rps_per_client -> "achieved_req/s p50_us p99_us": LAT_C connections, each
+# sending rps_per_client requests per second, one request in flight per connection
+# (HTTP/1.1), for 1 + LAT_SECONDS s; the first second is warm-up and not counted.
+# Connections open one per millisecond (-r 1 --rate-period 1ms): h2load starts each one's
+# request timer when it connects, so opened together they would all send at the same instant
+# (bursts of LAT_C requests); staggered, the sends spread over the interval. Percentiles
+# from h2load's per-request log (start in us since the epoch, status, us until the end of
+# the response).
+run_lat() {
+	local out log=$work/lat-$1.log
+	rm -f "$log"
+	out=$(h2load --h1 -c "$LAT_C" -r 1 --rate-period=1ms -t 1 --rps="$2" \
+		-n "$((LAT_C * $2 * (LAT_SECONDS + 1)))" --log-file="$log" -H ":authority: bench.localhost" \
+		-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${port[$1]}/small" 2>&1)
+	check "$1" latency "$((LAT_C * $2 * (LAT_SECONDS + 1)))" "$out"
+	# keep requests started after the first second; achieved rate over the span they cover
+	awk -F'\t' 'NR == FNR {if (NR == 1 || $1 < t0) t0 = $1; next}
+		$1 >= t0 + 1000000 {print $3; if (!t1 || $1 < t1) t1 = $1; if ($1 > t2) t2 = $1; n++}
+		END {printf "%.0f\n", (n - 1) / ((t2 - t1) / 1e6) > "/dev/stderr"}' "$log" "$log" \
+		2>"$work/lat-rate" | sort -n >"$work/lat-sorted"
+	echo "$(cat "$work/lat-rate") $(awk '{a[NR] = $1} END {
+		print a[int(NR * 0.50 + 0.999999)], a[int(NR * 0.99 + 0.999999)]}' "$work/lat-sorted")"
+}
+field() { # values "a b a b ..." -> the n-th of each group of k (default 2)
+	awk -v n="$1" -v k="${2:-2}" '{for (i = n; i <= NF; i += k) print $i}'
 }
 # PERF_OUT=file: profile the gateway (perf record -g) during one extra run of small requests.
 if [ -n "${PERF_OUT:-}" ]; then
 	perf record -F 999 -g -p "$gwpid" -o "$PERF_OUT" -- sleep 4 >/dev/null 2>&1 &
 	perfpid=$!
 	sleep 0.3
-	run gateway /small "$N" >/dev/null
+	if [ "$H2_ONLY" = 1 ]; then run_h2 gateway "$N" >/dev/null; else run gateway /small "$N" >/dev/null; fi
 	wait "$perfpid" || true
 fi
-declare -A small big
-for r in $(seq 1 "$ROUNDS"); do
-	for t in "${targets[@]}"; do
-		small[$t]+="$(run "$t" /small "$N") "
-		big[$t]+="$(run "$t" /big "$NBIG") "
+declare -A small big lat h2
+if [ "$H2_ONLY" != 1 ]; then
+	for r in $(seq 1 "$ROUNDS"); do
+		for t in "${targets[@]}"; do
+			small[$t]+="$(run "$t" /small "$N") "
+			[ "$LATENCY_ONLY" = 1 ] || big[$t]+="$(run "$t" /big "$NBIG") "
+		done
+		echo "round $r done" >&2
 	done
-	echo "round $r done" >&2
-done
+	# Fixed rate: half the gateway's median maximum, the same for every target.
+	gw_max=$(field 1 <<<"${small[gateway]}" | median)
+	rate=${LAT_RATE:-$(printf '%.0f' "$(echo "$gw_max / 2" | bc -l)")}
+	per_client=$(((rate + LAT_C / 2) / LAT_C))
+	[ "$per_client" -ge 1 ] || per_client=1
+	for r in $(seq 1 "$ROUNDS"); do
+		for t in "${targets[@]}"; do
+			lat[$t]+="$(run_lat "$t" "$per_client") "
+		done
+		echo "latency round $r done" >&2
+	done
+fi
+if [ "$LATENCY_ONLY" != 1 ]; then
+	for r in $(seq 1 "$ROUNDS"); do
+		for t in "${targets[@]}"; do
+			h2[$t]+="$(run_h2 "$t" "$N") "
+		done
+		echo "h2 round $r done" >&2
+	done
+fi
 peak_rss=$(awk '/VmHWM/ {print $2}' "/proc/$gwpid/status")
 
-# Memory at scale: a second gateway on a snapshot with 1,000 Resources (one route and one
-# Allow policy each), idle, then holding 10,000 open client connections.
-python3 - "$work/snapshot.json" >"$work/snapshot-1000.json" <<'PY'
+if [ "$LATENCY_ONLY" != 1 ] && [ "$H2_ONLY" != 1 ]; then
+	# Memory at scale: a second gateway on a snapshot with 1,000 Resources (one route and one
+	# Allow policy each), idle, then holding 10,000 open client connections.
+	python3 - "$work/snapshot.json" >"$work/snapshot-1000.json" <<'PY'
 import copy, json, sys
 s = json.load(open(sys.argv[1]))
 s["listeners"] = [{"name": "http", "port": 19006, "protocol": "HTTP"}]
 s["tenants"][0]["domains"] = ["bench.localhost", "*.bench.localhost"]
 r0, p0 = s["resources"][0], s["policies"][0]
+r0["listeners"] = ["http"]
 s["resources"], s["policies"] = [], []
 for i in range(1000):
     r = copy.deepcopy(r0); r["name"] = f"r{i}"; r["hostnames"] = [f"r{i}.bench.localhost"]
@@ -236,20 +349,20 @@ for i in range(1000):
     s["resources"].append(r); s["policies"].append(p)
 json.dump(s, sys.stdout)
 PY
-RUST_LOG=warn "$GW" --snapshot "$work/snapshot-1000.json" --admin-listen 127.0.0.1:19007 \
-	--bind-address 127.0.0.1 --threads 1 >"$work/gateway-1000.log" 2>&1 & gw2=$!; pids+=($gw2)
-for _ in $(seq 1 100); do
-	[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19007/readyz)" = 200 ] && break
-	sleep 0.1
-done
-sleep 0.5
-[ "$(curl -s -o /dev/null -w '%{http_code}' -H "Host: r999.bench.localhost" \
-	-H "Authorization: Bearer $TOKEN" http://127.0.0.1:19006/small)" = 200 ] ||
-	{ echo "the 1,000-route gateway does not serve r999" >&2; exit 1; }
-rss_1000=$(awk '/VmRSS/ {print $2}' "/proc/$gw2/status")
-# hold PORT PID...: RSS (KiB, summed over PIDs) while 10,000 idle client connections are open.
-hold() {
-	python3 - "$@" <<'PY'
+	RUST_LOG=warn "$GW" --snapshot "$work/snapshot-1000.json" --admin-listen 127.0.0.1:19007 \
+		--bind-address 127.0.0.1 --threads 1 >"$work/gateway-1000.log" 2>&1 & gw2=$!; pids+=("$gw2")
+	for _ in $(seq 1 100); do
+		[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19007/readyz)" = 200 ] && break
+		sleep 0.1
+	done
+	sleep 0.5
+	[ "$(curl -s -o /dev/null -w '%{http_code}' -H "Host: r999.bench.localhost" \
+		-H "Authorization: Bearer $TOKEN" http://127.0.0.1:19006/small)" = 200 ] ||
+		{ echo "the 1,000-route gateway does not serve r999" >&2; exit 1; }
+	rss_1000=$(awk '/VmRSS/ {print $2}' "/proc/$gw2/status")
+	# hold PORT PID...: RSS (KiB, summed over PIDs) while 10,000 idle client connections are open.
+	hold() {
+		python3 - "$@" <<'PY'
 import socket, sys, time
 port, pids = int(sys.argv[1]), sys.argv[2:]
 socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(10000)]
@@ -257,30 +370,82 @@ time.sleep(2)
 rss = lambda p: int(open(f"/proc/{p}/status").read().split("VmRSS:")[1].split()[0])
 print(sum(rss(p) for p in pids))
 PY
-}
-rss_10k=$(hold 19006 "$gw2")
-nginx_workers=$(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')
-# shellcheck disable=SC2086
-nginx_10k=$(hold 19002 $nginx_workers)
-haproxy_10k=$(hold 19003 "${pids[2]}")
+	}
+	rss_10k=$(hold 19006 "$gw2")
+	nginx_workers=$(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')
+	# shellcheck disable=SC2086
+	nginx_10k=$(hold 19002 $nginx_workers)
+	haproxy_10k=$(hold 19003 "${pids[2]}")
 
-field() { # values "rps mean rps mean ..." -> the n-th field of each pair
-	awk -v n="$1" '{for (i = n; i <= NF; i += 2) print $i}'
-}
-printf '\n%s requests x %s connections (small), %s x 1 MiB, %s rounds, median of rounds\n\n' "$N" "$C" "$NBIG" "$ROUNDS"
-echo "| target | small req/s | vs nginx | mean latency | 1 MiB req/s | vs nginx | mean latency |"
-echo "|---|---|---|---|---|---|---|"
-ns=$(field 1 <<<"${small[nginx]}" | median)
-nb=$(field 1 <<<"${big[nginx]}" | median)
-for t in "${targets[@]}"; do
-	s=$(field 1 <<<"${small[$t]}" | median)
-	sl=$(field 2 <<<"${small[$t]}" | median)
-	b=$(field 1 <<<"${big[$t]}" | median)
-	bl=$(field 2 <<<"${big[$t]}" | median)
-	printf '| %s | %.0f | %.2f | %s | %.0f | %.2f | %s |\n' "$t" "$s" "$(echo "$s / $ns" | bc -l)" "$sl" \
-		"$b" "$(echo "$b / $nb" | bc -l)" "$bl"
-done
+fi
+
+ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
+ms() { printf '%.3f' "$(echo "$1 / 1000" | bc -l)"; }
+if [ "$H2_ONLY" != 1 ]; then
+	ns=$(field 1 <<<"${small[nginx]}" | median)
+	if [ "$LATENCY_ONLY" = 1 ]; then
+		printf '\n%s requests x %s connections (small), %s rounds, median of rounds\n\n' "$N" "$C" "$ROUNDS"
+		echo "| target | small req/s | vs nginx | mean latency | runs |"
+		echo "|---|---|---|---|---|"
+	else
+		printf '\n%s requests x %s connections (small), %s x 1 MiB, %s rounds, median of rounds\n\n' "$N" "$C" "$NBIG" "$ROUNDS"
+		echo "| target | small req/s | vs nginx | mean latency | 1 MiB req/s | vs nginx | mean latency | small runs |"
+		echo "|---|---|---|---|---|---|---|---|"
+		nb=$(field 1 <<<"${big[nginx]}" | median)
+	fi
+	for t in "${targets[@]}"; do
+		s=$(field 1 <<<"${small[$t]}" | median)
+		sl=$(field 2 <<<"${small[$t]}" | median)
+		runs=$(field 1 <<<"${small[$t]}" | xargs printf '%.0f ')
+		if [ "$LATENCY_ONLY" = 1 ]; then
+			printf '| %s | %.0f | %s | %s | %s|\n' "$t" "$s" "$(ratio "$s" "$ns")" "$sl" "$runs"
+		else
+			b=$(field 1 <<<"${big[$t]}" | median)
+			bl=$(field 2 <<<"${big[$t]}" | median)
+			printf '| %s | %.0f | %s | %s | %.0f | %s | %s | %s|\n' "$t" "$s" "$(ratio "$s" "$ns")" "$sl" \
+				"$b" "$(ratio "$b" "$nb")" "$bl" "$runs"
+		fi
+	done
+
+	printf '\nFixed rate: %s connections x %s req/s = %s req/s (half the gateway'"'"'s median maximum, %.0f),\n' \
+		"$LAT_C" "$per_client" "$((LAT_C * per_client))" "$gw_max"
+	printf 'h2load --h1 --rps, %s s per run after 1 s warm-up, %s rounds; p50/p99 in ms, median of rounds\n' \
+		"$LAT_SECONDS" "$ROUNDS"
+	printf '(added = target minus direct, of the medians; runs: p99 of each round)\n\n'
+	echo "| target | achieved req/s | share of its max | p50 | p99 | added p50 | added p99 | p99 runs |"
+	echo "|---|---|---|---|---|---|---|---|"
+	d50=$(field 2 3 <<<"${lat[direct]}" | median)
+	d99=$(field 3 3 <<<"${lat[direct]}" | median)
+	for t in "${targets[@]}"; do
+		a=$(field 1 3 <<<"${lat[$t]}" | median)
+		p50=$(field 2 3 <<<"${lat[$t]}" | median)
+		p99=$(field 3 3 <<<"${lat[$t]}" | median)
+		mx=$(field 1 <<<"${small[$t]}" | median)
+		runs=$(field 3 3 <<<"${lat[$t]}" | while read -r v; do ms "$v"; printf ' '; done)
+		printf '| %s | %.0f | %s | %s | %s | %s | %s | %s|\n' "$t" "$a" "$(ratio "$a" "$mx")" \
+			"$(ms "$p50")" "$(ms "$p99")" "$(ms "$((p50 - d50))")" "$(ms "$((p99 - d99))")" "$runs"
+	done
+fi
+if [ "$LATENCY_ONLY" != 1 ]; then
+	printf '\nHTTP/2 over TLS (%s), %s requests x %s connections x %s streams, %s rounds, median of rounds\n\n' \
+		"$(cat "$work/h2-cipher-gateway")" "$N" "$H2_C" "$H2_M" "$ROUNDS"
+	echo "| target | small req/s | vs nginx | vs direct | mean latency | runs |"
+	echo "|---|---|---|---|---|---|"
+	hn=$(field 1 <<<"${h2[nginx]}" | median)
+	hd=$(field 1 <<<"${h2[direct]}" | median)
+	for t in "${targets[@]}"; do
+		s=$(field 1 <<<"${h2[$t]}" | median)
+		sl=$(field 2 <<<"${h2[$t]}" | median)
+		runs=$(field 1 <<<"${h2[$t]}" | xargs printf '%.0f ')
+		printf '| %s | %.0f | %s | %s | %s | %s|\n' "$t" "$s" "$(ratio "$s" "$hn")" "$(ratio "$s" "$hd")" "$sl" "$runs"
+	done
+	printf '(negotiated per target:'
+	for t in "${targets[@]}"; do printf ' %s %s;' "$t" "$(cat "$work/h2-cipher-$t")"; done
+	printf ')\n'
+fi
 printf '\ngateway RSS: idle %s KiB, peak %s KiB\n' "$idle_rss" "$peak_rss"
-printf 'gateway RSS with 1,000 routes: idle %s KiB, holding 10,000 open connections %s KiB\n' "$rss_1000" "$rss_10k"
-printf 'holding 10,000 open connections, same run: nginx worker %s KiB, HAProxy %s KiB\n' "$nginx_10k" "$haproxy_10k"
-tcp_bench
+if [ "$LATENCY_ONLY" != 1 ] && [ "$H2_ONLY" != 1 ]; then
+	printf 'gateway RSS with 1,000 routes: idle %s KiB, holding 10,000 open connections %s KiB\n' "$rss_1000" "$rss_10k"
+	printf 'holding 10,000 open connections, same run: nginx worker %s KiB, HAProxy %s KiB\n' "$nginx_10k" "$haproxy_10k"
+	tcp_bench
+fi
