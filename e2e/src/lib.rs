@@ -130,7 +130,22 @@ pub fn shared() -> &'static TestCluster {
 
 /// A client for the shared cluster.
 pub async fn client() -> kube::Client {
+    test_logs();
     shared().client().await
+}
+
+/// Sends the `tracing` output of the code under test (the operator's controllers run
+/// in-process in many tests) to the test harness's captured output, so a failing test prints
+/// what the controllers did and a passing one prints nothing. `RUST_LOG` overrides the default
+/// filter (`info`). Idempotent: the first call in a test binary installs the subscriber.
+pub fn test_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Creates a namespace named `<prefix>-<random suffix>` and returns its name. Tests share a
