@@ -407,8 +407,13 @@ if [ "$H2_ONLY" != 1 ]; then
 		fi
 	done
 
-	printf '\nFixed rate: %s connections x %s req/s = %s req/s (half the gateway'"'"'s median maximum, %.0f),\n' \
-		"$LAT_C" "$per_client" "$((LAT_C * per_client))" "$gw_max"
+	if [ -n "${LAT_RATE:-}" ]; then
+		why="LAT_RATE; the gateway's median maximum is $(printf '%.0f' "$gw_max")"
+	else
+		why="half the gateway's median maximum, $(printf '%.0f' "$gw_max")"
+	fi
+	printf '\nFixed rate: %s connections x %s req/s = %s req/s (%s),\n' \
+		"$LAT_C" "$per_client" "$((LAT_C * per_client))" "$why"
 	printf 'h2load --h1 --rps, %s s per run after 1 s warm-up, %s rounds; p50/p99 in ms, median of rounds\n' \
 		"$LAT_SECONDS" "$ROUNDS"
 	printf '(added = target minus direct, of the medians; runs: p99 of each round)\n\n'

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# System calls per request: the gateway (enforcing the JWT Allow policy, as in run.sh) against
+# an nginx reverse proxy, both with one worker, through the same nginx upstream, counted with
+# `strace -f -c` over REQUESTS small HTTP/1.1 requests each (h2load --h1, 50 connections).
+# strace slows both a lot: read the counts, not the rates. Results: docs/benchmarks.md.
+#
+# Usage: gateway/bench/syscalls.sh        REQUESTS=20000 by default
+# Needs nginx, h2load and strace (installed with apt-get when missing).
+set -euo pipefail
+N=${REQUESTS:-20000}
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
+
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v strace >/dev/null || need+=(strace)
+if [ ${#need[@]} -gt 0 ]; then
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+(cd "$repo" && cargo build -q --release -p rustronaut-gateway)
+GW=$CARGO_TARGET_DIR/release/rustronaut-gateway
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+cat >"$work/upstream.conf" <<CONF
+worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err;
+events { worker_connections 8192; }
+http { access_log off;
+  server { listen 127.0.0.1:19101; keepalive_requests 1000000;
+    location = /small { return 200 "hello, world\n"; } } }
+CONF
+# master_process off: one process, so strace sees exactly the worker's calls.
+cat >"$work/proxy.conf" <<CONF
+worker_processes 1; daemon off; master_process off; pid $work/proxy.pid; error_log $work/proxy.err;
+events { worker_connections 8192; }
+http { access_log off;
+  upstream backend { server 127.0.0.1:19101; keepalive 128; }
+  server { listen 127.0.0.1:19102; keepalive_requests 1000000;
+    location / { proxy_pass http://backend; proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_buffering on; } } }
+CONF
+python3 - "$repo/gateway/examples/standalone/snapshot.json" >"$work/snapshot.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+s["listeners"] = [{"name": "http", "port": 19104, "protocol": "HTTP"}]
+s["tenants"][0]["domains"] = ["bench.localhost"]
+r = s["resources"][0]
+r["listeners"] = ["http"]
+r["hostnames"] = ["bench.localhost"]
+r["rules"][0]["upstreams"][0]["kind"]["service"]["addresses"] = ["127.0.0.1:19101"]
+json.dump(s, sys.stdout)
+PY
+TOKEN=$("$repo/gateway/examples/standalone/mint-token.sh" alice dev 86400)
+
+nginx -c "$work/upstream.conf" & pids+=($!)
+strace -f -c -o "$work/nginx.strace" nginx -c "$work/proxy.conf" & nginx_strace=$!
+strace -f -c -o "$work/gateway.strace" "$GW" --snapshot "$work/snapshot.json" \
+	--admin-listen 127.0.0.1:19105 --bind-address 127.0.0.1 --threads 1 >"$work/gateway.log" 2>&1 &
+gw_strace=$!
+pids+=("$nginx_strace" "$gw_strace")
+for _ in $(seq 1 100); do
+	[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19105/readyz)" = 200 ] && break
+	sleep 0.1
+done
+for t in nginx:19102 gateway:19104; do
+	out=$(h2load --h1 -n "$N" -c 50 -t 1 -H ":authority: bench.localhost" \
+		-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${t#*:}/small" 2>&1)
+	if ! grep -q "^status codes: $N 2xx" <<<"$out"; then
+		echo "${t%%:*}: not every request answered 2xx:" >&2
+		echo "$out" >&2
+		exit 1
+	fi
+done
+# Stop the traced processes (not strace), so strace writes its summary and exits.
+kill -QUIT "$(pgrep -P "$nginx_strace")"
+kill -INT "$(pgrep -P "$gw_strace")"
+wait "$nginx_strace" "$gw_strace" 2>/dev/null || true
+
+for t in nginx gateway; do
+	printf '\n%s: system calls per request (%s requests; calls made at least 0.01 times per request)\n' "$t" "$N"
+	awk -v n="$N" '$1 ~ /^[0-9.]+$/ && NF >= 5 {calls = $4; name = $NF
+		if (calls / n >= 0.01) printf "  %-16s %6.2f\n", name, calls / n}' "$work/$t.strace"
+done
