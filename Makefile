@@ -60,7 +60,7 @@ bench-operator: tools ## operator at scale: 50 tenants, 1,000 Resources, 1,000 P
 	  RUSTRONAUT_TOOLS_BIN=$$($(TOOLS) bindir) cargo test --release -p rustronaut-e2e --test scale -- --nocapture
 
 .PHONY: bench-gateway
-bench-gateway: ## gateway HTTP/1.1 req/s vs nginx and HAProxy reverse proxies and direct, same run
+bench-gateway: ## gateway vs nginx, HAProxy and direct, same run: HTTP/1.1 + HTTP/2 req/s, fixed-rate p50/p99, RSS, TCP
 	bash gateway/bench/run.sh
 
 bench: bench-gateway bench-tunnel bench-operator ## every benchmark that compares with a reference (root; installs nginx, haproxy, h2load, iperf3)
