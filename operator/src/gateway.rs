@@ -202,13 +202,38 @@ pub struct Stores {
     pub namespaces: Store<Namespace>,
 }
 
+/// How long one wait on a cache's readiness lasts before it is polled afresh.
+///
+/// Why not simply `Store::wait_until_ready().await`: in kube-runtime 5.0 it polls one
+/// `futures` oneshot receiver shared by every waiter, and that receiver keeps only the waker
+/// of the last task that polled it. When several tasks wait at once (the Tenant pass, the
+/// Resource/Policy status pass, the readiness probe, Gateway reconciles) only the last is
+/// woken when the first list completes; the others sleep forever, and a Tenant or Resource
+/// never gets a status until the operator restarts (seen in `make demo` and in a CI run of
+/// `operator/tests/isolation.rs`, about one start in five). Re-polling bounds a lost wake-up
+/// to this interval, and only while the caches fill.
+pub const READY_POLL: Duration = Duration::from_millis(100);
+
+/// Waits until `store` has completed its first list, robust to many concurrent waiters
+/// (see [`READY_POLL`]).
+pub async fn wait_ready<K>(store: &Store<K>) -> Result<(), reflector::store::WriterDropped>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(r) = tokio::time::timeout(READY_POLL, store.wait_until_ready()).await {
+            return r;
+        }
+    }
+}
+
 impl Stores {
     /// Waits until every store has completed its first list.
     pub async fn ready(&self) -> Result<(), Error> {
         macro_rules! wait {
             ($($f:ident),*) => {$(
-                self.$f
-                    .wait_until_ready()
+                wait_ready(&self.$f)
                     .await
                     .map_err(|_| Error::CacheDropped(stringify!($f)))?;
             )*};
@@ -1531,6 +1556,30 @@ mod tests {
         assert_ne!(labelled, before, "labels select Policies' targets");
         r.metadata.generation = Some(2);
         assert_ne!(fingerprint(&r), labelled, "a spec change");
+    }
+
+    /// Many tasks wait for one cache at once, as the passes and reconciles do at start-up:
+    /// every one of them must see it ready (kube-runtime's own wait wakes only the last).
+    #[tokio::test]
+    async fn every_concurrent_waiter_sees_the_cache_ready() {
+        let (store, mut writer) = reflector::store::<Namespace>();
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { wait_ready(&store).await })
+            })
+            .collect();
+        // Let every waiter register before the first list completes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        for (i, w) in waiters.into_iter().enumerate() {
+            let done = tokio::time::timeout(READY_POLL * 20, w).await;
+            assert!(
+                matches!(done, Ok(Ok(Ok(())))),
+                "waiter {i} never saw the cache ready"
+            );
+        }
     }
 
     #[test]
