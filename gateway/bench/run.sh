@@ -43,33 +43,13 @@ H2_C=${H2_CONNECTIONS:-10}
 H2_M=${H2_STREAMS:-10}
 LATENCY_ONLY=${LATENCY_ONLY:-0}
 H2_ONLY=${H2_ONLY:-0}
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 # 10,000 held connections per server below need the descriptors (HAProxy, at maxconn 9500,
 # fits a 20,000 hard limit: the rest of its 10,000 wait in the listen backlog).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v iperf3 >/dev/null || need+=(iperf3)
-command -v openssl >/dev/null || need+=(openssl)
-if [ ${#need[@]} -gt 0 ]; then
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-(cd "$repo" && cargo build -q --release -p rustronaut-gateway)
-GW=$CARGO_TARGET_DIR/release/rustronaut-gateway
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=gateway/bench/common.sh
+. "$(dirname "$0")/common.sh"
+bench_setup nginx=nginx-light haproxy=haproxy h2load=nghttp2-client iperf3=iperf3 openssl=openssl
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # TCP throughput: iperf3 -> { direct | HAProxy (mode tcp) | gateway TCP listener } -> iperf3 -s

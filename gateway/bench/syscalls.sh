@@ -8,28 +8,9 @@
 # Needs nginx, h2load and strace (installed with apt-get when missing).
 set -euo pipefail
 N=${REQUESTS:-20000}
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
-
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v strace >/dev/null || need+=(strace)
-if [ ${#need[@]} -gt 0 ]; then
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-(cd "$repo" && cargo build -q --release -p rustronaut-gateway)
-GW=$CARGO_TARGET_DIR/release/rustronaut-gateway
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=gateway/bench/common.sh
+. "$(dirname "$0")/common.sh"
+bench_setup nginx=nginx-light h2load=nghttp2-client strace=strace
 
 cat >"$work/upstream.conf" <<CONF
 worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err;

@@ -1,0 +1,29 @@
+# Sourced by the gateway benchmark scripts (run.sh, syscalls.sh): installs the tools they name,
+# builds the release gateway, and gives them a scratch directory and a list of processes that
+# are stopped, with the directory removed, however the script exits.
+#
+#   bench_setup CMD=PACKAGE ...   sets: repo, GW (the gateway binary), work, pids
+# shellcheck shell=bash
+
+bench_setup() {
+	repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+	export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
+	local need=() pair
+	for pair in "$@"; do
+		command -v "${pair%%=*}" >/dev/null || need+=("${pair#*=}")
+	done
+	if [ ${#need[@]} -gt 0 ]; then
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+	fi
+	(cd "$repo" && cargo build -q --release -p rustronaut-gateway)
+	GW=$CARGO_TARGET_DIR/release/rustronaut-gateway
+	work=$(mktemp -d)
+	pids=()
+	trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
