@@ -18,20 +18,17 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use rustronaut_contract::snapshot::UpstreamKind;
 use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
-use rustronaut_operator::context::Context;
-use rustronaut_operator::gateway::GatewayController;
-use rustronaut_operator::gateway::objects::Settings;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::fmt::Debug;
-use std::time::Duration;
 
 mod common;
-use common::{create, eventually, install_crds, operator_client, snapshot};
+use common::{
+    IMAGE, create, eventually, install_crds, operator_client, snapshot, start_controllers,
+};
 
 const CERT: &str = include_str!("../../contract/tests/fixtures/ca.pem");
 const KEY: &str = include_str!("../../contract/tests/fixtures/ec-p256.pem");
-const IMAGE: &str = "example.test/rustronaut/gateway:test";
 
 async fn patch<K>(api: &Api<K>, name: &str, value: Value) -> K
 where
@@ -191,17 +188,8 @@ async fn gateway_lifecycle() {
     // The controller, in-process, as the binary runs it, with exactly the RBAC it ships
     // with: a permission the code needs but the ClusterRole lacks fails this test.
     let operator = operator_client(&client).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = GatewayController::new(
-        Context::new(operator, Some("operator-test".into())),
-        Settings {
-            image: IMAGE.into(),
-        },
-    );
-    let ready = controller.ready_flag();
-    let running = tokio::spawn(controller.run(async move {
-        let _ = stopped.await;
-    }));
+    let controllers = start_controllers(operator, "operator-test");
+    let ready = controllers.ready.clone();
 
     // The snapshot appears, valid, with the Resource, its resolved endpoints, the Policy.
     let first = eventually("the snapshot Secret", || {
@@ -557,11 +545,7 @@ async fn gateway_lifecycle() {
     })
     .await;
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the controller stops on shutdown")
-        .unwrap();
+    controllers.stop().await;
     tenants
         .delete(&tenant_name, &DeleteParams::default())
         .await

@@ -19,13 +19,12 @@ use kube::api::Api;
 use rustronaut_contract::eval::Effect;
 use rustronaut_contract::snapshot::Snapshot;
 use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
-use rustronaut_operator::context::Context;
-use rustronaut_operator::gateway::GatewayController;
-use rustronaut_operator::gateway::objects::Settings;
 use serde_json::{Value, json};
 
 mod common;
-use common::{create, decide, eventually, install_crds, operator_client, snapshot};
+use common::{
+    create, decide, eventually, install_crds, operator_client, snapshot, start_controllers,
+};
 
 /// The policies of the snapshot that select `ns/name`, by `namespace/name`.
 fn policies_on(s: &Snapshot, ns: &str, name: &str) -> Vec<String> {
@@ -114,16 +113,7 @@ async fn one_tenant_cannot_change_what_another_tenants_resource_allows() {
 
     // The controllers, in-process as the binary runs them, under the shipped RBAC.
     let operator = operator_client(&client).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = GatewayController::new(
-        Context::new(operator, Some("operator-isolation-test".into())),
-        Settings {
-            image: "example.test/rustronaut/gateway:test".into(),
-        },
-    );
-    let running = tokio::spawn(controller.run(async move {
-        let _ = stopped.await;
-    }));
+    let controllers = start_controllers(operator, "operator-isolation-test");
 
     // Before: beta's office network is allowed, everyone else denied by default.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &platform);
@@ -231,6 +221,5 @@ async fn one_tenant_cannot_change_what_another_tenants_resource_allows() {
         "names the missing target: {message}"
     );
 
-    let _ = stop.send(());
-    running.await.unwrap();
+    controllers.stop().await;
 }

@@ -9,14 +9,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
 use rustronaut_crds::{Gateway, Tenant};
-use rustronaut_operator::context::Context;
-use rustronaut_operator::gateway::GatewayController;
-use rustronaut_operator::gateway::objects::Settings;
 use serde_json::json;
 use std::time::Duration;
 
 mod common;
-use common::{create, eventually, install_crds, operator_client, snapshot};
+use common::{create, eventually, install_crds, operator_client, snapshot, start_controllers};
 
 /// `(status, reason, message)` of Gateway `name`'s Accepted condition for its generation.
 async fn accepted(api: &Api<Gateway>, name: &str) -> Option<(String, String, String)> {
@@ -73,16 +70,7 @@ async fn gateways_and_sites_beyond_the_tenants_quota_are_not_served() {
     .await;
 
     let operator = operator_client(&client).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = GatewayController::new(
-        Context::new(operator, Some("operator-quota-test".into())),
-        Settings {
-            image: "example.test/rustronaut/gateway:test".into(),
-        },
-    );
-    let running = tokio::spawn(controller.run(async move {
-        let _ = stopped.await;
-    }));
+    let controllers = start_controllers(operator, "operator-quota-test");
 
     // The older Gateway is served, with its first site only.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -155,6 +143,5 @@ async fn gateways_and_sites_beyond_the_tenants_quota_are_not_served() {
     .await;
     assert_eq!(status, "True");
 
-    let _ = stop.send(());
-    running.await.unwrap();
+    controllers.stop().await;
 }

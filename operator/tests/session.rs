@@ -16,15 +16,14 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use rustronaut_contract::snapshot::{SessionKey, Snapshot};
 use rustronaut_crds::{Gateway, Resource as RtnResource, Tenant};
-use rustronaut_operator::context::Context;
-use rustronaut_operator::gateway::GatewayController;
-use rustronaut_operator::gateway::objects::Settings;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 mod common;
-use common::{TEST_MANAGER, create, eventually, install_crds, operator_client, snapshot};
+use common::{
+    TEST_MANAGER, create, eventually, install_crds, operator_client, snapshot, start_controllers,
+};
 
 /// The tenant's signing keys in `snap` as (id, secret) pairs, in order.
 fn keys_of(snap: &Snapshot, tenant: &str) -> Vec<(String, String)> {
@@ -129,16 +128,7 @@ async fn session_keys_lifecycle() {
     .await;
 
     let operator = operator_client(&client).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = GatewayController::new(
-        Context::new(operator, Some("operator-session-test".into())),
-        Settings {
-            image: "example.test/rustronaut/gateway:test".into(),
-        },
-    );
-    let running = tokio::spawn(controller.run(async move {
-        let _ = stopped.await;
-    }));
+    let controllers = start_controllers(operator, "operator-session-test");
 
     // The Secret: owned by the Gateway, the operator's labels, one generated key.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &gw_ns);
@@ -315,11 +305,7 @@ async fn session_keys_lifecycle() {
     })
     .await;
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the controller stops on shutdown")
-        .unwrap();
+    controllers.stop().await;
     gateways
         .delete("edge", &DeleteParams::default())
         .await

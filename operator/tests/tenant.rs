@@ -25,15 +25,14 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use rustronaut_contract::eval::Effect;
 use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
-use rustronaut_operator::context::Context;
-use rustronaut_operator::gateway::GatewayController;
-use rustronaut_operator::gateway::objects::Settings;
 use rustronaut_operator::tenant::{ADMIN_BINDING, NETWORK_POLICY, TENANT_LABEL};
 use serde_json::{Value, json};
 use std::time::Duration;
 
 mod common;
-use common::{create, decide, eventually, install_crds, operator_client, snapshot};
+use common::{
+    create, decide, eventually, install_crds, operator_client, snapshot, start_controllers,
+};
 
 /// `(status, reason, message)` of condition `type_`, when it describes `generation`.
 fn cond(
@@ -202,16 +201,7 @@ async fn tenants_and_object_status() {
 
     // The controllers, in-process as the binary runs them, under the shipped RBAC.
     let operator = operator_client(&client).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = GatewayController::new(
-        Context::new(operator, Some("operator-test".into())),
-        Settings {
-            image: "example.test/rustronaut/gateway:test".into(),
-        },
-    );
-    let running = tokio::spawn(controller.run(async move {
-        let _ = stopped.await;
-    }));
+    let controllers = start_controllers(operator, "operator-test");
 
     // Claims: the older Tenant holds the shared namespace, the younger is told who does.
     let (status, reason, message) = eventually("the younger Tenant's claim conflict", || {
@@ -619,11 +609,7 @@ async fn tenants_and_object_status() {
         "a settled world is not rewritten"
     );
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the controllers stop")
-        .unwrap();
+    controllers.stop().await;
     for t in [&younger, &third] {
         tenants.delete(t, &DeleteParams::default()).await.unwrap();
     }

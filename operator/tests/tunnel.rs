@@ -14,19 +14,16 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use rustronaut_crds::{Gateway, Resource as RtnResource, Tenant};
-use rustronaut_operator::context::Context;
-use rustronaut_operator::gateway::GatewayController;
-use rustronaut_operator::gateway::objects::Settings;
 use rustronaut_tunnel::config::{HubConfig, load_file};
 use rustronaut_tunnel::keys::PrivateKey;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 mod common;
-use common::{create, eventually, install_crds, operator_client, snapshot};
+use common::{
+    IMAGE, create, eventually, install_crds, operator_client, snapshot, start_controllers,
+};
 
-const IMAGE: &str = "example.test/rustronaut/gateway:test";
 /// dc1's connector key (RFC 7748 test vector public key).
 const DC1_KEY: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
 const ARGS: [&str; 4] = [
@@ -133,16 +130,7 @@ async fn tunnel_hub_lifecycle() {
     .await;
 
     let operator = operator_client(&client).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = GatewayController::new(
-        Context::new(operator, Some("operator-tunnel-test".into())),
-        Settings {
-            image: IMAGE.into(),
-        },
-    );
-    let running = tokio::spawn(controller.run(async move {
-        let _ = stopped.await;
-    }));
+    let controllers = start_controllers(operator, "operator-tunnel-test");
 
     // Key material: one key per replica, the keyless site's pair, the token.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &gw_ns);
@@ -559,11 +547,7 @@ async fn tunnel_hub_lifecycle() {
         "the gateway's own stays"
     );
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the controller stops on shutdown")
-        .unwrap();
+    controllers.stop().await;
     gateways
         .delete("edge", &DeleteParams::default())
         .await

@@ -6,10 +6,15 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rustronaut_contract::snapshot::Snapshot;
+use rustronaut_operator::context::Context;
+use rustronaut_operator::gateway::GatewayController;
+use rustronaut_operator::gateway::objects::Settings;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::fmt::Debug;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 /// Field manager of what the tests themselves apply.
@@ -132,4 +137,44 @@ pub fn decide(s: &Snapshot, ns: &str, name: &str, ip: &str) -> rustronaut_contra
         .section("all")
         .http("GET", &path);
     evaluate(&set, &request, std::time::SystemTime::now(), "test").effect
+}
+
+/// The gateway image the tests' controllers write into Deployments.
+pub const IMAGE: &str = "example.test/rustronaut/gateway:test";
+
+/// The operator's controllers (Gateway, Tenant, Resource/Policy status), running in-process
+/// as the binary runs them, under the client `operator` (the shipped RBAC).
+pub struct Controllers {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    /// True once every cache has been filled (what `/readyz` reports).
+    #[allow(dead_code)] // not every test binary asks
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Starts the controllers; `reporter` names them in Events.
+pub fn start_controllers(operator: kube::Client, reporter: &str) -> Controllers {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = GatewayController::new(
+        Context::new(operator, Some(reporter.into())),
+        Settings {
+            image: IMAGE.into(),
+        },
+    );
+    let ready = controller.ready_flag();
+    let task = tokio::spawn(controller.run(async move {
+        let _ = stopped.await;
+    }));
+    Controllers { stop, task, ready }
+}
+
+impl Controllers {
+    /// Asks the controllers to shut down and waits (at most 30 s) until they have.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the controllers stop on shutdown")
+            .unwrap();
+    }
 }
