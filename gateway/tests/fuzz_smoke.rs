@@ -2,63 +2,8 @@
 //! deterministic pseudo-random inputs (random bytes and mutations of realistic and hostile
 //! seeds), so CI exercises them on stable without libFuzzer (`gateway/fuzz/` for that).
 
+use rustronaut_contract::fuzzing::Rng;
 use rustronaut_gateway::fuzzing;
-
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, max: usize) -> Vec<u8> {
-        let len = self.below(max + 1);
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-    /// Flips, inserts, deletes, duplicates or truncates a few bytes of `seed`, biased
-    /// towards the alphabet the seeds use.
-    fn mutate(&mut self, seed: &[u8], alphabet: &[u8]) -> Vec<u8> {
-        let mut v = seed.to_vec();
-        for _ in 0..=self.below(4) {
-            let pick = |r: &mut Rng| {
-                if r.below(4) == 0 {
-                    r.next() as u8
-                } else {
-                    alphabet[r.below(alphabet.len())]
-                }
-            };
-            match self.below(5) {
-                0 if !v.is_empty() => {
-                    let i = self.below(v.len());
-                    v[i] = pick(self);
-                }
-                1 => {
-                    let i = self.below(v.len() + 1);
-                    let b = pick(self);
-                    v.insert(i, b);
-                }
-                2 if !v.is_empty() => {
-                    let i = self.below(v.len());
-                    v.remove(i);
-                }
-                3 if !v.is_empty() => {
-                    let i = self.below(v.len());
-                    let j = i + self.below(v.len() - i);
-                    let chunk = v[i..=j.min(v.len() - 1)].to_vec();
-                    v.splice(i..i, chunk);
-                }
-                _ => v.truncate(self.below(v.len() + 1)),
-            }
-        }
-        v
-    }
-}
 
 const ROUNDS: usize = 4000;
 
