@@ -23,7 +23,7 @@ goline=$(awk '$1=="go"{print $2; exit}' "$mod")
 	echo "godebug $godebug"
 	echo
 	echo "tool ("
-	for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+	for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
 		printf '\tk8s.io/kubernetes/cmd/%s\n' "$c"
 	done
 	echo ")"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds (once) and locates the Go-built tools the tests and the demo need:
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (e2e/tools/k8s wrapper module)
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
+#   kubelet, kube-proxy, and the pause binary (build/pause/linux/pause.c
+#   of the same module, static)                                        (e2e/tools/k8s wrapper module)
+#   kube-router (its firewall is the real node's NetworkPolicy enforcer) (pinned `go install`)
 #   etcd                                                               (e2e/tools/etcd wrapper module)
 #   kwok, helm, wireguard-go, an OIDC provider, h2spec                 (pinned `go install`)
 #
@@ -32,6 +35,8 @@ ZITADEL_OIDC_VERSION=v3.52.0
 # HTTP/2 conformance for the gateway's HTTPS listener (gateway/tests/h2spec.rs). v2.2.1 is the
 # newest release; its module has no go.mod, so the proxy serves it as +incompatible.
 H2SPEC_VERSION=v2.2.1+incompatible
+# NetworkPolicy enforcer of the real node (only its firewall runs; e2e/src/node.rs).
+KUBE_ROUTER_VERSION=v2.1.0
 
 here=$(cd "$(dirname "$0")" && pwd)
 tools_src=$(cd "$here/../tools" && pwd)
@@ -69,7 +74,20 @@ build_k8s() {
 	done
 	(cd "$tools_src/k8s" && go build -trimpath -ldflags "$ldf" -o "$OUT/" \
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+		k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
+	# The pod sandbox ("pause") of the real node: no registry is reachable to pull it, and its
+	# source ships in the module. Static, so its image needs no libraries.
+	local src
+	src="$(cd "$tools_src/k8s" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+	cc -Os -static -Wall -DVERSION="$K8S_VERSION" -o "$OUT/pause" "$src"
+	strip "$OUT/pause"
+}
+
+build_kube_router() {
+	# CGO off like every other tool here: kube-router links no C for its firewall.
+	GOBIN="$OUT" go install -trimpath -ldflags "-s -w" \
+		"github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
 }
 
 build_etcd() {
@@ -123,6 +141,7 @@ build_all() {
 	local wg_dir="$cache/tools/wireguard-go-$WIREGUARD_GO_VERSION"
 	local oidc_dir="$cache/tools/oidc-provider-$ZITADEL_OIDC_VERSION-$(modhash "$tools_src/oidc-provider")"
 	local h2spec_dir="$cache/tools/h2spec-$H2SPEC_VERSION"
+	local router_dir="$cache/tools/kube-router-$KUBE_ROUTER_VERSION"
 	build_into "$etcd_dir" build_etcd
 	build_into "$kwok_dir" build_kwok
 	build_into "$helm_dir" build_helm
@@ -130,14 +149,15 @@ build_all() {
 	build_into "$oidc_dir" build_oidc_provider
 	build_into "$h2spec_dir" build_h2spec
 	build_into "$k8s_dir" build_k8s
+	build_into "$router_dir" build_kube_router
 	# One directory of symlinks per combination of versions, so two clones pinned to different
 	# versions on one machine never see each other's binaries.
-	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" | sha256sum | cut -c1-12)
+	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" | sha256sum | cut -c1-12)
 	local bin="$cache/bin/$key"
 	if [ ! -d "$bin" ]; then
 		mkdir -p "$bin.tmp.$$"
 		local d f
-		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir"; do
+		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir"; do
 			for f in "$d"/*; do ln -sf "$f" "$bin.tmp.$$/$(basename "$f")"; done
 		done
 		mv "$bin.tmp.$$" "$bin" 2>/dev/null || rm -rf "$bin.tmp.$$"
@@ -148,8 +168,8 @@ build_all() {
 case "${1:-build}" in
 build | bindir) build_all ;;
 versions)
-	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\nzitadel-oidc %s\nh2spec %s\n' \
+	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\nzitadel-oidc %s\nh2spec %s\nkube-router %s\n' \
 		"$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$WIREGUARD_GO_VERSION" "$ZITADEL_OIDC_VERSION" \
-		"$H2SPEC_VERSION" ;;
+		"$H2SPEC_VERSION" "$KUBE_ROUTER_VERSION" ;;
 *) echo "usage: $0 [build|bindir|versions]" >&2; exit 2 ;;
 esac
