@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# `make images`: the project's container images, with no registry and no container engine.
+# Builds the binaries (the dev profile by default, the same target directory `make test` and
+# `make demo` use; PROFILE=release for release binaries), then writes one OCI/docker-archive
+# tar per image into <target>/<profile>/images/ (see e2e/src/image.rs) and prints, per image:
+#   <reference> <tar file> <manifest digest> <layer MiB>
+# Load them with `ctr -n k8s.io images import FILE`, `docker load -i FILE` or `podman load -i FILE`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+target=${CARGO_TARGET_DIR:-target}
+profile=${PROFILE:-dev}
+dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
+cargo build -q --profile "$profile" -p rustronaut-operator -p rustronaut-gateway -p rustronaut-tunnel --bins
+cargo build -q -p rustronaut-e2e --bins
+"$target/debug/rustronaut-image" build --bin-dir "$target/$dir" --out "$target/$dir/images" \
+	--repository "${IMAGE_REPOSITORY:-localhost/rustronaut}" --tag "${IMAGE_TAG:-dev}"
