@@ -3,7 +3,7 @@
 # missing, so it is quick on a machine that has them. Run as root (CI and the dev machines are).
 set -euo pipefail
 
-# command -> Debian package
+# command (or file) -> Debian package
 declare -A want=(
 	[cmake]=cmake           # pingora's zlib-ng build
 	[cc]=build-essential
@@ -11,10 +11,25 @@ declare -A want=(
 	[ip]=iproute2           # network namespaces for tunnel tests
 	[curl]=curl
 	[openssl]=openssl
+	# The real node of the test ground (e2e/src/node.rs) and the images (e2e/src/image.rs).
+	[containerd]=containerd
+	[runc]=runc
+	[/usr/lib/cni/bridge]=containernetworking-plugins
+	[iptables]=iptables
+	[nft]=nftables          # to delete the iptables-nft tables the node created
+	[conntrack]=conntrack
+	[ipset]=ipset
+	[/bin/busybox]=busybox-static   # the test workloads' image (static)
+	[/etc/ssl/certs/ca-certificates.crt]=ca-certificates
+	[strip]=binutils
 )
 missing=()
 for cmd in "${!want[@]}"; do
-	command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
+	if [[ $cmd == /* ]]; then
+		[ -e "$cmd" ] || missing+=("${want[$cmd]}")
+	else
+		command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
+	fi
 done
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "installing: ${missing[*]}"

@@ -6,8 +6,13 @@
 //!                ▲
 //!                ├── kube-controller-manager  (Deployments → ReplicaSets → Pods, GC, SA tokens, CSRs)
 //!                ├── kube-scheduler           (binds Pods to nodes)
-//!                └── kwok                     (fake Nodes that turn Ready; bound Pods turn Running)
+//!                ├── kwok                     (fake Nodes that turn Ready; bound Pods turn Running)
+//!                └── with `real_node`: containerd, kubelet, kube-proxy, kube-router (see [`crate::node`])
 //! ```
+//!
+//! With a real node the apiserver listens on the node's address ([`node::NODE_IP`]) instead of
+//! 127.0.0.1, so pods reach it through the `kubernetes` Service, and kwok only manages the fake
+//! nodes, which are then tainted so that ordinary pods run for real.
 //!
 //! Everything lives in `dir`: `pki/`, `etcd/`, `logs/<component>.log`, and `kubeconfig`
 //! (admin, client certificate). [`ControlPlane::start`] returns only when the apiserver is
@@ -21,6 +26,8 @@
 //! binary, whose main thread owns the children for their whole life (the parent-death signal
 //! is tied to the thread that spawned the child).
 
+use crate::image;
+use crate::node::{self, HostState, NodeLock};
 use crate::pki::{self, Pki};
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -32,8 +39,8 @@ use std::time::{Duration, Instant};
 /// a loaded 2-core machine needs 10-20 s; the margin covers CI noise.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Pod IP range kwok hands out; disjoint from the service range so addresses never collide.
-const POD_CIDR: &str = "10.244.0.0/16";
+/// How long a second real node waits for the first one to go away.
+const NODE_LOCK_WAIT: Duration = Duration::from_secs(900);
 /// Service IP range of the apiserver.
 const SERVICE_CIDR: &str = "10.0.0.0/24";
 
@@ -102,6 +109,12 @@ pub enum ControlPlaneError {
     /// No free port could be found on loopback.
     #[error("no free loopback port: {0}")]
     NoPort(std::io::Error),
+    /// The real node could not be set up.
+    #[error(transparent)]
+    Node(#[from] node::NodeError),
+    /// An image could not be built.
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
 }
 
 /// What to start.
@@ -114,6 +127,13 @@ pub struct Config {
     pub dir: PathBuf,
     /// Number of fake kwok nodes.
     pub nodes: usize,
+    /// Also run a real node (root only; one per machine).
+    pub real_node: bool,
+    /// Image tar files to import into the real node's containerd (every `*.tar` here).
+    pub images_dir: Option<PathBuf>,
+    /// Program to start, detached, as `<reaper> reap --pid <this process>`: it cleans up the
+    /// real node if this process dies without doing so (SIGKILL, OOM).
+    pub reaper: Option<PathBuf>,
 }
 
 struct Component {
@@ -129,6 +149,8 @@ pub struct ControlPlane {
     bin_dir: PathBuf,
     kubeconfig: PathBuf,
     apiserver_port: u16,
+    /// The real node's host state (what to restore) and the machine-wide lock.
+    node: Option<(HostState, NodeLock)>,
 }
 
 impl ControlPlane {
@@ -161,8 +183,21 @@ impl ControlPlane {
         let ports = free_ports(6)?;
         let (etcd_client, etcd_peer, api, kcm_port, sched_port, kwok_port) =
             (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]);
+        // With a real node, pods reach the apiserver on the node's address.
+        let api_host = if cfg.real_node {
+            node::NODE_IP
+        } else {
+            "127.0.0.1"
+        };
         let kubeconfig = cfg.dir.join("kubeconfig");
-        write_file(&kubeconfig, &kubeconfig_json(&pki, api))?;
+        write_file(
+            &kubeconfig,
+            &kubeconfig_for(
+                &pki.ca_pem,
+                &format!("https://{api_host}:{api}"),
+                (&pki.admin_cert_pem, &pki.admin_key_pem),
+            ),
+        )?;
 
         let mut cp = ControlPlane {
             components: Vec::new(),
@@ -170,7 +205,11 @@ impl ControlPlane {
             bin_dir: cfg.bin_dir.clone(),
             kubeconfig: kubeconfig.clone(),
             apiserver_port: api,
+            node: None,
         };
+        if cfg.real_node {
+            cp.prepare_node(cfg)?;
+        }
 
         let etcd_url = format!("http://127.0.0.1:{etcd_client}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
@@ -201,6 +240,20 @@ impl ControlPlane {
         })?;
 
         let cert_dir = cfg.dir.join("apiserver");
+        let mut node_args = Vec::new();
+        if cfg.real_node {
+            // The `kubernetes` Service's endpoint is this address (lease reconciler), and the
+            // apiserver authenticates to the kubelet (logs, exec) as the admin.
+            node_args.extend([
+                format!("--kubelet-client-certificate={}", pki.admin_cert.display()),
+                format!("--kubelet-client-key={}", pki.admin_key.display()),
+                "--kubelet-preferred-address-types=InternalIP".into(),
+            ]);
+        } else {
+            // No Pod serves the `kubernetes` Service here and a loopback address may not be
+            // an Endpoint, so the reconciler would only log errors.
+            node_args.push("--endpoint-reconciler-type=none".into());
+        }
         cp.spawn(
             "kube-apiserver",
             &apiserver,
@@ -208,8 +261,8 @@ impl ControlPlane {
                 format!("--etcd-servers={etcd_url}"),
                 format!("--cert-dir={}", cert_dir.display()),
                 format!("--secure-port={api}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
+                format!("--bind-address={api_host}"),
+                format!("--advertise-address={api_host}"),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--allow-privileged=true".into(),
                 "--authorization-mode=Node,RBAC".into(),
@@ -222,11 +275,11 @@ impl ControlPlane {
                     "--service-account-signing-key-file={}",
                     pki.sa_key.display()
                 ),
-                // No Pod serves the `kubernetes` Service here and a loopback address may not be
-                // an Endpoint, so the reconciler would only log errors.
-                "--endpoint-reconciler-type=none".into(),
                 "--profiling=false".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(node_args)
+            .collect::<Vec<_>>(),
         )?;
         cp.wait("kube-apiserver /readyz", || {
             cp.kubectl_output(&["get", "--raw", "/readyz"])
@@ -274,19 +327,28 @@ impl ControlPlane {
             &[
                 format!("--kubeconfig={kc}"),
                 format!("--config={}", stages.display()),
-                "--manage-all-nodes=true".into(),
-                format!("--cidr={POD_CIDR}"),
-                "--node-ip=10.244.0.1".into(),
+                // Only the fake nodes: a real node beside them is the kubelet's.
+                "--manage-all-nodes=false".into(),
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
+                format!("--cidr={}", node::FAKE_POD_CIDR),
+                "--node-ip=10.245.0.1".into(),
                 "--node-lease-duration-seconds=40".into(),
                 format!("--server-address=127.0.0.1:{kwok_port}"),
             ],
         )?;
 
-        cp.kubectl_stdin(&["apply", "-f", "-"], &nodes_manifest(cfg.nodes))
-            .map_err(|last| ControlPlaneError::Timeout {
-                what: "the fake nodes to be created",
-                last,
-            })?;
+        cp.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &nodes_manifest(cfg.nodes, cfg.real_node),
+        )
+        .map_err(|last| ControlPlaneError::Timeout {
+            what: "the fake nodes to be created",
+            last,
+        })?;
+        if cfg.real_node {
+            cp.start_node(cfg, &pki, api)?;
+        }
+        let want_nodes = cfg.nodes + usize::from(cfg.real_node);
         cp.wait("every node to be Ready", || {
             let out = cp.kubectl_output(&[
                 "get",
@@ -295,10 +357,10 @@ impl ControlPlane {
                 "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
             ])?;
             let ready = out.lines().filter(|l| l.trim() == "True").count();
-            if ready == cfg.nodes {
+            if ready == want_nodes {
                 Ok(())
             } else {
-                Err(format!("{ready}/{} nodes Ready", cfg.nodes))
+                Err(format!("{ready}/{want_nodes} nodes Ready"))
             }
         })?;
         cp.wait("the default ServiceAccount", || {
@@ -346,14 +408,220 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Stops every component, newest first: SIGTERM, then SIGKILL after a grace period.
+    /// Whether a real node runs.
+    pub fn has_real_node(&self) -> bool {
+        self.node.is_some()
+    }
+
+    /// Stops every component, newest first: SIGTERM, then SIGKILL after a grace period; then
+    /// leaves the host as the real node found it (see [`node::cleanup`]).
     pub fn stop(&mut self) {
         while let Some(mut c) = self.components.pop() {
             terminate(&mut c.child, Duration::from_secs(5));
         }
+        if let Some((state, lock)) = self.node.take() {
+            for problem in node::cleanup(&state) {
+                eprintln!("rustronaut-cluster: node cleanup: {problem}");
+            }
+            drop(lock);
+        }
     }
 
-    fn spawn(
+    /// Takes the machine-wide node lock, cleans up after a node that died without doing so,
+    /// saves the host state and gives the node its address (before the apiserver binds it).
+    fn prepare_node(&mut self, cfg: &Config) -> Result<(), ControlPlaneError> {
+        node::preflight(&cfg.bin_dir)?;
+        let lock = NodeLock::acquire(NODE_LOCK_WAIT)?;
+        if let Some(old) = HostState::load() {
+            eprintln!(
+                "rustronaut-cluster: cleaning up after a real node that did not stop (pid {}, {})",
+                old.owner_pid,
+                old.node_dir.display()
+            );
+            for problem in node::cleanup(&old) {
+                eprintln!("rustronaut-cluster: node cleanup: {problem}");
+            }
+        }
+        let node_dir = cfg.dir.join("node");
+        mkdir(&node_dir)?;
+        let state = match node::prepare_host(&node_dir) {
+            Ok(state) => state,
+            Err(e) => {
+                // Undo the part that was done; the state file was written first.
+                if let Some(partial) = HostState::load() {
+                    node::cleanup(&partial);
+                }
+                return Err(e.into());
+            }
+        };
+        self.node = Some((state, lock));
+        if let Some(reaper) = &cfg.reaper {
+            spawn_reaper(reaper, &self.dir.join("logs").join("reaper.log"))?;
+        }
+        Ok(())
+    }
+
+    /// Starts containerd (and imports the images), the kubelet, kube-proxy and kube-router,
+    /// then waits for the node to be Ready and the NetworkPolicy chains to exist.
+    fn start_node(&mut self, cfg: &Config, pki: &Pki, api: u16) -> Result<(), ControlPlaneError> {
+        let nd = cfg.dir.join("node");
+        for sub in ["containerd", "cni/net.d", "kubelet/pki", "pki", "images"] {
+            mkdir(&nd.join(sub))?;
+        }
+        let server = format!("https://{}:{api}", node::NODE_IP);
+        let kubelet_kc = nd.join("pki/kubelet.kubeconfig");
+        let proxy_kc = nd.join("pki/kube-proxy.kubeconfig");
+        write_file(
+            &kubelet_kc,
+            &kubeconfig_for(
+                &pki.ca_pem,
+                &server,
+                (&pki.kubelet_pem.0, &pki.kubelet_pem.1),
+            ),
+        )?;
+        write_file(
+            &proxy_kc,
+            &kubeconfig_for(&pki.ca_pem, &server, (&pki.proxy_pem.0, &pki.proxy_pem.1)),
+        )?;
+
+        // The sandbox image, from the pause.c that ships in the k8s.io/kubernetes module.
+        let pause = image::build(
+            &image::PAUSE,
+            &image::BuildOptions {
+                bin_dir: cfg.bin_dir.clone(),
+                out_dir: nd.join("images"),
+                repository: image::DEFAULT_REPOSITORY.into(),
+                tag: image::DEFAULT_TAG.into(),
+                revision: "kubernetes build/pause".into(),
+                version: "local".into(),
+                source: "https://github.com/kubernetes/kubernetes/tree/master/build/pause".into(),
+                strip: false,
+            },
+        )?;
+        let containerd_cfg = nd.join("containerd/config.toml");
+        write_file(
+            &containerd_cfg,
+            &node::containerd_config(&nd, &pause.reference),
+        )?;
+        write_file(
+            &nd.join("cni/net.d/10-rtn-pods.conflist"),
+            &node::cni_config(),
+        )?;
+        let containerd = node::which("containerd").ok_or_else(|| {
+            node::NodeError::Missing("containerd".into(), "apt-get install containerd".into())
+        })?;
+        self.spawn(
+            "containerd",
+            &containerd,
+            &["--config".into(), containerd_cfg.display().to_string()],
+        )?;
+        let sock = format!("{}/containerd/containerd.sock", node::RUN_DIR);
+        self.wait("containerd to answer", || {
+            node::run("ctr", &["--address", &sock, "version"])
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })?;
+        let mut tars = vec![pause.path.clone()];
+        if let Some(dir) = &cfg.images_dir {
+            let mut more: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|source| ControlPlaneError::Io {
+                    action: "read",
+                    path: dir.clone(),
+                    source,
+                })?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+                .collect();
+            more.sort();
+            tars.extend(more);
+        }
+        for tar in &tars {
+            let path = tar.display().to_string();
+            node::run(
+                "ctr",
+                &[
+                    "--address",
+                    &sock,
+                    "-n",
+                    "k8s.io",
+                    "images",
+                    "import",
+                    &path,
+                ],
+            )?;
+        }
+
+        let kubelet_cfg = nd.join("kubelet-config.yaml");
+        write_file(&kubelet_cfg, &node::kubelet_config(&nd, &pki.ca_cert))?;
+        let kubelet = self.bin_dir.join("kubelet");
+        self.spawn(
+            "kubelet",
+            &kubelet,
+            &[
+                format!("--config={}", kubelet_cfg.display()),
+                format!("--kubeconfig={}", kubelet_kc.display()),
+                format!("--hostname-override={}", node::NODE_NAME),
+                format!("--node-ip={}", node::NODE_IP),
+                format!("--root-dir={}", nd.join("kubelet").display()),
+                format!("--cert-dir={}", nd.join("kubelet/pki").display()),
+                format!("--node-labels={}=true", node::REAL_NODE_LABEL),
+                "--v=1".into(),
+            ],
+        )?;
+        let proxy_cfg = nd.join("kube-proxy.yaml");
+        write_file(&proxy_cfg, &node::kube_proxy_config(&proxy_kc))?;
+        let proxy = self.bin_dir.join("kube-proxy");
+        self.spawn(
+            "kube-proxy",
+            &proxy,
+            &[format!("--config={}", proxy_cfg.display()), "--v=1".into()],
+        )?;
+        self.wait("the real node to be Ready", || {
+            self.kubectl_output(&[
+                "get",
+                "node",
+                node::NODE_NAME,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+            .and_then(|s| {
+                if s.trim() == "True" {
+                    Ok(())
+                } else {
+                    Err(format!("Ready={s}"))
+                }
+            })
+        })?;
+        // kube-router finds its node by name: start it once the kubelet registered it.
+        let router = self.bin_dir.join("kube-router");
+        self.spawn(
+            "kube-router",
+            &router,
+            &[
+                format!("--kubeconfig={}", self.kubeconfig.display()),
+                format!("--hostname-override={}", node::NODE_NAME),
+                "--run-router=false".into(),
+                "--run-service-proxy=false".into(),
+                "--run-firewall=true".into(),
+                "--enable-cni=false".into(),
+                "--health-port=0".into(),
+                "--metrics-port=0".into(),
+                format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            ],
+        )?;
+        self.wait("kube-router's NetworkPolicy chains", || {
+            let rules = node::run("iptables-save", &["-t", "filter"]).map_err(|e| e.to_string())?;
+            if rules.contains("KUBE-ROUTER-") {
+                Ok(())
+            } else {
+                Err("no KUBE-ROUTER chain yet".into())
+            }
+        })?;
+        Ok(())
+    }
+
+    pub(crate) fn spawn(
         &mut self,
         name: &'static str,
         bin: &Path,
@@ -480,6 +748,41 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Starts `<reaper> reap --pid <us>` in a session of its own, neither a child that dies with
+/// us nor one that shares our terminal's signals: it cleans up the real node if we cannot.
+#[allow(unsafe_code)]
+fn spawn_reaper(reaper: &Path, log: &Path) -> Result<(), ControlPlaneError> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::File::create(log).map_err(|source| ControlPlaneError::Io {
+        action: "create",
+        path: log.to_path_buf(),
+        source,
+    })?;
+    let err = out.try_clone().map_err(|source| ControlPlaneError::Io {
+        action: "clone handle of",
+        path: log.to_path_buf(),
+        source,
+    })?;
+    let mut cmd = Command::new(reaper);
+    cmd.args(["reap", "--pid", &std::process::id().to_string()])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: setsid(2) in the forked child before exec; async-signal-safe, no allocation.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|source| ControlPlaneError::Spawn {
+            name: "reaper",
+            source,
+        })
+        .map(drop)
+}
+
 fn terminate(child: &mut Child, grace: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
@@ -580,21 +883,30 @@ pub fn tail(path: &Path, n: usize) -> String {
     })
 }
 
-/// The admin kubeconfig: client-certificate user in system:masters, CA data embedded, so the
-/// file works on its own (kubectl, kube-rs, helm).
+/// The admin kubeconfig on 127.0.0.1: client-certificate user in system:masters, CA data
+/// embedded, so the file works on its own (kubectl, kube-rs, helm).
 pub fn kubeconfig_json(pki: &Pki, port: u16) -> String {
+    kubeconfig_for(
+        &pki.ca_pem,
+        &format!("https://127.0.0.1:{port}"),
+        (&pki.admin_cert_pem, &pki.admin_key_pem),
+    )
+}
+
+/// A kubeconfig for `server` with a client certificate (PEM certificate, PEM key).
+pub fn kubeconfig_for(ca_pem: &str, server: &str, (cert, key): (&str, &str)) -> String {
     use base64::Engine as _;
     let b64 = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
     let doc = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "rustronaut-e2e", "cluster": {
-            "server": format!("https://127.0.0.1:{port}"),
-            "certificate-authority-data": b64(pki.ca_pem.as_bytes()),
+            "server": server,
+            "certificate-authority-data": b64(ca_pem.as_bytes()),
         }}],
         "users": [{"name": "admin", "user": {
-            "client-certificate-data": b64(pki.admin_cert_pem.as_bytes()),
-            "client-key-data": b64(pki.admin_key_pem.as_bytes()),
+            "client-certificate-data": b64(cert.as_bytes()),
+            "client-key-data": b64(key.as_bytes()),
         }}],
         "contexts": [{"name": "rustronaut-e2e", "context": {"cluster": "rustronaut-e2e", "user": "admin"}}],
         "current-context": "rustronaut-e2e",
@@ -602,10 +914,12 @@ pub fn kubeconfig_json(pki: &Pki, port: u16) -> String {
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
 
-/// Fake nodes for kwok. No taint: the kwok docs' `kwok.x-k8s.io/node=fake:NoSchedule` would
-/// keep every Pod without a matching toleration Pending, and the operator's generated
-/// Deployments must schedule unchanged, as they would on a real cluster.
-pub fn nodes_manifest(n: usize) -> String {
+/// Fake nodes for kwok. Without a real node they carry no taint: the kwok docs'
+/// `kwok.x-k8s.io/node=fake:NoSchedule` would keep every Pod without a matching toleration
+/// Pending, and the operator's generated Deployments must schedule unchanged, as they would on
+/// a real cluster. Beside a real node they carry that taint, so ordinary pods run for real and
+/// only pods that tolerate it (scale tests) land on fake nodes.
+pub fn nodes_manifest(n: usize, tainted: bool) -> String {
     let items: Vec<_> = (0..n)
         .map(|i| {
             serde_json::json!({
@@ -623,6 +937,11 @@ pub fn nodes_manifest(n: usize) -> String {
                         "topology.kubernetes.io/zone": format!("zone-{}", i % 3),
                     },
                 },
+                "spec": if tainted {
+                    serde_json::json!({"taints": [{"key": node::FAKE_NODE_TAINT, "value": "fake", "effect": "NoSchedule"}]})
+                } else {
+                    serde_json::json!({})
+                },
                 "status": {
                     "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
                     "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
@@ -639,7 +958,7 @@ mod tests {
 
     #[test]
     fn nodes_have_no_taint_and_distinct_names() {
-        let v: serde_json::Value = serde_json::from_str(&nodes_manifest(3)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&nodes_manifest(3, false)).unwrap();
         let items = v["items"].as_array().unwrap();
         assert_eq!(items.len(), 3);
         let names: std::collections::BTreeSet<_> = items
@@ -648,6 +967,8 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 3);
         assert!(items.iter().all(|n| n["spec"]["taints"].is_null()));
+        let v: serde_json::Value = serde_json::from_str(&nodes_manifest(1, true)).unwrap();
+        assert_eq!(v["items"][0]["spec"]["taints"][0]["effect"], "NoSchedule");
     }
 
     #[test]

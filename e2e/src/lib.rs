@@ -2,16 +2,22 @@
 //! modules (see `e2e/scripts/tools.sh`), for every test that talks to Kubernetes.
 //!
 //! - [`controlplane`]: starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
-//!   kwok as child processes (used by the `rustronaut-cluster` binary).
+//!   kwok as child processes (used by the `rustronaut-cluster` binary), and with a real node
+//!   ([`node`]) containerd, the kubelet, kube-proxy and kube-router.
+//! - [`image`]: the project's container images, built without a registry or container engine
+//!   (the `rustronaut-image` binary).
 //! - [`shared`] / [`client`]: what a test uses. The first call in a test binary starts one
 //!   cluster through `rustronaut-cluster up --watch-stdin`, shared by every test of that binary;
 //!   the cluster goes away when the test binary exits, however it exits, because the
-//!   supervisor's standard input closes.
+//!   supervisor's standard input closes. [`shared_real_node`] is the same with a real node and
+//!   the project's images imported: for tests whose pods must really run.
 //! - With `E2E_USE_EXISTING_CLUSTER=1`, tests run against the cluster of `$KUBECONFIG` instead.
 //!
 //! Tests share a cluster, so each works in namespaces of its own ([`namespace`]).
 
 pub mod controlplane;
+pub mod image;
+pub mod node;
 pub mod pki;
 pub mod scenario;
 
@@ -122,10 +128,58 @@ static SHARED: OnceLock<Result<TestCluster, String>> = OnceLock::new();
 /// The cluster of this test binary, started on first use. Panics with the reason (and the
 /// failing component's log) if it cannot start.
 pub fn shared() -> &'static TestCluster {
-    match SHARED.get_or_init(start_shared) {
+    match SHARED.get_or_init(|| start_shared(false)) {
         Ok(c) => c,
         Err(e) => panic!("test cluster unavailable: {e}"),
     }
+}
+
+/// The cluster of this test binary with a real node (containerd, kubelet, kube-proxy,
+/// kube-router) and the project's images imported; started on first use. A test binary uses
+/// either this or [`shared`], never both (one supervisor per binary). Needs root.
+pub fn shared_real_node() -> &'static TestCluster {
+    match SHARED.get_or_init(|| start_shared(true)) {
+        Ok(c) => c,
+        Err(e) => panic!("test cluster with a real node unavailable: {e}"),
+    }
+}
+
+/// Reference of one of the project's images as the real node knows it
+/// (`localhost/rustronaut/<name>:dev`).
+pub fn image_ref(name: &str) -> String {
+    format!(
+        "{}/{name}:{}",
+        image::DEFAULT_REPOSITORY,
+        image::DEFAULT_TAG
+    )
+}
+
+/// Builds the project's images from the binaries next to the running test binary
+/// (`target/<profile>`, where `cargo build --bins` put them) into `target/<profile>/images`.
+pub fn build_images() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin_dir = exe
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .find(|d| d.join("rustronaut-operator").is_file())
+        .ok_or("the project's binaries are not built next to this test: run `cargo build --workspace --bins` (make test does)")?
+        .to_path_buf();
+    let out_dir = bin_dir.join("images");
+    let opts = image::BuildOptions {
+        bin_dir,
+        out_dir: out_dir.clone(),
+        repository: image::DEFAULT_REPOSITORY.into(),
+        tag: image::DEFAULT_TAG.into(),
+        revision: "test".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        source: "https://github.com/rustronaut/rustronaut".into(),
+        strip: true,
+    };
+    for spec in image::IMAGES {
+        image::build(spec, &opts).map_err(|e| format!("building image {}: {e}", spec.name))?;
+    }
+    Ok(out_dir)
 }
 
 /// A client for the shared cluster.
@@ -182,7 +236,7 @@ pub fn random_suffix() -> String {
         .collect()
 }
 
-fn start_shared() -> Result<TestCluster, String> {
+fn start_shared(real_node: bool) -> Result<TestCluster, String> {
     if std::env::var(USE_EXISTING_ENV).as_deref() == Ok("1") {
         let kubeconfig = std::env::var_os("KUBECONFIG")
             .map(PathBuf::from)
@@ -203,9 +257,13 @@ fn start_shared() -> Result<TestCluster, String> {
 
     let bin_dir = build_tools()?;
     let supervisor = cluster_binary()?;
-    let mut child = Command::new(&supervisor)
-        .args(["up", "--watch-stdin", "--bin-dir"])
-        .arg(&bin_dir)
+    let mut cmd = Command::new(&supervisor);
+    cmd.args(["up", "--watch-stdin", "--bin-dir"]).arg(&bin_dir);
+    if real_node {
+        cmd.args(["--real-node", "--nodes", "1", "--images"])
+            .arg(build_images()?);
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

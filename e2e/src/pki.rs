@@ -1,8 +1,12 @@
 //! The certificates and keys a throwaway control plane needs, generated fresh for every cluster.
 //!
 //! ```text
-//!   ca  ──signs──> apiserver serving cert (127.0.0.1, localhost, kubernetes.default.svc, 10.0.0.1)
-//!       ──signs──> admin client cert (O=system:masters: what kubeconfig users authenticate with)
+//!   ca  ──signs──> apiserver serving cert (127.0.0.1, the real node's 172.30.0.1, localhost,
+//!                  kubernetes.default.svc, 10.0.0.1)
+//!       ──signs──> admin client cert (O=system:masters: what kubeconfig users authenticate with;
+//!                  also the apiserver's client certificate towards the kubelet)
+//!       ──signs──> kubelet client cert (CN=system:node:rtn-node, O=system:nodes) and kube-proxy
+//!                  client cert (CN=system:kube-proxy), used only when a real node runs
 //!   sa.key / sa.pub: ECDSA P-256 pair that signs and verifies ServiceAccount tokens
 //! ```
 //!
@@ -57,6 +61,34 @@ pub struct Pki {
     pub admin_cert_pem: String,
     /// Admin client key PEM.
     pub admin_key_pem: String,
+    /// Admin client certificate (PEM file), for the apiserver's calls to the kubelet.
+    pub admin_cert: PathBuf,
+    /// Admin client key (PEM file).
+    pub admin_key: PathBuf,
+    /// The real node's kubelet client pair (PEM certificate, PEM key).
+    pub kubelet_pem: (String, String),
+    /// kube-proxy's client pair (PEM certificate, PEM key).
+    pub proxy_pem: (String, String),
+}
+
+/// A client certificate signed by the CA for `cn` in `org`.
+fn client_pair(
+    issuer: &Issuer<'_, KeyPair>,
+    cn: &str,
+    org: Option<&str>,
+    what: &'static str,
+) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate().map_err(generate_err(what))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    if let Some(org) = org {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, org);
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, issuer).map_err(generate_err(what))?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 fn generate_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
@@ -86,6 +118,7 @@ pub fn generate(dir: &Path) -> Result<Pki, PkiError> {
     let serving_key = KeyPair::generate().map_err(generate_err("serving key"))?;
     let mut serving = CertificateParams::new(vec![
         "127.0.0.1".to_string(),
+        crate::node::NODE_IP.to_string(),
         "localhost".to_string(),
         "kubernetes".to_string(),
         "kubernetes.default".to_string(),
@@ -117,6 +150,18 @@ pub fn generate(dir: &Path) -> Result<Pki, PkiError> {
         .map_err(generate_err("admin certificate"))?;
 
     let sa = KeyPair::generate().map_err(generate_err("service-account key"))?;
+    let kubelet_pem = client_pair(
+        &issuer,
+        &format!("system:node:{}", crate::node::NODE_NAME),
+        Some("system:nodes"),
+        "kubelet client certificate",
+    )?;
+    let proxy_pem = client_pair(
+        &issuer,
+        "system:kube-proxy",
+        None,
+        "kube-proxy client certificate",
+    )?;
 
     let pki = Pki {
         ca_cert: dir.join("ca.crt"),
@@ -128,7 +173,13 @@ pub fn generate(dir: &Path) -> Result<Pki, PkiError> {
         ca_pem: ca_cert.pem(),
         admin_cert_pem: admin_cert.pem(),
         admin_key_pem: admin_key.serialize_pem(),
+        admin_cert: dir.join("admin.crt"),
+        admin_key: dir.join("admin.key"),
+        kubelet_pem,
+        proxy_pem,
     };
+    write(&pki.admin_cert, &pki.admin_cert_pem, 0o644)?;
+    write(&pki.admin_key, &pki.admin_key_pem, 0o600)?;
     write(&pki.ca_cert, &pki.ca_pem, 0o644)?;
     write(&pki.ca_key, &ca_key_pem, 0o600)?;
     write(&pki.serving_cert, &serving_cert.pem(), 0o644)?;

@@ -4,10 +4,15 @@
 //! when they are killed.
 //!
 //! ```text
-//! rustronaut-cluster up [--dir D] [--nodes N] [--watch-stdin] [--keep]
+//! rustronaut-cluster up [--dir D] [--nodes N] [--real-node [--images DIR]] [--watch-stdin] [--keep]
 //!     prints `KUBECONFIG=<path>` on stdout once the cluster can run Pods
 //! rustronaut-cluster down --dir D
 //!     stops the supervisor whose pid is in D/supervisor.pid and waits for it
+//! rustronaut-cluster reap --pid P
+//!     (started by `up --real-node`) waits for P to exit, then undoes whatever of the real node
+//!     P left behind: the crash path of the "leave the host as it was" rule
+//! rustronaut-cluster cleanup
+//!     undoes a real node left behind now (same code as reap), e.g. after a machine restart
 //! ```
 
 use anyhow::{Context, Result, bail};
@@ -40,6 +45,13 @@ enum Cmd {
         /// Number of fake kwok nodes.
         #[arg(long, default_value_t = 2)]
         nodes: usize,
+        /// Also run a real node: containerd, kubelet, kube-proxy and a NetworkPolicy enforcer
+        /// (root; one per machine).
+        #[arg(long)]
+        real_node: bool,
+        /// Image tar files to import into the real node (`rustronaut-image build` output).
+        #[arg(long, requires = "real_node")]
+        images: Option<PathBuf>,
         /// Directory with the Go-built binaries. Default: what e2e/scripts/tools.sh builds.
         #[arg(long, env = rustronaut_e2e::TOOLS_BIN_ENV)]
         bin_dir: Option<PathBuf>,
@@ -56,6 +68,14 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Wait for a supervisor to exit, then clean up the real node it left behind.
+    Reap {
+        /// The supervisor's process id.
+        #[arg(long)]
+        pid: u32,
+    },
+    /// Clean up a real node that was left behind.
+    Cleanup,
 }
 
 fn main() -> Result<()> {
@@ -63,17 +83,81 @@ fn main() -> Result<()> {
         Cmd::Up {
             dir,
             nodes,
+            real_node,
+            images,
             bin_dir,
             watch_stdin,
             keep,
-        } => up(dir, nodes, bin_dir, watch_stdin, keep),
+        } => up(
+            dir,
+            Nodes {
+                fake: nodes,
+                real: real_node,
+                images,
+            },
+            bin_dir,
+            watch_stdin,
+            keep,
+        ),
         Cmd::Down { dir } => down(dir),
+        Cmd::Reap { pid } => reap(pid),
+        Cmd::Cleanup => cleanup_now(),
     }
+}
+
+/// Which nodes to run.
+struct Nodes {
+    fake: usize,
+    real: bool,
+    images: Option<PathBuf>,
+}
+
+/// Waits for `pid` to exit, then cleans up the real node if `pid` still owns it (a supervisor
+/// that stopped normally removed the state file already).
+fn reap(pid: u32) -> Result<()> {
+    use rustronaut_e2e::node::{HostState, NodeLock, cleanup};
+    while pid_alive(&pid.to_string()) {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _lock = NodeLock::acquire(Duration::from_secs(120))?;
+    match HostState::load() {
+        Some(state) if state.owner_pid == pid => {
+            eprintln!(
+                "rustronaut-cluster reap: supervisor {pid} died without cleaning up; cleaning up"
+            );
+            for problem in cleanup(&state) {
+                eprintln!("rustronaut-cluster reap: {problem}");
+            }
+            let _ = std::fs::remove_dir_all(&state.node_dir);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn cleanup_now() -> Result<()> {
+    use rustronaut_e2e::node::{HostState, NodeLock, cleanup};
+    let _lock = NodeLock::acquire(Duration::from_secs(5))
+        .context("a real node is running: stop it with `make cluster-down` instead")?;
+    match HostState::load() {
+        Some(state) => {
+            let problems = cleanup(&state);
+            for p in &problems {
+                eprintln!("rustronaut-cluster cleanup: {p}");
+            }
+            if !problems.is_empty() {
+                bail!("{} problem(s) left", problems.len());
+            }
+            eprintln!("rustronaut-cluster cleanup: done");
+        }
+        None => eprintln!("rustronaut-cluster cleanup: no real node was left behind"),
+    }
+    Ok(())
 }
 
 fn up(
     dir: Option<PathBuf>,
-    nodes: usize,
+    nodes: Nodes,
     bin_dir: Option<PathBuf>,
     watch_stdin: bool,
     keep: bool,
@@ -136,7 +220,10 @@ fn up(
     let result = ControlPlane::start(&Config {
         bin_dir,
         dir: dir.clone(),
-        nodes,
+        nodes: nodes.fake,
+        real_node: nodes.real,
+        images_dir: nodes.images,
+        reaper: std::env::current_exe().ok(),
     });
     let mut cp = match result {
         Ok(cp) => cp,
@@ -148,9 +235,14 @@ fn up(
         }
     };
     eprintln!(
-        "rustronaut-cluster: ready in {:.1}s (apiserver https://127.0.0.1:{})",
+        "rustronaut-cluster: ready in {:.1}s (apiserver port {}{})",
         started.elapsed().as_secs_f64(),
-        cp.apiserver_port()
+        cp.apiserver_port(),
+        if cp.has_real_node() {
+            ", real node rtn-node"
+        } else {
+            ""
+        }
     );
     std::fs::write(dir.join("ready"), "")?;
     let mut stdout = std::io::stdout();
