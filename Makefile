@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CLUSTER_DIR ?= $(CURDIR)/.cluster
 TOOLS := bash e2e/scripts/tools.sh
 
-.PHONY: help demo test tools cluster-up cluster-down crds crds-check chart policy-test lint fmt bench clean
+.PHONY: help demo test tools images cluster-up cluster-down crds crds-check chart policy-test lint fmt bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -18,13 +18,16 @@ test: tools ## run every test (unit, integration against a real apiserver)
 	cargo build --workspace --bins
 	RUSTRONAUT_TOOLS_BIN=$$($(TOOLS) bindir) cargo test --workspace
 
-demo: ## bring up a local control plane with the API installed and the examples applied
+demo: ## a local cluster with a real node, the operator installed by helm, a gateway pod, curl through it (root)
 	@bash e2e/scripts/demo.sh
 
-cluster-up: ## start a local control plane in the background and print how to use it
+images: ## build the container images offline into target/<profile>/images (PROFILE=release for release binaries)
+	@bash e2e/scripts/images.sh
+
+cluster-up: ## start a local cluster (real node unless KWOK_ONLY=1) in the background and print how to use it
 	@bash e2e/scripts/cluster.sh up $(CLUSTER_DIR)
 
-cluster-down: ## stop the local control plane
+cluster-down: ## stop the local cluster and leave the host as it was
 	@bash e2e/scripts/cluster.sh down $(CLUSTER_DIR)
 
 crds: ## regenerate the CRD YAML and the API reference from the Rust types

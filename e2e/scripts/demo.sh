@@ -1,91 +1,95 @@
 #!/usr/bin/env bash
-# `make demo`: the local demo on an embedded default.
+# `make demo`: Rustronaut on a real node, installed as a user would install it.
 #
-# Brings up a real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok
-# nodes) built from the Kubernetes Go modules, installs the rustronaut.io CRDs, runs the
-# operator, applies the scenario of e2e/manifests/demo.yaml (a tenant, a gateway, a resource
-# whose backend is a process on this machine, an Allow policy for group `dev`), starts the
-# gateway with exactly the command, args and env of the Deployment the operator generated,
-# and shows an allow and two denies with curl. The same path is the e2e test
-# (e2e/tests/end_to_end.rs). Everything keeps running afterwards; `make cluster-down` stops it.
+# Builds the binaries and the container images (no registry, no container engine: see
+# e2e/src/image.rs), starts a local cluster whose control plane is built from the Kubernetes Go
+# modules and whose node is real (containerd, runc, kubelet, kube-proxy, kube-router), installs
+# the operator with `helm install charts/rustronaut`, applies e2e/manifests/demo.yaml (a tenant,
+# a gateway, an upstream pod behind a Service, a Resource and an Allow policy for group `dev`),
+# waits for the operator's gateway pod, and shows an allow and two denies with curl through the
+# gateway's Service, plus the upstream refusing a direct call (the tenant's NetworkPolicy).
+# The same path is the e2e test (e2e/tests/end_to_end.rs). Everything keeps running afterwards;
+# `make cluster-down` stops it and leaves the host as it was.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir=$(realpath -m "${CLUSTER_DIR:-$PWD/.cluster}")
 target=${CARGO_TARGET_DIR:-$PWD/target}
 mkdir -p "$dir"
-pids="$dir/demo.pids"
 
-echo "==> building the binaries"
-cargo build -q -p rustronaut-operator -p rustronaut-gateway -p rustronaut-cli -p rustronaut-e2e --bins
+if [ "$(id -u)" != 0 ]; then
+	echo "make demo runs a real Kubernetes node (network interfaces, mounts, iptables): run it as root" >&2
+	exit 1
+fi
 
-echo "==> starting a local control plane (the first run builds it from the Kubernetes Go modules: ~30 min)"
+echo "==> building the binaries and the images (the first run compiles the workspace)"
+bash e2e/scripts/images.sh | awk '{printf "    %-40s %6s MiB\n", $1, $4}'
+
+echo "==> starting a local cluster with a real node (the first run builds it from the Kubernetes Go modules: ~30 min)"
 env_lines=$(bash e2e/scripts/cluster.sh up "$dir")
 eval "$(grep '^export' <<<"$env_lines")"
-: >"$pids"
+export HELM_CACHE_HOME="$dir/helm/cache" HELM_CONFIG_HOME="$dir/helm/config" HELM_DATA_HOME="$dir/helm/data"
 
-echo "==> installing the rustronaut.io CRDs"
-kubectl apply --server-side --field-manager=rustronaut-demo -f crds/ >/dev/null
-kubectl wait --for=condition=Established --timeout=60s crd/tenants.rustronaut.io crd/resources.rustronaut.io \
-	crd/gateways.rustronaut.io crd/policies.rustronaut.io >/dev/null
+echo "==> helm install rustronaut charts/rustronaut (operator and CRDs, images built above)"
+helm upgrade --install rustronaut charts/rustronaut --namespace rustronaut-system --create-namespace \
+	--set operator.image.repository=localhost/rustronaut/operator --set operator.image.tag=dev \
+	--set gateway.image.repository=localhost/rustronaut/gateway --set gateway.image.tag=dev \
+	--set operator.replicas=1 --wait --timeout 5m >/dev/null
+kubectl -n rustronaut-system get pods -o wide
 
 echo "==> running the scenario's embedded policy tests offline (what a GitOps CI job runs)"
 "$target/debug/rustronaut" policy test e2e/manifests/ | tail -3
 
-echo "==> starting the operator (log: $dir/operator.log)"
-nohup "$target/debug/rustronaut-operator" --leader-elect false --metrics-listen 127.0.0.1:18090 \
-	>"$dir/operator.log" 2>&1 </dev/null &
-echo $! >>"$pids"
+echo "==> kubectl apply -f e2e/manifests/demo.yaml"
+kubectl apply --server-side --field-manager=rustronaut-demo -f e2e/manifests/demo.yaml
+kubectl -n demo-apps rollout status deployment/hello --timeout=180s >/dev/null
 
-echo "==> starting the upstream: a web server on this machine, port 18081"
-mkdir -p "$dir/www" && echo "hello from the demo upstream" >"$dir/www/index.html"
-nohup python3 -m http.server 18081 --bind 0.0.0.0 --directory "$dir/www" >"$dir/upstream.log" 2>&1 </dev/null &
-echo $! >>"$pids"
-
-# EndpointSlices refuse loopback addresses: name this machine's address.
-host_ip=$(ip -4 route get 192.0.2.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p' | head -1)
-host_ip=${host_ip:-$(hostname -I | awk '{print $1}')}
-echo "==> applying e2e/manifests/demo.yaml (upstream at $host_ip:18081)"
-sed "s/\${HOST_IP}/$host_ip/" e2e/manifests/demo.yaml | kubectl apply --server-side --field-manager=rustronaut-demo -f -
-
-echo "==> waiting for the operator to generate the gateway's Deployment and snapshot"
+echo "==> waiting for the operator's gateway pod"
 for _ in $(seq 1 300); do
-	kubectl -n demo-apps get deployment hello-gw >/dev/null 2>&1 &&
-		kubectl -n demo-apps get secret hello-gw-snapshot >/dev/null 2>&1 && break
+	kubectl -n demo-apps get deployment hello-gw >/dev/null 2>&1 && break
 	sleep 0.2
 done
-kubectl -n demo-apps get deployment/hello-gw secret/hello-gw-snapshot >/dev/null
-pod=""
-for _ in $(seq 1 300); do
-	pod=$(kubectl -n demo-apps get pods -l app.kubernetes.io/instance=hello-gw -o jsonpath='{.items[0].metadata.name}' 2>/dev/null || true)
-	[ -n "$pod" ] && break
-	sleep 0.2
-done
-
-# The exact command and args of the generated Deployment; POD_NAME as the Downward API sets it.
-cmd=$(kubectl -n demo-apps get deployment hello-gw -o jsonpath='{.spec.template.spec.containers[0].command[0]}')
-mapfile -t args < <(kubectl -n demo-apps get deployment hello-gw -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')
-echo "==> starting the gateway as the Deployment says: $cmd ${args[*]} (POD_NAME=$pod; log: $dir/gateway.log)"
-POD_NAME=$pod nohup "$target/debug/$cmd" "${args[@]}" >"$dir/gateway.log" 2>&1 </dev/null &
-echo $! >>"$pids"
-for _ in $(seq 1 300); do
-	curl -s -o /dev/null 127.0.0.1:9901/readyz && [ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:9901/readyz)" = 200 ] && break
-	sleep 0.2
-done
+kubectl -n demo-apps rollout status deployment/hello-gw --timeout=180s >/dev/null
+kubectl -n demo-apps get pods -o wide
+gw=$(kubectl -n demo-apps get service hello-gw -o jsonpath='{.spec.clusterIP}')
+app=$(kubectl -n demo-apps get service hello -o jsonpath='{.spec.clusterIP}')
 
 mint=gateway/examples/standalone/mint-token.sh
-dev=$($mint alice dev)
-sales=$($mint bob sales)
+# A Service answers once its endpoints reach kube-proxy (a second or two after Ready).
+for _ in $(seq 1 100); do
+	[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H 'Host: hello.demo.localhost' \
+		-H "Authorization: Bearer $($mint alice dev)" "http://$gw:18080/")" = 200 ] && break
+	sleep 0.3
+done
 show() {
 	echo "\$ $1"
-	eval "$1" | sed 's/^/    /'
+	eval "$1" 2>&1 | sed 's/^/    /'
 	echo
 }
 echo
-echo "==> through the gateway"
-show "curl -s -w ' -> %{http_code}\n' -H 'Host: hello.demo.localhost' -H \"Authorization: Bearer \$($mint alice dev)\" http://127.0.0.1:18080/"
-show "curl -s -w ' -> %{http_code}\n' -H 'Host: hello.demo.localhost' http://127.0.0.1:18080/"
-show "curl -s -w ' -> %{http_code}\n' -H 'Host: hello.demo.localhost' -H \"Authorization: Bearer \$($mint bob sales)\" http://127.0.0.1:18080/"
-unset dev sales
+echo "==> through the gateway's Service ($gw), node $(kubectl get node rtn-node -o jsonpath='{.metadata.name}, runtime {.status.nodeInfo.containerRuntimeVersion}')"
+show "curl -s -w ' -> %{http_code}\n' -H 'Host: hello.demo.localhost' -H \"Authorization: Bearer \$($mint alice dev)\" http://$gw:18080/"
+show "curl -s -w ' -> %{http_code}\n' -H 'Host: hello.demo.localhost' http://$gw:18080/"
+show "curl -s -w ' -> %{http_code}\n' -H 'Host: hello.demo.localhost' -H \"Authorization: Bearer \$($mint bob sales)\" http://$gw:18080/"
+# A pod in namespace default that opens a TCP connection with busybox nc and prints the outcome.
+probe() { # <ip> <port>
+	local name=probe-$RANDOM phase=""
+	kubectl run "$name" -n default --image=localhost/rustronaut/testkit:dev --image-pull-policy=Never \
+		--restart=Never --command -- busybox nc -w 3 "$1" "$2" -e busybox true >/dev/null
+	for _ in $(seq 1 60); do
+		phase=$(kubectl -n default get pod "$name" -o jsonpath='{.status.phase}')
+		[ "$phase" = Succeeded ] || [ "$phase" = Failed ] && break
+		sleep 0.5
+	done
+	echo "\$ kubectl run $name -n default --image=localhost/rustronaut/testkit:dev --restart=Never --command -- busybox nc -w 3 $1 $2 -e busybox true"
+	kubectl -n default logs "$name" 2>&1 | sed 's/^/    /'
+	echo "    -> pod $phase ($([ "$phase" = Succeeded ] && echo connected || echo 'not connected'))"
+	echo
+	kubectl -n default delete pod "$name" --wait=false >/dev/null
+}
+echo "==> from a pod in another namespace: straight to the upstream's Service ($app), past the gateway,"
+echo "    the tenant's NetworkPolicy (enforced by kube-router) refuses; the gateway's Service answers"
+probe "$app" 80
+probe "$gw" 18080
 echo "==> kubectl get rustronaut -A"
 kubectl get rustronaut -A
 
@@ -93,9 +97,9 @@ cat <<EOF2
 
 Everything keeps running. Try:
 $(grep '^export' <<<"$env_lines")
-  kubectl -n demo-apps edit policy developers      # change the group: enforced within a second
+  kubectl -n demo-apps edit policy developers       # change the group: enforced within a second
   kubectl -n demo-apps get gateway hello-gw -o yaml  # status: conditions, config version loaded
-  curl -s 127.0.0.1:9901/metrics | grep rustronaut_gateway_requests
-  tail -f $dir/gateway.log                          # one JSON line per decision
+  kubectl -n demo-apps logs deploy/hello-gw          # one JSON line per decision
+  kubectl -n rustronaut-system logs deploy/rustronaut-operator
 Stop it all with: make cluster-down
 EOF2

@@ -10,7 +10,11 @@ cd "$(dirname "$0")/../.."
 target=${CARGO_TARGET_DIR:-target}
 profile=${PROFILE:-dev}
 dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
-cargo build -q --profile "$profile" -p rustronaut-operator -p rustronaut-gateway -p rustronaut-tunnel --bins
-cargo build -q -p rustronaut-e2e --bins
+# The dev build is exactly `make test`'s (`cargo build --workspace --bins`): building a subset of
+# the workspace would resolve other features and compile the dependencies a second time.
+cargo build -q --workspace --bins
+if [ "$profile" != dev ]; then
+	cargo build -q --profile "$profile" -p rustronaut-operator -p rustronaut-gateway -p rustronaut-tunnel --bins
+fi
 "$target/debug/rustronaut-image" build --bin-dir "$target/$dir" --out "$target/$dir/images" \
 	--repository "${IMAGE_REPOSITORY:-localhost/rustronaut}" --tag "${IMAGE_TAG:-dev}"

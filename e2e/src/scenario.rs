@@ -1,24 +1,19 @@
 //! The end-to-end scenario shared by `make demo` and `e2e/tests/end_to_end.rs`: the
-//! manifests of `e2e/manifests/demo.yaml`, and what it takes to run the operator's gateway
-//! command on this machine (the binaries next to the test binary, a non-loopback address for
-//! the EndpointSlice, a kubeconfig that impersonates a ServiceAccount).
+//! manifests of `e2e/manifests/demo.yaml` (run as real pods on the real node), and helpers
+//! for tests that still run a binary on this machine as a pod would (the binaries next to the
+//! test binary, a non-loopback address, a kubeconfig that impersonates a ServiceAccount).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-/// The scenario's manifests, with `${HOST_IP}` still to be replaced.
+/// The scenario's manifests.
 pub const DEMO_MANIFESTS: &str = include_str!("../manifests/demo.yaml");
 /// Port of the scenario's gateway listener.
 pub const LISTENER_PORT: u16 = 18080;
-/// Port of the scenario's upstream process.
+/// Port of the scenario's upstream pod.
 pub const UPSTREAM_PORT: u16 = 18081;
 /// Host name of the scenario's Resource.
 pub const HOST: &str = "hello.demo.localhost";
-
-/// The demo manifests for an upstream reachable at `host_ip`.
-pub fn demo_manifests(host_ip: Ipv4Addr) -> String {
-    DEMO_MANIFESTS.replace("${HOST_IP}", &host_ip.to_string())
-}
 
 /// A non-loopback IPv4 address of this machine, the one the default route leaves from (no
 /// packet is sent: a UDP socket is only connected). EndpointSlices refuse loopback addresses.
@@ -83,10 +78,9 @@ pub fn impersonating_kubeconfig(
 mod tests {
     #[test]
     fn the_manifests_name_the_ports_and_host_the_constants_say() {
-        let m = super::demo_manifests("192.0.2.2".parse().unwrap());
-        assert!(!m.contains("${HOST_IP}"));
-        assert!(m.contains("addresses: [\"192.0.2.2\"]"));
+        let m = super::DEMO_MANIFESTS;
         assert!(m.contains(&format!("port: {}", super::LISTENER_PORT)));
+        assert!(m.contains(&format!("containerPort: {}", super::UPSTREAM_PORT)));
         assert!(m.contains(&format!("targetPort: {}", super::UPSTREAM_PORT)));
         assert!(m.contains(super::HOST));
     }
