@@ -651,10 +651,10 @@ pub fn cleanup(state: &HostState) -> Vec<String> {
         ("iptables-restore", &state.iptables),
         ("ip6tables-restore", &state.ip6tables),
     ] {
-        if saved.contains("COMMIT") {
-            if let Err(e) = run_stdin(program, &[], saved) {
-                problems.push(e.to_string());
-            }
+        if saved.contains("COMMIT")
+            && let Err(e) = run_stdin(program, &[], saved)
+        {
+            problems.push(e.to_string());
         }
     }
     for table in nft_tables() {
