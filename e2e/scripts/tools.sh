@@ -3,7 +3,8 @@
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
 #   kubelet, kube-proxy, and the pause binary (build/pause/linux/pause.c
 #   of the same module, static)                                        (e2e/tools/k8s wrapper module)
-#   kube-router (its firewall is the real node's NetworkPolicy enforcer) (pinned `go install`)
+#   kube-router (its firewall is the real node's NetworkPolicy enforcer),
+#   coredns (the real node's cluster DNS)                              (pinned `go install`)
 #   etcd                                                               (e2e/tools/etcd wrapper module)
 #   kwok, helm, wireguard-go, an OIDC provider, h2spec                 (pinned `go install`)
 #
@@ -37,6 +38,9 @@ ZITADEL_OIDC_VERSION=v3.52.0
 H2SPEC_VERSION=v2.2.1+incompatible
 # NetworkPolicy enforcer of the real node (only its firewall runs; e2e/src/node.rs).
 KUBE_ROUTER_VERSION=v2.1.0
+# Cluster DNS of the real node (a host process on the node address; e2e/src/node.rs), so pods
+# resolve Service names (`<svc>.<ns>.svc`) as on any cluster.
+COREDNS_VERSION=v1.15.0
 
 here=$(cd "$(dirname "$0")" && pwd)
 tools_src=$(cd "$here/../tools" && pwd)
@@ -82,6 +86,10 @@ build_k8s() {
 	src="$(cd "$tools_src/k8s" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
 	cc -Os -static -Wall -DVERSION="$K8S_VERSION" -o "$OUT/pause" "$src"
 	strip "$OUT/pause"
+}
+
+build_coredns() {
+	GOBIN="$OUT" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
 }
 
 build_kube_router() {
@@ -142,6 +150,7 @@ build_all() {
 	local oidc_dir="$cache/tools/oidc-provider-$ZITADEL_OIDC_VERSION-$(modhash "$tools_src/oidc-provider")"
 	local h2spec_dir="$cache/tools/h2spec-$H2SPEC_VERSION"
 	local router_dir="$cache/tools/kube-router-$KUBE_ROUTER_VERSION"
+	local coredns_dir="$cache/tools/coredns-$COREDNS_VERSION"
 	build_into "$etcd_dir" build_etcd
 	build_into "$kwok_dir" build_kwok
 	build_into "$helm_dir" build_helm
@@ -150,14 +159,15 @@ build_all() {
 	build_into "$h2spec_dir" build_h2spec
 	build_into "$k8s_dir" build_k8s
 	build_into "$router_dir" build_kube_router
+	build_into "$coredns_dir" build_coredns
 	# One directory of symlinks per combination of versions, so two clones pinned to different
 	# versions on one machine never see each other's binaries.
-	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" | sha256sum | cut -c1-12)
+	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir" | sha256sum | cut -c1-12)
 	local bin="$cache/bin/$key"
 	if [ ! -d "$bin" ]; then
 		mkdir -p "$bin.tmp.$$"
 		local d f
-		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir"; do
+		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir"; do
 			for f in "$d"/*; do ln -sf "$f" "$bin.tmp.$$/$(basename "$f")"; done
 		done
 		mv "$bin.tmp.$$" "$bin" 2>/dev/null || rm -rf "$bin.tmp.$$"
@@ -168,8 +178,8 @@ build_all() {
 case "${1:-build}" in
 build | bindir) build_all ;;
 versions)
-	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\nzitadel-oidc %s\nh2spec %s\nkube-router %s\n' \
+	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\nzitadel-oidc %s\nh2spec %s\nkube-router %s\ncoredns %s\n' \
 		"$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$WIREGUARD_GO_VERSION" "$ZITADEL_OIDC_VERSION" \
-		"$H2SPEC_VERSION" "$KUBE_ROUTER_VERSION" ;;
+		"$H2SPEC_VERSION" "$KUBE_ROUTER_VERSION" "$COREDNS_VERSION" ;;
 *) echo "usage: $0 [build|bindir|versions]" >&2; exit 2 ;;
 esac

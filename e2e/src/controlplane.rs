@@ -593,6 +593,14 @@ impl ControlPlane {
                 }
             })
         })?;
+        let corefile = nd.join("Corefile");
+        write_file(&corefile, &node::corefile(&self.kubeconfig))?;
+        let coredns = self.bin_dir.join("coredns");
+        self.spawn(
+            "coredns",
+            &coredns,
+            &["-conf".into(), corefile.display().to_string()],
+        )?;
         // kube-router finds its node by name: start it once the kubelet registered it.
         let router = self.bin_dir.join("kube-router");
         self.spawn(

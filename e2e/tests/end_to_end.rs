@@ -7,8 +7,9 @@
 //! Then what only a real node shows: the Tenant's NetworkPolicy really drops a pod of another
 //! namespace (kube-router) while the gateway gets through; the gateway process runs as 65532
 //! with a read-only root filesystem (read from the host's /proc, not from the pod spec); a
-//! gateway pod deleted mid-traffic is replaced and traffic resumes; and 50 Policy changes are
-//! enforced live (apply -> enforced p50/p99 printed, recorded in docs/benchmarks.md, never
+//! gateway pod deleted mid-traffic is replaced and traffic resumes; a connector at a remote
+//! site (a process on this machine) reaches its target through the hub pod's UDP Service; and
+//! 50 Policy changes are enforced live (apply -> enforced p50/p99 printed, recorded in docs/benchmarks.md, never
 //! asserted against a time).
 
 use k8s_openapi::api::core::v1::Pod;
@@ -564,5 +565,252 @@ fn policy_changes_are_enforced_live_by_the_gateway_pod() {
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies.last().unwrap()
+    );
+}
+
+/// A plain HTTP server on the node's address (a local address of this machine that a
+/// connector "at a remote site" can reach), answering `body` to every request.
+fn site_target(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((node::NODE_IP, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if conn.write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_connector_at_a_site_reaches_its_target_through_the_hub_pods_udp_service() {
+    let cluster = demo();
+    let _guard = scenario_lock();
+    let port = site_target("hello from the site\n");
+    // A Gateway with a tunnel hub (one replica) and a keyless site: the operator generates the
+    // site's key pair into `site-gw-site-lab` for the site owner to fetch.
+    let manifests = format!(
+        r#"
+apiVersion: rustronaut.io/v1alpha1
+kind: Gateway
+metadata: {{name: site-gw, namespace: {NS}}}
+spec:
+  replicas: 1
+  listeners: [{{name: http, port: 18090, protocol: HTTP}}]
+  tunnel:
+    replicas: 1
+    sites: [{{name: lab, tenant: demo, advertisedCIDRs: ["{ip}/32"]}}]
+---
+apiVersion: rustronaut.io/v1alpha1
+kind: Resource
+metadata: {{name: site-app, namespace: {NS}}}
+spec:
+  gatewayRefs: [{{name: site-gw, listener: http}}]
+  protocol: HTTP
+  hostnames: [site.demo.localhost]
+  rules:
+  - name: all
+    upstreams: [{{site: {{gateway: {NS}/site-gw, name: lab}}, host: "{ip}", port: {port}}}]
+---
+apiVersion: rustronaut.io/v1alpha1
+kind: Policy
+metadata: {{name: site-developers, namespace: {NS}}}
+spec:
+  targetRefs: [{{kind: Resource, name: site-app}}]
+  action: Allow
+  rules: [{{name: dev, from: [{{user: {{idp: dev-issuer, groups: [dev]}}}}]}}]
+"#,
+        ip = node::NODE_IP
+    );
+    kubectl_apply(cluster, &manifests);
+    for what in ["statefulset/site-gw-hub", "deployment/site-gw"] {
+        wait_for_within(
+            &format!("{what} to exist"),
+            Duration::from_secs(120),
+            &[],
+            || {
+                cluster
+                    .kubectl()
+                    .args(["-n", NS, "get", what])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            },
+        );
+        kubectl(
+            cluster,
+            &["-n", NS, "rollout", "status", what, "--timeout=300s"],
+        );
+    }
+
+    // What the site's operator would copy: the site's key and addresses (its Secret), the
+    // hub's public key (Gateway status) and the hub replica's UDP Service.
+    let secret = |key: &str| {
+        let b64 = kubectl(
+            cluster,
+            &[
+                "-n",
+                NS,
+                "get",
+                "secret",
+                "site-gw-site-lab",
+                "-o",
+                &format!("jsonpath={{.data.{key}}}"),
+            ],
+        );
+        use base64::Engine as _;
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("site.key");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_file)
+            .unwrap();
+        std::io::Write::write_all(&mut f, secret("private-key").as_bytes()).unwrap();
+    }
+    let mut hub_key = String::new();
+    wait_for_within(
+        "the hub's public key in the Gateway status",
+        Duration::from_secs(60),
+        &[],
+        || {
+            hub_key = kubectl(
+                cluster,
+                &[
+                    "-n",
+                    NS,
+                    "get",
+                    "gateway",
+                    "site-gw",
+                    "-o",
+                    "jsonpath={.status.tunnel.publicKeys[0]}",
+                ],
+            );
+            !hub_key.is_empty()
+        },
+    );
+    let udp = kubectl(
+        cluster,
+        &[
+            "-n",
+            NS,
+            "get",
+            "service",
+            "site-gw-hub-0",
+            "-o",
+            "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}",
+        ],
+    );
+    let bin = rustronaut_e2e::scenario::sibling_binary("rustronaut-tunnel").unwrap();
+    let mut connector = Command::new(bin);
+    connector
+        .args(["connect", "--hub", &format!("{udp}={hub_key}")])
+        .arg("--private-key-file")
+        .arg(&key_file)
+        .args(["--tunnel-address", secret("tunnel-address").trim()])
+        .args(["--hub-tunnel-address", secret("hub-tunnel-address").trim()]);
+    let connector = support::Proc::spawn(connector, dir.path().join("connector.log"));
+
+    // Through the gateway pod, the hub pod and the tunnel, to the target at the site.
+    let gw = cluster_ip(cluster, "site-gw");
+    let dev = mint("alice", "dev");
+    // (A gateway waits up to 10 s for the hub to open a stream: give curl longer than that.)
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "15", "-H", "Host: site.demo.localhost"])
+            .args(["-H", &format!("Authorization: Bearer {dev}")])
+            .arg(format!("http://{gw}:18090/"))
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("hello from the site") {
+            break;
+        }
+        if Instant::now() > deadline {
+            let logs = |what: &str| {
+                cluster
+                    .kubectl()
+                    .args(["-n", NS, "logs", what, "--tail=30"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            panic!(
+                "the site's target never answered through gateway, hub and connector\n\
+                 connector:\n{}\nhub:\n{}\ngateway:\n{}",
+                connector.log(),
+                logs("statefulset/site-gw-hub"),
+                logs("deployment/site-gw")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Denied identities never reach the site.
+    let sales = mint("bob", "sales");
+    let code = run({
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "3",
+        ])
+        .args(["-H", "Host: site.demo.localhost"])
+        .args(["-H", &format!("Authorization: Bearer {sales}")])
+        .arg(format!("http://{gw}:18090/"));
+        c
+    });
+    assert_eq!(code, "403");
+    // The Gateway reports the site connected (the operator polls the hubs every 60 s).
+    wait_for_within(
+        "site lab reported connected",
+        Duration::from_secs(180),
+        &[&connector],
+        || {
+            kubectl(
+                cluster,
+                &[
+                    "-n",
+                    NS,
+                    "get",
+                    "gateway",
+                    "site-gw",
+                    "-o",
+                    "jsonpath={.status.tunnel.sites[?(@.name==\"lab\")].connected}",
+                ],
+            ) == "true"
+        },
     );
 }
