@@ -461,6 +461,42 @@ fn top_index(path: &str) -> Option<(&str, usize)> {
     Some((list, idx.parse().ok()?))
 }
 
+/// The indices of the Resources whose site upstreams produced the tunnel's allowed target at
+/// `path` (`tunnel.sites[i].allowedTargets[j]...`); empty when the path names no target.
+fn target_sources(s: &Snapshot, path: &str) -> Vec<usize> {
+    let Some(("tunnel.sites", i)) = top_index(path) else {
+        return Vec::new();
+    };
+    let rest = path.split_once("].").map_or("", |(_, r)| r);
+    let Some(("allowedTargets", j)) = top_index(rest) else {
+        return Vec::new();
+    };
+    let Some(site) = s.tunnel.as_ref().and_then(|t| t.sites.get(i)) else {
+        return Vec::new();
+    };
+    let Some(target) = site.allowed_targets.get(j) else {
+        return Vec::new();
+    };
+    let udp = target.protocol == cs::TransportProtocol::Udp;
+    s.resources
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.tenant == site.tenant && (r.protocol == cs::ResourceProtocol::Udp) == udp
+        })
+        .filter(|(_, r)| {
+            r.upstreams
+                .iter()
+                .chain(r.rules.iter().flat_map(|x| &x.upstreams))
+                .any(|u| {
+                    matches!(&u.kind, cs::UpstreamKind::Site(su)
+                        if su.site == site.name && su.host == target.host)
+                })
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
 impl Builder<'_> {
     fn problem(
         &mut self,
@@ -1149,6 +1185,13 @@ impl Builder<'_> {
                     {
                         fail_policies.entry(i).or_default().push(e.to_string());
                     }
+                    // allowedTargets are derived from the Resources' site upstreams: the
+                    // Resources that produced a bad target are at fault, not the Gateway.
+                    Some(("tunnel.sites", _)) if !target_sources(s, &e.path).is_empty() => {
+                        for i in target_sources(s, &e.path) {
+                            drop_resources.entry(i).or_insert_with(|| e.to_string());
+                        }
+                    }
                     Some(("tenants", i)) if i < s.tenants.len() => {
                         let rest = e.path.split_once("].").map_or("", |(_, r)| r);
                         match top_index(rest) {
@@ -1717,6 +1760,66 @@ mod tests {
         // The connector is not told to open anything for a left-out Resource.
         let site = &out.snapshot.tunnel.as_ref().unwrap().sites[0];
         assert!(site.allowed_targets.iter().all(|t| t.host == "10.1.2.3"));
+    }
+
+    /// Issue 14, item 2: a site host the snapshot refuses (upper case, underscore, wildcard)
+    /// used to fail the whole build at `tunnel.sites[..].allowedTargets[..]`, freezing every
+    /// tenant's revocations behind the last good snapshot.
+    #[test]
+    fn an_invalid_site_host_leaves_only_its_resource_out() {
+        let mut world = examples();
+        let mut broken = Vec::new();
+        for (name, host) in [
+            ("upper", "DB.corp.example"),
+            ("underscore", "a_b"),
+            ("wild", "*.corp.example"),
+        ] {
+            let mut r = http_resource(
+                "acme-apps",
+                name,
+                &format!("{name}.acme.example"),
+                "rtn-system/edge",
+            );
+            r.spec.rules[0].upstreams = vec![serde_json::from_value(json!({
+                "site": {"gateway": "rtn-system/edge", "name": "dc1"}, "host": host, "port": 5432
+            }))
+            .unwrap()];
+            broken.push(r);
+        }
+        world.resources.extend(broken);
+        // A revocation made at the same time: the wiki policy is deleted.
+        world.policies.retain(|p| p.name_any() != "wiki-access");
+
+        let out = build(&world, &secrets()).expect("one bad Resource does not fail the gateway");
+        assert_eq!(out.snapshot.validate(), Ok(()));
+        assert_eq!(
+            names(&out.snapshot.resources, |r| r.name.clone()),
+            ["grafana", "postgres", "wiki"]
+        );
+        for name in ["upper", "underscore", "wild"] {
+            let p: Vec<_> = out.problems_of("Resource", "acme-apps", name).collect();
+            assert_eq!(p.len(), 1, "{name}: {p:?}");
+            assert_eq!(p[0].reason, reasons::INVALID, "{name}");
+            assert_eq!(p[0].impact, Impact::LeftOut, "{name}");
+            assert!(
+                p[0].message.contains("invalid hostname"),
+                "{}",
+                p[0].message
+            );
+        }
+        assert!(
+            out.snapshot
+                .policies
+                .iter()
+                .all(|p| p.name != "wiki-access"),
+            "the deleted policy is gone from the new snapshot"
+        );
+        let site = &out.snapshot.tunnel.as_ref().unwrap().sites[0];
+        assert!(
+            site.allowed_targets.iter().all(|t| t.host == "10.1.2.3"),
+            "{:?}",
+            site.allowed_targets
+        );
     }
 
     #[test]
