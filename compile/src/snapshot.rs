@@ -651,11 +651,32 @@ impl Builder<'_> {
         Ok(out.into_iter().collect())
     }
 
-    /// A site's public key: from the spec, else the one the operator generated.
+    /// A site's public key: from the spec, else the one the operator generated, if that one
+    /// is usable. The generated key is read from a Secret in the Gateway's namespace, which
+    /// more people than the Gateway's owner may be able to write: a value that is not a key,
+    /// or that another site of this Gateway also has, leaves this site out (its Resources
+    /// say why) rather than failing the whole snapshot.
     fn site_key(&self, s: &g::Site) -> Option<String> {
-        s.public_key
-            .clone()
-            .or_else(|| self.inputs.site_keys.get(&s.name).cloned())
+        use rustronaut_contract::identity::site::decode_public_key;
+        if let Some(k) = &s.public_key {
+            return Some(k.clone());
+        }
+        let generated = self.inputs.site_keys.get(&s.name)?;
+        let key = decode_public_key(generated).ok()?;
+        let clash = self
+            .gateway
+            .spec
+            .tunnel
+            .iter()
+            .flat_map(|t| &t.sites)
+            .filter(|o| o.name != s.name)
+            .filter_map(|o| {
+                o.public_key
+                    .as_ref()
+                    .or_else(|| self.inputs.site_keys.get(&o.name))
+            })
+            .any(|k| decode_public_key(k).is_ok_and(|k| k == key));
+        (!clash).then(|| generated.clone())
     }
 
     /// Checks the site upstreams of `res` against this gateway's tunnel.
@@ -708,7 +729,7 @@ impl Builder<'_> {
                 return Err((
                     reasons::SITE_NOT_FOUND,
                     format!(
-                        "site {} has no publicKey and the operator has not generated one yet",
+                        "site {} has no publicKey and the operator has not generated one yet (or the generated one is not a key, or another site's)",
                         site.name
                     ),
                 ));
@@ -1854,6 +1875,37 @@ mod tests {
         assert_eq!(tunnel.sites[0].public_key, spec_key);
         assert!(tunnel.sites[0].tunnel_address.is_some());
         assert!(!tunnel.sites[0].allowed_targets.is_empty());
+
+        // A generated value that is not a key, or is another site's key, leaves only this
+        // site out: the rest of the snapshot is built.
+        for bad in ["not-a-key", "AAAA", spec_key.as_str()] {
+            let mut world = examples();
+            let edge = world
+                .gateways
+                .iter_mut()
+                .find(|g| g.name_any() == "edge")
+                .unwrap();
+            let t = edge.spec.tunnel.as_mut().unwrap();
+            t.sites[0].public_key = None;
+            let mut other = t.sites[0].clone();
+            other.name = "dc2".into();
+            other.public_key = Some(spec_key.clone());
+            t.sites.push(other);
+            let mut inputs = self::inputs(&secrets);
+            inputs.site_keys.insert("dc1".into(), bad.into());
+            let out = gateway_snapshot(&world, gateway(&world, "edge"), &inputs)
+                .unwrap_or_else(|e| panic!("{bad}: {e}"));
+            assert_eq!(out.snapshot.validate(), Ok(()));
+            let sites = &out.snapshot.tunnel.as_ref().unwrap().sites;
+            assert_eq!(names(sites, |s| s.name.clone()), ["dc2"], "{bad}");
+            assert!(
+                out.problems
+                    .iter()
+                    .any(|p| p.reason == reasons::SITE_NOT_FOUND),
+                "{bad}: {:?}",
+                out.problems
+            );
+        }
 
         // A key in the spec wins over a generated one.
         let other = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
