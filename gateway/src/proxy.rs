@@ -42,7 +42,8 @@ use std::time::{Duration, Instant, SystemTime};
 pub const HEADER_USER: &str = "x-rustronaut-user";
 /// Verified email.
 pub const HEADER_EMAIL: &str = "x-rustronaut-email";
-/// Groups, comma-separated.
+/// Groups, comma-separated, each percent-encoded by [`encode_group`] (a group named
+/// `dev,admin` is `dev%2Cadmin`, never two groups).
 pub const HEADER_GROUPS: &str = "x-rustronaut-groups";
 /// The provider that verified the caller.
 pub const HEADER_IDP: &str = "x-rustronaut-identity-provider";
@@ -137,6 +138,22 @@ fn header_value(s: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(s).ok()
 }
 
+/// One group name as it appears in [`HEADER_GROUPS`]: `%`, `,`, space, control and non-ASCII
+/// bytes percent-encoded (UTF-8, upper-case hex), everything else as it is. Split the header
+/// on `,` and percent-decode each item to get the names back; a name without those bytes
+/// (the usual case) reads the same either way.
+pub fn encode_group(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_graphic() && b != b'%' && b != b',' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The identity headers for an upstream, `(name, value)`; values that are not valid header
 /// values are left out rather than mangled.
 pub fn identity_headers(id: &Identity, decision_id: &str) -> Vec<(&'static str, HeaderValue)> {
@@ -174,7 +191,8 @@ pub fn identity_headers(id: &Identity, decision_id: &str) -> Vec<(&'static str, 
     if let Some(u) = &id.user
         && !u.groups.is_empty()
     {
-        out.extend(header_value(&u.groups.join(",")).map(|v| (HEADER_GROUPS, v)));
+        let groups: Vec<String> = u.groups.iter().map(|g| encode_group(g)).collect();
+        out.extend(header_value(&groups.join(",")).map(|v| (HEADER_GROUPS, v)));
     }
     out.extend(header_value(decision_id).map(|v| (HEADER_DECISION_ID, v)));
     out
