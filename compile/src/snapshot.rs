@@ -1023,7 +1023,13 @@ impl Builder<'_> {
             }
             let tenant_obj = world.tenant(&tenant);
             let admin_ns = tenant_obj.and_then(|t| t.spec.admin_namespace());
-            let (all_targets, _) = policy_targets(p, &world.resources, &self.claims, admin_ns);
+            let (all_targets, _) = policy_targets(
+                p,
+                &world.resources,
+                &self.claims,
+                admin_ns,
+                &world.namespaces,
+            );
             let mut targets = Vec::new();
             for t in all_targets {
                 let Some(r) = here.get(&(t.namespace.as_str(), t.name.as_str())) else {
