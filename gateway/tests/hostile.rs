@@ -857,6 +857,16 @@ fn spellings_that_dodge_a_deny_rule_are_refused() {
         ),
         ("lower-case delete", "delete /public/x".into(), 400),
         ("mixed-case delete", "Delete /public/x".into(), 400),
+        (
+            "method override in the query",
+            "POST /public/x?_method=DELETE".into(),
+            400,
+        ),
+        (
+            "encoded method override",
+            "POST /public/x?a=1&%5Fmethod=DELETE".into(),
+            400,
+        ),
         // item 16: the gateway's paths in other spellings, and the rest of its prefix.
         (
             "encoded reserved path",
@@ -1024,4 +1034,67 @@ fn allowed_underscore_headers_still_never_spell_an_identity_header() {
     let hdrs = echoed["headers"].as_object().unwrap();
     assert_eq!(hdrs.get("x_env"), Some(&json!(["prod"])), "{hdrs:?}");
     assert!(!hdrs.contains_key("x_rustronaut_user"), "{hdrs:?}");
+}
+
+/// Hop-by-hop abuse (same class as issue 14, item 4): a client naming the gateway's headers
+/// in `Connection` must not make them disappear before the upstream, nor pass the list on
+/// for a proxy behind the gateway to act on. Pingora refuses a request whose `Connection`
+/// nominates a header its proxy sets (400 before the upstream); either way the upstream never
+/// sees the request without them.
+#[test]
+fn connection_tokens_cannot_remove_the_gateways_headers() {
+    let (up, gw, port) = start_deny();
+    for token in [
+        "X-Forwarded-For",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Host",
+        "X-Rustronaut-Decision-Id",
+        "X-Rustronaut-User",
+        "Host",
+    ] {
+        let before = up.seen.lock().unwrap().len();
+        let got = raw(
+            port,
+            format!("GET /public/a HTTP/1.1\r\nHost: {HOST}\r\nConnection: close, {token}\r\n\r\n")
+                .as_bytes(),
+        );
+        let codes = statuses(&got);
+        let seen = up.seen.lock().unwrap().len();
+        match codes.as_slice() {
+            [400] => assert_eq!(seen, before, "{token}: refused yet forwarded"),
+            [200] => {
+                let echoed: Value = serde_json::from_str(body_of(&got)).unwrap();
+                let hdrs = echoed["headers"].as_object().unwrap();
+                assert_eq!(
+                    hdrs.get("x-forwarded-for"),
+                    Some(&json!(["127.0.0.1"])),
+                    "{token}"
+                );
+                assert_eq!(
+                    hdrs.get("x-forwarded-host"),
+                    Some(&json!([HOST])),
+                    "{token}"
+                );
+                assert_eq!(
+                    hdrs.get("x-forwarded-proto"),
+                    Some(&json!(["http"])),
+                    "{token}"
+                );
+                assert!(
+                    hdrs.contains_key("x-rustronaut-decision-id"),
+                    "{token}: {hdrs:?}"
+                );
+                let connection = hdrs
+                    .get("connection")
+                    .map(|v| v.to_string().to_ascii_lowercase())
+                    .unwrap_or_default();
+                assert!(
+                    !connection.contains("x-"),
+                    "{token}: the client's Connection list reached the upstream: {connection}"
+                );
+            }
+            _ => panic!("{token}: {got}\n{}", gw.log()),
+        }
+        eprintln!("{token}: {codes:?}");
+    }
 }
