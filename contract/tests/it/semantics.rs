@@ -1236,6 +1236,69 @@ fn cases() -> Vec<Case> {
             get("/", with_email(alice(), "alice@evil-acme.example")),
         )
         .denied(Reason::NoAllowMatched),
+        // Issue 14, item 15: an unverified email may not grant, and may not dodge a Deny
+        // or an exclude either.
+        case(
+            "an unverified email does not match emailDomains of an Allow",
+            vec![
+                allow("p")
+                    .target("grafana")
+                    .rule(rule("r").from(user_p(UserPrincipal {
+                        email_domains: vec!["acme.example".into()],
+                        ..Default::default()
+                    }))),
+            ],
+            get("/", with_unverified_email(alice(), "alice@acme.example")),
+        )
+        .denied(Reason::NoAllowMatched),
+        case(
+            "an unverified email still matches a Deny",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(user_p(UserPrincipal {
+                        emails: vec!["mallory@acme.example".into()],
+                        ..Default::default()
+                    }))),
+            ],
+            get("/", with_unverified_email(alice(), "Mallory@acme.example")),
+        )
+        .denied_by("d", "r"),
+        case(
+            "an unverified email still matches an exclude of an Allow",
+            vec![
+                allow("p")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).exclude(user_p(UserPrincipal {
+                        email_domains: vec!["contractors.example".into()],
+                        ..Default::default()
+                    }))),
+            ],
+            get(
+                "/",
+                with_unverified_email(alice(), "bob@contractors.example"),
+            ),
+        )
+        .denied(Reason::NoAllowMatched),
+        case(
+            "an unverified email does not match an exclude of a Deny",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).exclude(user_p(UserPrincipal {
+                        email_domains: vec!["acme.example".into()],
+                        ..Default::default()
+                    }))),
+            ],
+            get("/", with_unverified_email(alice(), "eve@acme.example")),
+        )
+        .denied_by("d", "r"),
         case(
             "scopes are all required: one missing",
             vec![
