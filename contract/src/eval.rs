@@ -471,7 +471,7 @@ fn rule_matches(
     action: PolicyAction,
 ) -> bool {
     let id = req.identity;
-    (rule.to.is_empty() || rule.to.iter().any(|op| op_matches(op, req)))
+    (rule.to.is_empty() || rule.to.iter().any(|op| op_matches(op, req, action)))
         && schedule_ok(rule, clock, action)
         && rule
             .from
@@ -540,7 +540,7 @@ pub(crate) fn rule_failures(
 ) -> Vec<ClauseFailure> {
     let id = req.identity;
     let mut out = Vec::new();
-    if !(rule.to.is_empty() || rule.to.iter().any(|op| op_matches(op, req))) {
+    if !(rule.to.is_empty() || rule.to.iter().any(|op| op_matches(op, req, policy.action))) {
         out.push(ClauseFailure::ToNotMatched);
     }
     if !schedule_ok(rule, clock, policy.action) {
@@ -573,11 +573,17 @@ pub(crate) fn unresolved_failure(e: &PolicyError) -> ClauseFailure {
     }
 }
 
-fn op_matches(op: &Op, req: &Request<'_>) -> bool {
+/// Whether `req` is one of the operations `op` names. In a Deny, `GET` also names `HEAD`:
+/// most frameworks serve HEAD with the GET handler (running it, dropping the body), so a Deny
+/// on GET alone would let HEAD run what it forbids. An Allow of GET does not allow HEAD.
+fn op_matches(op: &Op, req: &Request<'_>, action: PolicyAction) -> bool {
+    let deny = action == PolicyAction::Deny;
     if !op.methods.is_empty()
-        && !req
-            .method
-            .is_some_and(|m| op.methods.iter().any(|x| x == m))
+        && !req.method.is_some_and(|m| {
+            op.methods
+                .iter()
+                .any(|x| x == m || (deny && m == "HEAD" && x == "GET"))
+        })
     {
         return false;
     }
@@ -730,7 +736,11 @@ fn login_providers(
             continue;
         }
         for rule in &p.rules {
-            if !(rule.to.is_empty() || rule.to.iter().any(|op| op_matches(op, req)))
+            if !(rule.to.is_empty()
+                || rule
+                    .to
+                    .iter()
+                    .any(|op| op_matches(op, req, PolicyAction::Allow)))
                 || !schedule_ok(rule, clock, PolicyAction::Allow)
             {
                 continue;

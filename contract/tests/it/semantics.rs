@@ -490,6 +490,30 @@ fn cases() -> Vec<Case> {
             get("/api/x", nobody()),
         )
         .denied(Reason::NoAllowMatched),
+        // Same class as issue 14, item 6: frameworks serve HEAD with the GET handler.
+        case(
+            "a Deny on GET also denies HEAD",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).to(op(&["GET"], &[]))),
+            ],
+            http("HEAD", "/", nobody()),
+        )
+        .denied_by("d", "r"),
+        case(
+            "an Allow of GET does not allow HEAD",
+            vec![
+                allow("p")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).to(op(&["GET"], &[]))),
+            ],
+            http("HEAD", "/", nobody()),
+        )
+        .denied(Reason::NoAllowMatched),
         case(
             "operation fields are ANDed",
             vec![
