@@ -504,6 +504,24 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
         );
     }
     let headers = facts.header;
+    // Rules match a header's first value; an upstream may read another one. A header some
+    // rule of this Resource matches on must come once, or the rule (and the Policies of its
+    // section) would be chosen on a value the upstream does not act on.
+    if let Some(name) = resource
+        .rules
+        .iter()
+        .flat_map(|r| &r.matches)
+        .flat_map(|m| &m.headers)
+        .map(|h| h.name.to_ascii_lowercase())
+        .find(|n| headers(n).len() > 1)
+    {
+        return refuse(
+            record,
+            400,
+            "RepeatedHeader",
+            Some(format!("header {name} sent more than once")),
+        );
+    }
     let Some(rule) = resource.route(facts.method, &target.path, |name| {
         headers(&name.to_ascii_lowercase()).into_iter().next()
     }) else {

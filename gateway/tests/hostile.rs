@@ -1098,3 +1098,60 @@ fn connection_tokens_cannot_remove_the_gateways_headers() {
         eprintln!("{token}: {codes:?}");
     }
 }
+
+/// Routing ambiguity (same class as issue 14, item 6): a rule is chosen by a header's first
+/// value or by the exact method, the upstream may read the last value or serve HEAD with its
+/// GET handler. Either would put the request in a section whose Deny it dodges.
+#[test]
+fn route_conditions_cannot_be_dodged_by_repeats_or_head() {
+    let up = Upstream::start("a");
+    let http = free_port();
+    let mut snap = snapshot(http, &up.addr.to_string());
+    let upstreams = snap["resources"][0]["rules"][0]["upstreams"].clone();
+    snap["resources"][0]["rules"] = json!([
+        {"name": "all", "upstreams": upstreams},
+        {"name": "internal", "upstreams": upstreams,
+         "matches": [{"headers": [{"name": "X-Internal", "value": "yes"}]}]},
+        {"name": "admin-read", "upstreams": upstreams,
+         "matches": [{"path": {"type": "PathPrefix", "value": "/admin"}, "method": "GET"}]}
+    ]);
+    let app = json!({"namespace": "acme-apps", "name": "app"});
+    snap["policies"] = json!([
+        {"namespace": "acme-apps", "name": "open", "tenant": "acme", "action": "Allow",
+         "targets": [{"resource": app}],
+         "rules": [{"name": "anyone", "from": ["anonymous"]}]},
+        {"namespace": "acme-apps", "name": "closed", "tenant": "acme", "action": "Deny",
+         "targets": [{"resource": app, "sectionName": "internal"},
+                     {"resource": app, "sectionName": "admin-read"}],
+         "rules": [{"name": "nobody", "from": ["anonymous"]}]}
+    ]);
+    let _gw = Gateway::start(&snap);
+    let send = |head: &str| {
+        let got = raw(
+            http,
+            format!("{head}\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        statuses(&got)
+    };
+    assert_eq!(send("GET /x HTTP/1.1\r\nX-Internal: no"), vec![200]);
+    assert_eq!(send("GET /x HTTP/1.1\r\nX-Internal: yes"), vec![403]);
+    assert_eq!(
+        send("GET /x HTTP/1.1\r\nX-Internal: no\r\nX-Internal: yes"),
+        vec![400]
+    );
+    assert_eq!(
+        send("GET /x HTTP/1.1\r\nx-internal: no\r\nX-INTERNAL: yes"),
+        vec![400]
+    );
+    assert_eq!(send("GET /admin/x HTTP/1.1"), vec![403]);
+    assert_eq!(send("HEAD /admin/x HTTP/1.1"), vec![403]);
+    assert_eq!(
+        send("POST /admin/x HTTP/1.1\r\nContent-Length: 0"),
+        vec![200]
+    );
+    assert_eq!(
+        up.seen.lock().unwrap().clone(),
+        ["/x", "/admin/x"],
+        "only the control requests reached the upstream"
+    );
+}
