@@ -487,6 +487,16 @@ fn rule_matches(
             .any(|p| principal_matches(p, id, tenant, Emails::of(action, true)))
 }
 
+/// Whether `path` is `value` with a trailing slash added or removed.
+fn same_but_slash(value: &str, path: &NormalizedPath) -> bool {
+    let p = path.as_str();
+    p.strip_suffix('/')
+        .is_some_and(|q| q == value && !q.is_empty())
+        || value
+            .strip_suffix('/')
+            .is_some_and(|v| v == p && !v.is_empty())
+}
+
 /// Which of a user's email addresses `emails` and `emailDomains` look at. Only a verified
 /// address may grant ([`UserIdentity::email`]); where a match takes access away, the address
 /// the provider asserted without vouching for it (the raw `email` claim) counts too, so a
@@ -575,7 +585,9 @@ pub(crate) fn unresolved_failure(e: &PolicyError) -> ClauseFailure {
 
 /// Whether `req` is one of the operations `op` names. In a Deny, `GET` also names `HEAD`:
 /// most frameworks serve HEAD with the GET handler (running it, dropping the body), so a Deny
-/// on GET alone would let HEAD run what it forbids. An Allow of GET does not allow HEAD.
+/// on GET alone would let HEAD run what it forbids. An Allow of GET does not allow HEAD. For
+/// the same reason an Exact path in a Deny also names the path with a trailing slash added
+/// or removed (`/admin` and `/admin/`), which many routers serve alike.
 fn op_matches(op: &Op, req: &Request<'_>, action: PolicyAction) -> bool {
     let deny = action == PolicyAction::Deny;
     if !op.methods.is_empty()
@@ -589,9 +601,12 @@ fn op_matches(op: &Op, req: &Request<'_>, action: PolicyAction) -> bool {
     }
     if !op.paths.is_empty()
         && !req.path.is_some_and(|p| {
-            op.paths
-                .iter()
-                .any(|pm| path_matches(pm.kind, &pm.value, p))
+            op.paths.iter().any(|pm| {
+                path_matches(pm.kind, &pm.value, p)
+                    || (deny
+                        && pm.kind == crate::snapshot::PathMatchType::Exact
+                        && same_but_slash(&pm.value, p))
+            })
         })
     {
         return false;

@@ -505,6 +505,42 @@ fn cases() -> Vec<Case> {
         )
         .denied_by("d", "r"),
         case(
+            "a Deny on an Exact path also denies it with a trailing slash",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).to(op(&[], &[("/admin", Exact)]))),
+            ],
+            get("/admin/", nobody()),
+        )
+        .denied_by("d", "r"),
+        case(
+            "a Deny on an Exact path with a slash also denies it without",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).to(op(&[], &[("/admin/", Exact)]))),
+            ],
+            get("/admin", nobody()),
+        )
+        .denied_by("d", "r"),
+        case(
+            "an Allow of an Exact path does not allow it with a trailing slash",
+            vec![
+                allow("p")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).to(op(&[], &[("/status", Exact)]))),
+            ],
+            get("/status/", nobody()),
+        )
+        .denied(Reason::NoAllowMatched),
+        case(
             "an Allow of GET does not allow HEAD",
             vec![
                 allow("p")
