@@ -73,7 +73,8 @@ pub fn compile(world: &World) -> Compiled {
             continue;
         };
         let admin_ns = world.tenant(tenant).and_then(|t| t.spec.admin_namespace());
-        let (targets, missing) = policy_targets(p, &world.resources, &claims, admin_ns);
+        let (targets, missing) =
+            policy_targets(p, &world.resources, &claims, admin_ns, &world.namespaces);
         if !missing.is_empty() {
             missing_targets.push((format!("{ns}/{}", p.name_any()), missing));
         }
@@ -167,7 +168,8 @@ pub fn run_all(world: &World, compiled: &Compiled) -> Vec<TestOutcome> {
             .as_deref()
             .and_then(|t| world.tenant(t))
             .and_then(|t| t.spec.admin_namespace());
-        let (targets, _) = policy_targets(p, &world.resources, &claims, admin_ns);
+        let (targets, _) =
+            policy_targets(p, &world.resources, &claims, admin_ns, &world.namespaces);
         for t in &p.spec.tests {
             out.push(run_one(
                 &format!("{ns}/{}", p.name_any()),

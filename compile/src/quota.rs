@@ -190,6 +190,7 @@ mod tests {
                 other,
             ],
             policies: vec![policy],
+            namespaces: Default::default(),
         };
         let over = over_quota(&world, &world.claims());
         let keys: Vec<String> = over.resources.keys().map(ToString::to_string).collect();
@@ -243,6 +244,7 @@ mod tests {
             ],
             resources: Vec::new(),
             policies: Vec::new(),
+            namespaces: Default::default(),
         };
         let over = over_quota(&world, &world.claims());
         let gws: Vec<String> = over.gateways.keys().map(ToString::to_string).collect();

@@ -461,6 +461,42 @@ fn top_index(path: &str) -> Option<(&str, usize)> {
     Some((list, idx.parse().ok()?))
 }
 
+/// The indices of the Resources whose site upstreams produced the tunnel's allowed target at
+/// `path` (`tunnel.sites[i].allowedTargets[j]...`); empty when the path names no target.
+fn target_sources(s: &Snapshot, path: &str) -> Vec<usize> {
+    let Some(("tunnel.sites", i)) = top_index(path) else {
+        return Vec::new();
+    };
+    let rest = path.split_once("].").map_or("", |(_, r)| r);
+    let Some(("allowedTargets", j)) = top_index(rest) else {
+        return Vec::new();
+    };
+    let Some(site) = s.tunnel.as_ref().and_then(|t| t.sites.get(i)) else {
+        return Vec::new();
+    };
+    let Some(target) = site.allowed_targets.get(j) else {
+        return Vec::new();
+    };
+    let udp = target.protocol == cs::TransportProtocol::Udp;
+    s.resources
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.tenant == site.tenant && (r.protocol == cs::ResourceProtocol::Udp) == udp
+        })
+        .filter(|(_, r)| {
+            r.upstreams
+                .iter()
+                .chain(r.rules.iter().flat_map(|x| &x.upstreams))
+                .any(|u| {
+                    matches!(&u.kind, cs::UpstreamKind::Site(su)
+                        if su.site == site.name && su.host == target.host)
+                })
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
 impl Builder<'_> {
     fn problem(
         &mut self,
@@ -615,11 +651,32 @@ impl Builder<'_> {
         Ok(out.into_iter().collect())
     }
 
-    /// A site's public key: from the spec, else the one the operator generated.
+    /// A site's public key: from the spec, else the one the operator generated, if that one
+    /// is usable. The generated key is read from a Secret in the Gateway's namespace, which
+    /// more people than the Gateway's owner may be able to write: a value that is not a key,
+    /// or that another site of this Gateway also has, leaves this site out (its Resources
+    /// say why) rather than failing the whole snapshot.
     fn site_key(&self, s: &g::Site) -> Option<String> {
-        s.public_key
-            .clone()
-            .or_else(|| self.inputs.site_keys.get(&s.name).cloned())
+        use rustronaut_contract::identity::site::decode_public_key;
+        if let Some(k) = &s.public_key {
+            return Some(k.clone());
+        }
+        let generated = self.inputs.site_keys.get(&s.name)?;
+        let key = decode_public_key(generated).ok()?;
+        let clash = self
+            .gateway
+            .spec
+            .tunnel
+            .iter()
+            .flat_map(|t| &t.sites)
+            .filter(|o| o.name != s.name)
+            .filter_map(|o| {
+                o.public_key
+                    .as_ref()
+                    .or_else(|| self.inputs.site_keys.get(&o.name))
+            })
+            .any(|k| decode_public_key(k).is_ok_and(|k| k == key));
+        (!clash).then(|| generated.clone())
     }
 
     /// Checks the site upstreams of `res` against this gateway's tunnel.
@@ -672,7 +729,7 @@ impl Builder<'_> {
                 return Err((
                     reasons::SITE_NOT_FOUND,
                     format!(
-                        "site {} has no publicKey and the operator has not generated one yet",
+                        "site {} has no publicKey and the operator has not generated one yet (or the generated one is not a key, or another site's)",
                         site.name
                     ),
                 ));
@@ -966,7 +1023,13 @@ impl Builder<'_> {
             }
             let tenant_obj = world.tenant(&tenant);
             let admin_ns = tenant_obj.and_then(|t| t.spec.admin_namespace());
-            let (all_targets, _) = policy_targets(p, &world.resources, &self.claims, admin_ns);
+            let (all_targets, _) = policy_targets(
+                p,
+                &world.resources,
+                &self.claims,
+                admin_ns,
+                &world.namespaces,
+            );
             let mut targets = Vec::new();
             for t in all_targets {
                 let Some(r) = here.get(&(t.namespace.as_str(), t.name.as_str())) else {
@@ -1148,6 +1211,13 @@ impl Builder<'_> {
                         if i < s.policies.len() && s.policies[i].unresolved.is_empty() =>
                     {
                         fail_policies.entry(i).or_default().push(e.to_string());
+                    }
+                    // allowedTargets are derived from the Resources' site upstreams: the
+                    // Resources that produced a bad target are at fault, not the Gateway.
+                    Some(("tunnel.sites", _)) if !target_sources(s, &e.path).is_empty() => {
+                        for i in target_sources(s, &e.path) {
+                            drop_resources.entry(i).or_insert_with(|| e.to_string());
+                        }
                     }
                     Some(("tenants", i)) if i < s.tenants.len() => {
                         let rest = e.path.split_once("].").map_or("", |(_, r)| r);
@@ -1719,6 +1789,66 @@ mod tests {
         assert!(site.allowed_targets.iter().all(|t| t.host == "10.1.2.3"));
     }
 
+    /// Issue 14, item 2: a site host the snapshot refuses (upper case, underscore, wildcard)
+    /// used to fail the whole build at `tunnel.sites[..].allowedTargets[..]`, freezing every
+    /// tenant's revocations behind the last good snapshot.
+    #[test]
+    fn an_invalid_site_host_leaves_only_its_resource_out() {
+        let mut world = examples();
+        let mut broken = Vec::new();
+        for (name, host) in [
+            ("upper", "DB.corp.example"),
+            ("underscore", "a_b"),
+            ("wild", "*.corp.example"),
+        ] {
+            let mut r = http_resource(
+                "acme-apps",
+                name,
+                &format!("{name}.acme.example"),
+                "rtn-system/edge",
+            );
+            r.spec.rules[0].upstreams = vec![serde_json::from_value(json!({
+                "site": {"gateway": "rtn-system/edge", "name": "dc1"}, "host": host, "port": 5432
+            }))
+            .unwrap()];
+            broken.push(r);
+        }
+        world.resources.extend(broken);
+        // A revocation made at the same time: the wiki policy is deleted.
+        world.policies.retain(|p| p.name_any() != "wiki-access");
+
+        let out = build(&world, &secrets()).expect("one bad Resource does not fail the gateway");
+        assert_eq!(out.snapshot.validate(), Ok(()));
+        assert_eq!(
+            names(&out.snapshot.resources, |r| r.name.clone()),
+            ["grafana", "postgres", "wiki"]
+        );
+        for name in ["upper", "underscore", "wild"] {
+            let p: Vec<_> = out.problems_of("Resource", "acme-apps", name).collect();
+            assert_eq!(p.len(), 1, "{name}: {p:?}");
+            assert_eq!(p[0].reason, reasons::INVALID, "{name}");
+            assert_eq!(p[0].impact, Impact::LeftOut, "{name}");
+            assert!(
+                p[0].message.contains("invalid hostname"),
+                "{}",
+                p[0].message
+            );
+        }
+        assert!(
+            out.snapshot
+                .policies
+                .iter()
+                .all(|p| p.name != "wiki-access"),
+            "the deleted policy is gone from the new snapshot"
+        );
+        let site = &out.snapshot.tunnel.as_ref().unwrap().sites[0];
+        assert!(
+            site.allowed_targets.iter().all(|t| t.host == "10.1.2.3"),
+            "{:?}",
+            site.allowed_targets
+        );
+    }
+
     #[test]
     fn a_site_without_public_key_uses_the_generated_one() {
         let mut world = examples();
@@ -1751,6 +1881,37 @@ mod tests {
         assert_eq!(tunnel.sites[0].public_key, spec_key);
         assert!(tunnel.sites[0].tunnel_address.is_some());
         assert!(!tunnel.sites[0].allowed_targets.is_empty());
+
+        // A generated value that is not a key, or is another site's key, leaves only this
+        // site out: the rest of the snapshot is built.
+        for bad in ["not-a-key", "AAAA", spec_key.as_str()] {
+            let mut world = examples();
+            let edge = world
+                .gateways
+                .iter_mut()
+                .find(|g| g.name_any() == "edge")
+                .unwrap();
+            let t = edge.spec.tunnel.as_mut().unwrap();
+            t.sites[0].public_key = None;
+            let mut other = t.sites[0].clone();
+            other.name = "dc2".into();
+            other.public_key = Some(spec_key.clone());
+            t.sites.push(other);
+            let mut inputs = self::inputs(&secrets);
+            inputs.site_keys.insert("dc1".into(), bad.into());
+            let out = gateway_snapshot(&world, gateway(&world, "edge"), &inputs)
+                .unwrap_or_else(|e| panic!("{bad}: {e}"));
+            assert_eq!(out.snapshot.validate(), Ok(()));
+            let sites = &out.snapshot.tunnel.as_ref().unwrap().sites;
+            assert_eq!(names(sites, |s| s.name.clone()), ["dc2"], "{bad}");
+            assert!(
+                out.problems
+                    .iter()
+                    .any(|p| p.reason == reasons::SITE_NOT_FOUND),
+                "{bad}: {:?}",
+                out.problems
+            );
+        }
 
         // A key in the spec wins over a generated one.
         let other = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";

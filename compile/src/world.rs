@@ -6,7 +6,7 @@
 //! deserialise is an error naming its file and name, never silently skipped.
 
 use rustronaut_crds::manifests::Manifest;
-use rustronaut_crds::tenancy::{Claims, resolve_claims};
+use rustronaut_crds::tenancy::{Claims, NamespaceLabels, resolve_claims};
 use rustronaut_crds::{Gateway, Policy, Resource, Tenant};
 use std::path::PathBuf;
 
@@ -58,6 +58,10 @@ pub struct World {
     pub resources: Vec<Resource>,
     /// Policies.
     pub policies: Vec<Policy>,
+    /// Labels of the namespaces known (the operator's cache; `v1` Namespace manifests among
+    /// the files), for Policies' namespaceSelector. A namespace missing here has unknown
+    /// labels: a namespaceSelector of a Deny selects it, of an Allow does not.
+    pub namespaces: NamespaceLabels,
 }
 
 impl World {
@@ -66,6 +70,18 @@ impl World {
         let mut world = World::default();
         let mut seen = std::collections::BTreeSet::new();
         for m in manifests {
+            if m.api_version() == "v1" && m.kind() == "Namespace" {
+                let labels = m.value["metadata"]["labels"]
+                    .as_object()
+                    .map(|l| {
+                        l.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                world.namespaces.insert(m.name().to_string(), labels);
+                continue;
+            }
             if !m.api_version().starts_with("rustronaut.io/") {
                 continue;
             }

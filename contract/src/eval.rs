@@ -471,17 +471,65 @@ fn rule_matches(
     action: PolicyAction,
 ) -> bool {
     let id = req.identity;
-    (rule.to.is_empty() || rule.to.iter().any(|op| op_matches(op, req)))
+    (rule.to.is_empty() || rule.to.iter().any(|op| op_matches(op, req, action)))
         && schedule_ok(rule, clock, action)
-        && rule.from.iter().any(|p| principal_matches(p, id, tenant))
+        && rule
+            .from
+            .iter()
+            .any(|p| principal_matches(p, id, tenant, Emails::of(action, false)))
         && rule
             .require
             .iter()
-            .all(|p| principal_matches(p, id, tenant))
+            .all(|p| principal_matches(p, id, tenant, Emails::of(action, false)))
         && !rule
             .exclude
             .iter()
-            .any(|p| principal_matches(p, id, tenant))
+            .any(|p| principal_matches(p, id, tenant, Emails::of(action, true)))
+}
+
+/// Whether `path` is `value` with a trailing slash added or removed.
+fn same_but_slash(value: &str, path: &NormalizedPath) -> bool {
+    let p = path.as_str();
+    p.strip_suffix('/')
+        .is_some_and(|q| q == value && !q.is_empty())
+        || value
+            .strip_suffix('/')
+            .is_some_and(|v| v == p && !v.is_empty())
+}
+
+/// Which of a user's email addresses `emails` and `emailDomains` look at. Only a verified
+/// address may grant ([`UserIdentity::email`]); where a match takes access away, the address
+/// the provider asserted without vouching for it (the raw `email` claim) counts too, so a
+/// token without `email_verified` can never dodge a Deny or an `exclude` naming its email.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Emails {
+    /// The verified address only.
+    Verified,
+    /// The verified address, else the raw `email` claim.
+    Claimed,
+}
+
+impl Emails {
+    /// For a clause of a rule of a `action` policy: `from`/`require` of a Deny and
+    /// `exclude` of an Allow restrict, everything else grants.
+    pub(crate) fn of(action: PolicyAction, exclude: bool) -> Self {
+        if (action == PolicyAction::Deny) != exclude {
+            Self::Claimed
+        } else {
+            Self::Verified
+        }
+    }
+
+    fn pick(self, user: &UserIdentity) -> Option<&str> {
+        user.email.as_deref().or(match self {
+            Self::Verified => None,
+            Self::Claimed => user
+                .claims
+                .get("email")
+                .and_then(|v| v.first())
+                .map(String::as_str),
+        })
+    }
 }
 
 fn schedule_ok(rule: &Rule, clock: &mut Clock, action: PolicyAction) -> bool {
@@ -502,22 +550,27 @@ pub(crate) fn rule_failures(
 ) -> Vec<ClauseFailure> {
     let id = req.identity;
     let mut out = Vec::new();
-    if !(rule.to.is_empty() || rule.to.iter().any(|op| op_matches(op, req))) {
+    if !(rule.to.is_empty() || rule.to.iter().any(|op| op_matches(op, req, policy.action))) {
         out.push(ClauseFailure::ToNotMatched);
     }
     if !schedule_ok(rule, clock, policy.action) {
         out.push(ClauseFailure::OutsideSchedule);
     }
-    if !rule.from.iter().any(|p| principal_matches(p, id, tenant)) {
+    let grants = Emails::of(policy.action, false);
+    if !rule
+        .from
+        .iter()
+        .any(|p| principal_matches(p, id, tenant, grants))
+    {
         out.push(ClauseFailure::FromNotMatched);
     }
     for (index, p) in rule.require.iter().enumerate() {
-        if !principal_matches(p, id, tenant) {
+        if !principal_matches(p, id, tenant, grants) {
             out.push(ClauseFailure::RequireFailed { index });
         }
     }
     for (index, p) in rule.exclude.iter().enumerate() {
-        if principal_matches(p, id, tenant) {
+        if principal_matches(p, id, tenant, Emails::of(policy.action, true)) {
             out.push(ClauseFailure::Excluded { index });
         }
     }
@@ -530,19 +583,30 @@ pub(crate) fn unresolved_failure(e: &PolicyError) -> ClauseFailure {
     }
 }
 
-fn op_matches(op: &Op, req: &Request<'_>) -> bool {
+/// Whether `req` is one of the operations `op` names. In a Deny, `GET` also names `HEAD`:
+/// most frameworks serve HEAD with the GET handler (running it, dropping the body), so a Deny
+/// on GET alone would let HEAD run what it forbids. An Allow of GET does not allow HEAD. For
+/// the same reason an Exact path in a Deny also names the path with a trailing slash added
+/// or removed (`/admin` and `/admin/`), which many routers serve alike.
+fn op_matches(op: &Op, req: &Request<'_>, action: PolicyAction) -> bool {
+    let deny = action == PolicyAction::Deny;
     if !op.methods.is_empty()
-        && !req
-            .method
-            .is_some_and(|m| op.methods.iter().any(|x| x == m))
+        && !req.method.is_some_and(|m| {
+            op.methods
+                .iter()
+                .any(|x| x == m || (deny && m == "HEAD" && x == "GET"))
+        })
     {
         return false;
     }
     if !op.paths.is_empty()
         && !req.path.is_some_and(|p| {
-            op.paths
-                .iter()
-                .any(|pm| path_matches(pm.kind, &pm.value, p))
+            op.paths.iter().any(|pm| {
+                path_matches(pm.kind, &pm.value, p)
+                    || (deny
+                        && pm.kind == crate::snapshot::PathMatchType::Exact
+                        && same_but_slash(&pm.value, p))
+            })
         })
     {
         return false;
@@ -574,9 +638,12 @@ pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-pub(crate) fn principal_matches(m: &Matcher, id: &Identity, tenant: &str) -> bool {
+pub(crate) fn principal_matches(m: &Matcher, id: &Identity, tenant: &str, emails: Emails) -> bool {
     match m {
-        Matcher::User(u) => id.user.as_ref().is_some_and(|user| user_matches(u, user)),
+        Matcher::User(u) => id
+            .user
+            .as_ref()
+            .is_some_and(|user| user_matches(u, user, emails)),
         Matcher::Certificate(c) => id
             .client_certificate
             .as_ref()
@@ -597,7 +664,8 @@ pub(crate) fn principal_matches(m: &Matcher, id: &Identity, tenant: &str) -> boo
     }
 }
 
-fn user_matches(u: &UserMatcher, user: &UserIdentity) -> bool {
+fn user_matches(u: &UserMatcher, user: &UserIdentity, emails: Emails) -> bool {
+    let email = emails.pick(user);
     if u.idp.as_ref().is_some_and(|i| *i != user.idp) {
         return false;
     }
@@ -605,15 +673,12 @@ fn user_matches(u: &UserMatcher, user: &UserIdentity) -> bool {
         return false;
     }
     if !u.emails.is_empty()
-        && !user
-            .email
-            .as_ref()
-            .is_some_and(|e| u.emails.iter().any(|x| x.eq_ignore_ascii_case(e)))
+        && !email.is_some_and(|e| u.emails.iter().any(|x| x.eq_ignore_ascii_case(e)))
     {
         return false;
     }
     if !u.email_domains.is_empty()
-        && !user.email.as_ref().is_some_and(|e| {
+        && !email.is_some_and(|e| {
             e.rsplit_once('@')
                 .is_some_and(|(_, d)| u.email_domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
         })
@@ -686,7 +751,11 @@ fn login_providers(
             continue;
         }
         for rule in &p.rules {
-            if !(rule.to.is_empty() || rule.to.iter().any(|op| op_matches(op, req)))
+            if !(rule.to.is_empty()
+                || rule
+                    .to
+                    .iter()
+                    .any(|op| op_matches(op, req, PolicyAction::Allow)))
                 || !schedule_ok(rule, clock, PolicyAction::Allow)
             {
                 continue;
@@ -706,13 +775,14 @@ fn login_providers(
 }
 
 fn could_match_after_login(rule: &Rule, id: &Identity, tenant: &str, idp: &str) -> bool {
-    let now_or_after = |m: &Matcher| principal_matches(m, id, tenant) || login_may_satisfy(m, idp);
+    let now_or_after = |m: &Matcher| {
+        principal_matches(m, id, tenant, Emails::Verified) || login_may_satisfy(m, idp)
+    };
     rule.from.iter().any(now_or_after)
         && rule.require.iter().all(now_or_after)
-        && !rule
-            .exclude
-            .iter()
-            .any(|m| principal_matches(m, id, tenant) || login_surely_satisfies(m, idp))
+        && !rule.exclude.iter().any(|m| {
+            principal_matches(m, id, tenant, Emails::Claimed) || login_surely_satisfies(m, idp)
+        })
 }
 
 fn login_may_satisfy(m: &Matcher, idp: &str) -> bool {

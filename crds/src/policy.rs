@@ -45,8 +45,10 @@ pub struct PolicySpec {
     /// Resources (in this namespace) whose labels match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
-    /// Only for Policies in the tenant's adminNamespace: also select Resources in the tenant's
-    /// namespaces whose labels match (never beyond the tenant).
+    /// Only for Policies in the tenant's adminNamespace: also select the Resources matching
+    /// targetSelector in those of the tenant's namespaces whose Namespace labels match this
+    /// selector (never beyond the tenant). A namespace whose labels the operator does not know
+    /// yet is selected by a Deny and not by an Allow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
     /// Allow or Deny.

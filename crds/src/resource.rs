@@ -196,9 +196,11 @@ pub struct Upstream {
     /// A remote site, reached through a Gateway's tunnel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<SiteUpstream>,
-    /// Host at the site (IP address or DNS name resolved by the site's connector).
+    /// Host at the site: an IP address, or a lower-case DNS name (letters, digits, hyphens;
+    /// no underscore, no wildcard) that the site's connector resolves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("isIP(self) || self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$')").message("host must be an IP address or a lower-case DNS name such as db.corp.example"))]
     pub host: Option<String>,
     /// Port at the site.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -151,15 +151,22 @@ pub struct Target {
     pub section: Option<String>,
 }
 
+/// Labels of namespaces by name, as far as they are known (the operator's Namespace cache; the
+/// Namespace manifests of a directory for the CLI).
+pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
+
 /// The Resources `policy` selects among `resources`, never beyond its tenant: targetRefs (same
 /// namespace), targetSelector (same namespace), and, for Policies in the tenant's
-/// adminNamespace, namespaceSelector widening targetSelector to the tenant's namespaces.
+/// adminNamespace, namespaceSelector widening targetSelector to those of the tenant's
+/// namespaces whose labels (`namespaces`) match it. A namespace whose labels are not known
+/// fails closed: a Deny selects it, an Allow does not.
 /// Returns the targets and the targetRefs that name no Resource.
 pub fn policy_targets(
     policy: &Policy,
     resources: &[Resource],
     claims: &Claims,
     admin_namespace: Option<&str>,
+    namespaces: &NamespaceLabels,
 ) -> (Vec<Target>, Vec<String>) {
     let ns = policy.namespace().unwrap_or_default();
     let Some(tenant) = claims.tenant_of(&ns) else {
@@ -187,8 +194,13 @@ pub fn policy_targets(
             let res_ns = res.namespace().unwrap_or_default();
             let same_ns = res_ns == ns;
             let widened = in_admin
-                && policy.spec.namespace_selector.is_some()
-                && claims.tenant_of(&res_ns) == Some(tenant);
+                && claims.tenant_of(&res_ns) == Some(tenant)
+                && policy.spec.namespace_selector.as_ref().is_some_and(|nsel| {
+                    namespaces.get(&res_ns).map_or(
+                        policy.spec.action == crate::policy::PolicyAction::Deny,
+                        |labels| selector_matches(nsel, labels),
+                    )
+                });
             if (same_ns || widened) && selector_matches(sel, res.labels()) {
                 targets.push(Target {
                     namespace: res_ns,
@@ -319,5 +331,79 @@ mod tests {
             !selector_matches(&sel(&[], vec![("team", "Bogus", &[])]), &labels),
             "unknown operators fail closed"
         );
+    }
+
+    fn resource(ns: &str, name: &str) -> Resource {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": "web"}},
+            "spec": {
+                "gatewayRefs": [{"namespace": "edge", "name": "edge"}],
+                "protocol": "HTTP", "hostnames": [format!("{name}.acme.example")],
+                "rules": [{"name": "all", "upstreams": [{"service": {"name": name, "port": 80}}]}]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn admin_policy(action: &str) -> Policy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Policy",
+            "metadata": {"name": "web", "namespace": "acme-admin"},
+            "spec": {
+                "targetSelector": {"matchLabels": {"app": "web"}},
+                "namespaceSelector": {"matchLabels": {"env": "dev"}},
+                "action": action,
+                "rules": [{"name": "r", "from": [{"anonymous": true}]}]
+            }
+        }))
+        .unwrap()
+    }
+
+    /// Issue 14, item 8: namespaceSelector used to be checked for presence only, so
+    /// `{env: dev}` selected the tenant's prod namespaces too.
+    #[test]
+    fn namespace_selector_matches_namespace_labels_and_fails_closed_when_unknown() {
+        let t = tenant(
+            "acme",
+            10,
+            &["acme-admin", "acme-dev", "acme-prod", "acme-new"],
+            &[],
+        );
+        let other = tenant("globex", 5, &["globex-dev"], &[]);
+        let claims = resolve_claims(&[t, other]);
+        let resources: Vec<Resource> = [
+            "acme-admin",
+            "acme-dev",
+            "acme-prod",
+            "acme-new",
+            "globex-dev",
+        ]
+        .iter()
+        .map(|ns| resource(ns, "web"))
+        .collect();
+        let labels = |env: &str| BTreeMap::from([("env".to_string(), env.to_string())]);
+        // acme-new's labels are not known (not in the cache yet, not in the files).
+        let namespaces: NamespaceLabels = BTreeMap::from([
+            ("acme-admin".to_string(), labels("admin")),
+            ("acme-dev".to_string(), labels("dev")),
+            ("acme-prod".to_string(), labels("prod")),
+            ("globex-dev".to_string(), labels("dev")),
+        ]);
+        let selected = |action: &str| {
+            let (targets, missing) = policy_targets(
+                &admin_policy(action),
+                &resources,
+                &claims,
+                Some("acme-admin"),
+                &namespaces,
+            );
+            assert!(missing.is_empty());
+            targets.into_iter().map(|t| t.namespace).collect::<Vec<_>>()
+        };
+        // The admin namespace itself (targetSelector's own namespace), the matching dev
+        // namespace, never prod, never another tenant's; unknown labels: only a Deny.
+        assert_eq!(selected("Allow"), ["acme-admin", "acme-dev"]);
+        assert_eq!(selected("Deny"), ["acme-admin", "acme-dev", "acme-new"]);
     }
 }

@@ -333,6 +333,25 @@ fn cases() -> Vec<Case> {
             },
             expect: "a site upstream needs host",
         },
+        // Issue 14, item 2: hosts the snapshot refuses must not get past the API server.
+        Case {
+            name: "site host in upper case",
+            base: ("Resource", "wiki"),
+            change: |v| v["spec"]["rules"][0]["upstreams"][0]["host"] = json!("DB.corp.example"),
+            expect: "host must be an IP address or a lower-case DNS name",
+        },
+        Case {
+            name: "site host with an underscore",
+            base: ("Resource", "wiki"),
+            change: |v| v["spec"]["rules"][0]["upstreams"][0]["host"] = json!("a_b"),
+            expect: "host must be an IP address or a lower-case DNS name",
+        },
+        Case {
+            name: "site host as a wildcard",
+            base: ("Resource", "wiki"),
+            change: |v| v["spec"]["rules"][0]["upstreams"][0]["host"] = json!("*.corp.example"),
+            expect: "host must be an IP address or a lower-case DNS name",
+        },
         Case {
             name: "service upstream with a host",
             base: r,

@@ -5,7 +5,8 @@
 //! anonymous: otherwise a Deny naming a user could be dodged by corrupting the token, and an
 //! expired token would pass wherever anonymous callers may. What counts as presented:
 //! - `Authorization: Bearer <token>`, when the tenant has a JWT provider (otherwise the
-//!   header belongs to the upstream and passes through untouched);
+//!   header belongs to the upstream and passes through untouched); an `Authorization` value
+//!   that does not parse ([`authorization`]) is invalid credentials on every host;
 //! - without such a header, a cookie named by a JWT provider's `cookieName` (browsers cannot
 //!   add headers to a navigation); the proxy strips that cookie before forwarding;
 //! - the header of any of the tenant's API-key providers;
@@ -54,6 +55,9 @@ pub enum AuthnError {
     /// fetched yet).
     #[error("bearer token refused: no provider of the tenant has keys yet")]
     Unverifiable,
+    /// An `Authorization` header the gateway cannot parse ([`authorization`]).
+    #[error("Authorization header is malformed")]
+    MalformedAuthorization,
     /// The same credential header sent more than once.
     #[error("credential header {0} sent more than once")]
     Repeated(String),
@@ -72,7 +76,7 @@ impl AuthnError {
     /// Stable short name for logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Token(_) | Self::Unverifiable => "InvalidToken",
+            Self::Token(_) | Self::Unverifiable | Self::MalformedAuthorization => "InvalidToken",
             Self::Repeated(_) => "RepeatedCredential",
             Self::ApiKey(_) => "InvalidApiKey",
             Self::CertificateNotTrusted | Self::Certificate(_) => "InvalidClientCertificate",
@@ -91,10 +95,53 @@ pub struct Credentials<'a, 'h> {
 /// The bearer token of an `Authorization` value, if it uses the Bearer scheme
 /// (case-insensitive, RFC 9110 §11.1).
 pub fn bearer(value: &str) -> Option<&str> {
-    let (scheme, rest) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim_matches(' '))
+    match authorization(value) {
+        Some(Authorization::Bearer(t)) => Some(t),
+        _ => None,
+    }
+}
+
+/// An `Authorization` value, as the gateway reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization<'a> {
+    /// `Bearer <token68>` (scheme in any case, one or more spaces before the token).
+    Bearer(&'a str),
+    /// A well-formed value of another scheme (`Basic ...`): the upstream's business.
+    Other,
+}
+
+/// Parses an `Authorization` value (RFC 9110 §11.4: `auth-scheme [ 1*SP ( token68 /
+/// #auth-param ) ]`). `None` for anything else: a tab or other control character, an empty
+/// value, a scheme that is not a token, a Bearer scheme without exactly one token68, or a
+/// scheme that starts with `bearer` (`Bearer\ttoken`, `Bearer:token`). Such a value is
+/// neither a token the gateway checked nor safely the upstream's, since a lenient upstream
+/// might read it as a bearer token, so it is refused as invalid credentials.
+pub fn authorization(value: &str) -> Option<Authorization<'_>> {
+    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if value.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+        return None;
+    }
+    let value = value.trim_matches(' ');
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if scheme.is_empty() || !scheme.bytes().all(is_tchar) {
+        return None;
+    }
+    let rest = rest.trim_start_matches(' ');
+    let lower = scheme.to_ascii_lowercase();
+    if lower == "bearer" {
+        let token68 = |t: &str| {
+            let body = t.trim_end_matches('=');
+            !body.is_empty()
+                && body
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+        };
+        return token68(rest).then_some(Authorization::Bearer(rest));
+    }
+    if lower.starts_with("bearer") {
+        return None;
+    }
+    Some(Authorization::Other)
 }
 
 /// The values of cookie `name` in `Cookie` header values (`a=1; b=2`, RFC 6265 §5.4; HTTP/2
@@ -134,6 +181,14 @@ pub fn authenticate(
 ) -> Result<Identity, AuthnError> {
     let mut identity = Identity::anonymous(Some(source_ip));
 
+    // On every host, with or without JWT providers: a value nobody can read the same way
+    // twice is refused, not passed on as the upstream's business.
+    if (creds.header)("authorization")
+        .iter()
+        .any(|v| authorization(v).is_none())
+    {
+        return Err(AuthnError::MalformedAuthorization);
+    }
     if auth.takes_bearer_tokens() {
         let values = (creds.header)("authorization");
         let mut tokens: Vec<&str> = values.iter().filter_map(|v| bearer(v)).collect();
@@ -237,6 +292,47 @@ mod tests {
         assert_eq!(bearer("bearer  abc"), Some("abc"));
         assert_eq!(bearer("Basic dXNlcjpwdw=="), None);
         assert_eq!(bearer("Bearer"), None);
+    }
+
+    /// Issue 14, item 17: a value the gateway cannot read is never "no credentials".
+    #[test]
+    fn unparseable_authorization_values_are_errors_and_other_schemes_are_not() {
+        for bad in [
+            "Bearer\tabc",
+            "Bearer\t abc",
+            "Bearer:abc",
+            "Bearerabc",
+            "Bearer a b",
+            "Bearer a,b",
+            "Bearer ",
+            "Bearer",
+            "",
+            " ",
+            "\tBearer abc",
+            "Bearer abc\r",
+            "B@sic x",
+            "Basic \u{e9}",
+        ] {
+            assert_eq!(authorization(bad), None, "{bad:?}");
+            assert_eq!(bearer(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            authorization("Bearer a.b-c_~+/=="),
+            Some(Authorization::Bearer("a.b-c_~+/=="))
+        );
+        assert_eq!(
+            authorization("bEaReR   abc  "),
+            Some(Authorization::Bearer("abc"))
+        );
+        assert_eq!(
+            authorization("Basic dXNlcjpwdw=="),
+            Some(Authorization::Other)
+        );
+        assert_eq!(
+            authorization("Digest username=\"a\", realm=\"b\""),
+            Some(Authorization::Other)
+        );
+        assert_eq!(authorization("Negotiate"), Some(Authorization::Other));
     }
 
     #[test]

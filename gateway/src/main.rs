@@ -63,6 +63,12 @@ struct Args {
     /// anything is forwarded, a chunked body that grows past it is cut off.
     #[arg(long, env = "RUSTRONAUT_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: u64,
+    /// Forward client headers whose name contains `_` to upstreams. Off by default (as in
+    /// nginx): CGI/WSGI/PHP servers read `X_Api_Key` as `X-Api-Key`, so an upstream could act
+    /// on a header the gateway never looked at. Names that read as the gateway's own
+    /// `x-rustronaut-*` headers are dropped either way.
+    #[arg(long, env = "RUSTRONAUT_ALLOW_UNDERSCORE_HEADERS")]
+    allow_underscore_headers: bool,
     /// OTLP/HTTP collector base URL (http://host:4318): one span per request is exported
     /// to `<url>/v1/traces`. Unset: no tracing.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -335,6 +341,7 @@ fn main() -> anyhow::Result<()> {
             max_header_bytes: args.max_header_bytes.max(1024),
             max_body_bytes: args.max_body_bytes,
         },
+        allow_underscore_headers: args.allow_underscore_headers,
         tunnel,
         oidc,
     });

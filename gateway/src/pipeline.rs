@@ -219,32 +219,167 @@ pub fn host_only(host: &str) -> Option<String> {
 }
 
 /// Path spellings that `normalize` (RFC 3986) reads as ordinary names but common upstream
-/// servers read as traversal, so a rule allowing `/public` would let them reach `/admin`:
-/// - a dot segment with parameters, `..;x` or `.;x` (Tomcat and Spring drop `;` parameters
-///   before resolving dot segments: `/public/..;/admin` is `/admin` to them);
-/// - a percent-encoded `%`, `.`, `/` or `\` encoded again (`%252e`, `%252f`, `%255c`), which
-///   an upstream that decodes twice turns into a dot segment or a separator.
+/// servers read otherwise, so a rule allowing `/public` would let them reach `/admin`, or a
+/// Deny on `/admin` would miss what the upstream serves as `/admin`:
+/// - a `;` anywhere in the path: servlet containers (Tomcat, Jetty, Spring) drop `;`
+///   parameters before routing, so `/admin;x=1` is `/admin` to them, and `..;` is a dot
+///   segment (`/public/..;/admin`). Data that contains a `;` is sent encoded (`%3B`), which
+///   they do not split on. A dot segment whose parameters are encoded (`..%3B`) is refused
+///   too, for upstreams that decode before they split;
+/// - a percent-encoding that is still a percent-encoding after one decoding (`%252e`,
+///   `%25%32%65`, `%252f`, `%255c`, `%2541`), which an upstream that decodes twice turns into
+///   a dot segment, a separator or another name than the policy saw.
 ///
 /// No legitimate client needs either, so they are refused (400) rather than guessed at.
 pub fn ambiguous_path(target: &str) -> Option<&'static str> {
     let path = target.split(['?', '#']).next().unwrap_or("");
-    let lower = path.to_ascii_lowercase();
-    if ["%252e", "%252f", "%255c", "%2525"]
-        .iter()
-        .any(|p| lower.contains(p))
-    {
+    if path.contains(';') {
+        return Some("path parameters (';') in the path");
+    }
+    let once = percent_decode_once(path.as_bytes());
+    if has_percent_escape(&once) {
         return Some("double percent-encoding in the path");
     }
-    let dotted = lower.replace("%2e", ".");
-    for segment in dotted.split(['/', '\\']) {
-        if let Some((name, _)) = segment.split_once(';')
-            && (name == "." || name == "..")
-        {
-            return Some("dot segment with parameters in the path");
+    for segment in once.split(|&b| b == b'/' || b == b'\\') {
+        if let Some(i) = segment.iter().position(|&b| b == b';') {
+            let name = &segment[..i];
+            if name == b"." || name == b".." {
+                return Some("dot segment with parameters in the path");
+            }
         }
     }
     None
 }
+
+fn hex(b: u8) -> Option<u8> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+/// `raw` with every valid `%XX` decoded once; anything else is kept as it is.
+fn percent_decode_once(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                raw.get(i + 1).copied().and_then(hex),
+                raw.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn has_percent_escape(bytes: &[u8]) -> bool {
+    bytes
+        .windows(3)
+        .any(|w| w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some())
+}
+
+/// Why a request method is refused: a method with a lower-case letter (`delete`). Methods
+/// are case-sensitive (RFC 9110 §9.1) and every standard one is upper case, but many
+/// frameworks upper-case what they receive, so `delete /x` would be evaluated as a method no
+/// rule names and served as `DELETE`.
+pub fn ambiguous_method(method: &str) -> Option<&'static str> {
+    method
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+        .then_some("method with lower-case letters")
+}
+
+/// Why a query string is refused: a `_method` parameter (any case, also percent-encoded),
+/// which Laravel, Symfony and others read as the method to act on, so `POST /x?_method=DELETE`
+/// would be served as a DELETE past a Deny on `DELETE`. The same override in a form body is
+/// not inspected (the body is not read before the decision): upstreams that honour it need
+/// their Deny rules to cover POST too, or the override turned off (docs/security.md).
+pub fn ambiguous_query(target: &str) -> Option<&'static str> {
+    let query = target.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or("");
+    query
+        .split(['&', ';'])
+        .map(|pair| pair.split('=').next().unwrap_or(""))
+        .any(|key| {
+            let key = percent_decode_once(key.replace('+', " ").as_bytes());
+            key.eq_ignore_ascii_case(b"_method")
+        })
+        .then_some("method override (_method) in the query")
+}
+
+/// The path prefix the gateway keeps for itself on every host (`/.rustronaut/oidc/...`).
+/// Requests whose normalised path falls under it are never forwarded.
+pub const RESERVED_PREFIX: &str = "/.rustronaut/";
+
+/// Whether a normalised, decoded path is under [`RESERVED_PREFIX`] (compared without case,
+/// for upstreams that fold case) or is the prefix without its slash.
+pub fn is_reserved_path(decoded: &str) -> bool {
+    let p = decoded.as_bytes();
+    let r = RESERVED_PREFIX.as_bytes();
+    (p.len() >= r.len() && p[..r.len()].eq_ignore_ascii_case(r))
+        || decoded.eq_ignore_ascii_case(&RESERVED_PREFIX[..RESERVED_PREFIX.len() - 1])
+}
+
+/// Client request headers that never reach an upstream, by name (any case):
+/// - every name that, read the way CGI/WSGI/PHP servers read it (case folded, `_` as `-`),
+///   is one of the gateway's own `x-rustronaut-*` headers: `X_Rustronaut_User` would be
+///   `HTTP_X_RUSTRONAUT_USER` to them, the same as the header the gateway sets;
+/// - unless `allow_underscores`, every name with an `_` (nginx drops them by default too):
+///   the gateway reads `x-api-key` and `x-env`, an upstream may read `x_api_key` and
+///   `x_env` as the same header, so policy and upstream would see different requests;
+/// - headers that ask the upstream to act on another method or target than the one the
+///   policy evaluated: `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`,
+///   `X-Original-URL`, `X-Rewrite-URL`, `X-Original-URI`, `X-Forwarded-Uri`,
+///   `X-Forwarded-Prefix`;
+/// - client-address and forwarding headers the gateway does not set itself (it sets
+///   `X-Forwarded-For`, `-Proto` and `-Host`): `Forwarded`, `X-Real-IP`, `X-Client-IP`,
+///   `True-Client-IP`, `CF-Connecting-IP`, `Fastly-Client-IP`, `X-Cluster-Client-IP`,
+///   `X-Forwarded-Port`, `X-Forwarded-Server`, `X-Forwarded-Scheme`, `X-Forwarded-Ssl`,
+///   `X-Original-Host`, `X-Host`: an upstream reading them would take the client's word for
+///   its address, scheme or host.
+pub fn dropped_header(name: &str, allow_underscores: bool) -> bool {
+    if !allow_underscores && name.contains('_') {
+        return true;
+    }
+    let n = canonical_header_name(name);
+    n.starts_with("x-rustronaut-") || DROPPED_HEADERS.contains(&n.as_str())
+}
+
+/// A header name as CGI-style servers see it: lower case, `_` read as `-`.
+pub fn canonical_header_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// See [`dropped_header`].
+const DROPPED_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-forwarded-prefix",
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-original-host",
+    "x-host",
+];
 
 /// A short, log-friendly summary of who is calling.
 pub fn identity_summary(id: &Identity) -> String {
@@ -344,14 +479,49 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
     };
     record.resource = Some(format!("{}/{}", resource.namespace, resource.name));
 
+    if let Some(why) = ambiguous_method(facts.method) {
+        return refuse(record, 400, "InvalidMethod", Some(why.into()));
+    }
     if let Some(why) = ambiguous_path(facts.target) {
         return refuse(record, 400, "InvalidPath", Some(why.into()));
+    }
+    if let Some(why) = ambiguous_query(facts.target) {
+        return refuse(record, 400, "InvalidMethod", Some(why.into()));
     }
     let target = match normalize(facts.target) {
         Ok(t) => t,
         Err(e) => return refuse(record, 400, "InvalidPath", Some(e.to_string())),
     };
+    // The gateway's own paths: answered by the proxy phase when the normalised path is one
+    // of them ([`crate::oidc`]); any other spelling or path under the prefix stops here, so
+    // an upstream never sees a request the gateway keeps for itself.
+    if is_reserved_path(target.path.as_str()) {
+        return refuse(
+            record,
+            404,
+            "ReservedPath",
+            Some(format!("{RESERVED_PREFIX} belongs to the gateway")),
+        );
+    }
     let headers = facts.header;
+    // Rules match a header's first value; an upstream may read another one. A header some
+    // rule of this Resource matches on must come once, or the rule (and the Policies of its
+    // section) would be chosen on a value the upstream does not act on.
+    if let Some(name) = resource
+        .rules
+        .iter()
+        .flat_map(|r| &r.matches)
+        .flat_map(|m| &m.headers)
+        .map(|h| h.name.to_ascii_lowercase())
+        .find(|n| headers(n).len() > 1)
+    {
+        return refuse(
+            record,
+            400,
+            "RepeatedHeader",
+            Some(format!("header {name} sent more than once")),
+        );
+    }
     let Some(rule) = resource.route(facts.method, &target.path, |name| {
         headers(&name.to_ascii_lowercase()).into_iter().next()
     }) else {
@@ -520,18 +690,113 @@ mod tests {
             "/public/%252F",
             "/public/%255c",
             "/public/%25252e",
+            // Issue 14, item 5: each character of `%2e` encoded again.
+            "/public/%25%32%65%25%32%65/admin",
+            "/public/%25%32%45",
+            "/public/%25%32%66admin",
+            "/public/%25%35%63admin",
+            "/public/%2561dmin",
+            // Issue 14, item 6: servlet path parameters.
+            "/admin;x=1",
+            "/admin/;x",
+            "/public/a;b/c",
+            "/public/...;x",
+            "/public/..%3B/admin",
+            "/public/%2e%2e%3bx/admin",
         ] {
             assert!(ambiguous_path(bad).is_some(), "{bad}");
         }
         for good in [
-            "/public/a;b/c",
-            "/public/...;x",
-            "/public/a..;b",
             "/public/%25/x",
+            "/public/50%25",
+            "/public/a%3Bb",
             "/public/x?next=..;/admin",
             "/public/%2e%2e/admin",
         ] {
             assert_eq!(ambiguous_path(good), None, "{good}");
+        }
+    }
+
+    #[test]
+    fn lower_case_methods_are_refused_and_standard_ones_pass() {
+        for bad in ["delete", "Delete", "get", "pOST"] {
+            assert!(ambiguous_method(bad).is_some(), "{bad}");
+        }
+        for good in ["GET", "DELETE", "PROPFIND", "M-SEARCH"] {
+            assert_eq!(ambiguous_method(good), None, "{good}");
+        }
+    }
+
+    #[test]
+    fn method_overrides_in_the_query_are_refused() {
+        for bad in [
+            "/x?_method=DELETE",
+            "/x?a=1&_method=delete",
+            "/x?a=1;_METHOD=PUT",
+            "/x?%5Fmethod=DELETE",
+            "/x?_method",
+        ] {
+            assert!(ambiguous_query(bad).is_some(), "{bad}");
+        }
+        for good in [
+            "/x",
+            "/x?",
+            "/x?method=DELETE",
+            "/x?a=_method",
+            "/x?my_method=1",
+        ] {
+            assert_eq!(ambiguous_query(good), None, "{good}");
+        }
+    }
+
+    #[test]
+    fn the_reserved_prefix_is_found_in_any_case_and_only_as_a_prefix() {
+        for p in [
+            "/.rustronaut/oidc/callback",
+            "/.rustronaut/",
+            "/.rustronaut",
+            "/.RUSTRONAUT/oidc/logout",
+            "/.rustronaut/other",
+        ] {
+            assert!(is_reserved_path(p), "{p}");
+        }
+        for p in [
+            "/",
+            "/.rustronautx",
+            "/a/.rustronaut/oidc/callback",
+            "/rustronaut/",
+        ] {
+            assert!(!is_reserved_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn headers_that_read_as_reserved_or_redirect_the_upstream_are_dropped() {
+        for name in [
+            "x-rustronaut-user",
+            "X-Rustronaut-User",
+            "X_Rustronaut_User",
+            "x_rustronaut-groups",
+            "X-HTTP-Method-Override",
+            "x-original-url",
+            "X-Rewrite-URL",
+            "Forwarded",
+            "X-Real-IP",
+            "true-client-ip",
+        ] {
+            assert!(dropped_header(name, false), "{name}");
+            assert!(dropped_header(name, true), "{name}, underscores allowed");
+        }
+        assert!(dropped_header("x_api_key", false));
+        assert!(!dropped_header("x_api_key", true));
+        for name in [
+            "accept",
+            "x-api-key",
+            "authorization",
+            "x-forwarded-for",
+            "cookie",
+        ] {
+            assert!(!dropped_header(name, false), "{name}");
         }
     }
 

@@ -42,13 +42,13 @@ use std::time::{Duration, Instant, SystemTime};
 pub const HEADER_USER: &str = "x-rustronaut-user";
 /// Verified email.
 pub const HEADER_EMAIL: &str = "x-rustronaut-email";
-/// Groups, comma-separated.
+/// Groups, comma-separated, each percent-encoded by [`encode_group`] (a group named
+/// `dev,admin` is `dev%2Cadmin`, never two groups).
 pub const HEADER_GROUPS: &str = "x-rustronaut-groups";
 /// The provider that verified the caller.
 pub const HEADER_IDP: &str = "x-rustronaut-identity-provider";
 /// The decision id (to upstreams on allow, to clients on every refusal).
 pub const HEADER_DECISION_ID: &str = "x-rustronaut-decision-id";
-const PREFIX: &str = "x-rustronaut-";
 
 /// Process-wide state shared by every listener.
 #[derive(Debug)]
@@ -79,6 +79,9 @@ pub struct Shared {
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     /// Header size limits ([`crate::framing`]).
     pub header_limits: crate::framing::Limits,
+    /// Whether client headers with `_` in their name reach upstreams
+    /// (`--allow-underscore-headers`; default: dropped, see [`pipeline::dropped_header`]).
+    pub allow_underscore_headers: bool,
     /// The tunnel hub's stream endpoint, for site upstreams (`--tunnel-stream`).
     pub tunnel: Option<Arc<crate::tunnel::TunnelClient>>,
     /// OIDC browser login (discovery cache, token exchange).
@@ -135,6 +138,22 @@ fn header_value(s: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(s).ok()
 }
 
+/// One group name as it appears in [`HEADER_GROUPS`]: `%`, `,`, space, control and non-ASCII
+/// bytes percent-encoded (UTF-8, upper-case hex), everything else as it is. Split the header
+/// on `,` and percent-decode each item to get the names back; a name without those bytes
+/// (the usual case) reads the same either way.
+pub fn encode_group(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_graphic() && b != b'%' && b != b',' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The identity headers for an upstream, `(name, value)`; values that are not valid header
 /// values are left out rather than mangled.
 pub fn identity_headers(id: &Identity, decision_id: &str) -> Vec<(&'static str, HeaderValue)> {
@@ -172,7 +191,8 @@ pub fn identity_headers(id: &Identity, decision_id: &str) -> Vec<(&'static str, 
     if let Some(u) = &id.user
         && !u.groups.is_empty()
     {
-        out.extend(header_value(&u.groups.join(",")).map(|v| (HEADER_GROUPS, v)));
+        let groups: Vec<String> = u.groups.iter().map(|g| encode_group(g)).collect();
+        out.extend(header_value(&groups.join(",")).map(|v| (HEADER_GROUPS, v)));
     }
     out.extend(header_value(decision_id).map(|v| (HEADER_DECISION_ID, v)));
     out
@@ -227,6 +247,24 @@ fn request_host_and_target(req: &RequestHeader) -> (Option<String>, String) {
     (host, target)
 }
 
+/// Whether the request is for one of the gateway's OIDC paths: `Some(true)` for the
+/// callback, `Some(false)` for logout. Decided on the normalised path, as policies are, so
+/// `/.rustronaut/oidc/%63allback` and `//.rustronaut/oidc/callback` are the callback too; a
+/// target the pipeline refuses as ambiguous is none (it is refused there).
+fn oidc_path(req: &RequestHeader) -> Option<bool> {
+    use crate::oidc::{CALLBACK_PATH, LOGOUT_PATH};
+    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    if !req.raw_path_is_utf8() || pipeline::ambiguous_path(target).is_some() {
+        return None;
+    }
+    let normalized = rustronaut_contract::path::normalize(target).ok()?;
+    match normalized.path.as_str() {
+        CALLBACK_PATH => Some(true),
+        LOGOUT_PATH => Some(false),
+        _ => None,
+    }
+}
+
 impl GatewayProxy {
     /// Writes an OIDC reply (redirect or short page, with its cookies); never cached.
     async fn reply(
@@ -261,13 +299,10 @@ impl GatewayProxy {
         ctx: &mut Ctx,
         state: &Arc<Compiled>,
     ) -> Result<bool> {
-        use crate::oidc::{CALLBACK_PATH, LOGOUT_PATH};
         let req = session.req_header();
-        let path = req.uri.path();
-        let is_callback = path == CALLBACK_PATH;
-        if !is_callback && path != LOGOUT_PATH {
+        let Some(is_callback) = oidc_path(req) else {
             return Ok(false);
-        }
+        };
         // Refusals that come before anything else in the pipeline stay there: ambiguous
         // framing, a TLS version below the listener's minimum.
         let framing = crate::framing::check(req.version, &req.headers, &self.shared.header_limits);
@@ -433,11 +468,7 @@ impl ProxyHttp for GatewayProxy {
             v4 => v4,
         };
         ctx.peer_ip = Some(peer);
-        if session
-            .req_header()
-            .uri
-            .path()
-            .starts_with(crate::oidc::PATH_PREFIX)
+        if oidc_path(session.req_header()).is_some()
             && self.oidc_endpoint(session, ctx, &state).await?
         {
             return Ok(true);
@@ -672,21 +703,34 @@ impl ProxyHttp for GatewayProxy {
         })?;
         upstream.set_uri(uri);
 
-        let spoofed: Vec<String> = upstream
+        // Spoofed identity headers in any spelling an upstream may read as ours, and headers
+        // that would make the upstream act on something the policy did not see
+        // (pipeline::dropped_header); API keys are secrets between the client and the
+        // gateway, in every spelling too.
+        let resource = &state.snapshot.resources[f.resource];
+        let auth = state.tenants.get(&resource.tenant);
+        let key_headers: Vec<String> = auth
+            .map(|a| {
+                a.api_keys
+                    .iter()
+                    .map(|p| pipeline::canonical_header_name(&p.header))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let allow_underscores = self.shared.allow_underscore_headers;
+        let dropped: Vec<String> = upstream
             .headers
             .keys()
             .map(|k| k.as_str().to_string())
-            .filter(|k| k.starts_with(PREFIX))
+            .filter(|k| {
+                pipeline::dropped_header(k, allow_underscores)
+                    || key_headers.contains(&pipeline::canonical_header_name(k))
+            })
             .collect();
-        for k in spoofed {
+        for k in dropped {
             upstream.remove_header(&k);
         }
-        // API keys are secrets between the client and the gateway.
-        let resource = &state.snapshot.resources[f.resource];
-        if let Some(auth) = state.tenants.get(&resource.tenant) {
-            for p in &auth.api_keys {
-                upstream.remove_header(&p.header);
-            }
+        if let Some(auth) = auth {
             // So are JWTs carried in cookies and, for tenants with session keys, the
             // gateway's session and login cookies: the other cookies pass.
             if !auth.jwt_cookies.is_empty() || auth.session.is_some() {

@@ -160,6 +160,49 @@ fn anonymous_requests_are_routed_allowed_and_denied() {
     assert!(v["decision_id"].as_str().is_some_and(|s| !s.is_empty()));
 }
 
+/// Issue 14, item 15: a group whose name holds a comma reads as one group upstream, and an
+/// email the provider does not mark verified is not an identity fact (no `emailDomains`
+/// match, no `X-Rustronaut-Email`).
+#[test]
+fn group_names_are_unambiguous_and_unverified_emails_do_not_count() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let mut s = scenario(&up, &signer);
+    s.extra_policies.push(json!({
+        "namespace": "acme-apps", "name": "staff", "tenant": "acme", "action": "Allow",
+        "targets": [{"resource": {"namespace": "acme-apps", "name": "app"}}],
+        "rules": [{"name": "staff", "from": [{"user": {"emailDomains": ["acme.test"]}}],
+                   "to": [path_op("/staff")]}]}));
+    let _gw = Gateway::start(&snapshot(&s));
+    let bearer = |t: String| format!("Authorization: Bearer {t}");
+
+    let t = bearer(signer.token("alice", &["dev", "dev,admin", "50%", "a b"], 300));
+    let r = get(s.http, "/api/items", &["-H", &t]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.upstream_header("x-rustronaut-groups").as_deref(),
+        Some("dev,dev%2Cadmin,50%25,a%20b")
+    );
+    // Verified email: emailDomains matches and the upstream is told.
+    let r = get(s.http, "/staff", &["-H", &t]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.upstream_header("x-rustronaut-email").as_deref(),
+        Some("alice@acme.test")
+    );
+
+    for verified in [Value::Null, json!(false), json!("no")] {
+        let t = bearer(signer.token_with(
+            "mallory",
+            json!({"groups": ["dev"], "email_verified": verified}),
+        ));
+        assert_refused(&get(s.http, "/staff", &["-H", &t]), 403);
+        let r = get(s.http, "/api/items", &["-H", &t]);
+        assert_eq!(r.status, 200, "{verified}: {r:?}");
+        assert_eq!(r.upstream_header("x-rustronaut-email"), None, "{verified}");
+    }
+}
+
 #[test]
 fn jwt_bearer_tokens_allow_deny_and_are_never_downgraded() {
     let up = Upstream::start("a");

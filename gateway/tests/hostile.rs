@@ -799,3 +799,359 @@ fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
         "closed after {took:?}"
     );
 }
+
+/// Anonymous callers may reach everything but `/admin` and may not `DELETE`: a policy
+/// written as Deny rules, the shape spelling tricks try to dodge (issue 14).
+fn deny_snapshot(http: u16, upstream: &str) -> Value {
+    let mut snap = snapshot(http, upstream);
+    snap["policies"] = json!([
+        {"namespace": "acme-apps", "name": "open", "tenant": "acme", "action": "Allow",
+         "targets": [{"resource": {"namespace": "acme-apps", "name": "app"}}],
+         "rules": [{"name": "anyone", "from": ["anonymous"],
+                    "to": [{"paths": [{"type": "PathPrefix", "value": "/"}]}]}]},
+        {"namespace": "acme-apps", "name": "no-admin", "tenant": "acme", "action": "Deny",
+         "targets": [{"resource": {"namespace": "acme-apps", "name": "app"}}],
+         "rules": [{"name": "nobody", "from": ["anonymous"],
+                    "to": [{"paths": [{"type": "PathPrefix", "value": "/admin"}]}]}]},
+        {"namespace": "acme-apps", "name": "no-delete", "tenant": "acme", "action": "Deny",
+         "targets": [{"resource": {"namespace": "acme-apps", "name": "app"}}],
+         "rules": [{"name": "nobody", "from": ["anonymous"], "to": [{"methods": ["DELETE"]}]}]}
+    ]);
+    snap
+}
+
+fn start_deny() -> (Upstream, Gateway, u16) {
+    let up = Upstream::start("a");
+    let http = free_port();
+    let gw = Gateway::start(&deny_snapshot(http, &up.addr.to_string()));
+    (up, gw, http)
+}
+
+/// Issue 14, items 5, 6, 16, 17: spellings that a Deny rule (or the gateway's own paths)
+/// did not see as what the upstream would act on. Each is refused and the upstream gets
+/// nothing; the controls show the same policy lets ordinary requests through.
+#[test]
+fn spellings_that_dodge_a_deny_rule_are_refused() {
+    let (up, _gw, port) = start_deny();
+    let h = HOST;
+    let cases: Vec<(&str, String, u16)> = vec![
+        // item 5: each character of %2e encoded again; %252f, %255c.
+        (
+            "double-encoded dots",
+            "GET /public/%25%32%65%25%32%65/admin/x".into(),
+            400,
+        ),
+        (
+            "double-encoded dots, upper",
+            "GET /public/%25%32%45%25%32%45/admin/x".into(),
+            400,
+        ),
+        ("%252f", "GET /public/..%252fadmin/x".into(), 400),
+        ("%255c", "GET /public/..%255cadmin/x".into(), 400),
+        // item 6: servlet path parameters, lower-case methods.
+        ("path parameter", "GET /admin;x=1".into(), 400),
+        (
+            "path parameter in a segment",
+            "GET /admin;jsessionid=1/x".into(),
+            400,
+        ),
+        ("lower-case delete", "delete /public/x".into(), 400),
+        ("mixed-case delete", "Delete /public/x".into(), 400),
+        (
+            "method override in the query",
+            "POST /public/x?_method=DELETE".into(),
+            400,
+        ),
+        (
+            "encoded method override",
+            "POST /public/x?a=1&%5Fmethod=DELETE".into(),
+            400,
+        ),
+        // item 16: the gateway's paths in other spellings, and the rest of its prefix.
+        (
+            "encoded reserved path",
+            "GET /.rustronaut/oidc/%63allback?code=c&state=s".into(),
+            404,
+        ),
+        (
+            "doubled slash reserved path",
+            "GET //.rustronaut/oidc/callback".into(),
+            404,
+        ),
+        (
+            "dot-segment reserved path",
+            "GET /x/../.rustronaut/oidc/logout".into(),
+            404,
+        ),
+        (
+            "upper-case reserved path",
+            "GET /.RUSTRONAUT/oidc/callback".into(),
+            404,
+        ),
+        ("reserved prefix", "GET /.rustronaut/status".into(), 404),
+    ];
+    for (case, line, want) in &cases {
+        let got = raw(
+            port,
+            format!("{line} HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(statuses(&got), vec![*want], "{case}: {got}");
+    }
+    // item 17: an Authorization value the gateway cannot parse is invalid credentials,
+    // even where anonymous callers are allowed.
+    for value in [
+        "Bearer\tabc.def.ghi",
+        "Bearer:abc",
+        "Bearerabc",
+        "Bearer a b",
+    ] {
+        let got = raw(
+            port,
+            format!(
+                "GET /public/x HTTP/1.1\r\nHost: {h}\r\nAuthorization: {value}\r\n\
+                 Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(statuses(&got), vec![401], "{value:?}: {got}");
+    }
+    let seen = up.seen.lock().unwrap().clone();
+    assert!(seen.is_empty(), "the upstream received {seen:?}");
+
+    // Controls: the same policy lets ordinary spellings through, the upstream's own
+    // Authorization scheme included.
+    for (line, auth) in [
+        ("GET /public/a%3Bb", ""),
+        ("GET /public/50%25", ""),
+        ("POST /public/x", ""),
+        ("GET /public/y", "Authorization: Basic dXNlcjpwdw==\r\n"),
+    ] {
+        let got = raw(
+            port,
+            format!("{line} HTTP/1.1\r\nHost: {h}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(statuses(&got), vec![200], "{line}: {got}");
+    }
+    let got = raw(
+        port,
+        format!("DELETE /public/x HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(statuses(&got), vec![403], "{got}");
+    assert_eq!(
+        up.seen.lock().unwrap().clone(),
+        ["/public/a%3Bb", "/public/50%25", "/public/x", "/public/y"]
+    );
+}
+
+/// Issue 14, items 4 and 6: headers an upstream could read as the gateway's identity
+/// headers (underscore spellings, which CGI/WSGI servers fold into the same name), headers
+/// that make an upstream act on another method or URL than the policy saw, and client-sent
+/// address headers: none reaches the upstream.
+#[test]
+fn headers_that_read_as_identity_or_redirect_the_upstream_never_reach_it() {
+    let (up, _gw, port) = start_deny();
+    let h = HOST;
+    let got = raw(
+        port,
+        format!(
+            "POST /public/a HTTP/1.1\r\nHost: {h}\r\nContent-Length: 0\r\n\
+             X_Rustronaut_User: root\r\nx_rustronaut_email: root@acme.test\r\n\
+             X-Rustronaut_Groups: admins\r\nX_RUSTRONAUT_IDENTITY_PROVIDER: corp\r\n\
+             X_Rustronaut-Decision-Id: forged\r\nX_Env: prod\r\n\
+             X-HTTP-Method-Override: DELETE\r\nX-HTTP-Method: DELETE\r\n\
+             X-Method-Override: DELETE\r\nX-Original-URL: /admin/x\r\n\
+             X-Rewrite-URL: /admin/x\r\nX-Original-URI: /admin/x\r\n\
+             Forwarded: for=203.0.113.9;proto=https\r\nX-Real-IP: 203.0.113.9\r\n\
+             True-Client-IP: 203.0.113.9\r\nX-Client-IP: 203.0.113.9\r\n\
+             X-Forwarded-Port: 443\r\nX-Forwarded-Prefix: /admin\r\n\
+             X-Ordinary: kept\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(statuses(&got), vec![200], "{got}");
+    let echoed: Value = serde_json::from_str(body_of(&got)).unwrap();
+    let hdrs = echoed["headers"].as_object().unwrap();
+    let names: Vec<&String> = hdrs.keys().collect();
+    for name in &names {
+        let folded = name.to_ascii_lowercase().replace('_', "-");
+        assert!(
+            !name.contains('_'),
+            "{name} reached the upstream: {names:?}"
+        );
+        assert!(
+            !folded.starts_with("x-rustronaut-") || folded == "x-rustronaut-decision-id",
+            "{name} reached the upstream: {names:?}"
+        );
+    }
+    for name in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-uri",
+        "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+    ] {
+        assert!(
+            !hdrs.contains_key(name),
+            "{name} reached the upstream: {names:?}"
+        );
+    }
+    let id = hdrs["x-rustronaut-decision-id"].as_array().unwrap();
+    assert_eq!(id.len(), 1, "{names:?}");
+    assert_ne!(id[0], "forged");
+    assert_eq!(hdrs["x-ordinary"], json!(["kept"]), "other headers pass");
+    assert_eq!(hdrs["x-forwarded-for"], json!(["127.0.0.1"]));
+    assert_eq!(up.seen.lock().unwrap().clone(), ["/public/a"]);
+}
+
+/// `--allow-underscore-headers` lets ordinary underscore names through, never the ones that
+/// read as the gateway's own.
+#[test]
+fn allowed_underscore_headers_still_never_spell_an_identity_header() {
+    let up = Upstream::start("a");
+    let http = free_port();
+    let _gw = Gateway::start_with(
+        &deny_snapshot(http, &up.addr.to_string()),
+        &["--allow-underscore-headers"],
+    );
+    let got = raw(
+        http,
+        format!(
+            "GET /public/a HTTP/1.1\r\nHost: {HOST}\r\nX_Rustronaut_User: root\r\n\
+             X_Env: prod\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(statuses(&got), vec![200], "{got}");
+    let echoed: Value = serde_json::from_str(body_of(&got)).unwrap();
+    let hdrs = echoed["headers"].as_object().unwrap();
+    assert_eq!(hdrs.get("x_env"), Some(&json!(["prod"])), "{hdrs:?}");
+    assert!(!hdrs.contains_key("x_rustronaut_user"), "{hdrs:?}");
+}
+
+/// Hop-by-hop abuse (same class as issue 14, item 4): a client naming the gateway's headers
+/// in `Connection` must not make them disappear before the upstream, nor pass the list on
+/// for a proxy behind the gateway to act on. Pingora refuses a request whose `Connection`
+/// nominates a header its proxy sets (400 before the upstream); either way the upstream never
+/// sees the request without them.
+#[test]
+fn connection_tokens_cannot_remove_the_gateways_headers() {
+    let (up, gw, port) = start_deny();
+    for token in [
+        "X-Forwarded-For",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Host",
+        "X-Rustronaut-Decision-Id",
+        "X-Rustronaut-User",
+        "Host",
+    ] {
+        let before = up.seen.lock().unwrap().len();
+        let got = raw(
+            port,
+            format!("GET /public/a HTTP/1.1\r\nHost: {HOST}\r\nConnection: close, {token}\r\n\r\n")
+                .as_bytes(),
+        );
+        let codes = statuses(&got);
+        let seen = up.seen.lock().unwrap().len();
+        match codes.as_slice() {
+            [400] => assert_eq!(seen, before, "{token}: refused yet forwarded"),
+            [200] => {
+                let echoed: Value = serde_json::from_str(body_of(&got)).unwrap();
+                let hdrs = echoed["headers"].as_object().unwrap();
+                assert_eq!(
+                    hdrs.get("x-forwarded-for"),
+                    Some(&json!(["127.0.0.1"])),
+                    "{token}"
+                );
+                assert_eq!(
+                    hdrs.get("x-forwarded-host"),
+                    Some(&json!([HOST])),
+                    "{token}"
+                );
+                assert_eq!(
+                    hdrs.get("x-forwarded-proto"),
+                    Some(&json!(["http"])),
+                    "{token}"
+                );
+                assert!(
+                    hdrs.contains_key("x-rustronaut-decision-id"),
+                    "{token}: {hdrs:?}"
+                );
+                let connection = hdrs
+                    .get("connection")
+                    .map(|v| v.to_string().to_ascii_lowercase())
+                    .unwrap_or_default();
+                assert!(
+                    !connection.contains("x-"),
+                    "{token}: the client's Connection list reached the upstream: {connection}"
+                );
+            }
+            _ => panic!("{token}: {got}\n{}", gw.log()),
+        }
+        eprintln!("{token}: {codes:?}");
+    }
+}
+
+/// Routing ambiguity (same class as issue 14, item 6): a rule is chosen by a header's first
+/// value or by the exact method, the upstream may read the last value or serve HEAD with its
+/// GET handler. Either would put the request in a section whose Deny it dodges.
+#[test]
+fn route_conditions_cannot_be_dodged_by_repeats_or_head() {
+    let up = Upstream::start("a");
+    let http = free_port();
+    let mut snap = snapshot(http, &up.addr.to_string());
+    let upstreams = snap["resources"][0]["rules"][0]["upstreams"].clone();
+    snap["resources"][0]["rules"] = json!([
+        {"name": "all", "upstreams": upstreams},
+        {"name": "internal", "upstreams": upstreams,
+         "matches": [{"headers": [{"name": "X-Internal", "value": "yes"}]}]},
+        {"name": "admin-read", "upstreams": upstreams,
+         "matches": [{"path": {"type": "PathPrefix", "value": "/admin"}, "method": "GET"}]}
+    ]);
+    let app = json!({"namespace": "acme-apps", "name": "app"});
+    snap["policies"] = json!([
+        {"namespace": "acme-apps", "name": "open", "tenant": "acme", "action": "Allow",
+         "targets": [{"resource": app}],
+         "rules": [{"name": "anyone", "from": ["anonymous"]}]},
+        {"namespace": "acme-apps", "name": "closed", "tenant": "acme", "action": "Deny",
+         "targets": [{"resource": app, "sectionName": "internal"},
+                     {"resource": app, "sectionName": "admin-read"}],
+         "rules": [{"name": "nobody", "from": ["anonymous"]}]}
+    ]);
+    let _gw = Gateway::start(&snap);
+    let send = |head: &str| {
+        let got = raw(
+            http,
+            format!("{head}\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        statuses(&got)
+    };
+    assert_eq!(send("GET /x HTTP/1.1\r\nX-Internal: no"), vec![200]);
+    assert_eq!(send("GET /x HTTP/1.1\r\nX-Internal: yes"), vec![403]);
+    assert_eq!(
+        send("GET /x HTTP/1.1\r\nX-Internal: no\r\nX-Internal: yes"),
+        vec![400]
+    );
+    assert_eq!(
+        send("GET /x HTTP/1.1\r\nx-internal: no\r\nX-INTERNAL: yes"),
+        vec![400]
+    );
+    assert_eq!(send("GET /admin/x HTTP/1.1"), vec![403]);
+    assert_eq!(send("HEAD /admin/x HTTP/1.1"), vec![403]);
+    assert_eq!(
+        send("POST /admin/x HTTP/1.1\r\nContent-Length: 0"),
+        vec![200]
+    );
+    assert_eq!(
+        up.seen.lock().unwrap().clone(),
+        ["/x", "/admin/x"],
+        "only the control requests reached the upstream"
+    );
+}

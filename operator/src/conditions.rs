@@ -203,7 +203,7 @@ pub fn applied_policies(
             .tenant_of(&ns)
             .and_then(|t| world.tenant(t))
             .and_then(|t| t.spec.admin_namespace());
-        let (targets, _) = policy_targets(p, &world.resources, claims, admin_ns);
+        let (targets, _) = policy_targets(p, &world.resources, claims, admin_ns, &world.namespaces);
         let mut seen = BTreeSet::new();
         for t in targets {
             if !seen.insert((t.namespace.clone(), t.name.clone())) {
@@ -480,6 +480,7 @@ pub fn policy_status(inputs: &PolicyInputs<'_>, p: &Policy, now: &Time) -> Polic
                 &inputs.world.resources,
                 inputs.claims,
                 t.spec.admin_namespace(),
+                &inputs.world.namespaces,
             );
             let mut protocols = Vec::new();
             for target in &resolved {
@@ -806,6 +807,7 @@ mod tests {
                 resource("apps", "lost", "l.a.example", ("gw", "missing")),
             ],
             policies: Vec::new(),
+            namespaces: Default::default(),
         }
     }
 

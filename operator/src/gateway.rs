@@ -264,7 +264,17 @@ impl Stores {
             gateways,
             resources: all(&self.resources),
             policies: all(&self.policies),
+            namespaces: self.namespace_labels(),
         }
+    }
+
+    /// Labels of every cached Namespace, for Policies' namespaceSelector.
+    pub fn namespace_labels(&self) -> rustronaut_crds::tenancy::NamespaceLabels {
+        self.namespaces
+            .state()
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect()
     }
 
     /// Every rustronaut.io object in the cache, all Gateways included (for the status
@@ -278,6 +288,7 @@ impl Stores {
             gateways: all(&self.gateways),
             resources: all(&self.resources),
             policies: all(&self.policies),
+            namespaces: self.namespace_labels(),
         }
     }
 
@@ -540,7 +551,15 @@ where
             let _ = tx.clone().try_send(());
         }
         if let Some(index) = &index {
-            index.wake(obj.and_then(|o| o.meta().namespace.as_deref()));
+            // A Namespace is the namespace its change is about.
+            let ns = obj.and_then(|o| {
+                if K::kind(&()) == "Namespace" {
+                    o.meta().name.as_deref()
+                } else {
+                    o.meta().namespace.as_deref()
+                }
+            });
+            index.wake(ns);
         }
     };
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
@@ -645,17 +664,20 @@ impl GatewayController {
             Changes::All,
             index.clone(),
         );
+        let index_for_namespaces = index.clone();
         let (slices, s6) = reflect(
             Api::<EndpointSlice>::all(client.clone()),
             vec![st.clone()],
             Changes::All,
             index,
         );
+        // Namespace labels also decide what a Policy's namespaceSelector selects: a change
+        // wakes the status pass and the Gateways of the namespace's tenant.
         let (namespaces, s8) = reflect(
             Api::<Namespace>::all(client.clone()),
-            vec![tn.clone()],
+            vec![st.clone(), tn.clone()],
             Changes::Spec,
-            None,
+            index_for_namespaces,
         );
         let recorder = Recorder::new(client, ctx.reporter.clone());
         Self {

@@ -666,8 +666,9 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
-/// Builds the identity from verified claims: `sub`; email from `email_claim` unless
-/// `email_verified` is false; groups from `groups_claim` (a list of strings, or one string);
+/// Builds the identity from verified claims: `sub`; email from `email_claim`: the standard
+/// `email` claim only when `email_verified` is true (boolean, or the string `"true"`), another
+/// configured claim unless `email_verified` is false; groups from `groups_claim` (a list of strings, or one string);
 /// scopes from `scope` (space-separated) and `scp` (list or space-separated string); every
 /// top-level claim with a scalar or list value into `claims`.
 pub fn identity_from_claims(
@@ -677,11 +678,25 @@ pub fn identity_from_claims(
     groups_claim: &str,
     email_claim: &str,
 ) -> UserIdentity {
-    let email_unverified = matches!(c.get("email_verified"), Some(Value::Bool(false)))
-        || c.get("email_verified")
-            .and_then(Value::as_str)
-            .is_some_and(|s| s.eq_ignore_ascii_case("false"));
-    let email = if email_unverified {
+    // Only an address the provider vouches for is an identity fact: without
+    // `email_verified: true` anyone who can set their own address at the provider (many
+    // providers let users) would match `emails` and `emailDomains` of whatever domain they
+    // typed. The raw claim stays in `claims` for rules that want it anyway.
+    // `email_verified` speaks for the standard `email` claim; a tenant that maps the email
+    // to another claim (`upn`, which the directory's admins set, not the user) chose to
+    // trust that claim, unless the provider says it is unverified.
+    let marked = |b: bool| {
+        matches!(c.get("email_verified"), Some(Value::Bool(v)) if *v == b)
+            || c.get("email_verified")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.eq_ignore_ascii_case(if b { "true" } else { "false" }))
+    };
+    let trusted = if email_claim == "email" {
+        marked(true)
+    } else {
+        !marked(false)
+    };
+    let email = if !trusted {
         None
     } else {
         c.get(email_claim)

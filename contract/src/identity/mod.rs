@@ -84,7 +84,7 @@ pub struct UserIdentity {
     pub idp: String,
     /// `sub`.
     pub subject: String,
-    /// Email, unless the provider marked it unverified (`email_verified: false`).
+    /// Email, only when the provider marked it verified (`email_verified: true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     /// Groups (from the provider's groups claim).

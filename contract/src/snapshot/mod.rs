@@ -623,7 +623,8 @@ impl CompiledResource {
     /// matching entry, the most specific match wins (Exact path over PathPrefix, then the
     /// longer path, then a method condition, then more header conditions); ties go to the
     /// earlier rule. A rule without matches matches everything as PathPrefix `/`. Header
-    /// names compare case-insensitively, values exactly. `None`: no rule matches (404).
+    /// names compare case-insensitively, values exactly. A `GET` method condition also
+    /// matches `HEAD`. `None`: no rule matches (404).
     pub fn route<'h>(
         &self,
         method: &str,
@@ -708,8 +709,11 @@ impl RouteMatch {
         {
             return false;
         }
+        // A GET condition also takes HEAD: upstreams serve HEAD with the GET handler, so HEAD
+        // must land on the rule (and the Policies of its section) that GET would.
         if let Some(m) = &self.method
             && m != method
+            && !(m == "GET" && method == "HEAD")
         {
             return false;
         }

@@ -956,6 +956,17 @@ fn upstreams(
                     e.push(format!("{up}.site.port"), ValidationErrorKind::InvalidPort);
                 }
                 e.non_empty(format!("{up}.site.host"), &site.host);
+                // Blamed here, on the Resource, so the build leaves it out; the same host in
+                // the tunnel's allowedTargets would otherwise only blame the Gateway.
+                if !site.host.is_empty()
+                    && site.host.parse::<IpAddr>().is_err()
+                    && (site.host.starts_with("*.") || !valid_hostname(&site.host))
+                {
+                    e.push(
+                        format!("{up}.site.host"),
+                        ValidationErrorKind::InvalidHostname(site.host.clone()),
+                    );
+                }
                 let found = s
                     .tunnel
                     .as_ref()

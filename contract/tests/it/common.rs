@@ -464,6 +464,16 @@ pub fn with_email(mut id: Identity, email: &str) -> Identity {
     id
 }
 
+/// A user whose provider asserted `email` without vouching for it: no verified email, the
+/// raw claim only (what identity_from_claims makes of a token without `email_verified`).
+pub fn with_unverified_email(mut id: Identity, email: &str) -> Identity {
+    if let Some(u) = id.user.as_mut() {
+        u.email = None;
+        u.claims.insert("email".into(), vec![email.into()]);
+    }
+    id
+}
+
 pub fn with_scopes(mut id: Identity, scopes: &[&str]) -> Identity {
     if let Some(u) = id.user.as_mut() {
         u.scopes = scopes.iter().map(|s| s.to_string()).collect();

@@ -64,7 +64,7 @@ fn claims() -> Value {
     json!({
         "iss": ISS, "aud": "rtn", "sub": "svc-deployer",
         "exp": NOW + 3600, "iat": NOW - 10, "nbf": NOW - 10,
-        "email": "deployer@acme.example",
+        "email": "deployer@acme.example", "email_verified": true,
         "groups": ["deployers", "ops"],
         "scope": "read write",
         "amr": ["mfa"],
@@ -422,6 +422,21 @@ fn claims_extraction() {
         unverified.email, None,
         "an unverified email is not an identity fact"
     );
+    // Issue 14, item 15: nor is one the provider does not vouch for at all, though the raw
+    // claim stays available to rules on claims.
+    let unmarked = id(without(claims(), "email_verified"));
+    assert_eq!(unmarked.email, None, "no email_verified: not verified");
+    assert_eq!(unmarked.claims["email"], ["deployer@acme.example"]);
+    assert_eq!(
+        id(with(claims(), "email_verified", json!("true")))
+            .email
+            .as_deref(),
+        Some("deployer@acme.example")
+    );
+    assert_eq!(
+        id(with(claims(), "email_verified", json!("yes"))).email,
+        None
+    );
     assert_eq!(
         id(with(claims(), "email_verified", json!(true)))
             .email
@@ -458,6 +473,19 @@ fn claims_extraction() {
         .identity;
     assert_eq!(got.groups, vec!["admin"]);
     assert_eq!(got.email.as_deref(), Some("d@acme.example"));
+    // A mapped claim is the tenant's choice to trust it; `false` still wins.
+    let c = without(c, "email_verified");
+    let got = custom
+        .verify(&sign(Algorithm::EdDSA, Some("ed"), &c), NOW)
+        .unwrap()
+        .identity;
+    assert_eq!(got.email.as_deref(), Some("d@acme.example"));
+    let c = with(c, "email_verified", json!(false));
+    let got = custom
+        .verify(&sign(Algorithm::EdDSA, Some("ed"), &c), NOW)
+        .unwrap()
+        .identity;
+    assert_eq!(got.email, None);
     assert_eq!(got.claims["exp"], vec![(NOW + 3600).to_string()]);
 }
 

@@ -490,6 +490,66 @@ fn cases() -> Vec<Case> {
             get("/api/x", nobody()),
         )
         .denied(Reason::NoAllowMatched),
+        // Same class as issue 14, item 6: frameworks serve HEAD with the GET handler.
+        case(
+            "a Deny on GET also denies HEAD",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).to(op(&["GET"], &[]))),
+            ],
+            http("HEAD", "/", nobody()),
+        )
+        .denied_by("d", "r"),
+        case(
+            "a Deny on an Exact path also denies it with a trailing slash",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).to(op(&[], &[("/admin", Exact)]))),
+            ],
+            get("/admin/", nobody()),
+        )
+        .denied_by("d", "r"),
+        case(
+            "a Deny on an Exact path with a slash also denies it without",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).to(op(&[], &[("/admin/", Exact)]))),
+            ],
+            get("/admin", nobody()),
+        )
+        .denied_by("d", "r"),
+        case(
+            "an Allow of an Exact path does not allow it with a trailing slash",
+            vec![
+                allow("p")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).to(op(&[], &[("/status", Exact)]))),
+            ],
+            get("/status/", nobody()),
+        )
+        .denied(Reason::NoAllowMatched),
+        case(
+            "an Allow of GET does not allow HEAD",
+            vec![
+                allow("p")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).to(op(&["GET"], &[]))),
+            ],
+            http("HEAD", "/", nobody()),
+        )
+        .denied(Reason::NoAllowMatched),
         case(
             "operation fields are ANDed",
             vec![
@@ -1236,6 +1296,69 @@ fn cases() -> Vec<Case> {
             get("/", with_email(alice(), "alice@evil-acme.example")),
         )
         .denied(Reason::NoAllowMatched),
+        // Issue 14, item 15: an unverified email may not grant, and may not dodge a Deny
+        // or an exclude either.
+        case(
+            "an unverified email does not match emailDomains of an Allow",
+            vec![
+                allow("p")
+                    .target("grafana")
+                    .rule(rule("r").from(user_p(UserPrincipal {
+                        email_domains: vec!["acme.example".into()],
+                        ..Default::default()
+                    }))),
+            ],
+            get("/", with_unverified_email(alice(), "alice@acme.example")),
+        )
+        .denied(Reason::NoAllowMatched),
+        case(
+            "an unverified email still matches a Deny",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(user_p(UserPrincipal {
+                        emails: vec!["mallory@acme.example".into()],
+                        ..Default::default()
+                    }))),
+            ],
+            get("/", with_unverified_email(alice(), "Mallory@acme.example")),
+        )
+        .denied_by("d", "r"),
+        case(
+            "an unverified email still matches an exclude of an Allow",
+            vec![
+                allow("p")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).exclude(user_p(UserPrincipal {
+                        email_domains: vec!["contractors.example".into()],
+                        ..Default::default()
+                    }))),
+            ],
+            get(
+                "/",
+                with_unverified_email(alice(), "bob@contractors.example"),
+            ),
+        )
+        .denied(Reason::NoAllowMatched),
+        case(
+            "an unverified email does not match an exclude of a Deny",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).exclude(user_p(UserPrincipal {
+                        email_domains: vec!["acme.example".into()],
+                        ..Default::default()
+                    }))),
+            ],
+            get("/", with_unverified_email(alice(), "eve@acme.example")),
+        )
+        .denied_by("d", "r"),
         case(
             "scopes are all required: one missing",
             vec![

@@ -190,6 +190,7 @@ mod tests {
             gateways: vec![gw.clone()],
             resources: Vec::new(),
             policies: Vec::new(),
+            namespaces: Default::default(),
         }
     }
 
