@@ -247,9 +247,21 @@ fn the_operator_and_gateway_run_as_pods_and_curl_through_the_service_is_allowed_
 /// A pod that tries to open a TCP connection to `target:port` with busybox `nc` (which runs
 /// `true` once connected, and fails when refused or timed out); returns whether it connected.
 fn probe(cluster: &TestCluster, ns: &str, name: &str, target: &str, port: u16) -> bool {
+    probe_labelled(cluster, ns, name, json!({}), target, port)
+}
+
+/// [`probe`] from a pod carrying `labels`.
+fn probe_labelled(
+    cluster: &TestCluster,
+    ns: &str,
+    name: &str,
+    labels: serde_json::Value,
+    target: &str,
+    port: u16,
+) -> bool {
     let manifest = json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns},
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
         "spec": {
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 0,
@@ -342,6 +354,19 @@ fn the_tenant_network_policy_drops_other_namespaces_and_admits_the_gateway() {
     assert!(
         !probe(cluster, &outsider, "direct", &upstream, UPSTREAM_PORT),
         "a pod of another namespace must not reach the tenant's upstream directly"
+    );
+    // A look-alike: the labels of the demo's gateway pods, on a pod of another namespace
+    // (issue 14, item 1: the policy once admitted those labels in any namespace).
+    assert!(
+        !probe_labelled(
+            cluster,
+            &outsider,
+            "look-alike",
+            json!({"app.kubernetes.io/name": "rustronaut-gateway", "app.kubernetes.io/instance": "hello-gw"}),
+            &upstream,
+            UPSTREAM_PORT
+        ),
+        "a pod that only looks like a gateway must not reach the tenant's upstream"
     );
     assert_eq!(status(cluster, Some(&mint("alice", "dev"))), 200);
     let _ = cluster

@@ -37,7 +37,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::events::Recorder;
 use kube::{Resource, ResourceExt};
-use rustronaut_compile::snapshot::missing_idp_secrets;
+use rustronaut_compile::snapshot::{admits, missing_idp_secrets};
 use rustronaut_crds::Tenant;
 use rustronaut_crds::conditions::types;
 use serde_json::{Value, json};
@@ -80,12 +80,32 @@ pub fn namespace_label(namespace: &str, tenant: Option<&str>) -> Value {
 }
 
 /// Default-deny ingress for every pod of `namespace` except the gateway pods, admitting only
-/// traffic from gateway pods (`app.kubernetes.io/name=rustronaut-gateway`, in any namespace):
-/// a tenant's workloads are reachable only through a gateway, which enforces the policies.
+/// the pods of the Gateways that admit this tenant (`gateways`: namespace and name of each),
+/// each peer pinned to its Gateway's namespace by name (`kubernetes.io/metadata.name`, which
+/// the apiserver sets and nobody can change) and to the labels the operator gives that
+/// Gateway's pods: a tenant's workloads are reachable only through a gateway that serves the
+/// tenant, which enforces the policies. A pod elsewhere that copies the gateway labels is not
+/// admitted (it would have been when the peer was "those labels in any namespace": see
+/// docs/security.md). No admitting Gateway: no ingress at all.
+///
 /// Gateway pods and tunnel hub pods in the namespace are not selected, so their own
 /// listeners stay reachable (a hub's WireGuard port must take UDP from sites outside the
 /// cluster; its stream port authenticates gateways with a token).
-pub fn network_policy(t: &Tenant, namespace: &str) -> Value {
+pub fn network_policy(t: &Tenant, namespace: &str, gateways: &BTreeSet<(String, String)>) -> Value {
+    let from: Vec<Value> = gateways
+        .iter()
+        .map(|(gw_ns, gw)| {
+            json!({
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": gw_ns}},
+                "podSelector": {"matchLabels": {labels::NAME: labels::GATEWAY, labels::INSTANCE: gw}},
+            })
+        })
+        .collect();
+    let ingress = if from.is_empty() {
+        json!([])
+    } else {
+        json!([{"from": from}])
+    };
     json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {
@@ -99,10 +119,7 @@ pub fn network_policy(t: &Tenant, namespace: &str) -> Value {
                 "values": [labels::GATEWAY, crate::gateway::tunnel::HUB],
             }]},
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": [{
-                "namespaceSelector": {},
-                "podSelector": {"matchLabels": {labels::NAME: labels::GATEWAY}},
-            }]}],
+            "ingress": ingress,
         },
     })
 }
@@ -208,9 +225,15 @@ fn plan(stores: &Stores, now: &Time) -> Plan {
             plan.labels
                 .insert(ns.clone(), namespace_label(ns, Some(holder)));
         }
+        let admitting: BTreeSet<(String, String)> = world
+            .gateways
+            .iter()
+            .filter(|g| g.meta().deletion_timestamp.is_none() && admits(g, t, &claims))
+            .map(|g| (g.namespace().unwrap_or_default(), g.name_any()))
+            .collect();
         plan.objects.insert(
             ("NetworkPolicy", ns.clone(), NETWORK_POLICY.into()),
-            network_policy(t, ns),
+            network_policy(t, ns, &admitting),
         );
         if let Some(rb) = admin_binding(t, ns) {
             plan.objects
@@ -402,31 +425,50 @@ mod tests {
     }
 
     #[test]
-    fn the_network_policy_admits_only_gateway_pods_and_is_owned_by_the_tenant() {
+    fn the_network_policy_admits_only_the_admitting_gateways_pods_and_is_owned_by_the_tenant() {
+        let gateways: BTreeSet<(String, String)> =
+            [("edge".to_string(), "public".to_string())].into();
         let np: NetworkPolicy =
-            serde_json::from_value(network_policy(&tenant(json!({})), "apps")).unwrap();
+            serde_json::from_value(network_policy(&tenant(json!({})), "apps", &gateways)).unwrap();
         let owner = &np.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Tenant", "u-1"));
         assert_eq!(np.metadata.labels.as_ref().unwrap()[TENANT_LABEL], "acme");
         let spec = np.spec.unwrap();
         assert_eq!(spec.policy_types.unwrap(), ["Ingress"]);
         let ingress = spec.ingress.unwrap();
-        assert_eq!(ingress.len(), 1, "one rule: from gateway pods");
-        let peer = &ingress[0].from.as_ref().unwrap()[0];
-        assert!(
-            peer.namespace_selector.is_some(),
-            "gateway pods of any namespace"
-        );
         assert_eq!(
-            peer.pod_selector
+            ingress.len(),
+            1,
+            "one rule: from the admitting gateways' pods"
+        );
+        let peers = ingress[0].from.as_ref().unwrap();
+        assert_eq!(peers.len(), 1, "one peer per admitting Gateway");
+        let peer = &peers[0];
+        assert_eq!(
+            peer.namespace_selector
                 .as_ref()
                 .unwrap()
                 .match_labels
                 .as_ref()
-                .unwrap()[labels::NAME],
-            labels::GATEWAY
+                .unwrap()["kubernetes.io/metadata.name"],
+            "edge",
+            "only the Gateway's own namespace, never any namespace"
         );
+        let pods = peer
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(pods[labels::NAME], labels::GATEWAY);
+        assert_eq!(pods[labels::INSTANCE], "public", "only that Gateway's pods");
         assert!(ingress[0].ports.is_none());
+        // No Gateway admits the tenant: nothing may come in.
+        let closed: NetworkPolicy =
+            serde_json::from_value(network_policy(&tenant(json!({})), "apps", &BTreeSet::new()))
+                .unwrap();
+        assert_eq!(closed.spec.unwrap().ingress.unwrap().len(), 0);
         let selected = spec.pod_selector.unwrap().match_expressions.unwrap();
         assert_eq!(selected[0].operator, "NotIn", "gateway pods stay reachable");
         assert_eq!(

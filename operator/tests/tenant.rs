@@ -283,16 +283,35 @@ async fn tenants_and_object_status() {
         (owner.kind.as_str(), Some(&owner.uid)),
         ("Tenant", older_uid.as_ref())
     );
-    let peer = &np.spec.unwrap().ingress.unwrap()[0].from.clone().unwrap()[0];
+    // The one Gateway admitting the older tenant (`edge` in `apps`, tenants: Same) is the one
+    // peer: its pods, in its namespace, named (never "gateway pods of any namespace").
+    let spec = np.spec.unwrap();
     assert_eq!(
-        peer.pod_selector
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_string()][..])
+    );
+    let ingress = spec.ingress.unwrap_or_default();
+    let peers = ingress[0].from.clone().unwrap_or_default();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(
+        peers[0]
+            .namespace_selector
             .as_ref()
             .unwrap()
             .match_labels
             .as_ref()
-            .unwrap()["app.kubernetes.io/name"],
-        "rustronaut-gateway"
+            .unwrap()["kubernetes.io/metadata.name"],
+        apps
     );
+    let pods = peers[0]
+        .pod_selector
+        .as_ref()
+        .unwrap()
+        .match_labels
+        .clone()
+        .unwrap();
+    assert_eq!(pods["app.kubernetes.io/name"], "rustronaut-gateway");
+    assert_eq!(pods["app.kubernetes.io/instance"], "edge");
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &apps);
     let rb = eventually("the admins' RoleBinding", || {
         let bindings = bindings.clone();
