@@ -433,12 +433,24 @@ pub fn service(gw: &Gateway) -> Service {
     {
         meta["annotations"] = json!(s.annotations);
     }
+    let mut spec = json!({"type": type_, "selector": selector_labels(gw), "ports": ports});
+    if type_ != "ClusterIP" {
+        spec["externalTrafficPolicy"] = json!(EXTERNAL_TRAFFIC_POLICY);
+    }
     typed(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": meta,
-        "spec": {"type": type_, "selector": selector_labels(gw), "ports": ports},
+        "spec": spec,
     }))
 }
+
+/// `externalTrafficPolicy` of every LoadBalancer or NodePort Service the operator makes:
+/// `Local`, so the node forwards to a pod on itself without SNAT and the gateway sees the
+/// client's own address. With the default (`Cluster`) every client arrives as a node address,
+/// so a `sourceCIDRs: [10.0.0.0/8]` rule would match the whole internet (issue 14, item 3; see
+/// docs/security.md). The cost, as for any `Local` Service: a node without a gateway pod
+/// answers the load balancer's health check as unhealthy and gets no traffic.
+pub const EXTERNAL_TRAFFIC_POLICY: &str = "Local";
 
 /// A PodDisruptionBudget (maxUnavailable 1) when more than one pod runs, so a node drain
 /// never takes every gateway pod at once; None with a single pod (a PDB would block drains).
@@ -757,6 +769,10 @@ mod tests {
         }));
         let svc = to_json(service(&gw));
         assert_eq!(svc["spec"]["type"], "LoadBalancer");
+        assert_eq!(
+            svc["spec"]["externalTrafficPolicy"], "Local",
+            "the gateway sees client addresses, not the node's"
+        );
         assert_eq!(svc["metadata"]["annotations"]["lb"], "internal");
         assert_eq!(
             to_json(pdb(&gw).unwrap())["spec"],

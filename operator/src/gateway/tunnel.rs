@@ -463,15 +463,20 @@ pub fn replica_service(gw: &Gateway, i: i32) -> Option<Service> {
     {
         meta["annotations"] = json!(s.annotations);
     }
+    let mut udp_spec = json!({
+        "type": service_type(gw),
+        "selector": {"statefulset.kubernetes.io/pod-name": name},
+        "ports": [{"name": "wireguard", "port": t.listen_port,
+                   "targetPort": t.listen_port, "protocol": "UDP"}],
+    });
+    // As for the gateway's Service: no SNAT, so the hub sees each site's own address.
+    if service_type(gw) != "ClusterIP" {
+        udp_spec["externalTrafficPolicy"] = json!(super::objects::EXTERNAL_TRAFFIC_POLICY);
+    }
     Some(typed(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": meta,
-        "spec": {
-            "type": service_type(gw),
-            "selector": {"statefulset.kubernetes.io/pod-name": name},
-            "ports": [{"name": "wireguard", "port": t.listen_port,
-                       "targetPort": t.listen_port, "protocol": "UDP"}],
-        },
+        "spec": udp_spec,
     })))
 }
 
@@ -883,7 +888,7 @@ mod tests {
         assert_eq!(svc["metadata"]["annotations"]["lb"], "internal");
         assert_eq!(
             svc["spec"],
-            json!({"type": "LoadBalancer",
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
                    "selector": {"statefulset.kubernetes.io/pod-name": "edge-hub-1"},
                    "ports": [{"name": "wireguard", "port": 51820, "targetPort": 51820,
                               "protocol": "UDP"}]})
