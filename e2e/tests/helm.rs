@@ -51,6 +51,41 @@ fn run(mut cmd: Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `helm template` with `values`; its error output when it fails.
+fn template_error(cluster: &rustronaut_e2e::TestCluster, values: &[&str]) -> Option<String> {
+    let mut cmd = helm(cluster);
+    cmd.args(["template", RELEASE]).arg(chart());
+    for v in values {
+        cmd.args(["--set", v]);
+    }
+    let out = cmd.output().unwrap();
+    (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn values_the_schema_refuses_fail_with_a_message_that_names_them() {
+    let cluster = rustronaut_e2e::shared();
+    assert_eq!(template_error(cluster, &[]), None, "the defaults render");
+    assert_eq!(
+        template_error(cluster, &["operator.logFormat=json", "operator.replicas=3"]),
+        None
+    );
+    for (value, names) in [
+        ("operator.logFormat=xml", "logFormat"),
+        ("operator.replicas=0", "replicas"),
+        ("operator.image.pullPolicy=Sometimes", "pullPolicy"),
+        ("operator.replica=2", "replica"),
+        ("gateway.image.repository=", "repository"),
+    ] {
+        let err = template_error(cluster, &[value])
+            .unwrap_or_else(|| panic!("{value} must be refused by values.schema.json"));
+        assert!(
+            err.contains(names),
+            "{value}: the message names {names}: {err}"
+        );
+    }
+}
+
 #[test]
 fn helm_installs_the_operator_with_the_rbac_it_was_tested_with() {
     let cluster = rustronaut_e2e::shared();
