@@ -28,7 +28,7 @@ up)
 		bash e2e/scripts/images.sh >/dev/null
 		node_args=(--real-node --nodes 1 --images "$target/debug/images")
 	else
-		cargo build -q -p rustronaut-e2e --bin rustronaut-cluster
+		cargo build -q --workspace --bins   # the same build as make test: nothing compiles twice
 	fi
 	mkdir -p "$dir"
 	if [ -f "$dir/run/supervisor.pid" ] && [ -d "/proc/$(cat "$dir/run/supervisor.pid")" ]; then
