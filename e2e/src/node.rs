@@ -434,32 +434,30 @@ fn kubepods_cgroups() -> Vec<PathBuf> {
     out
 }
 
-/// Machine-wide lock of the real node (flock on a file in /run). Held by the supervisor for
-/// the node's life and by the reaper while it cleans up.
+/// Machine-wide lock of the real node: a Unix socket bound to an abstract name
+/// (`@rustronaut-node`). Only one process can hold the name, the kernel releases it when the
+/// holder exits however it exits, and unlike a lock file it leaves nothing on the host. Held by
+/// the supervisor for the node's life and by the reaper while it cleans up.
 #[derive(Debug)]
 pub struct NodeLock {
-    _file: std::fs::File,
+    _socket: std::os::unix::net::UnixListener,
 }
+
+/// The abstract socket name of [`NodeLock`].
+const LOCK_NAME: &[u8] = b"rustronaut-node";
 
 impl NodeLock {
     /// Takes the lock, waiting up to `wait` for another node to finish.
-    #[allow(unsafe_code)]
     pub fn acquire(wait: Duration) -> Result<Self, NodeError> {
-        use std::os::fd::AsRawFd;
-        std::fs::create_dir_all("/run").map_err(io_err("create", Path::new("/run")))?;
-        let path = Path::new("/run/rustronaut-node.lock");
-        let file = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io_err("open", path))?;
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(LOCK_NAME)
+            .map_err(io_err("name", Path::new("@rustronaut-node")))?;
         let deadline = Instant::now() + wait;
         loop {
-            // SAFETY: flock(2) on a descriptor we own; no memory is shared with the kernel.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                return Ok(NodeLock { _file: file });
+            match std::os::unix::net::UnixListener::bind_addr(&addr) {
+                Ok(socket) => return Ok(NodeLock { _socket: socket }),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+                Err(e) => return Err(io_err("bind", Path::new("@rustronaut-node"))(e)),
             }
             if Instant::now() > deadline {
                 let holder = HostState::load()
