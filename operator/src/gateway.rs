@@ -1018,6 +1018,16 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         }
     };
 
+    // The podTemplate override against its allow-list: refused, no workload change.
+    let refused = gw
+        .spec
+        .pod_template
+        .as_ref()
+        .and_then(|t| objects::check_pod_template(t).err());
+    if let Some(why) = &refused {
+        tracing::warn!(gateway = %format!("{ns}/{name}"), "podTemplate refused: {why}");
+    }
+
     // apply: the workload, whatever the snapshot's fate (it does not depend on it)
     let (status_cm, service, deployment) = if over_quota {
         (None, None, None)
@@ -1027,7 +1037,18 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         put(client, &ns, &objects::role_binding(gw)).await?;
         let status_cm = put(client, &ns, &objects::status_config_map(gw)).await?;
         let service = put(client, &ns, &objects::service(gw)).await?;
-        let deployment = put(client, &ns, &objects::deployment(gw, &ctx.settings)).await?;
+        let deployment = match &refused {
+            // Refused: the Deployment stays as it is (the one already there, if any).
+            Some(_) => Api::<Deployment>::namespaced(client.clone(), &ns)
+                .get_opt(&name)
+                .await
+                .map_err(|source| Error::Read {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    source,
+                })?,
+            None => Some(put(client, &ns, &objects::deployment(gw, &ctx.settings)).await?),
+        };
         match objects::pdb(gw) {
             Some(p) => drop(put(client, &ns, &p).await?),
             None => remove::<PodDisruptionBudget>(client, &ns, &name).await?,
@@ -1036,7 +1057,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
             Some(h) => drop(put(client, &ns, &h).await?),
             None => remove::<HorizontalPodAutoscaler>(client, &ns, &name).await?,
         }
-        (Some(status_cm), Some(service), Some(deployment))
+        (Some(status_cm), Some(service), deployment)
     };
 
     // apply: the tunnel hub (its configuration only from a built snapshot), then prune
@@ -1079,6 +1100,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         service: service.as_ref(),
         listeners: gw.spec.listeners.iter().map(|l| l.name.clone()).collect(),
         reports: reports.into_iter().collect(),
+        pod_template_refused: refused,
         tunnel: keys.map(|k| TunnelStatus {
             public_keys: k.replicas.into_iter().flatten().collect(),
             sites,
