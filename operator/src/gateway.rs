@@ -162,6 +162,18 @@ pub enum Error {
     /// The system random number generator failed (a key or token could not be made).
     #[error("failed to generate {0}: the system random number generator failed")]
     Random(String),
+    /// A Secret the operator generates exists but was not made by it for this Gateway.
+    #[error(
+        "Secret {namespace}/{name} ({what}) is not the operator's for this Gateway (labels or controller owner reference missing); it is not used: delete it to have one generated"
+    )]
+    ForeignSecret {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// What it should hold.
+        what: String,
+    },
 }
 
 impl Error {
@@ -176,6 +188,7 @@ impl Error {
             Self::List { .. } => "List",
             Self::CacheDropped(_) => "CacheDropped",
             Self::Random(_) => "Random",
+            Self::ForeignSecret { .. } => "ForeignSecret",
         }
     }
 }
@@ -409,7 +422,7 @@ impl Stores {
             .into_iter()
             .filter_map(|(tenant, name)| {
                 let s = self.secrets.get(&ObjectRef::new(&name.ok()?).within(&ns))?;
-                Some((tenant, session::data(&s)))
+                objects::generated_for(&s, gateway).then(|| (tenant, session::data(&s)))
             })
             .collect()
     }
@@ -426,6 +439,9 @@ impl Stores {
                 let secret = self
                     .secrets
                     .get(&ObjectRef::new(&tunnel::names::site(&name, &s.name)).within(&ns))?;
+                if !objects::generated_for(&secret, gateway) {
+                    return None;
+                }
                 Some((s.name.clone(), tunnel::public_key_of(&secret)?))
             })
             .collect()
@@ -1157,11 +1173,45 @@ struct HubKeys {
 /// existing Secret wins.
 async fn ensure_secret(
     ctx: &GatewayContext,
-    ns: &str,
+    gw: &Gateway,
     name: &str,
     what: &str,
     make: impl FnOnce() -> Option<Secret>,
 ) -> Result<Secret, Error> {
+    let secret = ensure_secret_unchecked(ctx, gw, name, what, make).await?;
+    if objects::generated_for(&secret, gw) {
+        return Ok(secret);
+    }
+    let ns = gw.namespace().unwrap_or_default();
+    let e = Error::ForeignSecret {
+        namespace: ns,
+        name: name.to_string(),
+        what: what.to_string(),
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ForeignSecret".into(),
+        note: Some(truncate(e.to_string())),
+        action: "GenerateSecret".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &gw.object_ref(&())).await {
+        tracing::warn!(error = %err, "failed to publish an Event");
+    }
+    Err(e)
+}
+
+/// [`ensure_secret`] without the ownership check: the Secret from the cache, else created,
+/// else (created meanwhile) read.
+async fn ensure_secret_unchecked(
+    ctx: &GatewayContext,
+    gw: &Gateway,
+    name: &str,
+    what: &str,
+    make: impl FnOnce() -> Option<Secret>,
+) -> Result<Secret, Error> {
+    let ns = gw.namespace().unwrap_or_default();
+    let ns = ns.as_str();
     if let Some(s) = ctx.stores.secrets.get(&ObjectRef::new(name).within(ns)) {
         return Ok((*s).clone());
     }
@@ -1209,7 +1259,7 @@ async fn ensure_keys(ctx: &GatewayContext, gw: &Gateway) -> Result<HubKeys, Erro
     for i in 0..t.replicas {
         let secret = ensure_secret(
             ctx,
-            &ns,
+            gw,
             &tunnel::names::replica(&name, i),
             "a hub key",
             || Some(tunnel::replica_key_secret(gw, i, &new_key()?)),
@@ -1235,7 +1285,7 @@ async fn ensure_keys(ctx: &GatewayContext, gw: &Gateway) -> Result<HubKeys, Erro
     for s in t.sites.iter().filter(|s| s.public_key.is_none()) {
         let secret = ensure_secret(
             ctx,
-            &ns,
+            gw,
             &tunnel::names::site(&name, &s.name),
             "a site key",
             || {
@@ -1256,7 +1306,7 @@ async fn ensure_keys(ctx: &GatewayContext, gw: &Gateway) -> Result<HubKeys, Erro
     }
     ensure_secret(
         ctx,
-        &ns,
+        gw,
         &tunnel::names::token(&name),
         "the tunnel token",
         || Some(tunnel::token_secret(gw, &tunnel::new_token().ok()?)),
@@ -1273,7 +1323,6 @@ async fn ensure_session_keys(
     gw: &Gateway,
     wanted: &BTreeMap<String, Result<String, String>>,
 ) -> Result<BTreeMap<String, BTreeMap<String, Vec<u8>>>, Error> {
-    let ns = gw.namespace().unwrap_or_default();
     let mut out = BTreeMap::new();
     for (tenant, name) in wanted.clone() {
         let name = match name {
@@ -1289,7 +1338,7 @@ async fn ensure_session_keys(
                 continue;
             }
         };
-        let secret = ensure_secret(ctx, &ns, &name, "a session key", || {
+        let made = ensure_secret(ctx, gw, &name, "a session key", || {
             let id = session::new_id(k8s_openapi::jiff::Timestamp::now());
             Some(session::key_secret(
                 gw,
@@ -1299,7 +1348,18 @@ async fn ensure_session_keys(
                 &session::new_key().ok()?,
             ))
         })
-        .await?;
+        .await;
+        let secret = match made {
+            Ok(secret) => secret,
+            // Someone else's Secret under this name: no session key for this tenant (OIDC
+            // login stays off here, fails closed) rather than sessions sealed with a key a
+            // stranger chose; the other tenants are not held up (Warning Event published).
+            Err(e @ Error::ForeignSecret { .. }) => {
+                tracing::warn!(gateway = %key(gw), tenant = %tenant, "{e}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         out.insert(tenant, session::data(&secret));
     }
     Ok(out)

@@ -315,6 +315,24 @@ fn named(list: &[Value]) -> bool {
         .all(|x| x.get("name").is_some_and(Value::is_string))
 }
 
+/// Whether `secret` is one the operator generated for `gw`: the operator's labels for this
+/// Gateway and a controller owner reference to it (by uid). A Secret of the same name made by
+/// anyone else (whoever can write Secrets in the namespace) is foreign: never used, never
+/// overwritten (issue 14, item 10).
+pub fn generated_for(secret: &Secret, gw: &Gateway) -> bool {
+    let labels = secret.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    let Some(uid) = gw.uid() else { return false };
+    label(labels::MANAGED_BY) == Some(labels::OPERATOR)
+        && label(labels::INSTANCE) == Some(gw.name_any().as_str())
+        && secret
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.kind == "Gateway" && o.uid == uid)
+}
+
 /// The condition reason when `spec.podTemplate` asks for something not on the allow-list.
 pub const POD_TEMPLATE_REFUSED: &str = "PodTemplateRefused";
 
@@ -1069,5 +1087,30 @@ mod tests {
             let e = check_pod_template(&overlay).expect_err(&overlay.to_string());
             assert!(e.starts_with(field), "{overlay}: {e}");
         }
+    }
+
+    #[test]
+    fn only_secrets_generated_for_this_gateway_are_its_own() {
+        let gw = gateway(json!({}));
+        let ours = super::super::session::key_secret(&gw, "acme", "edge-session-acme", "1", "a2V5");
+        assert!(generated_for(&ours, &gw));
+        let mut foreign = ours.clone();
+        foreign.metadata.owner_references = None;
+        assert!(
+            !generated_for(&foreign, &gw),
+            "no controller owner reference"
+        );
+        let mut other_uid = ours.clone();
+        other_uid.metadata.owner_references.as_mut().unwrap()[0].uid = "u-2".into();
+        assert!(
+            !generated_for(&other_uid, &gw),
+            "another (deleted) Gateway's"
+        );
+        let mut not_controller = ours.clone();
+        not_controller.metadata.owner_references.as_mut().unwrap()[0].controller = None;
+        assert!(!generated_for(&not_controller, &gw));
+        let mut unlabelled = ours;
+        unlabelled.metadata.labels = None;
+        assert!(!generated_for(&unlabelled, &gw), "no operator labels");
     }
 }
