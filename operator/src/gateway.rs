@@ -193,6 +193,21 @@ impl Error {
     }
 }
 
+/// Whether an EndpointSlice address may be an upstream: never link-local (169.254.0.0/16,
+/// the cloud metadata service; fe80::/10), loopback or unspecified, also spelled as
+/// IPv4-mapped IPv6. Anyone who can write EndpointSlices of a selector-less Service chooses
+/// its addresses, and the gateway is admitted everywhere (issue 14, item 12).
+pub fn endpoint_allowed(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_link_local() || v4.is_loopback() || v4.is_unspecified()),
+        IpAddr::V6(v6) => !(v6.is_unicast_link_local() || v6.is_loopback() || v6.is_unspecified()),
+    }
+}
+
 /// The reflector stores a snapshot is built from.
 #[derive(Clone)]
 pub struct Stores {
@@ -345,6 +360,7 @@ impl Stores {
                     ep.addresses
                         .iter()
                         .filter_map(|a| a.parse::<IpAddr>().ok())
+                        .filter(|ip| endpoint_allowed(*ip))
                         .map(|ip| SocketAddr::new(ip, target)),
                 );
             }
@@ -1683,6 +1699,34 @@ mod tests {
                 matches!(done, Ok(Ok(Ok(())))),
                 "waiter {i} never saw the cache ready"
             );
+        }
+    }
+
+    #[test]
+    fn endpoints_never_point_at_link_local_loopback_or_unspecified() {
+        for refused in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "127.0.0.1",
+            "127.1.2.3",
+            "0.0.0.0",
+            "fe80::1",
+            "febf::1",
+            "::1",
+            "::",
+            "::ffff:169.254.169.254",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!endpoint_allowed(refused.parse().unwrap()), "{refused}");
+        }
+        for allowed in [
+            "10.9.0.1",
+            "192.168.1.1",
+            "fd00::1",
+            "2001:db8::1",
+            "169.255.0.1",
+        ] {
+            assert!(endpoint_allowed(allowed.parse().unwrap()), "{allowed}");
         }
     }
 
