@@ -64,9 +64,11 @@ pub struct GatewaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<Tunnel>,
 
-    /// Strategic-merge override applied to the generated gateway pod template (resources,
-    /// nodeSelector, tolerations, extra labels...). Security settings (non-root, read-only root
-    /// filesystem, no added capabilities) are re-applied after the merge.
+    /// Strategic-merge override applied to the generated gateway pod template, limited to an
+    /// allow-list (labels and annotations outside the operator's prefixes, scheduling,
+    /// non-root fsGroup, emptyDir/configMap/downwardAPI volumes, the gateway container's
+    /// resources, env and volumeMounts); anything else is refused with `Ready=False`, reason
+    /// `PodTemplateRefused` (docs/security.md). Security settings are re-applied after the merge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::preserve_unknown_object")]
     pub pod_template: Option<serde_json::Value>,

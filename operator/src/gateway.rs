@@ -162,6 +162,18 @@ pub enum Error {
     /// The system random number generator failed (a key or token could not be made).
     #[error("failed to generate {0}: the system random number generator failed")]
     Random(String),
+    /// A Secret the operator generates exists but was not made by it for this Gateway.
+    #[error(
+        "Secret {namespace}/{name} ({what}) is not the operator's for this Gateway (labels or controller owner reference missing); it is not used: delete it to have one generated"
+    )]
+    ForeignSecret {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// What it should hold.
+        what: String,
+    },
 }
 
 impl Error {
@@ -176,7 +188,23 @@ impl Error {
             Self::List { .. } => "List",
             Self::CacheDropped(_) => "CacheDropped",
             Self::Random(_) => "Random",
+            Self::ForeignSecret { .. } => "ForeignSecret",
         }
+    }
+}
+
+/// Whether an EndpointSlice address may be an upstream: never link-local (169.254.0.0/16,
+/// the cloud metadata service; fe80::/10), loopback or unspecified, also spelled as
+/// IPv4-mapped IPv6. Anyone who can write EndpointSlices of a selector-less Service chooses
+/// its addresses, and the gateway is admitted everywhere (issue 14, item 12).
+pub fn endpoint_allowed(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_link_local() || v4.is_loopback() || v4.is_unspecified()),
+        IpAddr::V6(v6) => !(v6.is_unicast_link_local() || v6.is_loopback() || v6.is_unspecified()),
     }
 }
 
@@ -332,6 +360,7 @@ impl Stores {
                     ep.addresses
                         .iter()
                         .filter_map(|a| a.parse::<IpAddr>().ok())
+                        .filter(|ip| endpoint_allowed(*ip))
                         .map(|ip| SocketAddr::new(ip, target)),
                 );
             }
@@ -409,7 +438,7 @@ impl Stores {
             .into_iter()
             .filter_map(|(tenant, name)| {
                 let s = self.secrets.get(&ObjectRef::new(&name.ok()?).within(&ns))?;
-                Some((tenant, session::data(&s)))
+                objects::generated_for(&s, gateway).then(|| (tenant, session::data(&s)))
             })
             .collect()
     }
@@ -426,6 +455,9 @@ impl Stores {
                 let secret = self
                     .secrets
                     .get(&ObjectRef::new(&tunnel::names::site(&name, &s.name)).within(&ns))?;
+                if !objects::generated_for(&secret, gateway) {
+                    return None;
+                }
                 Some((s.name.clone(), tunnel::public_key_of(&secret)?))
             })
             .collect()
@@ -1018,6 +1050,16 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         }
     };
 
+    // The podTemplate override against its allow-list: refused, no workload change.
+    let refused = gw
+        .spec
+        .pod_template
+        .as_ref()
+        .and_then(|t| objects::check_pod_template(t).err());
+    if let Some(why) = &refused {
+        tracing::warn!(gateway = %format!("{ns}/{name}"), "podTemplate refused: {why}");
+    }
+
     // apply: the workload, whatever the snapshot's fate (it does not depend on it)
     let (status_cm, service, deployment) = if over_quota {
         (None, None, None)
@@ -1027,7 +1069,18 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         put(client, &ns, &objects::role_binding(gw)).await?;
         let status_cm = put(client, &ns, &objects::status_config_map(gw)).await?;
         let service = put(client, &ns, &objects::service(gw)).await?;
-        let deployment = put(client, &ns, &objects::deployment(gw, &ctx.settings)).await?;
+        let deployment = match &refused {
+            // Refused: the Deployment stays as it is (the one already there, if any).
+            Some(_) => Api::<Deployment>::namespaced(client.clone(), &ns)
+                .get_opt(&name)
+                .await
+                .map_err(|source| Error::Read {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    source,
+                })?,
+            None => Some(put(client, &ns, &objects::deployment(gw, &ctx.settings)).await?),
+        };
         match objects::pdb(gw) {
             Some(p) => drop(put(client, &ns, &p).await?),
             None => remove::<PodDisruptionBudget>(client, &ns, &name).await?,
@@ -1036,7 +1089,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
             Some(h) => drop(put(client, &ns, &h).await?),
             None => remove::<HorizontalPodAutoscaler>(client, &ns, &name).await?,
         }
-        (Some(status_cm), Some(service), Some(deployment))
+        (Some(status_cm), Some(service), deployment)
     };
 
     // apply: the tunnel hub (its configuration only from a built snapshot), then prune
@@ -1079,6 +1132,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         service: service.as_ref(),
         listeners: gw.spec.listeners.iter().map(|l| l.name.clone()).collect(),
         reports: reports.into_iter().collect(),
+        pod_template_refused: refused,
         tunnel: keys.map(|k| TunnelStatus {
             public_keys: k.replicas.into_iter().flatten().collect(),
             sites,
@@ -1135,11 +1189,45 @@ struct HubKeys {
 /// existing Secret wins.
 async fn ensure_secret(
     ctx: &GatewayContext,
-    ns: &str,
+    gw: &Gateway,
     name: &str,
     what: &str,
     make: impl FnOnce() -> Option<Secret>,
 ) -> Result<Secret, Error> {
+    let secret = ensure_secret_unchecked(ctx, gw, name, what, make).await?;
+    if objects::generated_for(&secret, gw) {
+        return Ok(secret);
+    }
+    let ns = gw.namespace().unwrap_or_default();
+    let e = Error::ForeignSecret {
+        namespace: ns,
+        name: name.to_string(),
+        what: what.to_string(),
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ForeignSecret".into(),
+        note: Some(truncate(e.to_string())),
+        action: "GenerateSecret".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &gw.object_ref(&())).await {
+        tracing::warn!(error = %err, "failed to publish an Event");
+    }
+    Err(e)
+}
+
+/// [`ensure_secret`] without the ownership check: the Secret from the cache, else created,
+/// else (created meanwhile) read.
+async fn ensure_secret_unchecked(
+    ctx: &GatewayContext,
+    gw: &Gateway,
+    name: &str,
+    what: &str,
+    make: impl FnOnce() -> Option<Secret>,
+) -> Result<Secret, Error> {
+    let ns = gw.namespace().unwrap_or_default();
+    let ns = ns.as_str();
     if let Some(s) = ctx.stores.secrets.get(&ObjectRef::new(name).within(ns)) {
         return Ok((*s).clone());
     }
@@ -1187,7 +1275,7 @@ async fn ensure_keys(ctx: &GatewayContext, gw: &Gateway) -> Result<HubKeys, Erro
     for i in 0..t.replicas {
         let secret = ensure_secret(
             ctx,
-            &ns,
+            gw,
             &tunnel::names::replica(&name, i),
             "a hub key",
             || Some(tunnel::replica_key_secret(gw, i, &new_key()?)),
@@ -1213,7 +1301,7 @@ async fn ensure_keys(ctx: &GatewayContext, gw: &Gateway) -> Result<HubKeys, Erro
     for s in t.sites.iter().filter(|s| s.public_key.is_none()) {
         let secret = ensure_secret(
             ctx,
-            &ns,
+            gw,
             &tunnel::names::site(&name, &s.name),
             "a site key",
             || {
@@ -1234,7 +1322,7 @@ async fn ensure_keys(ctx: &GatewayContext, gw: &Gateway) -> Result<HubKeys, Erro
     }
     ensure_secret(
         ctx,
-        &ns,
+        gw,
         &tunnel::names::token(&name),
         "the tunnel token",
         || Some(tunnel::token_secret(gw, &tunnel::new_token().ok()?)),
@@ -1251,7 +1339,6 @@ async fn ensure_session_keys(
     gw: &Gateway,
     wanted: &BTreeMap<String, Result<String, String>>,
 ) -> Result<BTreeMap<String, BTreeMap<String, Vec<u8>>>, Error> {
-    let ns = gw.namespace().unwrap_or_default();
     let mut out = BTreeMap::new();
     for (tenant, name) in wanted.clone() {
         let name = match name {
@@ -1267,7 +1354,7 @@ async fn ensure_session_keys(
                 continue;
             }
         };
-        let secret = ensure_secret(ctx, &ns, &name, "a session key", || {
+        let made = ensure_secret(ctx, gw, &name, "a session key", || {
             let id = session::new_id(k8s_openapi::jiff::Timestamp::now());
             Some(session::key_secret(
                 gw,
@@ -1277,7 +1364,18 @@ async fn ensure_session_keys(
                 &session::new_key().ok()?,
             ))
         })
-        .await?;
+        .await;
+        let secret = match made {
+            Ok(secret) => secret,
+            // Someone else's Secret under this name: no session key for this tenant (OIDC
+            // login stays off here, fails closed) rather than sessions sealed with a key a
+            // stranger chose; the other tenants are not held up (Warning Event published).
+            Err(e @ Error::ForeignSecret { .. }) => {
+                tracing::warn!(gateway = %key(gw), tenant = %tenant, "{e}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         out.insert(tenant, session::data(&secret));
     }
     Ok(out)
@@ -1601,6 +1699,34 @@ mod tests {
                 matches!(done, Ok(Ok(Ok(())))),
                 "waiter {i} never saw the cache ready"
             );
+        }
+    }
+
+    #[test]
+    fn endpoints_never_point_at_link_local_loopback_or_unspecified() {
+        for refused in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "127.0.0.1",
+            "127.1.2.3",
+            "0.0.0.0",
+            "fe80::1",
+            "febf::1",
+            "::1",
+            "::",
+            "::ffff:169.254.169.254",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!endpoint_allowed(refused.parse().unwrap()), "{refused}");
+        }
+        for allowed in [
+            "10.9.0.1",
+            "192.168.1.1",
+            "fd00::1",
+            "2001:db8::1",
+            "169.255.0.1",
+        ] {
+            assert!(endpoint_allowed(allowed.parse().unwrap()), "{allowed}");
         }
     }
 

@@ -315,6 +315,179 @@ fn named(list: &[Value]) -> bool {
         .all(|x| x.get("name").is_some_and(Value::is_string))
 }
 
+/// Whether `secret` is one the operator generated for `gw`: the operator's labels for this
+/// Gateway and a controller owner reference to it (by uid). A Secret of the same name made by
+/// anyone else (whoever can write Secrets in the namespace) is foreign: never used, never
+/// overwritten (issue 14, item 10).
+pub fn generated_for(secret: &Secret, gw: &Gateway) -> bool {
+    let labels = secret.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    let Some(uid) = gw.uid() else { return false };
+    label(labels::MANAGED_BY) == Some(labels::OPERATOR)
+        && label(labels::INSTANCE) == Some(gw.name_any().as_str())
+        && secret
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.kind == "Gateway" && o.uid == uid)
+}
+
+/// The condition reason when `spec.podTemplate` asks for something not on the allow-list.
+pub const POD_TEMPLATE_REFUSED: &str = "PodTemplateRefused";
+
+/// Label and annotation prefixes that belong to the operator (or to the kubelet's security
+/// settings): a podTemplate may not set them.
+const RESERVED_PREFIXES: &[&str] = &[
+    "app.kubernetes.io/",
+    "rustronaut.io/",
+    "container.apparmor.security.beta.kubernetes.io/",
+    "seccomp.security.alpha.kubernetes.io/",
+];
+
+/// Taint keys of control-plane nodes: a gateway must not be scheduled there.
+const CONTROL_PLANE_TAINTS: &[&str] = &[
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/master",
+];
+
+/// Checks `spec.podTemplate` against the allow-list of what a Gateway's creator may change:
+/// labels and annotations outside the operator's prefixes; scheduling (nodeSelector,
+/// affinity, tolerations other than control-plane ones, topologySpreadConstraints,
+/// priorityClassName), terminationGracePeriodSeconds, imagePullSecrets; a non-root fsGroup;
+/// emptyDir, configMap and downwardAPI volumes; and on the `gateway` container only
+/// resources, env (no Secret references), envFrom of ConfigMaps and volumeMounts.
+/// Everything else (hostPath or Secret volumes, supplementalGroups, SELinux/AppArmor,
+/// extra or init containers, host namespaces, another ServiceAccount, ...) is refused: the
+/// error names the first field at fault. [`enforce`] still re-applies the security settings
+/// after the merge, as a second line.
+pub fn check_pod_template(overlay: &Value) -> Result<(), String> {
+    let Some(top) = overlay.as_object() else {
+        return Err("spec.podTemplate must be an object".into());
+    };
+    for (k, v) in top {
+        match k.as_str() {
+            "metadata" => check_metadata(v)?,
+            "spec" => check_pod_spec(v)?,
+            other => return Err(format!("spec.podTemplate.{other} may not be set")),
+        }
+    }
+    Ok(())
+}
+
+fn check_metadata(v: &Value) -> Result<(), String> {
+    let Some(meta) = v.as_object() else {
+        return Err("spec.podTemplate.metadata must be an object".into());
+    };
+    for (k, v) in meta {
+        if k != "labels" && k != "annotations" {
+            return Err(format!("spec.podTemplate.metadata.{k} may not be set"));
+        }
+        for key in v.as_object().into_iter().flat_map(|m| m.keys()) {
+            if let Some(p) = RESERVED_PREFIXES.iter().find(|p| key.starts_with(*p)) {
+                return Err(format!(
+                    "spec.podTemplate.metadata.{k}[{key}]: the prefix {p} is reserved"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_pod_spec(v: &Value) -> Result<(), String> {
+    let Some(spec) = v.as_object() else {
+        return Err("spec.podTemplate.spec must be an object".into());
+    };
+    for (k, v) in spec {
+        let at = format!("spec.podTemplate.spec.{k}");
+        match k.as_str() {
+            "nodeSelector"
+            | "affinity"
+            | "topologySpreadConstraints"
+            | "priorityClassName"
+            | "terminationGracePeriodSeconds"
+            | "imagePullSecrets" => {}
+            "tolerations" => {
+                for t in v.as_array().into_iter().flatten() {
+                    let key = t["key"].as_str().unwrap_or("");
+                    if key.is_empty() || CONTROL_PLANE_TAINTS.contains(&key) {
+                        return Err(format!(
+                            "{at}: tolerating every taint or the control plane's ({}) is refused",
+                            if key.is_empty() { "no key" } else { key }
+                        ));
+                    }
+                }
+            }
+            "securityContext" => {
+                for (sk, sv) in v.as_object().into_iter().flatten() {
+                    let fine = sk == "fsGroup" && sv.as_i64().is_some_and(|g| g > 0);
+                    if !fine {
+                        return Err(format!("{at}.{sk} may not be set"));
+                    }
+                }
+            }
+            "volumes" => {
+                for vol in v.as_array().into_iter().flatten() {
+                    let name = vol["name"].as_str().unwrap_or("");
+                    if name == TUNNEL_TOKEN_VOLUME {
+                        return Err(format!("{at}[{name}]: the name is reserved"));
+                    }
+                    for source in vol.as_object().into_iter().flat_map(|m| m.keys()) {
+                        if !matches!(
+                            source.as_str(),
+                            "name" | "emptyDir" | "configMap" | "downwardAPI"
+                        ) {
+                            return Err(format!(
+                                "{at}[{name}].{source}: only emptyDir, configMap and downwardAPI volumes may be added"
+                            ));
+                        }
+                    }
+                }
+            }
+            "containers" => {
+                for c in v.as_array().into_iter().flatten() {
+                    let name = c["name"].as_str().unwrap_or("");
+                    if name != "gateway" {
+                        return Err(format!(
+                            "{at}[{name}]: only the gateway container may be changed, none added"
+                        ));
+                    }
+                    check_container(c, &format!("{at}[gateway]"))?;
+                }
+            }
+            _ => return Err(format!("{at} may not be set")),
+        }
+    }
+    Ok(())
+}
+
+fn check_container(c: &Value, at: &str) -> Result<(), String> {
+    for (k, v) in c.as_object().into_iter().flatten() {
+        match k.as_str() {
+            "name" | "resources" | "volumeMounts" => {}
+            "env" => {
+                for e in v.as_array().into_iter().flatten() {
+                    if e["valueFrom"].get("secretKeyRef").is_some() {
+                        return Err(format!(
+                            "{at}.env[{}].valueFrom.secretKeyRef: Secrets may not be read",
+                            e["name"].as_str().unwrap_or("")
+                        ));
+                    }
+                }
+            }
+            "envFrom" => {
+                for e in v.as_array().into_iter().flatten() {
+                    if e.get("secretRef").is_some() {
+                        return Err(format!("{at}.envFrom.secretRef: Secrets may not be read"));
+                    }
+                }
+            }
+            _ => return Err(format!("{at}.{k} may not be set")),
+        }
+    }
+    Ok(())
+}
+
 /// What no podTemplate override may change: the selector labels, the ServiceAccount, the
 /// security settings of the pod and of every container, and the gateway container's image,
 /// command, args and POD_NAME.
@@ -804,5 +977,140 @@ mod tests {
         let bytes = &s.data.as_ref().unwrap()[SNAPSHOT_KEY].0;
         assert_eq!(Snapshot::load(bytes).unwrap(), snap);
         assert_eq!(to_json(&s)["metadata"]["ownerReferences"], owner());
+    }
+
+    #[test]
+    fn pod_template_allows_scheduling_and_resources_only() {
+        let fine = json!({
+            "metadata": {"labels": {"team": "edge"}, "annotations": {"note": "x"}},
+            "spec": {
+                "nodeSelector": {"pool": "edge"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "edge"}],
+                "priorityClassName": "high",
+                "securityContext": {"fsGroup": 2000},
+                "volumes": [{"name": "extra", "emptyDir": {}},
+                            {"name": "cm", "configMap": {"name": "x"}}],
+                "containers": [{"name": "gateway",
+                                "resources": {"limits": {"memory": "1Gi"}},
+                                "env": [{"name": "RUST_LOG", "value": "debug"}],
+                                "volumeMounts": [{"name": "extra", "mountPath": "/extra"}]}]
+            }
+        });
+        assert_eq!(check_pod_template(&fine), Ok(()));
+        let refused = [
+            (
+                json!({"spec": {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}}),
+                "spec.podTemplate.spec.volumes[h].hostPath",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "s", "secret": {"secretName": "other"}}]}}),
+                "spec.podTemplate.spec.volumes[s].secret",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "p", "projected": {"sources": []}}]}}),
+                "spec.podTemplate.spec.volumes[p].projected",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "tunnel-token", "emptyDir": {}}]}}),
+                "spec.podTemplate.spec.volumes[tunnel-token]",
+            ),
+            (
+                json!({"spec": {"securityContext": {"supplementalGroups": [0]}}}),
+                "spec.podTemplate.spec.securityContext.supplementalGroups",
+            ),
+            (
+                json!({"spec": {"securityContext": {"fsGroup": 0}}}),
+                "spec.podTemplate.spec.securityContext.fsGroup",
+            ),
+            (
+                json!({"spec": {"securityContext": {"seLinuxOptions": {"type": "spc_t"}}}}),
+                "spec.podTemplate.spec.securityContext.seLinuxOptions",
+            ),
+            (
+                json!({"spec": {"securityContext": {"appArmorProfile": {"type": "Unconfined"}}}}),
+                "spec.podTemplate.spec.securityContext.appArmorProfile",
+            ),
+            (
+                json!({"metadata": {"annotations": {
+                "container.apparmor.security.beta.kubernetes.io/gateway": "unconfined"}}}),
+                "spec.podTemplate.metadata.annotations[container.apparmor",
+            ),
+            (
+                json!({"spec": {"tolerations": [{"key": "node-role.kubernetes.io/control-plane",
+                                              "operator": "Exists", "effect": "NoSchedule"}]}}),
+                "spec.podTemplate.spec.tolerations",
+            ),
+            (
+                json!({"spec": {"tolerations": [{"operator": "Exists"}]}}),
+                "spec.podTemplate.spec.tolerations",
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "sidecar", "image": "busybox"}]}}),
+                "spec.podTemplate.spec.containers[sidecar]",
+            ),
+            (
+                json!({"spec": {"initContainers": [{"name": "init", "image": "busybox"}]}}),
+                "spec.podTemplate.spec.initContainers",
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "gateway",
+                                             "securityContext": {"privileged": true}}]}}),
+                "spec.podTemplate.spec.containers[gateway].securityContext",
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "gateway", "env": [{"name": "K",
+                "valueFrom": {"secretKeyRef": {"name": "other", "key": "k"}}}]}]}}),
+                "spec.podTemplate.spec.containers[gateway].env[K].valueFrom.secretKeyRef",
+            ),
+            (
+                json!({"spec": {"hostNetwork": true}}),
+                "spec.podTemplate.spec.hostNetwork",
+            ),
+            (
+                json!({"spec": {"hostAliases": [{"ip": "10.0.0.1", "hostnames": ["idp"]}]}}),
+                "spec.podTemplate.spec.hostAliases",
+            ),
+            (
+                json!({"spec": {"serviceAccountName": "admin"}}),
+                "spec.podTemplate.spec.serviceAccountName",
+            ),
+            (
+                json!({"metadata": {"labels": {"app.kubernetes.io/name": "rustronaut-gateway"}}}),
+                "spec.podTemplate.metadata.labels[app.kubernetes.io/name]",
+            ),
+            (
+                json!({"metadata": {"labels": {"rustronaut.io/x": "y"}}}),
+                "spec.podTemplate.metadata.labels[rustronaut.io/x]",
+            ),
+        ];
+        for (overlay, field) in refused {
+            let e = check_pod_template(&overlay).expect_err(&overlay.to_string());
+            assert!(e.starts_with(field), "{overlay}: {e}");
+        }
+    }
+
+    #[test]
+    fn only_secrets_generated_for_this_gateway_are_its_own() {
+        let gw = gateway(json!({}));
+        let ours = super::super::session::key_secret(&gw, "acme", "edge-session-acme", "1", "a2V5");
+        assert!(generated_for(&ours, &gw));
+        let mut foreign = ours.clone();
+        foreign.metadata.owner_references = None;
+        assert!(
+            !generated_for(&foreign, &gw),
+            "no controller owner reference"
+        );
+        let mut other_uid = ours.clone();
+        other_uid.metadata.owner_references.as_mut().unwrap()[0].uid = "u-2".into();
+        assert!(
+            !generated_for(&other_uid, &gw),
+            "another (deleted) Gateway's"
+        );
+        let mut not_controller = ours.clone();
+        not_controller.metadata.owner_references.as_mut().unwrap()[0].controller = None;
+        assert!(!generated_for(&not_controller, &gw));
+        let mut unlabelled = ours;
+        unlabelled.metadata.labels = None;
+        assert!(!generated_for(&unlabelled, &gw), "no operator labels");
     }
 }

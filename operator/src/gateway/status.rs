@@ -6,7 +6,8 @@
 //! - `Programmed`: the snapshot Secret holds the snapshot of the current spec (False: the last
 //!   good snapshot, if any, keeps serving).
 //! - `Ready`: Programmed, the Deployment has its replicas ready, and as many pods report the
-//!   served version as loaded (from the `<gw>-status` ConfigMap).
+//!   served version as loaded (from the `<gw>-status` ConfigMap). False with
+//!   `PodTemplateRefused` when `spec.podTemplate` asks for something not on the allow-list.
 //! - per listener: attached Resources, `ResolvedRefs` (False for the listener a failed build
 //!   blames, e.g. its certificate Secret is missing) and `Programmed`.
 
@@ -59,6 +60,8 @@ pub struct Observed<'a> {
     pub reports: BTreeMap<String, String>,
     /// The tunnel hub's state (None without `spec.tunnel`).
     pub tunnel: Option<TunnelStatus>,
+    /// Why `spec.podTemplate` was refused (the Deployment was left as it was), if it was.
+    pub pod_template_refused: Option<String>,
     /// Now.
     pub now: Time,
 }
@@ -266,22 +269,32 @@ pub fn status(o: &Observed<'_>) -> GatewayStatus {
         .map_or(0, |v| o.reports.values().filter(|r| *r == v).count());
     let loaded = i32::try_from(loaded).unwrap_or(i32::MAX);
     let all_loaded = accepted && programmed_ok && ready >= want && loaded >= want;
-    conditions.push(condition(
-        o,
-        types::READY,
-        all_loaded,
-        if all_loaded {
-            reasons::READY
-        } else if !accepted {
-            match &o.built {
-                Built::Failed { reason, .. } => reason,
-                Built::Ok { .. } => reasons::PENDING,
-            }
-        } else {
-            reasons::PENDING
-        },
-        format!("{ready}/{want} pods ready, {loaded} report snapshot {served} loaded"),
-    ));
+    if let Some(why) = &o.pod_template_refused {
+        conditions.push(condition(
+            o,
+            types::READY,
+            false,
+            super::objects::POD_TEMPLATE_REFUSED,
+            format!("{why}; the gateway Deployment is left unchanged"),
+        ));
+    } else {
+        conditions.push(condition(
+            o,
+            types::READY,
+            all_loaded,
+            if all_loaded {
+                reasons::READY
+            } else if !accepted {
+                match &o.built {
+                    Built::Failed { reason, .. } => reason,
+                    Built::Ok { .. } => reasons::PENDING,
+                }
+            } else {
+                reasons::PENDING
+            },
+            format!("{ready}/{want} pods ready, {loaded} report snapshot {served} loaded"),
+        ));
+    }
 
     let config_version = if loaded >= want && o.served.is_some() {
         o.served.clone()
@@ -323,6 +336,7 @@ mod tests {
             listeners: vec!["https".into(), "tcp".into()],
             reports: BTreeMap::new(),
             tunnel: None,
+            pod_template_refused: None,
             now: time(1000),
         }
     }

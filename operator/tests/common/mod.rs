@@ -118,6 +118,7 @@ pub async fn operator_client(admin: &kube::Client) -> kube::Client {
 }
 
 /// The snapshot in `<gw>-snapshot`, if the Secret exists and loads.
+#[allow(dead_code)] // not every test binary asks
 pub async fn snapshot(secrets: &Api<Secret>, gw: &str) -> Option<Snapshot> {
     let s = secrets.get_opt(&format!("{gw}-snapshot")).await.ok()??;
     let bytes = s.data?.get("snapshot.json")?.0.clone();
