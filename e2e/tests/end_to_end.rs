@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{MANAGER, kubectl_apply, percentile, wait_for_within};
+use support::{MANAGER, kubectl_apply, percentile, run, wait_for_within};
 
 const NS: &str = "demo-apps";
 
@@ -32,19 +32,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn run(mut cmd: Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn kubectl(cluster: &TestCluster, args: &[&str]) -> String {
@@ -153,9 +140,8 @@ fn cluster_ip(cluster: &TestCluster, service: &str) -> String {
     )
 }
 
-/// The status code of a request through the gateway's Service with `token` (0: no answer).
-fn status(cluster: &TestCluster, token: Option<&str>) -> u16 {
-    let ip = cluster_ip(cluster, "hello-gw");
+/// The status code curl gets for a GET of `url` with `headers` (0: no answer within 3 s).
+fn http_code(url: &str, headers: &[String]) -> u16 {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-s",
@@ -165,14 +151,20 @@ fn status(cluster: &TestCluster, token: Option<&str>) -> u16 {
         "%{http_code}",
         "--max-time",
         "3",
-    ])
-    .args(["-H", &format!("Host: {HOST}")]);
-    if let Some(t) = token {
-        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
     }
-    cmd.arg(format!("http://{ip}:{LISTENER_PORT}/"));
-    let out = cmd.output().unwrap();
+    let out = cmd.arg(url).output().unwrap();
     String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+}
+
+/// The status code of a request through the gateway's Service with `token` (0: no answer).
+fn status(cluster: &TestCluster, token: Option<&str>) -> u16 {
+    let ip = cluster_ip(cluster, "hello-gw");
+    let mut headers = vec![format!("Host: {HOST}")];
+    headers.extend(token.map(|t| format!("Authorization: Bearer {t}")));
+    http_code(&format!("http://{ip}:{LISTENER_PORT}/"), &headers)
 }
 
 fn gateway_pods(rt: &tokio::runtime::Runtime, pods: &Api<Pod>) -> Vec<Pod> {
@@ -472,22 +464,9 @@ fn the_gateway_process_runs_as_65532_with_a_read_only_root_and_readiness_from_it
         .map(|p| p.container_port.to_string())
         .expect("the named probe port"),
     };
-    let code = run({
-        let mut c = Command::new("curl");
-        c.args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "3",
-        ])
-        .arg(format!("http://{pod_ip}:{port}/readyz"));
-        c
-    });
     assert_eq!(
-        code, "200",
+        http_code(&format!("http://{pod_ip}:{port}/readyz"), &[]),
+        200,
         "the kubelet's probe target answers from the pod"
     );
 }
@@ -801,23 +780,14 @@ spec:
     }
     // Denied identities never reach the site.
     let sales = mint("bob", "sales");
-    let code = run({
-        let mut c = Command::new("curl");
-        c.args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "3",
-        ])
-        .args(["-H", "Host: site.demo.localhost"])
-        .args(["-H", &format!("Authorization: Bearer {sales}")])
-        .arg(format!("http://{gw}:18090/"));
-        c
-    });
-    assert_eq!(code, "403");
+    let code = http_code(
+        &format!("http://{gw}:18090/"),
+        &[
+            "Host: site.demo.localhost".to_string(),
+            format!("Authorization: Bearer {sales}"),
+        ],
+    );
+    assert_eq!(code, 403);
     // The Gateway reports the site connected (the operator polls the hubs every 60 s).
     wait_for_within(
         "site lab reported connected",

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+mod support;
+use support::run;
+
 const RELEASE: &str = "rtn";
 const NAMESPACE: &str = "rustronaut-helm";
 
@@ -36,19 +39,6 @@ fn helm(cluster: &rustronaut_e2e::TestCluster) -> Command {
         .env("HELM_CONFIG_HOME", home.join("config"))
         .env("HELM_DATA_HOME", home.join("data"));
     cmd
-}
-
-fn run(mut cmd: Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `helm template` with `values`; its error output when it fails.
