@@ -8,7 +8,9 @@
 //! namespace (kube-router) while the gateway gets through; the gateway process runs as 65532
 //! with a read-only root filesystem (read from the host's /proc, not from the pod spec); a
 //! gateway pod deleted mid-traffic is replaced and traffic resumes; a connector at a remote
-//! site (a process on this machine) reaches its target through the hub pod's UDP Service; and
+//! site (a process on this machine) reaches its target through the hub pod's UDP Service,
+//! while other pods reach neither the hub's /status and stream port nor the gateway's admin
+//! port (the operator's NetworkPolicies for gateway and hub pods); and
 //! 50 Policy changes are enforced live (apply -> enforced p50/p99 printed, recorded in docs/benchmarks.md, never
 //! asserted against a time).
 
@@ -808,4 +810,47 @@ spec:
             ) == "true"
         },
     );
+
+    // The hub's and the gateway's NetworkPolicies (issue 14, item 19): the operator pod just
+    // read the hub's /status (the site above is reported connected), but any other pod, even
+    // in the Gateway's own namespace, reaches only the front doors: the gateway's listener,
+    // not its admin port; neither the hub's /status (every site's endpoint and key) nor its
+    // stream endpoint.
+    let pod_ip = |selector: &str| {
+        kubectl(
+            cluster,
+            &[
+                "-n",
+                NS,
+                "get",
+                "pods",
+                "-l",
+                selector,
+                "-o",
+                "jsonpath={.items[0].status.podIP}",
+            ],
+        )
+    };
+    let hub =
+        pod_ip("app.kubernetes.io/name=rustronaut-tunnel-hub,app.kubernetes.io/instance=site-gw");
+    let gateway =
+        pod_ip("app.kubernetes.io/name=rustronaut-gateway,app.kubernetes.io/instance=site-gw");
+    assert!(
+        !hub.is_empty() && !gateway.is_empty(),
+        "pod IPs: {hub:?} {gateway:?}"
+    );
+    assert!(
+        probe(cluster, NS, "np-gateway-listener", &gateway, 18090),
+        "the gateway's listener answers any pod"
+    );
+    for (name, ip, port) in [
+        ("np-gateway-admin", &gateway, 9901),
+        ("np-hub-status", &hub, 9090),
+        ("np-hub-stream", &hub, 4200),
+    ] {
+        assert!(
+            !probe(cluster, NS, name, ip, port),
+            "{name}: {ip}:{port} refuses a pod that is not allowed there"
+        );
+    }
 }

@@ -2,13 +2,17 @@
 //! serves it.
 //!
 //! ```text
-//!  read      Gateway + reflector stores (Tenants, Resources, Policies, Secrets, Services,
-//!            EndpointSlices) -> World + GatewayInputs                       (this module)
+//!  read      Gateway + reflector stores (Tenants, Resources, Policies, Services,
+//!            EndpointSlices, the cluster's networks) -> World + GatewayInputs (this module;
+//!            which slice addresses count: networks)
+//!            Secrets: metadata of all, the operator's own whole, the named ones
+//!            fetched when they change                                       (secrets)
 //!  build     rustronaut_compile::snapshot::gateway_snapshot -> Snapshot | BuildError
 //!            objects::* -> Secret, ConfigMap, SA, Role, RoleBinding, Deployment, Service,
-//!            PDB, HPA                                                       (objects)
+//!            NetworkPolicy, PDB, HPA                                        (objects)
 //!            with spec.tunnel: key Secrets (created once), hub config Secret,
-//!            StatefulSet, per-replica UDP Services, stream Service          (tunnel)
+//!            StatefulSet, per-replica UDP Services, stream Service,
+//!            NetworkPolicy                                                  (tunnel)
 //!            per admitted tenant with an OIDC provider: its session key Secret
 //!            (created once, read into `inputs.session_keys`)                (session)
 //!  status    ... + status.tunnel: replica public keys, sites from the hubs' /status
@@ -33,7 +37,9 @@
 
 pub mod affected;
 pub mod hubstatus;
+pub mod networks;
 pub mod objects;
+pub mod secrets;
 pub mod session;
 pub mod status;
 pub mod tunnel;
@@ -44,12 +50,14 @@ use futures::channel::mpsc;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -159,6 +167,9 @@ pub enum Error {
     /// A reflector stopped before its first list.
     #[error("the {0} cache stopped before it was filled")]
     CacheDropped(&'static str),
+    /// Reading the Secrets Tenants and Gateways name failed.
+    #[error("failed to read the Secrets named by Tenants and Gateways: {0}")]
+    SecretRefresh(#[source] kube::Error),
     /// The system random number generator failed (a key or token could not be made).
     #[error("failed to generate {0}: the system random number generator failed")]
     Random(String),
@@ -187,6 +198,7 @@ impl Error {
             Self::ObjectStatus { .. } => "ObjectStatus",
             Self::List { .. } => "List",
             Self::CacheDropped(_) => "CacheDropped",
+            Self::SecretRefresh(_) => "SecretRefresh",
             Self::Random(_) => "Random",
             Self::ForeignSecret { .. } => "ForeignSecret",
         }
@@ -217,8 +229,8 @@ pub struct Stores {
     pub resources: Store<RtnResource>,
     /// Policies.
     pub policies: Store<Policy>,
-    /// Secrets (TLS certificates, identity-provider material).
-    pub secrets: Store<Secret>,
+    /// Secrets: the operator's own whole, users' only when named ([`secrets`]).
+    pub secrets: secrets::SecretCache,
     /// Services (Service port -> EndpointSlice port name).
     pub services: Store<Service>,
     /// EndpointSlices (ready endpoints).
@@ -228,6 +240,8 @@ pub struct Stores {
     pub gateways: Store<Gateway>,
     /// Namespaces (a Tenant labels and isolates only namespaces that exist).
     pub namespaces: Store<Namespace>,
+    /// The cluster's pod and Service networks (which EndpointSlice addresses are allowed).
+    pub networks: networks::ClusterNetworks,
 }
 
 /// How long one wait on a cache's readiness lasts before it is polled afresh.
@@ -267,9 +281,34 @@ impl Stores {
             )*};
         }
         wait!(
-            tenants, resources, policies, secrets, services, slices, gateways, namespaces
+            tenants, resources, policies, services, slices, gateways, namespaces
         );
+        wait_ready(&self.secrets.meta)
+            .await
+            .map_err(|_| Error::CacheDropped("secrets"))?;
+        wait_ready(&self.secrets.own)
+            .await
+            .map_err(|_| Error::CacheDropped("own secrets"))?;
+        wait_ready(&self.networks.nodes)
+            .await
+            .map_err(|_| Error::CacheDropped("nodes"))?;
+        wait_ready(&self.networks.service_cidrs)
+            .await
+            .map_err(|_| Error::CacheDropped("service_cidrs"))?;
         Ok(())
+    }
+
+    /// Fetches the data of every Secret a Tenant or Gateway names that changed since it was
+    /// last read ([`secrets::SecretCache::refresh`]): call before building from the cache.
+    pub async fn refresh_secrets(&self, client: &kube::Client) -> Result<(), Error> {
+        let tenants = self.tenants.state();
+        let gateways = self.gateways.state();
+        let wanted =
+            secrets::referenced(tenants.iter().map(|t| &**t), gateways.iter().map(|g| &**g));
+        self.secrets
+            .refresh(client, &wanted)
+            .await
+            .map_err(Error::SecretRefresh)
     }
 
     /// The rustronaut.io objects in the cache, as one [`World`], with `gateway` as the
@@ -332,6 +371,7 @@ impl Stores {
             .flatten()
             .find(|p| p.port == i32::from(port))?;
         let port_name = sp.name.clone().unwrap_or_default();
+        let cluster = self.networks.cidrs();
         let mut out = Vec::new();
         for slice in self.slices.state() {
             if slice.namespace().as_deref() != Some(namespace)
@@ -351,6 +391,7 @@ impl Stores {
                 .and_then(|p| p.port)
                 .and_then(|p| u16::try_from(p).ok());
             let Some(target) = target else { continue };
+            let writer = slice.labels().get(networks::MANAGED_BY).map(String::as_str);
             for ep in &slice.endpoints {
                 // Absent readiness means ready (the EndpointSlice API's convention).
                 if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
@@ -360,7 +401,7 @@ impl Stores {
                     ep.addresses
                         .iter()
                         .filter_map(|a| a.parse::<IpAddr>().ok())
-                        .filter(|ip| endpoint_allowed(*ip))
+                        .filter(|ip| networks::slice_address_allowed(writer, *ip, &cluster))
                         .map(|ip| SocketAddr::new(ip, target)),
                 );
             }
@@ -377,7 +418,7 @@ impl Stores {
         let mut tls = BTreeMap::new();
         for l in &gateway.spec.listeners {
             for r in l.tls.iter().flat_map(|t| &t.certificate_refs) {
-                let Some(s) = self.secrets.get(&ObjectRef::new(&r.name).within(&ns)) else {
+                let Some(s) = self.secrets.get(&ns, &r.name) else {
                     continue;
                 };
                 let key = |k: &str| {
@@ -437,7 +478,7 @@ impl Stores {
         session::wanted(world, gateway)
             .into_iter()
             .filter_map(|(tenant, name)| {
-                let s = self.secrets.get(&ObjectRef::new(&name.ok()?).within(&ns))?;
+                let s = self.secrets.get(&ns, &name.ok()?)?;
                 objects::generated_for(&s, gateway).then(|| (tenant, session::data(&s)))
             })
             .collect()
@@ -454,7 +495,7 @@ impl Stores {
             .filter_map(|s| {
                 let secret = self
                     .secrets
-                    .get(&ObjectRef::new(&tunnel::names::site(&name, &s.name)).within(&ns))?;
+                    .get(&ns, &tunnel::names::site(&name, &s.name))?;
                 if !objects::generated_for(&secret, gateway) {
                     return None;
                 }
@@ -467,13 +508,13 @@ impl Stores {
 /// Identity-provider Secrets straight from the Secret store.
 impl SecretSource for Stores {
     fn get(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
-        let s = self.secrets.get(&ObjectRef::new(name).within(namespace))?;
+        let s = self.secrets.get(namespace, name)?;
         let bytes = s.data.as_ref()?.get(key)?;
         String::from_utf8(bytes.0.clone()).ok()
     }
 
     fn data(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
-        let s = self.secrets.get(&ObjectRef::new(name).within(namespace))?;
+        let s = self.secrets.get(namespace, name)?;
         Some(
             s.data
                 .iter()
@@ -568,7 +609,7 @@ impl Index {
 }
 
 fn reflect<K>(
-    api: Api<K>,
+    source: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     txs: Vec<mpsc::Sender<()>>,
     changes: Changes,
     index: Option<Index>,
@@ -595,7 +636,7 @@ where
         }
     };
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+    let stream = reflector::reflector(writer, source)
         .default_backoff()
         .map(move |r| match r {
             Ok(watcher::Event::Apply(obj)) | Ok(watcher::Event::InitApply(obj)) => {
@@ -621,6 +662,60 @@ where
                 tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying")
             }
         });
+    (store, stream)
+}
+
+/// A watch of every `K` in the cluster.
+fn all<K>(client: kube::Client) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watcher(Api::<K>::all(client), watcher::Config::default())
+}
+
+/// A reflector for the kinds that say where the cluster's networks are (Nodes,
+/// ServiceCIDRs): `trim` drops what is not needed before it is cached, and only a change of
+/// what `cidrs` reads pokes `txs` (a Node's status changes every few minutes; its pod CIDRs
+/// almost never).
+fn reflect_networks<K>(
+    api: Api<K>,
+    txs: Vec<mpsc::Sender<()>>,
+    trim: impl Fn(&mut K) + Send + Sync + 'static,
+    cidrs: impl Fn(&K) -> Vec<String> + Send + 'static,
+) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let poke = move || {
+        for tx in &txs {
+            let _ = tx.clone().try_send(());
+        }
+    };
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).modify(trim),
+    )
+    .default_backoff()
+    .map(move |r| match r {
+        Ok(watcher::Event::Apply(obj)) | Ok(watcher::Event::InitApply(obj)) => {
+            let uid = obj.meta().uid.clone().unwrap_or_default();
+            let now = cidrs(&obj);
+            if seen.insert(uid, now.clone()).as_ref() != Some(&now) {
+                poke();
+            }
+        }
+        Ok(watcher::Event::Delete(obj)) => {
+            seen.remove(&obj.meta().uid.clone().unwrap_or_default());
+            poke();
+        }
+        Ok(watcher::Event::InitDone) => poke(),
+        Ok(watcher::Event::Init) => seen.clear(),
+        Err(e) => {
+            tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying")
+        }
+    });
     (store, stream)
 }
 
@@ -651,7 +746,7 @@ impl GatewayController {
         // across all of them); what Resources, Policies, Secrets, Services and EndpointSlices
         // change wakes only the Gateways of their namespace's tenant (`index`).
         let (tenants, s1) = reflect(
-            Api::<Tenant>::all(client.clone()),
+            all::<Tenant>(client.clone()),
             everyone(),
             Changes::Spec,
             None,
@@ -659,7 +754,7 @@ impl GatewayController {
         // Gateways wake the Gateway controller too: quotas make one Gateway's fate depend on
         // its tenant's others (the youngest beyond the quota waits for an older one to go).
         let (gateways, s7) = reflect(
-            Api::<Gateway>::all(client.clone()),
+            all::<Gateway>(client.clone()),
             everyone(),
             Changes::Spec,
             None,
@@ -672,33 +767,54 @@ impl GatewayController {
         });
         let others = || vec![st.clone(), tn.clone()];
         let (resources, s2) = reflect(
-            Api::<RtnResource>::all(client.clone()),
+            all::<RtnResource>(client.clone()),
             others(),
             Changes::Spec,
             index.clone(),
         );
         let (policies, s3) = reflect(
-            Api::<Policy>::all(client.clone()),
+            all::<Policy>(client.clone()),
             others(),
             Changes::Spec,
             index.clone(),
         );
         // Secrets also wake the Tenants: their ResolvedRefs is about identity-provider Secrets.
-        let (secrets, s4) = reflect(
-            Api::<Secret>::all(client.clone()),
+        // Metadata of all (what exists, and the wake-ups), the operator's own whole; the data
+        // of the ones users name is fetched when needed (`secrets`).
+        let (secret_meta, s4) = reflect(
+            watcher(
+                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .modify(|m: &mut PartialObjectMeta<Secret>| {
+                // Never needed, and `kubectl apply` puts a whole copy of the data in an
+                // annotation.
+                m.metadata.managed_fields = None;
+                m.metadata.annotations = None;
+            }),
             others(),
             Changes::All,
             index.clone(),
         );
+        let (own_secrets, s11) = reflect(
+            watcher(
+                Api::<Secret>::all(client.clone()),
+                watcher::Config::default().labels(labels::MANAGED_SELECTOR),
+            ),
+            others(),
+            Changes::All,
+            index.clone(),
+        );
+        let secrets = secrets::SecretCache::new(secret_meta, own_secrets);
         let (services, s5) = reflect(
-            Api::<Service>::all(client.clone()),
+            all::<Service>(client.clone()),
             vec![st.clone()],
             Changes::All,
             index.clone(),
         );
         let index_for_namespaces = index.clone();
         let (slices, s6) = reflect(
-            Api::<EndpointSlice>::all(client.clone()),
+            all::<EndpointSlice>(client.clone()),
             vec![st.clone()],
             Changes::All,
             index,
@@ -706,10 +822,48 @@ impl GatewayController {
         // Namespace labels also decide what a Policy's namespaceSelector selects: a change
         // wakes the status pass and the Gateways of the namespace's tenant.
         let (namespaces, s8) = reflect(
-            Api::<Namespace>::all(client.clone()),
+            all::<Namespace>(client.clone()),
             vec![st.clone(), tn.clone()],
             Changes::Spec,
             index_for_namespaces,
+        );
+        // The cluster's networks change when nodes come and go: every Gateway may have an
+        // address newly allowed or refused.
+        let (nodes, s9) = reflect_networks(
+            Api::<Node>::all(client.clone()),
+            everyone(),
+            |n: &mut Node| {
+                // Only spec.podCIDRs is read: drop status (images, conditions), which is most
+                // of a Node and changes all the time.
+                n.status = None;
+                n.metadata.managed_fields = None;
+                n.metadata.annotations = None;
+                n.metadata.labels = None;
+                if let Some(spec) = n.spec.as_mut() {
+                    spec.taints = None;
+                    spec.config_source = None;
+                }
+            },
+            |n: &Node| {
+                let spec = n.spec.as_ref();
+                let mut c = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+                c.extend(spec.and_then(|s| s.pod_cidr.clone()));
+                c
+            },
+        );
+        let (service_cidrs, s10) = reflect_networks(
+            Api::<ServiceCIDR>::all(client.clone()),
+            everyone(),
+            |c: &mut ServiceCIDR| {
+                c.status = None;
+                c.metadata.managed_fields = None;
+            },
+            |c: &ServiceCIDR| {
+                c.spec
+                    .as_ref()
+                    .and_then(|s| s.cidrs.clone())
+                    .unwrap_or_default()
+            },
         );
         let recorder = Recorder::new(client, ctx.reporter.clone());
         Self {
@@ -724,6 +878,11 @@ impl GatewayController {
                     slices,
                     gateways,
                     namespaces,
+                    networks: networks::ClusterNetworks {
+                        nodes,
+                        service_cidrs,
+                        configured: Arc::new(settings.cluster_networks.clone()),
+                    },
                 },
                 settings,
                 recorder,
@@ -738,6 +897,9 @@ impl GatewayController {
                 s6.boxed(),
                 s7.boxed(),
                 s8.boxed(),
+                s9.boxed(),
+                s10.boxed(),
+                s11.boxed(),
             ],
             triggers,
             targets,
@@ -750,6 +912,11 @@ impl GatewayController {
     /// True once every cache has been filled (for `/readyz`).
     pub fn ready_flag(&self) -> Arc<AtomicBool> {
         self.ready.clone()
+    }
+
+    /// The caches (filled once [`Self::run`] runs): for tests that look at what is held.
+    pub fn stores(&self) -> Stores {
+        self.context.stores.clone()
     }
 
     /// Runs the Gateway controller, the Tenant controller and the Resource/Policy status pass
@@ -901,6 +1068,7 @@ fn static_kind<K: Resource<DynamicType = ()>>() -> &'static str {
         "PodDisruptionBudget" => "PodDisruptionBudget",
         "HorizontalPodAutoscaler" => "HorizontalPodAutoscaler",
         "StatefulSet" => "StatefulSet",
+        "NetworkPolicy" => "NetworkPolicy",
         _ => "object",
     }
 }
@@ -935,6 +1103,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         return Ok(Action::await_change());
     }
     ctx.stores.ready().await?;
+    ctx.stores.refresh_secrets(&ctx.ctx.client).await?;
 
     // keys first: the snapshot names the sites by their (possibly generated) public keys
     // and carries the tenants' session keys (not for a Gateway over its tenant's quota: it
@@ -974,7 +1143,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
     let previous = ctx
         .stores
         .secrets
-        .get(&ObjectRef::new(&names::snapshot(&name)).within(&ns))
+        .get(&ns, &names::snapshot(&name))
         .and_then(|s| config_version(&s));
 
     // apply: the snapshot first, only when it was built (otherwise the last good one stays).
@@ -1081,6 +1250,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
                 })?,
             None => Some(put(client, &ns, &objects::deployment(gw, &ctx.settings)).await?),
         };
+        put(client, &ns, &objects::network_policy(gw, &ctx.settings)).await?;
         match objects::pdb(gw) {
             Some(p) => drop(put(client, &ns, &p).await?),
             None => remove::<PodDisruptionBudget>(client, &ns, &name).await?,
@@ -1228,7 +1398,7 @@ async fn ensure_secret_unchecked(
 ) -> Result<Secret, Error> {
     let ns = gw.namespace().unwrap_or_default();
     let ns = ns.as_str();
-    if let Some(s) = ctx.stores.secrets.get(&ObjectRef::new(name).within(ns)) {
+    if let Some(s) = ctx.stores.secrets.own.get(&ObjectRef::new(name).within(ns)) {
         return Ok((*s).clone());
     }
     let api: Api<Secret> = Api::namespaced(ctx.ctx.client.clone(), ns);
@@ -1394,6 +1564,7 @@ async fn prune_sessions(
     let stale: Vec<String> = ctx
         .stores
         .secrets
+        .own
         .state()
         .iter()
         .filter(|s| session::is_session_secret(gw, &***s) && !wanted.contains(&&s.name_any()))
@@ -1508,6 +1679,9 @@ async fn apply_hub(
     if let Some(svc) = tunnel::stream_service(gw) {
         put(client, &ns, &svc).await?;
     }
+    if let Some(np) = tunnel::network_policy(gw, &ctx.settings) {
+        put(client, &ns, &np).await?;
+    }
     match tunnel::pdb(gw) {
         Some(p) => drop(put(client, &ns, &p).await?),
         None => {
@@ -1526,6 +1700,7 @@ async fn prune_hub(ctx: &GatewayContext, gw: &Gateway) -> Result<(), Error> {
     let secrets: Vec<String> = ctx
         .stores
         .secrets
+        .own
         .state()
         .iter()
         .filter(|s| tunnel::is_hub_object(gw, &***s) && !wanted.secrets.contains(&s.name_any()))
@@ -1549,6 +1724,7 @@ async fn prune_hub(ctx: &GatewayContext, gw: &Gateway) -> Result<(), Error> {
         let hub = tunnel::names::hub(&gw.name_any());
         remove::<StatefulSet>(client, &ns, &hub).await?;
         remove::<PodDisruptionBudget>(client, &ns, &hub).await?;
+        remove::<NetworkPolicy>(client, &ns, &hub).await?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use rustronaut_operator::context::Context;
 use rustronaut_operator::gateway::GatewayController;
 use rustronaut_operator::gateway::objects::Settings;
 use rustronaut_operator::leader::{Elector, LeaseConfig};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -45,6 +46,17 @@ struct Args {
     /// Name of the Lease.
     #[arg(long, default_value = "rustronaut-operator")]
     lease_name: String,
+    /// Namespaces (labels `key=value[,key=value]`) whose pods may reach the admin ports of
+    /// gateway and tunnel hub pods, for example a Prometheus scraping `/metrics`:
+    /// `kubernetes.io/metadata.name=monitoring`. Default: none (the generated NetworkPolicies
+    /// admit the node for probes, and the operator for the hubs' `/status`).
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    admin_from_namespaces: BTreeMap<String, String>,
+    /// The cluster's pod and Service networks that Nodes' `spec.podCIDRs` and the
+    /// ServiceCIDR objects do not name (a CNI with its own IP pools), comma-separated CIDRs.
+    /// EndpointSlices the endpointslice controller did not write may not point into them.
+    #[arg(long, value_parser = parse_networks, default_value = "")]
+    cluster_networks: Networks,
     /// Log format: `text` for people, `json` (one object per line, with the current span:
     /// the Gateway being reconciled or the pass running) for log pipelines.
     #[arg(long, env = "RUSTRONAUT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -83,6 +95,10 @@ async fn main() -> anyhow::Result<()> {
         ctx,
         Settings {
             image: args.gateway_image,
+            // The Lease lives in the operator's own namespace (POD_NAMESPACE in a cluster).
+            operator_namespace: args.lease_namespace.clone(),
+            admin_from_namespaces: args.admin_from_namespaces.clone(),
+            cluster_networks: args.cluster_networks.0.clone(),
         },
     );
     let ready = controller.ready_flag();
@@ -174,4 +190,26 @@ async fn terminated() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// `key=value[,key=value]` as labels; empty for "none".
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => Err(format!("{p:?} is not key=value")),
+        })
+        .collect()
+}
+
+/// `--cluster-networks` (a newtype: clap reads a `Vec` as a repeated flag).
+#[derive(Debug, Clone)]
+struct Networks(Vec<rustronaut_contract::cidr::Cidr>);
+
+fn parse_networks(s: &str) -> Result<Networks, String> {
+    rustronaut_operator::gateway::networks::parse(s).map(Networks)
 }

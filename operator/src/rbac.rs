@@ -40,6 +40,10 @@ pub fn cluster_role() -> ClusterRole {
             {"apiGroups": [""], "resources": ["secrets", "services"],
              "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
+            // Where the cluster's pods and Services live (Nodes' podCIDRs, ServiceCIDRs): an
+            // EndpointSlice nobody's controller wrote may not point there.
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": read},
+            {"apiGroups": ["networking.k8s.io"], "resources": ["servicecidrs"], "verbs": read},
             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": write},
             // The tunnel hub (watched as an owned kind; deleted when spec.tunnel goes).
             {"apiGroups": ["apps"], "resources": ["statefulsets"],
@@ -97,7 +101,7 @@ mod tests {
 
     #[test]
     fn builds() {
-        assert_eq!(cluster_role().rules.unwrap().len(), 15);
+        assert_eq!(cluster_role().rules.unwrap().len(), 17);
         let admin = tenant_admin_cluster_role();
         assert_eq!(admin.metadata.name.as_deref(), Some(TENANT_ADMIN));
         assert_eq!(lease_role("ns").metadata.namespace.as_deref(), Some("ns"));

@@ -54,6 +54,7 @@ struct Write<S> {
 /// Computes every Resource's and Policy's status and writes those that changed.
 pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
     stores.ready().await?;
+    stores.refresh_secrets(&ctx.client).await?;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     // Scoped: the build inputs borrow the stores through a `dyn SecretSource`, which must not
     // live across an await.

@@ -275,6 +275,7 @@ pub async fn pass(
     resync: bool,
 ) -> Result<(), Error> {
     stores.ready().await?;
+    stores.refresh_secrets(&ctx.client).await?;
     if resync && let Ok(mut a) = state.applied.lock() {
         a.clear();
     }

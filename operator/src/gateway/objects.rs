@@ -11,6 +11,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::{Resource, ResourceExt};
@@ -65,11 +66,24 @@ pub mod labels {
     pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=rustronaut-operator";
 }
 
+/// Namespace of the operator when nothing else says (the chart's default).
+pub const DEFAULT_OPERATOR_NAMESPACE: &str = "rustronaut-system";
+
 /// Settings of the builders that come from the operator's flags.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Gateway container image.
     pub image: String,
+    /// Namespace the operator's pods run in: the hub's admin port (`/status`, which lists
+    /// every site's endpoint and key) admits the operator's pods of this namespace only.
+    pub operator_namespace: String,
+    /// Labels of the namespaces whose pods may reach the admin ports of gateway and hub pods
+    /// (`/metrics`: a Prometheus). Empty: none (the node itself always may, for probes).
+    pub admin_from_namespaces: BTreeMap<String, String>,
+    /// Pod and Service networks the cluster's objects do not name (`--cluster-networks`):
+    /// refused in EndpointSlices the endpointslice controller did not write
+    /// ([`super::networks`]).
+    pub cluster_networks: Vec<rustronaut_contract::cidr::Cidr>,
 }
 
 impl Settings {
@@ -83,6 +97,9 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             image: Self::default_image(),
+            operator_namespace: DEFAULT_OPERATOR_NAMESPACE.to_string(),
+            admin_from_namespaces: BTreeMap::new(),
+            cluster_networks: Vec::new(),
         }
     }
 }
@@ -617,6 +634,55 @@ pub fn service(gw: &Gateway) -> Service {
     }))
 }
 
+/// `from` peers of an admin port: the namespaces of [`Settings::admin_from_namespaces`]
+/// (none when empty), plus `extra`.
+pub(crate) fn admin_peers(settings: &Settings, extra: Vec<Value>) -> Vec<Value> {
+    let mut from = extra;
+    if !settings.admin_from_namespaces.is_empty() {
+        from.push(json!({"namespaceSelector": {"matchLabels": settings.admin_from_namespaces}}));
+    }
+    from
+}
+
+/// One ingress rule: `ports` from `from` (an empty `from` is written as no rule at all: in a
+/// NetworkPolicy an absent `from` means "every source", the opposite of what "nobody" means).
+pub(crate) fn ingress_rule(ports: Vec<Value>, from: Option<Vec<Value>>) -> Option<Value> {
+    match from {
+        None => Some(json!({"ports": ports})),
+        Some(f) if f.is_empty() => None,
+        Some(f) => Some(json!({"ports": ports, "from": f})),
+    }
+}
+
+/// The gateway pods' NetworkPolicy (issue 14, item 19): the listener ports from anywhere
+/// (they are the front door, and every request is judged by the Policies), the admin port
+/// (`/metrics`, `/healthz`) only from the namespaces allowed to scrape. Everything else
+/// is refused, so nothing but the front door of a gateway pod is reachable from other pods.
+/// The node itself (kubelet probes) is never blocked by a NetworkPolicy.
+pub fn network_policy(gw: &Gateway, settings: &Settings) -> NetworkPolicy {
+    let listeners: Vec<Value> = listener_ports(gw)
+        .into_iter()
+        .map(|(port, proto, _)| json!({"port": port, "protocol": proto}))
+        .collect();
+    let admin = vec![json!({"port": ADMIN_PORT, "protocol": "TCP"})];
+    let ingress: Vec<Value> = [
+        ingress_rule(listeners, None),
+        ingress_rule(admin, Some(admin_peers(settings, Vec::new()))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    typed(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": metadata(gw, &gw.name_any()),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(gw)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }))
+}
+
 /// `externalTrafficPolicy` of every LoadBalancer or NodePort Service the operator makes:
 /// `Local`, so the node forwards to a pod on itself without SNAT and the gateway sees the
 /// client's own address. With the default (`Cluster`) every client arrives as a node address,
@@ -710,6 +776,7 @@ mod tests {
             &gw,
             &Settings {
                 image: "img:1".into(),
+                ..Settings::default()
             },
         ));
         let security = json!({
@@ -1112,5 +1179,48 @@ mod tests {
         let mut unlabelled = ours;
         unlabelled.metadata.labels = None;
         assert!(!generated_for(&unlabelled, &gw), "no operator labels");
+    }
+
+    #[test]
+    fn gateway_pods_admit_their_listener_ports_from_anywhere_and_the_admin_port_from_no_one_else() {
+        let gw = gateway(json!({}));
+        let meta = json!({
+            "name": "edge", "namespace": "rtn",
+            "labels": {"app.kubernetes.io/name": "rustronaut-gateway",
+                       "app.kubernetes.io/instance": "edge",
+                       "app.kubernetes.io/managed-by": "rustronaut-operator"},
+            "ownerReferences": [{"apiVersion": "rustronaut.io/v1alpha1", "kind": "Gateway",
+                                 "name": "edge", "uid": "u-1", "controller": true}],
+        });
+        let selector = json!({"matchLabels": {"app.kubernetes.io/name": "rustronaut-gateway",
+                                              "app.kubernetes.io/instance": "edge"}});
+        // No scrapers configured: the admin port has no rule at all (an empty `from` would
+        // mean "everyone").
+        assert_eq!(
+            to_json(network_policy(&gw, &Settings::default())),
+            json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": meta,
+                "spec": {
+                    "podSelector": selector,
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{"ports": [{"port": 443, "protocol": "TCP"},
+                                           {"port": 53, "protocol": "UDP"}]}],
+                },
+            })
+        );
+        let scrape = Settings {
+            admin_from_namespaces: BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                "monitoring".to_string(),
+            )]),
+            ..Settings::default()
+        };
+        assert_eq!(
+            to_json(network_policy(&gw, &scrape))["spec"]["ingress"][1],
+            json!({"ports": [{"port": 9901, "protocol": "TCP"}],
+                   "from": [{"namespaceSelector": {"matchLabels":
+                       {"kubernetes.io/metadata.name": "monitoring"}}}]})
+        );
     }
 }

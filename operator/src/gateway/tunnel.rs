@@ -29,10 +29,11 @@
 //! tunnel address, also read only at start), so a rotated key rolls the StatefulSet (one
 //! pod at a time) and the running key is always the advertised one.
 
-use super::objects::{RUN_AS, Settings, container_security, labels, typed};
+use super::objects::{self, RUN_AS, Settings, container_security, labels, typed};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Resource, ResourceExt};
 use rustronaut_contract::snapshot as cs;
@@ -438,6 +439,54 @@ pub fn stateful_set(
     })))
 }
 
+/// The hub pods' NetworkPolicy (issue 14, item 19), None without a tunnel:
+///
+/// - the WireGuard port (UDP) from anywhere: connectors dial in from their sites, and a
+///   handshake without a configured key is dropped by the hub itself;
+/// - the stream port only from this Gateway's own gateway pods (the only clients of the stream
+///   endpoint, which also wants the tunnel token);
+/// - the admin port (`/status` lists every site's endpoint and public key) only from the
+///   operator's pods (it reads `/status` for the Gateway's status) and the namespaces allowed
+///   to scrape metrics.
+pub fn network_policy(gw: &Gateway, settings: &Settings) -> Option<NetworkPolicy> {
+    let t = gw.spec.tunnel.as_ref()?;
+    let ns = gw.namespace().unwrap_or_default();
+    let operator = json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}},
+        "podSelector": {"matchLabels": {labels::NAME: labels::OPERATOR}},
+    });
+    let gateways = json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+        "podSelector": {"matchLabels": {labels::NAME: labels::GATEWAY, labels::INSTANCE: gw.name_any()}},
+    });
+    let ingress: Vec<Value> = [
+        objects::ingress_rule(
+            vec![json!({"port": t.listen_port, "protocol": "UDP"})],
+            None,
+        ),
+        objects::ingress_rule(
+            vec![json!({"port": STREAM_PORT, "protocol": "TCP"})],
+            Some(vec![gateways]),
+        ),
+        objects::ingress_rule(
+            vec![json!({"port": ADMIN_PORT, "protocol": "TCP"})],
+            Some(objects::admin_peers(settings, vec![operator])),
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    Some(typed(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": metadata(gw, &names::hub(&gw.name_any())),
+        "spec": {
+            "podSelector": {"matchLabels": selector(gw)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    })))
+}
+
 /// A PodDisruptionBudget (maxUnavailable 1) for more than one hub replica, so a node drain
 /// never takes every hub at once (connectors keep their tunnels through the others); None
 /// for a single replica (it would block drains) or without a tunnel.
@@ -771,6 +820,7 @@ mod tests {
                 &gw,
                 &Settings {
                     image: "img:1".into(),
+                    ..Settings::default()
                 },
                 &["k0".into(), "k1".into()],
             )
@@ -902,6 +952,39 @@ mod tests {
                                 "app.kubernetes.io/instance": "edge"},
                    "ports": [{"name": "stream", "port": 4200, "targetPort": 4200,
                               "protocol": "TCP"}]})
+        );
+    }
+
+    #[test]
+    fn hub_pods_admit_wireguard_from_anywhere_the_stream_from_their_gateway_and_status_from_the_operator()
+     {
+        let mut none = gateway(json!({}));
+        none.spec.tunnel = None;
+        assert_eq!(network_policy(&none, &Settings::default()), None);
+        let gw = gateway(json!({"listenPort": 51820}));
+        let settings = Settings {
+            operator_namespace: "ops".into(),
+            ..Settings::default()
+        };
+        let np = serde_json::to_value(network_policy(&gw, &settings).unwrap()).unwrap();
+        assert_eq!(np["metadata"]["name"], "edge-hub");
+        assert_eq!(
+            np["spec"],
+            json!({
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "rustronaut-tunnel-hub",
+                                                "app.kubernetes.io/instance": "edge"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {"ports": [{"port": 51820, "protocol": "UDP"}]},
+                    {"ports": [{"port": 4200, "protocol": "TCP"}],
+                     "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "rtn"}},
+                               "podSelector": {"matchLabels": {"app.kubernetes.io/name": "rustronaut-gateway",
+                                                               "app.kubernetes.io/instance": "edge"}}}]},
+                    {"ports": [{"port": 9090, "protocol": "TCP"}],
+                     "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
+                               "podSelector": {"matchLabels": {"app.kubernetes.io/name": "rustronaut-operator"}}}]},
+                ],
+            })
         );
     }
 }

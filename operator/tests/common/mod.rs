@@ -151,6 +151,9 @@ pub struct Controllers {
     /// True once every cache has been filled (what `/readyz` reports).
     #[allow(dead_code)] // not every test binary asks
     pub ready: Arc<AtomicBool>,
+    /// The controllers' caches.
+    #[allow(dead_code)] // not every test binary asks
+    pub stores: rustronaut_operator::gateway::Stores,
 }
 
 /// Starts the controllers; `reporter` names them in Events.
@@ -160,13 +163,20 @@ pub fn start_controllers(operator: kube::Client, reporter: &str) -> Controllers 
         Context::new(operator, Some(reporter.into())),
         Settings {
             image: IMAGE.into(),
+            ..Settings::default()
         },
     );
     let ready = controller.ready_flag();
+    let stores = controller.stores();
     let task = tokio::spawn(controller.run(async move {
         let _ = stopped.await;
     }));
-    Controllers { stop, task, ready }
+    Controllers {
+        stop,
+        task,
+        ready,
+        stores,
+    }
 }
 
 impl Controllers {
