@@ -1,11 +1,20 @@
 //! Condition types and reasons, as constants shared by the operator (which writes them), the
 //! console (which shows them) and tests (which assert on them). Every kind has `Ready`, the
-//! summary Flux (kstatus) and Argo CD health checks read, with `observedGeneration`.
+//! summary Argo CD health checks read, with `observedGeneration`; and while Ready is False,
+//! one of kstatus's two "abnormal-true" conditions ([`progress`]): `Reconciling` (it will
+//! get there by itself: Flux and `kubectl wait` keep waiting) or `Stalled` (it cannot
+//! without a change by a person: Flux reports the failure at once instead of timing out).
 
 /// Condition types.
 pub mod types {
     /// Summary: True when every other condition is in its good state.
     pub const READY: &str = "Ready";
+    /// (kstatus) Present and True only while Ready is False for a reason that resolves by
+    /// itself (pods starting, a snapshot being written).
+    pub const RECONCILING: &str = "Reconciling";
+    /// (kstatus) Present and True only while Ready is False for a reason that needs a change
+    /// of this or another object (an invalid spec, a missing reference, a quota).
+    pub const STALLED: &str = "Stalled";
     /// The object is valid and its claims (namespaces, domains, hostnames) are granted.
     pub const ACCEPTED: &str = "Accepted";
     /// Every reference (Secrets, Services, sites, identity providers) resolves.
@@ -80,4 +89,66 @@ pub mod reasons {
     pub const ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
     /// Parameters conflict in a way the schema cannot express.
     pub const INVALID_PARAMETERS: &str = "InvalidParameters";
+}
+
+/// What a False `Ready` with `reason` means for kstatus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Ready: neither `Reconciling` nor `Stalled`.
+    Done,
+    /// It gets there without anybody's help: `Reconciling=True`.
+    Reconciling,
+    /// It cannot until someone changes something: `Stalled=True`.
+    Stalled,
+}
+
+/// Reasons of a False `Ready` that resolve by themselves: waiting for pods or a rollout, a
+/// load balancer's address, a site's tunnel (the connector redials), a JWKS endpoint (it is
+/// fetched again). Every other reason is Stalled: what it names (an invalid field, a missing
+/// Secret, Service or target, a claim held by an older Tenant, a quota) stays as it is until
+/// a person changes it. A missing object that a GitOps tool is about to create counts as
+/// Stalled too: kstatus reads it as Failed until the object appears, then Current.
+pub const TRANSIENT: &[&str] = &[
+    reasons::PENDING,
+    reasons::ADDRESS_NOT_ASSIGNED,
+    reasons::SITE_DISCONNECTED,
+    reasons::JWKS_UNREACHABLE,
+];
+
+/// kstatus's reading of a `Ready` condition with `ready` status and `reason`.
+pub fn progress(ready: bool, reason: &str) -> Progress {
+    if ready {
+        Progress::Done
+    } else if TRANSIENT.contains(&reason) {
+        Progress::Reconciling
+    } else {
+        Progress::Stalled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_reconciles_and_what_needs_a_person_stalls() {
+        assert_eq!(progress(true, reasons::READY), Progress::Done);
+        for r in [
+            reasons::PENDING,
+            reasons::ADDRESS_NOT_ASSIGNED,
+            reasons::SITE_DISCONNECTED,
+        ] {
+            assert_eq!(progress(false, r), Progress::Reconciling, "{r}");
+        }
+        for r in [
+            reasons::TARGET_NOT_FOUND,
+            reasons::QUOTA_EXCEEDED,
+            reasons::INVALID,
+            reasons::SECRET_NOT_FOUND,
+            reasons::NO_ALLOW_POLICY,
+            "SomeReasonAddedLater",
+        ] {
+            assert_eq!(progress(false, r), Progress::Stalled, "{r}");
+        }
+    }
 }

@@ -36,6 +36,12 @@ ZITADEL_OIDC_VERSION=v3.52.0
 # HTTP/2 conformance for the gateway's HTTPS listener (gateway/tests/h2spec.rs). v2.2.1 is the
 # newest release; its module has no go.mod, so the proxy serves it as +incompatible.
 H2SPEC_VERSION=v2.2.1+incompatible
+# kstatus, the library Flux, kpt and cli-utils compute an object's readiness with: the small
+# checker in e2e/tools/kstatus runs it on the operator's objects (operator/tests/kstatus.rs).
+CLI_UTILS_VERSION=v0.37.2
+# gopher-lua, the Lua interpreter Argo CD embeds (the version of Argo CD v3's go.mod): the
+# checker in e2e/tools/argocd-health runs deploy/argocd/health.lua as Argo CD would.
+GOPHER_LUA_VERSION=v1.1.1
 # NetworkPolicy enforcer of the real node (only its firewall runs; e2e/src/node.rs).
 KUBE_ROUTER_VERSION=v2.1.0
 # Cluster DNS of the real node (a host process on the node address; e2e/src/node.rs), so pods
@@ -51,6 +57,8 @@ log() { printf 'tools.sh: %s\n' "$*" >&2; }
 
 # Short content hash of a wrapper module, so editing go.mod/go.sum rebuilds.
 modhash() { cat "$1/go.mod" "$1/go.sum" | sha256sum | cut -c1-12; }
+# Also the sources, for the project's own small Go programs.
+srchash() { cat "$1/go.mod" "$1/go.sum" "$1"/*.go | sha256sum | cut -c1-12; }
 
 # Builds into a temporary directory and renames it into place, so an interrupted build never
 # leaves a half-filled cache directory that would later be taken as complete.
@@ -140,6 +148,14 @@ build_oidc_provider() {
 	(cd "$tools_src/oidc-provider" && go build -trimpath -ldflags "-s -w" -o "$OUT/oidc-provider" .)
 }
 
+build_kstatus() {
+	(cd "$tools_src/kstatus" && go build -trimpath -ldflags "-s -w" -o "$OUT/kstatus" .)
+}
+
+build_argocd_health() {
+	(cd "$tools_src/argocd-health" && go build -trimpath -ldflags "-s -w" -o "$OUT/argocd-health" .)
+}
+
 build_all() {
 	command -v go >/dev/null || { log "go is not installed: the control plane is built from Go modules"; exit 1; }
 	local k8s_dir="$cache/tools/kubernetes-$K8S_VERSION-$(modhash "$tools_src/k8s")"
@@ -149,6 +165,8 @@ build_all() {
 	local wg_dir="$cache/tools/wireguard-go-$WIREGUARD_GO_VERSION"
 	local oidc_dir="$cache/tools/oidc-provider-$ZITADEL_OIDC_VERSION-$(modhash "$tools_src/oidc-provider")"
 	local h2spec_dir="$cache/tools/h2spec-$H2SPEC_VERSION"
+	local kstatus_dir="$cache/tools/kstatus-$CLI_UTILS_VERSION-$(srchash "$tools_src/kstatus")"
+	local lua_dir="$cache/tools/argocd-health-$GOPHER_LUA_VERSION-$(srchash "$tools_src/argocd-health")"
 	local router_dir="$cache/tools/kube-router-$KUBE_ROUTER_VERSION"
 	local coredns_dir="$cache/tools/coredns-$COREDNS_VERSION"
 	build_into "$etcd_dir" build_etcd
@@ -157,17 +175,19 @@ build_all() {
 	build_into "$wg_dir" build_wireguard_go
 	build_into "$oidc_dir" build_oidc_provider
 	build_into "$h2spec_dir" build_h2spec
+	build_into "$kstatus_dir" build_kstatus
+	build_into "$lua_dir" build_argocd_health
 	build_into "$k8s_dir" build_k8s
 	build_into "$router_dir" build_kube_router
 	build_into "$coredns_dir" build_coredns
 	# One directory of symlinks per combination of versions, so two clones pinned to different
 	# versions on one machine never see each other's binaries.
-	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir" | sha256sum | cut -c1-12)
+	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir" "$kstatus_dir" "$lua_dir" | sha256sum | cut -c1-12)
 	local bin="$cache/bin/$key"
 	if [ ! -d "$bin" ]; then
 		mkdir -p "$bin.tmp.$$"
 		local d f
-		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir"; do
+		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir" "$kstatus_dir" "$lua_dir"; do
 			for f in "$d"/*; do ln -sf "$f" "$bin.tmp.$$/$(basename "$f")"; done
 		done
 		mv "$bin.tmp.$$" "$bin" 2>/dev/null || rm -rf "$bin.tmp.$$"
@@ -178,8 +198,8 @@ build_all() {
 case "${1:-build}" in
 build | bindir) build_all ;;
 versions)
-	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\nzitadel-oidc %s\nh2spec %s\nkube-router %s\ncoredns %s\n' \
+	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\nzitadel-oidc %s\nh2spec %s\nkube-router %s\ncoredns %s\ncli-utils %s\ngopher-lua %s\n' \
 		"$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$WIREGUARD_GO_VERSION" "$ZITADEL_OIDC_VERSION" \
-		"$H2SPEC_VERSION" "$KUBE_ROUTER_VERSION" "$COREDNS_VERSION" ;;
+		"$H2SPEC_VERSION" "$KUBE_ROUTER_VERSION" "$COREDNS_VERSION" "$CLI_UTILS_VERSION" "$GOPHER_LUA_VERSION" ;;
 *) echo "usage: $0 [build|bindir|versions]" >&2; exit 2 ;;
 esac

@@ -147,6 +147,33 @@ fn ready(
     }
 }
 
+/// kstatus's condition for `ready` ([`rustronaut_crds::conditions::progress`]):
+/// `Reconciling=True` or `Stalled=True` with Ready's reason and message while it is False,
+/// nothing while it is True (kstatus: abnormal-true conditions are absent when they do not
+/// apply).
+pub fn progress(
+    previous: &[Condition],
+    now: &Time,
+    generation: Option<i64>,
+    ready: &Condition,
+) -> Option<Condition> {
+    use rustronaut_crds::conditions::{Progress, progress};
+    let type_ = match progress(ready.status == "True", &ready.reason) {
+        Progress::Done => return None,
+        Progress::Reconciling => types::RECONCILING,
+        Progress::Stalled => types::STALLED,
+    };
+    Some(condition(
+        previous,
+        now,
+        generation,
+        type_,
+        true,
+        &ready.reason,
+        ready.message.clone(),
+    ))
+}
+
 /// Collected findings for one condition: the first reason wins, every message is kept.
 #[derive(Default)]
 struct Findings {
@@ -419,6 +446,7 @@ pub fn resource_status(
     let parts = [accepted, resolved, programmed, reachable];
     let ready = ready(previous, now, generation, &parts);
     let mut conditions = parts.to_vec();
+    conditions.extend(progress(previous, now, generation, &ready));
     conditions.push(ready);
     ResourceStatus {
         conditions,
@@ -600,6 +628,7 @@ pub fn policy_status(inputs: &PolicyInputs<'_>, p: &Policy, now: &Time) -> Polic
     let parts = [accepted, resolved, tests];
     let ready = ready(previous, now, generation, &parts);
     let mut conditions = parts.to_vec();
+    conditions.extend(progress(previous, now, generation, &ready));
     conditions.push(ready);
     PolicyStatus {
         conditions,
@@ -716,6 +745,7 @@ pub fn tenant_status(
     let parts = [accepted, resolved];
     let ready = ready(previous, now, generation, &parts);
     let mut conditions = parts.to_vec();
+    conditions.extend(progress(previous, now, generation, &ready));
     conditions.push(ready);
     TenantStatus {
         conditions,

@@ -292,7 +292,22 @@ pub fn status(o: &Observed<'_>) -> GatewayStatus {
             } else {
                 reasons::PENDING
             },
-            format!("{ready}/{want} pods ready, {loaded} report snapshot {served} loaded"),
+            match &o.built {
+                // Not accepted: what is wrong with the spec, not the pods that never come.
+                Built::Failed { message, .. } if !accepted => message.clone(),
+                _ => format!("{ready}/{want} pods ready, {loaded} report snapshot {served} loaded"),
+            },
+        ));
+    }
+
+    // kstatus: Reconciling or Stalled beside a False Ready.
+    if let Some(ready) = conditions.iter().find(|c| c.type_ == types::READY).cloned() {
+        let previous = o.previous.map_or(&[][..], |p| &p.conditions[..]);
+        conditions.extend(crate::conditions::progress(
+            previous,
+            &o.now,
+            o.generation,
+            &ready,
         ));
     }
 
