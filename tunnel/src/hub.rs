@@ -231,6 +231,7 @@ impl Shared {
         let (targets, _) = watch::channel(TargetSet {
             generation: 1,
             targets: cfg.targets.clone(),
+            advertised_cidrs: cfg.advertised_cidrs.clone(),
         });
         let (dg_tx, dg_rx) = mpsc::channel(SITE_QUEUE);
         let handle = engine::spawn(link, self.socket.clone(), dg_rx, None, cfg.name.clone());
@@ -282,11 +283,16 @@ impl Shared {
             });
             let site = match reuse {
                 Some(site) => {
-                    if site.targets.borrow().targets != cfg.targets {
+                    let changed = {
+                        let t = site.targets.borrow();
+                        t.targets != cfg.targets || t.advertised_cidrs != cfg.advertised_cidrs
+                    };
+                    if changed {
                         site.allow.store(Arc::new(cfg.allow.clone()));
                         site.targets.send_modify(|t| {
                             t.generation += 1;
                             t.targets = cfg.targets.clone();
+                            t.advertised_cidrs = cfg.advertised_cidrs.clone();
                         });
                         tracing::info!(
                             site = cfg.name,
