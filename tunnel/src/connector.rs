@@ -630,10 +630,18 @@ mod tests {
         let localhost = Host::parse("localhost").unwrap();
         // `localhost` resolves to loopback: outside 10.1.0.0/16, and not covered by a
         // network that merely includes everything.
-        for outside in [nets(&["10.1.0.0/16"]), nets(&["0.0.0.0/0", "::/0"]), nets(&[])] {
+        for outside in [
+            nets(&["10.1.0.0/16"]),
+            nets(&["0.0.0.0/0", "::/0"]),
+            nets(&[]),
+        ] {
             let r = resolve_within(&localhost, 80, &outside).await.unwrap_err();
             assert_eq!(r.status, Status::DeniedBySite, "{outside}");
-            assert!(r.message.contains("outside the site's advertised CIDRs"), "{}", r.message);
+            assert!(
+                r.message.contains("outside the site's advertised CIDRs"),
+                "{}",
+                r.message
+            );
         }
         // A network naming loopback explicitly admits it, and only the admitted addresses
         // are returned (these are the ones dialled: no second resolution).
@@ -641,7 +649,11 @@ mod tests {
             .await
             .unwrap();
         assert!(!addrs.is_empty());
-        assert!(addrs.iter().all(|a| a.ip() == IpAddr::from([127, 0, 0, 1]) && a.port() == 80));
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip() == IpAddr::from([127, 0, 0, 1]) && a.port() == 80)
+        );
         // Addresses are decided by the allow list's CIDR rules, not by the networks.
         let ip = Host::parse("192.0.2.1").unwrap();
         assert_eq!(

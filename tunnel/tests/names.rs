@@ -180,7 +180,9 @@ async fn a_name_resolving_outside_the_sites_networks_is_refused_and_inside_is_re
 
     // A network naming loopback explicitly: the same name is reached.
     let inside = start(port, &["127.0.0.1/32"]).await;
-    let opened = open_localhost(&inside, port).await.expect("localhost reached");
+    let opened = open_localhost(&inside, port)
+        .await
+        .expect("localhost reached");
     let mut s = opened.stream;
     s.write_all(b"ping").await.unwrap();
     let mut got = opened.early;
