@@ -7,15 +7,16 @@
 //!
 //! ```text
 //!  (scope, key) --SipHash, random key per process--> h: u64
-//!     shard = h % SHARDS  (64 maps, each behind its own mutex)
+//!     shard = (h >> 32) % SHARDS  (64 maps, each behind its own mutex)
 //!     bucket = shard[h]   new key in a full shard: drop the full (idle) buckets of that
-//!                         shard; still full: drop its least recently used bucket
+//!                         shard; if that frees less than an eighth: its least recently
+//!                         used eighth too
 //! ```
 //!
-//! No global lock: a request locks one of [`SHARDS`] shards, and does a constant amount of
-//! work there, except when it brings a new key into a full shard (at most
-//! [`MAX_BUCKETS`]` / `[`SHARDS`] buckets are scanned, in that shard only). Memory is bounded
-//! by [`MAX_BUCKETS`]. A bucket dropped while not full hands its caller a fresh burst when
+//! No global lock: a request locks one of [`SHARDS`] shards and does a constant amount of
+//! work there, amortised: a new key in a full shard scans that shard (at most
+//! [`MAX_BUCKETS`]` / `[`SHARDS`] buckets) and frees at least an eighth of it, so the next
+//! keys find room. Memory is bounded by [`MAX_BUCKETS`]. A bucket dropped while not full hands its caller a fresh burst when
 //! it comes back, which is what any new caller gets anyway: an attacker with many
 //! addresses gains nothing from eviction it did not already have. Buckets are keyed by a
 //! 64-bit keyed hash rather than the strings (no allocation per request); two callers share a
@@ -83,7 +84,9 @@ impl RateLimiter {
         let rate = f64::from(limit.requests_per_second);
         let burst = f64::from(limit.burst.max(1));
         let h = self.hasher.hash_one((scope, key));
-        let shard = &self.shards[(h % SHARDS as u64) as usize];
+        // Bits 32.. choose the shard: the shard's table places a key by its low bits and
+        // tags it with its top 7, so a shard index taken from either would crowd its table.
+        let shard = &self.shards[((h >> 32) as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
         if !map.contains_key(&h) && map.len() >= self.per_shard {
             make_room(&mut map, now);
@@ -123,17 +126,31 @@ impl RateLimiter {
     }
 }
 
-/// Frees at least one place in a full shard: the buckets that have refilled (forgetting them
-/// changes no answer), or else the least recently used one.
+/// Frees places in a full shard: the buckets that have refilled (forgetting them changes no
+/// answer); if that frees less than an eighth of the shard, also its least recently used
+/// eighth (at least one). Freeing an eighth at a time keeps a flood of new keys at a
+/// constant amortised cost: one scan of the shard per `len / 8` new keys.
 fn make_room(map: &mut Shard, now: Instant) {
     let before = map.len();
     map.retain(|_, b| !b.full_at(now));
-    if map.len() < before {
+    if map.len() < before && (before - map.len()) * 8 >= before {
         return;
     }
-    if let Some(oldest) = map.iter().min_by_key(|(_, b)| b.at).map(|(k, _)| *k) {
-        map.remove(&oldest);
+    let k = (map.len() / 8).max(1);
+    let mut ats: Vec<Instant> = map.values().map(|b| b.at).collect();
+    if ats.is_empty() {
+        return;
     }
+    let (_, &mut cutoff, _) = ats.select_nth_unstable(k - 1);
+    let mut left = k;
+    map.retain(|_, b| {
+        if left > 0 && b.at <= cutoff {
+            left -= 1;
+            false
+        } else {
+            true
+        }
+    });
 }
 
 /// The shard maps' keys are already SipHash outputs: hashing them again buys nothing.
@@ -223,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_shard_forgets_refilled_buckets_first_then_the_least_recently_used() {
+    fn a_full_shard_forgets_refilled_buckets_first_then_the_least_recently_used_eighth() {
         let t0 = Instant::now();
         let bucket = |tokens: f64, at: Instant| Bucket {
             tokens,
@@ -241,8 +258,16 @@ mod tests {
         let mut left: Vec<u64> = shard.keys().copied().collect();
         left.sort();
         assert_eq!(left, vec![1, 4]);
-        // Nothing refilled: the least recently used goes.
+        // Nothing refilled: the least recently used goes (an eighth, at least one).
         make_room(&mut shard, t1);
         assert_eq!(shard.keys().copied().collect::<Vec<_>>(), vec![4]);
+        let mut shard = Shard::default();
+        for i in 0..64u64 {
+            shard.insert(i, bucket(0.0, t0 + Duration::from_millis(i)));
+        }
+        make_room(&mut shard, t0 + Duration::from_millis(100));
+        let mut left: Vec<u64> = shard.keys().copied().collect();
+        left.sort();
+        assert_eq!(left, (8..64).collect::<Vec<_>>());
     }
 }
