@@ -15,12 +15,13 @@
 //!
 //! No global lock: a request locks one of [`SHARDS`] shards and does a constant amount of
 //! work there, amortised: a new key in a full shard scans that shard (at most
-//! [`MAX_BUCKETS`]` / `[`SHARDS`] buckets) and frees at least an eighth of it, so the next
-//! keys find room. Memory is bounded by [`MAX_BUCKETS`]. A bucket dropped while not full hands its caller a fresh burst when
-//! it comes back, which is what any new caller gets anyway: an attacker with many
-//! addresses gains nothing from eviction it did not already have. Buckets are keyed by a
-//! 64-bit keyed hash rather than the strings (no allocation per request); two callers share a
-//! bucket only on a collision nobody can aim for without the process's random key.
+//! [`MAX_BUCKETS`] / [`SHARDS`] buckets) and frees at least an eighth of it, so the next
+//! keys find room. Memory is bounded by [`MAX_BUCKETS`]. A bucket dropped while not full
+//! hands its caller a fresh burst when it comes back, which is what any new caller gets
+//! anyway: an attacker with many addresses gains nothing from eviction it did not already
+//! have. Buckets are keyed by a 64-bit keyed hash rather than the strings (no allocation
+//! per request); two callers share a bucket only on a collision nobody can aim for without
+//! the process's random key.
 //!
 //! Why not `governor`: it is not in the project's dependency set, its keyed limiter needs a
 //! periodic `retain_recent` to bound memory and its own clock for tests, while this keeps

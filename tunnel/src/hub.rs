@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Counter, PeerStatus, StatusSource};
-use crate::allow::AllowList;
+use crate::allow::{AllowList, Host};
 use crate::auth::{AuthError, Tokens};
 use crate::config::{self, ConfigError, HubConfig, ValidHub, ValidSite};
 use crate::control::{self, TargetSet};
@@ -276,6 +276,17 @@ impl Shared {
         let old = self.routes.load();
         let mut routes = Routes::default();
         for cfg in &hub.sites {
+            let names = cfg.targets.iter().any(|t| {
+                t.host
+                    .as_deref()
+                    .is_some_and(|h| !matches!(Host::parse(h), Ok(Host::Ip(_))))
+            });
+            if names && cfg.advertised_cidrs.is_empty() {
+                tracing::warn!(
+                    site = cfg.name,
+                    "the site allows target names but has no advertised_cidrs: its connector dials a name only at addresses inside them, so no name is reachable"
+                );
+            }
             let reuse = old.by_name.get(&cfg.name).filter(|s| {
                 s.cfg.public_key == cfg.public_key
                     && s.cfg.tunnel_address == cfg.tunnel_address
