@@ -240,5 +240,6 @@ fn apikey_hash_prints_a_verifiable_salted_hash() {
     assert_ne!(a, b, "a fresh salt every time");
     let parsed = rustronaut_contract::identity::apikey::ApiKeyHash::parse(hash).unwrap();
     assert!(parsed.matches(key));
+    assert!(parsed.lookup().is_some(), "indexed by its lookup tag");
     assert!(!parsed.matches("correct-horse-battery-staple-43"));
 }

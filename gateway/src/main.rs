@@ -135,9 +135,26 @@ struct Args {
     /// accept (logged and counted as refused, reason ConnectionLimit).
     #[arg(long, env = "RUSTRONAUT_L4_MAX_CONNECTIONS", default_value_t = 20_000)]
     l4_max_connections: usize,
+    /// Most TCP connections open at once per client (IPv4 address, IPv6 /64) per TCP or
+    /// TLSPassthrough port, so one host cannot take the whole --l4-max-connections; more are
+    /// closed at once (logged and counted as refused, reason ClientConnectionLimit).
+    #[arg(
+        long,
+        env = "RUSTRONAUT_L4_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 512
+    )]
+    l4_max_connections_per_client: usize,
     /// Most UDP flows per UDP listener; new flows beyond it are dropped.
     #[arg(long, env = "RUSTRONAUT_UDP_MAX_FLOWS", default_value_t = 10_000)]
     udp_max_flows: usize,
+    /// Most UDP flows per client (IPv4 address, IPv6 /64) per UDP listener, so one host
+    /// cannot fill the flow table; its new flows beyond it are dropped.
+    #[arg(
+        long,
+        env = "RUSTRONAUT_UDP_MAX_FLOWS_PER_CLIENT",
+        default_value_t = 256
+    )]
+    udp_max_flows_per_client: usize,
     /// The tunnel hub's stream endpoint (HOST:PORT, resolved at each connection), through
     /// which site upstreams of TCP and TLSPassthrough Resources are reached.
     #[arg(long, env = "RUSTRONAUT_TUNNEL_STREAM", requires = "tunnel_token_file")]
@@ -354,9 +371,11 @@ fn main() -> anyhow::Result<()> {
             handshake_timeout: Duration::from_millis(args.l4_handshake_timeout_ms.max(1)),
             udp_idle_timeout: Duration::from_millis(args.udp_idle_timeout_ms.max(10)),
             udp_max_flows: args.udp_max_flows.max(1),
+            udp_max_flows_per_client: args.udp_max_flows_per_client.max(1),
             copy_buffer: args.l4_copy_buffer_bytes.clamp(1024, 1 << 20),
             idle_timeout: Duration::from_millis(args.l4_idle_timeout_ms.max(10)),
             max_connections: args.l4_max_connections.max(1),
+            max_connections_per_client: args.l4_max_connections_per_client.max(1),
             ..Default::default()
         },
         downstream: rustronaut_gateway::downstream::Deadlines {

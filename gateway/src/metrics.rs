@@ -15,6 +15,7 @@
 //! | `rustronaut_gateway_l4_connections_total` | `protocol`, `resource`, `result` | L4 connections and UDP flows: `allowed`, `denied` (policy), `refused` (no route, bad PROXY header or handshake), `unreachable` (allowed, no upstream connected) |
 //! | `rustronaut_gateway_l4_udp_flows` | | UDP flows remembered (allowed and denied) |
 //! | `rustronaut_gateway_l4_udp_flows_dropped_total` | | datagrams of new flows dropped at the flow cap |
+//! | `rustronaut_gateway_l4_udp_client_flows_dropped_total` | | datagrams of new flows dropped because their client holds `--udp-max-flows-per-client` flows |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -110,6 +111,8 @@ pub struct Metrics {
     pub l4_udp_flows: Gauge,
     /// Datagrams of new UDP flows dropped at the cap.
     pub l4_udp_flows_dropped: Counter,
+    /// Datagrams of new UDP flows dropped at the per-client cap.
+    pub l4_udp_client_flows_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -135,6 +138,7 @@ impl Metrics {
         let l4_connections = Family::<L4Labels, Counter>::default();
         let l4_udp_flows = Gauge::default();
         let l4_udp_flows_dropped = Counter::default();
+        let l4_udp_client_flows_dropped = Counter::default();
         registry.register(
             "requests",
             "HTTP responses by resource and status",
@@ -200,6 +204,11 @@ impl Metrics {
             "Datagrams of new UDP flows dropped at the flow cap",
             l4_udp_flows_dropped.clone(),
         );
+        registry.register(
+            "l4_udp_client_flows_dropped",
+            "Datagrams of new UDP flows dropped because their client is at its flow cap",
+            l4_udp_client_flows_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -215,6 +224,7 @@ impl Metrics {
             l4_connections,
             l4_udp_flows,
             l4_udp_flows_dropped,
+            l4_udp_client_flows_dropped,
         }
     }
 

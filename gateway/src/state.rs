@@ -443,6 +443,14 @@ fn tenant_auth(t: &rustronaut_contract::snapshot::Tenant) -> Result<TenantAuth, 
                         source,
                     }
                 })?;
+                if verifier.unindexed() > 0 {
+                    tracing::warn!(
+                        tenant = %t.name,
+                        idp = %p.name,
+                        unindexed = verifier.unindexed(),
+                        "API-key hashes without a lookup tag: each is computed for every presented key; print them again with `rustronaut apikey hash` to index them"
+                    );
+                }
                 out.api_keys.push(ApiKeyProvider {
                     header: a.header.to_ascii_lowercase(),
                     verifier,

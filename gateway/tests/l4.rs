@@ -1135,6 +1135,123 @@ fn connections_beyond_the_cap_are_closed_on_accept() {
     assert!(gw.log().contains("\"reason\":\"ConnectionLimit\""));
 }
 
+/// A TCP connection to the gateway's `port` from source address `src` (another loopback
+/// address is another client), echoing one byte first so it is known to be served.
+fn served_from(src: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let s = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(SocketAddr::from((src, 0)))?;
+        sock.connect(SocketAddr::from(([127, 0, 0, 1], port))).await
+    })?;
+    let mut s = s.into_std()?;
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"x")?;
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one)?;
+    Ok(s)
+}
+
+#[test]
+fn one_client_cannot_take_every_connection_of_a_port() {
+    let up = Echo::start(None);
+    let port = free_port();
+    let snap = snapshot(
+        json!([{"name": "tcp", "port": port, "protocol": "TCP"}]),
+        json!([port_resource("app", "TCP", "tcp", port, up.addr)]),
+        json!([allow("a", "app", json!(["anonymous"]))]),
+        json!([]),
+    );
+    let gw = Gateway::start_with(&snap, &["--l4-max-connections-per-client", "2"]);
+    let first = served_from([127, 0, 0, 1], port).unwrap();
+    let _second = served_from([127, 0, 0, 1], port).unwrap();
+    // A third from the same address is closed without reaching the upstream...
+    assert!(
+        served_from([127, 0, 0, 1], port).is_err(),
+        "a third connection of one client was served"
+    );
+    gw.wait_metrics("the refusal", |m| {
+        metric_value(m, &l4_metric("TCP", "-", "refused")) == 1
+    });
+    assert!(gw.log().contains("\"reason\":\"ClientConnectionLimit\""));
+    // ... while another client is served.
+    let _other = served_from([127, 0, 0, 2], port).expect("another client was refused");
+    let _other2 = served_from([127, 0, 0, 2], port).expect("another client was refused");
+    // The client's count is given back when a connection ends.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while served_from([127, 0, 0, 1], port).is_err() {
+        assert!(std::time::Instant::now() < deadline, "no slot freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn one_client_cannot_fill_the_udp_flow_table() {
+    let up = UdpEcho::start();
+    let port = free_port();
+    let snap = snapshot(
+        json!([{"name": "dns", "port": port, "protocol": "UDP"}]),
+        json!([port_resource("dns", "UDP", "dns", port, up.addr)]),
+        json!([allow("anyone", "dns", json!(["anonymous"]))]),
+        json!([]),
+    );
+    let gw = Gateway::start_with(
+        &snap,
+        &[
+            "--udp-max-flows-per-client",
+            "2",
+            "--udp-idle-timeout-ms",
+            "1500",
+        ],
+    );
+    let from = |ip: &str| UdpSocket::bind((ip, 0)).unwrap();
+    let (a, b, c) = (from("127.0.0.1"), from("127.0.0.1"), from("127.0.0.1"));
+    let wait = Duration::from_secs(5);
+    assert_eq!(
+        udp_roundtrip(&a, port, b"a", wait).as_deref(),
+        Some(&b"a"[..])
+    );
+    assert_eq!(
+        udp_roundtrip(&b, port, b"b", wait).as_deref(),
+        Some(&b"b"[..])
+    );
+    // A third source port of the same address is a third flow of one client: dropped.
+    assert_eq!(
+        udp_roundtrip(&c, port, b"c", Duration::from_millis(300)),
+        None
+    );
+    assert_eq!(
+        up.count(),
+        2,
+        "a datagram beyond the client's cap reached the upstream"
+    );
+    gw.wait_metrics("the dropped datagram", |m| {
+        metric_value(m, "rustronaut_gateway_l4_udp_client_flows_dropped_total") == 1
+    });
+    // Another client still gets flows, and the first client's flows keep working.
+    let d = from("127.0.0.2");
+    assert_eq!(
+        udp_roundtrip(&d, port, b"d", wait).as_deref(),
+        Some(&b"d"[..])
+    );
+    assert_eq!(
+        udp_roundtrip(&a, port, b"a2", wait).as_deref(),
+        Some(&b"a2"[..])
+    );
+    // Once the client's flows idle out, its count is given back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while udp_roundtrip(&c, port, b"c2", Duration::from_millis(500)).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client's flows were never released"
+        );
+    }
+}
+
 #[test]
 fn a_tunnel_token_written_after_start_is_picked_up() {
     let target = Echo::start(None);

@@ -12,6 +12,14 @@
 //!   strictly below `corp.example` (not `corp.example` itself).
 //! - IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) are treated as the IPv4 address, so they
 //!   neither slip past nor fail a rule written for IPv4.
+//!
+//! A name rule admits the *name*; where it may lead is decided after resolution, at the site,
+//! by [`Networks`]: the connector resolves a name once and dials only the resolved addresses
+//! inside the site's networks (its advertised CIDRs). Loopback, link-local, unspecified,
+//! multicast and broadcast addresses are dialled only when a network lies wholly inside such a
+//! range (`127.0.0.1/32` admits `localhost`; `0.0.0.0/0` does not), so a name pointing at the
+//! connector's own host or at a metadata service never gets through a broad network by
+//! accident.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -210,6 +218,82 @@ impl Cidr {
             }
             _ => false,
         }
+    }
+}
+
+impl Cidr {
+    /// Whether every address of `self` lies in `outer`.
+    pub fn within(&self, outer: &Cidr) -> bool {
+        self.addr.is_ipv4() == outer.addr.is_ipv4()
+            && self.prefix >= outer.prefix
+            && outer.contains(self.addr)
+    }
+}
+
+/// Ranges a resolved address is dialled in only when a network lies wholly inside them:
+/// "this host" and unspecified, loopback, link-local (cloud metadata services live at
+/// 169.254.169.254), multicast and broadcast.
+const SPECIAL_RANGES: [&str; 9] = [
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "255.255.255.255/32",
+    "::/128",
+    "::1/128",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// The networks behind a site: where a target name may resolve to. Empty admits nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Networks {
+    cidrs: Vec<Cidr>,
+}
+
+impl Networks {
+    /// Parses CIDRs (or bare addresses), failing on the first invalid one (with its index).
+    pub fn parse(list: &[String]) -> Result<Self, (usize, AllowError)> {
+        let cidrs = list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.parse().map_err(|e| (i, e)))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { cidrs })
+    }
+
+    /// Whether a resolved address may be dialled: inside one of the networks and, when it is
+    /// in a special range (loopback, link-local, ...), only through a network that lies
+    /// wholly inside that range.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        let special: Option<Cidr> = SPECIAL_RANGES
+            .iter()
+            .map(|r| r.parse::<Cidr>().expect("constant ranges parse"))
+            .find(|r| r.contains(ip));
+        self.cidrs
+            .iter()
+            .any(|n| n.contains(ip) && special.is_none_or(|s| n.within(&s)))
+    }
+
+    /// Whether there are no networks (no name can be dialled).
+    pub fn is_empty(&self) -> bool {
+        self.cidrs.is_empty()
+    }
+}
+
+impl fmt::Display for Networks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.cidrs.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, c) in self.cidrs.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{c}")?;
+        }
+        Ok(())
     }
 }
 
@@ -553,6 +637,46 @@ mod tests {
         assert!(serde_json::from_str::<Vec<PortRange>>("[70000]").is_err());
         assert!(serde_json::from_str::<Vec<PortRange>>(r#"["a-b"]"#).is_err());
         assert_eq!(serde_json::to_string(&v).unwrap(), r#"[22,80,"8000-8100"]"#);
+    }
+
+    #[test]
+    fn resolved_addresses_must_be_inside_the_networks_and_special_ranges_explicit() {
+        let nets = |l: &[&str]| {
+            Networks::parse(&l.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let site = nets(&["10.1.0.0/16", "fd00::/64"]);
+        assert!(site.admits(ip("10.1.2.3")));
+        assert!(site.admits(ip("::ffff:10.1.2.3")));
+        assert!(site.admits(ip("fd00::5")));
+        assert!(!site.admits(ip("10.2.0.1")));
+        assert!(!site.admits(ip("127.0.0.1")));
+        assert!(!Networks::default().admits(ip("10.1.2.3")));
+        // A broad network does not cover the special ranges...
+        let all = nets(&["0.0.0.0/0", "::/0"]);
+        assert!(all.admits(ip("192.0.2.1")));
+        assert!(all.admits(ip("2001:db8::1")));
+        for special in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "0.0.0.0",
+            "169.254.169.254",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "fe80::1",
+            "ff02::1",
+        ] {
+            assert!(!all.admits(ip(special)), "{special} admitted by 0.0.0.0/0");
+        }
+        // ... a network inside one does.
+        assert!(nets(&["127.0.0.1/32"]).admits(ip("127.0.0.1")));
+        assert!(nets(&["127.0.0.0/8"]).admits(ip("127.0.0.53")));
+        assert!(nets(&["169.254.169.254"]).admits(ip("169.254.169.254")));
+        assert!(!nets(&["127.0.0.1/32"]).admits(ip("127.0.0.2")));
+        assert!(Networks::parse(&["10.1.2.3/16".to_string()]).is_err());
     }
 
     #[test]

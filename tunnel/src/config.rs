@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::allow::{AllowError, AllowList, Target};
+use crate::allow::{AllowError, AllowList, Cidr, Target};
 use crate::keys::PublicKey;
 
 /// Default WireGuard UDP port of the hub.
@@ -157,6 +157,12 @@ pub struct SiteConfig {
     /// What gateways may reach through this site. Default none: nothing is reachable.
     #[serde(default)]
     pub allowed_targets: Vec<Target>,
+    /// The networks behind the site (CIDRs, e.g. 10.1.0.0/16). Sent to the connector with
+    /// the targets: a target *name* is resolved at the site and dialled only at addresses
+    /// inside one of these (loopback, link-local, unspecified and multicast addresses only
+    /// when a network lies inside that range). Default none: names reach nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub advertised_cidrs: Vec<String>,
 }
 
 /// A validated site.
@@ -174,6 +180,8 @@ pub struct ValidSite {
     pub targets: Vec<Target>,
     /// The compiled allow list.
     pub allow: AllowList,
+    /// The site's networks (checked CIDRs), as sent to the connector.
+    pub advertised_cidrs: Vec<String>,
 }
 
 /// A validated hub configuration.
@@ -279,6 +287,11 @@ impl HubConfig {
             }
             validate_port(&f("forward_port"), site.forward_port)?;
             let allow = validate_targets(&f("allowed_targets"), &site.allowed_targets)?;
+            for (j, c) in site.advertised_cidrs.iter().enumerate() {
+                c.parse::<Cidr>().map_err(|e: AllowError| {
+                    invalid(format!("sites[{i}].advertised_cidrs[{j}]"), e.to_string())
+                })?;
+            }
             sites.push(ValidSite {
                 name: site.name.clone(),
                 public_key: key,
@@ -286,6 +299,7 @@ impl HubConfig {
                 forward_port: site.forward_port,
                 targets: site.allowed_targets.clone(),
                 allow,
+                advertised_cidrs: site.advertised_cidrs.clone(),
             });
         }
         Ok(ValidHub {

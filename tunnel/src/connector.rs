@@ -19,9 +19,17 @@
 //! head-of-line blocking under loss but keeps one code path, one allow-list check per flow and
 //! one flow per socket (so answers can only come from the target). Idle flows end after
 //! [`UDP_IDLE_TIMEOUT`].
+//!
+//! A target name is resolved here, once per stream, and only the resolved addresses inside
+//! the site's networks (the advertised CIDRs the hub sends with the list, see
+//! [`crate::allow::Networks`]) are dialled; those very addresses are the ones connected to,
+//! so nothing is resolved twice. A name that resolves only outside them (`localhost`, a name
+//! an attacker points at 169.254.169.254) is refused as `denied_by_site`, logged and counted
+//! (`names_resolved_outside_total`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -31,7 +39,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, PeerStatus, StatusSource};
-use crate::allow::{AllowList, Host, Protocol};
+use crate::allow::{AllowList, Host, Networks, Protocol};
 use crate::backoff::{Backoff, jitter_seed};
 use crate::config::{ConfigError, ConnectorConfig, ValidConnector, ValidHubPeer};
 use crate::control::{self, TargetSet};
@@ -67,12 +75,16 @@ pub enum ConnectorError {
 struct HubPolicy {
     generation: Option<u64>,
     allow: AllowList,
+    /// Where target names may resolve to.
+    networks: Networks,
 }
 
 struct HubState {
     cfg: ValidHubPeer,
     link: LinkHandle,
     policy: ArcSwap<HubPolicy>,
+    /// Forward requests refused because the name resolved only outside the networks.
+    names_outside: AtomicU64,
 }
 
 /// Decides a forward request: `None` when allowed, or the refusal.
@@ -195,6 +207,7 @@ async fn start_hub(
         cfg: hub.clone(),
         link: handle,
         policy: ArcSwap::from_pointee(HubPolicy::default()),
+        names_outside: AtomicU64::new(0),
     });
 
     // Datagrams from the socket to the link.
@@ -267,23 +280,29 @@ async fn run_control(hub: &HubState, cfg: &ValidConnector) {
             Ok(stream) => {
                 let started = tokio::time::Instant::now();
                 let r = control::run_client(stream, cfg.control_interval, |set: TargetSet| {
-                    match AllowList::compile(&set.targets) {
-                        Ok(allow) => {
+                    let networks = Networks::parse(&set.advertised_cidrs)
+                        .map_err(|(i, e)| format!("advertised CIDR {i}: {e}"));
+                    let allow = AllowList::compile(&set.targets)
+                        .map_err(|(i, e)| format!("target {i}: {e}"));
+                    match (allow, networks) {
+                        (Ok(allow), Ok(networks)) => {
                             tracing::info!(
                                 hub = name,
                                 generation = set.generation,
                                 targets = allow.len(),
+                                networks = %networks,
                                 "allow list received"
                             );
                             hub.policy.store(Arc::new(HubPolicy {
                                 generation: Some(set.generation),
                                 allow,
+                                networks,
                             }));
                         }
-                        Err((i, e)) => tracing::error!(
+                        (Err(e), _) | (_, Err(e)) => tracing::error!(
                             hub = name,
                             generation = set.generation,
-                            "allow list rejected (target {i}: {e}); keeping the previous one"
+                            "allow list rejected ({e}); keeping the previous one"
                         ),
                     }
                 })
@@ -338,10 +357,19 @@ async fn forward(mut stream: TunnelStream, hub: &HubState, cfg: &ValidConnector)
         answer(&mut stream, &refusal).await;
         return;
     }
-    let addrs = match resolve(&req.host, req.port).await {
+    let addrs = match resolve_within(&req.host, req.port, &policy.networks).await {
         Ok(a) => a,
-        Err(msg) => {
-            answer(&mut stream, &Response::new(Status::TargetUnreachable, msg)).await;
+        Err(r) => {
+            if r.status == Status::DeniedBySite {
+                hub.names_outside.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    hub = name,
+                    target,
+                    message = r.message,
+                    "refused a target name that resolves outside the site's networks"
+                );
+            }
+            answer(&mut stream, &r).await;
             return;
         }
     };
@@ -392,6 +420,35 @@ async fn forward(mut stream: TunnelStream, hub: &HubState, cfg: &ValidConnector)
             relay_udp(stream, socket, rest).await;
         }
     }
+}
+
+/// The addresses a stream to `host:port` may be dialled at: an address as is (the allow list
+/// matched it as an address), a name resolved once and kept only where `networks` admit the
+/// result. A name resolving only outside them is `DeniedBySite`.
+pub async fn resolve_within(
+    host: &Host,
+    port: u16,
+    networks: &Networks,
+) -> Result<Vec<SocketAddr>, Response> {
+    let addrs = resolve(host, port)
+        .await
+        .map_err(|m| Response::new(Status::TargetUnreachable, m))?;
+    if matches!(host, Host::Ip(_)) {
+        return Ok(addrs);
+    }
+    let (inside, outside): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        addrs.into_iter().partition(|a| networks.admits(a.ip()));
+    if inside.is_empty() {
+        let resolved: Vec<String> = outside.iter().map(|a| a.ip().to_string()).collect();
+        return Err(Response::new(
+            Status::DeniedBySite,
+            format!(
+                "{host} resolves to {}, outside the site's advertised CIDRs ({networks})",
+                resolved.join(", ")
+            ),
+        ));
+    }
+    Ok(inside)
 }
 
 async fn resolve(host: &Host, port: u16) -> Result<Vec<SocketAddr>, String> {
@@ -525,7 +582,19 @@ impl StatusSource for ConnectorStatus {
             role: "connector",
             public_key: self.public_key.clone(),
             peers,
-            counters: Vec::new(),
+            counters: vec![admin::Counter {
+                name: "names_resolved_outside_total",
+                help: "forward requests refused because the target name resolved only outside the site's advertised CIDRs",
+                label: "hub",
+                values: self
+                    .hubs
+                    .iter()
+                    .map(|h| {
+                        let n = h.names_outside.load(Ordering::Relaxed);
+                        (h.cfg.endpoint.clone(), n)
+                    })
+                    .collect(),
+            }],
         }
     }
 }
@@ -551,6 +620,46 @@ mod tests {
             host: Host::parse(host).unwrap(),
             port,
         }
+    }
+
+    #[tokio::test]
+    async fn a_name_is_dialled_only_at_addresses_inside_the_sites_networks() {
+        let nets = |l: &[&str]| {
+            Networks::parse(&l.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        };
+        let localhost = Host::parse("localhost").unwrap();
+        // `localhost` resolves to loopback: outside 10.1.0.0/16, and not covered by a
+        // network that merely includes everything.
+        for outside in [
+            nets(&["10.1.0.0/16"]),
+            nets(&["0.0.0.0/0", "::/0"]),
+            nets(&[]),
+        ] {
+            let r = resolve_within(&localhost, 80, &outside).await.unwrap_err();
+            assert_eq!(r.status, Status::DeniedBySite, "{outside}");
+            assert!(
+                r.message.contains("outside the site's advertised CIDRs"),
+                "{}",
+                r.message
+            );
+        }
+        // A network naming loopback explicitly admits it, and only the admitted addresses
+        // are returned (these are the ones dialled: no second resolution).
+        let addrs = resolve_within(&localhost, 80, &nets(&["127.0.0.1/32"]))
+            .await
+            .unwrap();
+        assert!(!addrs.is_empty());
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip() == IpAddr::from([127, 0, 0, 1]) && a.port() == 80)
+        );
+        // Addresses are decided by the allow list's CIDR rules, not by the networks.
+        let ip = Host::parse("192.0.2.1").unwrap();
+        assert_eq!(
+            resolve_within(&ip, 80, &nets(&[])).await.unwrap(),
+            vec![SocketAddr::from(([192, 0, 2, 1], 80))]
+        );
     }
 
     #[test]

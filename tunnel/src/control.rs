@@ -58,6 +58,8 @@ pub struct TargetSet {
     pub generation: u64,
     /// The targets.
     pub targets: Vec<Target>,
+    /// The site's networks: where a target name may resolve to (see the connector).
+    pub advertised_cidrs: Vec<String>,
 }
 
 /// Reads length-prefixed control messages; cancel-safe (bytes read stay buffered).
@@ -104,6 +106,7 @@ fn targets_message(set: &TargetSet) -> ControlMessage {
     ControlMessage::Targets {
         generation: set.generation,
         targets: set.targets.clone(),
+        advertised_cidrs: set.advertised_cidrs.clone(),
     }
 }
 
@@ -176,7 +179,9 @@ where
             msg = reader.next() => {
                 last_heard = tokio::time::Instant::now();
                 match msg? {
-                    ControlMessage::Targets { generation, targets } => apply(TargetSet { generation, targets }),
+                    ControlMessage::Targets { generation, targets, advertised_cidrs } => {
+                        apply(TargetSet { generation, targets, advertised_cidrs })
+                    }
                     ControlMessage::Pong => {}
                     _ => return Err(ControlError::Unexpected("connector-only message from the hub")),
                 }
@@ -205,6 +210,7 @@ mod tests {
                 ports: vec![PortRange::single(22)],
                 protocol: Protocol::Tcp,
             }],
+            advertised_cidrs: vec!["10.0.0.0/8".into()],
         }
     }
 

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Counter, PeerStatus, StatusSource};
-use crate::allow::AllowList;
+use crate::allow::{AllowList, Host};
 use crate::auth::{AuthError, Tokens};
 use crate::config::{self, ConfigError, HubConfig, ValidHub, ValidSite};
 use crate::control::{self, TargetSet};
@@ -231,6 +231,7 @@ impl Shared {
         let (targets, _) = watch::channel(TargetSet {
             generation: 1,
             targets: cfg.targets.clone(),
+            advertised_cidrs: cfg.advertised_cidrs.clone(),
         });
         let (dg_tx, dg_rx) = mpsc::channel(SITE_QUEUE);
         let handle = engine::spawn(link, self.socket.clone(), dg_rx, None, cfg.name.clone());
@@ -275,6 +276,17 @@ impl Shared {
         let old = self.routes.load();
         let mut routes = Routes::default();
         for cfg in &hub.sites {
+            let names = cfg.targets.iter().any(|t| {
+                t.host
+                    .as_deref()
+                    .is_some_and(|h| !matches!(Host::parse(h), Ok(Host::Ip(_))))
+            });
+            if names && cfg.advertised_cidrs.is_empty() {
+                tracing::warn!(
+                    site = cfg.name,
+                    "the site allows target names but has no advertised_cidrs: its connector dials a name only at addresses inside them, so no name is reachable"
+                );
+            }
             let reuse = old.by_name.get(&cfg.name).filter(|s| {
                 s.cfg.public_key == cfg.public_key
                     && s.cfg.tunnel_address == cfg.tunnel_address
@@ -282,11 +294,16 @@ impl Shared {
             });
             let site = match reuse {
                 Some(site) => {
-                    if site.targets.borrow().targets != cfg.targets {
+                    let changed = {
+                        let t = site.targets.borrow();
+                        t.targets != cfg.targets || t.advertised_cidrs != cfg.advertised_cidrs
+                    };
+                    if changed {
                         site.allow.store(Arc::new(cfg.allow.clone()));
                         site.targets.send_modify(|t| {
                             t.generation += 1;
                             t.targets = cfg.targets.clone();
+                            t.advertised_cidrs = cfg.advertised_cidrs.clone();
                         });
                         tracing::info!(
                             site = cfg.name,

@@ -437,6 +437,11 @@ pub enum ControlMessage {
         generation: u64,
         /// The targets; empty denies everything.
         targets: Vec<Target>,
+        /// The site's networks (CIDRs): a target name is dialled only at resolved addresses
+        /// inside one of them. Absent (an older hub): names reach nothing. Left out when
+        /// empty, so a hub without networks still speaks to an older connector.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        advertised_cidrs: Vec<String>,
     },
     /// Connector to hub: liveness check (the hub answers `pong`).
     Ping,
@@ -665,6 +670,7 @@ mod tests {
                     ports: vec![crate::allow::PortRange::single(22)],
                     protocol: Protocol::Tcp,
                 }],
+                advertised_cidrs: vec!["10.0.0.0/8".into()],
             },
         ];
         let mut buf = Vec::new();

@@ -236,6 +236,7 @@ fn connector_carries_traffic_from_a_wireguard_go_hub() {
                     ports: vec![PortRange::single(ECHO_PORT)],
                     protocol: Protocol::Tcp,
                 }],
+                advertised_cidrs: vec![],
             });
             ready_tx.send(()).unwrap();
             loop {

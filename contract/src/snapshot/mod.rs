@@ -558,7 +558,8 @@ pub struct ApiKeyEntry {
     /// Client ID, what `apiKey.clientIDs` principals name.
     #[serde(rename = "clientID")]
     pub client_id: String,
-    /// `sha256$<salt>$<digest>`, see [`crate::identity::apikey::hash_api_key`].
+    /// `sha256$<salt>$<digest>$<lookup>` (or the older `sha256$<salt>$<digest>`), see
+    /// [`crate::identity::apikey::hash_api_key`].
     pub hash: String,
 }
 

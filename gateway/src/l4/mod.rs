@@ -28,10 +28,12 @@
 //! snapshot per connection, so TLS on a TCP listener, its certificates and client CAs,
 //! Resources, upstreams and Policies all follow reloads without one.
 
+mod clients;
 mod stream;
 mod tcp;
 mod udp;
 
+use clients::{ClientSlot, PerClient};
 pub use stream::{LastActivity, Prefixed, Watched};
 
 use crate::authn::{self, Credentials, NoRemote};
@@ -63,6 +65,10 @@ pub struct L4Options {
     /// Most UDP flows (allowed or denied) per listener; datagrams of new flows beyond it are
     /// dropped.
     pub udp_max_flows: usize,
+    /// Most UDP flows per client (IPv4 address, IPv6 /64) per listener, so one host cannot
+    /// fill the flow table; datagrams of its new flows beyond it are dropped until one of
+    /// its flows idles out.
+    pub udp_max_flows_per_client: usize,
     /// Copy buffer per direction of a spliced TCP connection. tokio's default is 8 KiB, a
     /// read and a write system call per 8 KiB; larger buffers cost memory per connection
     /// and save system calls on bulk transfers (measured in docs/benchmarks.md).
@@ -71,6 +77,9 @@ pub struct L4Options {
     pub idle_timeout: Duration,
     /// Most TCP connections open at once per L4 port; more are closed on accept.
     pub max_connections: usize,
+    /// Most TCP connections open at once per client (IPv4 address, IPv6 /64; the PROXY
+    /// header's source where the listener takes one) per L4 port; more are closed at once.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for L4Options {
@@ -80,9 +89,11 @@ impl Default for L4Options {
             max_client_hello: 32 * 1024,
             udp_idle_timeout: Duration::from_secs(60),
             udp_max_flows: 10_000,
+            udp_max_flows_per_client: 256,
             copy_buffer: 64 * 1024,
             idle_timeout: Duration::from_secs(3600),
             max_connections: 20_000,
+            max_connections_per_client: 512,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! TCP-based L4 ports: plain TCP, TLS-terminated TCP and TLSPassthrough.
 
 use super::{
-    Kind, L4Facts, L4Options, LastActivity, Prefixed, Watched, canonical, decide, listeners_on,
-    record,
+    Kind, L4Facts, L4Options, LastActivity, PerClient, Prefixed, Watched, canonical, decide,
+    listeners_on, record,
 };
 use crate::balance::Pick;
 use crate::pipeline::{Env, Record};
@@ -36,6 +36,8 @@ pub(super) async fn serve(
     // Connections open at once on this port, handshakes included: beyond it new ones are
     // closed at once rather than left to exhaust descriptors and memory.
     let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    // And per client, so one host cannot take all of them (see `handle`).
+    let per_client = PerClient::new(opts.max_connections_per_client);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -50,8 +52,9 @@ pub(super) async fn serve(
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
                     let opts = opts.clone();
+                    let per_client = per_client.clone();
                     tokio::spawn(async move {
-                        handle(stream, peer, kind, port, &shared, &opts).await;
+                        handle(stream, peer, kind, port, &shared, &opts, &per_client).await;
                         drop(slot);
                     });
                 }
@@ -117,6 +120,7 @@ async fn handle(
     port: u16,
     shared: &Shared,
     opts: &L4Options,
+    per_client: &Arc<PerClient>,
 ) {
     let Some(state) = shared.store.current() else {
         return;
@@ -159,6 +163,21 @@ async fn handle(
             }
         }
     }
+    // The per-client cap, on the client address policies see: the peer, or the PROXY
+    // header's source (counting the load balancer in front would cap all its clients
+    // together). Held until the connection ends, handshake included.
+    let Some(_client_slot) = per_client.try_acquire(client_ip) else {
+        let d = format!("{} connections open from this client", per_client.max());
+        return refuse_early(
+            shared,
+            kind,
+            port,
+            peer,
+            client_ip,
+            "ClientConnectionLimit",
+            d,
+        );
+    };
     let env = Env {
         now: SystemTime::now(),
         instant: Instant::now(),

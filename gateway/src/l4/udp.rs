@@ -3,7 +3,8 @@
 //! ```text
 //!  datagram from client C
 //!    known flow? -- allowed: send on C's upstream socket; denied: drop (no re-decision)
-//!    new flow:   at the flow cap? drop. Else decide once (PROXY protocol does not apply);
+//!    new flow:   at the flow cap, or C's address at its per-client cap? drop. Else
+//!                decide once (PROXY protocol does not apply);
 //!                allowed: a connected socket to one upstream address (or a stream
 //!                through the tunnel hub for a site upstream), and a task relaying its
 //!                answers back to C; denied: remembered, so C's next datagrams are
@@ -11,7 +12,9 @@
 //!  sweeper: every flow silent in both directions for the idle timeout is forgotten
 //! ```
 
-use super::{Kind, L4Facts, L4Options, canonical, decide, listeners_on, record};
+use super::{
+    ClientSlot, Kind, L4Facts, L4Options, PerClient, canonical, decide, listeners_on, record,
+};
 use crate::balance::Pick;
 use crate::pipeline::{Env, Record};
 use crate::proxy::Shared;
@@ -71,9 +74,12 @@ impl Flow {
     }
 }
 
-type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
+/// Flows by client address, each with its place in its client's count: removing the entry
+/// (the flow idled out) gives the place back.
+type FlowMap = HashMap<SocketAddr, (Arc<Flow>, ClientSlot)>;
+type Flows = Arc<Mutex<FlowMap>>;
 
-fn lock(flows: &Flows) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<Flow>>> {
+fn lock(flows: &Flows) -> std::sync::MutexGuard<'_, FlowMap> {
     flows.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -89,6 +95,7 @@ pub(super) async fn serve(
     let epoch = Instant::now();
     let now_ms = move || epoch.elapsed().as_millis() as u64;
     let flows: Flows = Arc::default();
+    let per_client = PerClient::new(opts.udp_max_flows_per_client);
     let idle = opts.udp_idle_timeout.max(Duration::from_millis(10));
     let sweeper = {
         let flows = flows.clone();
@@ -99,7 +106,7 @@ pub(super) async fn serve(
                 tokio::time::sleep(every).await;
                 let cutoff = now_ms().saturating_sub(idle.as_millis() as u64);
                 let mut map = lock(&flows);
-                map.retain(|_, f| {
+                map.retain(|_, (f, _)| {
                     let keep = f.last.load(Ordering::Relaxed) >= cutoff;
                     if !keep {
                         f.stop.notify_one();
@@ -127,7 +134,7 @@ pub(super) async fn serve(
             }
         };
         let data = &buf[..n];
-        let known = lock(&flows).get(&peer).cloned();
+        let known = lock(&flows).get(&peer).map(|(f, _)| f.clone());
         if let Some(flow) = known {
             flow.last.store(now_ms(), Ordering::Relaxed);
             flow.send(data);
@@ -137,6 +144,13 @@ pub(super) async fn serve(
             shared.metrics.l4_udp_flows_dropped.inc();
             continue;
         }
+        // One source address opening flow after flow (a port scan, a spoofing flood) stops
+        // at its own cap and leaves the table to the others.
+        let Some(slot) = per_client.try_acquire(peer.ip()) else {
+            shared.metrics.l4_udp_client_flows_dropped.inc();
+            tracing::debug!(port, peer = %peer, max = per_client.max(), "UDP client at its flow cap; datagram dropped");
+            continue;
+        };
         let Some(flow) = open(&socket, port, peer, &shared, epoch).await else {
             continue;
         };
@@ -149,11 +163,11 @@ pub(super) async fn serve(
             _ => flow.send(data),
         }
         let mut map = lock(&flows);
-        map.insert(peer, flow);
+        map.insert(peer, (flow, slot));
         shared.metrics.l4_udp_flows.set(map.len() as i64);
     }
     sweeper.abort();
-    for f in lock(&flows).values() {
+    for (f, _) in lock(&flows).values() {
         f.stop.notify_one();
     }
 }

@@ -295,6 +295,15 @@ pub fn hub_config(tunnel: &cs::Tunnel) -> Result<HubConfig, HubConfigError> {
                 tunnel_address,
                 forward_port: rustronaut_tunnel::config::DEFAULT_FORWARD_PORT,
                 allowed_targets: s.allowed_targets.iter().map(target).collect(),
+                // The connector dials a target name only at resolved addresses inside these
+                // (issue 14, item 13). Written as networks (host bits cleared, as the
+                // snapshot's CIDR type reads them), which is the form the hub accepts.
+                advertised_cidrs: s
+                    .advertised_cidrs
+                    .iter()
+                    .filter_map(|c| c.parse::<rustronaut_contract::cidr::Cidr>().ok())
+                    .map(|c| c.to_string())
+                    .collect(),
             })
         })
         .collect();
@@ -645,6 +654,7 @@ mod tests {
         );
         let dc1 = &valid.sites[0];
         assert_eq!(dc1.name, "dc1");
+        assert_eq!(dc1.advertised_cidrs, vec!["10.1.0.0/16".to_string()]);
         assert_eq!(dc1.public_key.to_string(), KEY_A);
         assert_eq!(
             dc1.tunnel_address,
