@@ -1392,6 +1392,7 @@ mod tests {
             groups: Vec::new(),
             claims: Default::default(),
             scopes: Vec::new(),
+            known_claims: None,
         });
         id
     }
