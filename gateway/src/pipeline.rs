@@ -1139,6 +1139,8 @@ mod tests {
                 subject: "u1".into(),
                 email: Some(email.into()),
                 groups: Vec::new(),
+                known_claims: Vec::new(),
+                claims: Default::default(),
                 issued_at: now - age,
                 expires_at: now - age + 3600,
             };

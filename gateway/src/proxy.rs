@@ -362,6 +362,7 @@ impl GatewayProxy {
             host: &host,
             https: self.listener.https,
             now,
+            session_claims: state.policies.session_claims(&tenant.name),
         };
         let reply = if is_callback {
             let reply = match oidc.callback(&at, &query, &cookies).await {
@@ -548,6 +549,7 @@ impl ProxyHttp for GatewayProxy {
                             host: &host,
                             https: self.listener.https,
                             now: unix_now(),
+                            session_claims: state.policies.session_claims(&t.name),
                         };
                         self.shared.oidc.begin(&at, &idp, &target).await
                     }
