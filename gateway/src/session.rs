@@ -10,8 +10,9 @@
 //!  associated data = "v1" 0 tenant 0 purpose 0 kid   (bound, not encrypted)
 //! ```
 //!
-//! Why AEAD and not a signature: the session holds the user's email and groups, and the
-//! login state holds the PKCE verifier; both must be secret as well as unforgeable. Why one
+//! Why AEAD and not a signature: the session holds the user's email, groups and the claims
+//! the tenant's policies name ([`Session::known_claims`]), and the login state holds the
+//! PKCE verifier; both must be secret as well as unforgeable. Why one
 //! key per tenant and purpose: a session cookie of tenant A does not open at tenant B (its
 //! key and associated data differ), and a login-state cookie can never be replayed as a
 //! session. Nothing here is stored on the gateway, so any replica opens any cookie.
