@@ -338,6 +338,8 @@ pub fn identity(t: Option<&TestIdentity>, tenant: &str, source_ip: IpAddr) -> Id
         groups: u.groups.clone(),
         claims: u.claims.clone(),
         scopes: u.scopes.clone(),
+        // A token's user: every claim it names is known.
+        known_claims: None,
     });
     id.client_certificate = t.client_certificate.as_ref().map(|c| CertificateIdentity {
         idp: c.idp.clone(),

@@ -368,6 +368,7 @@ pub fn gateway_snapshot(
         snapshot.client_ip_detection = cs::ClientIpDetection {
             proxy_protocol: c.proxy_protocol,
             trusted_hops: u32::try_from(c.trusted_hops).unwrap_or(0),
+            trusted_peer_cidrs: c.trusted_peer_cidrs.clone(),
         };
     }
     snapshot.listeners = gateway
@@ -1391,6 +1392,7 @@ mod tests {
             groups: Vec::new(),
             claims: Default::default(),
             scopes: Vec::new(),
+            known_claims: None,
         });
         id
     }
@@ -2080,6 +2082,46 @@ mod tests {
         let err = build(&world, &secrets).unwrap_err();
         assert_eq!(err.reason(), reasons::INVALID_PARAMETERS);
         assert!(err.to_string().contains("Required"), "{err}");
+    }
+
+    /// Issue 14, item 9: a Gateway that believes PROXY headers or X-Forwarded-For without
+    /// saying from which peers is refused with a message naming the field (its last snapshot
+    /// keeps serving), never compiled to "trust every peer".
+    #[test]
+    fn forwarded_client_addresses_need_trusted_peers() {
+        let mut world = examples();
+        let secrets = secrets();
+        let gw = world
+            .gateways
+            .iter_mut()
+            .find(|g| g.name_any() == "edge")
+            .unwrap();
+        gw.spec.client_ip_detection = Some(g::ClientIpDetection {
+            trusted_hops: 1,
+            ..Default::default()
+        });
+        let err = build(&world, &secrets).unwrap_err();
+        assert_eq!(err.reason(), reasons::INVALID_PARAMETERS);
+        assert!(
+            err.to_string()
+                .contains("clientIPDetection.trustedPeerCIDRs"),
+            "{err}"
+        );
+        let gw = world
+            .gateways
+            .iter_mut()
+            .find(|g| g.name_any() == "edge")
+            .unwrap();
+        gw.spec.client_ip_detection = Some(g::ClientIpDetection {
+            proxy_protocol: false,
+            trusted_hops: 1,
+            trusted_peer_cidrs: vec!["10.0.0.0/8".into()],
+        });
+        let out = build(&world, &secrets).unwrap();
+        assert_eq!(
+            out.snapshot.client_ip_detection.trusted_peer_cidrs,
+            vec!["10.0.0.0/8"]
+        );
     }
 
     #[test]

@@ -146,6 +146,7 @@ fn caller() -> Identity {
             groups: vec!["sre".into(), "dev".into()],
             claims,
             scopes: vec![],
+            known_claims: None,
         }),
         source_ip: Some("192.0.2.1".parse().unwrap()),
         ..Identity::default()

@@ -476,15 +476,15 @@ fn rule_matches(
         && rule
             .from
             .iter()
-            .any(|p| principal_matches(p, id, tenant, Emails::of(action, false)))
+            .any(|p| principal_matches(p, id, tenant, Stake::of(action, false)))
         && rule
             .require
             .iter()
-            .all(|p| principal_matches(p, id, tenant, Emails::of(action, false)))
+            .all(|p| principal_matches(p, id, tenant, Stake::of(action, false)))
         && !rule
             .exclude
             .iter()
-            .any(|p| principal_matches(p, id, tenant, Emails::of(action, true)))
+            .any(|p| principal_matches(p, id, tenant, Stake::of(action, true)))
 }
 
 /// Whether `path` is `value` with a trailing slash added or removed.
@@ -497,38 +497,50 @@ fn same_but_slash(value: &str, path: &NormalizedPath) -> bool {
             .is_some_and(|v| v == p && !v.is_empty())
 }
 
-/// Which of a user's email addresses `emails` and `emailDomains` look at. Only a verified
-/// address may grant ([`UserIdentity::email`]); where a match takes access away, the address
-/// the provider asserted without vouching for it (the raw `email` claim) counts too, so a
-/// token without `email_verified` can never dodge a Deny or an `exclude` naming its email.
+/// What a clause of a rule does when it matches: grant access (`from`/`require` of an Allow,
+/// `exclude` of a Deny) or take it away (`from`/`require` of a Deny, `exclude` of an Allow).
+/// Where the identity does not settle a condition, the answer is the one that never widens
+/// access: a granting clause does not match, a restricting one does.
+///
+/// - Emails: only a verified address may grant ([`UserIdentity::email`]); where a match takes
+///   access away, the address the provider asserted without vouching for it (the raw `email`
+///   claim) counts too, so a token without `email_verified` can never dodge a Deny or an
+///   `exclude` naming its email.
+/// - Claims and scopes a browser session does not carry ([`UserIdentity::known_claims`]):
+///   unknown, so a Deny on them denies and an Allow requiring them does not allow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Emails {
-    /// The verified address only.
-    Verified,
-    /// The verified address, else the raw `email` claim.
-    Claimed,
+pub(crate) enum Stake {
+    /// The clause grants: only what is known and verified counts.
+    Grants,
+    /// The clause restricts: what is asserted or unknown counts as matching.
+    Restricts,
 }
 
-impl Emails {
+impl Stake {
     /// For a clause of a rule of a `action` policy: `from`/`require` of a Deny and
     /// `exclude` of an Allow restrict, everything else grants.
     pub(crate) fn of(action: PolicyAction, exclude: bool) -> Self {
         if (action == PolicyAction::Deny) != exclude {
-            Self::Claimed
+            Self::Restricts
         } else {
-            Self::Verified
+            Self::Grants
         }
     }
 
-    fn pick(self, user: &UserIdentity) -> Option<&str> {
+    fn pick_email(self, user: &UserIdentity) -> Option<&str> {
         user.email.as_deref().or(match self {
-            Self::Verified => None,
-            Self::Claimed => user
+            Self::Grants => None,
+            Self::Restricts => user
                 .claims
                 .get("email")
                 .and_then(|v| v.first())
                 .map(String::as_str),
         })
+    }
+
+    /// The answer for a condition the identity cannot settle.
+    fn unknown(self) -> bool {
+        self == Self::Restricts
     }
 }
 
@@ -556,7 +568,7 @@ pub(crate) fn rule_failures(
     if !schedule_ok(rule, clock, policy.action) {
         out.push(ClauseFailure::OutsideSchedule);
     }
-    let grants = Emails::of(policy.action, false);
+    let grants = Stake::of(policy.action, false);
     if !rule
         .from
         .iter()
@@ -570,7 +582,7 @@ pub(crate) fn rule_failures(
         }
     }
     for (index, p) in rule.exclude.iter().enumerate() {
-        if principal_matches(p, id, tenant, Emails::of(policy.action, true)) {
+        if principal_matches(p, id, tenant, Stake::of(policy.action, true)) {
             out.push(ClauseFailure::Excluded { index });
         }
     }
@@ -638,12 +650,12 @@ pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-pub(crate) fn principal_matches(m: &Matcher, id: &Identity, tenant: &str, emails: Emails) -> bool {
+pub(crate) fn principal_matches(m: &Matcher, id: &Identity, tenant: &str, stake: Stake) -> bool {
     match m {
         Matcher::User(u) => id
             .user
             .as_ref()
-            .is_some_and(|user| user_matches(u, user, emails)),
+            .is_some_and(|user| user_matches(u, user, stake)),
         Matcher::Certificate(c) => id
             .client_certificate
             .as_ref()
@@ -664,8 +676,11 @@ pub(crate) fn principal_matches(m: &Matcher, id: &Identity, tenant: &str, emails
     }
 }
 
-fn user_matches(u: &UserMatcher, user: &UserIdentity, emails: Emails) -> bool {
-    let email = emails.pick(user);
+fn user_matches(u: &UserMatcher, user: &UserIdentity, stake: Stake) -> bool {
+    let email = stake.pick_email(user);
+    // A session without a verified email and without the raw `email` claim cannot say which
+    // address the provider asserted: a restricting clause on emails then matches.
+    let email_unknown = email.is_none() && !user.claim_known("email") && stake.unknown();
     if u.idp.as_ref().is_some_and(|i| *i != user.idp) {
         return false;
     }
@@ -673,11 +688,13 @@ fn user_matches(u: &UserMatcher, user: &UserIdentity, emails: Emails) -> bool {
         return false;
     }
     if !u.emails.is_empty()
+        && !email_unknown
         && !email.is_some_and(|e| u.emails.iter().any(|x| x.eq_ignore_ascii_case(e)))
     {
         return false;
     }
     if !u.email_domains.is_empty()
+        && !email_unknown
         && !email.is_some_and(|e| {
             e.rsplit_once('@')
                 .is_some_and(|(_, d)| u.email_domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
@@ -689,11 +706,18 @@ fn user_matches(u: &UserMatcher, user: &UserIdentity, emails: Emails) -> bool {
         return false;
     }
     if !u.claims.iter().all(|c| {
+        if !user.claim_known(&c.name) {
+            return stake.unknown();
+        }
         user.claims
             .get(&c.name)
             .is_some_and(|vals| vals.iter().any(|v| c.values.contains(v)))
     }) {
         return false;
+    }
+    if !u.scopes.is_empty() && user.known_claims.is_some() {
+        // A browser session carries no scopes.
+        return stake.unknown();
     }
     u.scopes.iter().all(|s| user.scopes.contains(s))
 }
@@ -775,13 +799,12 @@ fn login_providers(
 }
 
 fn could_match_after_login(rule: &Rule, id: &Identity, tenant: &str, idp: &str) -> bool {
-    let now_or_after = |m: &Matcher| {
-        principal_matches(m, id, tenant, Emails::Verified) || login_may_satisfy(m, idp)
-    };
+    let now_or_after =
+        |m: &Matcher| principal_matches(m, id, tenant, Stake::Grants) || login_may_satisfy(m, idp);
     rule.from.iter().any(now_or_after)
         && rule.require.iter().all(now_or_after)
         && !rule.exclude.iter().any(|m| {
-            principal_matches(m, id, tenant, Emails::Claimed) || login_surely_satisfies(m, idp)
+            principal_matches(m, id, tenant, Stake::Restricts) || login_surely_satisfies(m, idp)
         })
 }
 

@@ -585,6 +585,9 @@ pub(crate) struct ResourceEntry {
 pub(crate) struct TenantInfo {
     /// Names of OIDC providers, sorted: where browsers can be sent to log in.
     pub(crate) oidc: Vec<Arc<str>>,
+    /// Claims the tenant's policies name, sorted: what a browser session must carry
+    /// ([`PolicySet::session_claims`]).
+    pub(crate) session_claims: Vec<String>,
 }
 
 /// Policies checked, pre-parsed and indexed by target. Build one per snapshot (it is
@@ -804,7 +807,18 @@ impl PolicySet {
                     .collect();
                 oidc.sort();
                 oidc.dedup();
-                (t.name.clone(), TenantInfo { oidc })
+                let session_claims = claims_named(
+                    set_policies
+                        .iter()
+                        .filter(|p: &&Policy| *p.tenant == *t.name),
+                );
+                (
+                    t.name.clone(),
+                    TenantInfo {
+                        oidc,
+                        session_claims,
+                    },
+                )
             })
             .collect();
 
@@ -856,6 +870,35 @@ impl PolicySet {
     pub(crate) fn resource_entry(&self, namespace: &str, name: &str) -> Option<&ResourceEntry> {
         self.resources.get(namespace)?.get(name)
     }
+
+    /// The claims the policies of `tenant` name (in any mode, any clause), sorted, plus
+    /// `email` when one names `emails` or `emailDomains` (a restricting clause reads the raw
+    /// `email` claim, see [`crate::eval`]): what a browser session of that tenant must carry
+    /// for its policies to decide as they would for a bearer token. Empty for an unknown
+    /// tenant.
+    pub fn session_claims(&self, tenant: &str) -> &[String] {
+        self.tenants
+            .get(tenant)
+            .map_or(&[], |t| t.session_claims.as_slice())
+    }
+}
+
+/// See [`PolicySet::session_claims`].
+fn claims_named<'a>(policies: impl Iterator<Item = &'a Policy>) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for p in policies {
+        for r in &p.rules {
+            for m in r.from.iter().chain(&r.require).chain(&r.exclude) {
+                if let Matcher::User(u) = m {
+                    out.extend(u.claims.iter().map(|c| c.name.clone()));
+                    if !u.emails.is_empty() || !u.email_domains.is_empty() {
+                        out.insert("email".to_string());
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
 }
 
 fn push(lists: &mut Lists, idx: u32, policy: &Policy) {

@@ -116,9 +116,13 @@ pub struct Autoscaling {
     pub target_cpu_utilization_percentage: i32,
 }
 
-/// Client address detection.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+/// Client address detection. A PROXY header or X-Forwarded-For says who the client is, so
+/// either is believed only from the load balancers and proxies listed in
+/// `trustedPeerCIDRs`; any other peer (a pod, a NodePort client) is itself the client
+/// (issue 14, item 9).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!((has(self.proxyProtocol) && self.proxyProtocol) || (has(self.trustedHops) && self.trustedHops > 0)) || (has(self.trustedPeerCIDRs) && size(self.trustedPeerCIDRs) > 0)").message("proxyProtocol and trustedHops need trustedPeerCIDRs: the load balancers or proxies whose PROXY header or X-Forwarded-For is believed"))]
 pub struct ClientIpDetection {
     /// Expect a PROXY protocol (v1 or v2) header on every connection. Default: false.
     #[serde(default)]
@@ -129,6 +133,22 @@ pub struct ClientIpDetection {
     #[serde(default)]
     #[schemars(range(min = 0, max = 16))]
     pub trusted_hops: i32,
+    /// The TCP peers (the load balancers or proxies in front of the gateway) whose PROXY
+    /// header and X-Forwarded-For are believed. From any other peer the socket address is the
+    /// client: its X-Forwarded-For is ignored (and replaced upstream), and with
+    /// `proxyProtocol` its connection is refused. Required when `proxyProtocol` is on or
+    /// `trustedHops` > 0; there is no "trust everyone" default, because then any client that
+    /// reaches the gateway directly chooses the address `sourceCIDRs` rules see. A Gateway
+    /// that predates this field is refused (`Ready=False`) until it lists them, and its last
+    /// snapshot keeps serving. Default: empty.
+    #[serde(
+        default,
+        rename = "trustedPeerCIDRs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(length(max = 64), inner(length(min = 2, max = 43)))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("trustedPeerCIDRs must be CIDRs such as 10.0.0.0/8"))]
+    pub trusted_peer_cidrs: Vec<String>,
 }
 
 /// One listener.

@@ -333,6 +333,28 @@ fn cases() -> Vec<Case> {
             },
             expect: "a site upstream needs host",
         },
+        // Issue 14, item 9: forwarded client addresses only from listed peers.
+        Case {
+            name: "trusted hops without trusted peers",
+            base: g,
+            change: |v| v["spec"]["clientIPDetection"] = json!({"trustedHops": 1}),
+            expect: "proxyProtocol and trustedHops need trustedPeerCIDRs",
+        },
+        Case {
+            name: "PROXY protocol without trusted peers",
+            base: g,
+            change: |v| v["spec"]["clientIPDetection"] = json!({"proxyProtocol": true}),
+            expect: "proxyProtocol and trustedHops need trustedPeerCIDRs",
+        },
+        Case {
+            name: "trusted peer that is not a CIDR",
+            base: g,
+            change: |v| {
+                v["spec"]["clientIPDetection"] =
+                    json!({"trustedHops": 1, "trustedPeerCIDRs": ["10.0.0.0/33"]})
+            },
+            expect: "trustedPeerCIDRs must be CIDRs",
+        },
         // Issue 14, item 2: hosts the snapshot refuses must not get past the API server.
         Case {
             name: "site host in upper case",

@@ -204,6 +204,9 @@ pub struct At<'a> {
     pub https: bool,
     /// Unix seconds.
     pub now: u64,
+    /// The claims the tenant's policies name ([`rustronaut_contract::PolicySet::session_claims`]):
+    /// what a session sealed at the callback keeps.
+    pub session_claims: &'a [String],
 }
 
 /// The OIDC client of the gateway: one per process, shared by every listener.
@@ -394,6 +397,7 @@ impl Oidc {
             host,
             https,
             now,
+            session_claims: _,
         } = *at;
         if !https {
             return Err(OidcError::NotHttps);
@@ -446,6 +450,7 @@ impl Oidc {
             host,
             https,
             now,
+            session_claims,
         } = *at;
         if !https {
             return Err(OidcError::NotHttps);
@@ -532,22 +537,37 @@ impl Oidc {
         let mut user = verified.identity;
         check_id_token_claims(&user, &login.nonce, &p.client_id)?;
 
-        if (user.email.is_none() || user.groups.is_empty())
+        let lacks_claims = session_claims.iter().any(|c| !user.claims.contains_key(c));
+        if (user.email.is_none() || user.groups.is_empty() || lacks_claims)
             && let (Some(endpoint), Some(access)) =
                 (&st.discovery.userinfo_endpoint, &tokens.access_token)
         {
-            self.merge_userinfo(&mut user, endpoint, access, p).await?;
+            self.merge_userinfo(&mut user, endpoint, access, p, session_claims)
+                .await?;
         }
 
-        let session = Session {
+        let mut session = Session {
             idp: login.idp.clone(),
             subject: user.subject,
             email: user.email,
             groups: user.groups,
+            known_claims: Vec::new(),
+            claims: Default::default(),
             issued_at: now,
             expires_at: now + keys.duration_seconds(),
         };
-        let value = session.seal(keys, &self.rng)?;
+        // The claims the tenant's policies name, so a Deny or an exclude on one decides for
+        // this browser as for a bearer token of the same user (issue 14, item 7).
+        session.keep_claims(session_claims, &user.claims);
+        let value = match session.seal(keys, &self.rng) {
+            // Too large with its claims: without them (rules on claims then fail closed for
+            // this session) rather than no login at all.
+            Err(SessionError::TooLarge(_)) if !session.known_claims.is_empty() => {
+                session.forget_claims();
+                session.seal(keys, &self.rng)?
+            }
+            other => other?,
+        };
         Ok((
             Reply {
                 status: 302,
@@ -562,14 +582,15 @@ impl Oidc {
         ))
     }
 
-    /// Fills email and groups the ID token lacked from the userinfo endpoint (OpenID Connect
-    /// Core §5.3), whose `sub` must be the ID token's (§5.3.2).
+    /// Fills email, groups and the claims in `wanted` the ID token lacked from the userinfo
+    /// endpoint (OpenID Connect Core §5.3), whose `sub` must be the ID token's (§5.3.2).
     async fn merge_userinfo(
         &self,
         user: &mut UserIdentity,
         endpoint: &str,
         access_token: &str,
         p: &OidcProvider,
+        wanted: &[String],
     ) -> Result<(), OidcError> {
         let req = http::Request::get(endpoint)
             .header(
@@ -602,6 +623,13 @@ impl Oidc {
         }
         if user.groups.is_empty() {
             user.groups = info.groups;
+        }
+        for name in wanted {
+            if !user.claims.contains_key(name)
+                && let Some(v) = info.claims.get(name)
+            {
+                user.claims.insert(name.clone(), v.clone());
+            }
         }
         Ok(())
     }

@@ -534,12 +534,14 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
         .unwrap_or_default();
     record.section = Some(rule.name.clone());
 
+    // X-Forwarded-For counts only from a trusted peer (the address after a PROXY header, when
+    // one was accepted: the hop that appended the last entry); from anyone else the header is
+    // ignored and the peer is the client.
     let xff = (facts.header)("x-forwarded-for");
-    let client_ip = match client_ip_from_forwarded_for(
-        facts.peer,
-        &xff,
-        c.snapshot.client_ip_detection.trusted_hops,
-    ) {
+    let hops = c
+        .trusted_peers
+        .hops_from(facts.peer, c.snapshot.client_ip_detection.trusted_hops);
+    let client_ip = match client_ip_from_forwarded_for(facts.peer, &xff, hops) {
         Ok(ip) => ip,
         Err(e) => return refuse(record, 400, "InvalidForwardedFor", Some(e.to_string())),
     };
@@ -815,14 +817,24 @@ mod tests {
         assert_eq!(host_only("[::1"), None);
     }
 
+    /// With `trusted_hops` > 0 the harness's peer (192.0.2.1) is trusted.
     fn compiled(trusted_hops: u32) -> Compiled {
+        let peers: &[&str] = if trusted_hops > 0 {
+            &["192.0.2.0/24"]
+        } else {
+            &[]
+        };
+        compiled_trusting(trusted_hops, peers)
+    }
+
+    fn compiled_trusting(trusted_hops: u32, peers: &[&str]) -> Compiled {
         let up =
             json!([{"kind": {"service": {"name": "s", "port": 80, "addresses": ["127.0.0.1:9"]}}}]);
         let target = json!([{"resource": {"namespace": "ns", "name": "app"}}]);
         let snap = json!({
             "schemaVersion": 1,
             "gateway": {"namespace": "rtn-system", "name": "edge"},
-            "clientIPDetection": {"trustedHops": trusted_hops},
+            "clientIPDetection": {"trustedHops": trusted_hops, "trustedPeerCIDRs": peers},
             "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
             "tenants": [{"name": "t", "domains": ["*.example.test"]}],
             "resources": [{
@@ -978,6 +990,14 @@ mod tests {
         // One trusted hop but no header: the request did not come through the proxy.
         let v = Harness::new().run(&compiled(1), "GET", "app.example.test", "/office", &[]);
         assert_eq!(status(&v), 400);
+        // A hop count, but the peer is not one of the trusted proxies (issue 14, item 9): the
+        // header is ignored (no 400 for a missing one either) and the peer is the client.
+        let elsewhere = compiled_trusting(1, &["10.0.0.0/8"]);
+        let v = Harness::new().run(&elsewhere, "GET", "app.example.test", "/office", &office);
+        assert_eq!(status(&v), 401, "{v:?}");
+        assert_eq!(v.record.client_ip, Some("192.0.2.1".parse().unwrap()));
+        let v = Harness::new().run(&elsewhere, "GET", "app.example.test", "/office", &[]);
+        assert_eq!(status(&v), 401, "{v:?}");
     }
 
     #[test]
@@ -1119,6 +1139,8 @@ mod tests {
                 subject: "u1".into(),
                 email: Some(email.into()),
                 groups: Vec::new(),
+                known_claims: Vec::new(),
+                claims: Default::default(),
                 issued_at: now - age,
                 expires_at: now - age + 3600,
             };

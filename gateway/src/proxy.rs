@@ -362,6 +362,7 @@ impl GatewayProxy {
             host: &host,
             https: self.listener.https,
             now,
+            session_claims: state.policies.session_claims(&tenant.name),
         };
         let reply = if is_callback {
             let reply = match oidc.callback(&at, &query, &cookies).await {
@@ -548,6 +549,7 @@ impl ProxyHttp for GatewayProxy {
                             host: &host,
                             https: self.listener.https,
                             now: unix_now(),
+                            session_claims: state.policies.session_claims(&t.name),
                         };
                         self.shared.oidc.begin(&at, &idp, &target).await
                     }
@@ -765,9 +767,16 @@ impl ProxyHttp for GatewayProxy {
             }
         }
 
+        let trusted = ctx.peer_ip.is_some_and(|p| {
+            state
+                .trusted_peers
+                .hops_from(p, state.snapshot.client_ip_detection.trusted_hops)
+                > 0
+        });
         let peer = ctx.peer_ip.map(|p| p.to_string()).unwrap_or_default();
-        let xff = if state.snapshot.client_ip_detection.trusted_hops == 0 {
-            // Nothing in front of the gateway is trusted: what the client wrote is dropped.
+        let xff = if !trusted {
+            // Nothing in front of the gateway is trusted, or this peer is not one of the
+            // trusted proxies: what the client wrote is dropped.
             peer
         } else {
             let prior: Vec<&str> = upstream

@@ -10,8 +10,9 @@
 //!  associated data = "v1" 0 tenant 0 purpose 0 kid   (bound, not encrypted)
 //! ```
 //!
-//! Why AEAD and not a signature: the session holds the user's email and groups, and the
-//! login state holds the PKCE verifier; both must be secret as well as unforgeable. Why one
+//! Why AEAD and not a signature: the session holds the user's email, groups and the claims
+//! the tenant's policies name ([`Session::known_claims`]), and the login state holds the
+//! PKCE verifier; both must be secret as well as unforgeable. Why one
 //! key per tenant and purpose: a session cookie of tenant A does not open at tenant B (its
 //! key and associated data differ), and a login-state cookie can never be replayed as a
 //! session. Nothing here is stored on the gateway, so any replica opens any cookie.
@@ -28,6 +29,7 @@ use ring::rand::SecureRandom;
 use rustronaut_contract::identity::UserIdentity;
 use rustronaut_contract::snapshot::SessionConfig;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The session cookie. `__Host-` makes browsers refuse it unless it is `Secure`, has
 /// `Path=/` and no `Domain`: it can only be set by this host over HTTPS and is never shared
@@ -41,6 +43,11 @@ pub const LOGIN_COOKIE: &str = "__Host-rtn_login";
 pub const MAX_COOKIE_LEN: usize = 3800;
 /// How long a login may take (from the redirect to the IdP to the callback).
 pub const LOGIN_STATE_SECONDS: u64 = 600;
+/// Most bytes (names and values, JSON-encoded) of claims a session carries. The whole
+/// cookie is bounded by [`MAX_COOKIE_LEN`] (about 2.8 KB of JSON after base64 and the AEAD
+/// overhead), which the email and groups need too; claims beyond this bound are left out
+/// and are unknown to policies (which then fail closed), rather than making the login fail.
+pub const MAX_SESSION_CLAIMS_BYTES: usize = 1024;
 
 const VERSION: &str = "v1";
 const SALT: &[u8] = b"rustronaut session v1";
@@ -248,6 +255,16 @@ pub struct Session {
     /// Groups from the provider's groups claim.
     #[serde(rename = "g", default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// The claims the session knows: those the tenant's policies named at login
+    /// ([`rustronaut_contract::PolicySet::session_claims`]) that fit
+    /// [`MAX_SESSION_CLAIMS_BYTES`], whether or not the provider gave them. Any other claim
+    /// is unknown to policies, and a rule on it fails closed; a session sealed before this
+    /// field existed knows none.
+    #[serde(rename = "k", default, skip_serializing_if = "Vec::is_empty")]
+    pub known_claims: Vec<String>,
+    /// The values of those of [`Self::known_claims`] the provider gave.
+    #[serde(rename = "c", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, Vec<String>>,
     /// Login time (unix seconds), for policies with a shorter `session` override.
     #[serde(rename = "t")]
     pub issued_at: u64,
@@ -270,17 +287,47 @@ impl Session {
         (now < s.expires_at && s.issued_at <= now.saturating_add(60)).then_some(s)
     }
 
-    /// The user the evaluator sees. Only the fields carried in the cookie: claims and
-    /// scopes of the ID token are not kept (cookie size), so policies matching on `claims`
-    /// or `scopes` do not match session users.
+    /// The user the evaluator sees: only what the cookie carries, and it says so
+    /// ([`UserIdentity::known_claims`]): claims it did not keep and scopes (it keeps none)
+    /// are unknown, so a Deny on them denies and an Allow requiring them does not allow,
+    /// instead of reading as "no such claim" (issue 14, item 7).
     pub fn user(&self) -> UserIdentity {
         UserIdentity {
             idp: self.idp.clone(),
             subject: self.subject.clone(),
             email: self.email.clone(),
             groups: self.groups.clone(),
-            ..UserIdentity::default()
+            claims: self.claims.clone(),
+            scopes: Vec::new(),
+            known_claims: Some(self.known_claims.iter().cloned().collect()),
         }
+    }
+
+    /// Keeps of `claims` (the verified ID token's, with userinfo's) those named in `wanted`
+    /// (sorted, as [`rustronaut_contract::PolicySet::session_claims`] gives them), in that
+    /// order, while they fit [`MAX_SESSION_CLAIMS_BYTES`]: a wanted claim the provider did
+    /// not give is known to be absent; one that does not fit is left unknown.
+    pub fn keep_claims(&mut self, wanted: &[String], claims: &BTreeMap<String, Vec<String>>) {
+        let mut used = 0;
+        for name in wanted {
+            let value = claims.get(name);
+            let size = serde_json::to_string(&(name, value)).map_or(usize::MAX, |j| j.len());
+            if used + size > MAX_SESSION_CLAIMS_BYTES {
+                continue;
+            }
+            used += size;
+            self.known_claims.push(name.clone());
+            if let Some(v) = value {
+                self.claims.insert(name.clone(), v.clone());
+            }
+        }
+    }
+
+    /// Forgets every claim: what [`crate::oidc`] falls back to when the sealed session
+    /// would not fit in a cookie (policies on claims then fail closed for it).
+    pub fn forget_claims(&mut self) {
+        self.known_claims.clear();
+        self.claims.clear();
     }
 }
 
@@ -388,9 +435,74 @@ mod tests {
             subject: "alice".into(),
             email: Some("alice@acme.test".into()),
             groups: vec!["eng".into(), "ops".into()],
+            known_claims: Vec::new(),
+            claims: BTreeMap::new(),
             issued_at: now,
             expires_at: now + 3600,
         }
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Issue 14, item 7: a session keeps the claims the tenant's policies name, says which
+    /// it knows, and a session sealed before it kept any knows none.
+    #[test]
+    fn sessions_keep_the_claims_policies_name_and_say_which_they_know() {
+        let rng = SystemRandom::new();
+        let k = keys("acme", &[("k1", 1)]);
+        let token: BTreeMap<String, Vec<String>> = [
+            ("amr", &["pwd", "mfa"][..]),
+            ("department", &["eng"]),
+            ("nonce", &["n"]),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), strings(v)))
+        .collect();
+        let mut s = session(1000);
+        s.keep_claims(&strings(&["amr", "contractor", "department"]), &token);
+        let opened = Session::open(&k, &s.seal(&k, &rng).unwrap(), 1001).unwrap();
+        assert_eq!(opened, s);
+        let u = opened.user();
+        assert_eq!(u.claims.get("amr"), Some(&strings(&["pwd", "mfa"])));
+        assert_eq!(
+            u.claims.get("nonce"),
+            None,
+            "not named by a policy: not kept"
+        );
+        assert!(
+            u.claim_known("contractor"),
+            "named, absent: known to be absent"
+        );
+        assert!(u.claim_known("amr") && u.claim_known("department"));
+        assert!(!u.claim_known("nonce") && !u.claim_known("email"));
+
+        // A cookie sealed before sessions kept claims (no "k" or "c"): nothing is known.
+        let old = br#"{"i":"corp","s":"alice","t":1000,"x":4600}"#;
+        let v = k.seal(Purpose::Session, old, &rng).unwrap();
+        let u = Session::open(&k, &v, 1001).unwrap().user();
+        assert_eq!(u.known_claims, Some(Default::default()));
+        assert!(!u.claim_known("amr"));
+    }
+
+    #[test]
+    fn claims_beyond_the_bound_are_left_unknown() {
+        let big = "x".repeat(MAX_SESSION_CLAIMS_BYTES / 2);
+        let token: BTreeMap<String, Vec<String>> = ["a", "b", "c"]
+            .into_iter()
+            .map(|n| (n.to_string(), vec![big.clone()]))
+            .collect();
+        let mut s = session(1000);
+        s.keep_claims(&strings(&["a", "b", "c", "d"]), &token);
+        // "a" fits, "b" would cross the bound, "c" too; "d" (absent) is small and fits.
+        assert_eq!(s.known_claims, strings(&["a", "d"]));
+        assert_eq!(s.claims.keys().collect::<Vec<_>>(), ["a"]);
+        let u = s.user();
+        assert!(!u.claim_known("b") && !u.claim_known("c"));
+        s.forget_claims();
+        assert!(s.known_claims.is_empty() && s.claims.is_empty());
+        assert!(!s.user().claim_known("a"));
     }
 
     #[test]

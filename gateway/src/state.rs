@@ -22,6 +22,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use rustronaut_contract::PolicySet;
 use rustronaut_contract::identity::apikey::{ApiKeyError, ApiKeyVerifier};
+use rustronaut_contract::identity::client_ip::TrustedPeers;
 use rustronaut_contract::identity::jwt::{Jwks, JwtError, JwtVerifier, JwtVerifierConfig};
 use rustronaut_contract::snapshot::{
     ClientCertificateMode, CompiledResource, IdentityProviderKind, JwksSource, ListenerProtocol,
@@ -230,6 +231,9 @@ pub struct Compiled {
     /// snapshot, so a certificate, CA or minimum-version change applies to the next
     /// connection.
     pub tcp_tls: HashMap<String, Arc<rustls::ServerConfig>>,
+    /// `clientIPDetection.trustedPeerCIDRs`: the only TCP peers whose PROXY header or
+    /// X-Forwarded-For is believed.
+    pub trusted_peers: TrustedPeers,
 }
 
 /// The rule index under which an L4 Resource's balancer is kept in [`Compiled::balancers`].
@@ -324,7 +328,11 @@ impl Compiled {
                 );
             }
         }
+        // Validation refused unparseable entries; were one to slip through, it trusts no one.
+        let trusted_peers = TrustedPeers::parse(&snapshot.client_ip_detection.trusted_peer_cidrs)
+            .unwrap_or_default();
         Ok(Self {
+            trusted_peers,
             version: snapshot.content_hash(),
             policies: PolicySet::from_snapshot(&snapshot),
             snapshot,

@@ -191,12 +191,28 @@ impl pingora::listeners::PreTlsProcess for ProxyProtocolPreTls {
                 format!("PROXY protocol: {why}"),
             )
         };
-        if !self
+        let Some(state) = self
             .store
             .current()
-            .is_some_and(|s| s.snapshot.client_ip_detection.proxy_protocol)
-        {
+            .filter(|s| s.snapshot.client_ip_detection.proxy_protocol)
+        else {
             return Ok(());
+        };
+        // Only a listed load balancer may say who the client is; a PROXY header from any
+        // other peer is refused before a byte of it is read (as HAProxy refuses one from a
+        // source it does not accept it from), and so is a direct connection without one.
+        let peer = SocketDigest::from_raw_fd(stream.as_raw_fd())
+            .peer_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        match peer {
+            Some(p) if state.trusted_peers.contains(p) => {}
+            Some(p) => {
+                return Err(refuse(format!(
+                    "peer {p} is not in clientIPDetection.trustedPeerCIDRs"
+                )));
+            }
+            None => return Err(refuse("no peer address".into())),
         }
         let read = async {
             let mut buf = Vec::new();

@@ -45,7 +45,11 @@ fn snapshot(http: u16, upstream: &str) -> Value {
 /// Writes `request` on a fresh connection and reads until the gateway closes it or 3 s
 /// pass; returns everything received.
 fn raw(port: u16, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw_on(TcpStream::connect(("127.0.0.1", port)).unwrap(), request)
+}
+
+/// [`raw`] on a connection already open (from another source address, say).
+fn raw_on(mut s: TcpStream, request: &[u8]) -> String {
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     // The gateway may answer and close before reading all of an oversized request.
     let _ = s.write_all(request);
@@ -1154,4 +1158,62 @@ fn route_conditions_cannot_be_dodged_by_repeats_or_head() {
         ["/x", "/admin/x"],
         "only the control requests reached the upstream"
     );
+}
+
+/// Issue 14, item 9: X-Forwarded-For is believed only from a peer in
+/// `clientIPDetection.trustedPeerCIDRs`. A client that reaches the gateway directly (a pod,
+/// a NodePort) and writes the office's address in the header is still itself to a
+/// `sourceCIDRs` rule, and its header does not reach the upstream; the trusted proxy
+/// (127.0.0.2 here) still speaks for its clients.
+#[test]
+fn forwarded_for_from_an_untrusted_peer_does_not_choose_the_client_address() {
+    let up = Upstream::start("a");
+    let http = free_port();
+    let mut snap = snapshot(http, &up.addr.to_string());
+    snap["clientIPDetection"] = json!({"trustedHops": 1, "trustedPeerCIDRs": ["127.0.0.2/32"]});
+    snap["policies"] = json!([
+        {"namespace": "acme-apps", "name": "office", "tenant": "acme", "action": "Allow",
+         "targets": [{"resource": {"namespace": "acme-apps", "name": "app"}}],
+         "rules": [{"name": "office", "from": [{"sourceCIDRs": {"cidrs": ["203.0.113.0/24"]}}]}]},
+        {"namespace": "acme-apps", "name": "public", "tenant": "acme", "action": "Allow",
+         "targets": [{"resource": {"namespace": "acme-apps", "name": "app"}}],
+         "rules": [{"name": "anyone", "from": ["anonymous"],
+                    "to": [{"paths": [{"type": "PathPrefix", "value": "/public"}]}]}]}
+    ]);
+    let gw = Gateway::start(&snap);
+    let request = format!(
+        "GET /office HTTP/1.1\r\nHost: {HOST}\r\nX-Forwarded-For: 203.0.113.9\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let untrusted = std::net::Ipv4Addr::new(127, 0, 0, 1);
+    let trusted = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+    // From an untrusted peer: the forged office address is ignored.
+    let got = raw_on(connect_from(untrusted, http), request.as_bytes());
+    assert_eq!(statuses(&got), vec![401], "{got}\n{}", gw.log());
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Nor does it need to send the header at all (no 400 for "too few hops").
+    let bare = format!("GET /office HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let got = raw_on(connect_from(untrusted, http), bare.as_bytes());
+    assert_eq!(statuses(&got), vec![401], "{got}");
+    // Where it is allowed anyway, the upstream sees the peer, not the forged list.
+    let public = request.replace("/office", "/public/x");
+    let got = raw_on(connect_from(untrusted, http), public.as_bytes());
+    assert_eq!(statuses(&got), vec![200], "{got}");
+    let echoed: Value = serde_json::from_str(body_of(&got)).unwrap();
+    assert_eq!(echoed["headers"]["x-forwarded-for"], json!(["127.0.0.1"]));
+
+    // From the trusted proxy: its entry is the client.
+    let got = raw_on(connect_from(trusted, http), request.as_bytes());
+    assert_eq!(statuses(&got), vec![200], "{got}\n{}", gw.log());
+    let echoed: Value = serde_json::from_str(body_of(&got)).unwrap();
+    assert_eq!(
+        echoed["headers"]["x-forwarded-for"],
+        json!(["203.0.113.9, 127.0.0.2"])
+    );
+
+    let log = gw.log();
+    assert!(log.contains("\"client_ip\":\"127.0.0.1\""), "{log}");
+    assert!(log.contains("\"client_ip\":\"203.0.113.9\""), "{log}");
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

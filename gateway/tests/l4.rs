@@ -10,7 +10,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -514,7 +514,8 @@ fn proxy_protocol_sets_the_client_ip_policies_see() {
         json!([allow("partner", "app", cidrs(&["203.0.113.0/24"]))]),
         json!([]),
     );
-    snap["clientIPDetection"] = json!({"proxyProtocol": true});
+    snap["clientIPDetection"] =
+        json!({"proxyProtocol": true, "trustedPeerCIDRs": ["127.0.0.1/32"]});
     let gw = Gateway::start(&snap);
     let base = up.conns();
 
@@ -580,7 +581,7 @@ fn reloads_apply_to_new_connections_and_a_broken_snapshot_is_refused() {
     });
     // PROXY protocol with an HTTP listener: refused (the HTTP proxy does not parse it).
     let mut http = snap.clone();
-    http["clientIPDetection"] = json!({"proxyProtocol": true});
+    http["clientIPDetection"] = json!({"proxyProtocol": true, "trustedPeerCIDRs": ["127.0.0.0/8"]});
     http["listeners"]
         .as_array_mut()
         .unwrap()
@@ -984,6 +985,16 @@ fn sigterm_stops_l4_listeners_and_the_process_exits() {
 /// An HTTPS request on a fresh connection that starts with `header` (a PROXY header);
 /// `Ok(response text)`, or `Err` when the connection was refused or closed.
 fn https_after_header(port: u16, header: &[u8], ca_pem: &str) -> Result<String, String> {
+    https_after_header_from(Ipv4Addr::LOCALHOST, port, header, ca_pem)
+}
+
+/// [`https_after_header`] from source address `from` (a loopback address).
+fn https_after_header_from(
+    from: Ipv4Addr,
+    port: u16,
+    header: &[u8],
+    ca_pem: &str,
+) -> Result<String, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1001,7 +1012,12 @@ fn https_after_header(port: u16, header: &[u8], ca_pem: &str) -> Result<String, 
         .with_root_certificates(roots)
         .with_no_client_auth();
         let work = async {
-            let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+            socket
+                .bind(SocketAddr::new(from.into(), 0))
+                .map_err(|e| e.to_string())?;
+            let mut tcp = socket
+                .connect(SocketAddr::from(([127, 0, 0, 1], port)))
                 .await
                 .map_err(|e| e.to_string())?;
             tcp.write_all(header).await.map_err(|e| e.to_string())?;
@@ -1041,7 +1057,8 @@ fn proxy_protocol_on_https_listeners_sets_the_client_ip() {
         json!([allow("partner", "app", cidrs(&["203.0.113.0/24"]))]),
         json!([]),
     );
-    snap["clientIPDetection"] = json!({"proxyProtocol": true});
+    snap["clientIPDetection"] =
+        json!({"proxyProtocol": true, "trustedPeerCIDRs": ["127.0.0.1/32"]});
     let gw = Gateway::start(&snap);
 
     let ok = format!("PROXY TCP4 203.0.113.9 127.0.0.1 40000 {port}\r\n");
@@ -1381,4 +1398,77 @@ fn tls_on_a_tcp_listener_follows_reloads_and_enforces_the_minimum_version() {
     let got = tcp_roundtrip(port, b"", b"plain again").unwrap_or_default();
     assert_ne!(got, b"plain again", "plain TCP after TLS was switched on");
     assert!(gw.log().contains("\"reason\":\"TlsHandshakeFailed\""));
+}
+
+/// Issue 14, item 9: a PROXY header is believed only from a peer in
+/// `clientIPDetection.trustedPeerCIDRs` (the load balancer, 127.0.0.2 here). A client that
+/// reaches the listener directly and sends one naming an allowed address is refused before
+/// its header is read, on TCP and HTTPS listeners alike; the load balancer still speaks for
+/// its clients.
+#[test]
+fn a_proxy_header_from_an_untrusted_peer_is_refused() {
+    let up = Echo::start(None);
+    let web = Upstream::start("office");
+    let pki = Pki::new("gateway ca");
+    let (chain, key) = pki.server(&["app.acme.test"]);
+    let (tcp, https) = (free_port(), free_port());
+    let mut snap = snapshot(
+        json!([{"name": "tcp", "port": tcp, "protocol": "TCP"},
+               {"name": "https", "port": https, "protocol": "HTTPS",
+                "tls": {"certificates": [{"name": "app", "hostnames": ["app.acme.test"],
+                        "certificateChainPem": chain, "privateKeyPem": key}]}}]),
+        json!([port_resource("db", "TCP", "tcp", tcp, up.addr),
+               {"namespace": NS, "name": "app", "tenant": "acme", "protocol": "HTTP",
+                "listeners": ["https"], "hostnames": ["app.acme.test"],
+                "rules": [{"name": "all", "upstreams": service(web.addr)}]}]),
+        json!([
+            allow("partner-db", "db", cidrs(&["203.0.113.0/24"])),
+            allow("partner-app", "app", cidrs(&["203.0.113.0/24"]))
+        ]),
+        json!([]),
+    );
+    snap["clientIPDetection"] =
+        json!({"proxyProtocol": true, "trustedPeerCIDRs": ["127.0.0.2/32"]});
+    let gw = Gateway::start(&snap);
+    let untrusted = Ipv4Addr::LOCALHOST;
+    let lb = Ipv4Addr::new(127, 0, 0, 2);
+    let roundtrip = |from: Ipv4Addr, header: &[u8]| -> Vec<u8> {
+        let mut s = connect_from(from, tcp);
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(&[header, b"hello"].concat());
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    };
+
+    // TCP: the forged header from a direct client closes the connection unread.
+    let header = format!("PROXY TCP4 203.0.113.9 127.0.0.1 40000 {tcp}\r\n");
+    assert_eq!(roundtrip(untrusted, header.as_bytes()), b"");
+    assert_eq!(
+        roundtrip(untrusted, &proxy_v2([203, 0, 113, 9], 1, tcp)),
+        b""
+    );
+    assert_eq!(up.conns(), 0, "nothing reached the upstream");
+    // From the load balancer the same header is the client.
+    let mut s = connect_from(lb, tcp);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[header.as_bytes(), b"hello"].concat())
+        .unwrap();
+    let mut five = [0u8; 5];
+    s.read_exact(&mut five).unwrap();
+    assert_eq!(&five, b"hello");
+    drop(s);
+
+    // HTTPS: likewise, refused before the handshake.
+    let header = format!("PROXY TCP4 203.0.113.9 127.0.0.1 40000 {https}\r\n");
+    let e = https_after_header_from(untrusted, https, header.as_bytes(), &pki.ca_pem).unwrap_err();
+    assert!(!e.starts_with("HTTP/"), "{e}");
+    assert_eq!(web.hits.load(Ordering::SeqCst), 0);
+    let r = https_after_header_from(lb, https, header.as_bytes(), &pki.ca_pem).unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}\n{}", gw.log());
+    assert_eq!(web.hits.load(Ordering::SeqCst), 1);
+
+    let log = gw.log();
+    assert!(log.contains("\"reason\":\"UntrustedProxyPeer\""), "{log}");
+    assert!(log.contains("\"client_ip\":\"203.0.113.9\""), "{log}");
 }

@@ -1,12 +1,14 @@
 //! The client address behind load balancers: PROXY protocol v1/v2 headers (parsed from the
 //! first bytes of a connection) and X-Forwarded-For with a trusted hop count.
 //!
-//! Both are only trusted when the Gateway says so (`clientIPDetection`): with neither, the
-//! client is the TCP peer. `sourceCIDRs` principals match the result, so getting this wrong
+//! Both are only trusted when the Gateway says so (`clientIPDetection`), and only from the
+//! TCP peers it lists ([`TrustedPeers`], `trustedPeerCIDRs`): from any other peer, or with
+//! neither, the client is the TCP peer. A hop count alone would let any client that reaches
+//! the gateway directly (a pod, a NodePort) write its own address (issue 14, item 9). `sourceCIDRs` principals match the result, so getting this wrong
 //! either lets clients spoof their address or locks everyone out. Hence: strict parsing,
 //! malformed input is an error (close the connection / 400), never "best effort".
 
-use crate::cidr::canonical_ip;
+use crate::cidr::{Cidr, CidrError, canonical_ip};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The v2 signature.
@@ -258,12 +260,40 @@ fn parse_v2(buf: &[u8]) -> Result<ProxyHeader, ClientIpError> {
     })
 }
 
+/// The peers whose PROXY header and X-Forwarded-For are believed (`trustedPeerCIDRs`).
+/// Parsed once per snapshot. Empty trusts nobody.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedPeers(Vec<Cidr>);
+
+impl TrustedPeers {
+    /// Parses the snapshot's list.
+    pub fn parse(cidrs: &[String]) -> Result<Self, CidrError> {
+        cidrs
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    /// Whether `peer` (the TCP peer; IPv4-mapped IPv6 counts as IPv4) is listed.
+    pub fn contains(&self, peer: IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(peer))
+    }
+
+    /// The hop count to apply to a request from `peer`: `trusted_hops` from a listed peer,
+    /// 0 (ignore X-Forwarded-For, the peer is the client) from any other.
+    pub fn hops_from(&self, peer: IpAddr, trusted_hops: u32) -> u32 {
+        if self.contains(peer) { trusted_hops } else { 0 }
+    }
+}
+
 /// The client address from X-Forwarded-For, given the TCP peer and the number of trusted
 /// proxies in front of the gateway that each append the address they received from.
 ///
 /// With `trusted_hops = N` the client is the N-th entry from the right (the one the outermost
 /// trusted proxy appended); entries further left were written by the client and are ignored.
-/// `N = 0` ignores the header and returns the peer. Several header lines count as one list,
+/// `N = 0` ignores the header and returns the peer. The caller passes 0 unless the peer is
+/// one of the [`TrustedPeers`] ([`TrustedPeers::hops_from`]). Several header lines count as one list,
 /// in order. Entries may carry a port (`1.2.3.4:5678`, `[2001:db8::1]:443`). The result is
 /// canonical (IPv4-mapped IPv6 becomes IPv4).
 pub fn client_ip_from_forwarded_for(
@@ -298,6 +328,24 @@ pub fn client_ip_from_forwarded_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_peers() {
+        let peers = TrustedPeers::parse(&["10.0.0.0/8".into(), "2001:db8::/32".into()]).unwrap();
+        let lb: IpAddr = "10.1.2.3".parse().unwrap();
+        let mapped_lb: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        let pod: IpAddr = "192.168.1.5".parse().unwrap();
+        let forged = ["203.0.113.7"];
+        assert_eq!(peers.hops_from(lb, 1), 1);
+        assert_eq!(peers.hops_from(mapped_lb, 1), 1);
+        assert_eq!(peers.hops_from("2001:db8::1".parse().unwrap(), 2), 2);
+        assert_eq!(peers.hops_from(pod, 1), 0);
+        let from = |peer| client_ip_from_forwarded_for(peer, &forged, peers.hops_from(peer, 1));
+        assert_eq!(from(lb), Ok("203.0.113.7".parse().unwrap()));
+        assert_eq!(from(pod), Ok(pod), "an untrusted peer's header is ignored");
+        assert_eq!(TrustedPeers::default().hops_from(lb, 1), 0);
+        assert!(TrustedPeers::parse(&["10.0.0.0/33".into()]).is_err());
+    }
 
     fn sa(s: &str) -> Option<SocketAddr> {
         Some(s.parse().unwrap())

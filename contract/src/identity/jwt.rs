@@ -742,5 +742,6 @@ pub fn identity_from_claims(
         groups,
         claims,
         scopes,
+        known_claims: None,
     }
 }

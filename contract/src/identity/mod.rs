@@ -33,7 +33,7 @@ pub mod jwt;
 pub mod site;
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// Verified facts about the caller of one request.
@@ -96,6 +96,23 @@ pub struct UserIdentity {
     /// OAuth scopes (`scope`, space-separated, or `scp`).
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// `None` (a bearer token): every claim and scope of the token is here, and a claim not
+    /// in [`Self::claims`] is absent. `Some(names)` (a browser session): the session carries
+    /// only the claims named here (those the tenant's policies named when the user logged
+    /// in, within a size bound) and no scopes; any other claim, and every scope, is
+    /// **unknown**, and a rule on it fails closed (a Deny on it denies, an Allow requiring
+    /// it does not allow). Without this, a Deny on a claim never matched a session user
+    /// whom it denied with a bearer token (issue 14, item 7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_claims: Option<BTreeSet<String>>,
+}
+
+impl UserIdentity {
+    /// Whether the identity says whether claim `name` is present (see
+    /// [`Self::known_claims`]).
+    pub fn claim_known(&self, name: &str) -> bool {
+        self.known_claims.as_ref().is_none_or(|k| k.contains(name))
+    }
 }
 
 /// Facts from a verified client certificate.

@@ -29,7 +29,7 @@
 //! JSON shape (camelCase; `?` optional, `[]` list, `|` one of):
 //! ```text
 //! { schemaVersion: 1, gateway: {namespace, name},
-//!   clientIPDetection: {proxyProtocol: bool, trustedHops: n},
+//!   clientIPDetection: {proxyProtocol: bool, trustedHops: n, trustedPeerCIDRs: [cidr]},
 //!   listeners: [{name, port, protocol: HTTP|HTTPS|TLSPassthrough|TCP|UDP, hostname?,
 //!                tls?: {certificates: [{name, hostnames[], certificateChainPem, privateKeyPem}],
 //!                       minVersion: "1.2"|"1.3"},
@@ -195,6 +195,25 @@ pub struct ClientIpDetection {
     /// header is ignored).
     #[serde(default)]
     pub trusted_hops: u32,
+    /// The TCP peers (CIDRs) whose PROXY header and X-Forwarded-For are believed. From any
+    /// other peer the socket address is the client: X-Forwarded-For is ignored (and replaced
+    /// upstream) and a PROXY header is refused (the connection is closed). Required (non-empty)
+    /// when `proxyProtocol` is on or `trustedHops` > 0: a hop count alone let any pod or
+    /// NodePort client choose its address (issue 14, item 9). Default: empty.
+    #[serde(
+        default,
+        rename = "trustedPeerCIDRs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub trusted_peer_cidrs: Vec<String>,
+}
+
+impl ClientIpDetection {
+    /// Whether the client address may come from something other than the socket: a PROXY
+    /// header or X-Forwarded-For. Then [`Self::trusted_peer_cidrs`] must say from whom.
+    pub fn trusts_forwarding(&self) -> bool {
+        self.proxy_protocol || self.trusted_hops > 0
+    }
 }
 
 /// A listener.

@@ -165,6 +165,11 @@ pub enum ValidationErrorKind {
     /// A CIDR that does not parse.
     #[error("{0}")]
     InvalidCidr(CidrError),
+    /// `proxyProtocol` or `trustedHops` without the peers to believe them from.
+    #[error(
+        "must list the load balancers or proxies (CIDRs) whose PROXY header or X-Forwarded-For is believed when proxyProtocol is on or trustedHops > 0"
+    )]
+    NoTrustedPeers,
     /// An IP address that does not parse or is outside its pool.
     #[error("invalid address {0:?}")]
     InvalidAddress(String),
@@ -293,6 +298,7 @@ pub(super) fn validate(s: &Snapshot) -> Vec<ValidationError> {
     }
     e.non_empty("gateway.namespace", &s.gateway.namespace);
     e.non_empty("gateway.name", &s.gateway.name);
+    client_ip_detection(s, &mut e);
     listeners(s, &mut e);
     tenants(s, &mut e);
     if let Some(t) = &s.tunnel {
@@ -301,6 +307,27 @@ pub(super) fn validate(s: &Snapshot) -> Vec<ValidationError> {
     resources(s, &mut e);
     policies(s, &mut e);
     e.0
+}
+
+/// A PROXY header or X-Forwarded-For is believed only from listed peers, so a snapshot that
+/// believes either must list them: an empty list would trust nobody and break every
+/// connection through the load balancer, or (as before) trust everybody.
+fn client_ip_detection(s: &Snapshot, e: &mut Errors) {
+    let c = &s.client_ip_detection;
+    for (i, v) in c.trusted_peer_cidrs.iter().enumerate() {
+        if let Err(err) = v.parse::<Cidr>() {
+            e.push(
+                format!("clientIPDetection.trustedPeerCIDRs[{i}]"),
+                ValidationErrorKind::InvalidCidr(err),
+            );
+        }
+    }
+    if c.trusts_forwarding() && c.trusted_peer_cidrs.is_empty() {
+        e.push(
+            "clientIPDetection.trustedPeerCIDRs",
+            ValidationErrorKind::NoTrustedPeers,
+        );
+    }
 }
 
 fn listeners(s: &Snapshot, e: &mut Errors) {

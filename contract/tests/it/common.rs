@@ -444,6 +444,7 @@ pub fn user(idp: &str, sub: &str, groups: &[&str]) -> Identity {
             groups: groups.iter().map(|s| s.to_string()).collect(),
             claims: BTreeMap::new(),
             scopes: vec![],
+            known_claims: None,
         }),
         ..nobody()
     }
@@ -470,6 +471,22 @@ pub fn with_unverified_email(mut id: Identity, email: &str) -> Identity {
     if let Some(u) = id.user.as_mut() {
         u.email = None;
         u.claims.insert("email".into(), vec![email.into()]);
+    }
+    id
+}
+
+/// The user as a browser session sees it: only the claims named in `known` are carried (see
+/// `UserIdentity::known_claims`); their values stay as `id` has them.
+pub fn without_email(mut id: Identity) -> Identity {
+    if let Some(u) = id.user.as_mut() {
+        u.email = None;
+    }
+    id
+}
+
+pub fn as_session(mut id: Identity, known: &[&str]) -> Identity {
+    if let Some(u) = id.user.as_mut() {
+        u.known_claims = Some(known.iter().map(|s| s.to_string()).collect());
     }
     id
 }

@@ -1359,6 +1359,166 @@ fn cases() -> Vec<Case> {
             get("/", with_unverified_email(alice(), "eve@acme.example")),
         )
         .denied_by("d", "r"),
+        // Issue 14, item 7: a browser session carries only the claims the tenant's policies
+        // named at login. What it does not carry is unknown and fails closed.
+        case(
+            "a Deny on a claim a session does not carry denies it",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(claim("contractor", "true"))),
+            ],
+            get("/", as_session(alice(), &[])),
+        )
+        .denied_by("d", "r"),
+        case(
+            "a Deny on a claim a session carries decides by its value",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(claim("contractor", "true"))),
+            ],
+            get(
+                "/",
+                as_session(
+                    with_claim(alice(), "contractor", &["false"]),
+                    &["contractor"],
+                ),
+            ),
+        )
+        .allowed_by("open", "r"),
+        case(
+            "a claim a session knows to be absent does not match a Deny",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(claim("contractor", "true"))),
+            ],
+            get("/", as_session(alice(), &["contractor"])),
+        )
+        .allowed_by("open", "r"),
+        case(
+            "a Deny on a claim a session carries matches it",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(claim("contractor", "true"))),
+            ],
+            get(
+                "/",
+                as_session(
+                    with_claim(alice(), "contractor", &["true"]),
+                    &["contractor"],
+                ),
+            ),
+        )
+        .denied_by("d", "r"),
+        case(
+            "an Allow requiring a claim a session does not carry does not allow",
+            vec![
+                allow("p").target("grafana").rule(
+                    rule("mfa")
+                        .from(group(None, "ops"))
+                        .require(claim("amr", "mfa")),
+                ),
+            ],
+            get(
+                "/",
+                as_session(
+                    with_claim(user("okta", "o", &["ops"]), "amr", &["mfa"]),
+                    &[],
+                ),
+            ),
+        )
+        .denied(Reason::NoAllowMatched),
+        case(
+            "an Allow exclude on a claim a session does not carry excludes it",
+            vec![
+                allow("p").target("grafana").rule(
+                    rule("r")
+                        .from(anyone())
+                        .exclude(claim("contractor", "true")),
+                ),
+            ],
+            get("/", as_session(alice(), &[])),
+        )
+        .denied(Reason::NoAllowMatched),
+        case(
+            "a Deny exclude on a claim a session does not carry spares no one",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone()).exclude(claim("amr", "mfa"))),
+            ],
+            get("/", as_session(with_claim(alice(), "amr", &["mfa"]), &[])),
+        )
+        .denied_by("d", "r"),
+        case(
+            "a Deny on a scope denies a session (sessions carry no scopes)",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(user_p(UserPrincipal {
+                        scopes: vec!["guest".into()],
+                        ..Default::default()
+                    }))),
+            ],
+            get("/", as_session(alice(), &[])),
+        )
+        .denied_by("d", "r"),
+        case(
+            "a Deny on emails denies a session that carries neither an email nor the claim",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(user_p(UserPrincipal {
+                        emails: vec!["mallory@acme.example".into()],
+                        ..Default::default()
+                    }))),
+            ],
+            get("/", as_session(without_email(alice()), &[])),
+        )
+        .denied_by("d", "r"),
+        case(
+            "a Deny on emails spares a session whose email is known to be another",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("r").from(anyone())),
+                deny("d")
+                    .target("grafana")
+                    .rule(rule("r").from(user_p(UserPrincipal {
+                        emails: vec!["mallory@acme.example".into()],
+                        ..Default::default()
+                    }))),
+            ],
+            get(
+                "/",
+                as_session(with_email(alice(), "alice@acme.example"), &[]),
+            ),
+        )
+        .allowed_by("open", "r"),
         case(
             "scopes are all required: one missing",
             vec![
@@ -1712,4 +1872,37 @@ fn reachable_reports_default_deny() {
         !set.reachable("acme-apps", "grafana"),
         "dry-run allows do not make a Resource reachable"
     );
+}
+
+/// Issue 14, item 7: what a browser session must carry is every claim the tenant's
+/// policies name (any action, mode and clause), plus the raw `email` claim when a policy
+/// names emails (a restricting clause reads it); another tenant's policies add nothing.
+#[test]
+fn session_claims_are_the_claims_a_tenants_policies_name() {
+    let policies = vec![
+        deny("d")
+            .target("grafana")
+            .rule(rule("r").from(claim("contractor", "true")))
+            .build(),
+        allow("a")
+            .target("grafana")
+            .rule(
+                rule("r")
+                    .from(group(None, "ops"))
+                    .require(claim("amr", "mfa"))
+                    .exclude(email("mallory@acme.example")),
+            )
+            .dry_run()
+            .build(),
+        allow("g")
+            .tenant("globex-apps", "globex")
+            .rule(rule("r").from(claim("department", "sales")))
+            .build(),
+    ];
+    let set = PolicySet::compile(&tenants(), &resources(), &policies);
+    assert_eq!(set.session_claims("acme"), ["amr", "contractor", "email"]);
+    assert_eq!(set.session_claims("globex"), ["department"]);
+    assert!(set.session_claims("nobody").is_empty());
+    let none = PolicySet::compile(&tenants(), &resources(), &[]);
+    assert!(none.session_claims("acme").is_empty());
 }

@@ -201,7 +201,7 @@ fn content_hash_depends_on_content_only() {
     assert_ne!(s6.content_hash(), h);
     // The canonical form has sorted keys and no whitespace.
     let canon = String::from_utf8(s.canonical_json()).unwrap();
-    assert!(canon.starts_with("{\"clientIPDetection\":{\"proxyProtocol\":true,\"trustedHops\":0},\"gateway\":{\"name\":\"edge\",\"namespace\":\"rtn-system\"}"), "{}", &canon[..120]);
+    assert!(canon.starts_with("{\"clientIPDetection\":{\"proxyProtocol\":true,\"trustedHops\":0,\"trustedPeerCIDRs\":[\"10.0.0.0/8\"]},\"gateway\":{\"name\":\"edge\",\"namespace\":\"rtn-system\"}"), "{}", &canon[..120]);
 }
 
 fn kinds(s: &Snapshot) -> Vec<ValidationError> {
@@ -214,6 +214,37 @@ fn has(
     pred: impl Fn(&ValidationErrorKind) -> bool,
 ) -> bool {
     errors.iter().any(|e| e.path == path && pred(&e.kind))
+}
+
+/// Issue 14, item 9: a PROXY header or X-Forwarded-For is believed only from listed peers,
+/// so turning either on without listing them is refused (not read as "trust everyone").
+#[test]
+fn forwarded_addresses_need_trusted_peers() {
+    let mut s = snapshot(vec![]);
+    assert_eq!(kinds(&s), vec![]);
+    for (proxy_protocol, trusted_hops) in [(true, 0), (false, 1), (true, 2)] {
+        s.client_ip_detection = ClientIpDetection {
+            proxy_protocol,
+            trusted_hops,
+            trusted_peer_cidrs: vec![],
+        };
+        let e = kinds(&s);
+        assert!(
+            has(&e, "clientIPDetection.trustedPeerCIDRs", |k| matches!(
+                k,
+                ValidationErrorKind::NoTrustedPeers
+            )),
+            "{e:?}"
+        );
+        s.client_ip_detection.trusted_peer_cidrs = vec!["10.0.0.0/8".into(), "fd00::/8".into()];
+        assert_eq!(kinds(&s), vec![]);
+    }
+    s.client_ip_detection.trusted_peer_cidrs = vec!["10.0.0.0/40".into()];
+    assert!(has(
+        &kinds(&s),
+        "clientIPDetection.trustedPeerCIDRs[0]",
+        |k| matches!(k, ValidationErrorKind::InvalidCidr(_))
+    ));
 }
 
 #[test]

@@ -143,6 +143,13 @@ async fn handle(
     // Bytes read from the client and not yet forwarded.
     let mut buf = Vec::new();
     if state.snapshot.client_ip_detection.proxy_protocol {
+        // Only a listed load balancer may say who the client is: a connection from any other
+        // peer is refused before its first byte is read, header or not.
+        if !state.trusted_peers.contains(client_ip) {
+            let r = "UntrustedProxyPeer";
+            let d = format!("peer {client_ip} is not in clientIPDetection.trustedPeerCIDRs");
+            return refuse_early(shared, kind, port, peer, client_ip, r, d);
+        }
         let header =
             tokio::time::timeout_at(deadline, read_proxy_header(&mut stream, &mut buf)).await;
         match header {

@@ -648,3 +648,25 @@ impl OtlpReceiver {
 pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A TCP connection to the gateway (127.0.0.1:`port`) whose source address is `from`, any
+/// address of 127.0.0.0/8 (all of it is the loopback on Linux): tests of which peers a
+/// gateway trusts use 127.0.0.1 for an untrusted client and another loopback address for
+/// the trusted load balancer.
+pub fn connect_from(from: std::net::Ipv4Addr, port: u16) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from.into(), 0)).unwrap();
+        let s = socket
+            .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap_or_else(|e| panic!("connecting from {from} to port {port}: {e}"));
+        let s = s.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    })
+}
