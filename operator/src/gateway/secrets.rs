@@ -34,6 +34,9 @@ use std::sync::{Arc, Mutex};
 /// `(namespace, name)` of a Secret.
 pub type SecretKey = (String, String);
 
+/// Data of the Secrets users name: key -> (resourceVersion read at, the Secret).
+type Held = BTreeMap<SecretKey, (String, Arc<Secret>)>;
+
 /// GETs in flight at once while refreshing.
 const CONCURRENCY: usize = 8;
 
@@ -45,7 +48,7 @@ pub struct SecretCache {
     /// The operator's own Secrets, whole.
     pub own: Store<Secret>,
     /// Data of the Secrets users name, with the resourceVersion it was read at.
-    referenced: Arc<Mutex<BTreeMap<SecretKey, (String, Arc<Secret>)>>>,
+    referenced: Arc<Mutex<Held>>,
 }
 
 /// Every Secret named by `tenants` (identity-provider material, in the Tenant's admin
