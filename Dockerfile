@@ -3,6 +3,7 @@
 #
 #   docker build --target operator -t rustronaut/operator:dev .
 #   docker build --target gateway  -t rustronaut/gateway:dev  .
+#   docker build --target connector -t rustronaut/connector:dev .
 #
 # The same images are built without a container engine by `make images`
 # (e2e/src/image.rs: the binaries, the glibc libraries they link, CA certificates and the
@@ -43,3 +44,10 @@ LABEL org.opencontainers.image.title="rustronaut-gateway"
 COPY --from=build /out/rustronaut-gateway /out/rustronaut-tunnel /usr/local/bin/
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/rustronaut-gateway"]
+
+# The remote-site connector alone (docs/tunnel.md, "Running a site connector").
+FROM runtime AS connector
+LABEL org.opencontainers.image.title="rustronaut-connector"
+COPY --from=build /out/rustronaut-tunnel /usr/local/bin/
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/rustronaut-tunnel"]

@@ -22,6 +22,7 @@ declare -A want=(
 	[/bin/busybox]=busybox-static   # the test workloads' image (static)
 	[/etc/ssl/certs/ca-certificates.crt]=ca-certificates
 	[strip]=binutils
+	[systemd-analyze]=systemd   # verifies the site connector's unit (tunnel/tests/systemd.rs)
 )
 missing=()
 for cmd in "${!want[@]}"; do

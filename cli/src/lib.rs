@@ -2,6 +2,8 @@
 //! them without spawning the binary (they spawn it too, to check exit codes).
 #![forbid(unsafe_code)]
 
+pub mod site;
+
 use anyhow::{Context, Result, anyhow, bail};
 use rustronaut_compile::policytest::{Prepared, compile, run_all};
 use rustronaut_compile::world::World;

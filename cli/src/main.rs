@@ -39,6 +39,39 @@ enum Cmd {
         #[command(subcommand)]
         command: ApiKeyCmd,
     },
+    /// Remote sites of a Gateway's tunnel.
+    Site {
+        #[command(subcommand)]
+        command: SiteCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SiteCmd {
+    /// Print the connector configuration of a site (YAML for `rustronaut-tunnel connect
+    /// --config`), from the Gateway's status, its hub configuration and the hub replicas'
+    /// Services, read with your kubeconfig.
+    Config {
+        /// The Gateway.
+        gateway: String,
+        /// The site, as named in the Gateway's spec.tunnel.sites.
+        site: String,
+        /// Namespace of the Gateway (default: the kubeconfig context's).
+        #[arg(long, short)]
+        namespace: Option<String>,
+        /// Path of the site's private key file at the site, written into the configuration.
+        #[arg(long, default_value = "/etc/rustronaut/site.key")]
+        private_key_file: PathBuf,
+        /// For a site without spec.publicKey: also copy the key the operator generated (Secret
+        /// <gateway>-site-<site>) into this local file (created with mode 0600, never
+        /// overwritten), to carry to the site.
+        #[arg(long)]
+        write_private_key: Option<PathBuf>,
+        /// Reach the hub replicas at this node address, on their Services' node ports, instead
+        /// of at their load balancers' addresses (NodePort Services, or no load balancer).
+        #[arg(long)]
+        endpoint_host: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,5 +200,126 @@ fn run() -> Result<ExitCode> {
             println!("{client_id}: {}", hash_api_key(key)?);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Site {
+            command:
+                SiteCmd::Config {
+                    gateway,
+                    site,
+                    namespace,
+                    private_key_file,
+                    write_private_key,
+                    endpoint_host,
+                },
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let yaml = runtime.block_on(site_config(
+                &gateway,
+                &site,
+                namespace,
+                &private_key_file,
+                write_private_key.as_deref(),
+                endpoint_host.as_deref(),
+            ))?;
+            print!("{yaml}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `rustronaut site config`: reads the Gateway, its hub configuration, the replicas' Services
+/// (and with `write_key`, the site's generated key) and prints the connector configuration.
+async fn site_config(
+    gateway: &str,
+    site: &str,
+    namespace: Option<String>,
+    private_key_file: &std::path::Path,
+    write_key: Option<&std::path::Path>,
+    endpoint_host: Option<&str>,
+) -> Result<String> {
+    use k8s_openapi::api::core::v1::{Secret, Service};
+    use kube::Api;
+    use rustronaut_crds::gateway::tunnel_names as names;
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (KUBECONFIG, ~/.kube/config)")?;
+    let ns = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let gateways: Api<rustronaut_crds::Gateway> = Api::namespaced(client.clone(), &ns);
+    let gw = gateways
+        .get(gateway)
+        .await
+        .with_context(|| format!("reading Gateway {ns}/{gateway}"))?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let hub_secret = secrets
+        .get_opt(&names::config(gateway))
+        .await
+        .with_context(|| format!("reading Secret {ns}/{}", names::config(gateway)))?
+        .with_context(|| {
+            format!(
+                "Secret {ns}/{} does not exist yet: the operator writes it once the Gateway has a tunnel",
+                names::config(gateway)
+            )
+        })?;
+    let text = hub_secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(names::HUB_CONFIG))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .with_context(|| {
+            format!(
+                "Secret {ns}/{} has no {}",
+                names::config(gateway),
+                names::HUB_CONFIG
+            )
+        })?;
+    let hub: rustronaut_tunnel::config::HubConfig =
+        serde_saphyr::from_str(&text).context("reading the hub configuration")?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let replicas = gw.spec.tunnel.as_ref().map_or(0, |t| t.replicas);
+    let mut replica_services = Vec::new();
+    for i in 0..replicas {
+        let name = names::replica(gateway, i);
+        replica_services.push(
+            services
+                .get_opt(&name)
+                .await
+                .with_context(|| format!("reading Service {ns}/{name}"))?,
+        );
+    }
+    let cfg = rustronaut_cli::site::connector_config(
+        &gw,
+        site,
+        &hub,
+        &replica_services,
+        endpoint_host,
+        private_key_file,
+    )?;
+    if let Some(out) = write_key {
+        let name = names::site(gateway, site);
+        let secret = secrets
+            .get_opt(&name)
+            .await
+            .with_context(|| format!("reading Secret {ns}/{name}"))?
+            .with_context(|| {
+                format!("Secret {ns}/{name} does not exist: only a site without spec.publicKey gets a generated key")
+            })?;
+        let key = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(names::PRIVATE_KEY))
+            .with_context(|| format!("Secret {ns}/{name} has no {}", names::PRIVATE_KEY))?;
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)
+            .with_context(|| format!("creating {} (never overwritten)", out.display()))?;
+        f.write_all(&key.0)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    serde_saphyr::to_string(&cfg).context("writing the configuration as YAML")
 }

@@ -413,3 +413,37 @@ fn default_hub_replicas() -> i32 {
 fn default_pool() -> String {
     "100.96.0.0/16".into()
 }
+
+/// Names of the objects the operator makes for a Gateway's tunnel hub: part of the API,
+/// because people and tools read them (the site key Secret, the hub's public keys, the
+/// replicas' UDP Services; `rustronaut site config`).
+pub mod tunnel_names {
+    /// Key of a key Secret (a replica's, a generated site's) holding the private key.
+    pub const PRIVATE_KEY: &str = "private-key";
+    /// Key of the hub configuration Secret holding the hub's configuration file.
+    pub const HUB_CONFIG: &str = "hub.yaml";
+    /// The StatefulSet (its pods are `<gw>-hub-<i>`).
+    pub fn hub(gw: &str) -> String {
+        format!("{gw}-hub")
+    }
+    /// Replica `i`: its pod, its key Secret and its UDP Service share this name.
+    pub fn replica(gw: &str, i: i32) -> String {
+        format!("{gw}-hub-{i}")
+    }
+    /// The generated key pair of a site without spec publicKey (the CRD documents it).
+    pub fn site(gw: &str, site: &str) -> String {
+        format!("{gw}-site-{site}")
+    }
+    /// The gateway token, shared by hub and gateway pods.
+    pub fn token(gw: &str) -> String {
+        format!("{gw}-tunnel-token")
+    }
+    /// The hub configuration.
+    pub fn config(gw: &str) -> String {
+        format!("{gw}-hub-config")
+    }
+    /// The in-cluster stream Service.
+    pub fn stream(gw: &str) -> String {
+        format!("{gw}-hub-stream")
+    }
+}

@@ -64,6 +64,14 @@ pub const IMAGES: &[ImageSpec] = &[
         description: "Rustronaut gateway (Pingora) and WireGuard tunnel hub (boringtun, userspace)",
         product: true,
     },
+    // The remote-site connector alone, for sites that run containers (docs/tunnel.md).
+    ImageSpec {
+        name: "connector",
+        binaries: &["rustronaut-tunnel"],
+        entrypoint: "rustronaut-tunnel",
+        description: "Rustronaut site connector: userspace WireGuard to the cluster's tunnel hubs, no root",
+        product: true,
+    },
     // Test workloads: busybox (static, Debian's busybox-static) for upstream web servers and
     // connection probes in the real-node tests and the demo. Not shipped.
     ImageSpec {

@@ -623,6 +623,9 @@ metadata: {{name: site-gw, namespace: {NS}}}
 spec:
   replicas: 1
   listeners: [{{name: http, port: 18090, protocol: HTTP}}]
+  # No load balancer here: the hub replicas' ClusterIPs are what the site (this machine, the
+  # node) dials, and what `rustronaut site config` prints for a ClusterIP Service.
+  service: {{type: ClusterIP}}
   tunnel:
     replicas: 1
     sites: [{{name: lab, tenant: demo, advertisedCIDRs: ["{ip}/32"]}}]
@@ -668,82 +671,50 @@ spec:
         );
     }
 
-    // What the site's operator would copy: the site's key and addresses (its Secret), the
-    // hub's public key (Gateway status) and the hub replica's UDP Service.
-    let secret = |key: &str| {
-        let b64 = kubectl(
-            cluster,
-            &[
-                "-n",
-                NS,
-                "get",
-                "secret",
-                "site-gw-site-lab",
-                "-o",
-                &format!("jsonpath={{.data.{key}}}"),
-            ],
-        );
-        use base64::Engine as _;
-        String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .unwrap(),
-        )
-        .unwrap()
-    };
+    // What the site's operator does: `rustronaut site config` prints the connector's
+    // configuration (hub endpoints and keys from the Gateway's status and Services, tunnel
+    // addresses from the hub configuration) and copies the generated key.
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("site.key");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_file)
-            .unwrap();
-        std::io::Write::write_all(&mut f, secret("private-key").as_bytes()).unwrap();
-    }
-    let mut hub_key = String::new();
+    let config_file = dir.path().join("connector.yaml");
+    let cli = rustronaut_e2e::scenario::sibling_binary("rustronaut").unwrap();
+    let mut config = String::new();
     wait_for_within(
-        "the hub's public key in the Gateway status",
+        "`rustronaut site config` to print the site's configuration",
         Duration::from_secs(60),
         &[],
         || {
-            hub_key = kubectl(
-                cluster,
-                &[
-                    "-n",
-                    NS,
-                    "get",
-                    "gateway",
-                    "site-gw",
-                    "-o",
-                    "jsonpath={.status.tunnel.publicKeys[0]}",
-                ],
-            );
-            !hub_key.is_empty()
+            let out = Command::new(&cli)
+                .env("KUBECONFIG", cluster.kubeconfig())
+                .args(["site", "config", "site-gw", "lab", "-n", NS])
+                .arg("--private-key-file")
+                .arg(&key_file)
+                .output()
+                .unwrap();
+            config = String::from_utf8_lossy(&out.stdout).into_owned();
+            if !out.status.success() {
+                eprintln!("site config: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            out.status.success()
         },
     );
-    let udp = kubectl(
-        cluster,
-        &[
-            "-n",
-            NS,
-            "get",
-            "service",
-            "site-gw-hub-0",
-            "-o",
-            "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}",
-        ],
-    );
+    std::fs::write(&config_file, &config).unwrap();
+    let out = Command::new(&cli)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .args(["site", "config", "site-gw", "lab", "-n", NS])
+        .arg("--write-private-key")
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the copied key is the owner's only");
+    }
     let bin = rustronaut_e2e::scenario::sibling_binary("rustronaut-tunnel").unwrap();
     let mut connector = Command::new(bin);
-    connector
-        .args(["connect", "--hub", &format!("{udp}={hub_key}")])
-        .arg("--private-key-file")
-        .arg(&key_file)
-        .args(["--tunnel-address", secret("tunnel-address").trim()])
-        .args(["--hub-tunnel-address", secret("hub-tunnel-address").trim()]);
+    connector.arg("connect").arg("--config").arg(&config_file);
     let connector = support::Proc::spawn(connector, dir.path().join("connector.log"));
 
     // Through the gateway pod, the hub pod and the tunnel, to the target at the site.

@@ -50,7 +50,7 @@ use std::net::IpAddr;
 /// Service and Deployment select on theirs, and must never pick a hub pod).
 pub const HUB: &str = "rustronaut-tunnel-hub";
 /// Key of a private key (base64, as `wg genkey` writes it) in a key Secret.
-pub const PRIVATE_KEY: &str = "private-key";
+pub const PRIVATE_KEY: &str = names::PRIVATE_KEY;
 /// Key of the matching public key in a key Secret (for people; status derives its own).
 pub const PUBLIC_KEY: &str = "public-key";
 /// Key of the site's tunnel address in a site Secret (its connector's `tunnel_address`).
@@ -60,7 +60,7 @@ pub const HUB_TUNNEL_ADDRESS: &str = "hub-tunnel-address";
 /// Key of the gateway token in the token Secret.
 pub const TOKEN: &str = "token";
 /// Key of the hub configuration in the config Secret.
-pub const HUB_CONFIG: &str = "hub.yaml";
+pub const HUB_CONFIG: &str = names::HUB_CONFIG;
 /// Where the hub reads its configuration.
 pub const CONFIG_DIR: &str = "/etc/rustronaut/hub";
 /// Where the hub reads its own private key (one file, mounted by pod name).
@@ -78,33 +78,9 @@ pub const ADMIN_PORT: u16 = 9090;
 /// pool restarts the pods; the key file is a `subPath` mount, which never updates anyway.
 pub const RESTART_ANNOTATION: &str = "rustronaut.io/hub-restart";
 
-/// Names of the hub's objects.
-pub mod names {
-    /// The StatefulSet (its pods are `<gw>-hub-<i>`).
-    pub fn hub(gw: &str) -> String {
-        format!("{gw}-hub")
-    }
-    /// Replica `i`: its pod, its key Secret and its UDP Service share this name.
-    pub fn replica(gw: &str, i: i32) -> String {
-        format!("{gw}-hub-{i}")
-    }
-    /// The generated key pair of a site without spec publicKey (the CRD documents it).
-    pub fn site(gw: &str, site: &str) -> String {
-        format!("{gw}-site-{site}")
-    }
-    /// The gateway token, shared by hub and gateway pods.
-    pub fn token(gw: &str) -> String {
-        format!("{gw}-tunnel-token")
-    }
-    /// The hub configuration.
-    pub fn config(gw: &str) -> String {
-        format!("{gw}-hub-config")
-    }
-    /// The in-cluster stream Service.
-    pub fn stream(gw: &str) -> String {
-        format!("{gw}-hub-stream")
-    }
-}
+/// Names of the hub objects (part of the API: the CRD reference and docs/tunnel.md name
+/// them, and `rustronaut site config` reads them).
+pub use rustronaut_crds::gateway::tunnel_names as names;
 
 /// What hub objects `gw` wants, by name: everything else labelled as its hub's is pruned.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
