@@ -182,6 +182,23 @@ fn helm_installs_the_operator_with_the_rbac_it_was_tested_with() {
             .is_some()
     );
 
+    // A second release is refused with a message that says what to do instead.
+    let mut second = helm(cluster);
+    second.args(["install", "second"]).arg(chart()).args([
+        "--namespace",
+        "rustronaut-second",
+        "--create-namespace",
+    ]);
+    let out = second.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second release installs");
+    assert!(
+        stderr.contains(&format!(
+            "already installed in this cluster by release \"{RELEASE}\" in namespace \"{NAMESPACE}\""
+        )) && stderr.contains("helm upgrade"),
+        "{stderr}"
+    );
+
     // Upgrade to one replica: no PodDisruptionBudget (it would block every drain).
     let mut upgrade = helm(cluster);
     upgrade
@@ -232,4 +249,45 @@ fn helm_installs_the_operator_with_the_rbac_it_was_tested_with() {
             .is_some(),
         "Helm never deletes CRDs"
     );
+}
+
+/// deploy/install.yaml, for `kubectl apply` without Helm: what the chart renders today (the
+/// same script, `make install-yaml`), and accepted by the real API server (server-side dry
+/// run: schemas, CRDs, RBAC, the Deployment), with nothing persisted.
+#[test]
+fn install_yaml_is_the_chart_rendered_and_the_api_server_accepts_it() {
+    let cluster = rustronaut_e2e::shared();
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/install.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("install.yaml");
+    let helm_bin = cluster.bin_dir().unwrap().join("helm");
+    let mut render = Command::new("bash");
+    render
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-yaml.sh"))
+        .arg(&fresh)
+        .env("HELM", helm_bin);
+    run(render);
+    assert!(
+        std::fs::read_to_string(&committed).unwrap() == std::fs::read_to_string(&fresh).unwrap(),
+        "deploy/install.yaml is stale: run `make install-yaml`"
+    );
+    // The namespace must exist for a dry run of the objects in it (a dry-run Namespace is
+    // not created).
+    let _ = cluster
+        .kubectl()
+        .args(["create", "namespace", "rustronaut-system"])
+        .output();
+    let mut dry = cluster.kubectl();
+    dry.args([
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--force-conflicts",
+    ])
+    .args(["--field-manager", "install-yaml-check", "-f"])
+    .arg(&committed);
+    let out = run(dry);
+    for kind in ["customresourcedefinition", "deployment", "clusterrole"] {
+        assert!(out.contains(kind), "{kind} in the dry run:\n{out}");
+    }
 }
