@@ -21,5 +21,90 @@ fn every_condition_reason_has_a_troubleshooting_section() {
         .iter()
         .filter(|r| !page.contains(&format!("\n### {r}\n")))
         .collect();
-    assert!(missing.is_empty(), "no section in docs/troubleshooting.md for {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "no section in docs/troubleshooting.md for {missing:?}"
+    );
+}
+
+/// Every relative link in the project's Markdown (README, ARCHITECTURE, docs/, the crates'
+/// and the chart's READMEs) points at a file or directory that exists.
+#[test]
+fn relative_links_in_the_docs_resolve() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap();
+    let mut pages: Vec<std::path::PathBuf> = ["README.md", "ARCHITECTURE.md"]
+        .iter()
+        .map(|p| root.join(p))
+        .collect();
+    let mut dirs = vec![root.join("docs")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "md") {
+                pages.push(p);
+            }
+        }
+    }
+    for e in std::fs::read_dir(&root).unwrap().flatten() {
+        let readme = e.path().join("README.md");
+        if e.path().is_dir() && readme.is_file() {
+            pages.push(readme);
+        }
+    }
+    pages.push(root.join("charts/rustronaut/README.md"));
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = without_code(&std::fs::read_to_string(page).unwrap());
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let target = rest[..end].split('#').next().unwrap_or("").trim();
+            if target.is_empty()
+                || target.contains("://")
+                || target.starts_with("mailto:")
+                || target.contains(' ')
+            {
+                continue;
+            }
+            let dir = page.parent().unwrap();
+            if !dir.join(target).exists() {
+                broken.push(format!(
+                    "{} -> {target}",
+                    page.strip_prefix(&root).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// `text` without fenced code blocks and inline code spans (regular expressions and shell
+/// lines there are not links).
+fn without_code(text: &str) -> String {
+    let mut out = String::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let mut inline = false;
+        for c in line.chars() {
+            if c == '`' {
+                inline = !inline;
+            } else if !inline {
+                out.push(c);
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
