@@ -36,6 +36,7 @@
 //! the exception is the session key Secrets, which people edit to rotate keys.
 
 pub mod affected;
+pub mod guard;
 pub mod hubstatus;
 pub mod networks;
 pub mod objects;
@@ -242,6 +243,8 @@ pub struct Stores {
     pub namespaces: Store<Namespace>,
     /// The cluster's pod and Service networks (which EndpointSlice addresses are allowed).
     pub networks: networks::ClusterNetworks,
+    /// The rustronaut.io objects the operator cannot read ([`guard`]).
+    pub unreadable: guard::Seen,
 }
 
 /// How long one wait on a cache's readiness lasts before it is polled afresh.
@@ -745,8 +748,10 @@ impl GatewayController {
         // Tenants and Gateways wake every Gateway (claims, admission and quotas are decided
         // across all of them); what Resources, Policies, Secrets, Services and EndpointSlices
         // change wakes only the Gateways of their namespace's tenant (`index`).
+        // The four kinds through DeserializeGuard: one unreadable object never stalls a watch.
+        let seen = guard::Seen::default();
         let (tenants, s1) = reflect(
-            all::<Tenant>(client.clone()),
+            guard::guarded::<Tenant>(ctx.clone(), seen.clone()),
             everyone(),
             Changes::Spec,
             None,
@@ -754,7 +759,7 @@ impl GatewayController {
         // Gateways wake the Gateway controller too: quotas make one Gateway's fate depend on
         // its tenant's others (the youngest beyond the quota waits for an older one to go).
         let (gateways, s7) = reflect(
-            all::<Gateway>(client.clone()),
+            guard::guarded::<Gateway>(ctx.clone(), seen.clone()),
             everyone(),
             Changes::Spec,
             None,
@@ -767,13 +772,13 @@ impl GatewayController {
         });
         let others = || vec![st.clone(), tn.clone()];
         let (resources, s2) = reflect(
-            all::<RtnResource>(client.clone()),
+            guard::guarded::<RtnResource>(ctx.clone(), seen.clone()),
             others(),
             Changes::Spec,
             index.clone(),
         );
         let (policies, s3) = reflect(
-            all::<Policy>(client.clone()),
+            guard::guarded::<Policy>(ctx.clone(), seen.clone()),
             others(),
             Changes::Spec,
             index.clone(),
@@ -878,6 +883,7 @@ impl GatewayController {
                     slices,
                     gateways,
                     namespaces,
+                    unreadable: seen.clone(),
                     networks: networks::ClusterNetworks {
                         nodes,
                         service_cidrs,
@@ -969,29 +975,38 @@ impl GatewayController {
             ))
         };
         let owned = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
-        Controller::new(
-            Api::<Gateway>::all(client.clone()),
-            watcher::Config::default(),
+        // The controller's own Gateway watch, guarded too: an unreadable Gateway is left out
+        // instead of stopping every reconcile.
+        let (gateway_store, gateway_writer) = reflector::store();
+        let gateway_events = reflector::reflector(
+            gateway_writer,
+            guard::guarded::<Gateway>(
+                self.context.ctx.clone(),
+                self.context.stores.unreadable.clone(),
+            ),
         )
-        .owns(Api::<Deployment>::all(client.clone()), owned())
-        .owns(Api::<StatefulSet>::all(client.clone()), owned())
-        .owns(Api::<Service>::all(client.clone()), owned())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned())
-        .owns(Api::<ServiceAccount>::all(client.clone()), owned())
-        .owns(Api::<Role>::all(client.clone()), owned())
-        .owns(Api::<RoleBinding>::all(client.clone()), owned())
-        .reconcile_all_on(self.triggers)
-        .reconcile_on(self.targets)
-        .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, self.context)
-        .for_each(|r| async move {
-            match r {
-                Ok((obj, _)) => tracing::debug!(gateway = %obj, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
-            }
-        })
-        .await;
+        .default_backoff()
+        .applied_objects();
+        Controller::for_stream(gateway_events, gateway_store)
+            .owns(Api::<Deployment>::all(client.clone()), owned())
+            .owns(Api::<StatefulSet>::all(client.clone()), owned())
+            .owns(Api::<Service>::all(client.clone()), owned())
+            .owns(Api::<ConfigMap>::all(client.clone()), owned())
+            .owns(Api::<ServiceAccount>::all(client.clone()), owned())
+            .owns(Api::<Role>::all(client.clone()), owned())
+            .owns(Api::<RoleBinding>::all(client.clone()), owned())
+            .reconcile_all_on(self.triggers)
+            .reconcile_on(self.targets)
+            .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
+            .graceful_shutdown_on(shutdown)
+            .run(reconcile, error_policy, self.context)
+            .for_each(|r| async move {
+                match r {
+                    Ok((obj, _)) => tracing::debug!(gateway = %obj, "reconciled"),
+                    Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+                }
+            })
+            .await;
         let _ = status.await;
         let _ = tenants.await;
         readiness.abort();
