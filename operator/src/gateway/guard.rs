@@ -114,7 +114,10 @@ impl Unreadable for Policy {
 
 /// Unreadable objects seen and the error each was reported with (so each is reported once).
 #[derive(Clone, Default)]
-pub struct Seen(Arc<Mutex<BTreeMap<(String, String, String), String>>>);
+pub struct Seen(Arc<Mutex<BTreeMap<SeenKey, String>>>);
+
+/// `(kind, namespace, name)` of an unreadable object.
+type SeenKey = (String, String, String);
 
 impl Seen {
     /// Records `error` for `kind` `ns/name`; true when it is new (or changed).
