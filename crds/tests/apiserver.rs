@@ -669,3 +669,78 @@ async fn protocol_is_immutable() {
         other => panic!("expected a 422, got {other}"),
     }
 }
+
+/// Server-side apply from two field managers (a GitOps tool and the console, say) on one
+/// Policy: each owns its own rule (rules are a list keyed by `name`), so one manager's
+/// re-apply changes its rule and never drops or reverts the other's (issue 18, item 1).
+#[tokio::test]
+async fn two_field_managers_edit_their_own_rules_of_one_policy() {
+    let client = rustronaut_e2e::client().await;
+    install(&client).await;
+    let ns = rustronaut_e2e::namespace(&client, "crd-ssa").await;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &api_resource("Policy"));
+    let rule = |name: &str, cidr: &str| json!({"name": name, "from": [{"sourceCIDRs": {"cidrs": [cidr]}}]});
+    let intent = |rules: Vec<Value>| {
+        json!({"apiVersion": "rustronaut.io/v1alpha1", "kind": "Policy",
+               "metadata": {"name": "shared", "namespace": ns},
+               "spec": {"targetRefs": [{"kind": "Resource", "name": "app"}],
+                        "action": "Allow", "rules": rules}})
+    };
+    let apply = |manager: &'static str, body: Value| {
+        let api = api.clone();
+        async move {
+            api.patch("shared", &PatchParams::apply(manager), &Patch::Apply(&body))
+                .await
+                .unwrap_or_else(|e| panic!("{manager}: {e}"))
+        }
+    };
+    let rules = |o: &DynamicObject| -> Vec<(String, String)> {
+        o.data["spec"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().to_string(),
+                    r["from"][0]["sourceCIDRs"]["cidrs"][0]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                )
+            })
+            .collect()
+    };
+    apply("gitops", intent(vec![rule("office", "10.0.0.0/8")])).await;
+    // The console adds its own rule, sending only what it owns.
+    let o = apply("console", intent(vec![rule("vpn", "100.64.0.0/10")])).await;
+    assert_eq!(
+        rules(&o),
+        [
+            ("office".into(), "10.0.0.0/8".into()),
+            ("vpn".into(), "100.64.0.0/10".into())
+        ]
+    );
+    // GitOps re-applies its (changed) rule: the console's stays.
+    let o = apply("gitops", intent(vec![rule("office", "10.1.0.0/16")])).await;
+    assert_eq!(
+        rules(&o),
+        [
+            ("office".into(), "10.1.0.0/16".into()),
+            ("vpn".into(), "100.64.0.0/10".into())
+        ]
+    );
+    // Changing the other's rule without force is a conflict, not a silent overwrite.
+    let err = api
+        .patch(
+            "shared",
+            &PatchParams::apply("console"),
+            &Patch::Apply(&intent(vec![rule("office", "0.0.0.0/0")])),
+        )
+        .await
+        .expect_err("a conflict");
+    match err {
+        kube::Error::Api(s) => assert_eq!(s.code, 409, "{s:?}"),
+        other => panic!("expected a 409 conflict, got {other}"),
+    }
+}
