@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CLUSTER_DIR ?= $(CURDIR)/.cluster
 TOOLS := bash e2e/scripts/tools.sh
 
-.PHONY: help demo test tools images cluster-up cluster-down crds crds-check chart install-yaml policy-test lint fmt bench clean
+.PHONY: help demo test tools images cluster-up cluster-down crds crds-check chart install-yaml docs policy-test lint fmt bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ crds: ## regenerate the CRD YAML and the API reference from the Rust types
 
 crds-check: ## fail if the committed CRD YAML or reference differ from the types
 	cargo run -q -p rustronaut-crds --bin rustronaut-crdgen -- check
+
+docs: ## build the documentation site (mdBook) into target/book
+	@bash e2e/scripts/docs.sh
 
 install-yaml: tools ## regenerate deploy/install.yaml (CRDs + operator for kubectl apply) from the chart
 	HELM=$$($(TOOLS) bindir)/helm bash e2e/scripts/install-yaml.sh deploy/install.yaml

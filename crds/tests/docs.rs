@@ -108,3 +108,53 @@ fn without_code(text: &str) -> String {
     }
     out
 }
+
+/// Every page under docs/ is in the site's table of contents (docs/SUMMARY.md, `make docs`).
+#[test]
+fn every_docs_page_is_in_the_site_summary() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let summary = std::fs::read_to_string(docs.join("SUMMARY.md")).unwrap();
+    let mut missing = Vec::new();
+    let mut dirs = vec![docs.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "md") {
+                let rel = p
+                    .strip_prefix(&docs)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                if rel != "SUMMARY.md" && !summary.contains(&format!("]({rel})")) {
+                    missing.push(rel);
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not in docs/SUMMARY.md: {missing:?}");
+}
+
+/// `make docs` builds the site (mdBook, installed by e2e/scripts/docs.sh) with a page for
+/// every entry of the table of contents.
+#[test]
+fn the_documentation_site_builds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("bash")
+        .arg(root.join("e2e/scripts/docs.sh"))
+        .arg("-d")
+        .arg(out.path())
+        .status()
+        .expect("bash");
+    assert!(status.success(), "e2e/scripts/docs.sh failed");
+    for page in [
+        "index.html",
+        "concepts.html",
+        "troubleshooting.html",
+        "reference/crds.html",
+    ] {
+        assert!(out.path().join(page).is_file(), "{page} in the site");
+    }
+}
