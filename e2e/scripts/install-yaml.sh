@@ -30,7 +30,7 @@ trap 'rm -f "$tmp"' EXIT
 	echo "---"
 	# No cluster is consulted (`helm template`): the one-release guard's lookup is empty.
 	HELM_CACHE_HOME="$tmp.d/cache" HELM_CONFIG_HOME="$tmp.d/config" HELM_DATA_HOME="$tmp.d/data" \
-		"$helm" template rustronaut "$chart" --namespace "$ns" |
+		"$helm" template rustronaut "$chart" --namespace "$ns" --skip-tests |
 		# Not Helm's objects once applied with kubectl: drop the labels that would say so.
 		grep -v -e '^---$' -e 'app.kubernetes.io/managed-by: Helm' -e 'helm.sh/chart: ' | awk 'BEGIN{first=1} /^# Source:/ {if (!first) print "---"; first=0} {print}'
 } >"$tmp"

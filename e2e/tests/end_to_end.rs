@@ -80,6 +80,17 @@ fn install_demo(cluster: &TestCluster) {
         .args(["--set", "operator.replicas=1"])
         .args(["--wait", "--timeout", "300s"]);
     run(install);
+    // The chart's own test: a pod from the operator image probes the operator's readiness
+    // through its Service.
+    let mut test = Command::new(cluster.bin_dir().unwrap().join("helm"));
+    test.env("KUBECONFIG", cluster.kubeconfig())
+        .env("HELM_CACHE_HOME", helm_home.join("cache"))
+        .env("HELM_CONFIG_HOME", helm_home.join("config"))
+        .env("HELM_DATA_HOME", helm_home.join("data"))
+        .args(["test", "rustronaut", "--namespace", "rustronaut-system"])
+        .args(["--timeout", "120s"]);
+    let out = run(test);
+    assert!(out.contains("Succeeded"), "helm test:\n{out}");
     kubectl_apply(cluster, rustronaut_e2e::scenario::DEMO_MANIFESTS);
     for d in ["hello", "hello-gw"] {
         wait_for_within(

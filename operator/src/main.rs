@@ -57,6 +57,11 @@ struct Args {
     /// EndpointSlices the endpointslice controller did not write may not point into them.
     #[arg(long, value_parser = parse_networks, default_value = "")]
     cluster_networks: Networks,
+    /// Probe mode: GET this URL (`http://host:port/path`), exit 0 on a 2xx answer, 1
+    /// otherwise, and do nothing else. The chart's `helm test` pod runs it against the
+    /// operator's `/readyz`.
+    #[arg(long, value_name = "URL")]
+    probe: Option<String>,
     /// Log format: `text` for people, `json` (one object per line, with the current span:
     /// the Gateway being reconciled or the pass running) for log pipelines.
     #[arg(long, env = "RUSTRONAUT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -66,6 +71,18 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(url) = &args.probe {
+        return match rustronaut_operator::server::probe(url).await {
+            Ok(()) => {
+                println!("{url}: ok");
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1)
+            }
+        };
+    }
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Colours only on a terminal: `kubectl logs` of a pod shows escape codes otherwise.

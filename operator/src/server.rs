@@ -142,3 +142,85 @@ mod tests {
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
     }
 }
+
+/// `rustronaut-operator --probe URL`: GET `http://host:port/path` and succeed on a 2xx
+/// answer. What the chart's `helm test` pod runs (the image has no shell and no curl).
+pub async fn probe(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are probed"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    let attempt = async {
+        let mut stream = TcpStream::connect(authority)
+            .await
+            .map_err(|e| format!("connecting to {authority}: {e}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("sending to {authority}: {e}"))?;
+        let mut head = Vec::new();
+        stream
+            .take(MAX_REQUEST as u64)
+            .read_to_end(&mut head)
+            .await
+            .map_err(|e| format!("reading from {authority}: {e}"))?;
+        let text = String::from_utf8_lossy(&head);
+        let status = text.split_whitespace().nth(1).unwrap_or("");
+        if status.starts_with('2') {
+            Ok(())
+        } else {
+            Err(format!(
+                "{url} answered {:?}",
+                text.lines().next().unwrap_or("nothing")
+            ))
+        }
+    };
+    tokio::time::timeout(READ_TIMEOUT, attempt)
+        .await
+        .map_err(|_| format!("{url}: no answer within {READ_TIMEOUT:?}"))?
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_probe_succeeds_on_ready_and_says_why_otherwise() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ready = Arc::new(AtomicBool::new(false));
+        tokio::spawn(serve(
+            listener,
+            Arc::new(Registry::default()),
+            ready.clone(),
+        ));
+        let url = format!("http://{addr}/readyz");
+        let e = probe(&url).await.unwrap_err();
+        assert!(e.contains("503"), "{e}");
+        ready.store(true, Ordering::Relaxed);
+        probe(&url).await.unwrap();
+        probe(&format!("http://{addr}/healthz")).await.unwrap();
+        assert!(
+            probe("https://x/")
+                .await
+                .unwrap_err()
+                .contains("only http://")
+        );
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert!(
+            probe(&format!("http://{closed}/"))
+                .await
+                .unwrap_err()
+                .contains("connecting")
+        );
+    }
+}
