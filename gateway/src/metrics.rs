@@ -9,7 +9,9 @@
 //! | `rustronaut_gateway_snapshot_reloads_total` | `result` (`applied`, `refused`) | reload attempts |
 //! | `rustronaut_gateway_snapshot_refused_total` | `reason` | refused snapshots, by error kind |
 //! | `rustronaut_gateway_upstream_ejections_total` | | passive ejections after connect failures |
-//! | `rustronaut_gateway_upstream_up` | `address` | 1/0: the last active health verdict of an address |
+//! | `rustronaut_gateway_upstream_up` | `address` | 1/0: the last active health verdict of an address (upstream addresses from the snapshot, never clients'; prefer the two per-Resource gauges below for alerts) |
+//! | `rustronaut_gateway_upstream_endpoints` | `resource` | upstream addresses of a Resource in the snapshot (Resources with addresses only) |
+//! | `rustronaut_gateway_upstream_healthy_endpoints` | `resource` | of those, the ones that may receive traffic now (not down by active checks, not ejected) |
 //! | `rustronaut_gateway_jwks_fetches_total` | `result` (`ok`, `failed`) | remote JWKS fetches |
 //! | `rustronaut_gateway_oidc_logins_total` | `result` (`ok`, or why: `InvalidCallback`, `LoginRefused`, `ProviderUnavailable`, ...) | OIDC callbacks |
 //! | `rustronaut_gateway_l4_connections_total` | `protocol`, `resource`, `result` | L4 connections and UDP flows: `allowed`, `denied` (policy), `refused` (no route, bad PROXY header or handshake), `unreachable` (allowed, no upstream connected) |
@@ -76,6 +78,13 @@ pub struct ReasonLabel {
 
 /// One-label sets.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    /// `namespace/name` of a Resource.
+    pub resource: String,
+}
+
+/// One-label sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AddressLabel {
     /// Upstream `ip:port`.
     pub address: String,
@@ -101,6 +110,10 @@ pub struct Metrics {
     pub ejections: Counter,
     /// Active health by address.
     pub upstream_up: Family<AddressLabel, Gauge>,
+    /// Upstream addresses per Resource.
+    pub upstream_endpoints: Family<ResourceLabel, Gauge>,
+    /// Upstream addresses per Resource that may receive traffic.
+    pub upstream_healthy_endpoints: Family<ResourceLabel, Gauge>,
     /// Remote JWKS fetches.
     pub jwks_fetches: Family<ResultLabel, Counter>,
     /// OIDC callbacks by result (a forged-callback spike shows here).
@@ -133,6 +146,8 @@ impl Metrics {
         let refused = Family::<ReasonLabel, Counter>::default();
         let ejections = Counter::default();
         let upstream_up = Family::<AddressLabel, Gauge>::default();
+        let upstream_endpoints = Family::<ResourceLabel, Gauge>::default();
+        let upstream_healthy_endpoints = Family::<ResourceLabel, Gauge>::default();
         let jwks_fetches = Family::<ResultLabel, Counter>::default();
         let oidc_logins = Family::<ResultLabel, Counter>::default();
         let l4_connections = Family::<L4Labels, Counter>::default();
@@ -180,6 +195,16 @@ impl Metrics {
             upstream_up.clone(),
         );
         registry.register(
+            "upstream_endpoints",
+            "Upstream addresses of a Resource in the snapshot",
+            upstream_endpoints.clone(),
+        );
+        registry.register(
+            "upstream_healthy_endpoints",
+            "Upstream addresses of a Resource that may receive traffic (not down, not ejected)",
+            upstream_healthy_endpoints.clone(),
+        );
+        registry.register(
             "jwks_fetches",
             "Remote JWKS fetches by result",
             jwks_fetches.clone(),
@@ -219,6 +244,8 @@ impl Metrics {
             refused,
             ejections,
             upstream_up,
+            upstream_endpoints,
+            upstream_healthy_endpoints,
             jwks_fetches,
             oidc_logins,
             l4_connections,
