@@ -115,7 +115,10 @@ fn export_endpoints(
             resource: resource.clone(),
         };
         metrics.upstream_endpoints.get_or_create(&l).set(*total);
-        metrics.upstream_healthy_endpoints.get_or_create(&l).set(*up);
+        metrics
+            .upstream_healthy_endpoints
+            .get_or_create(&l)
+            .set(*up);
     }
     *exported = counts.into_keys().collect();
 }
@@ -144,15 +147,17 @@ pub async fn run(store: Arc<Store>, health: Arc<Health>, metrics: Arc<Metrics>) 
             .collect();
         // Their `upstream_up` series go too: the label is an upstream address of the current
         // snapshot, so its cardinality stays bounded by the configuration as endpoints churn.
-        due.lock().unwrap_or_else(|p| p.into_inner()).retain(|a, _| {
-            let keep = current.contains(a);
-            if !keep {
-                metrics.upstream_up.remove(&AddressLabel {
-                    address: a.to_string(),
-                });
-            }
-            keep
-        });
+        due.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|a, _| {
+                let keep = current.contains(a);
+                if !keep {
+                    metrics.upstream_up.remove(&AddressLabel {
+                        address: a.to_string(),
+                    });
+                }
+                keep
+            });
         // HTTP rules carry their own health check; an L4 Resource has one for all its
         // upstreams, kept under rule index [`L4_RULE`].
         let checked = state

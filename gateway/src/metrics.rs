@@ -273,3 +273,133 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// (metric, type, label names) of a text exposition; a histogram by its base name.
+    pub(crate) fn families(text: &str) -> BTreeSet<(String, String, BTreeSet<String>)> {
+        let types: BTreeMap<&str, &str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        let mut out: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let base = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| types.contains_key(b)))
+                .unwrap_or(name);
+            let kind = types.get(base).copied().unwrap_or("untyped");
+            let family = if kind == "counter" { name } else { base };
+            let entry = out
+                .entry(family.to_string())
+                .or_insert((kind.to_string(), BTreeSet::new()));
+            if let Some((labels, _)) = line.split_once('{').and_then(|(_, r)| r.split_once('}')) {
+                for pair in labels.split("\",") {
+                    if let Some((k, _)) = pair.split_once("=\"")
+                        && k != "le"
+                    {
+                        entry.1.insert(k.to_string());
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|(n, (k, l))| (n, k, l)).collect()
+    }
+
+    /// Rows `| \`prefix...\` | type | \`label\`, ... | ... |` of docs/observability.md.
+    pub(crate) fn documented(prefix: &str) -> BTreeSet<(String, String, BTreeSet<String>)> {
+        let page = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/observability.md");
+        std::fs::read_to_string(page)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with(&format!("| `{prefix}")))
+            .map(|l| {
+                let c: Vec<&str> = l.split('|').map(str::trim).collect();
+                let labels = c[3]
+                    .split(',')
+                    .map(|x| x.trim().trim_matches('`').to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect();
+                (c[1].trim_matches('`').to_string(), c[2].to_string(), labels)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn metrics_are_the_documented_ones_and_no_label_holds_a_client() {
+        let m = Metrics::new();
+        // One sample in every family, so each shows its labels.
+        m.requests
+            .get_or_create(&RequestLabels {
+                resource: "acme/web".into(),
+                status: 200,
+            })
+            .inc();
+        m.decisions
+            .get_or_create(&DecisionLabels {
+                effect: "Allow",
+                reason: "PolicyMatched",
+            })
+            .inc();
+        m.latency.observe(0.01);
+        m.set_version("sha256:a");
+        m.reloads
+            .get_or_create(&ResultLabel { result: "applied" })
+            .inc();
+        m.refused
+            .get_or_create(&ReasonLabel { reason: "Parse" })
+            .inc();
+        m.ejections.inc();
+        m.upstream_up
+            .get_or_create(&AddressLabel {
+                address: "10.0.0.1:80".into(),
+            })
+            .set(1);
+        let r = ResourceLabel {
+            resource: "acme/web".into(),
+        };
+        m.upstream_endpoints.get_or_create(&r).set(2);
+        m.upstream_healthy_endpoints.get_or_create(&r).set(1);
+        m.jwks_fetches
+            .get_or_create(&ResultLabel { result: "ok" })
+            .inc();
+        m.oidc_logins
+            .get_or_create(&ResultLabel { result: "ok" })
+            .inc();
+        m.l4_connections
+            .get_or_create(&L4Labels {
+                protocol: "TCP",
+                resource: "acme/db".into(),
+                result: "allowed",
+            })
+            .inc();
+        m.l4_udp_flows.set(1);
+        m.l4_udp_flows_dropped.inc();
+        m.l4_udp_client_flows_dropped.inc();
+        let encoded = families(&m.encode());
+        assert_eq!(encoded, documented("rustronaut_gateway_"));
+        // Bounded cardinality: no label names a client, a user or a request path. The one
+        // address label is upstream_up's, an upstream of the snapshot (pruned with it).
+        for (name, _, labels) in &encoded {
+            for l in labels {
+                assert!(
+                    !["client", "ip", "remote", "user", "path", "url", "host"]
+                        .contains(&l.as_str()),
+                    "{name}: label {l}"
+                );
+                assert!(
+                    l != "address" || name == "rustronaut_gateway_upstream_up",
+                    "{name}: label {l}"
+                );
+            }
+        }
+    }
+}
