@@ -13,8 +13,9 @@
 //! - the operator's metrics are the documented ones, with bounded labels (the gateway's and the
 //!   tunnel's are checked the same way by unit tests in their crates).
 //!
-//! No cluster: the prometheus-operator CRDs are not installed in the test apiserver, so the
-//! monitors are checked as rendered.
+//! - the rendered ServiceMonitor, PodMonitors and PrometheusRule pass a server-side dry run
+//!   against the real API server with prometheus-operator's own CRDs installed (their YAML from
+//!   its Go module, fetched by tools.sh).
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -506,6 +507,88 @@ fn dashboards_parse_and_name_only_exported_metrics() {
     assert_eq!(results.len(), queries, "every query checked");
     let problems = query_problems(&results, &exported_series());
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn monitors_and_rules_pass_a_dry_run_against_prometheus_operator_crds() {
+    let cluster = rustronaut_e2e::shared();
+    let bin = tools();
+    let mut crds = cluster.kubectl();
+    crds.args([
+        "apply",
+        "--server-side",
+        "--field-manager",
+        "rustronaut-e2e",
+    ]);
+    for k in ["servicemonitors", "podmonitors", "prometheusrules"] {
+        crds.arg("-f")
+            .arg(bin.join(format!("monitoring.coreos.com_{k}.yaml")));
+    }
+    let out = crds.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cluster
+        .kubectl()
+        .args(["wait", "--for=condition=Established", "--timeout=60s"])
+        .args([
+            "crd/servicemonitors.monitoring.coreos.com",
+            "crd/podmonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A dry-run Namespace is not created: the objects' namespace must exist.
+    let _ = cluster
+        .kubectl()
+        .args(["create", "namespace", "rustronaut-system"])
+        .output();
+
+    let docs = render(&bin, &ALL_ON);
+    let items: Vec<&Value> = ["ServiceMonitor", "PodMonitor", "PrometheusRule"]
+        .iter()
+        .flat_map(|k| of_kind(&docs, k))
+        .chain(dashboard_configmaps(&docs))
+        .collect();
+    assert_eq!(items.len(), 7);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("monitoring.json");
+    std::fs::write(
+        &file,
+        serde_json::to_string(
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let out = cluster
+        .kubectl()
+        .args(["apply", "--server-side", "--dry-run=server"])
+        .args(["--field-manager", "observability-check", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the API server refused:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for kind in [
+        "servicemonitor",
+        "podmonitor",
+        "prometheusrule",
+        "configmap",
+    ] {
+        assert!(text.contains(kind), "{kind} in the dry run:\n{text}");
+    }
 }
 
 /// Label names that would hold a client's identity or address: unbounded.

@@ -271,7 +271,9 @@ mod tests {
         let t = text(&m);
         assert_eq!(
             samples(&t, "rustronaut_operator_gateway_config_info"),
-            ["rustronaut_operator_gateway_config_info{gateway_namespace=\"beta\",gateway=\"edge\",version=\"b1\"} 1"]
+            [
+                "rustronaut_operator_gateway_config_info{gateway_namespace=\"beta\",gateway=\"edge\",version=\"b1\"} 1"
+            ]
         );
     }
 
