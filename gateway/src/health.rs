@@ -8,11 +8,11 @@
 //! without restarting anything; results go to the shared [`Health`].
 
 use crate::balance::Health;
-use crate::metrics::{AddressLabel, Metrics};
+use crate::metrics::{AddressLabel, Metrics, ResourceLabel};
 use crate::reload::Store;
 use crate::state::L4_RULE;
 use rustronaut_contract::snapshot::HealthCheck;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,25 +56,108 @@ async fn check_inner(addr: SocketAddr, path: Option<&str>) -> bool {
     buf.starts_with(b"HTTP/1.") && status.is_some_and(|s| (200..400).contains(&s))
 }
 
+/// How often the per-Resource endpoint gauges are recomputed.
+const EXPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Per Resource (`namespace/name`): (upstream addresses, addresses that are up), from the
+/// addresses of each of its balancers. A Resource whose balancers have no address at all
+/// (its Service has no ready endpoint) counts (0, 0); an address shared by several rules
+/// counts once. Pure, for the gauges behind the "no healthy upstream" alert.
+pub fn endpoints_by_resource(
+    balancers: impl IntoIterator<Item = (String, Vec<SocketAddr>)>,
+    is_up: impl Fn(SocketAddr) -> bool,
+) -> BTreeMap<String, (i64, i64)> {
+    let mut by: BTreeMap<String, BTreeSet<SocketAddr>> = BTreeMap::new();
+    for (resource, addrs) in balancers {
+        by.entry(resource).or_default().extend(addrs);
+    }
+    by.into_iter()
+        .map(|(r, addrs)| {
+            let up = addrs.iter().filter(|a| is_up(**a)).count();
+            (r, (addrs.len() as i64, up as i64))
+        })
+        .collect()
+}
+
+/// Sets the per-Resource gauges and removes those of Resources no longer served.
+fn export_endpoints(
+    state: &crate::state::Compiled,
+    health: &Health,
+    metrics: &Metrics,
+    exported: &mut BTreeSet<String>,
+) {
+    let resources = &state.snapshot.resources;
+    // Balancers with site upstreams are left out: a site's reachability is the tunnel's
+    // (`rustronaut_tunnel_hub_peer_connected`), and a site-only one has no address.
+    let counts = endpoints_by_resource(
+        state
+            .balancers
+            .iter()
+            .filter(|(_, b)| !b.has_sites())
+            .map(|((ri, _), b)| {
+                let name = resources
+                    .get(*ri)
+                    .map(|r| format!("{}/{}", r.namespace, r.name))
+                    .unwrap_or_else(|| "-".into());
+                (name, b.addresses().collect())
+            }),
+        |a| health.is_up(a),
+    );
+    for gone in exported.iter().filter(|r| !counts.contains_key(*r)) {
+        let l = ResourceLabel {
+            resource: gone.clone(),
+        };
+        metrics.upstream_endpoints.remove(&l);
+        metrics.upstream_healthy_endpoints.remove(&l);
+    }
+    for (resource, (total, up)) in &counts {
+        let l = ResourceLabel {
+            resource: resource.clone(),
+        };
+        metrics.upstream_endpoints.get_or_create(&l).set(*total);
+        metrics
+            .upstream_healthy_endpoints
+            .get_or_create(&l)
+            .set(*up);
+    }
+    *exported = counts.into_keys().collect();
+}
+
 /// Runs the checks forever (the caller drops the task to stop it).
 pub async fn run(store: Arc<Store>, health: Arc<Health>, metrics: Arc<Metrics>) {
     let due: Arc<Mutex<HashMap<SocketAddr, Instant>>> = Arc::default();
     let running: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+    let mut exported = BTreeSet::new();
+    let mut last_export: Option<Instant> = None;
     loop {
         tokio::time::sleep(TICK).await;
         let Some(state) = store.current() else {
             continue;
         };
         let now = Instant::now();
+        if last_export.is_none_or(|t| now.duration_since(t) >= EXPORT_EVERY) {
+            export_endpoints(&state, &health, &metrics, &mut exported);
+            last_export = Some(now);
+        }
         // Forget addresses no longer in the snapshot, so the schedule stays bounded.
         let current: HashSet<SocketAddr> = state
             .balancers
             .values()
             .flat_map(|b| b.addresses())
             .collect();
+        // Their `upstream_up` series go too: the label is an upstream address of the current
+        // snapshot, so its cardinality stays bounded by the configuration as endpoints churn.
         due.lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|a, _| current.contains(a));
+            .retain(|a, _| {
+                let keep = current.contains(a);
+                if !keep {
+                    metrics.upstream_up.remove(&AddressLabel {
+                        address: a.to_string(),
+                    });
+                }
+                keep
+            });
         // HTTP rules carry their own health check; an L4 Resource has one for all its
         // upstreams, kept under rule index [`L4_RULE`].
         let checked = state
@@ -138,5 +221,40 @@ pub async fn run(store: Arc<Store>, health: Arc<Health>, metrics: Arc<Metrics>) 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn endpoints_are_counted_per_resource_once_each() {
+        let down = a("10.0.0.2:80");
+        let counts = endpoints_by_resource(
+            [
+                ("acme/web".to_string(), vec![a("10.0.0.1:80"), down]),
+                // A second rule of the same Resource with the same address: counted once.
+                ("acme/web".to_string(), vec![a("10.0.0.1:80")]),
+                ("acme/db".to_string(), vec![a("10.0.1.1:5432")]),
+                ("beta/api".to_string(), vec![down]),
+                // No ready endpoint at all: reported, as (0, 0).
+                ("beta/empty".to_string(), vec![]),
+            ],
+            |x| x != down,
+        );
+        assert_eq!(
+            counts.into_iter().collect::<Vec<_>>(),
+            [
+                ("acme/db".to_string(), (1, 1)),
+                ("acme/web".to_string(), (2, 1)),
+                ("beta/api".to_string(), (1, 0)),
+                ("beta/empty".to_string(), (0, 0)),
+            ]
+        );
     }
 }

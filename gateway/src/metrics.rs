@@ -9,7 +9,9 @@
 //! | `rustronaut_gateway_snapshot_reloads_total` | `result` (`applied`, `refused`) | reload attempts |
 //! | `rustronaut_gateway_snapshot_refused_total` | `reason` | refused snapshots, by error kind |
 //! | `rustronaut_gateway_upstream_ejections_total` | | passive ejections after connect failures |
-//! | `rustronaut_gateway_upstream_up` | `address` | 1/0: the last active health verdict of an address |
+//! | `rustronaut_gateway_upstream_up` | `address` | 1/0: the last active health verdict of an address (upstream addresses from the snapshot, never clients'; prefer the two per-Resource gauges below for alerts) |
+//! | `rustronaut_gateway_upstream_endpoints` | `resource` | upstream addresses of a Resource in the snapshot (Resources with addresses only) |
+//! | `rustronaut_gateway_upstream_healthy_endpoints` | `resource` | of those, the ones that may receive traffic now (not down by active checks, not ejected) |
 //! | `rustronaut_gateway_jwks_fetches_total` | `result` (`ok`, `failed`) | remote JWKS fetches |
 //! | `rustronaut_gateway_oidc_logins_total` | `result` (`ok`, or why: `InvalidCallback`, `LoginRefused`, `ProviderUnavailable`, ...) | OIDC callbacks |
 //! | `rustronaut_gateway_l4_connections_total` | `protocol`, `resource`, `result` | L4 connections and UDP flows: `allowed`, `denied` (policy), `refused` (no route, bad PROXY header or handshake), `unreachable` (allowed, no upstream connected) |
@@ -76,6 +78,13 @@ pub struct ReasonLabel {
 
 /// One-label sets.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    /// `namespace/name` of a Resource.
+    pub resource: String,
+}
+
+/// One-label sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AddressLabel {
     /// Upstream `ip:port`.
     pub address: String,
@@ -101,6 +110,10 @@ pub struct Metrics {
     pub ejections: Counter,
     /// Active health by address.
     pub upstream_up: Family<AddressLabel, Gauge>,
+    /// Upstream addresses per Resource.
+    pub upstream_endpoints: Family<ResourceLabel, Gauge>,
+    /// Upstream addresses per Resource that may receive traffic.
+    pub upstream_healthy_endpoints: Family<ResourceLabel, Gauge>,
     /// Remote JWKS fetches.
     pub jwks_fetches: Family<ResultLabel, Counter>,
     /// OIDC callbacks by result (a forged-callback spike shows here).
@@ -133,6 +146,8 @@ impl Metrics {
         let refused = Family::<ReasonLabel, Counter>::default();
         let ejections = Counter::default();
         let upstream_up = Family::<AddressLabel, Gauge>::default();
+        let upstream_endpoints = Family::<ResourceLabel, Gauge>::default();
+        let upstream_healthy_endpoints = Family::<ResourceLabel, Gauge>::default();
         let jwks_fetches = Family::<ResultLabel, Counter>::default();
         let oidc_logins = Family::<ResultLabel, Counter>::default();
         let l4_connections = Family::<L4Labels, Counter>::default();
@@ -180,6 +195,16 @@ impl Metrics {
             upstream_up.clone(),
         );
         registry.register(
+            "upstream_endpoints",
+            "Upstream addresses of a Resource in the snapshot",
+            upstream_endpoints.clone(),
+        );
+        registry.register(
+            "upstream_healthy_endpoints",
+            "Upstream addresses of a Resource that may receive traffic (not down, not ejected)",
+            upstream_healthy_endpoints.clone(),
+        );
+        registry.register(
             "jwks_fetches",
             "Remote JWKS fetches by result",
             jwks_fetches.clone(),
@@ -219,6 +244,8 @@ impl Metrics {
             refused,
             ejections,
             upstream_up,
+            upstream_endpoints,
+            upstream_healthy_endpoints,
             jwks_fetches,
             oidc_logins,
             l4_connections,
@@ -244,5 +271,135 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// (metric, type, label names) of a text exposition; a histogram by its base name.
+    pub(crate) fn families(text: &str) -> BTreeSet<(String, String, BTreeSet<String>)> {
+        let types: BTreeMap<&str, &str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        let mut out: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let base = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| types.contains_key(b)))
+                .unwrap_or(name);
+            let kind = types.get(base).copied().unwrap_or("untyped");
+            let family = if kind == "counter" { name } else { base };
+            let entry = out
+                .entry(family.to_string())
+                .or_insert((kind.to_string(), BTreeSet::new()));
+            if let Some((labels, _)) = line.split_once('{').and_then(|(_, r)| r.split_once('}')) {
+                for pair in labels.split("\",") {
+                    if let Some((k, _)) = pair.split_once("=\"")
+                        && k != "le"
+                    {
+                        entry.1.insert(k.to_string());
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|(n, (k, l))| (n, k, l)).collect()
+    }
+
+    /// Rows `| \`prefix...\` | type | \`label\`, ... | ... |` of docs/observability.md.
+    pub(crate) fn documented(prefix: &str) -> BTreeSet<(String, String, BTreeSet<String>)> {
+        let page = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/observability.md");
+        std::fs::read_to_string(page)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with(&format!("| `{prefix}")))
+            .map(|l| {
+                let c: Vec<&str> = l.split('|').map(str::trim).collect();
+                let labels = c[3]
+                    .split(',')
+                    .map(|x| x.trim().trim_matches('`').to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect();
+                (c[1].trim_matches('`').to_string(), c[2].to_string(), labels)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn metrics_are_the_documented_ones_and_no_label_holds_a_client() {
+        let m = Metrics::new();
+        // One sample in every family, so each shows its labels.
+        m.requests
+            .get_or_create(&RequestLabels {
+                resource: "acme/web".into(),
+                status: 200,
+            })
+            .inc();
+        m.decisions
+            .get_or_create(&DecisionLabels {
+                effect: "Allow",
+                reason: "PolicyMatched",
+            })
+            .inc();
+        m.latency.observe(0.01);
+        m.set_version("sha256:a");
+        m.reloads
+            .get_or_create(&ResultLabel { result: "applied" })
+            .inc();
+        m.refused
+            .get_or_create(&ReasonLabel { reason: "Parse" })
+            .inc();
+        m.ejections.inc();
+        m.upstream_up
+            .get_or_create(&AddressLabel {
+                address: "10.0.0.1:80".into(),
+            })
+            .set(1);
+        let r = ResourceLabel {
+            resource: "acme/web".into(),
+        };
+        m.upstream_endpoints.get_or_create(&r).set(2);
+        m.upstream_healthy_endpoints.get_or_create(&r).set(1);
+        m.jwks_fetches
+            .get_or_create(&ResultLabel { result: "ok" })
+            .inc();
+        m.oidc_logins
+            .get_or_create(&ResultLabel { result: "ok" })
+            .inc();
+        m.l4_connections
+            .get_or_create(&L4Labels {
+                protocol: "TCP",
+                resource: "acme/db".into(),
+                result: "allowed",
+            })
+            .inc();
+        m.l4_udp_flows.set(1);
+        m.l4_udp_flows_dropped.inc();
+        m.l4_udp_client_flows_dropped.inc();
+        let encoded = families(&m.encode());
+        assert_eq!(encoded, documented("rustronaut_gateway_"));
+        // Bounded cardinality: no label names a client, a user or a request path. The one
+        // address label is upstream_up's, an upstream of the snapshot (pruned with it).
+        for (name, _, labels) in &encoded {
+            for l in labels {
+                assert!(
+                    !["client", "ip", "remote", "user", "path", "url", "host"]
+                        .contains(&l.as_str()),
+                    "{name}: label {l}"
+                );
+                assert!(
+                    l != "address" || name == "rustronaut_gateway_upstream_up",
+                    "{name}: label {l}"
+                );
+            }
+        }
     }
 }

@@ -692,6 +692,17 @@ fn active_health_checks_take_failing_upstreams_out_of_rotation() {
             good.addr
         ))
     });
+    // Per Resource (what the "no healthy upstream" alert reads): two addresses, one healthy.
+    gw.wait_metrics("the Resource's endpoint gauges", |m| {
+        m.lines()
+            .filter_map(|l| l.strip_prefix("rustronaut_gateway_upstream_endpoints{"))
+            .filter_map(|l| l.strip_suffix("} 2"))
+            .any(|labels| {
+                m.lines().any(|l| {
+                    l == format!("rustronaut_gateway_upstream_healthy_endpoints{{{labels}}} 1")
+                })
+            })
+    });
     // Round robin over both addresses would send half of these to the bad one.
     for _ in 0..8 {
         let r = get(s.http, "/public/x", &[]);

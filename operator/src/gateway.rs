@@ -1025,6 +1025,14 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<GatewayContext>) -> Result<Act
     {
         f.remove(&key(&gw));
     }
+    // Series of deleted Gateways go (a deletion does not reconcile: owned objects are
+    // garbage-collected).
+    ctx.ctx.metrics.retain_gateways(|ns, name| {
+        ctx.stores
+            .gateways
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+            .is_some()
+    });
     ctx.ctx.metrics.observe(
         KIND,
         start.elapsed(),
@@ -1233,6 +1241,16 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
             )
         }
     };
+
+    ctx.ctx.metrics.gateway_built(
+        &ns,
+        &name,
+        served.as_deref(),
+        match &outcome {
+            status::Built::Failed { reason, .. } => Some(reason),
+            _ => None,
+        },
+    );
 
     // The podTemplate override against its allow-list: refused, no workload change.
     let refused = gw

@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
     let ctx = Context::new(client.clone(), Some(identity.clone()));
     let mut registry = Registry::default();
     ctx.metrics.register(&mut registry);
+    let metrics = ctx.metrics.clone();
     let controller = GatewayController::new(
         ctx,
         Settings {
@@ -157,6 +158,8 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
+    // Holding the Lease (or running without election): this replica runs the controllers.
+    metrics.leader.set(1);
     let lost = leadership.as_ref().map(|l| l.lost());
     let shutdown = {
         let stop = stop_requested();

@@ -340,4 +340,59 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
     }
+
+    /// (metric, type, label names) of a text exposition.
+    fn families(text: &str) -> std::collections::BTreeSet<(String, String, Vec<String>)> {
+        let types: std::collections::BTreeMap<&str, &str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (name, rest) = l.split_once('{').unwrap();
+                let label = rest.split_once("=\"").unwrap().0.to_string();
+                let kind = types.get(name).copied().unwrap_or("untyped").to_string();
+                (name.to_string(), kind, vec![label])
+            })
+            .collect()
+    }
+
+    /// Rows `| \`prefix...\` | type | \`label\` | ... |` of docs/observability.md.
+    fn documented(prefix: &str) -> std::collections::BTreeSet<(String, String, Vec<String>)> {
+        let page = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/observability.md");
+        std::fs::read_to_string(page)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with(&format!("| `{prefix}")))
+            .map(|l| {
+                let c: Vec<&str> = l.split('|').map(str::trim).collect();
+                (
+                    c[1].trim_matches('`').to_string(),
+                    c[2].to_string(),
+                    vec![c[3].trim_matches('`').to_string()],
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn peer_metrics_are_the_documented_ones_labelled_by_configured_peer_only() {
+        for (role, label) in [("hub", "site"), ("connector", "hub")] {
+            let mut s = status();
+            s.role = role;
+            s.counters.clear();
+            s.peers[0].targets_generation = Some(3);
+            let encoded = families(&render_metrics(&s));
+            assert_eq!(
+                encoded,
+                documented(&format!("rustronaut_tunnel_{role}_peer_")),
+                "docs/observability.md, {role}"
+            );
+            // One label, the configured peer's name: never its endpoint address.
+            assert!(encoded.iter().all(|(_, _, l)| l == &[label]));
+            assert!(!render_metrics(&s).contains("198.51.100.7"));
+        }
+    }
 }

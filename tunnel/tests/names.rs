@@ -54,6 +54,7 @@ fn echo() -> SocketAddr {
 struct Pair {
     stream: SocketAddr,
     connector_admin: SocketAddr,
+    hub_admin: SocketAddr,
     stop: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -78,13 +79,14 @@ async fn start(port: u16, networks: &[&str]) -> Pair {
     let wg_port = free_port();
     let stream: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let connector_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let hub_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let hub: HubConfig = serde_json::from_value(serde_json::json!({
         "listen_port": wg_port,
         "private_key_file": hub_key_file,
         "tunnel_address": "100.96.0.1",
         "stream_listen": stream.to_string(),
         "token_file": token_file,
-        "admin_listen": format!("127.0.0.1:{}", free_port()),
+        "admin_listen": hub_admin.to_string(),
         "sites": [{"name": "dc1", "public_key": site_key.public_key().to_string(),
                    "tunnel_address": "100.96.1.1",
                    "advertised_cidrs": networks,
@@ -111,6 +113,7 @@ async fn start(port: u16, networks: &[&str]) -> Pair {
     Pair {
         stream,
         connector_admin,
+        hub_admin,
         stop,
         _dir: dir,
     }
@@ -196,4 +199,76 @@ async fn a_name_resolving_outside_the_sites_networks_is_refused_and_inside_is_re
         got.extend_from_slice(&buf[..n]);
     }
     assert_eq!(&got[..], b"ping");
+}
+
+/// (metric, type, label names) of the families in a /metrics response.
+fn families(response: &str) -> std::collections::BTreeSet<(String, String, String)> {
+    let body = response.split_once("\r\n\r\n").map_or(response, |(_, b)| b);
+    let types: std::collections::BTreeMap<&str, &str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, rest) = l.split_once('{').expect("every sample has a label");
+            let label = rest.split_once("=\"").expect("a label").0;
+            let kind = types.get(name).copied().unwrap_or("untyped");
+            (name.to_string(), kind.to_string(), label.to_string())
+        })
+        .collect()
+}
+
+/// Rows `| \`prefix...\` | type | \`label\` | ... |` of docs/observability.md.
+fn documented(prefix: &str) -> std::collections::BTreeSet<(String, String, String)> {
+    let page = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/observability.md");
+    std::fs::read_to_string(page)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(&format!("| `{prefix}")))
+        .map(|l| {
+            let c: Vec<&str> = l.split('|').map(str::trim).collect();
+            let label = c[3].trim_matches('`').to_string();
+            (c[1].trim_matches('`').to_string(), c[2].to_string(), label)
+        })
+        .collect()
+}
+
+/// The real /metrics of a connected hub and connector hold exactly the families
+/// docs/observability.md lists (which the chart's alerts and dashboards are checked
+/// against), each with one bounded label: a configured site or hub, a status, a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_and_connector_metrics_are_the_documented_ones() {
+    let target = echo();
+    let pair = start(target.port(), &["127.0.0.1/32"]).await;
+    open_localhost(&pair, target.port())
+        .await
+        .expect("localhost reached");
+    // The peers' handshake time shows once both ends report the peer connected.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for admin in [pair.hub_admin, pair.connector_admin] {
+        while !metrics(admin)
+            .await
+            .lines()
+            .any(|l| l.contains("_peer_connected{") && l.ends_with(" 1"))
+        {
+            assert!(Instant::now() < deadline, "{admin}: peer never connected");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for (role, admin) in [("hub", pair.hub_admin), ("connector", pair.connector_admin)] {
+        let got = families(&metrics(admin).await);
+        assert_eq!(
+            got,
+            documented(&format!("rustronaut_tunnel_{role}_")),
+            "{role}: /metrics against docs/observability.md"
+        );
+        for (name, _, label) in &got {
+            assert!(
+                ["site", "hub", "status", "reason", "result"].contains(&label.as_str()),
+                "{name}: label {label}"
+            );
+        }
+    }
 }
