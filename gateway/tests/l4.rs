@@ -736,22 +736,43 @@ impl TunnelPair {
         write_private_key(&site_key_file, &site_key).unwrap();
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, format!("{TUNNEL_TOKEN}\n")).unwrap();
-        let wg_port = free_port();
-        let stream: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let hub: HubConfig = serde_json::from_value(json!({
-            "listen_port": wg_port,
-            "private_key_file": hub_key_file,
-            "tunnel_address": "100.96.0.1",
-            "stream_listen": stream.to_string(),
-            "token_file": token_file,
-            "admin_listen": format!("127.0.0.1:{}", free_port()),
-            "sites": [{"name": "dc1", "public_key": site_key.public_key().to_string(),
-                       "tunnel_address": "100.96.1.1",
-                       "allowed_targets": allowed.iter().map(|(a, protocol)| json!(
-                           {"cidr": a.ip().to_string(), "ports": [a.port()], "protocol": protocol}))
-                           .collect::<Vec<_>>()}],
-        }))
-        .unwrap();
+        // The ports are free when chosen, but another test may take one before the hub
+        // binds it: choose again then (only for "address in use").
+        let config = || {
+            let wg_port = free_port();
+            let stream: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let hub: HubConfig = serde_json::from_value(json!({
+                "listen_port": wg_port,
+                "private_key_file": hub_key_file,
+                "tunnel_address": "100.96.0.1",
+                "stream_listen": stream.to_string(),
+                "token_file": token_file,
+                "admin_listen": format!("127.0.0.1:{}", free_port()),
+                "sites": [{"name": "dc1", "public_key": site_key.public_key().to_string(),
+                           "tunnel_address": "100.96.1.1",
+                           "allowed_targets": allowed.iter().map(|(a, protocol)| json!(
+                               {"cidr": a.ip().to_string(), "ports": [a.port()], "protocol": protocol}))
+                               .collect::<Vec<_>>()}],
+            }))
+            .unwrap();
+            (wg_port, stream, hub)
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut attempt = 0;
+        let (wg_port, stream, hub) = loop {
+            let (wg_port, stream, hub) = config();
+            match rt.block_on(rustronaut_tunnel::hub::Hub::new(hub)) {
+                Ok(h) => break (wg_port, stream, h),
+                Err(e) if attempt < 5 && e.to_string().contains("in use") => attempt += 1,
+                Err(e) => panic!("the tunnel hub did not start: {e}"),
+            }
+        };
+        rt.spawn(hub.run(stop.clone()));
         let connector: ConnectorConfig = serde_json::from_value(json!({
             "hubs": [{"endpoint": format!("127.0.0.1:{wg_port}"),
                       "public_key": hub_key.public_key().to_string()}],
@@ -763,14 +784,6 @@ impl TunnelPair {
             "dead_peer_timeout_secs": 3,
         }))
         .unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let hub = rt.block_on(rustronaut_tunnel::hub::Hub::new(hub)).unwrap();
-        rt.spawn(hub.run(stop.clone()));
         let connector = rt
             .block_on(rustronaut_tunnel::connector::Connector::new(connector))
             .unwrap();
