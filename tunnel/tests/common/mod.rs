@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -65,9 +66,28 @@ pub struct Topology {
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// Live topologies of this process, and whether /run/netns was a mount point before the
+/// first: `ip netns add` bind-mounts /run/netns onto itself when it is not, and the last
+/// topology to go undoes that, so the host is left as it was. Held while namespaces are
+/// added or deleted, so an unmount never races another topology's `ip netns add`.
+static LIVE: Mutex<(usize, bool)> = Mutex::new((0, true));
+
+/// Whether `path` is a mount point (from /proc/self/mountinfo, field 5).
+fn is_mount_point(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(path))
+}
+
 impl Topology {
     pub fn new() -> Self {
         require_root_and_ip();
+        let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        if live.0 == 0 {
+            live.1 = is_mount_point("/run/netns");
+        }
+        live.0 += 1;
         let id = format!(
             "rtn{}x{}",
             std::process::id(),
@@ -86,6 +106,7 @@ impl Topology {
             sh(&["ip", "netns", "add", ns]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
+        drop(live);
         sh(&[
             "ip", "link", "add", "h0", "netns", &t.hub, "type", "veth", "peer", "name", "c0",
             "netns", &t.conn,
@@ -266,9 +287,16 @@ impl Drop for Topology {
             let _ = c.wait();
         }
         self.stops.clear();
+        let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
         for ns in [&self.hub, &self.conn, &self.target] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
+        live.0 -= 1;
+        let empty = std::fs::read_dir("/run/netns").map_or(true, |mut d| d.next().is_none());
+        if live.0 == 0 && !live.1 && empty && is_mount_point("/run/netns") {
+            let _ = Command::new("umount").arg("/run/netns").output();
+        }
+        drop(live);
         if std::thread::panicking() {
             eprintln!("{}", self.dump_logs());
         }
