@@ -19,7 +19,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use rustronaut_e2e::scenario::{HOST, LISTENER_PORT, UPSTREAM_PORT};
 use rustronaut_e2e::{TestCluster, node};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -53,17 +53,9 @@ fn demo() -> &'static TestCluster {
 
 fn install_demo(cluster: &TestCluster) {
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/rustronaut");
-    let helm_home = tempfile::tempdir().unwrap().keep();
-    let helm = cluster
-        .bin_dir()
-        .map(|d| d.join("helm"))
-        .unwrap_or_else(|| PathBuf::from("helm"));
-    let mut install = Command::new(helm);
+    let bin_dir = cluster.bin_dir().unwrap_or(Path::new(""));
+    let mut install = support::helm(bin_dir, Some(cluster));
     install
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .env("HELM_CACHE_HOME", helm_home.join("cache"))
-        .env("HELM_CONFIG_HOME", helm_home.join("config"))
-        .env("HELM_DATA_HOME", helm_home.join("data"))
         .args(["install", "rustronaut"])
         .arg(chart)
         .args(["--namespace", "rustronaut-system", "--create-namespace"])
@@ -82,12 +74,8 @@ fn install_demo(cluster: &TestCluster) {
     run(install);
     // The chart's own test: a pod from the operator image probes the operator's readiness
     // through its Service.
-    let mut test = Command::new(cluster.bin_dir().unwrap().join("helm"));
-    test.env("KUBECONFIG", cluster.kubeconfig())
-        .env("HELM_CACHE_HOME", helm_home.join("cache"))
-        .env("HELM_CONFIG_HOME", helm_home.join("config"))
-        .env("HELM_DATA_HOME", helm_home.join("data"))
-        .args(["test", "rustronaut", "--namespace", "rustronaut-system"])
+    let mut test = support::helm(bin_dir, Some(cluster));
+    test.args(["test", "rustronaut", "--namespace", "rustronaut-system"])
         .args(["--timeout", "120s"]);
     let out = run(test);
     assert!(out.contains("Succeeded"), "helm test:\n{out}");

@@ -26,19 +26,8 @@ fn chart() -> PathBuf {
 }
 
 fn helm(cluster: &rustronaut_e2e::TestCluster) -> Command {
-    let bin = cluster
-        .bin_dir()
-        .map(|d| d.join("helm"))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("helm"));
-    let mut cmd = Command::new(bin);
-    // Helm keeps caches and repositories under $HOME by default; keep them out of it.
-    let home = std::env::temp_dir().join("rustronaut-helm-home");
-    cmd.env("KUBECONFIG", cluster.kubeconfig())
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"));
-    cmd
+    // Without a bin dir (an existing cluster), the `helm` on PATH.
+    support::helm(cluster.bin_dir().unwrap_or(Path::new("")), Some(cluster))
 }
 
 /// `helm template` with `values`; its error output when it fails.

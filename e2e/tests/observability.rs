@@ -23,6 +23,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod support;
+
 /// Every optional observability object on.
 const ALL_ON: [&str; 4] = [
     "metrics.serviceMonitor.enabled=true",
@@ -43,18 +45,9 @@ fn tools() -> PathBuf {
     rustronaut_e2e::build_tools().expect("the Go-built tools (e2e/scripts/tools.sh)")
 }
 
-fn helm(bin: &Path) -> Command {
-    let mut cmd = Command::new(bin.join("helm"));
-    let home = std::env::temp_dir().join("rustronaut-helm-home");
-    cmd.env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"));
-    cmd
-}
-
 /// `helm template` with `sets`: (success, stdout or stderr).
 fn template(bin: &Path, sets: &[&str]) -> Result<String, String> {
-    let mut cmd = helm(bin);
+    let mut cmd = support::helm(bin, None);
     cmd.args(["template", "rtn"])
         .arg(chart())
         .args(["--namespace", "rustronaut-system"]);
@@ -330,18 +323,12 @@ fn monitors_rules_and_dashboards_are_off_by_default_and_render_when_enabled() {
         "{err}"
     );
 
-    let mut lint = helm(&bin);
+    let mut lint = support::helm(&bin, None);
     lint.args(["lint", "--strict"]).arg(chart());
     for s in ALL_ON {
         lint.args(["--set", s]);
     }
-    let out = lint.output().unwrap();
-    assert!(
-        out.status.success(),
-        "helm lint --strict with everything on:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::run(lint);
 }
 
 #[test]
@@ -524,27 +511,15 @@ fn monitors_and_rules_pass_a_dry_run_against_prometheus_operator_crds() {
         crds.arg("-f")
             .arg(bin.join(format!("monitoring.coreos.com_{k}.yaml")));
     }
-    let out = crds.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cluster
-        .kubectl()
-        .args(["wait", "--for=condition=Established", "--timeout=60s"])
+    support::run(crds);
+    let mut wait = cluster.kubectl();
+    wait.args(["wait", "--for=condition=Established", "--timeout=60s"])
         .args([
             "crd/servicemonitors.monitoring.coreos.com",
             "crd/podmonitors.monitoring.coreos.com",
             "crd/prometheusrules.monitoring.coreos.com",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ]);
+    support::run(wait);
     // A dry-run Namespace is not created: the objects' namespace must exist.
     let _ = cluster
         .kubectl()

@@ -247,3 +247,17 @@ pub fn run(mut cmd: Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `helm` from `bin_dir` (the Go-built tools) with its caches and configuration in a
+/// directory of its own, never under $HOME; with `cluster`, pointed at that cluster.
+pub fn helm(bin_dir: &Path, cluster: Option<&rustronaut_e2e::TestCluster>) -> Command {
+    let mut cmd = Command::new(bin_dir.join("helm"));
+    let home = std::env::temp_dir().join("rustronaut-helm-home");
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    if let Some(c) = cluster {
+        cmd.env("KUBECONFIG", c.kubeconfig());
+    }
+    cmd
+}
