@@ -24,7 +24,9 @@ use serde_json::json;
 use std::net::SocketAddr;
 
 mod common;
-use common::{create, eventually, install_crds, operator_client, snapshot, start_controllers};
+use common::{
+    create, eventually, http_resource, install_crds, operator_client, snapshot, start_controllers,
+};
 
 fn addresses(s: &Snapshot, ns: &str) -> Option<Vec<SocketAddr>> {
     let res = s.resource(ns, "ext")?;
@@ -95,16 +97,7 @@ async fn hand_written_endpoint_slices_may_not_point_into_the_cluster() {
     .await;
     create(
         &Api::<RtnResource>::namespaced(client.clone(), &apps),
-        json!({
-            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
-            "metadata": {"name": "ext"},
-            "spec": {
-                "gatewayRefs": [{"namespace": gw_ns, "name": "edge"}],
-                "protocol": "HTTP",
-                "hostnames": [format!("ext.{domain}")],
-                "rules": [{"name": "all", "upstreams": [{"service": {"name": "ext", "port": 80}}]}]
-            }
-        }),
+        http_resource("ext", &gw_ns, &format!("ext.{domain}"), "ext"),
     )
     .await;
 

@@ -26,7 +26,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{create, eventually, install_crds, operator_client, start_controllers};
+use common::{create, eventually, http_resource, install_crds, operator_client, start_controllers};
 
 /// One line of the checker's output.
 #[derive(Debug, Deserialize)]
@@ -175,16 +175,7 @@ async fn kstatus_reads_current_failed_and_in_progress_as_meant() {
     }
     create(
         &Api::<RtnResource>::namespaced(client.clone(), &ns),
-        json!({
-            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
-            "metadata": {"name": "app"},
-            "spec": {
-                "gatewayRefs": [{"name": "edge"}],
-                "protocol": "HTTP",
-                "hostnames": [format!("app.{suffix}.example")],
-                "rules": [{"name": "all", "upstreams": [{"service": {"name": "app", "port": 80}}]}]
-            }
-        }),
+        http_resource("app", &ns, &format!("app.{suffix}.example"), "app"),
     )
     .await;
     create(

@@ -22,7 +22,9 @@ use rustronaut_crds::{Gateway, Resource as RtnResource, Tenant};
 use serde_json::json;
 
 mod common;
-use common::{create, eventually, install_crds, operator_client, snapshot, start_controllers};
+use common::{
+    create, eventually, http_resource, install_crds, operator_client, snapshot, start_controllers,
+};
 
 const CERT: &str = include_str!("../../contract/tests/fixtures/ca.pem");
 const KEY: &str = include_str!("../../contract/tests/fixtures/ec-p256.pem");
@@ -94,16 +96,7 @@ async fn only_the_operators_own_and_the_named_secrets_are_held() {
     // A Resource of the tenant on the Gateway: a tenant is in a snapshot through them.
     create(
         &Api::<RtnResource>::namespaced(client.clone(), &apps),
-        json!({
-            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
-            "metadata": {"name": "app"},
-            "spec": {
-                "gatewayRefs": [{"namespace": gw_ns, "name": "edge"}],
-                "protocol": "HTTP",
-                "hostnames": [format!("app.{suffix}.example")],
-                "rules": [{"name": "all", "upstreams": [{"service": {"name": "app", "port": 80}}]}]
-            }
-        }),
+        http_resource("app", &gw_ns, &format!("app.{suffix}.example"), "app"),
     )
     .await;
 

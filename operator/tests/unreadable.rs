@@ -26,8 +26,8 @@ use serde_json::json;
 
 mod common;
 use common::{
-    TEST_MANAGER, create, decide, eventually, install_crds, operator_client, snapshot,
-    start_controllers,
+    TEST_MANAGER, create, decide, eventually, http_resource, install_crds, operator_client,
+    snapshot, start_controllers,
 };
 
 /// Applies the CRD `name` with a schema that accepts anything.
@@ -115,14 +115,7 @@ async fn an_unreadable_object_is_reported_and_never_stalls_the_others() {
     )
     .await;
     let resources: Api<RtnResource> = Api::namespaced(client.clone(), &apps);
-    let resource = |name: &str| {
-        json!({"apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
-               "metadata": {"name": name},
-               "spec": {"gatewayRefs": [{"namespace": gw_ns, "name": "edge"}],
-                        "protocol": "HTTP", "hostnames": [format!("{name}.{domain}")],
-                        "rules": [{"name": "all",
-                                   "upstreams": [{"service": {"name": "app", "port": 80}}]}]}})
-    };
+    let resource = |name: &str| http_resource(name, &gw_ns, &format!("{name}.{domain}"), "app");
     create(&resources, resource("good")).await;
     create(
         &Api::<Policy>::namespaced(client.clone(), &apps),

@@ -189,3 +189,19 @@ impl Controllers {
             .unwrap();
     }
 }
+
+/// An HTTP Resource `name` serving `hostname` on Gateway `gateway_ns/edge`, all requests to
+/// Service `service` port 80 of its own namespace: the shape most tests need.
+#[allow(dead_code)] // not every test binary asks
+pub fn http_resource(name: &str, gateway_ns: &str, hostname: &str, service: &str) -> Value {
+    json!({
+        "apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
+        "metadata": {"name": name},
+        "spec": {
+            "gatewayRefs": [{"namespace": gateway_ns, "name": "edge"}],
+            "protocol": "HTTP",
+            "hostnames": [hostname],
+            "rules": [{"name": "all", "upstreams": [{"service": {"name": service, "port": 80}}]}]
+        }
+    })
+}
