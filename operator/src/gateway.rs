@@ -365,6 +365,18 @@ impl Stores {
     /// Ready endpoints of Service port `namespace/name:port` as `ip:targetPort`; None when
     /// the Service or the port does not exist.
     pub fn endpoints(&self, namespace: &str, name: &str, port: u16) -> Option<Vec<SocketAddr>> {
+        self.endpoints_within(namespace, name, port, &self.networks.cidrs())
+    }
+
+    /// [`Self::endpoints`] with the cluster's networks already gathered (once per build, not
+    /// once per Service port).
+    fn endpoints_within(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+        cluster: &[rustronaut_contract::cidr::Cidr],
+    ) -> Option<Vec<SocketAddr>> {
         let svc = self.services.get(&ObjectRef::new(name).within(namespace))?;
         let sp = svc
             .spec
@@ -374,7 +386,6 @@ impl Stores {
             .flatten()
             .find(|p| p.port == i32::from(port))?;
         let port_name = sp.name.clone().unwrap_or_default();
-        let cluster = self.networks.cidrs();
         let mut out = Vec::new();
         for slice in self.slices.state() {
             if slice.namespace().as_deref() != Some(namespace)
@@ -404,7 +415,7 @@ impl Stores {
                     ep.addresses
                         .iter()
                         .filter_map(|a| a.parse::<IpAddr>().ok())
-                        .filter(|ip| networks::slice_address_allowed(writer, *ip, &cluster))
+                        .filter(|ip| networks::slice_address_allowed(writer, *ip, cluster))
                         .map(|ip| SocketAddr::new(ip, target)),
                 );
             }
@@ -441,6 +452,7 @@ impl Stores {
             }
         }
         let mut endpoints = BTreeMap::new();
+        let cluster = self.networks.cidrs();
         for res in &world.resources {
             let res_ns = res.namespace().unwrap_or_default();
             let upstreams = res
@@ -456,7 +468,7 @@ impl Stores {
                 if endpoints.contains_key(&key) {
                     continue;
                 }
-                if let Some(addrs) = self.endpoints(&res_ns, &svc.name, port) {
+                if let Some(addrs) = self.endpoints_within(&res_ns, &svc.name, port, &cluster) {
                     endpoints.insert(key, addrs);
                 }
             }
