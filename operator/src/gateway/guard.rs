@@ -114,7 +114,14 @@ impl Unreadable for Policy {
 
 /// Unreadable objects seen and the error each was reported with (so each is reported once).
 #[derive(Clone, Default)]
-pub struct Seen(Arc<Mutex<BTreeMap<SeenKey, String>>>);
+pub struct Seen(Arc<Mutex<BTreeMap<SeenKey, Entry>>>);
+
+/// One unreadable object: its error, and whether a re-list in progress has not met it yet.
+#[derive(Clone)]
+struct Entry {
+    error: String,
+    stale: bool,
+}
 
 /// `(kind, namespace, name)` of an unreadable object.
 type SeenKey = (String, String, String);
@@ -128,7 +135,26 @@ impl Seen {
             meta.name.clone().unwrap_or_default(),
         );
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.insert(key, error.to_string()).as_deref() != Some(error)
+        let entry = Entry {
+            error: error.to_string(),
+            stale: false,
+        };
+        m.insert(key, entry).map(|e| e.error).as_deref() != Some(error)
+    }
+
+    /// A re-list of `kind` starts: what it does not list again has gone while the watch was
+    /// down (deleted without a Delete event), and is forgotten at [`Self::relisted`].
+    fn relisting(&self, kind: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, e) in m.iter_mut().filter(|(k, _)| k.0 == kind) {
+            e.stale = true;
+        }
+    }
+
+    /// A re-list of `kind` is complete.
+    fn relisted(&self, kind: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|k, e| k.0 != kind || !e.stale);
     }
 
     /// Forgets `kind` `ns/name` (readable again, or deleted).
@@ -200,6 +226,11 @@ where
                 };
                 if let Some(meta) = readable_meta {
                     seen.forget(&K::kind(&()), &meta);
+                }
+                match &event {
+                    watcher::Event::Init => seen.relisting(&K::kind(&())),
+                    watcher::Event::InitDone => seen.relisted(&K::kind(&())),
+                    _ => {}
                 }
                 let (event, bad) = translate(event);
                 if let Some(bad) = bad
@@ -320,5 +351,28 @@ mod tests {
         let _ = Gateway::tombstone(&m);
         let _ = Policy::tombstone(&m);
         assert!(Tenant::stand_in(&m).is_none());
+    }
+
+    #[test]
+    fn a_relist_forgets_the_unreadable_objects_it_no_longer_lists() {
+        let seen = Seen::default();
+        let meta = |n: &str| ObjectMeta {
+            name: Some(n.into()),
+            namespace: Some("apps".into()),
+            ..Default::default()
+        };
+        assert!(seen.record("Policy", &meta("a"), "e"));
+        assert!(seen.record("Policy", &meta("b"), "e"));
+        assert!(seen.record("Resource", &meta("r"), "e"));
+        assert!(!seen.record("Policy", &meta("a"), "e"), "reported once");
+        // The watch was down while "b" was deleted; the re-list lists "a" only.
+        seen.relisting("Policy");
+        assert!(
+            !seen.record("Policy", &meta("a"), "e"),
+            "still reported once"
+        );
+        seen.relisted("Policy");
+        assert_eq!(seen.count(), 2, "a (still unreadable) and the Resource");
+        assert!(seen.record("Policy", &meta("b"), "e"), "b is news again");
     }
 }
