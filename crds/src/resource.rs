@@ -1,4 +1,8 @@
-//! `Resource` (namespaced): an application to protect, reached through one or more Gateways.
+//! `Resource` (namespaced): an application to protect, reached through one or more Gateways
+//! (an *edge* Resource, `gatewayRefs`) or through a sidecar gateway injected next to the pods
+//! it selects (a *sidecar* Resource, `workload`). Both read alike: the same protocol, rules
+//! and Policies; a sidecar Resource names pods and ports instead of Gateways, hostnames and
+//! upstreams, because its upstream is always the application on the pod's loopback.
 //!
 //! HTTP Resources route by hostname and then by `rules` (shaped like Gateway API HTTPRoute
 //! rules, each with its own upstreams); TLSPassthrough, TCP and UDP Resources forward whole
@@ -33,14 +37,26 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.protocol in ['HTTP', 'TLSPassthrough'] ? size(self.hostnames) > 0 : true").message("HTTP and TLSPassthrough resources need at least one hostname"))]
-#[x_kube(validation = Rule::new("self.protocol in ['TCP', 'UDP'] ? size(self.ports) > 0 && size(self.hostnames) == 0 : size(self.ports) == 0").message("TCP and UDP resources are reached by ports and take no hostnames; HTTP and TLSPassthrough resources take no ports"))]
-#[x_kube(validation = Rule::new("self.protocol == 'HTTP' ? size(self.rules) > 0 && size(self.upstreams) == 0 : size(self.rules) == 0 && size(self.upstreams) > 0").message("HTTP resources route with rules (each with its upstreams); other protocols forward to upstreams and take no rules"))]
+#[x_kube(validation = Rule::new("has(self.workload) != (size(self.gatewayRefs) > 0)").message("a Resource is reached either through Gateways (gatewayRefs) or through a sidecar next to its pods (workload): set exactly one"))]
+#[x_kube(validation = Rule::new("has(self.workload) ? self.protocol in ['HTTP', 'TCP'] : true").message("a sidecar Resource (workload) is HTTP or TCP"))]
+#[x_kube(validation = Rule::new("has(self.workload) ? size(self.hostnames) == 0 && size(self.ports) == 0 && size(self.upstreams) == 0 && self.rules.all(r, size(r.upstreams) == 0) && !has(self.loadBalancing) && !has(self.healthCheck) : true").message("a sidecar Resource (workload) forwards to its pod's own ports (workload.ports): it takes no hostnames, ports, upstreams, rule upstreams, loadBalancing or healthCheck"))]
+#[x_kube(validation = Rule::new("!has(self.workload) && self.protocol in ['HTTP', 'TLSPassthrough'] ? size(self.hostnames) > 0 : true").message("HTTP and TLSPassthrough resources need at least one hostname"))]
+#[x_kube(validation = Rule::new("has(self.workload) || (self.protocol in ['TCP', 'UDP'] ? size(self.ports) > 0 && size(self.hostnames) == 0 : size(self.ports) == 0)").message("TCP and UDP resources are reached by ports and take no hostnames; HTTP and TLSPassthrough resources take no ports"))]
+#[x_kube(validation = Rule::new("has(self.workload) || (self.protocol == 'HTTP' ? size(self.rules) > 0 && size(self.upstreams) == 0 && self.rules.all(r, size(r.upstreams) > 0) : size(self.rules) == 0 && size(self.upstreams) > 0)").message("HTTP resources route with rules (each with its upstreams); other protocols forward to upstreams and take no rules"))]
+#[x_kube(validation = Rule::new("!has(self.workload) || self.protocol == 'HTTP' || size(self.rules) == 0").message("a TCP sidecar Resource takes no rules"))]
 pub struct ResourceSpec {
     /// Gateways (and optionally one listener of each) that serve this Resource. A Gateway only
-    /// accepts Resources of the tenants its spec.tenants admits.
-    #[schemars(length(min = 1, max = 8))]
+    /// accepts Resources of the tenants its spec.tenants admits. Empty for a sidecar Resource.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
     pub gateway_refs: Vec<GatewayRef>,
+
+    /// The pods this Resource protects with a sidecar gateway instead of an edge Gateway:
+    /// pods of this namespace that match `selector` and opted in to injection get the
+    /// `rustronaut-sidecar` container, which listens on each `sidecarPort` and forwards what
+    /// the Policies allow to the application's `port` on the pod's loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
 
     /// Application protocol. Immutable: changing it changes what every rule and policy means,
     /// so delete and recreate instead.
@@ -97,6 +113,104 @@ pub struct GatewayRef {
     pub listener: Option<String>,
 }
 
+/// Port the injected sidecar serves its admin endpoints on (readiness, metrics); no
+/// `workload.ports[].sidecarPort` may take it.
+pub const SIDECAR_ADMIN_PORT: i32 = 15020;
+
+/// Name of the injected sidecar container (a Kubernetes native sidecar: an init container
+/// with `restartPolicy: Always`).
+pub const SIDECAR_CONTAINER: &str = "rustronaut-sidecar";
+
+/// The contract between the injection webhook, the sidecar reconciler and the gateway in
+/// sidecar mode: where the sidecar's snapshot lives, and the labels and annotations that opt
+/// pods in and record what was injected. One place, so the three never drift apart.
+pub mod sidecar_names {
+    /// Namespace label that opts every pod of the namespace in (`enabled`).
+    pub const NAMESPACE_LABEL: &str = "rustronaut.io/sidecar-injection";
+    /// Pod annotation: `enabled` opts one pod in, `disabled` opts it out (also in an
+    /// opted-in namespace). Any other value is refused at admission.
+    pub const POD_ANNOTATION: &str = "rustronaut.io/sidecar";
+    /// Pod label set by injection: the name of the sidecar Resource the sidecar serves, so
+    /// status and NetworkPolicies find injected pods with a label selector.
+    pub const INJECTED_LABEL: &str = "rustronaut.io/sidecar-resource";
+    /// Pod annotation set by injection: the injected ports as `port:sidecarPort,...`, so
+    /// status can tell a pod injected for an older version of the Resource's ports.
+    pub const PORTS_ANNOTATION: &str = "rustronaut.io/sidecar-ports";
+    /// Value of [`NAMESPACE_LABEL`] and [`POD_ANNOTATION`] that opts in.
+    pub const ENABLED: &str = "enabled";
+    /// Value of [`POD_ANNOTATION`] that opts out.
+    pub const DISABLED: &str = "disabled";
+
+    /// The Secret holding the compiled snapshot of sidecar Resource `resource` (in its
+    /// namespace). Long names keep a readable prefix and end in a hash of the whole name, so
+    /// the result is a valid, unique Secret name.
+    pub fn snapshot(resource: &str) -> String {
+        const SUFFIX: &str = "-sidecar";
+        if resource.len() + SUFFIX.len() <= 253 {
+            return format!("{resource}{SUFFIX}");
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, resource.as_bytes());
+        let hash: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let keep = 253 - SUFFIX.len() - hash.len() - 1;
+        let prefix = resource[..keep].trim_end_matches(['-', '.']);
+        format!("{prefix}-{hash}{SUFFIX}")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn snapshot_names_are_valid_and_distinct() {
+            assert_eq!(super::snapshot("orders"), "orders-sidecar");
+            let long_a = "a".repeat(250);
+            let long_b = format!("{}b", "a".repeat(249));
+            let (a, b) = (super::snapshot(&long_a), super::snapshot(&long_b));
+            assert!(a.len() <= 253 && b.len() <= 253, "{a} {b}");
+            assert_ne!(a, b);
+            assert!(a.ends_with("-sidecar"));
+        }
+    }
+}
+
+/// The pods a sidecar Resource protects, and which of their ports.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.ports.all(p, p.port != p.sidecarPort && self.ports.exists_one(q, q.sidecarPort == p.sidecarPort) && self.ports.exists_one(q, q.port == p.port) && !self.ports.exists(q, q.port == p.sidecarPort))").message("each port and each sidecarPort appears once, and no sidecarPort is also an application port"))]
+#[x_kube(validation = Rule::new("self.ports.all(p, p.sidecarPort != 15020)").message("sidecarPort 15020 is the sidecar's admin port"))]
+#[x_kube(validation = Rule::new("self.ports.all(p, !has(p.name) || self.ports.exists_one(q, has(q.name) && q.name == p.name))").message("port names must be unique"))]
+pub struct Workload {
+    /// Pods of the Resource's namespace this Resource protects. A pod is protected by at
+    /// most one sidecar Resource: injection refuses a pod two of them select.
+    pub selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    /// The application ports to protect.
+    #[schemars(length(min = 1, max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["port".into()]))]
+    pub ports: Vec<WorkloadPort>,
+}
+
+/// One protected port of a workload.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadPort {
+    /// The application's port, which the sidecar reaches on the pod's loopback (127.0.0.1).
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The port the sidecar listens on: point the Service's `targetPort` here (or at `name`).
+    /// A NetworkPolicy lets traffic into the pod only on sidecar ports.
+    #[schemars(range(min = 1, max = 65535))]
+    pub sidecar_port: i32,
+    /// Name of the sidecar's container port (an IANA service name: at most 15 lower-case
+    /// letters, digits and hyphens), so a Service can target it by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: Option<String>,
+}
+
 /// Application protocol of a Resource.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum Protocol {
@@ -134,8 +248,10 @@ pub struct HttpRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub matches: Vec<HttpMatch>,
-    /// Where matching requests go.
-    #[schemars(length(min = 1, max = 16))]
+    /// Where matching requests go (at least one on an edge Resource). Empty on a sidecar
+    /// Resource, whose upstream is always the application on the pod's loopback.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
     pub upstreams: Vec<Upstream>,
     /// Load balancing across upstreams. Default: RoundRobin (weighted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -332,6 +448,26 @@ pub struct ResourceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000))]
     pub policies: Vec<AppliedPolicy>,
+    /// Sidecar Resources: the pods `workload.selector` selects, and which of them run
+    /// without a current sidecar, so nobody believes a workload is protected when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadStatus>,
+}
+
+/// What a sidecar Resource protects, counted from the live pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// Running pods the selector selects.
+    pub selected_pods: i32,
+    /// Of those, pods whose `rustronaut-sidecar` serves this Resource's current ports.
+    pub protected_pods: i32,
+    /// Names of selected pods without a sidecar (not opted in, injected before this
+    /// Resource existed, or with other ports): restart them in an opted-in namespace.
+    /// At most 10 are listed; `selectedPods - protectedPods` is the full count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(length(max = 253)))]
+    pub unprotected_pods: Vec<String>,
 }
 
 /// A Policy that applies to a Resource.

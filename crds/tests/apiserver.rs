@@ -196,6 +196,12 @@ fn example(kind: &str, name: &str) -> Value {
 }
 
 /// An invalid object: a valid example, one change, and words the refusal must contain.
+/// A valid `spec.workload` for the sidecar cases.
+fn sidecar_workload() -> Value {
+    json!({"selector": {"matchLabels": {"app": "grafana"}},
+           "ports": [{"port": 8080, "sidecarPort": 15080, "name": "rtn-http"}]})
+}
+
 struct Case {
     name: &'static str,
     base: (&'static str, &'static str),
@@ -422,7 +428,65 @@ fn cases() -> Vec<Case> {
             name: "no gateway refs",
             base: r,
             change: |v| v["spec"]["gatewayRefs"] = json!([]),
-            expect: "should have at least 1 items",
+            expect: "set exactly one",
+        },
+        Case {
+            name: "gateway refs and a workload",
+            base: r,
+            change: |v| v["spec"]["workload"] = sidecar_workload(),
+            expect: "set exactly one",
+        },
+        Case {
+            name: "sidecar Resource with hostnames and rule upstreams",
+            base: r,
+            change: |v| {
+                v["spec"].as_object_mut().unwrap().remove("gatewayRefs");
+                v["spec"]["workload"] = sidecar_workload();
+            },
+            expect: "a sidecar Resource (workload) forwards to its pod's own ports",
+        },
+        Case {
+            name: "UDP sidecar Resource",
+            base: tcp,
+            change: |v| {
+                v["spec"].as_object_mut().unwrap().remove("gatewayRefs");
+                v["spec"]["protocol"] = json!("UDP");
+                v["spec"]["workload"] = sidecar_workload();
+            },
+            expect: "a sidecar Resource (workload) is HTTP or TCP",
+        },
+        Case {
+            name: "sidecar port used twice",
+            base: r,
+            change: |v| {
+                v["spec"]["workload"] = sidecar_workload();
+                v["spec"]["workload"]["ports"] = json!([
+                    {"port": 8080, "sidecarPort": 15080},
+                    {"port": 8081, "sidecarPort": 15080},
+                ]);
+            },
+            expect: "each port and each sidecarPort appears once",
+        },
+        Case {
+            name: "sidecar port on an application port",
+            base: r,
+            change: |v| {
+                v["spec"]["workload"] = sidecar_workload();
+                v["spec"]["workload"]["ports"] = json!([
+                    {"port": 8080, "sidecarPort": 15080},
+                    {"port": 15080, "sidecarPort": 15081},
+                ]);
+            },
+            expect: "no sidecarPort is also an application port",
+        },
+        Case {
+            name: "sidecar port on the admin port",
+            base: r,
+            change: |v| {
+                v["spec"]["workload"] = sidecar_workload();
+                v["spec"]["workload"]["ports"][0]["sidecarPort"] = json!(15020);
+            },
+            expect: "sidecarPort 15020 is the sidecar's admin port",
         },
         // Gateway
         Case {

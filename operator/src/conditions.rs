@@ -452,6 +452,8 @@ pub fn resource_status(
         conditions,
         observed_generation: generation,
         policies: applied.to_vec(),
+        // Sidecar Resources: filled by the sidecar reconciler, never by the edge pass.
+        workload: None,
     }
 }
 

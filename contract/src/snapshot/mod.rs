@@ -182,6 +182,10 @@ pub struct Snapshot {
     /// The WireGuard hub of this gateway, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<Tunnel>,
+    /// A sidecar's snapshot (`gateway` then names the sidecar Resource): its upstreams are
+    /// the application on the pod's own loopback, which an edge gateway never dials.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sidecar: bool,
 }
 
 /// Client address detection.
@@ -1002,6 +1006,7 @@ impl Snapshot {
             resources: Vec::new(),
             policies: Vec::new(),
             tunnel: None,
+            sidecar: false,
         }
     }
 
