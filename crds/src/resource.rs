@@ -127,18 +127,20 @@ pub const SIDECAR_CONTAINER: &str = "rustronaut-sidecar";
 pub mod sidecar_names {
     /// Namespace label that opts every pod of the namespace in (`enabled`).
     pub const NAMESPACE_LABEL: &str = "rustronaut.io/sidecar-injection";
-    /// Pod annotation: `enabled` opts one pod in, `disabled` opts it out (also in an
-    /// opted-in namespace). Any other value is refused at admission.
-    pub const POD_ANNOTATION: &str = "rustronaut.io/sidecar";
+    /// Pod label: `enabled` opts one pod in, `disabled` opts it out (also in an opted-in
+    /// namespace). Any other value is refused at admission. A label and not an annotation
+    /// (as Istio moved to), because the webhook's objectSelector can only select labels: with
+    /// an annotation every pod of the cluster would have to call the webhook.
+    pub const POD_LABEL: &str = "rustronaut.io/sidecar";
     /// Pod label set by injection: the name of the sidecar Resource the sidecar serves, so
     /// status and NetworkPolicies find injected pods with a label selector.
     pub const INJECTED_LABEL: &str = "rustronaut.io/sidecar-resource";
     /// Pod annotation set by injection: the injected ports as `port:sidecarPort,...`, so
     /// status can tell a pod injected for an older version of the Resource's ports.
     pub const PORTS_ANNOTATION: &str = "rustronaut.io/sidecar-ports";
-    /// Value of [`NAMESPACE_LABEL`] and [`POD_ANNOTATION`] that opts in.
+    /// Value of [`NAMESPACE_LABEL`] and [`POD_LABEL`] that opts in.
     pub const ENABLED: &str = "enabled";
-    /// Value of [`POD_ANNOTATION`] that opts out.
+    /// Value of [`POD_LABEL`] that opts out.
     pub const DISABLED: &str = "disabled";
 
     /// The Secret holding the compiled snapshot of sidecar Resource `resource` (in its
