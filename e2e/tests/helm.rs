@@ -4,7 +4,8 @@
 //! tests run under (`rustronaut_operator::rbac`); the pods run non-root with a read-only root
 //! filesystem and the Downward API env the operator needs; an upgrade to one replica drops the
 //! PodDisruptionBudget; uninstall removes the operator and, as Helm does, keeps the CRDs (and
-//! so every user object).
+//! so every user object). An upgrade from the previous chart (packaged in e2e/fixtures) with
+//! the documented CRD step keeps every object and serves the new API.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -65,8 +66,16 @@ fn values_the_schema_refuses_fail_with_a_message_that_names_them() {
     }
 }
 
+/// The chart allows one release per cluster (and refuses a second with a message): the tests
+/// that install it take turns.
+fn one_release() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn helm_installs_the_operator_with_the_rbac_it_was_tested_with() {
+    let _one_release = one_release();
     let cluster = rustronaut_e2e::shared();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -279,4 +288,207 @@ fn install_yaml_is_the_chart_rendered_and_the_api_server_accepts_it() {
     for kind in ["customresourcedefinition", "deployment", "clusterrole"] {
         assert!(out.contains(kind), "{kind} in the dry run:\n{out}");
     }
+}
+
+/// The previous chart, as its users have it installed: `helm package` of charts/rustronaut at
+/// the commit its file name ends with (e2e/fixtures/README.md).
+fn previous_chart() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut charts: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("rustronaut-") && n.ends_with(".tgz"))
+        })
+        .collect();
+    assert_eq!(charts.len(), 1, "one previous chart in {}", dir.display());
+    charts.pop().unwrap()
+}
+
+/// `kubectl get <kind> <name> -n <ns> -o jsonpath=<path>`.
+fn get(cluster: &rustronaut_e2e::TestCluster, ns: &str, what: &[&str], path: &str) -> String {
+    let mut cmd = cluster.kubectl();
+    cmd.args(["-n", ns, "get"])
+        .args(what)
+        .args(["-o", &format!("jsonpath={path}")]);
+    run(cmd)
+}
+
+/// What a user of the previous release does to upgrade: the new CRDs first (Helm never
+/// upgrades them; charts/rustronaut/README.md), then `helm upgrade`. Every object survives
+/// with its identity and spec, and the API of the new CRDs is served (a sidecar Resource the
+/// previous CRDs refuse is accepted after the upgrade).
+#[test]
+fn an_upgrade_from_the_previous_chart_keeps_every_object_and_serves_the_new_api() {
+    const REL: &str = "rtn-up";
+    const NS: &str = "rustronaut-upgrade";
+    const APPS: &str = "upgrade-apps";
+    let _one_release = one_release();
+    let cluster = rustronaut_e2e::shared();
+    let old = tempfile::tempdir().unwrap();
+    let mut untar = Command::new("tar");
+    untar
+        .arg("-xzf")
+        .arg(previous_chart())
+        .arg("-C")
+        .arg(old.path());
+    run(untar);
+    let old_chart = old.path().join("rustronaut");
+
+    // A cluster of the previous release: its CRDs (forced: this test binary's other tests may
+    // have installed the current ones), its operator, and objects made under its API.
+    let mut old_crds = cluster.kubectl();
+    old_crds
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(old_chart.join("crds"));
+    run(old_crds);
+    let mut install = helm(cluster);
+    install
+        .args(["install", REL])
+        .arg(&old_chart)
+        .args(["--namespace", NS, "--create-namespace"])
+        .args(["--wait", "--timeout", "180s"]);
+    run(install);
+    let objects = format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {APPS}}}
+---
+apiVersion: rustronaut.io/v1alpha1
+kind: Tenant
+metadata: {{name: upgrade}}
+spec:
+  namespaces: [{APPS}]
+  domains: ["*.upgrade.example"]
+---
+apiVersion: rustronaut.io/v1alpha1
+kind: Gateway
+metadata: {{name: edge, namespace: {APPS}}}
+spec:
+  listeners:
+  - {{name: http, port: 8080, protocol: HTTP}}
+---
+apiVersion: rustronaut.io/v1alpha1
+kind: Resource
+metadata: {{name: web, namespace: {APPS}}}
+spec:
+  gatewayRefs: [{{name: edge}}]
+  protocol: HTTP
+  hostnames: [web.upgrade.example]
+  rules:
+  - name: all
+    upstreams: [{{service: {{name: web, port: 80}}}}]
+---
+apiVersion: rustronaut.io/v1alpha1
+kind: Policy
+metadata: {{name: web-ops, namespace: {APPS}}}
+spec:
+  targetRefs: [{{kind: Resource, name: web}}]
+  action: Allow
+  rules:
+  - name: ops
+    from: [{{user: {{groups: [ops]}}}}]
+"#
+    );
+    support::kubectl_apply(cluster, &objects);
+    let kinds = [
+        ("", ["tenant", "upgrade"]),
+        (APPS, ["gateway", "edge"]),
+        (APPS, ["resource", "web"]),
+        (APPS, ["policy", "web-ops"]),
+    ];
+    let before: Vec<(String, String)> = kinds
+        .iter()
+        .map(|(ns, what)| {
+            (
+                get(cluster, ns, what, "{.metadata.uid}"),
+                get(cluster, ns, what, "{.spec}"),
+            )
+        })
+        .collect();
+    let sidecar = format!(
+        r#"
+apiVersion: rustronaut.io/v1alpha1
+kind: Resource
+metadata: {{name: orders, namespace: {APPS}}}
+spec:
+  protocol: HTTP
+  workload:
+    selector: {{matchLabels: {{app: orders}}}}
+    ports: [{{port: 8080, sidecarPort: 18080}}]
+"#
+    );
+    let apply_sidecar = || {
+        let mut cmd = cluster.kubectl();
+        cmd.args(["apply", "--server-side", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(sidecar.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let refused = apply_sidecar();
+    assert!(
+        !refused.status.success(),
+        "the previous CRDs know no sidecar Resources, so this test runs against them"
+    );
+
+    // The upgrade, as documented.
+    let mut new_crds = cluster.kubectl();
+    new_crds
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(chart().join("crds"));
+    run(new_crds);
+    let mut upgrade = helm(cluster);
+    upgrade
+        .args(["upgrade", REL])
+        .arg(chart())
+        .args(["--namespace", NS, "--wait", "--timeout", "180s"]);
+    run(upgrade);
+    let mut history = helm(cluster);
+    history.args(["history", REL, "--namespace", NS, "-o", "json"]);
+    let history = run(history);
+    assert!(
+        history.contains("0.1.0-prev.") && history.contains("\"status\":\"deployed\""),
+        "the release went from the previous chart to this one: {history}"
+    );
+
+    let after: Vec<(String, String)> = kinds
+        .iter()
+        .map(|(ns, what)| {
+            (
+                get(cluster, ns, what, "{.metadata.uid}"),
+                get(cluster, ns, what, "{.spec}"),
+            )
+        })
+        .collect();
+    assert_eq!(before, after, "every object kept its identity and spec");
+    let accepted = apply_sidecar();
+    assert!(
+        accepted.status.success(),
+        "the new API is served: {}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+
+    let mut cleanup = cluster.kubectl();
+    cleanup.args(["delete", "namespace", APPS, "--wait=false"]);
+    run(cleanup);
+    let mut cleanup = cluster.kubectl();
+    cleanup.args(["delete", "tenant", "upgrade", "--wait=false"]);
+    run(cleanup);
+    let mut uninstall = helm(cluster);
+    uninstall
+        .args(["uninstall", REL, "--namespace", NS])
+        .args(["--wait", "--timeout", "120s"]);
+    run(uninstall);
 }
