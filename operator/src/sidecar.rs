@@ -244,8 +244,13 @@ impl SidecarController {
 
 /// Reconciles one Resource (sidecar Resources only), recording metrics.
 pub async fn reconcile(res: Arc<RtnResource>, ctx: Arc<SidecarContext>) -> Result<Action, Error> {
-    // Edge Resources are many and not ours: no metrics, no work.
-    if res.spec.workload.is_none() && res.status.as_ref().is_none_or(|s| s.workload.is_none()) {
+    // Edge Resources are many and not ours: no metrics, no work, unless this one was a
+    // sidecar Resource (its status, or our Secret in the cache, says so: the status alone
+    // is not enough, the edge pass may already have rewritten it).
+    if res.spec.workload.is_none()
+        && res.status.as_ref().is_none_or(|s| s.workload.is_none())
+        && !has_our_secret(&ctx, &res)
+    {
         return Ok(Action::await_change());
     }
     let start = Instant::now();
@@ -261,6 +266,16 @@ pub async fn reconcile(res: Arc<RtnResource>, ctx: Arc<SidecarContext>) -> Resul
         result.as_ref().err().map(Error::label),
     );
     result
+}
+
+/// Whether the operator's Secret cache holds a snapshot Secret this reconciler made for
+/// `res`.
+fn has_our_secret(ctx: &SidecarContext, res: &RtnResource) -> bool {
+    let ns = res.namespace().unwrap_or_default();
+    ctx.stores
+        .secrets
+        .get(&ns, &objects::name(res))
+        .is_some_and(|s| is_ours(&*s, &res.name_any(), &res.uid().unwrap_or_default()))
 }
 
 /// Transient failures back off exponentially per Resource and retry.

@@ -7,6 +7,7 @@
 //! One test function in its own binary: the controllers reconcile the whole cluster.
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -46,6 +47,26 @@ async fn sidecar_snapshot(secrets: &Api<Secret>, resource: &str) -> Option<Snaps
         .ok()??;
     let bytes = s.data?.get("snapshot.json")?.0.clone();
     Some(Snapshot::from_json(&bytes).expect("the operator writes snapshots that parse"))
+}
+
+/// Whether none of the four sidecar objects named `name` exists in `ns`.
+async fn gone(client: &kube::Client, ns: &str, name: &str) -> bool {
+    async fn absent<K>(client: &kube::Client, ns: &str, name: &str) -> bool
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        matches!(
+            Api::<K>::namespaced(client.clone(), ns).get_opt(name).await,
+            Ok(None)
+        )
+    }
+    absent::<Secret>(client, ns, name).await
+        && absent::<Role>(client, ns, name).await
+        && absent::<RoleBinding>(client, ns, name).await
+        && absent::<NetworkPolicy>(client, ns, name).await
 }
 
 /// The condition `type_` of Resource `name` as (status, reason, message).
@@ -144,8 +165,15 @@ async fn sidecar_resources_publish_protect_count_and_go() {
     assert_eq!(decide(&s, &ns, "orders", "10.1.2.3"), Effect::Allow);
     assert_eq!(decide(&s, &ns, "orders", "192.0.2.1"), Effect::Deny);
 
-    // The RBAC and the NetworkPolicy beside it.
+    // The RBAC and the NetworkPolicy beside it (applied right after the Secret: the last
+    // one there means all are).
     let name = sidecar_names::snapshot("orders");
+    eventually("the NetworkPolicy", || {
+        let api = Api::<NetworkPolicy>::namespaced(client.clone(), &ns);
+        let name = name.clone();
+        async move { api.get_opt(&name).await.ok()? }
+    })
+    .await;
     let role = Api::<Role>::namespaced(client.clone(), &ns)
         .get(&name)
         .await
@@ -298,6 +326,31 @@ async fn sidecar_resources_publish_protect_count_and_go() {
     })
     .await;
 
+    // A sidecar Resource turned into an edge Resource: what was made for it goes.
+    resources
+        .patch(
+            "other",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "workload": null,
+                "gatewayRefs": [{"name": "edge"}],
+                "hostnames": ["other.example"],
+                "rules": [{"name": "all", "upstreams": [{"service": {"name": "other", "port": 80}}]}],
+            }})),
+        )
+        .await
+        .unwrap();
+    eventually("other's sidecar objects pruned", || {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            gone(&client, &ns, &sidecar_names::snapshot("other"))
+                .await
+                .then_some(())
+        }
+    })
+    .await;
+
     // The overlap goes, the unprotected pods go: Ready, from pod changes alone.
     resources
         .delete("orders-too", &DeleteParams::default())
@@ -320,6 +373,24 @@ async fn sidecar_resources_publish_protect_count_and_go() {
     })
     .await;
 
+    // "snapshot published" was said, as a Normal Event.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let published = events.list(&Default::default()).await.unwrap();
+    assert!(
+        published
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("SnapshotPublished")
+                && e.type_.as_deref() == Some("Normal")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("orders")),
+        "{:?}",
+        published
+            .items
+            .iter()
+            .map(|e| &e.reason)
+            .collect::<Vec<_>>()
+    );
+
     // Deleting the Resource removes what it owned.
     resources
         .delete("orders", &DeleteParams::default())
@@ -328,29 +399,7 @@ async fn sidecar_resources_publish_protect_count_and_go() {
     eventually("the owned objects gone", || {
         let client = client.clone();
         let (ns, name) = (ns.clone(), name.clone());
-        async move {
-            let gone = Api::<Secret>::namespaced(client.clone(), &ns)
-                .get_opt(&name)
-                .await
-                .ok()?
-                .is_none()
-                && Api::<Role>::namespaced(client.clone(), &ns)
-                    .get_opt(&name)
-                    .await
-                    .ok()?
-                    .is_none()
-                && Api::<RoleBinding>::namespaced(client.clone(), &ns)
-                    .get_opt(&name)
-                    .await
-                    .ok()?
-                    .is_none()
-                && Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
-                    .get_opt(&name)
-                    .await
-                    .ok()?
-                    .is_none();
-            gone.then_some(())
-        }
+        async move { gone(&client, &ns, &name).await.then_some(()) }
     })
     .await;
     controllers.stop().await;
