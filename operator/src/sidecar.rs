@@ -61,7 +61,7 @@ use rustronaut_compile::sidecar::{SidecarError, sidecar_snapshot};
 use rustronaut_compile::snapshot::GatewayInputs;
 use rustronaut_crds::Resource as RtnResource;
 use rustronaut_crds::conditions::reasons;
-use rustronaut_crds::resource::sidecar_names;
+use rustronaut_crds::resource::{AppliedPolicy, sidecar_names};
 use serde::de::DeserializeOwned;
 use status::{Built, Refusal};
 use std::collections::BTreeMap;
@@ -213,10 +213,10 @@ impl SidecarController {
         let (store, writer) = reflector::store();
         let events = reflector::reflector(
             writer,
-            guard::guarded::<RtnResource>(
-                self.context.ctx.clone(),
-                self.context.stores.unreadable.clone(),
-            ),
+            // Its own record of what was reported: two watches of one kind sharing one would
+            // mark each other's unreadable objects stale on a re-list. (The same object is
+            // then reported by both watches: the Recorder folds the two into one series.)
+            guard::guarded::<RtnResource>(self.context.ctx.clone(), guard::Seen::default()),
         )
         .default_backoff()
         .applied_objects()
@@ -333,7 +333,7 @@ async fn reconcile_inner(res: &RtnResource, ctx: &SidecarContext) -> Result<Acti
             )),
         };
         remember(ctx, res, &built);
-        write_status(ctx, res, &built).await?;
+        write_status(ctx, res, &built, &applied(ctx)).await?;
         return Ok(Action::await_change());
     }
 
@@ -426,7 +426,7 @@ async fn reconcile_inner(res: &RtnResource, ctx: &SidecarContext) -> Result<Acti
         programmed,
     };
     remember(ctx, res, &built);
-    write_status(ctx, res, &built).await?;
+    write_status(ctx, res, &built, &applied(ctx)).await?;
     Ok(Action::requeue(RESYNC))
 }
 
@@ -514,6 +514,7 @@ pub async fn pod_pass(ctx: &SidecarContext) -> Result<(), Error> {
         .await
         .map_err(|_| Error::CacheDropped("pods"))?;
     let built = ctx.built.lock().map(|b| b.clone()).unwrap_or_default();
+    let policies = applied(ctx);
     let mut first_error = None;
     for res in ctx.stores.resources.state() {
         if res.spec.workload.is_none()
@@ -530,15 +531,28 @@ pub async fn pod_pass(ctx: &SidecarContext) -> Result<(), Error> {
         if res.uid().as_deref() != Some(uid.as_str()) || b.generation != res.metadata.generation {
             continue;
         }
-        if let Err(e) = write_status(ctx, &res, b).await {
+        if let Err(e) = write_status(ctx, &res, b, &policies).await {
             first_error.get_or_insert(e);
         }
     }
     first_error.map_or(Ok(()), Err)
 }
 
-/// Computes the status of `res` from `built` and the pods now, and writes it if it differs.
-async fn write_status(ctx: &SidecarContext, res: &RtnResource, built: &Built) -> Result<(), Error> {
+/// The Policies that select each Resource (`status.policies`), worked out once per pass.
+fn applied(ctx: &SidecarContext) -> BTreeMap<(String, String), Vec<AppliedPolicy>> {
+    let world = ctx.stores.world_all();
+    let claims = world.claims();
+    crate::conditions::applied_policies(&world, &claims)
+}
+
+/// Computes the status of `res` from `built`, the pods now and `policies` ([`applied`]),
+/// and writes it if it differs.
+async fn write_status(
+    ctx: &SidecarContext,
+    res: &RtnResource,
+    built: &Built,
+    policies: &BTreeMap<(String, String), Vec<AppliedPolicy>>,
+) -> Result<(), Error> {
     let ns = res.namespace().unwrap_or_default();
     let view = res.spec.workload.as_ref().and_then(|w| {
         pods::check_selector(&w.selector).ok()?;
@@ -566,16 +580,12 @@ async fn write_status(ctx: &SidecarContext, res: &RtnResource, built: &Built) ->
             .collect();
         Some(pods::view(res, w, &others, &list))
     });
-    let policies = {
-        let world = ctx.stores.world_all();
-        let claims = world.claims();
-        crate::conditions::applied_policies(&world, &claims)
-            .remove(&(ns.clone(), res.name_any()))
-            .unwrap_or_default()
-    };
+    let policies = policies
+        .get(&(ns.clone(), res.name_any()))
+        .map_or(&[][..], |v| &v[..]);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let previous = res.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-    let new = status::status(previous, &now, built, view.as_ref(), &policies);
+    let new = status::status(previous, &now, built, view.as_ref(), policies);
     if res.status.as_ref() == Some(&new) {
         return Ok(());
     }
