@@ -339,6 +339,10 @@ pub(crate) struct Builder<'a> {
     pub(crate) world: &'a World,
     pub(crate) gateway: Option<&'a Gateway>,
     pub(crate) gw: ObjectRef,
+    /// What session key Secrets are named after (`<this>-session-<tenant>`): the Gateway's
+    /// name, or a sidecar Resource's snapshot Secret name (a Gateway of the same name as a
+    /// sidecar Resource must not share its key Secrets).
+    pub(crate) session_owner: String,
     pub(crate) inputs: &'a GatewayInputs<'a>,
     pub(crate) claims: Claims,
     pub(crate) over: OverQuota,
@@ -356,6 +360,7 @@ pub fn gateway_snapshot(
     let mut b = Builder {
         world,
         gateway: Some(gateway),
+        session_owner: gw.name.clone(),
         gw,
         inputs,
         claims: world.claims(),
@@ -917,7 +922,7 @@ impl Builder<'_> {
     /// Tenant `name`'s signing keys from its session key Secret. Entries that are not keys
     /// are skipped, each a problem of the Tenant, and the other keys keep working.
     fn session_keys(&mut self, name: &str) -> Vec<cs::SessionKey> {
-        let secret = crate::session::secret_name(&self.gw.name, name);
+        let secret = crate::session::secret_name(&self.session_owner, name);
         let (keys, skipped) = self
             .inputs
             .session_keys
@@ -1646,8 +1651,10 @@ mod tests {
     #[test]
     fn over_quota_resources_are_left_out_and_policies_fail_closed() {
         let mut world = examples();
+        // grafana, orders (a sidecar Resource: counted, never in a Gateway's snapshot) and
+        // postgres fit; wiki does not.
         world.tenants[0].spec.quotas = Some(rustronaut_crds::tenant::Quotas {
-            resources: Some(2),
+            resources: Some(3),
             policies: Some(1),
             ..Default::default()
         });
