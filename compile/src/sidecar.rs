@@ -12,6 +12,8 @@
 //!                       implicit catch-all rule IMPLICIT_RULE; upstreams are the pod's own
 //!                       loopback, one per port (see below)
 //!    4. tenants         the Resource's tenant with its identity providers (as an edge build)
+//!                       and, with an OIDC provider, session keys from `inputs.session_keys`
+//!                       (the operator's `<resource>-sidecar-session-<tenant>` Secret)
 //!    5. policies        of that tenant, targets narrowed to this Resource (as an edge build)
 //!    6. validate        Snapshot::validate(), with the one exemption a sidecar needs
 //! ```
@@ -64,6 +66,13 @@ pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// name of the loopback upstream that listener forwards to.
 pub fn listener_name(sidecar_port: i32) -> String {
     format!("port-{sidecar_port}")
+}
+
+/// What the session key Secrets of sidecar Resource `resource` are named after: its snapshot
+/// Secret's name, so they are `<resource>-sidecar-session-<tenant>` and never those of a
+/// Gateway named like the Resource (`<gateway>-session-<tenant>`).
+pub fn session_owner(resource: &str) -> String {
+    rustronaut_crds::resource::sidecar_names::snapshot(resource)
 }
 
 /// Why no sidecar snapshot could be built. The operator keeps the last good one.
@@ -215,6 +224,7 @@ pub fn sidecar_snapshot(
         world,
         gateway: None,
         gw: key.clone(),
+        session_owner: session_owner(&key.name),
         inputs,
         claims,
         over,
@@ -548,6 +558,50 @@ spec:
                 .any(|p| p.kind == "Tenant" && p.reason == reasons::SECRET_NOT_FOUND),
             "{:?}",
             outcome.problems
+        );
+    }
+
+    #[test]
+    fn an_oidc_tenant_gets_the_session_keys_of_the_sidecars_own_secret() {
+        let yaml = format!(
+            "{}{HTTP}",
+            WORLD.replace(
+                "  identityProviders:\n",
+                "  identityProviders:\n    - name: sso\n      oidc: {issuer: https://sso.acme.example, clientID: app, clientSecretRef: {name: sso}}\n",
+            )
+        );
+        let w = world(&yaml);
+        let res = w.resources[0].clone();
+        let mut secrets = SecretMap::default();
+        secrets.insert("shop", "sso", [("clientSecret", "s3cret")]);
+        let mut with_keys = inputs(&secrets);
+        with_keys.session_keys = BTreeMap::from([(
+            "acme".to_string(),
+            BTreeMap::from([(
+                "key-20261203000000".to_string(),
+                b"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_vec(),
+            )]),
+        )]);
+        let s = sidecar_snapshot(&w, &res, &with_keys).unwrap().snapshot;
+        let ids: Vec<&str> = s.tenants[0]
+            .session
+            .signing_keys
+            .iter()
+            .map(|k| k.id.as_str())
+            .collect();
+        assert_eq!(ids, ["20261203000000"]);
+
+        let without = sidecar_snapshot(&w, &res, &inputs(&secrets)).unwrap();
+        assert!(without.snapshot.tenants[0].session.signing_keys.is_empty());
+        let p = without
+            .problems
+            .iter()
+            .find(|p| p.reason == reasons::SECRET_NOT_FOUND && p.message.contains("session"))
+            .expect("a problem says login is off");
+        assert!(
+            p.message.contains("shop/orders-sidecar-session-acme"),
+            "{}",
+            p.message
         );
     }
 }
