@@ -32,8 +32,10 @@
 //! retries in a loop: they wait for a change. Deletion needs no finalizer: every object has
 //! a controller ownerReference to the Resource and goes with it (garbage collection).
 //!
-//! Not (yet) done here: OIDC session keys for sidecars (a tenant with an OIDC provider gets
-//! no signing keys in a sidecar snapshot, so browser login at a sidecar fails closed).
+//! Session keys: when the Resource's tenant has an OIDC provider, the reconcile creates
+//! `<resource>-sidecar-session-<tenant>` once (owned by the Resource, then people's to
+//! rotate, as a Gateway's) and the snapshot carries its keys. A key Secret the tenant no
+//! longer wants (its OIDC provider removed) stays until the Resource goes.
 
 pub mod objects;
 pub mod pods;
@@ -337,17 +339,31 @@ async fn reconcile_inner(res: &RtnResource, ctx: &SidecarContext) -> Result<Acti
         return Ok(Action::await_change());
     }
 
-    // read + build. Scoped: the inputs borrow the stores through a `dyn SecretSource`, which
-    // must not live across an await.
-    let (snapshot, tenant, failure) = {
+    // read: the tenant, and its session keys when it has an OIDC provider (created once)
+    let (tenant, wants_keys) = {
         let world = ctx.stores.world_all();
         let tenant = world.claims().tenant_of(&ns).map(str::to_string);
+        let wants = tenant
+            .as_deref()
+            .and_then(|t| world.tenant(t))
+            .is_some_and(rustronaut_compile::session::wants_session_keys);
+        (tenant, wants)
+    };
+    let session_keys = match (&tenant, wants_keys) {
+        (Some(t), true) => ensure_session_keys(ctx, res, t).await?,
+        _ => BTreeMap::new(),
+    };
+
+    // build. Scoped: the inputs borrow the stores through a `dyn SecretSource`, which must
+    // not live across an await.
+    let (snapshot, failure) = {
+        let world = ctx.stores.world_all();
         let inputs = GatewayInputs {
             tls: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             secrets: &ctx.stores,
             site_keys: BTreeMap::new(),
-            session_keys: BTreeMap::new(),
+            session_keys,
         };
         match sidecar_snapshot(&world, res, &inputs) {
             Ok(outcome) => {
@@ -355,9 +371,9 @@ async fn reconcile_inner(res: &RtnResource, ctx: &SidecarContext) -> Result<Acti
                     tracing::info!(resource = %key(res), object = %format!("{} {}", p.kind, p.object),
                         reason = p.reason, "{}", p.message);
                 }
-                (Some(outcome.snapshot), tenant, None)
+                (Some(outcome.snapshot), None)
             }
-            Err(e) => (None, tenant, Some(e)),
+            Err(e) => (None, Some(e)),
         }
     };
     let desired = objects::build(res, workload, snapshot.as_ref(), &ctx.settings);
@@ -436,6 +452,71 @@ fn remember(ctx: &SidecarContext, res: &RtnResource, built: &Built) {
     }
 }
 
+/// `tenant`'s session key Secret for `res` (created when absent, never overwritten: people
+/// add keys to rotate), as the build takes it. A Secret of that name that is not ours is not
+/// used (a Warning Event says so; OIDC login stays off at these sidecars, failing closed).
+async fn ensure_session_keys(
+    ctx: &SidecarContext,
+    res: &RtnResource,
+    tenant: &str,
+) -> Result<BTreeMap<String, BTreeMap<String, Vec<u8>>>, Error> {
+    use crate::gateway::session;
+    let ns = res.namespace().unwrap_or_default();
+    let name = match objects::session_secret_name(res, tenant) {
+        Ok(name) => name,
+        Err(name) => {
+            tracing::warn!(resource = %key(res), secret = %name,
+                "session key Secret name is longer than 253 characters; OIDC login stays off at this Resource's sidecars");
+            return Ok(BTreeMap::new());
+        }
+    };
+    let secret = match ctx.stores.secrets.get(&ns, &name) {
+        Some(s) => (*s).clone(),
+        None => {
+            let id = session::new_id(k8s_openapi::jiff::Timestamp::now());
+            let key_material =
+                session::new_key().map_err(|_| Error::Random("a session key".into()))?;
+            let made = objects::session_secret(res, tenant, &name, &id, &key_material);
+            let api: Api<Secret> = Api::namespaced(ctx.ctx.client.clone(), &ns);
+            let params = kube::api::PostParams {
+                field_manager: Some(crate::context::FIELD_MANAGER.to_string()),
+                ..Default::default()
+            };
+            match api.create(&params, &made).await {
+                Ok(s) => s,
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    api.get(&name).await.map_err(|source| Error::Read {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        source,
+                    })?
+                }
+                Err(source) => {
+                    return Err(Error::Apply {
+                        kind: "Secret",
+                        namespace: ns,
+                        name,
+                        source,
+                    });
+                }
+            }
+        }
+    };
+    if !is_ours(&secret, &res.name_any(), &res.uid().unwrap_or_default()) {
+        let e = Error::ForeignSecret {
+            namespace: ns,
+            name,
+            what: "a session key".into(),
+        };
+        publish(ctx, res, EventType::Warning, "ForeignSecret", e.to_string()).await;
+        return Ok(BTreeMap::new());
+    }
+    Ok(BTreeMap::from([(
+        tenant.to_string(),
+        session::data(&secret),
+    )]))
+}
+
 /// Applies `desired` whole; returns the version of the snapshot it wrote, if it wrote one.
 async fn apply(ctx: &SidecarContext, ns: &str, desired: Desired) -> Result<Option<String>, Error> {
     let client = &ctx.ctx.client;
@@ -457,7 +538,8 @@ async fn apply(ctx: &SidecarContext, ns: &str, desired: Desired) -> Result<Optio
 }
 
 /// Deletes what this reconciler made for `res` (a Resource that is no longer a sidecar
-/// Resource): only objects with its labels and its controller ownerReference.
+/// Resource), its session key Secrets included: only objects with its labels and its
+/// controller ownerReference.
 async fn prune(ctx: &SidecarContext, res: &RtnResource) -> Result<(), Error> {
     let ns = res.namespace().unwrap_or_default();
     let name = objects::name(res);
@@ -465,7 +547,22 @@ async fn prune(ctx: &SidecarContext, res: &RtnResource) -> Result<(), Error> {
     prune_one::<Secret>(ctx, &ns, &name, &res.name_any(), &uid).await?;
     prune_one::<Role>(ctx, &ns, &name, &res.name_any(), &uid).await?;
     prune_one::<RoleBinding>(ctx, &ns, &name, &res.name_any(), &uid).await?;
-    prune_one::<NetworkPolicy>(ctx, &ns, &name, &res.name_any(), &uid).await
+    prune_one::<NetworkPolicy>(ctx, &ns, &name, &res.name_any(), &uid).await?;
+    // Its session key Secrets (one per tenant it was in).
+    let sessions: Vec<String> = ctx
+        .stores
+        .secrets
+        .own
+        .state()
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(ns.as_str()) && s.name_any() != name)
+        .filter(|s| is_ours(&***s, &res.name_any(), &uid))
+        .map(|s| s.name_any())
+        .collect();
+    for s in sessions {
+        crate::gateway::remove::<Secret>(&ctx.ctx.client, &ns, &s).await?;
+    }
+    Ok(())
 }
 
 /// Whether `obj` is this reconciler's for Resource `instance` (uid `uid`).

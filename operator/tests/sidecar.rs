@@ -96,7 +96,11 @@ async fn sidecar_resources_publish_protect_count_and_go() {
         json!({
             "apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant",
             "metadata": {"name": format!("t-{suffix}")},
-            "spec": {"namespaces": [&ns], "adminNamespace": ns}
+            "spec": {"namespaces": [&ns], "adminNamespace": ns,
+                     // OIDC: the sidecar snapshot carries session keys from a Secret of its own.
+                     "identityProviders": [{"name": "sso", "oidc": {
+                         "issuer": "https://sso.example", "clientID": "app",
+                         "clientSecretRef": {"name": "sso"}}}]}
         }),
     )
     .await;
@@ -162,6 +166,18 @@ async fn sidecar_resources_publish_protect_count_and_go() {
     };
     assert_eq!(up.addresses, ["127.0.0.1:8080".parse().unwrap()]);
     assert_eq!(s.policies.len(), 1);
+    assert_eq!(
+        s.tenants[0].session.signing_keys.len(),
+        1,
+        "a generated session key"
+    );
+    let session_name = format!("orders-sidecar-session-t-{suffix}");
+    let session = secrets.get(&session_name).await.unwrap();
+    assert_eq!(
+        session.metadata.owner_references.unwrap()[0].name,
+        "orders",
+        "owned by the Resource"
+    );
     assert_eq!(decide(&s, &ns, "orders", "10.1.2.3"), Effect::Allow);
     assert_eq!(decide(&s, &ns, "orders", "192.0.2.1"), Effect::Deny);
 
@@ -400,6 +416,12 @@ async fn sidecar_resources_publish_protect_count_and_go() {
         let client = client.clone();
         let (ns, name) = (ns.clone(), name.clone());
         async move { gone(&client, &ns, &name).await.then_some(()) }
+    })
+    .await;
+    eventually("the session key Secret gone", || {
+        let secrets = secrets.clone();
+        let session_name = session_name.clone();
+        async move { matches!(secrets.get_opt(&session_name).await, Ok(None)).then_some(()) }
     })
     .await;
     controllers.stop().await;

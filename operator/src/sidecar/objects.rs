@@ -168,6 +168,42 @@ pub fn network_policy(res: &Resource, workload: &Workload, settings: &Settings) 
     }))
 }
 
+/// The name of `res`'s session key Secret for `tenant`
+/// (`<resource>-sidecar-session-<tenant>`), or Err with it when it is longer than a Secret
+/// name may be (that tenant's OIDC login then stays off at this Resource's sidecars).
+pub fn session_secret_name(res: &Resource, tenant: &str) -> Result<String, String> {
+    let name = rustronaut_compile::session::secret_name(
+        &rustronaut_compile::sidecar::session_owner(&res.name_any()),
+        tenant,
+    );
+    if name.len() <= crate::gateway::session::MAX_NAME_LEN {
+        Ok(name)
+    } else {
+        Err(name)
+    }
+}
+
+/// The session key Secret `name` of `tenant` for `res`, holding one key `id`: created once,
+/// never applied (people add newer keys to rotate, as for a Gateway's; see
+/// `crate::gateway::session`), owned by the Resource.
+pub fn session_secret(res: &Resource, tenant: &str, name: &str, id: &str, key: &str) -> Secret {
+    use crate::gateway::session::{COMPONENT, COMPONENT_LABEL, TENANT_ANNOTATION};
+    let mut meta = metadata(res);
+    meta["name"] = json!(name);
+    meta["labels"][COMPONENT_LABEL] = json!(COMPONENT);
+    meta["annotations"] = json!({TENANT_ANNOTATION: tenant});
+    let mut s: Secret = typed(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": meta,
+        "type": "Opaque",
+    }));
+    s.data = Some(BTreeMap::from([(
+        rustronaut_compile::session::entry_name(id),
+        ByteString(key.as_bytes().to_vec()),
+    )]));
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +300,24 @@ mod tests {
                 },
             })
         );
+    }
+
+    #[test]
+    fn a_session_key_secret_is_the_resources_and_marked_for_people_to_rotate() {
+        let res = resource();
+        let name = session_secret_name(&res, "acme").unwrap();
+        assert_eq!(name, "orders-sidecar-session-acme");
+        let s = session_secret(&res, "acme", &name, "20261203000000", "a2V5");
+        let mut m = meta();
+        m["name"] = json!("orders-sidecar-session-acme");
+        m["labels"]["app.kubernetes.io/component"] = json!("session-keys");
+        m["annotations"] = json!({"rustronaut.io/tenant": "acme"});
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": m, "type": "Opaque",
+                   "data": {"key-20261203000000": ByteString(b"a2V5".to_vec())}})
+        );
+        assert!(session_secret_name(&res, &"t".repeat(240)).is_err());
     }
 
     #[test]
