@@ -11,6 +11,7 @@
 //!    | snapshot: one Gateway's whole contract::Snapshot            (snapshot)
 //!    | tunnel: hub and site addresses inside the tunnel pool      (tunnel)
 //!    | session: a tenant's session signing keys from their Secret  (session)
+//!    | sidecar: one sidecar Resource's whole contract::Snapshot   (sidecar)
 //! ```
 //!
 //! Pure: no Kubernetes client, no network. The operator feeds it from its reflectors and writes
@@ -21,6 +22,7 @@ pub mod convert;
 pub mod policytest;
 pub mod quota;
 pub mod session;
+pub mod sidecar;
 pub mod snapshot;
 pub mod tunnel;
 pub mod world;

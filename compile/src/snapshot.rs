@@ -332,14 +332,21 @@ pub fn missing_idp_secrets(
     out
 }
 
-struct Builder<'a> {
-    world: &'a World,
-    gateway: &'a Gateway,
-    gw: ObjectRef,
-    inputs: &'a GatewayInputs<'a>,
-    claims: Claims,
-    over: OverQuota,
-    problems: Vec<Problem>,
+/// The state of one build. Shared with [`crate::sidecar`], whose builds have no Gateway
+/// (`gateway` None: no tunnel, no listener client certificates) and name the sidecar
+/// Resource in `gw`.
+pub(crate) struct Builder<'a> {
+    pub(crate) world: &'a World,
+    pub(crate) gateway: Option<&'a Gateway>,
+    pub(crate) gw: ObjectRef,
+    /// What session key Secrets are named after (`<this>-session-<tenant>`): the Gateway's
+    /// name, or a sidecar Resource's snapshot Secret name (a Gateway of the same name as a
+    /// sidecar Resource must not share its key Secrets).
+    pub(crate) session_owner: String,
+    pub(crate) inputs: &'a GatewayInputs<'a>,
+    pub(crate) claims: Claims,
+    pub(crate) over: OverQuota,
+    pub(crate) problems: Vec<Problem>,
 }
 
 /// Builds the snapshot of `gateway`. See the module documentation for what is left out,
@@ -352,7 +359,8 @@ pub fn gateway_snapshot(
     let gw = ObjectRef::new(gateway.namespace().unwrap_or_default(), gateway.name_any());
     let mut b = Builder {
         world,
-        gateway,
+        gateway: Some(gateway),
+        session_owner: gw.name.clone(),
         gw,
         inputs,
         claims: world.claims(),
@@ -401,7 +409,7 @@ pub fn gateway_snapshot(
     }
     b.client_certificates(&mut snapshot)?;
     snapshot.policies = b.policies(&snapshot.resources, &dropped_idps);
-    b.settle(&mut snapshot)?;
+    b.settle(&mut snapshot, &|_| false)?;
     let mut attached: BTreeMap<String, usize> = snapshot
         .listeners
         .iter()
@@ -499,7 +507,12 @@ fn target_sources(s: &Snapshot, path: &str) -> Vec<usize> {
 }
 
 impl Builder<'_> {
-    fn problem(
+    /// The spec of the Gateway being built (None for a sidecar build).
+    fn spec(&self) -> Option<&g::GatewaySpec> {
+        self.gateway.map(|g| &g.spec)
+    }
+
+    pub(crate) fn problem(
         &mut self,
         kind: &'static str,
         object: ObjectRef,
@@ -665,10 +678,9 @@ impl Builder<'_> {
         let generated = self.inputs.site_keys.get(&s.name)?;
         let key = decode_public_key(generated).ok()?;
         let clash = self
-            .gateway
-            .spec
-            .tunnel
-            .iter()
+            .spec()
+            .and_then(|g| g.tunnel.as_ref())
+            .into_iter()
             .flat_map(|t| &t.sites)
             .filter(|o| o.name != s.name)
             .filter_map(|o| {
@@ -700,10 +712,8 @@ impl Builder<'_> {
                 ));
             }
             let found = self
-                .gateway
-                .spec
-                .tunnel
-                .as_ref()
+                .spec()
+                .and_then(|g| g.tunnel.as_ref())
                 .and_then(|t| t.sites.iter().find(|s| s.name == site.name));
             let Some(s) = found else {
                 return Err((
@@ -876,7 +886,7 @@ impl Builder<'_> {
     }
 
     /// The contract tenant `name`, without the identity providers whose Secrets are missing.
-    fn tenant(
+    pub(crate) fn tenant(
         &mut self,
         name: &str,
         dropped: &mut BTreeMap<String, BTreeMap<String, String>>,
@@ -912,7 +922,7 @@ impl Builder<'_> {
     /// Tenant `name`'s signing keys from its session key Secret. Entries that are not keys
     /// are skipped, each a problem of the Tenant, and the other keys keep working.
     fn session_keys(&mut self, name: &str) -> Vec<cs::SessionKey> {
-        let secret = crate::session::secret_name(&self.gw.name, name);
+        let secret = crate::session::secret_name(&self.session_owner, name);
         let (keys, skipped) = self
             .inputs
             .session_keys
@@ -959,10 +969,10 @@ impl Builder<'_> {
             })
             .collect();
         let ca_pem = cas.join("\n");
-        for (spec, l) in self
-            .gateway
-            .spec
-            .listeners
+        // Copied out of `self` (a shared reference), so the loop may report problems.
+        let gateway = self.gateway;
+        for (spec, l) in gateway
+            .map_or(&[][..], |g| &g.spec.listeners[..])
             .iter()
             .zip(snapshot.listeners.iter_mut())
         {
@@ -999,7 +1009,7 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn policies(
+    pub(crate) fn policies(
         &mut self,
         resources: &[cs::CompiledResource],
         dropped_idps: &BTreeMap<String, BTreeMap<String, String>>,
@@ -1120,7 +1130,7 @@ impl Builder<'_> {
     /// The tunnel of the snapshot: sites with a key, each allowed exactly the targets the
     /// Resources in the snapshot reach through it.
     fn tunnel(&self, resources: &[cs::CompiledResource]) -> Option<cs::Tunnel> {
-        let t = self.gateway.spec.tunnel.as_ref()?;
+        let t = self.spec()?.tunnel.as_ref()?;
         // Addresses over every site of the spec, keyed or not, so a site keeps its address
         // when its key appears.
         let addresses = t
@@ -1191,14 +1201,22 @@ impl Builder<'_> {
 
     /// Validates, quarantining the objects validation blames, until the snapshot is valid
     /// or a problem remains that no single object explains.
-    fn settle(&mut self, s: &mut Snapshot) -> Result<(), BuildError> {
+    ///
+    /// `exempt` names the validation errors this kind of build expects and accepts (a
+    /// sidecar's HTTP Resource has no hostnames: the pod's sidecar serves every Host).
+    pub(crate) fn settle(
+        &mut self,
+        s: &mut Snapshot,
+        exempt: &dyn Fn(&ValidationError) -> bool,
+    ) -> Result<(), BuildError> {
         // Each round removes or marks at least one object, so this terminates; the bound
         // only guards against a bug turning it into a hot loop.
         for _ in 0..=(s.resources.len() + s.policies.len() + 8) {
             s.tunnel = self.tunnel(&s.resources);
-            let Err(errors) = s.validate() else {
+            let errors = validate_except(s, exempt);
+            if errors.is_empty() {
                 return Ok(());
-            };
+            }
             let mut drop_resources = BTreeMap::new();
             let mut fail_policies: BTreeMap<usize, Vec<String>> = BTreeMap::new();
             let mut drop_idps = BTreeMap::new();
@@ -1288,7 +1306,23 @@ impl Builder<'_> {
             }
             s.policies.retain(|p| !p.targets.is_empty());
         }
-        s.validate().map_err(BuildError::Invalid)
+        let errors = validate_except(s, exempt);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(BuildError::Invalid(errors))
+        }
+    }
+}
+
+/// The problems [`Snapshot::validate`] finds in `s`, but those `exempt` accepts.
+fn validate_except(
+    s: &Snapshot,
+    exempt: &dyn Fn(&ValidationError) -> bool,
+) -> Vec<ValidationError> {
+    match s.validate() {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.into_iter().filter(|e| !exempt(e)).collect(),
     }
 }
 
@@ -1617,8 +1651,10 @@ mod tests {
     #[test]
     fn over_quota_resources_are_left_out_and_policies_fail_closed() {
         let mut world = examples();
+        // grafana, orders (a sidecar Resource: counted, never in a Gateway's snapshot) and
+        // postgres fit; wiki does not.
         world.tenants[0].spec.quotas = Some(rustronaut_crds::tenant::Quotas {
-            resources: Some(2),
+            resources: Some(3),
             policies: Some(1),
             ..Default::default()
         });

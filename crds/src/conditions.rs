@@ -89,6 +89,14 @@ pub mod reasons {
     pub const ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
     /// Parameters conflict in a way the schema cannot express.
     pub const INVALID_PARAMETERS: &str = "InvalidParameters";
+    /// (Sidecar Resource) pods the selector selects run without the Resource's current
+    /// sidecar.
+    pub const UNPROTECTED_PODS: &str = "UnprotectedPods";
+    /// (Sidecar Resource) another sidecar Resource selects some of the same pods.
+    pub const SELECTOR_OVERLAP: &str = "SelectorOverlap";
+    /// (Sidecar Resource) `workload.selector` cannot be evaluated (an unknown operator, or
+    /// values where the operator takes none).
+    pub const INVALID_SELECTOR: &str = "InvalidSelector";
 }
 
 /// What a False `Ready` with `reason` means for kstatus.

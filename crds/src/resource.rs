@@ -47,7 +47,10 @@ use serde::{Deserialize, Serialize};
 pub struct ResourceSpec {
     /// Gateways (and optionally one listener of each) that serve this Resource. A Gateway only
     /// accepts Resources of the tenants its spec.tenants admits. Empty for a sidecar Resource.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // Always serialised (no `skip_serializing_if`), so the schema carries `default: []`: the
+    // CEL rules read `size(self.gatewayRefs)`, which fails with "no such key" on a sidecar
+    // Resource that leaves the field out.
+    #[serde(default)]
     #[schemars(length(max = 8))]
     pub gateway_refs: Vec<GatewayRef>,
 

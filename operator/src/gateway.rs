@@ -734,8 +734,8 @@ where
     (store, stream)
 }
 
-/// The Gateway controller and, sharing its caches and leader election, the Tenant controller
-/// and the Resource/Policy status pass.
+/// The Gateway controller and, sharing its caches and leader election, the Tenant controller,
+/// the Resource/Policy status pass and the sidecar reconciler ([`crate::sidecar`]).
 pub struct GatewayController {
     context: Arc<GatewayContext>,
     drivers: Vec<std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>>,
@@ -743,6 +743,7 @@ pub struct GatewayController {
     targets: mpsc::UnboundedReceiver<ObjectRef<Gateway>>,
     status_triggers: mpsc::Receiver<()>,
     tenant_triggers: mpsc::Receiver<()>,
+    sidecar: crate::sidecar::SidecarController,
     ready: Arc<AtomicBool>,
 }
 
@@ -753,10 +754,12 @@ impl GatewayController {
         let (gw, triggers) = mpsc::channel(1);
         let (st, status_triggers) = mpsc::channel(1);
         let (tn, tenant_triggers) = mpsc::channel(1);
+        let (sc, sidecar_triggers) = mpsc::channel(1);
         // Who listens to what: Gateways to everything a snapshot is made of; the status pass
         // to the same plus Gateways; Tenants to Tenants, what they count, Secrets and
         // Namespaces.
-        let everyone = || vec![gw.clone(), st.clone(), tn.clone()];
+        // The sidecar reconciler to everything a sidecar snapshot is made of, as the Gateways.
+        let everyone = || vec![gw.clone(), st.clone(), tn.clone(), sc.clone()];
         // Tenants and Gateways wake every Gateway (claims, admission and quotas are decided
         // across all of them); what Resources, Policies, Secrets, Services and EndpointSlices
         // change wakes only the Gateways of their namespace's tenant (`index`).
@@ -782,7 +785,7 @@ impl GatewayController {
             tenants: tenants.clone(),
             gateways: gateways.clone(),
         });
-        let others = || vec![st.clone(), tn.clone()];
+        let others = || vec![st.clone(), tn.clone(), sc.clone()];
         let (resources, s2) = reflect(
             guard::guarded::<RtnResource>(ctx.clone(), seen.clone()),
             others(),
@@ -883,25 +886,32 @@ impl GatewayController {
             },
         );
         let recorder = Recorder::new(client, ctx.reporter.clone());
+        let stores = Stores {
+            tenants,
+            resources,
+            policies,
+            secrets,
+            services,
+            slices,
+            gateways,
+            namespaces,
+            unreadable: seen.clone(),
+            networks: networks::ClusterNetworks {
+                nodes,
+                service_cidrs,
+                configured: Arc::new(settings.cluster_networks.clone()),
+            },
+        };
+        let sidecar = crate::sidecar::SidecarController::new(
+            ctx.clone(),
+            stores.clone(),
+            settings.clone(),
+            sidecar_triggers,
+        );
         Self {
             context: Arc::new(GatewayContext {
                 ctx,
-                stores: Stores {
-                    tenants,
-                    resources,
-                    policies,
-                    secrets,
-                    services,
-                    slices,
-                    gateways,
-                    namespaces,
-                    unreadable: seen.clone(),
-                    networks: networks::ClusterNetworks {
-                        nodes,
-                        service_cidrs,
-                        configured: Arc::new(settings.cluster_networks.clone()),
-                    },
-                },
+                stores,
                 settings,
                 recorder,
                 failures: Default::default(),
@@ -923,6 +933,7 @@ impl GatewayController {
             targets,
             status_triggers,
             tenant_triggers,
+            sidecar,
             ready: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -986,6 +997,7 @@ impl GatewayController {
                 },
             ))
         };
+        let sidecars = tokio::spawn(self.sidecar.run(shutdown.clone()));
         let owned = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
         // The controller's own Gateway watch, guarded too: an unreadable Gateway is left out
         // instead of stopping every reconcile.
@@ -1021,6 +1033,7 @@ impl GatewayController {
             .await;
         let _ = status.await;
         let _ = tenants.await;
+        let _ = sidecars.await;
         readiness.abort();
         for d in drivers {
             d.abort();
@@ -1071,7 +1084,7 @@ pub fn error_policy(gw: Arc<Gateway>, error: &Error, ctx: Arc<GatewayContext>) -
     Action::requeue(delay)
 }
 
-async fn put<K>(client: &kube::Client, ns: &str, obj: &K) -> Result<K, Error>
+pub(crate) async fn put<K>(client: &kube::Client, ns: &str, obj: &K) -> Result<K, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -1109,7 +1122,7 @@ fn static_kind<K: Resource<DynamicType = ()>>() -> &'static str {
 }
 
 /// Deletes `name` if it exists (an object the current spec no longer wants).
-async fn remove<K>(client: &kube::Client, ns: &str, name: &str) -> Result<(), Error>
+pub(crate) async fn remove<K>(client: &kube::Client, ns: &str, name: &str) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone

@@ -15,6 +15,9 @@
 //! - [`conditions`]: pure: Resource, Policy and Tenant status from a World and the builds.
 //! - [`status`]: the Resource and Policy status pass (writes what `conditions` computes).
 //! - [`tenant`]: the Tenant controller (status, namespace labels, NetworkPolicies, admins).
+//! - [`sidecar`]: the sidecar reconciler: each sidecar Resource (`spec.workload`) becomes
+//!   its snapshot Secret, the RBAC to read it and a NetworkPolicy; its status counts the
+//!   protected pods. Run by the Gateway controller, on its caches.
 
 pub mod apply;
 pub mod conditions;
@@ -25,5 +28,6 @@ pub mod metrics;
 pub mod pass;
 pub mod rbac;
 pub mod server;
+pub mod sidecar;
 pub mod status;
 pub mod tenant;

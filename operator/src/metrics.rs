@@ -28,7 +28,8 @@ use std::time::Duration;
 /// Labels of the reconcile counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
-    /// `Gateway`, `Tenant` (a Tenant pass) or `ResourcePolicyStatus` (a status pass).
+    /// `Gateway`, `Tenant` (a Tenant pass), `ResourcePolicyStatus` (a status pass),
+    /// `SidecarResource` (a sidecar Resource reconcile) or `SidecarPods` (a sidecar pod pass).
     pub kind: String,
 }
 

@@ -40,6 +40,8 @@ pub fn cluster_role() -> ClusterRole {
             {"apiGroups": [""], "resources": ["secrets", "services"],
              "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
+            // Pods: their metadata, to count which pods a sidecar Resource protects.
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
             // Where the cluster's pods and Services live (Nodes' podCIDRs, ServiceCIDRs): an
             // EndpointSlice nobody's controller wrote may not point there.
             {"apiGroups": [""], "resources": ["nodes"], "verbs": read},
@@ -48,7 +50,10 @@ pub fn cluster_role() -> ClusterRole {
             // The tunnel hub (watched as an owned kind; deleted when spec.tunnel goes).
             {"apiGroups": ["apps"], "resources": ["statefulsets"],
              "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": write},
+            // Roles: the gateways' and the sidecars' (deleted when a Resource stops being a
+            // sidecar Resource).
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"],
+             "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
             // RoleBindings: the gateways' and the tenant admins' (pruned when a Tenant lets a
             // namespace go).
             {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"],
@@ -101,7 +106,7 @@ mod tests {
 
     #[test]
     fn builds() {
-        assert_eq!(cluster_role().rules.unwrap().len(), 17);
+        assert_eq!(cluster_role().rules.unwrap().len(), 18);
         let admin = tenant_admin_cluster_role();
         assert_eq!(admin.metadata.name.as_deref(), Some(TENANT_ADMIN));
         assert_eq!(lease_role("ns").metadata.namespace.as_deref(), Some("ns"));

@@ -14,6 +14,10 @@
 //! both compute the same snapshot from the same caches, and `Programmed` says what the
 //! Gateway controller writes (or, when its build fails, that the last good snapshot serves).
 //!
+//! Sidecar Resources (`spec.workload`) are not this pass's: [`crate::sidecar`] writes their
+//! status (Accepted, Programmed, Ready and `workload`, from their own snapshot and pods).
+//! Both writing would make the two fight over the same conditions on every pass.
+//!
 //! One object whose write fails does not stall the others: the pass writes everything it can
 //! and reports the first failure, which retries the pass with backoff.
 
@@ -79,6 +83,8 @@ pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
             .resources
             .iter()
             .filter(|r| r.meta().deletion_timestamp.is_none())
+            // Sidecar Resources: the sidecar reconciler's to report.
+            .filter(|r| r.spec.workload.is_none())
             .filter_map(|r| {
                 let key = (r.namespace().unwrap_or_default(), r.name_any());
                 let policies = applied.get(&key).map_or(&[][..], |v| &v[..]);
