@@ -15,6 +15,8 @@
 //! - [`conditions`]: pure: Resource, Policy and Tenant status from a World and the builds.
 //! - [`status`]: the Resource and Policy status pass (writes what `conditions` computes).
 //! - [`tenant`]: the Tenant controller (status, namespace labels, NetworkPolicies, admins).
+//! - [`webhook`]: the sidecar injection webhook (every replica serves it; the leader keeps
+//!   its certificates and caBundle current).
 
 pub mod apply;
 pub mod conditions;
@@ -27,3 +29,4 @@ pub mod rbac;
 pub mod server;
 pub mod status;
 pub mod tenant;
+pub mod webhook;
