@@ -185,15 +185,15 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
             tracing::info!(%addr, "serving the sidecar injection webhook");
-            tokio::spawn(webhook::run(
+            let ready = webhook::start(
                 client.clone(),
                 listener,
                 webhook::Config {
                     certs: certs.clone(),
                     settings,
                 },
-            ));
-            Some(certs)
+            );
+            Some((certs, ready))
         }
     };
 
@@ -214,7 +214,20 @@ async fn main() -> anyhow::Result<()> {
         let mut cfg = LeaseConfig::new(&args.lease_namespace, &identity);
         cfg.name = args.lease_name;
         // A standby is ready to take over; reporting it unready would stall rolling updates
-        // (the new pod waits for a Lease the old pod holds until it is replaced).
+        // (the new pod waits for a Lease the old pod holds until it is replaced). With the
+        // webhook, not before its caches are filled: the webhook's Service sends admissions
+        // to ready pods only, and an unfilled webhook refuses them.
+        if let Some((_, webhook_ready)) = &webhook_certs {
+            let filled = async {
+                while !webhook_ready.load(Ordering::Relaxed) {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            };
+            tokio::select! {
+                () = filled => {}
+                () = stop_requested() => return Ok(()),
+            }
+        }
         ready.store(true, Ordering::Relaxed);
         tracing::info!(lease = %cfg.name, namespace = %cfg.namespace, "waiting for the Lease");
         tokio::select! {
@@ -242,7 +255,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     };
-    let leader_webhook = webhook_certs.map(|certs| {
+    let leader_webhook = webhook_certs.map(|(certs, _)| {
         tokio::spawn(webhook::certs::run_leader(
             client.clone(),
             certs,

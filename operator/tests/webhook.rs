@@ -205,14 +205,24 @@ async fn sidecar_injection_through_the_apiserver() {
     )
     .await
     .unwrap();
-    tokio::spawn(webhook::run(
+    let webhook_ready = webhook::start(
         operator.clone(),
         listener,
         webhook::Config {
             certs: cfg.clone(),
             settings: inject::Settings::new(IMAGE),
         },
-    ));
+    );
+
+    eventually("the webhook's caches", || {
+        let ready = webhook_ready.clone();
+        async move {
+            ready
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then_some(())
+        }
+    })
+    .await;
 
     // An opted-in namespace with a sidecar Resource.
     let ns_in = rustronaut_e2e::namespace(&admin, "webhook-in").await;

@@ -45,10 +45,11 @@ pub struct Config {
     pub settings: inject::Settings,
 }
 
-/// Runs the webhook on `listener` until it fails: its caches, the TLS configuration from the
-/// Secret (reloaded on every change), and the server. Runs on every replica; the leader's
-/// part is [`certs::run_leader`].
-pub async fn run(client: kube::Client, listener: TcpListener, cfg: Config) {
+/// Starts the webhook on `listener` (spawned tasks: its caches, the TLS configuration from
+/// the Secret, reloaded on every change, and the server) and returns the flag that turns true
+/// once its caches are filled (before that it answers 503). Runs on every replica; the
+/// leader's part is [`certs::run_leader`].
+pub fn start(client: kube::Client, listener: TcpListener, cfg: Config) -> Arc<AtomicBool> {
     let ready = Arc::new(AtomicBool::new(false));
 
     let (resources, writer) = reflector::store();
@@ -117,9 +118,10 @@ pub async fn run(client: kube::Client, listener: TcpListener, cfg: Config) {
         namespaces,
         client,
         settings: cfg.settings,
-        ready,
+        ready: ready.clone(),
     });
-    server::serve(listener, tls, state).await;
+    tokio::spawn(server::serve(listener, tls, state));
+    ready
 }
 
 /// Follows the certificate Secret: each version that loads becomes the serving
