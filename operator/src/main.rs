@@ -191,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
                 webhook::Config {
                     certs: certs.clone(),
                     settings,
+                    metrics: metrics.clone(),
                 },
             );
             Some((certs, ready))

@@ -205,12 +205,14 @@ async fn sidecar_injection_through_the_apiserver() {
     )
     .await
     .unwrap();
+    let metrics = Arc::new(rustronaut_operator::metrics::Metrics::default());
     let webhook_ready = webhook::start(
         operator.clone(),
         listener,
         webhook::Config {
             certs: cfg.clone(),
             settings: inject::Settings::new(IMAGE),
+            metrics: metrics.clone(),
         },
     );
 
@@ -524,6 +526,18 @@ async fn sidecar_injection_through_the_apiserver() {
         .await
         .unwrap();
     assert_eq!(certs::Material::from_secret(&secret).unwrap(), moved);
+    // Every outcome was counted.
+    let count = |outcome: &str| {
+        metrics
+            .admissions
+            .get_or_create(&rustronaut_operator::metrics::AdmissionLabels {
+                outcome: outcome.into(),
+            })
+            .get()
+    };
+    for outcome in ["injected", "denied", "error", "unchanged"] {
+        assert!(count(outcome) > 0, "{outcome} counted");
+    }
     mwcs.delete(
         rustronaut_operator::rbac::WEBHOOK_CONFIG,
         &Default::default(),

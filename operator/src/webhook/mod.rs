@@ -37,12 +37,14 @@ use tokio::sync::watch;
 use tokio_rustls::rustls::ServerConfig;
 
 /// What the webhook needs to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Where its certificates live and what they name.
     pub certs: certs::CertConfig,
     /// What the injected container looks like.
     pub settings: inject::Settings,
+    /// The operator's metrics (admissions are counted there).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Starts the webhook on `listener` (spawned tasks: its caches, the TLS configuration from
@@ -119,6 +121,7 @@ pub fn start(client: kube::Client, listener: TcpListener, cfg: Config) -> Arc<At
         client,
         settings: cfg.settings,
         ready: ready.clone(),
+        metrics: cfg.metrics,
     });
     tokio::spawn(server::serve(listener, tls, state));
     ready

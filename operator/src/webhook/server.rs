@@ -56,6 +56,8 @@ pub struct State {
     pub settings: inject::Settings,
     /// True once both caches are filled.
     pub ready: Arc<AtomicBool>,
+    /// Where admissions are counted (`rustronaut_operator_sidecar_admissions_total`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// One HTTP answer.
@@ -89,11 +91,17 @@ pub async fn answer(state: &State, method: &str, path: &str, body: &[u8]) -> Rep
     }
     let review: AdmissionReview<Pod> = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return Reply::text(400, &format!("not an AdmissionReview of a Pod: {e}")),
+        Err(e) => {
+            state.metrics.admitted("error");
+            return Reply::text(400, &format!("not an AdmissionReview of a Pod: {e}"));
+        }
     };
     let request: AdmissionRequest<Pod> = match review.try_into() {
         Ok(r) => r,
-        Err(_) => return Reply::text(400, "the AdmissionReview has no request"),
+        Err(_) => {
+            state.metrics.admitted("error");
+            return Reply::text(400, "the AdmissionReview has no request");
+        }
     };
     let response = review_pod(state, &request).await;
     Reply {
@@ -116,6 +124,7 @@ async fn review_pod(state: &State, req: &AdmissionRequest<Pod>) -> AdmissionResp
         Ok(l) => l,
         Err(e) => {
             // Unknown opt-in: refuse rather than guess (the pod is retried by its controller).
+            state.metrics.admitted("denied");
             return response.deny(format!("cannot read namespace {ns}: {e}"));
         }
     };
@@ -133,6 +142,13 @@ async fn review_pod(state: &State, req: &AdmissionRequest<Pod>) -> AdmissionResp
         .clone()
         .or_else(|| pod.metadata.generate_name.clone())
         .unwrap_or_default();
+    let outcome = match &verdict {
+        Verdict::Patch { .. } => "injected",
+        Verdict::Unchanged { warning: None } => "unchanged",
+        Verdict::Unchanged { warning: Some(_) } => "warned",
+        Verdict::Deny(_) => "denied",
+    };
+    state.metrics.admitted(outcome);
     match verdict {
         Verdict::Patch { patch, resource } => {
             tracing::info!(namespace = %ns, pod = %pod_name, %resource, "injecting the sidecar");
