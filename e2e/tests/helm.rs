@@ -56,6 +56,8 @@ fn values_the_schema_refuses_fail_with_a_message_that_names_them() {
         ("operator.image.pullPolicy=Sometimes", "pullPolicy"),
         ("operator.replica=2", "replica"),
         ("gateway.image.repository=", "repository"),
+        ("sidecar.image.pullPolicy=Sometimes", "pullPolicy"),
+        ("sidecar.enable=true", "enable"),
     ] {
         let err = template_error(cluster, &[value])
             .unwrap_or_else(|| panic!("{value} must be refused by values.schema.json"));
@@ -491,4 +493,108 @@ spec:
         .args(["uninstall", REL, "--namespace", NS])
         .args(["--wait", "--timeout", "120s"]);
     run(uninstall);
+}
+
+/// `sidecar.enabled=true`: the operator gets the webhook flags and port, the webhook's Service
+/// and MutatingWebhookConfiguration carry the names the operator's code and RBAC use, both
+/// webhooks fail closed and never see kube-system or the release namespace, the caBundle is
+/// left to the operator, and the API server accepts the objects (server-side dry run).
+#[test]
+fn the_sidecar_webhook_renders_as_the_operator_expects() {
+    let cluster = rustronaut_e2e::shared();
+    let mut template = helm(cluster);
+    template
+        .args(["template", RELEASE])
+        .arg(chart())
+        .args(["--namespace", "rustronaut-system"])
+        .args(["--set", "sidecar.enabled=true"])
+        .args(["--set", "sidecar.image.repository=example.test/sidecar"])
+        .args(["--set", "sidecar.image.tag=v1"])
+        .args(["--set", "sidecar.resources.limits.memory=100Mi"]);
+    let rendered = run(template);
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|d: &serde_yaml::Value| !d.is_null())
+        .collect();
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| {
+                d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name)
+            })
+            .unwrap_or_else(|| panic!("{kind} {name} in the chart"))
+            .clone()
+    };
+    let deployment = find("Deployment", rustronaut_operator::rbac::NAME);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for want in [
+        "--webhook-listen=0.0.0.0:9443",
+        "--webhook-service=rustronaut-webhook",
+        "--sidecar-image=example.test/sidecar:v1",
+        "--sidecar-resources={\"limits\":{\"memory\":\"100Mi\"}}",
+    ] {
+        assert!(args.contains(&want), "{want} in {args:?}");
+    }
+    let service = find("Service", "rustronaut-webhook");
+    assert_eq!(service["spec"]["ports"][0]["port"].as_u64(), Some(443));
+    assert_eq!(
+        service["spec"]["ports"][0]["targetPort"].as_str(),
+        Some("webhook")
+    );
+    let mwc = find(
+        "MutatingWebhookConfiguration",
+        rustronaut_operator::rbac::WEBHOOK_CONFIG,
+    );
+    let hooks = mwc["webhooks"].as_sequence().unwrap();
+    assert_eq!(hooks.len(), 2);
+    for h in hooks {
+        assert_eq!(h["failurePolicy"].as_str(), Some("Fail"));
+        assert_eq!(h["timeoutSeconds"].as_u64(), Some(5));
+        assert_eq!(h["sideEffects"].as_str(), Some("None"));
+        assert!(
+            h["clientConfig"].get("caBundle").is_none(),
+            "the operator writes it"
+        );
+        assert_eq!(
+            h["clientConfig"]["service"]["path"].as_str(),
+            Some("/inject")
+        );
+        let ns = serde_yaml::to_string(&h["namespaceSelector"]).unwrap();
+        assert!(
+            ns.contains("kube-system") && ns.contains("rustronaut-system"),
+            "{ns}"
+        );
+    }
+
+    // Off by default: no webhook objects, no webhook flags.
+    assert!(template_error(cluster, &[]).is_none());
+    let mut default = helm(cluster);
+    default.args(["template", RELEASE]).arg(chart());
+    let out = run(default);
+    assert!(!out.contains("MutatingWebhookConfiguration") && !out.contains("--webhook-listen"));
+
+    // The API server accepts the objects as rendered.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("webhook.yaml");
+    std::fs::write(&file, &rendered).unwrap();
+    let _ = cluster
+        .kubectl()
+        .args(["create", "namespace", "rustronaut-system"])
+        .output();
+    let mut dry = cluster.kubectl();
+    dry.args([
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--force-conflicts",
+    ])
+    .args(["--field-manager", "webhook-chart-check", "-f"])
+    .arg(&file);
+    let out = run(dry);
+    assert!(out.contains("mutatingwebhookconfiguration"), "{out}");
 }

@@ -18,6 +18,8 @@
 //! - [`sidecar`]: the sidecar reconciler: each sidecar Resource (`spec.workload`) becomes
 //!   its snapshot Secret, the RBAC to read it and a NetworkPolicy; its status counts the
 //!   protected pods. Run by the Gateway controller, on its caches.
+//! - [`webhook`]: the sidecar injection webhook (every replica serves it; the leader keeps
+//!   its certificates and caBundle current).
 
 pub mod apply;
 pub mod conditions;
@@ -31,3 +33,4 @@ pub mod server;
 pub mod sidecar;
 pub mod status;
 pub mod tenant;
+pub mod webhook;

@@ -6,11 +6,14 @@
 //! together under the one Lease.
 
 use clap::Parser;
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use prometheus_client::registry::Registry;
 use rustronaut_operator::context::Context;
 use rustronaut_operator::gateway::GatewayController;
 use rustronaut_operator::gateway::objects::Settings;
 use rustronaut_operator::leader::{Elector, LeaseConfig};
+use rustronaut_operator::rbac;
+use rustronaut_operator::webhook;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +65,32 @@ struct Args {
     /// operator's `/readyz`.
     #[arg(long, value_name = "URL")]
     probe: Option<String>,
+    /// Address of the sidecar injection webhook (HTTPS, `POST /inject`), e.g.
+    /// `0.0.0.0:9443`. Default: no webhook (the chart sets it with `sidecar.enabled`).
+    #[arg(long)]
+    webhook_listen: Option<SocketAddr>,
+    /// Image of the injected sidecar. Default: the gateway image.
+    #[arg(long, env = "RUSTRONAUT_SIDECAR_IMAGE")]
+    sidecar_image: Option<String>,
+    /// `imagePullPolicy` of the injected sidecar. Default: the cluster's default for its tag.
+    #[arg(long)]
+    sidecar_pull_policy: Option<String>,
+    /// Requests and limits of the injected sidecar, as JSON ResourceRequirements. Default:
+    /// requests cpu 10m, memory 16Mi; limit memory 64Mi.
+    #[arg(long, value_parser = parse_resources)]
+    sidecar_resources: Option<ResourceRequirements>,
+    /// Name of the MutatingWebhookConfiguration whose caBundle the leader keeps current
+    /// (the RBAC of `src/rbac.rs` names it; change both together).
+    #[arg(long, default_value = rbac::WEBHOOK_CONFIG)]
+    webhook_config_name: String,
+    /// Name of the Service in front of the webhook (the serving certificate names
+    /// `<service>.<namespace>.svc`).
+    #[arg(long, default_value = "rustronaut-webhook")]
+    webhook_service: String,
+    /// Name of the Secret (in the operator's namespace) holding the webhook's CA and
+    /// serving certificate.
+    #[arg(long, default_value = "rustronaut-webhook-tls")]
+    webhook_secret: String,
     /// Log format: `text` for people, `json` (one object per line, with the current span:
     /// the Gateway being reconciled or the pass running) for log pipelines.
     #[arg(long, env = "RUSTRONAUT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -109,10 +138,11 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = Registry::default();
     ctx.metrics.register(&mut registry);
     let metrics = ctx.metrics.clone();
+    let gateway_image = args.gateway_image.clone();
     let controller = GatewayController::new(
         ctx,
         Settings {
-            image: args.gateway_image,
+            image: args.gateway_image.clone(),
             // The Lease lives in the operator's own namespace (POD_NAMESPACE in a cluster).
             operator_namespace: args.lease_namespace.clone(),
             admin_from_namespaces: args.admin_from_namespaces.clone(),
@@ -129,6 +159,44 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(registry),
         ready.clone(),
     ));
+
+    // The webhook runs on every replica (the Service may pick any); only the leader writes
+    // its certificates and caBundle (below).
+    let webhook_certs = match args.webhook_listen {
+        None => None,
+        Some(addr) => {
+            let certs = webhook::certs::CertConfig {
+                namespace: args.lease_namespace.clone(),
+                secret: args.webhook_secret.clone(),
+                hosts: webhook::certs::CertConfig::service_hosts(
+                    &args.webhook_service,
+                    &args.lease_namespace,
+                ),
+                webhook_config: args.webhook_config_name.clone(),
+                lifetimes: Default::default(),
+            };
+            let mut settings =
+                webhook::inject::Settings::new(args.sidecar_image.clone().unwrap_or(gateway_image));
+            settings.pull_policy = args.sidecar_pull_policy.clone();
+            if let Some(r) = args.sidecar_resources.clone() {
+                settings.resources = r;
+            }
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
+            tracing::info!(%addr, "serving the sidecar injection webhook");
+            let ready = webhook::start(
+                client.clone(),
+                listener,
+                webhook::Config {
+                    certs: certs.clone(),
+                    settings,
+                    metrics: metrics.clone(),
+                },
+            );
+            Some((certs, ready))
+        }
+    };
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -147,11 +215,24 @@ async fn main() -> anyhow::Result<()> {
         let mut cfg = LeaseConfig::new(&args.lease_namespace, &identity);
         cfg.name = args.lease_name;
         // A standby is ready to take over; reporting it unready would stall rolling updates
-        // (the new pod waits for a Lease the old pod holds until it is replaced).
+        // (the new pod waits for a Lease the old pod holds until it is replaced). With the
+        // webhook, not before its caches are filled: the webhook's Service sends admissions
+        // to ready pods only, and an unfilled webhook refuses them.
+        if let Some((_, webhook_ready)) = &webhook_certs {
+            let filled = async {
+                while !webhook_ready.load(Ordering::Relaxed) {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            };
+            tokio::select! {
+                () = filled => {}
+                () = stop_requested() => return Ok(()),
+            }
+        }
         ready.store(true, Ordering::Relaxed);
         tracing::info!(lease = %cfg.name, namespace = %cfg.namespace, "waiting for the Lease");
         tokio::select! {
-            l = Elector::new(client, cfg).acquire() => Some(l),
+            l = Elector::new(client.clone(), cfg).acquire() => Some(l),
             () = stop_requested() => return Ok(()),
         }
     } else {
@@ -175,7 +256,17 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     };
+    let leader_webhook = webhook_certs.map(|(certs, _)| {
+        tokio::spawn(webhook::certs::run_leader(
+            client.clone(),
+            certs,
+            std::future::pending(),
+        ))
+    });
     controller.run(shutdown).await;
+    if let Some(task) = leader_webhook {
+        task.abort();
+    }
     if let Some(l) = leadership {
         if !l.is_leading() {
             // Exit non-zero: Kubernetes restarts the pod as a plain candidate, which is simpler
@@ -224,6 +315,11 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
             _ => Err(format!("{p:?} is not key=value")),
         })
         .collect()
+}
+
+/// `--sidecar-resources`: JSON ResourceRequirements.
+fn parse_resources(s: &str) -> Result<ResourceRequirements, String> {
+    serde_json::from_str(s).map_err(|e| format!("not JSON ResourceRequirements: {e}"))
 }
 
 /// `--cluster-networks` (a newtype: clap reads a `Vec` as a repeated flag).

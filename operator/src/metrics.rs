@@ -9,6 +9,7 @@
 //! | `rustronaut_operator_leader` | | 1 while this replica runs the controllers (holds the Lease) |
 //! | `rustronaut_operator_gateway_config_info` | `gateway_namespace`, `gateway`, `version` | 1 for the snapshot version published for a Gateway (the one its pods should serve) |
 //! | `rustronaut_operator_gateway_build_failed` | `gateway_namespace`, `gateway`, `reason` | 1 while a Gateway's last snapshot build failed (the last good one is served) |
+//! | `rustronaut_operator_sidecar_admissions_total` | `outcome` | pods the sidecar injection webhook answered for: `injected`, `unchanged`, `warned` (opted in, no Resource), `denied`, `error` (a request it could not read) |
 //!
 //! Cardinality: kinds and reasons are constants; the per-Gateway families hold one series per
 //! Gateway (the label sets of a Gateway are replaced, not added to, and dropped with it). The
@@ -64,6 +65,13 @@ pub struct GatewayFailureLabels {
     pub reason: String,
 }
 
+/// Labels of `sidecar_admissions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `injected`, `unchanged`, `warned`, `denied` or `error` (a constant).
+    pub outcome: String,
+}
+
 /// What the per-Gateway families currently hold for one Gateway, so a change replaces it.
 #[derive(Default)]
 struct GatewaySeries {
@@ -85,6 +93,9 @@ pub struct Metrics {
     pub gateway_version: Family<GatewayVersionLabels, Gauge>,
     /// 1 while a Gateway's last build failed.
     pub gateway_failed: Family<GatewayFailureLabels, Gauge>,
+    /// Admissions answered by the sidecar injection webhook, by outcome (every replica counts
+    /// its own).
+    pub admissions: Family<AdmissionLabels, Counter>,
     gateways: Mutex<HashMap<(String, String), GatewaySeries>>,
 }
 
@@ -99,6 +110,7 @@ impl Default for Metrics {
             leader: Gauge::default(),
             gateway_version: Family::default(),
             gateway_failed: Family::default(),
+            admissions: Family::default(),
             gateways: Mutex::default(),
         }
     }
@@ -138,6 +150,20 @@ impl Metrics {
             "1 while the last snapshot build of a Gateway failed, by reason",
             self.gateway_failed.clone(),
         );
+        sub.register(
+            "sidecar_admissions",
+            "Pods the sidecar injection webhook answered for, by outcome",
+            self.admissions.clone(),
+        );
+    }
+
+    /// Counts one webhook admission with `outcome` (a constant).
+    pub fn admitted(&self, outcome: &str) {
+        self.admissions
+            .get_or_create(&AdmissionLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// Records the outcome of a Gateway's snapshot build: the version now published (if any)

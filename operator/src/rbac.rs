@@ -12,6 +12,9 @@ use serde_json::json;
 
 /// Name of the ClusterRole (and of the operator's ServiceAccount).
 pub const NAME: &str = "rustronaut-operator";
+/// Name of the sidecar injection webhook's MutatingWebhookConfiguration (the chart's), the
+/// one object of its kind the operator may touch: the leader keeps its caBundle current.
+pub const WEBHOOK_CONFIG: &str = "rustronaut-sidecar-injector";
 /// Name of the ClusterRole a Tenant's admins are bound to in each namespace it holds.
 pub const TENANT_ADMIN: &str = "rustronaut-tenant-admin";
 
@@ -68,6 +71,12 @@ pub fn cluster_role() -> ClusterRole {
              "verbs": prune},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"],
              "verbs": ["create", "patch"]},
+            // The injection webhook's caBundle (src/webhook/certs.rs): that one object, read
+            // and patched, never created or deleted (the chart owns it). Its CA and serving
+            // certificate Secret is covered by the Secrets rule above.
+            {"apiGroups": ["admissionregistration.k8s.io"],
+             "resources": ["mutatingwebhookconfigurations"],
+             "verbs": ["get", "patch"], "resourceNames": [WEBHOOK_CONFIG]},
         ],
     }))
     .expect("a ClusterRole")

@@ -2,6 +2,11 @@
 operator's code (operator/src/rbac.rs) uses the same fixed name, so it is not templated. */}}
 {{- define "rustronaut.name" -}}rustronaut-operator{{- end -}}
 
+{{/* The webhook's Service and MutatingWebhookConfiguration: fixed names too, because the
+operator's flags default to them and its RBAC (rbac::WEBHOOK_CONFIG) names the latter. */}}
+{{- define "rustronaut.webhook" -}}rustronaut-webhook{{- end -}}
+{{- define "rustronaut.webhookConfig" -}}rustronaut-sidecar-injector{{- end -}}
+
 {{- define "rustronaut.labels" -}}
 app.kubernetes.io/name: rustronaut-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
