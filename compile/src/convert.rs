@@ -360,6 +360,11 @@ fn principal(x: &p::Principal) -> Option<cp::Principal> {
         cp::Principal::Site(cp::SitePrincipal {
             names: s.names.clone(),
         })
+    } else if let Some(s) = &x.service_account {
+        cp::Principal::ServiceAccount(cp::ServiceAccountPrincipal {
+            namespace: s.namespace.clone(),
+            names: s.names.clone(),
+        })
     } else if let Some(s) = &x.source_cidrs {
         cp::Principal::SourceCidrs(cp::SourceCidrs {
             cidrs: s.cidrs.clone(),

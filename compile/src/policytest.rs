@@ -11,7 +11,8 @@ use crate::world::World;
 use kube::ResourceExt;
 use rustronaut_contract::eval::{Decision, Effect, Request, evaluate};
 use rustronaut_contract::identity::{
-    ApiKeyIdentity, CertificateIdentity, Identity, SiteIdentity, UserIdentity,
+    ApiKeyIdentity, CertificateIdentity, Identity, ServiceAccountIdentity, SiteIdentity,
+    UserIdentity,
 };
 use rustronaut_contract::policy::{CompiledPolicy, PolicySet};
 use rustronaut_contract::snapshot::{CompiledResource, ResourceProtocol, Tenant};
@@ -355,6 +356,10 @@ pub fn identity(t: Option<&TestIdentity>, tenant: &str, source_ip: IpAddr) -> Id
     id.site = t.site.as_ref().map(|s| SiteIdentity {
         name: s.clone(),
         tenant: tenant.to_string(),
+    });
+    id.service_account = t.service_account.as_ref().map(|s| ServiceAccountIdentity {
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
     });
     id
 }

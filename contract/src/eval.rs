@@ -668,6 +668,11 @@ pub(crate) fn principal_matches(m: &Matcher, id: &Identity, tenant: &str, stake:
             .site
             .as_ref()
             .is_some_and(|s| s.tenant == tenant && names.contains(&s.name)),
+        Matcher::ServiceAccount { namespace, names } => {
+            id.service_account.as_ref().is_some_and(|sa| {
+                sa.namespace == *namespace && (names.is_empty() || names.contains(&sa.name))
+            })
+        }
         Matcher::Cidrs { cidrs, except } => id.source_ip.is_some_and(|ip| {
             cidrs.iter().any(|c| c.contains(ip)) && !except.iter().any(|c| c.contains(ip))
         }),

@@ -58,6 +58,9 @@ pub enum PolicyError {
     /// A rule without principals in `from`.
     #[error("rule {0:?}: from needs at least one principal")]
     EmptyFrom(String),
+    /// A `serviceAccount` principal with an empty namespace or an empty name.
+    #[error("rule {0:?}: serviceAccount needs a namespace and non-empty names")]
+    EmptyServiceAccount(String),
     /// A principal names a provider the tenant does not have.
     #[error("rule {rule:?}: identity provider {idp:?} not found in tenant {tenant:?}")]
     UnknownIdentityProvider {
@@ -192,6 +195,7 @@ impl fmt::Display for CompileProblem {
 ///                     claims: [{name, values[]}], scopes[]}}
 ///           | {clientCertificate: {idp?, sanURIs[], sanDNSNames[], sanEmails[], spkiSHA256[]}}
 ///           | {apiKey: {idp?, clientIDs[]}} | {site: {names[]}}
+///           | {serviceAccount: {namespace, names[]}}
 ///           | {sourceCIDRs: {cidrs[], except[]}} | "authenticated" | "anonymous"
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +305,9 @@ pub enum Principal {
     ApiKey(ApiKeyPrincipal),
     /// Traffic arriving through a WireGuard site of the policy's tenant.
     Site(SitePrincipal),
+    /// A Kubernetes ServiceAccount of this cluster, proven by a projected token the API
+    /// server's service-account issuer signed (never by a tenant's identity provider).
+    ServiceAccount(ServiceAccountPrincipal),
     /// Client addresses.
     #[serde(rename = "sourceCIDRs")]
     SourceCidrs(SourceCidrs),
@@ -385,6 +392,17 @@ pub struct ApiKeyPrincipal {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SitePrincipal {
     /// Site names.
+    pub names: Vec<String>,
+}
+
+/// ServiceAccounts of one namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceAccountPrincipal {
+    /// Namespace of the ServiceAccounts.
+    pub namespace: String,
+    /// ServiceAccount names; empty: every ServiceAccount of the namespace.
+    #[serde(default)]
     pub names: Vec<String>,
 }
 
@@ -508,6 +526,10 @@ pub(crate) enum Matcher {
         client_ids: Vec<String>,
     },
     Site(Vec<String>),
+    ServiceAccount {
+        namespace: String,
+        names: Vec<String>,
+    },
     Cidrs {
         cidrs: Vec<Cidr>,
         except: Vec<Cidr>,
@@ -588,6 +610,9 @@ pub(crate) struct TenantInfo {
     /// Claims the tenant's policies name, sorted: what a browser session must carry
     /// ([`PolicySet::session_claims`]).
     pub(crate) session_claims: Vec<String>,
+    /// Whether a policy of the tenant names a `serviceAccount` principal
+    /// ([`PolicySet::names_service_accounts`]).
+    pub(crate) service_accounts: bool,
 }
 
 /// Policies checked, pre-parsed and indexed by target. Build one per snapshot (it is
@@ -812,11 +837,18 @@ impl PolicySet {
                         .iter()
                         .filter(|p: &&Policy| *p.tenant == *t.name),
                 );
+                let service_accounts = set_policies
+                    .iter()
+                    .filter(|p: &&Policy| *p.tenant == *t.name)
+                    .flat_map(|p| &p.rules)
+                    .flat_map(|r| r.from.iter().chain(&r.require).chain(&r.exclude))
+                    .any(|m| matches!(m, Matcher::ServiceAccount { .. }));
                 (
                     t.name.clone(),
                     TenantInfo {
                         oidc,
                         session_claims,
+                        service_accounts,
                     },
                 )
             })
@@ -880,6 +912,14 @@ impl PolicySet {
         self.tenants
             .get(tenant)
             .map_or(&[], |t| t.session_claims.as_slice())
+    }
+
+    /// Whether a policy of `tenant` (any mode, any clause) names a `serviceAccount`
+    /// principal: only then does the gateway verify ServiceAccount tokens for the tenant's
+    /// Resources (and treat an `Authorization: Bearer` as a credential even without a JWT
+    /// provider). False for an unknown tenant.
+    pub fn names_service_accounts(&self, tenant: &str) -> bool {
+        self.tenants.get(tenant).is_some_and(|t| t.service_accounts)
     }
 }
 
@@ -1036,6 +1076,15 @@ fn compile_principal(
             }
         }
         Principal::Site(s) => Matcher::Site(s.names.clone()),
+        Principal::ServiceAccount(s) => {
+            if s.namespace.is_empty() || s.names.iter().any(String::is_empty) {
+                return Err(PolicyError::EmptyServiceAccount(rule.to_string()));
+            }
+            Matcher::ServiceAccount {
+                namespace: s.namespace.clone(),
+                names: s.names.clone(),
+            }
+        }
         Principal::SourceCidrs(s) => {
             let parse = |v: &[String]| -> Result<Vec<Cidr>, PolicyError> {
                 v.iter()

@@ -144,7 +144,7 @@ pub struct PolicyRule {
 /// Who: exactly one of the fields.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.user), has(self.clientCertificate), has(self.apiKey), has(self.site), has(self.sourceCIDRs), has(self.authenticated), has(self.anonymous)].filter(x, x).size() == 1").message("a principal is exactly one of user, clientCertificate, apiKey, site, sourceCIDRs, authenticated, anonymous"))]
+#[x_kube(validation = Rule::new("[has(self.user), has(self.clientCertificate), has(self.apiKey), has(self.site), has(self.serviceAccount), has(self.sourceCIDRs), has(self.authenticated), has(self.anonymous)].filter(x, x).size() == 1").message("a principal is exactly one of user, clientCertificate, apiKey, site, serviceAccount, sourceCIDRs, authenticated, anonymous"))]
 pub struct Principal {
     /// A user or machine authenticated by an OIDC or JWT provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,6 +158,12 @@ pub struct Principal {
     /// Traffic arriving through a WireGuard site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<SitePrincipal>,
+    /// A workload of this cluster running as one of these Kubernetes ServiceAccounts,
+    /// proven by its projected token (audience `rustronaut.io`) signed by the API server's
+    /// service-account issuer. A tenant identity provider's token never matches it, whatever
+    /// its `sub` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountPrincipal>,
     /// Client addresses (after trusted-proxy resolution).
     #[serde(
         default,
@@ -271,6 +277,20 @@ pub struct ApiKeyPrincipal {
 pub struct SitePrincipal {
     /// Site names (of the tenant's Gateways' tunnels).
     #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 63), regex(pattern = LABEL_PATTERN)))]
+    pub names: Vec<String>,
+}
+
+/// ServiceAccounts of one namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountPrincipal {
+    /// Namespace of the ServiceAccounts (any namespace of the cluster: admitting callers
+    /// from another team's namespace is this Policy's decision).
+    #[schemars(length(min = 1, max = 63), regex(pattern = LABEL_PATTERN))]
+    pub namespace: String,
+    /// ServiceAccount names. Empty: every ServiceAccount of the namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253), regex(pattern = NAME_PATTERN)))]
     pub names: Vec<String>,
 }
 
@@ -426,6 +446,21 @@ pub struct TestIdentity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub site: Option<String>,
+    /// A Kubernetes ServiceAccount (as its verified token would say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<TestServiceAccount>,
+}
+
+/// A test ServiceAccount.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TestServiceAccount {
+    /// Namespace.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// ServiceAccount name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// A test user.

@@ -590,6 +590,33 @@ fn cases() -> Vec<Case> {
             expect: "a principal is exactly one of",
         },
         Case {
+            name: "serviceAccount beside another principal kind",
+            base: p,
+            change: |v| {
+                v["spec"]["rules"][0]["from"][0] =
+                    json!({"serviceAccount": {"namespace": "shop"}, "site": {"names": ["dc1"]}})
+            },
+            expect: "exactly one of user, clientCertificate, apiKey, site, serviceAccount",
+        },
+        Case {
+            name: "serviceAccount namespace not a DNS label",
+            base: p,
+            change: |v| {
+                v["spec"]["rules"][0]["from"][0] =
+                    json!({"serviceAccount": {"namespace": "Shop_1", "names": ["checkout"]}})
+            },
+            expect: "spec.rules[0].from[0].serviceAccount.namespace",
+        },
+        Case {
+            name: "serviceAccount without namespace",
+            base: p,
+            change: |v| {
+                v["spec"]["rules"][0]["from"][0] =
+                    json!({"serviceAccount": {"names": ["checkout"]}})
+            },
+            expect: "spec.rules[0].from[0].serviceAccount.namespace: Required value",
+        },
+        Case {
             name: "empty principal",
             base: p,
             change: |v| v["spec"]["rules"][0]["from"][0] = json!({}),

@@ -4,8 +4,12 @@
 //! A credential that is present but does not verify is an error (401), never a fallback to
 //! anonymous: otherwise a Deny naming a user could be dodged by corrupting the token, and an
 //! expired token would pass wherever anonymous callers may. What counts as presented:
-//! - `Authorization: Bearer <token>`, when the tenant has a JWT provider (otherwise the
-//!   header belongs to the upstream and passes through untouched); an `Authorization` value
+//! - `Authorization: Bearer <token>`, when the tenant has a JWT provider or one of its
+//!   Policies names a `serviceAccount` principal (otherwise the header belongs to the
+//!   upstream and passes through untouched); a token whose `iss` is the cluster's
+//!   ServiceAccount issuer is checked by that issuer's verifier alone (and yields a
+//!   ServiceAccount, never a user), any other token by the tenant's JWT providers alone; an
+//!   `Authorization` value
 //!   that does not parse ([`authorization`]) is invalid credentials on every host;
 //! - without such a header, a cookie named by a JWT provider's `cookieName` (browsers cannot
 //!   add headers to a navigation); the proxy strips that cookie before forwarding;
@@ -22,6 +26,7 @@ use rustronaut_contract::Identity;
 use rustronaut_contract::identity::cache::TokenCache;
 use rustronaut_contract::identity::cert::{CertError, certificate_identity};
 use rustronaut_contract::identity::jwt::{JwtError, JwtVerifier};
+use rustronaut_contract::identity::serviceaccount::{ServiceAccountError, ServiceAccountVerifier};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +37,12 @@ pub trait RemoteVerifiers {
     fn verifier(&self, idp: &str) -> Option<Arc<JwtVerifier>>;
     /// A token named a key id the fetched keys lack: ask for an early refetch.
     fn unknown_kid(&self, idp: &str);
+    /// The verifier of the cluster's ServiceAccount tokens, if its keys were fetched.
+    fn service_accounts(&self) -> Option<Arc<ServiceAccountVerifier>> {
+        None
+    }
+    /// A ServiceAccount token named a key id the cluster's fetched keys lack.
+    fn unknown_service_account_kid(&self) {}
 }
 
 /// No remote keys (tests, tenants without remote providers).
@@ -51,8 +62,12 @@ pub enum AuthnError {
     /// A bearer token that no JWT provider of the tenant accepts.
     #[error("bearer token refused: {0}")]
     Token(JwtError),
+    /// A token of the cluster's ServiceAccount issuer that does not verify (expired, another
+    /// audience, unknown key, ...).
+    #[error("ServiceAccount token refused: {0}")]
+    ServiceAccount(ServiceAccountError),
     /// A bearer token while no JWT provider of the tenant has keys (remote JWKS not
-    /// fetched yet).
+    /// fetched yet, or the cluster's ServiceAccount keys not fetched).
     #[error("bearer token refused: no provider of the tenant has keys yet")]
     Unverifiable,
     /// An `Authorization` header the gateway cannot parse ([`authorization`]).
@@ -76,7 +91,10 @@ impl AuthnError {
     /// Stable short name for logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Token(_) | Self::Unverifiable | Self::MalformedAuthorization => "InvalidToken",
+            Self::Token(_)
+            | Self::ServiceAccount(_)
+            | Self::Unverifiable
+            | Self::MalformedAuthorization => "InvalidToken",
             Self::Repeated(_) => "RepeatedCredential",
             Self::ApiKey(_) => "InvalidApiKey",
             Self::CertificateNotTrusted | Self::Certificate(_) => "InvalidClientCertificate",
@@ -208,7 +226,23 @@ pub fn authenticate(
                 }
             }
         }
-        if let Some(token) = tokens.first() {
+        let cluster = auth
+            .service_accounts
+            .then(|| remote.service_accounts())
+            .flatten();
+        if let (Some(token), Some(sa)) = (tokens.first(), cluster)
+            && sa.claims_issuer(token)
+        {
+            match sa.verify_cached(cache, token, now) {
+                Ok(account) => identity.service_account = Some(account),
+                Err(e) => {
+                    if matches!(e, ServiceAccountError::Token(JwtError::UnknownKid(_))) {
+                        remote.unknown_service_account_kid();
+                    }
+                    return Err(AuthnError::ServiceAccount(e));
+                }
+            }
+        } else if let Some(token) = tokens.first() {
             let mut first_err = None;
             let remote_verifiers: Vec<(&str, Arc<JwtVerifier>)> = auth
                 .remote_jwt

@@ -16,7 +16,7 @@
 
 use crate::metrics::{Metrics, ResultLabel};
 use crate::reload::Store;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
@@ -26,8 +26,10 @@ use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustronaut_contract::identity::jwt::{Jwks, JwtError, JwtVerifier, JwtVerifierConfig};
+use rustronaut_contract::identity::serviceaccount::ServiceAccountVerifier;
 use rustronaut_contract::snapshot::{IdentityProviderKind, JwksSource};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,11 +77,14 @@ pub enum JwksError {
 
 type Key = (String, String);
 
-/// Verifiers built from fetched JWKS, by (tenant, provider).
+/// Verifiers built from fetched JWKS, by (tenant, provider), and the cluster's
+/// ServiceAccount issuer ([`crate::service_accounts`]).
 #[derive(Debug, Default)]
 pub struct RemoteJwks {
     verifiers: ArcSwap<HashMap<Key, Arc<JwtVerifier>>>,
     wanted: Mutex<HashSet<Key>>,
+    service_accounts: ArcSwapOption<ServiceAccountVerifier>,
+    service_accounts_wanted: AtomicBool,
 }
 
 impl RemoteJwks {
@@ -89,6 +94,27 @@ impl RemoteJwks {
             .load()
             .get(&(tenant.to_string(), idp.to_string()))
             .cloned()
+    }
+
+    /// The verifier of the cluster's ServiceAccount tokens, once its keys were fetched.
+    pub fn service_accounts(&self) -> Option<Arc<ServiceAccountVerifier>> {
+        self.service_accounts.load_full()
+    }
+
+    /// Publishes (or, with `None`, withdraws) the ServiceAccount verifier.
+    pub fn set_service_accounts(&self, v: Option<Arc<ServiceAccountVerifier>>) {
+        self.service_accounts.store(v);
+    }
+
+    /// A ServiceAccount token named an unknown key id: asks for an early refetch of the
+    /// cluster's keys (rate-limited by [`crate::service_accounts::run`]).
+    pub fn request_service_account_refresh(&self) {
+        self.service_accounts_wanted.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes the pending refetch request of the cluster's keys.
+    pub fn take_service_account_refresh(&self) -> bool {
+        self.service_accounts_wanted.swap(false, Ordering::Relaxed)
     }
 
     /// Asks for an early refetch (a token named a key id the JWKS does not have: the issuer

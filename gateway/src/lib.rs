@@ -40,6 +40,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
 pub mod server;
+pub mod service_accounts;
 pub mod session;
 pub mod state;
 pub mod telemetry;

@@ -82,6 +82,12 @@ struct Args {
     /// How often the snapshot file is checked for changes, in milliseconds.
     #[arg(long, env = "RUSTRONAUT_POLL_INTERVAL_MS", default_value_t = 1000)]
     poll_interval_ms: u64,
+    /// Accept loopback upstream addresses (127.0.0.0/8, ::1) in an edge snapshot. For tests
+    /// and local development only, where every upstream runs on the host's loopback: in a
+    /// cluster an edge gateway's loopback is its own pod (admin port, own listeners). A
+    /// sidecar's snapshot (`sidecar: true`) may always name them.
+    #[arg(long, env = "RUSTRONAUT_ALLOW_LOOPBACK_UPSTREAMS")]
+    allow_loopback_upstreams: bool,
     /// Worker threads per listener.
     #[arg(long, env = "RUSTRONAUT_THREADS", default_value_t = 2)]
     threads: usize,
@@ -233,7 +239,8 @@ fn main() -> anyhow::Result<()> {
     };
     let source = match (&args.snapshot, &args.config_from, &client) {
         (Some(path), _, _) => {
-            let mut reloader = Reloader::new(path.clone(), store.clone(), metrics.clone());
+            let mut reloader = Reloader::new(path.clone(), store.clone(), metrics.clone())
+                .allow_loopback_upstreams(args.allow_loopback_upstreams);
             let poll = Duration::from_millis(args.poll_interval_ms.max(50));
             runtime.spawn(async move {
                 loop {
@@ -245,7 +252,8 @@ fn main() -> anyhow::Result<()> {
         }
         (None, Some(secret), Some(client)) => {
             let origin = format!("Secret {secret}");
-            let mut reloader = Reloader::for_source(origin.clone(), store.clone(), metrics.clone());
+            let mut reloader = Reloader::for_source(origin.clone(), store.clone(), metrics.clone())
+                .allow_loopback_upstreams(args.allow_loopback_upstreams);
             let (tx, mut rx) = tokio::sync::mpsc::channel(4);
             runtime.spawn(kube_source::watch_secret(
                 client.clone(),
@@ -280,6 +288,14 @@ fn main() -> anyhow::Result<()> {
     ));
     // OIDC discovery and token exchange trust the same roots as remote JWKS.
     let oidc = Arc::new(rustronaut_gateway::oidc::Oidc::new(fetcher.clone()));
+    // Workload identity: the cluster's ServiceAccount issuer, through the same client as
+    // --config-from (fails closed without one).
+    runtime.spawn(rustronaut_gateway::service_accounts::run(
+        store.clone(),
+        remote.clone(),
+        client.clone(),
+        metrics.clone(),
+    ));
     runtime.spawn(jwks::run(
         store.clone(),
         remote.clone(),

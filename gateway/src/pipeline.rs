@@ -21,6 +21,7 @@ use rustronaut_contract::eval::{Decision, DecisionIds, Effect, Reason, Request, 
 use rustronaut_contract::identity::cache::TokenCache;
 use rustronaut_contract::identity::client_ip::client_ip_from_forwarded_for;
 use rustronaut_contract::identity::jwt::JwtVerifier;
+use rustronaut_contract::identity::serviceaccount::ServiceAccountVerifier;
 use rustronaut_contract::path::normalize;
 use rustronaut_contract::snapshot::{HashKey, LoadBalancing, TlsVersion};
 use std::net::IpAddr;
@@ -81,6 +82,12 @@ impl RemoteVerifiers for TenantRemote<'_> {
     }
     fn unknown_kid(&self, idp: &str) {
         self.remote.request_refresh(self.tenant, idp);
+    }
+    fn service_accounts(&self) -> Option<Arc<ServiceAccountVerifier>> {
+        self.remote.service_accounts()
+    }
+    fn unknown_service_account_kid(&self) {
+        self.remote.request_service_account_refresh();
     }
 }
 

@@ -19,7 +19,7 @@
 //! change needs a restart.
 
 use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
-use crate::state::{BuildError, Compiled};
+use crate::state::{BuildError, Compiled, check_upstream_addresses};
 use arc_swap::ArcSwapOption;
 use rustronaut_contract::snapshot::Listener;
 use std::path::PathBuf;
@@ -83,6 +83,8 @@ pub struct Reloader {
     last: Option<Vec<u8>>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    /// Whether an edge snapshot may name loopback upstreams ([`check_upstream_addresses`]).
+    allow_loopback: bool,
 }
 
 /// The listener facts that need a rebind when they change: name, port and protocol (HTTP
@@ -106,6 +108,7 @@ impl Reloader {
             last: None,
             store,
             metrics,
+            allow_loopback: false,
         }
     }
 
@@ -117,7 +120,15 @@ impl Reloader {
             last: None,
             store,
             metrics,
+            allow_loopback: false,
         }
+    }
+
+    /// Accepts loopback upstreams in edge snapshots too (`--allow-loopback-upstreams`: tests
+    /// and local development); a sidecar's snapshot always may name them.
+    pub fn allow_loopback_upstreams(mut self, allow: bool) -> Self {
+        self.allow_loopback = allow;
+        self
     }
 
     /// Reads the file and applies it when it changed. A refused snapshot is remembered, so
@@ -138,7 +149,11 @@ impl Reloader {
         if self.last.as_deref() == Some(bytes.as_slice()) {
             return Ok(Polled::Unchanged);
         }
-        let result = Compiled::load(&bytes);
+        let allow_loopback = self.allow_loopback;
+        let result = Compiled::load(&bytes).and_then(|c| {
+            check_upstream_addresses(&c.snapshot, allow_loopback)?;
+            Ok(c)
+        });
         self.last = Some(bytes);
         match result {
             Ok(next) => {

@@ -94,6 +94,17 @@ pub enum BuildError {
         /// Cause.
         reason: String,
     },
+    /// An upstream address the gateway refuses to dial: an unspecified address (`0.0.0.0`,
+    /// `::`) always, a loopback address unless the snapshot is a sidecar's.
+    #[error("resource {resource}: upstream address {address} refused: {reason}")]
+    UpstreamAddress {
+        /// `namespace/name` of the Resource.
+        resource: String,
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        reason: &'static str,
+    },
 }
 
 impl BuildError {
@@ -110,6 +121,7 @@ impl BuildError {
             Self::Certificate { .. } | Self::TlsConfig { .. } => "certificate",
             Self::ProxyProtocolUnsupported(_) => "unsupported",
             Self::Session(_) => "session_key",
+            Self::UpstreamAddress { .. } => "upstream_address",
         }
     }
 }
@@ -150,13 +162,18 @@ pub struct TenantAuth {
     /// Session and login-state cookie keys ([`crate::session`]); `None` when the tenant has
     /// no session keys, and then no OIDC login starts and no session cookie opens.
     pub session: Option<crate::session::TenantKeys>,
+    /// Whether a Policy of the tenant names a `serviceAccount` principal: then tokens of the
+    /// cluster's ServiceAccount issuer are verified for its Resources
+    /// ([`crate::service_accounts`]).
+    pub service_accounts: bool,
 }
 
 impl TenantAuth {
-    /// Whether the tenant has any bearer-token provider, i.e. whether an `Authorization:
-    /// Bearer` header is a credential for the gateway rather than for the upstream.
+    /// Whether the tenant has any bearer-token provider (or names ServiceAccounts in a
+    /// Policy), i.e. whether an `Authorization: Bearer` header is a credential for the
+    /// gateway rather than for the upstream.
     pub fn takes_bearer_tokens(&self) -> bool {
-        !self.jwt.is_empty() || !self.remote_jwt.is_empty()
+        !self.jwt.is_empty() || !self.remote_jwt.is_empty() || self.service_accounts
     }
 }
 
@@ -236,6 +253,50 @@ pub struct Compiled {
     pub trusted_peers: TrustedPeers,
 }
 
+/// Refuses upstream addresses a gateway must not dial. An unspecified address (`0.0.0.0`,
+/// `::`) is never an endpoint. A loopback address (`127.0.0.0/8`, `::1`, and their
+/// IPv4-mapped forms) is the gateway's own pod: for an edge gateway that is its admin port
+/// and its own listeners, never an application (the operator never writes one, see
+/// `operator/src/gateway/networks.rs`), so one in the snapshot is refused rather than
+/// dialled. A sidecar's snapshot (`sidecar: true`) is the exception: its application *is*
+/// on the pod's loopback. `allow_loopback` (`--allow-loopback-upstreams`) lifts the edge
+/// rule for tests and local development, where every upstream runs on the host's loopback.
+pub fn check_upstream_addresses(
+    snapshot: &Snapshot,
+    allow_loopback: bool,
+) -> Result<(), BuildError> {
+    use rustronaut_contract::snapshot::UpstreamKind;
+    for r in &snapshot.resources {
+        let lists = std::iter::once(&r.upstreams).chain(r.rules.iter().map(|u| &u.upstreams));
+        for u in lists.flatten() {
+            let UpstreamKind::Service(svc) = &u.kind else {
+                continue;
+            };
+            for a in &svc.addresses {
+                let ip = match a.ip() {
+                    std::net::IpAddr::V6(v6) => v6
+                        .to_ipv4_mapped()
+                        .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+                    v4 => v4,
+                };
+                let reason = if ip.is_unspecified() {
+                    "an unspecified address is no endpoint"
+                } else if ip.is_loopback() && !snapshot.sidecar && !allow_loopback {
+                    "a loopback upstream is only dialled by a sidecar (snapshot.sidecar)"
+                } else {
+                    continue;
+                };
+                return Err(BuildError::UpstreamAddress {
+                    resource: format!("{}/{}", r.namespace, r.name),
+                    address: *a,
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The rule index under which an L4 Resource's balancer is kept in [`Compiled::balancers`].
 pub const L4_RULE: usize = usize::MAX;
 
@@ -255,9 +316,12 @@ impl Compiled {
         {
             return Err(BuildError::ProxyProtocolUnsupported(l.name.clone()));
         }
+        let policies = PolicySet::from_snapshot(&snapshot);
         let mut tenants = HashMap::new();
         for t in &snapshot.tenants {
-            tenants.insert(t.name.clone(), tenant_auth(t)?);
+            let mut auth = tenant_auth(t)?;
+            auth.service_accounts = policies.names_service_accounts(&t.name);
+            tenants.insert(t.name.clone(), auth);
         }
         let mut certs = HashMap::new();
         let mut client_verifiers = HashMap::new();
@@ -334,7 +398,7 @@ impl Compiled {
         Ok(Self {
             trusted_peers,
             version: snapshot.content_hash(),
-            policies: PolicySet::from_snapshot(&snapshot),
+            policies,
             snapshot,
             tenants,
             certs,
@@ -342,6 +406,12 @@ impl Compiled {
             balancers,
             tcp_tls,
         })
+    }
+
+    /// Whether a Policy of any tenant names a `serviceAccount` principal: only then does
+    /// the gateway fetch the cluster's ServiceAccount issuer keys.
+    pub fn names_service_accounts(&self) -> bool {
+        self.tenants.values().any(|t| t.service_accounts)
     }
 
     /// The TCP or UDP Resource attached to `listener` on `port`.
@@ -372,14 +442,26 @@ impl Compiled {
     }
 
     /// The HTTP Resource attached to `listener` that serves `host` (lower-case, no port, no
-    /// trailing dot): an exact hostname first, then the longest matching `*.` wildcard.
+    /// trailing dot): an exact hostname first, then the longest matching `*.` wildcard. In a
+    /// sidecar's snapshot, then a Resource without hostnames: it serves every Host (a sidecar
+    /// is called by Service name, pod IP, or any other name of its pod).
     pub fn resource_for_host(
         &self,
         listener: &str,
         host: &str,
     ) -> Option<(usize, &CompiledResource)> {
-        self.best_by_host(host, |r| {
+        let on_listener = |r: &CompiledResource| {
             r.protocol == ResourceProtocol::Http && r.listeners.iter().any(|l| l == listener)
+        };
+        self.best_by_host(host, on_listener).or_else(|| {
+            if !self.snapshot.sidecar {
+                return None;
+            }
+            self.snapshot
+                .resources
+                .iter()
+                .enumerate()
+                .find(|(_, r)| on_listener(r) && r.hostnames.is_empty())
         })
     }
 
@@ -585,5 +667,88 @@ mod tests {
             "*.acme.example",
             "xacme.example"
         ));
+    }
+
+    fn with_upstream(address: &str, sidecar: bool) -> Snapshot {
+        let hostnames: Vec<&str> = if sidecar {
+            vec![]
+        } else {
+            vec!["payments.shop.test"]
+        };
+        let v = serde_json::json!({
+            "schemaVersion": 1,
+            "gateway": {"namespace": "shop", "name": "payments"},
+            "sidecar": sidecar,
+            "listeners": [{"name": "http-8080", "port": 15006, "protocol": "HTTP"}],
+            "tenants": [{"name": "acme", "domains": [], "identityProviders": []}],
+            "resources": [{
+                "namespace": "shop", "name": "payments", "tenant": "acme", "protocol": "HTTP",
+                "listeners": ["http-8080"], "hostnames": hostnames,
+                "rules": [{"name": "all", "upstreams": [{"kind": {"service": {
+                    "name": "payments", "port": 8080, "addresses": [address]}}}]}]
+            }],
+        });
+        Snapshot::load(&serde_json::to_vec(&v).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn loopback_upstreams_only_in_sidecar_snapshots() {
+        let refused = |addr: &str, sidecar: bool, allow: bool| match check_upstream_addresses(
+            &with_upstream(addr, sidecar),
+            allow,
+        ) {
+            Ok(()) => None,
+            Err(e) => {
+                assert_eq!(e.kind(), "upstream_address");
+                Some(e.to_string())
+            }
+        };
+        for a in [
+            "127.0.0.1:8080",
+            "127.0.0.53:53",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            let err = refused(a, false, false).unwrap_or_else(|| panic!("edge {a} accepted"));
+            assert!(
+                err.contains("shop/payments") && err.contains("sidecar"),
+                "{err}"
+            );
+            assert_eq!(refused(a, true, false), None, "sidecar {a}");
+            assert_eq!(
+                refused(a, false, true),
+                None,
+                "--allow-loopback-upstreams {a}"
+            );
+        }
+        for a in ["0.0.0.0:8080", "[::]:8080", "[::ffff:0.0.0.0]:80"] {
+            for (sidecar, allow) in [(false, false), (true, false), (false, true), (true, true)] {
+                let err = refused(a, sidecar, allow).expect("unspecified accepted");
+                assert!(err.contains("unspecified"), "{err}");
+            }
+        }
+        assert_eq!(refused("10.0.0.5:8080", false, false), None);
+        assert_eq!(refused("10.0.0.5:8080", true, false), None);
+    }
+
+    #[test]
+    fn a_sidecar_resource_without_hostnames_serves_every_host_on_its_listener() {
+        let c = Compiled::build(with_upstream("127.0.0.1:8080", true)).unwrap();
+        for host in ["payments", "payments.shop.svc.cluster.local", "10.1.2.3"] {
+            let (i, r) = c.resource_for_host("http-8080", host).expect(host);
+            assert_eq!((i, r.name.as_str()), (0, "payments"));
+        }
+        assert!(c.resource_for_host("other", "payments").is_none());
+        // An edge snapshot needs hostnames, and routes by them only.
+        let mut edge = serde_json::to_value(with_upstream("10.0.0.5:80", true)).unwrap();
+        edge["sidecar"] = serde_json::json!(false);
+        let err = Snapshot::load(&serde_json::to_vec(&edge).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("hostnames"), "{err}");
+        let c = Compiled::build(with_upstream("10.0.0.5:80", false)).unwrap();
+        assert!(
+            c.resource_for_host("http-8080", "payments.shop.test")
+                .is_some()
+        );
+        assert!(c.resource_for_host("http-8080", "payments").is_none());
     }
 }

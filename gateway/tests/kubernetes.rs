@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const HOST: &str = "app.acme.test";
 
@@ -41,33 +41,6 @@ fn status_of(port: u16, path: &str) -> u16 {
         &format!("http://127.0.0.1:{port}{path}"),
     ])
     .status
-}
-
-/// Waits until `cond` holds, or fails with `what` and the gateway's log.
-fn eventually(gw: &Gateway, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; log:\n{}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn secret(name: &str, snapshot: &[u8]) -> Secret {
-    let mut s = Secret::default();
-    s.metadata.name = Some(name.to_string());
-    s.data = Some(
-        [(
-            "snapshot.json".to_string(),
-            k8s_openapi::ByteString(snapshot.to_vec()),
-        )]
-        .into_iter()
-        .collect(),
-    );
-    s
 }
 
 #[test]
@@ -120,11 +93,11 @@ fn snapshot_from_a_secret_is_watched_reported_and_bad_ones_refused() {
             .await
             .unwrap();
         secrets
-            .create(&pp, &secret("edge-snapshot", &v1))
+            .create(&pp, &snapshot_secret("edge-snapshot", &v1))
             .await
             .unwrap();
         secrets
-            .create(&pp, &secret("other", b"not for the gateway"))
+            .create(&pp, &snapshot_secret("other", b"not for the gateway"))
             .await
             .unwrap();
         let cm: ConfigMap =
@@ -182,7 +155,7 @@ fn snapshot_from_a_secret_is_watched_reported_and_bad_ones_refused() {
     });
 
     // An update of the Secret is applied without a restart and reported.
-    rt.block_on(secrets.replace("edge-snapshot", &pp, &secret("edge-snapshot", &v2)))
+    rt.block_on(secrets.replace("edge-snapshot", &pp, &snapshot_secret("edge-snapshot", &v2)))
         .unwrap();
     eventually(&gw, "the new policy enforced", || {
         status_of(http, "/two") == 200
@@ -198,7 +171,7 @@ fn snapshot_from_a_secret_is_watched_reported_and_bad_ones_refused() {
     rt.block_on(secrets.replace(
         "edge-snapshot",
         &pp,
-        &secret("edge-snapshot", b"{\"schemaVersion\": 1, \"listeners\": 7}"),
+        &snapshot_secret("edge-snapshot", b"{\"schemaVersion\": 1, \"listeners\": 7}"),
     ))
     .unwrap();
     eventually(&gw, "the broken snapshot refused", || {
@@ -213,7 +186,7 @@ fn snapshot_from_a_secret_is_watched_reported_and_bad_ones_refused() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(status_of(http, "/two"), 200);
-    rt.block_on(secrets.create(&pp, &secret("edge-snapshot", &v1)))
+    rt.block_on(secrets.create(&pp, &snapshot_secret("edge-snapshot", &v1)))
         .unwrap();
     eventually(&gw, "the re-created Secret applied", || {
         status_of(http, "/one") == 200
@@ -230,7 +203,7 @@ fn snapshot_from_a_secret_is_watched_reported_and_bad_ones_refused() {
             "metadata": {"name": "edge-status"}, "data": {"other-pod": "sha256:x"}})),
     ))
     .unwrap();
-    rt.block_on(secrets.replace("edge-snapshot", &pp, &secret("edge-snapshot", &v2)))
+    rt.block_on(secrets.replace("edge-snapshot", &pp, &snapshot_secret("edge-snapshot", &v2)))
         .unwrap();
     eventually(
         &gw,

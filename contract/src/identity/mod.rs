@@ -1,6 +1,7 @@
 //! Who is calling: the [`Identity`] the evaluator sees, and the pure functions that establish
 //! it from bytes and a time: JWTs ([`jwt`], with a verified-token [`cache`]), API keys
-//! ([`apikey`]), client certificates ([`cert`]), WireGuard sites ([`site`]) and the client
+//! ([`apikey`]), client certificates ([`cert`]), WireGuard sites ([`site`]), Kubernetes
+//! ServiceAccount tokens ([`serviceaccount`]) and the client
 //! address ([`client_ip`]: PROXY protocol, X-Forwarded-For).
 //!
 //! ```text
@@ -30,6 +31,7 @@ pub mod cache;
 pub mod cert;
 pub mod client_ip;
 pub mod jwt;
+pub mod serviceaccount;
 pub mod site;
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +54,11 @@ pub struct Identity {
     /// The WireGuard site the request arrived through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<SiteIdentity>,
+    /// A Kubernetes ServiceAccount, from a token the cluster's service-account issuer
+    /// signed ([`serviceaccount`]). Never set from a tenant's identity provider, whatever its
+    /// token's `sub` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountIdentity>,
     /// The client address, after PROXY protocol / trusted X-Forwarded-For resolution.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "sourceIP")]
     pub source_ip: Option<IpAddr>,
@@ -66,13 +73,15 @@ impl Identity {
         }
     }
 
-    /// Whether any credential was verified: a user, a client certificate, an API key or a
-    /// site (a WireGuard peer is authenticated by its key). A source address alone is not.
+    /// Whether any credential was verified: a user, a client certificate, an API key, a
+    /// site (a WireGuard peer is authenticated by its key) or a ServiceAccount. A source
+    /// address alone is not.
     pub fn authenticated(&self) -> bool {
         self.user.is_some()
             || self.client_certificate.is_some()
             || self.api_key.is_some()
             || self.site.is_some()
+            || self.service_account.is_some()
     }
 }
 
@@ -154,4 +163,14 @@ pub struct SiteIdentity {
     pub name: String,
     /// The site's tenant: a `site` principal only matches sites of the policy's tenant.
     pub tenant: String,
+}
+
+/// A Kubernetes ServiceAccount of the cluster the gateway runs in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceAccountIdentity {
+    /// Namespace.
+    pub namespace: String,
+    /// ServiceAccount name.
+    pub name: String,
 }

@@ -62,7 +62,7 @@ pub use validate::{ValidationError, ValidationErrorKind};
 pub use crate::policy::{
     ApiKeyPrincipal, CertificatePrincipal, ClaimMatch, CompiledPolicy, Days, Operation,
     PolicyAction, PolicyMode, PolicyRule, PolicySession, PolicyTarget, Principal, Schedule,
-    SitePrincipal, SourceCidrs, UserPrincipal, When,
+    ServiceAccountPrincipal, SitePrincipal, SourceCidrs, UserPrincipal, When,
 };
 
 use serde::{Deserialize, Serialize};

@@ -779,8 +779,12 @@ fn resources(s: &Snapshot, e: &mut Errors) {
                 );
             }
         };
+        // A sidecar's HTTP listener fronts one application, called by whatever name the
+        // client used (Service name, pod IP): its Resource may name no hostnames and then
+        // serves every Host on its listeners.
+        let any_host = s.sidecar && r.protocol == ResourceProtocol::Http;
         if by_host {
-            required(e, "hostnames", r.hostnames.is_empty());
+            required(e, "hostnames", r.hostnames.is_empty() && !any_host);
             forbidden(e, "ports", !r.ports.is_empty());
         } else {
             required(e, "ports", r.ports.is_empty());
@@ -1269,6 +1273,12 @@ fn check_principal(p: &str, principal: &Principal, tenant: Option<&Tenant>, e: &
         Principal::Site(site) => {
             if site.names.is_empty() {
                 e.push(format!("{p}.site.names"), ValidationErrorKind::Empty);
+            }
+        }
+        Principal::ServiceAccount(sa) => {
+            e.non_empty(format!("{p}.serviceAccount.namespace"), &sa.namespace);
+            for (i, n) in sa.names.iter().enumerate() {
+                e.non_empty(format!("{p}.serviceAccount.names[{i}]"), n);
             }
         }
         Principal::SourceCidrs(c) => {

@@ -2,7 +2,8 @@
 //! identity providers and Resources, and terse builders for policies and callers.
 
 use rustronaut_contract::identity::{
-    ApiKeyIdentity, CertificateIdentity, Identity, SiteIdentity, UserIdentity,
+    ApiKeyIdentity, CertificateIdentity, Identity, ServiceAccountIdentity, SiteIdentity,
+    UserIdentity,
 };
 use rustronaut_contract::snapshot::*;
 use std::collections::BTreeMap;
@@ -404,6 +405,12 @@ pub fn site_p(names: &[&str]) -> Principal {
         names: names.iter().map(|s| s.to_string()).collect(),
     })
 }
+pub fn sa_p(namespace: &str, names: &[&str]) -> Principal {
+    Principal::ServiceAccount(ServiceAccountPrincipal {
+        namespace: namespace.into(),
+        names: names.iter().map(|s| s.to_string()).collect(),
+    })
+}
 pub fn cert_p(c: CertificatePrincipal) -> Principal {
     Principal::ClientCertificate(c)
 }
@@ -531,6 +538,16 @@ pub fn site_id(name: &str, tenant: &str) -> Identity {
         site: Some(SiteIdentity {
             name: name.into(),
             tenant: tenant.into(),
+        }),
+        ..nobody()
+    }
+}
+
+pub fn sa_id(namespace: &str, name: &str) -> Identity {
+    Identity {
+        service_account: Some(ServiceAccountIdentity {
+            namespace: namespace.into(),
+            name: name.into(),
         }),
         ..nobody()
     }

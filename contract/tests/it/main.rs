@@ -7,4 +7,5 @@ mod identity;
 mod jwt;
 mod order;
 mod semantics;
+mod service_accounts;
 mod snapshot;

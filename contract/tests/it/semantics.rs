@@ -1176,6 +1176,84 @@ fn cases() -> Vec<Case> {
             get("/", site_id("dc1", "globex")),
         )
         .denied(Reason::NoAllowMatched),
+        // ----- ServiceAccounts -----
+        case(
+            "the named ServiceAccount is allowed",
+            vec![
+                allow("sa")
+                    .target("grafana")
+                    .rule(rule("r").from(sa_p("shop", &["checkout"]))),
+            ],
+            get("/", sa_id("shop", "checkout")),
+        )
+        .allowed_by("sa", "r"),
+        case(
+            "another ServiceAccount of the same namespace is not",
+            vec![
+                allow("sa")
+                    .target("grafana")
+                    .rule(rule("r").from(sa_p("shop", &["checkout"]))),
+            ],
+            get("/", sa_id("shop", "cart")),
+        )
+        .denied(Reason::NoAllowMatched),
+        case(
+            "no names: every ServiceAccount of the namespace, and of no other",
+            vec![
+                allow("sa")
+                    .target("grafana")
+                    .rule(rule("r").from(sa_p("shop", &[]))),
+            ],
+            get("/", sa_id("shop", "cart")),
+        )
+        .allowed_by("sa", "r"),
+        case(
+            "the same account name in another namespace is not",
+            vec![
+                allow("sa")
+                    .target("grafana")
+                    .rule(rule("r").from(sa_p("shop", &[]))),
+            ],
+            get("/", sa_id("shop-dev", "checkout")),
+        )
+        .denied(Reason::NoAllowMatched),
+        case(
+            "a user whose sub reads as a ServiceAccount is no ServiceAccount",
+            vec![
+                allow("sa")
+                    .target("grafana")
+                    .rule(rule("r").from(sa_p("shop", &["checkout"]))),
+            ],
+            get(
+                "/",
+                user("okta", "system:serviceaccount:shop:checkout", &[]),
+            ),
+        )
+        .denied(Reason::NoAllowMatched)
+        .login(&[]),
+        case(
+            "a ServiceAccount is authenticated",
+            vec![
+                allow("authn")
+                    .target("grafana")
+                    .rule(rule("r").from(authenticated())),
+            ],
+            get("/", sa_id("shop", "cart")),
+        )
+        .allowed_by("authn", "r"),
+        case(
+            "a Deny naming a ServiceAccount beats an Allow for everyone",
+            vec![
+                allow("open")
+                    .target("grafana")
+                    .rule(rule("all").from(anyone())),
+                deny("no-cart")
+                    .target("grafana")
+                    .rule(rule("r").from(sa_p("shop", &["cart"]))),
+            ],
+            get("/", sa_id("shop", "cart")),
+        )
+        .denied_by("no-cart", "r"),
         case(
             "another tenant's provider name is unknown here",
             vec![

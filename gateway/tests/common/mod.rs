@@ -232,7 +232,7 @@ impl Gateway {
         let path = dir.path().join("snapshot.json");
         std::fs::write(&path, bytes).unwrap();
         let source = vec!["--snapshot".to_string(), path.display().to_string()];
-        Self::spawn_in(dir, path, &source, &[], extra)
+        Self::spawn_in(dir, path, &source, &[], extra, true)
     }
 
     /// Starts the process reading its snapshot from the Secret `secret` (NAMESPACE/NAME)
@@ -257,20 +257,41 @@ impl Gateway {
             ("KUBECONFIG", kubeconfig.display().to_string()),
             ("POD_NAME", pod.to_string()),
         ];
-        Self::spawn_in(dir, path, &source, &env, extra)
+        Self::spawn_in(dir, path, &source, &env, extra, true)
     }
 
+    /// Starts the process as the sidecar injection runs it: its snapshot from the Secret
+    /// `secret` (NAMESPACE/NAME) through the API server of `kubeconfig`, no status report,
+    /// and no `--allow-loopback-upstreams` (a sidecar snapshot needs none; an edge
+    /// snapshot naming a loopback upstream is refused); without waiting.
+    pub fn spawn_sidecar(kubeconfig: &Path, secret: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unused-snapshot.json");
+        let source = vec!["--config-from".to_string(), secret.to_string()];
+        let env = [("KUBECONFIG", kubeconfig.display().to_string())];
+        Self::spawn_in(dir, path, &source, &env, extra, false)
+    }
+
+    /// Every test upstream runs on the host's loopback, which an edge gateway refuses
+    /// unless `allow_loopback` passes `--allow-loopback-upstreams`.
     fn spawn_in(
         dir: tempfile::TempDir,
         path: PathBuf,
         source: &[String],
         env: &[(&str, String)],
         extra: &[&str],
+        allow_loopback: bool,
     ) -> Self {
         let admin = free_port();
         let log = dir.path().join("gateway.log");
+        let loopback: &[&str] = if allow_loopback {
+            &["--allow-loopback-upstreams"]
+        } else {
+            &[]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_rustronaut-gateway"))
             .args(source)
+            .args(loopback)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(["--bind-address", "127.0.0.1", "--poll-interval-ms", "100"])
@@ -669,4 +690,32 @@ pub fn connect_from(from: std::net::Ipv4Addr, port: u16) -> std::net::TcpStream 
         s.set_nonblocking(false).unwrap();
         s
     })
+}
+
+/// Waits until `cond` holds, or fails with `what` and the gateway's log.
+pub fn eventually(gw: &Gateway, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; log:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Secret `name` holding `snapshot` under the key the gateway reads.
+pub fn snapshot_secret(name: &str, snapshot: &[u8]) -> k8s_openapi::api::core::v1::Secret {
+    let mut s = k8s_openapi::api::core::v1::Secret::default();
+    s.metadata.name = Some(name.to_string());
+    s.data = Some(
+        [(
+            "snapshot.json".to_string(),
+            k8s_openapi::ByteString(snapshot.to_vec()),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    s
 }
