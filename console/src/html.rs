@@ -32,7 +32,7 @@ pub fn enc(s: &str) -> String {
 pub fn page(title: &str, session: Option<&Session>, body: &str) -> String {
     let nav = match session {
         Some(s) => format!(
-            r#"<nav aria-label="main"><a href="/">Overview</a> <a href="/k/tenants">Tenants</a> <a href="/k/gateways">Gateways</a> <a href="/k/resources">Resources</a> <a href="/k/policies">Policies</a>
+            r#"<nav aria-label="main"><a href="/">Overview</a> <a href="/k/tenants">Tenants</a> <a href="/k/gateways">Gateways</a> <a href="/k/resources">Resources</a> <a href="/k/policies">Policies</a> <a href="/explain">Explain</a>
 <form method="post" action="/logout" class="inline"><input type="hidden" name="_csrf" value="{csrf}"><span class="who">{user}</span> <button type="submit">Sign out</button></form></nav>"#,
             csrf = esc(&s.csrf),
             user = esc(&s.user)

@@ -22,6 +22,7 @@
 //! fields), [`gitops`] (read-only objects), [`kinds`], [`metrics`].
 #![forbid(unsafe_code)]
 
+pub mod explain;
 pub mod forms;
 pub mod gitops;
 pub mod html;

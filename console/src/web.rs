@@ -10,6 +10,7 @@
 //! GET  /k/{kind}/new, POST                        create: generated form or YAML, dry run first
 //! GET  /k/{kind}/{ns}/{name}/edit, POST           edit: same, refused for GitOps-owned objects
 //! GET  /k/{kind}/{ns}/{name}/delete, POST         delete with confirmation
+//! GET  /explain?resource=ns/name&...              policy explain over what the person can read
 //! GET  /healthz, /readyz                          probes
 //! ```
 //!
@@ -85,6 +86,7 @@ pub fn router(app: Shared) -> Router {
         .route("/readyz", get(|| async { "ok" }))
         .route("/static/console.css", get(css))
         .route("/static/console.js", get(js))
+        .route("/explain", get(explain_page))
         .route("/k/{kind}", get(list))
         .route("/k/{kind}/watch", get(watch))
         .route("/k/{kind}/new", get(new_page).post(new_submit))
@@ -905,7 +907,10 @@ async fn save(
     obj: &Value,
     existing: Option<&str>,
 ) -> Result<DynamicObject, kube::Error> {
-    let o: DynamicObject = serde_json::from_value(obj.clone()).map_err(kube::Error::SerdeError)?;
+    let mut o: DynamicObject =
+        serde_json::from_value(obj.clone()).map_err(kube::Error::SerdeError)?;
+    // Managed fields sent back would overwrite the server's record of who owns what.
+    o.metadata.managed_fields = None;
     let ns = o.metadata.namespace.clone();
     let api = api(c, kind, ns.as_deref());
     let pp = |dry_run| PostParams {
@@ -1203,4 +1208,93 @@ async fn delete_submit(
             refused(&s, &e)
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Explain
+
+/// Every object of `kind` the person can list: across namespaces, or in `ns` when they may
+/// only list there. Objects get their apiVersion and kind (list items may lack them).
+async fn readable(c: &kube::Client, kind: Kind, ns: &str) -> Result<Vec<Value>, kube::Error> {
+    let list = match api(c.clone(), kind, None)
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(l) => l,
+        Err(kube::Error::Api(s)) if s.code == 403 && kind.namespaced() => {
+            api(c.clone(), kind, Some(ns))
+                .list(&ListParams::default())
+                .await?
+        }
+        Err(e) => return Err(e),
+    };
+    let ar = kind.api_resource();
+    Ok(list
+        .items
+        .iter()
+        .map(|o| {
+            let mut v = obj_value(o);
+            v["apiVersion"] = json!(ar.api_version);
+            v["kind"] = json!(ar.kind);
+            v
+        })
+        .collect())
+}
+
+async fn explain_page(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<crate::explain::Question>,
+) -> Response {
+    let s = match signed_in(&app, &headers, "/explain") {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let v = |o: &Option<String>| esc(o.as_deref().unwrap_or_default());
+    let mut body = format!(
+        r#"<p>Which Policies decide a request, as <code>rustronaut policy explain</code> computes it from the Tenants, Resources and Policies you can read.</p>
+<form method="get" class="explain"><div class="field"><label for="resource">Resource (namespace/name)</label><input id="resource" name="resource" value="{r}" required></div>
+<div class="field"><label for="method">Method</label><input id="method" name="method" value="{m}" placeholder="GET"></div>
+<div class="field"><label for="path">Path</label><input id="path" name="path" value="{p}" placeholder="/"></div>
+<div class="field"><label for="source_ip">Client address</label><input id="source_ip" name="source_ip" value="{ip}"></div>
+<div class="field"><label for="time">Time (RFC 3339)</label><input id="time" name="time" value="{t}" placeholder="now"></div>
+<div class="field"><label for="identity">Identity (YAML)</label><textarea id="identity" name="identity" rows="4" placeholder="user: {{idp: okta, email: alice@acme.example, groups: [sre]}}">{i}</textarea></div>
+<button type="submit">Explain</button></form>"#,
+        r = v(&q.resource),
+        m = v(&q.method),
+        p = v(&q.path),
+        ip = v(&q.source_ip),
+        t = v(&q.time),
+        i = v(&q.identity)
+    );
+    if let Some(resource) = q.resource.as_deref().filter(|r| !r.trim().is_empty()) {
+        let c = match client(&app, &s) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let ns = resource.split_once('/').map(|(n, _)| n).unwrap_or_default();
+        let mut objects = Vec::new();
+        let mut refused = None;
+        for kind in [Kind::Tenant, Kind::Resource, Kind::Policy] {
+            match readable(&c, kind, ns).await {
+                Ok(o) => objects.extend(o),
+                Err(e) => refused = Some(refusal(&e).summary),
+            }
+        }
+        match (refused, crate::explain::explain(objects, &q)) {
+            (Some(r), _) => body.push_str(&notice(
+                "error",
+                &format!("Cannot read what the explanation needs: {r}"),
+            )),
+            (None, Ok(text)) => {
+                let _ = write!(
+                    body,
+                    r#"<h2>Explanation</h2><pre class="explanation"><code>{}</code></pre>"#,
+                    esc(&text)
+                );
+            }
+            (None, Err(e)) => body.push_str(&notice("error", &e)),
+        }
+    }
+    html(StatusCode::OK, page("Policy explain", Some(&s), &body))
 }

@@ -239,6 +239,13 @@ impl World {
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": who}]})).await;
         }
+        // Alice may also read Tenants (cluster-scoped), which the explain page needs.
+        let reader = format!("tenant-reader-{ns}");
+        apply(&admin, json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": reader},
+            "rules": [{"apiGroups": ["rustronaut.io"], "resources": ["tenants"], "verbs": ["get", "list", "watch"]}]})).await;
+        apply(&admin, json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": reader},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": reader},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": ALICE_EMAIL}]})).await;
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let kubeconfig = console_kubeconfig(&admin, &ns, &dir).await;
@@ -722,4 +729,61 @@ async fn bob_is_refused_an_edit_by_rbac_and_gitops_objects_are_read_only() {
     );
     assert_eq!(r.status, 303, "{r:?}");
     assert!(w.policies().get_opt("shared").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_explain_page_explains_what_the_person_can_read_like_the_cli() {
+    let w = World::new().await;
+    let ns = w.ns.clone();
+    apply(
+        &w.admin,
+        json!({"apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant", "metadata": {"name": ns},
+        "spec": {"namespaces": [ns], "domains": [format!("*.{ns}.test")]}}),
+    )
+    .await;
+    apply(&w.admin, json!({"apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource", "metadata": {"name": "app", "namespace": ns},
+        "spec": {"protocol": "HTTP", "hostnames": [format!("app.{ns}.test")],
+                 "gatewayRefs": [{"namespace": ns, "name": "edge", "listener": "https"}],
+                 "rules": [{"name": "all", "upstreams": [{"service": {"name": "app", "port": 80}}]}]}})).await;
+    apply(&w.admin, json!({"apiVersion": "rustronaut.io/v1alpha1", "kind": "Policy", "metadata": {"name": "office", "namespace": ns},
+        "spec": {"action": "Allow", "targetRefs": [{"name": "app"}],
+                 "rules": [{"name": "office", "from": [{"sourceCIDRs": {"cidrs": ["10.0.0.0/8"]}}]}]}})).await;
+    w.login("alice", ALICE, "/");
+    w.login("bob", BOB, "/");
+
+    let url = |ip: &str| {
+        w.url(&format!(
+            "/explain?resource={ns}%2Fapp&path=%2F&source_ip={ip}"
+        ))
+    };
+    let r = w.browser("alice", &url("10.1.2.3"), &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let text = r
+        .body
+        .split(r#"<pre class="explanation"><code>"#)
+        .nth(1)
+        .unwrap_or_else(|| panic!("{}", r.body));
+    assert!(
+        text.starts_with("decision: Allow") && text.contains("office"),
+        "{text}"
+    );
+    let r = w.browser("alice", &url("192.0.2.1"), &[]);
+    let text = r
+        .body
+        .split(r#"<pre class="explanation"><code>"#)
+        .nth(1)
+        .unwrap_or_else(|| panic!("{}", r.body));
+    assert!(
+        text.starts_with("decision: Deny") && text.contains("closest Allow"),
+        "{text}"
+    );
+
+    // Bob may not read Tenants: the page says what it could not read instead of guessing.
+    let r = w.browser("bob", &url("10.1.2.3"), &[]);
+    assert!(
+        r.body.contains("Cannot read what the explanation needs") && r.body.contains("403"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("decision:"));
 }
