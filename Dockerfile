@@ -4,6 +4,7 @@
 #   docker build --target operator -t rustronaut/operator:dev .
 #   docker build --target gateway  -t rustronaut/gateway:dev  .
 #   docker build --target connector -t rustronaut/connector:dev .
+#   docker build --target console  -t rustronaut/console:dev  .
 #
 # The same images are built without a container engine by `make images`
 # (e2e/src/image.rs: the binaries, the glibc libraries they link, CA certificates and the
@@ -19,9 +20,9 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p rustronaut-operator -p rustronaut-gateway -p rustronaut-tunnel --bins \
+    cargo build --release --locked -p rustronaut-operator -p rustronaut-gateway -p rustronaut-tunnel -p rustronaut-console --bins \
  && mkdir -p /out \
- && cp target/release/rustronaut-operator target/release/rustronaut-gateway target/release/rustronaut-tunnel /out/
+ && cp target/release/rustronaut-operator target/release/rustronaut-gateway target/release/rustronaut-tunnel target/release/rustronaut-console /out/
 
 # Runtime base: glibc, libgcc, CA certificates and the nonroot user (65532), nothing else (no shell).
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
@@ -51,3 +52,10 @@ LABEL org.opencontainers.image.title="rustronaut-connector"
 COPY --from=build /out/rustronaut-tunnel /usr/local/bin/
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/rustronaut-tunnel"]
+
+# The web console (docs/console.md).
+FROM runtime AS console
+LABEL org.opencontainers.image.title="rustronaut-console"
+COPY --from=build /out/rustronaut-console /usr/local/bin/
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/rustronaut-console"]

@@ -64,6 +64,14 @@ pub const IMAGES: &[ImageSpec] = &[
         description: "Rustronaut gateway (Pingora) and WireGuard tunnel hub (boringtun, userspace)",
         product: true,
     },
+    // The web console (docs/console.md): acts as the signed-in person, no state of its own.
+    ImageSpec {
+        name: "console",
+        binaries: &["rustronaut-console"],
+        entrypoint: "rustronaut-console",
+        description: "Rustronaut console: a web editor of the four kinds that acts as the signed-in person",
+        product: true,
+    },
     // The remote-site connector alone, for sites that run containers (docs/tunnel.md).
     ImageSpec {
         name: "connector",
