@@ -452,10 +452,13 @@ spec:
         .arg(chart().join("crds"));
     run(new_crds);
     let mut upgrade = helm(cluster);
-    upgrade
-        .args(["upgrade", REL])
-        .arg(chart())
-        .args(["--namespace", NS, "--wait", "--timeout", "180s"]);
+    upgrade.args(["upgrade", REL]).arg(chart()).args([
+        "--namespace",
+        NS,
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
     run(upgrade);
     let mut history = helm(cluster);
     history.args(["history", REL, "--namespace", NS, "-o", "json"]);
