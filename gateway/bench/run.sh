@@ -82,11 +82,11 @@ CONF
    "targets": [{"resource": {"namespace": "bench", "name": "iperf"}}],
    "rules": [{"name": "loopback", "from": [{"sourceCIDRs": {"cidrs": ["127.0.0.0/8"]}}]}]}]}
 JSON
-	"$GW" --snapshot "$work/snapshot-tcp.json" --admin-listen 127.0.0.1:19014 --bind-address 127.0.0.1 \
+	"$GW" --allow-loopback-upstreams --snapshot "$work/snapshot-tcp.json" --admin-listen 127.0.0.1:19014 --bind-address 127.0.0.1 \
 		--threads 1 >"$work/gateway-tcp.log" 2>&1 & pids+=($!)
 	# The same with tokio's default 8 KiB copy buffers, to show what the default buys.
 	sed 's/19012/19015/g' "$work/snapshot-tcp.json" >"$work/snapshot-tcp8k.json"
-	"$GW" --snapshot "$work/snapshot-tcp8k.json" --admin-listen 127.0.0.1:19016 --bind-address 127.0.0.1 \
+	"$GW" --allow-loopback-upstreams --snapshot "$work/snapshot-tcp8k.json" --admin-listen 127.0.0.1:19016 --bind-address 127.0.0.1 \
 		--threads 1 --l4-copy-buffer-bytes 8192 >"$work/gateway-tcp8k.log" 2>&1 & pids+=($!)
 	for admin in 19014 19016; do
 		for _ in $(seq 1 100); do
@@ -195,7 +195,7 @@ TOKEN=$("$repo/gateway/examples/standalone/mint-token.sh" alice dev 86400)
 nginx -c "$work/upstream.conf" & pids+=($!)
 nginx -c "$work/proxy.conf" & pids+=($!)
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
-"$GW" --snapshot "$work/snapshot.json" --admin-listen 127.0.0.1:19005 --bind-address 127.0.0.1 \
+"$GW" --allow-loopback-upstreams --snapshot "$work/snapshot.json" --admin-listen 127.0.0.1:19005 --bind-address 127.0.0.1 \
 	--threads 1 >"$work/gateway.log" 2>&1 & gwpid=$!; pids+=("$gwpid")
 for _ in $(seq 1 100); do
 	[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19005/readyz)" = 200 ] && break
@@ -329,7 +329,7 @@ for i in range(1000):
     s["resources"].append(r); s["policies"].append(p)
 json.dump(s, sys.stdout)
 PY
-	RUST_LOG=warn "$GW" --snapshot "$work/snapshot-1000.json" --admin-listen 127.0.0.1:19007 \
+	RUST_LOG=warn "$GW" --allow-loopback-upstreams --snapshot "$work/snapshot-1000.json" --admin-listen 127.0.0.1:19007 \
 		--bind-address 127.0.0.1 --threads 1 >"$work/gateway-1000.log" 2>&1 & gw2=$!; pids+=("$gw2")
 	for _ in $(seq 1 100); do
 		[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19007/readyz)" = 200 ] && break

@@ -44,7 +44,7 @@ TOKEN=$("$repo/gateway/examples/standalone/mint-token.sh" alice dev 86400)
 
 nginx -c "$work/upstream.conf" & pids+=($!)
 strace -f -c -o "$work/nginx.strace" nginx -c "$work/proxy.conf" & nginx_strace=$!
-strace -f -c -o "$work/gateway.strace" "$GW" --snapshot "$work/snapshot.json" \
+strace -f -c -o "$work/gateway.strace" "$GW" --allow-loopback-upstreams --snapshot "$work/snapshot.json" \
 	--admin-listen 127.0.0.1:19105 --bind-address 127.0.0.1 --threads 1 >"$work/gateway.log" 2>&1 &
 gw_strace=$!
 pids+=("$nginx_strace" "$gw_strace")
