@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn builds() {
-        assert_eq!(cluster_role().rules.unwrap().len(), 18);
+        assert_eq!(cluster_role().rules.unwrap().len(), 19);
         let admin = tenant_admin_cluster_role();
         assert_eq!(admin.metadata.name.as_deref(), Some(TENANT_ADMIN));
         assert_eq!(lease_role("ns").metadata.namespace.as_deref(), Some("ns"));
