@@ -8,6 +8,9 @@
 # a gateway, an upstream pod behind a Service, a Resource and an Allow policy for group `dev`),
 # waits for the operator's gateway pod, and shows an allow and two denies with curl through the
 # gateway's Service, plus the upstream refusing a direct call (the tenant's NetworkPolicy).
+# Then the sidecar part (e2e/manifests/sidecar*.yaml, docs/sidecars.md): a workload whose pods
+# get the rustronaut-sidecar container from the operator's webhook, called with a token, without,
+# and with ServiceAccount tokens, and its application port refused to other pods.
 # The same path is the e2e test (e2e/tests/end_to_end.rs). Everything keeps running afterwards;
 # `make cluster-down` stops it and leaves the host as it was.
 set -euo pipefail
@@ -33,7 +36,7 @@ echo "==> helm install rustronaut charts/rustronaut (operator and CRDs, images b
 helm upgrade --install rustronaut charts/rustronaut --namespace rustronaut-system --create-namespace \
 	--set operator.image.repository=localhost/rustronaut/operator --set operator.image.tag=dev \
 	--set gateway.image.repository=localhost/rustronaut/gateway --set gateway.image.tag=dev \
-	--set operator.replicas=1 --wait --timeout 5m >/dev/null
+	--set operator.replicas=1 --set sidecar.enabled=true --wait --timeout 5m >/dev/null
 kubectl -n rustronaut-system get pods -o wide
 
 echo "==> running the scenario's embedded policy tests offline (what a GitOps CI job runs)"
@@ -90,6 +93,40 @@ echo "==> from a pod in another namespace: straight to the upstream's Service ($
 echo "    the tenant's NetworkPolicy (enforced by kube-router) refuses; the gateway's Service answers"
 probe "$app" 80
 probe "$gw" 18080
+
+echo "==> the sidecar part: kubectl apply -f e2e/manifests/sidecar.yaml, then sidecar-workload.yaml"
+echo "    (namespace demo-sidecar opts in to injection; Resource orders selects app=orders)"
+kubectl apply --server-side --field-manager=rustronaut-demo -f e2e/manifests/sidecar.yaml >/dev/null
+# The workload only once its snapshot is published: a pod created before its Resource exists
+# runs without a sidecar (the Resource then reports UnprotectedPods).
+kubectl -n demo-sidecar wait --for=condition=Programmed resource/orders --timeout=120s >/dev/null
+kubectl apply --server-side --field-manager=rustronaut-demo -f e2e/manifests/sidecar-workload.yaml >/dev/null
+for _ in $(seq 1 300); do
+	kubectl -n demo-sidecar get deployment orders >/dev/null 2>&1 && break
+	sleep 0.2
+done
+kubectl -n demo-sidecar rollout status deployment/orders --timeout=180s >/dev/null
+kubectl -n demo-sidecar get pods -o 'custom-columns=POD:.metadata.name,CONTAINERS:.spec.containers[*].name,SIDECAR:.spec.initContainers[*].name,READY:.status.conditions[?(@.type=="Ready")].status'
+orders=$(kubectl -n demo-sidecar get service orders -o jsonpath='{.spec.clusterIP}')
+orders_pod=$(kubectl -n demo-sidecar get pods -l app=orders -o jsonpath='{.items[0].status.podIP}')
+for _ in $(seq 1 100); do
+	[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 \
+		-H "Authorization: Bearer $($mint alice dev)" "http://$orders/")" = 200 ] && break
+	sleep 0.3
+done
+echo
+echo "==> through the orders Service ($orders), which points at the pod's sidecar (port 15080)"
+show "curl -s -w ' -> %{http_code}\n' -H \"Authorization: Bearer \$($mint alice dev)\" http://$orders/"
+show "curl -s -w ' -> %{http_code}\n' http://$orders/"
+echo "==> callers inside the cluster prove their ServiceAccount (a projected token, audience rustronaut.io);"
+echo "    the Policy allows demo-callers/checkout, not demo-callers/intruder"
+show "curl -s -w ' -> %{http_code}\n' -H \"Authorization: Bearer \$(kubectl -n demo-callers create token checkout --audience rustronaut.io)\" http://$orders/"
+show "curl -s -w ' -> %{http_code}\n' -H \"Authorization: Bearer \$(kubectl -n demo-callers create token intruder --audience rustronaut.io)\" http://$orders/"
+echo "==> from a pod in another namespace, to the orders pod ($orders_pod): the sidecar port answers,"
+echo "    the application's own port 8080 does not (the operator's NetworkPolicy orders-sidecar)"
+probe "$orders_pod" 15080
+probe "$orders_pod" 8080
+
 echo "==> kubectl get rustronaut -A"
 kubectl get rustronaut -A
 
@@ -100,6 +137,8 @@ $(grep '^export' <<<"$env_lines")
   kubectl -n demo-apps edit policy developers       # change the group: enforced within a second
   kubectl -n demo-apps get gateway hello-gw -o yaml  # status: conditions, config version loaded
   kubectl -n demo-apps logs deploy/hello-gw          # one JSON line per decision
+  kubectl -n demo-sidecar get resource orders -o yaml # status.workload: pods protected, unprotected
+  kubectl -n demo-sidecar logs deploy/orders -c rustronaut-sidecar   # the sidecar's decisions
   kubectl -n rustronaut-system logs deploy/rustronaut-operator
 Stop it all with: make cluster-down
 EOF2

@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 
 /// The scenario's manifests.
 pub const DEMO_MANIFESTS: &str = include_str!("../manifests/demo.yaml");
+/// The sidecar part of the scenario: a sidecar Resource, its Policy, its Service and the
+/// callers' ServiceAccounts (applied after [`DEMO_MANIFESTS`], the chart's sidecar webhook on).
+pub const SIDECAR_MANIFESTS: &str = include_str!("../manifests/sidecar.yaml");
+/// The sidecar part's workload, applied once its Resource is Programmed.
+pub const SIDECAR_WORKLOAD: &str = include_str!("../manifests/sidecar-workload.yaml");
 /// Port of the scenario's gateway listener.
 pub const LISTENER_PORT: u16 = 18080;
 /// Port of the scenario's upstream pod.

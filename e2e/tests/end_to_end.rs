@@ -13,6 +13,9 @@
 //! port (the operator's NetworkPolicies for gateway and hub pods); and
 //! 50 Policy changes are enforced live (apply -> enforced p50/p99 printed, recorded in docs/benchmarks.md, never
 //! asserted against a time).
+//!
+//! The sidecar part of the scenario (a workload protected by an injected sidecar gateway)
+//! is in end_to_end/sidecar.rs, on the same cluster.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -24,6 +27,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+#[path = "end_to_end/sidecar.rs"]
+mod sidecar;
 mod support;
 use support::{MANAGER, kubectl_apply, percentile, run, wait_for_within};
 
@@ -70,6 +75,9 @@ fn install_demo(cluster: &TestCluster) {
         ])
         .args(["--set", "gateway.image.tag=dev"])
         .args(["--set", "operator.replicas=1"])
+        // The sidecar injection webhook (sidecar.rs); the sidecar image defaults to the
+        // gateway's.
+        .args(["--set", "sidecar.enabled=true"])
         .args(["--wait", "--timeout", "300s"]);
     run(install);
     // The chart's own test: a pod from the operator image probes the operator's readiness
@@ -377,6 +385,12 @@ fn container_pid(pod: &Pod) -> u32 {
         .and_then(|c| c.first())
         .and_then(|c| c.container_id.clone())
         .expect("a container id");
+    task_pid(&id)
+}
+
+/// The host PID of the containerd task of `id` (`containerd://<id>`, a container status's
+/// `containerID`).
+fn task_pid(id: &str) -> u32 {
     let id = id.trim_start_matches("containerd://");
     let sock = format!("{}/containerd/containerd.sock", node::RUN_DIR);
     let out = run({

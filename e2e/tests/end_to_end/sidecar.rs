@@ -1,0 +1,532 @@
+//! Sidecar gateways on the real node (docs/sidecars.md), on the scenario of `make demo`:
+//! the chart installed with `sidecar.enabled=true`, e2e/manifests/sidecar.yaml applied (the
+//! sidecar Resource `orders`, its Policy, its Service, the callers' ServiceAccounts) and then
+//! sidecar-workload.yaml (a plain busybox httpd Deployment in the opted-in namespace).
+//!
+//! What only the real node shows: the apiserver calls the operator's webhook and the pod
+//! starts with the `rustronaut-sidecar` native sidecar from the gateway image, running as
+//! 65532 on a read-only root; curl through the workload's Service gets 200, 401 or 403 as the
+//! Policy says; a caller pod authenticated by its projected ServiceAccount token is allowed
+//! by a `serviceAccount` rule and another account is denied; a pod of another namespace
+//! reaches the sidecar port but not the application's (the NetworkPolicies, enforced by
+//! kube-router); Policy changes are enforced with no restart of the pod (apply -> enforced
+//! printed, never asserted against a time); and with the operator scaled to zero the sidecar
+//! keeps enforcing its last snapshot.
+
+use super::*;
+use k8s_openapi::api::core::v1::Container;
+
+/// The opted-in namespace of the workload.
+const SNS: &str = "demo-sidecar";
+/// The namespace of the calling pods and their ServiceAccounts.
+const CALLERS: &str = "demo-callers";
+/// The sidecar's port, as `orders` declares it.
+const SIDECAR_PORT: u16 = 15080;
+/// The application's own port inside the pod.
+const APP_PORT: u16 = 8080;
+
+/// The demo with its sidecar part applied and answering: done once per test binary.
+fn sidecar_demo() -> &'static TestCluster {
+    static READY: OnceLock<()> = OnceLock::new();
+    let cluster = demo();
+    READY.get_or_init(|| install_sidecar(cluster));
+    cluster
+}
+
+fn install_sidecar(cluster: &TestCluster) {
+    kubectl_apply(cluster, rustronaut_e2e::scenario::SIDECAR_MANIFESTS);
+    // The workload only once its snapshot is published: the webhook injects pods whose
+    // Resource it knows, and the sidecar loads the Secret as it starts.
+    wait_for_within(
+        "Resource orders to be Programmed",
+        Duration::from_secs(120),
+        &[],
+        || resource_condition(cluster, "Programmed") == "True",
+    );
+    kubectl_apply(cluster, rustronaut_e2e::scenario::SIDECAR_WORKLOAD);
+    wait_for_within(
+        "deployment orders to exist",
+        Duration::from_secs(60),
+        &[],
+        || {
+            cluster
+                .kubectl()
+                .args(["-n", SNS, "get", "deployment", "orders"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        },
+    );
+    kubectl(
+        cluster,
+        &[
+            "-n",
+            SNS,
+            "rollout",
+            "status",
+            "deployment/orders",
+            "--timeout=300s",
+        ],
+    );
+    let dev = mint("alice", "dev");
+    wait_for_within(
+        "the orders Service to answer the allowed identity",
+        Duration::from_secs(120),
+        &[],
+        || orders_status(cluster, Some(&dev)) == 200,
+    );
+}
+
+/// The status of condition `type_` of Resource `orders` ("" while it has none).
+fn resource_condition(cluster: &TestCluster, type_: &str) -> String {
+    cluster
+        .kubectl()
+        .args(["-n", SNS, "get", "resource", "orders", "-o"])
+        .arg(format!(
+            "jsonpath={{.status.conditions[?(@.type==\"{type_}\")].status}}"
+        ))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn service_ip(cluster: &TestCluster) -> String {
+    kubectl(
+        cluster,
+        &[
+            "-n",
+            SNS,
+            "get",
+            "service",
+            "orders",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    )
+}
+
+/// The status code of a GET through the orders Service (port 80 -> the sidecar) with `token`.
+fn orders_status(cluster: &TestCluster, token: Option<&str>) -> u16 {
+    let headers: Vec<String> = token
+        .map(|t| format!("Authorization: Bearer {t}"))
+        .into_iter()
+        .collect();
+    http_code(&format!("http://{}/", service_ip(cluster)), &headers)
+}
+
+/// A ServiceAccount token for `account` of the callers' namespace, as the kubelet projects it.
+fn account_token(cluster: &TestCluster, account: &str, audience: &str) -> String {
+    kubectl(
+        cluster,
+        &[
+            "-n",
+            CALLERS,
+            "create",
+            "token",
+            account,
+            "--audience",
+            audience,
+            "--duration",
+            "10m",
+        ],
+    )
+    .trim()
+    .to_string()
+}
+
+/// The running (not terminating) pods of the workload.
+fn orders_pods(rt: &tokio::runtime::Runtime, cluster: &TestCluster) -> Vec<Pod> {
+    let admin = rt.block_on(cluster.client());
+    let pods: Api<Pod> = Api::namespaced(admin, SNS);
+    rt.block_on(pods.list(&ListParams::default().labels("app=orders")))
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+fn the_sidecar(pod: &Pod) -> Container {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "rustronaut-sidecar"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no rustronaut-sidecar in {:?}", pod.metadata.name))
+}
+
+/// (pod uid, restarts of the sidecar): what a restart of the pod or of its sidecar changes.
+fn incarnation(pod: &Pod) -> (String, i32) {
+    let restarts = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "rustronaut-sidecar"))
+        .map(|c| c.restart_count)
+        .expect("a status of the sidecar");
+    (pod.metadata.uid.clone().unwrap(), restarts)
+}
+
+/// A pod of the callers' namespace running as `account` that GETs `url` with busybox wget,
+/// sending its projected ServiceAccount token (audience `audience`) as a bearer token, as a
+/// workload would. Returns the HTTP status it saw (0: none) and its log.
+fn call_as(
+    cluster: &TestCluster,
+    name: &str,
+    account: &str,
+    audience: &str,
+    url: &str,
+) -> (u16, String) {
+    let script = format!(
+        "exec busybox wget -S -O /dev/null -T 5 --header \"Authorization: Bearer \
+         $(busybox cat /var/run/secrets/rustronaut.io/token)\" {url}"
+    );
+    let manifest = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": CALLERS},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "serviceAccountName": account,
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "volumes": [{"name": "token", "projected": {"sources": [
+                {"serviceAccountToken": {"audience": audience, "expirationSeconds": 600, "path": "token"}}]}}],
+            "containers": [{
+                "name": "call", "image": rustronaut_e2e::image_ref("testkit"), "imagePullPolicy": "Never",
+                "command": ["busybox", "sh", "-c", script],
+                "volumeMounts": [{"name": "token", "mountPath": "/var/run/secrets/rustronaut.io", "readOnly": true}],
+                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    });
+    kubectl_apply(cluster, &manifest.to_string());
+    wait_for_within(
+        &format!("caller pod {CALLERS}/{name} to finish"),
+        Duration::from_secs(90),
+        &[],
+        || {
+            let phase = cluster
+                .kubectl()
+                .args(["-n", CALLERS, "get", "pod", name])
+                .args(["-o", "jsonpath={.status.phase}"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            phase == "Succeeded" || phase == "Failed"
+        },
+    );
+    let log = cluster
+        .kubectl()
+        .args(["-n", CALLERS, "logs", name])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let _ = cluster
+        .kubectl()
+        .args(["-n", CALLERS, "delete", "pod", name, "--wait=false"])
+        .output();
+    // `-S` prints the response's status line: "  HTTP/1.1 403 Forbidden".
+    let code = log
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("HTTP/1.1 "))
+        .filter_map(|rest| rest.get(..3)?.parse().ok())
+        .last()
+        .unwrap_or(0);
+    (code, log)
+}
+
+#[test]
+fn the_webhook_injects_the_sidecar_and_it_enforces_the_policy_through_the_service() {
+    let cluster = sidecar_demo();
+    let _guard = scenario_lock();
+    let rt = rt();
+
+    let pods = orders_pods(&rt, cluster);
+    assert_eq!(pods.len(), 1, "one orders pod");
+    let pod = &pods[0];
+    // Injected by the webhook the apiserver called: a native sidecar from the gateway image,
+    // the application container untouched.
+    let sidecar = the_sidecar(pod);
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("localhost/rustronaut/gateway:dev")
+    );
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.containers.len(), 1);
+    assert_eq!(spec.containers[0].name, "httpd");
+    assert_eq!(
+        pod.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("rustronaut.io/sidecar-resource"))
+            .map(String::as_str),
+        Some("orders")
+    );
+    // The sidecar process, as the kernel sees it: uid 65532, no capabilities, read-only root.
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "rustronaut-sidecar"))
+        .and_then(|c| c.container_id.clone())
+        .expect("the sidecar's container id");
+    let pid = task_pid(&id);
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = proc_status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u == "65532"),
+        "the sidecar runs as 65532: {uid}"
+    );
+    let caps = proc_status
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .unwrap();
+    assert!(
+        caps.ends_with("0000000000000000"),
+        "no capabilities: {caps}"
+    );
+    let rss = proc_status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: ?");
+    eprintln!("the sidecar process on the real node (image profile of this run): {rss}");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let root = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .expect("a root mount");
+    assert!(
+        root.split(' ')
+            .nth(5)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "ro"),
+        "read-only root: {root}"
+    );
+
+    // The Resource counts the pod as protected and is Ready.
+    wait_for_within(
+        "Resource orders to count one protected pod and be Ready",
+        Duration::from_secs(60),
+        &[],
+        || {
+            kubectl(
+                cluster,
+                &[
+                    "-n",
+                    SNS,
+                    "get",
+                    "resource",
+                    "orders",
+                    "-o",
+                    "jsonpath={.status.workload.protectedPods}",
+                ],
+            ) == "1"
+                && resource_condition(cluster, "Ready") == "True"
+        },
+    );
+
+    // Through the Service, which points at the sidecar port: the Policy decides.
+    let dev = mint("alice", "dev");
+    let sales = mint("bob", "sales");
+    assert_eq!(orders_status(cluster, Some(&dev)), 200);
+    assert_eq!(orders_status(cluster, None), 401);
+    assert_eq!(orders_status(cluster, Some(&sales)), 403);
+    let body = run({
+        let mut c = Command::new("curl");
+        c.args(["-s", "--max-time", "3"])
+            .args(["-H", &format!("Authorization: Bearer {dev}")])
+            .arg(format!("http://{}/", service_ip(cluster)));
+        c
+    });
+    assert!(body.contains("hello from orders"), "{body}");
+
+    // Workload identity: ServiceAccount tokens of the cluster's own issuer, checked against
+    // the keys the sidecar fetched from the apiserver.
+    let checkout = account_token(cluster, "checkout", "rustronaut.io");
+    let intruder = account_token(cluster, "intruder", "rustronaut.io");
+    let other_audience = account_token(cluster, "checkout", "someone-else");
+    assert_eq!(orders_status(cluster, Some(&checkout)), 200);
+    assert_eq!(orders_status(cluster, Some(&intruder)), 403);
+    assert_eq!(orders_status(cluster, Some(&other_audience)), 401);
+    // And from pods, with the token the kubelet projects.
+    let url = format!("http://{}/", service_ip(cluster));
+    let (code, log) = call_as(
+        cluster,
+        "caller-checkout",
+        "checkout",
+        "rustronaut.io",
+        &url,
+    );
+    assert_eq!(code, 200, "checkout's pod is allowed:\n{log}");
+    let (code, log) = call_as(
+        cluster,
+        "caller-intruder",
+        "intruder",
+        "rustronaut.io",
+        &url,
+    );
+    assert_eq!(code, 403, "intruder's pod is denied:\n{log}");
+}
+
+#[test]
+fn other_pods_reach_the_sidecar_port_but_never_the_application_port() {
+    let cluster = sidecar_demo();
+    let _guard = scenario_lock();
+    let rt = rt();
+    let pod = orders_pods(&rt, cluster).remove(0);
+    let ip = pod.status.unwrap().pod_ip.expect("a pod IP");
+    // Both ports listen on every address of the pod (busybox httpd binds 0.0.0.0): only the
+    // NetworkPolicies tell them apart. The sidecar port is open to other namespaces (the
+    // operator's orders-sidecar NetworkPolicy: the tenant's own policy admits only its edge
+    // gateways), the application port to nobody but the pod itself.
+    assert!(
+        probe(cluster, CALLERS, "probe-sidecar-port", &ip, SIDECAR_PORT),
+        "a pod of another namespace reaches the sidecar port"
+    );
+    assert!(
+        !probe(cluster, CALLERS, "probe-app-port", &ip, APP_PORT),
+        "a pod of another namespace must not reach the application port"
+    );
+    assert!(
+        !probe(cluster, "default", "probe-app-port-default", &ip, APP_PORT),
+        "nor a pod of namespace default"
+    );
+}
+
+#[test]
+fn policy_changes_reach_the_sidecar_without_restarting_the_pod() {
+    let cluster = sidecar_demo();
+    let _guard = scenario_lock();
+    let rt = rt();
+    let admin = rt.block_on(cluster.client());
+    let before = incarnation(&orders_pods(&rt, cluster)[0]);
+    let dev = mint("alice", "dev");
+    let sales = mint("bob", "sales");
+    let ssa = PatchParams::apply(MANAGER).force();
+    let policies: Api<rustronaut_crds::Policy> = Api::namespaced(admin, SNS);
+    let mut latencies = Vec::new();
+    // An even number of changes: the scenario ends as it started (group dev allowed).
+    for i in 0..20 {
+        let (group, allowed, denied) = if i % 2 == 0 {
+            ("sales", &sales, &dev)
+        } else {
+            ("dev", &dev, &sales)
+        };
+        let patch = json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Policy",
+            "metadata": {"name": "orders-callers", "namespace": SNS},
+            "spec": {"targetRefs": [{"kind": "Resource", "name": "orders"}], "action": "Allow",
+                     "rules": [
+                         {"name": "dev-group", "from": [{"user": {"idp": "dev-issuer", "groups": [group]}}]},
+                         {"name": "checkout", "from": [{"serviceAccount": {"namespace": CALLERS, "names": ["checkout"]}}]},
+                     ]}
+        });
+        rt.block_on(policies.patch("orders-callers", &ssa, &Patch::Apply(&patch)))
+            .unwrap();
+        let applied = Instant::now();
+        wait_for_within(
+            &format!("change {i} enforced by the sidecar"),
+            Duration::from_secs(90),
+            &[],
+            || {
+                orders_status(cluster, Some(allowed)) == 200
+                    && orders_status(cluster, Some(denied)) == 403
+            },
+        );
+        latencies.push(applied.elapsed());
+    }
+    // The Policy as the manifest has it (with its embedded tests).
+    kubectl_apply(cluster, rustronaut_e2e::scenario::SIDECAR_MANIFESTS);
+    latencies.sort();
+    eprintln!(
+        "apply -> enforced (sidecar on the real node) over {} policy changes: p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().unwrap()
+    );
+    let pods = orders_pods(&rt, cluster);
+    assert_eq!(pods.len(), 1);
+    assert_eq!(
+        incarnation(&pods[0]),
+        before,
+        "the same pod, its sidecar never restarted"
+    );
+}
+
+/// Scales the operator's Deployment back to one replica when dropped, so a failing test
+/// leaves the shared scenario with its operator.
+struct OperatorBack<'a>(&'a TestCluster);
+
+impl Drop for OperatorBack<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .kubectl()
+            .args(["-n", "rustronaut-system", "scale", "deployment"])
+            .args(["rustronaut-operator", "--replicas=1"])
+            .output();
+        let _ = self
+            .0
+            .kubectl()
+            .args(["-n", "rustronaut-system", "rollout", "status"])
+            .args(["deployment/rustronaut-operator", "--timeout=180s"])
+            .output();
+    }
+}
+
+#[test]
+fn with_the_operator_down_the_sidecar_keeps_enforcing_its_last_snapshot() {
+    let cluster = sidecar_demo();
+    let _guard = scenario_lock();
+    let rt = rt();
+    let before = incarnation(&orders_pods(&rt, cluster)[0]);
+    let _back = OperatorBack(cluster);
+    kubectl(
+        cluster,
+        &[
+            "-n",
+            "rustronaut-system",
+            "scale",
+            "deployment",
+            "rustronaut-operator",
+            "--replicas=0",
+        ],
+    );
+    wait_for_within(
+        "the operator's pods to be gone",
+        Duration::from_secs(120),
+        &[],
+        || {
+            kubectl(
+                cluster,
+                &[
+                    "-n",
+                    "rustronaut-system",
+                    "get",
+                    "pods",
+                    "-l",
+                    "app.kubernetes.io/name=rustronaut-operator",
+                    "-o",
+                    "name",
+                ],
+            )
+            .trim()
+            .is_empty()
+        },
+    );
+    let dev = mint("alice", "dev");
+    let sales = mint("bob", "sales");
+    let checkout = account_token(cluster, "checkout", "rustronaut.io");
+    // A few rounds over some seconds, so a sidecar that lost its watch would show it.
+    for _ in 0..5 {
+        assert_eq!(orders_status(cluster, Some(&dev)), 200);
+        assert_eq!(orders_status(cluster, None), 401);
+        assert_eq!(orders_status(cluster, Some(&sales)), 403);
+        assert_eq!(orders_status(cluster, Some(&checkout)), 200);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(incarnation(&orders_pods(&rt, cluster)[0]), before);
+}
