@@ -122,9 +122,12 @@ async fn observe(State(app): State<Shared>, req: Request, next: Next) -> Respons
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // `same-origin`, not `no-referrer`: under `no-referrer` browsers send `Origin: null` on
+    // the console's own form POSTs, which the CSRF check refuses (tests/browser.rs found it;
+    // curl sends no Origin). Other sites still get no referrer.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !route.starts_with("/static") {
