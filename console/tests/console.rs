@@ -54,6 +54,8 @@ async fn login_is_code_with_pkce_into_a_sealed_host_cookie_and_logout_needs_csrf
             && csp.contains("frame-ancestors 'none'"),
         "{csp}"
     );
+    // Not `no-referrer`: with it browsers send `Origin: null` on the console's own forms.
+    assert_eq!(r.header("referrer-policy"), Some("same-origin"));
 
     // A callback this browser did not start is refused.
     let r = w.browser("stranger", &w.url("/oidc/callback?code=x&state=y"), &[]);
