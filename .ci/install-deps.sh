@@ -23,6 +23,10 @@ declare -A want=(
 	[/etc/ssl/certs/ca-certificates.crt]=ca-certificates
 	[strip]=binutils
 	[systemd-analyze]=systemd   # verifies the site connector's unit (tunnel/tests/systemd.rs)
+	# The console's browser tests (console/tests/browser.rs): headless Chromium over WebDriver.
+	[chromium]=chromium
+	[chromedriver]=chromium-driver
+	[/usr/share/fonts/truetype/liberation]=fonts-liberation   # a Recommends of chromium: text in its screenshots
 )
 missing=()
 for cmd in "${!want[@]}"; do

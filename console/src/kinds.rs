@@ -32,6 +32,16 @@ impl Kind {
         }
     }
 
+    /// The plural for headings ("Policies", not "Policys").
+    pub fn title_plural(self) -> &'static str {
+        match self {
+            Kind::Tenant => "Tenants",
+            Kind::Gateway => "Gateways",
+            Kind::Resource => "Resources",
+            Kind::Policy => "Policies",
+        }
+    }
+
     /// The lowercase plural used in URLs and the API.
     pub fn plural(self) -> &'static str {
         match self {

@@ -122,9 +122,12 @@ async fn observe(State(app): State<Shared>, req: Request, next: Next) -> Respons
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // `same-origin`, not `no-referrer`: under `no-referrer` browsers send `Origin: null` on
+    // the console's own form POSTs, which the CSRF check refuses (tests/browser.rs found it;
+    // curl sends no Origin). Other sites still get no referrer.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !route.starts_with("/static") {
@@ -473,9 +476,9 @@ async fn overview(State(app): State<Shared>, headers: HeaderMap) -> Response {
                     .collect();
                 let _ = write!(
                     body,
-                    r#"<section class="card"><h2><a href="/k/{p}">{k}s</a></h2><p><span class="count">{total}</span> total, <span class="count {cls}">{n}</span> not Ready</p></section>"#,
+                    r#"<section class="card"><h2><a href="/k/{p}">{k}</a></h2><p><span class="count">{total}</span> total, <span class="count {cls}">{n}</span> not Ready</p></section>"#,
                     p = kind.plural(),
-                    k = kind.name(),
+                    k = kind.title_plural(),
                     n = bad.len(),
                     cls = if bad.is_empty() { "ok" } else { "bad" }
                 );
@@ -496,9 +499,9 @@ async fn overview(State(app): State<Shared>, headers: HeaderMap) -> Response {
             Err(e) => {
                 let _ = write!(
                     body,
-                    r#"<section class="card"><h2><a href="/k/{}">{}s</a></h2>{}</section>"#,
+                    r#"<section class="card"><h2><a href="/k/{}">{}</a></h2>{}</section>"#,
                     kind.plural(),
-                    kind.name(),
+                    kind.title_plural(),
                     notice("warn", &refusal(&e).summary)
                 );
             }
@@ -614,10 +617,7 @@ async fn list(
             body.push_str(&notice("error", &format!("{}{hint}", r.summary)));
         }
     }
-    html(
-        StatusCode::OK,
-        page(&format!("{}s", kind.name()), Some(&s), &body),
-    )
+    html(StatusCode::OK, page(kind.title_plural(), Some(&s), &body))
 }
 
 #[derive(Deserialize)]
