@@ -626,7 +626,7 @@ struct WatchQuery {
 }
 
 /// Server-sent events: each change of an object of `kind` the person can watch, as
-/// `{"key": "ns/name", "ready": "<cell html>"}`. The watch itself runs as the person.
+/// `{"key": "ns/name", "ready": "<cell html>", "conditions": "<rows html>"}`. The watch itself runs as the person.
 async fn watch(
     State(app): State<Shared>,
     headers: HeaderMap,
@@ -662,7 +662,7 @@ async fn watch(
                 );
                 Some(
                     Event::default().event("change").data(
-                        json!({"key": key, "ready": ready_cell(&v), "url": detail_url(kind, &o)})
+                        json!({"key": key, "ready": ready_cell(&v), "conditions": condition_rows(&v), "url": detail_url(kind, &o)})
                             .to_string(),
                     ),
                 )
@@ -687,6 +687,25 @@ async fn watch(
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The rows of a detail page's conditions table (escaped): rendered with the page and sent
+/// again with every change, so the table follows the object live as the Ready cell does.
+fn condition_rows(v: &Value) -> String {
+    let mut rows = String::new();
+    for c in v["status"]["conditions"].as_array().into_iter().flatten() {
+        let f = |k: &str| esc(c[k].as_str().unwrap_or_default());
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            f("type"),
+            f("status"),
+            f("reason"),
+            f("message"),
+            f("lastTransitionTime")
+        );
+    }
+    rows
 }
 
 fn yaml_of(v: &Value) -> String {
@@ -761,24 +780,16 @@ async fn detail(
             here = esc(&here)
         );
     }
-    body.push_str(r#"<h2>Conditions</h2><div class="scroll"><table><thead><tr><th scope="col">Type</th><th scope="col">Status</th><th scope="col">Reason</th><th scope="col">Message</th><th scope="col">Since</th></tr></thead><tbody>"#);
-    for c in v["status"]["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        let f = |k: &str| esc(c[k].as_str().unwrap_or_default());
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            f("type"),
-            f("status"),
-            f("reason"),
-            f("message"),
-            f("lastTransitionTime")
-        );
-    }
-    body.push_str("</tbody></table></div><h2>Events</h2>");
+    let _ = write!(
+        body,
+        r#"<h2>Conditions</h2><div class="scroll"><table><thead><tr><th scope="col">Type</th><th scope="col">Status</th><th scope="col">Reason</th><th scope="col">Message</th><th scope="col">Since</th></tr></thead><tbody data-conditions="{key}">{rows}</tbody></table></div><h2>Events</h2>"#,
+        key = esc(&format!(
+            "{}/{}",
+            o.metadata.namespace.clone().unwrap_or_default(),
+            name
+        )),
+        rows = condition_rows(&v)
+    );
     if let Ok(c) = client(&app, &s) {
         let events: Api<KubeEvent> = match o.metadata.namespace.as_deref() {
             Some(n) => Api::namespaced(c, n),

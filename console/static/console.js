@@ -1,4 +1,4 @@
-// The console's only script: live Ready updates from server-sent events. Everything works
+// The console's only script: live Ready cells and conditions from server-sent events. Everything works
 // without it; it only spares a reload. No framework, no build step.
 "use strict";
 document.addEventListener("DOMContentLoaded", () => {
@@ -12,6 +12,10 @@ document.addEventListener("DOMContentLoaded", () => {
       const cell = el.querySelector(".ready-cell");
       // The server renders and escapes the cell; it is the same markup as the page's.
       if (cell) cell.innerHTML = d.ready;
+    });
+    // A detail page's conditions table, rendered and escaped by the server as well.
+    document.querySelectorAll("[data-conditions]").forEach((el) => {
+      if (el.getAttribute("data-conditions") === d.key) el.innerHTML = d.conditions;
     });
   });
   source.addEventListener("delete", (e) => {

@@ -435,6 +435,14 @@ async fn alice_and_bob_use_the_console_in_chromium() {
             &format!("document.querySelector({q}).innerText.includes('True Programmed')"),
         )
         .await;
+    // The conditions table follows with the same event.
+    let rows = serde_json::to_string(&format!(r#"[data-conditions="{ns}/office"]"#)).unwrap();
+    alice
+        .until(
+            "the Ready condition in the conditions table",
+            &format!("document.querySelector({rows}).innerText.includes('in 1 gateway')"),
+        )
+        .await;
     assert_eq!(
         alice.js("window.__sameDocument").await,
         json!("yes"),
