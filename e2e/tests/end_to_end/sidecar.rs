@@ -230,7 +230,7 @@ fn call_as(
         .lines()
         .filter_map(|l| l.trim().strip_prefix("HTTP/1.1 "))
         .filter_map(|rest| rest.get(..3)?.parse().ok())
-        .last()
+        .next_back()
         .unwrap_or(0);
     (code, log)
 }
