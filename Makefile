@@ -68,9 +68,13 @@ bench-operator: tools ## operator at scale: 50 tenants, 1,000 Resources, 1,000 P
 	SCALE_TENANTS=$${SCALE_TENANTS:-50} SCALE_PER_TENANT=$${SCALE_PER_TENANT:-20} SCALE_CHANGES=$${SCALE_CHANGES:-50} \
 	  RUSTRONAUT_TOOLS_BIN=$$($(TOOLS) bindir) cargo test --release -p rustronaut-e2e --test scale -- --nocapture
 
+.PHONY: bench-sidecar
+bench-sidecar: ## the sidecar vs an nginx sidecar and direct, same run: added p50/p99 at 1,000 req/s, idle RSS
+	bash gateway/bench/sidecar.sh
+
 .PHONY: bench-gateway
 bench-gateway: ## gateway vs nginx, HAProxy and direct, same run: HTTP/1.1 + HTTP/2 req/s, fixed-rate p50/p99, RSS, TCP
 	bash gateway/bench/run.sh
 
-bench: bench-gateway bench-tunnel bench-operator ## every benchmark that compares with a reference (root; installs nginx, haproxy, h2load, iperf3)
+bench: bench-gateway bench-sidecar bench-tunnel bench-operator ## every benchmark that compares with a reference (root; installs nginx, haproxy, h2load, iperf3)
 	cargo bench -p rustronaut-contract --bench evaluate --bench jwt -- --warm-up-time 1 --measurement-time 3
