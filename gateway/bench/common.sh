@@ -1,8 +1,12 @@
-# Sourced by the gateway benchmark scripts (run.sh, syscalls.sh): installs the tools they name,
-# builds the release gateway, and gives them a scratch directory and a list of processes that
-# are stopped, with the directory removed, however the script exits.
+# Sourced by the gateway benchmark scripts (run.sh, syscalls.sh, sidecar.sh): installs the
+# tools they name, builds the release gateway, and gives them a scratch directory and a list
+# of processes that are stopped, with the directory removed, however the script exits.
 #
 #   bench_setup CMD=PACKAGE ...   sets: repo, GW (the gateway binary), work, pids
+#   bench_reference               sets: BARE (bare Pingora, gateway/bench/bare-pingora), and
+#                                 GW_COUNTED, BARE_COUNTED: both built with the counting
+#                                 allocator (feature count-allocs), for allocations per
+#                                 request only; the timed runs use GW and BARE
 # shellcheck shell=bash
 
 bench_setup() {
@@ -20,6 +24,18 @@ bench_setup() {
 	work=$(mktemp -d)
 	pids=()
 	trap bench_cleanup EXIT
+}
+
+bench_reference() {
+	# The counted builds first, copied aside: the uncounted ones end up at the usual paths.
+	(cd "$repo" && cargo build -q --release -p rustronaut-gateway -p rustronaut-bare-pingora --features \
+		rustronaut-gateway/count-allocs,rustronaut-bare-pingora/count-allocs)
+	GW_COUNTED=$work/rustronaut-gateway-counted
+	BARE_COUNTED=$work/bare-pingora-counted
+	cp "$CARGO_TARGET_DIR/release/rustronaut-gateway" "$GW_COUNTED"
+	cp "$CARGO_TARGET_DIR/release/bare-pingora" "$BARE_COUNTED"
+	(cd "$repo" && cargo build -q --release -p rustronaut-gateway -p rustronaut-bare-pingora)
+	BARE=$CARGO_TARGET_DIR/release/bare-pingora
 }
 
 bench_cleanup() {

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # HTTP/1.1 throughput of the gateway (enforcing a JWT Allow policy) against nginx and HAProxy
-# as plain reverse proxies, and against no proxy at all, in the same run, alternating.
+# as plain reverse proxies, bare Pingora (the smallest ProxyHttp on the same Pingora,
+# gateway/bench/bare-pingora), and no proxy at all, in the same run, alternating.
 #
-#   h2load --h1 ─▶ { direct | nginx proxy | HAProxy | rustronaut-gateway } ─▶ nginx upstream
+#   h2load --h1 ─▶ { direct | nginx | HAProxy | bare Pingora | rustronaut-gateway } ─▶ nginx upstream
+#
+# Each throughput run also reads the proxy's CPU time (utime + stime of all its threads,
+# /proc/PID/stat) before and after: CPU µs per request, and the user-space part. Then an
+# allocation pass: the gateway and bare Pingora built with a counting allocator
+# (gateway/bench/alloc-count, feature count-allocs; separate processes, never the timed
+# ones) serve the same requests, and the allocator calls per request are reported side by
+# side (idle background allocations measured over 2 s and subtracted).
 #
 # Every proxy gets one worker thread (the machine has 2 cores: one for the proxy, one for
 # h2load and the upstream), keep-alive to the upstream, access logs off. The gateway verifies
@@ -50,6 +58,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # shellcheck source=gateway/bench/common.sh
 . "$(dirname "$0")/common.sh"
 bench_setup nginx=nginx-light haproxy=haproxy h2load=nghttp2-client iperf3=iperf3 openssl=openssl
+bench_reference
+CLK_TCK=$(getconf CLK_TCK)
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # TCP throughput: iperf3 -> { direct | HAProxy (mode tcp) | gateway TCP listener } -> iperf3 -s
@@ -197,16 +207,42 @@ nginx -c "$work/proxy.conf" & pids+=($!)
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
 "$GW" --allow-loopback-upstreams --snapshot "$work/snapshot.json" --admin-listen 127.0.0.1:19005 --bind-address 127.0.0.1 \
 	--threads 1 >"$work/gateway.log" 2>&1 & gwpid=$!; pids+=("$gwpid")
+"$BARE" --listen 127.0.0.1:19008 --upstream 127.0.0.1:19001 --threads 1 --tls-listen 127.0.0.1:19028 \
+	--cert "$work/tls.crt" --key "$work/tls.key" >"$work/bare.log" 2>&1 & barepid=$!; pids+=("$barepid")
 for _ in $(seq 1 100); do
-	[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19005/readyz)" = 200 ] && break
+	[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19005/readyz)" = 200 ] &&
+		[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19008/small)" = 200 ] && break
 	sleep 0.1
 done
 sleep 0.5
 idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$gwpid/status")
 
-declare -A port=([direct]=19001 [nginx]=19002 [haproxy]=19003 [gateway]=19004)
-declare -A tlsport=([direct]=19021 [nginx]=19022 [haproxy]=19023 [gateway]=19024)
-targets=(direct nginx haproxy gateway)
+declare -A port=([direct]=19001 [nginx]=19002 [haproxy]=19003 [bare-pingora]=19008 [gateway]=19004)
+declare -A tlsport=([direct]=19021 [nginx]=19022 [haproxy]=19023 [bare-pingora]=19028 [gateway]=19024)
+targets=(direct nginx haproxy bare-pingora gateway)
+# The processes whose CPU time is the proxy's (direct: none; nginx: its worker).
+declare -A tpids=([direct]="" [nginx]="$(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')"
+	[haproxy]="${pids[2]}" [bare-pingora]="$barepid" [gateway]="$gwpid")
+# cpu_ticks PID... -> "total user" clock ticks of every thread of the processes so far
+cpu_ticks() {
+	local p u=0 t=0 f
+	for p in "$@"; do
+		# fields after the command name (which may hold spaces): utime is the 12th, stime the 13th
+		read -r -a f <<<"$(sed 's/^.*) //' "/proc/$p/stat")"
+		u=$((u + f[11])); t=$((t + f[11] + f[12]))
+	done
+	echo "$t $u"
+}
+# cpu_per_request TARGET BEFORE("total user") REQUESTS -> "total_us user_us" ("- -" for direct)
+cpu_per_request() {
+	if [ -z "${tpids[$1]}" ]; then echo "- -"; return; fi
+	local after
+	# shellcheck disable=SC2086
+	after=$(cpu_ticks ${tpids[$1]})
+	awk -v a="$after" -v b="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN {
+		split(a, x, " "); split(b, y, " ");
+		printf "%.1f %.1f\n", (x[1] - y[1]) * 1e6 / hz / n, (x[2] - y[2]) * 1e6 / hz / n }'
+}
 # check TARGET WHAT EXPECTED OUTPUT: every request answered 2xx, or the run fails.
 check() {
 	local ok
@@ -217,21 +253,25 @@ check() {
 		exit 1
 	fi
 }
-run() { # target path requests -> "req/s mean_ms"
-	local out
+run() { # target path requests -> "req/s mean_ms cpu_us user_us"
+	local out before
+	# shellcheck disable=SC2086
+	before=$(cpu_ticks ${tpids[$1]})
 	out=$(h2load --h1 -n "$3" -c "$C" -t 1 -H ":authority: bench.localhost" \
 		-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${port[$1]}$2" 2>&1)
 	check "$1" "$2" "$3" "$out"
 	local rps mean
 	rps=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
 	mean=$(awk '/^time for request:/ {print $6}' <<<"$out")
-	echo "$rps $mean"
+	echo "$rps $mean $(cpu_per_request "$1" "$before" "$3")"
 }
-# run_h2 target requests -> "req/s mean": HTTP/2 over TLS 1.3 (ALPN h2, SNI bench.localhost,
+# run_h2 target requests -> "req/s mean cpu_us user_us": HTTP/2 over TLS 1.3 (ALPN h2, SNI bench.localhost,
 # TLS_AES_128_GCM_SHA256 offered alone so every server uses the same cipher), H2_C
 # connections with H2_M concurrent streams each.
 run_h2() {
-	local out
+	local out before
+	# shellcheck disable=SC2086
+	before=$(cpu_ticks ${tpids[$1]})
 	out=$(h2load -n "$2" -c "$H2_C" -m "$H2_M" -t 1 --tls13-ciphers=TLS_AES_128_GCM_SHA256 \
 		--connect-to "127.0.0.1:${tlsport[$1]}" -H "Authorization: Bearer $TOKEN" "https://bench.localhost/small" 2>&1)
 	if ! grep -q '^Application protocol: h2$' <<<"$out"; then
@@ -244,7 +284,7 @@ run_h2() {
 	local rps mean
 	rps=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
 	mean=$(awk '/^time for request:/ {print $6}' <<<"$out")
-	echo "$rps $mean"
+	echo "$rps $mean $(cpu_per_request "$1" "$before" "$2")"
 }
 # run_lat target rps_per_client -> "achieved_req/s p50_us p99_us": LAT_C connections, each
 # sending rps_per_client requests per second, one request in flight per connection
@@ -269,8 +309,8 @@ run_lat() {
 	echo "$(cat "$work/lat-rate") $(awk '{a[NR] = $1} END {
 		print a[int(NR * 0.50 + 0.999999)], a[int(NR * 0.99 + 0.999999)]}' "$work/lat-sorted")"
 }
-field() { # values "a b a b ..." -> the n-th of each group of k (default 2)
-	awk -v n="$1" -v k="${2:-2}" '{for (i = n; i <= NF; i += k) print $i}'
+field() { # values "a b c d a b c d ..." -> the n-th of each group of k (default 4: run, run_h2)
+	awk -v n="$1" -v k="${2:-4}" '{for (i = n; i <= NF; i += k) print $i}'
 }
 # PERF_OUT=file: profile the gateway (perf record -g) during one extra run of small requests.
 if [ -n "${PERF_OUT:-}" ]; then
@@ -310,6 +350,44 @@ if [ "$LATENCY_ONLY" != 1 ]; then
 	done
 fi
 peak_rss=$(awk '/VmHWM/ {print $2}' "/proc/$gwpid/status")
+
+# Allocation pass: the counted builds (see the top), on ports of their own, warmed up, then
+# the same small requests as above; allocator calls per request = (calls during the run -
+# the idle rate x its duration) / requests.
+sed -e 's/"port": 19004/"port": 19009/' -e 's/"port": 19024/"port": 19029/' "$work/snapshot.json" \
+	>"$work/snapshot-counted.json"
+RUSTRONAUT_ALLOC_COUNT_FILE=$work/alloc-gateway "$GW_COUNTED" --allow-loopback-upstreams \
+	--snapshot "$work/snapshot-counted.json" --admin-listen 127.0.0.1:19010 --bind-address 127.0.0.1 \
+	--threads 1 >"$work/gateway-counted.log" 2>&1 & pids+=($!)
+RUSTRONAUT_ALLOC_COUNT_FILE=$work/alloc-bare-pingora "$BARE_COUNTED" --listen 127.0.0.1:19017 \
+	--upstream 127.0.0.1:19001 --threads 1 --tls-listen 127.0.0.1:19027 --cert "$work/tls.crt" \
+	--key "$work/tls.key" >"$work/bare-counted.log" 2>&1 & pids+=($!)
+port[gateway-counted]=19009; tlsport[gateway-counted]=19029; tpids[gateway-counted]=""
+port[bare-pingora-counted]=19017; tlsport[bare-pingora-counted]=19027; tpids[bare-pingora-counted]=""
+for _ in $(seq 1 100); do
+	[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19010/readyz)" = 200 ] &&
+		[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19017/small)" = 200 ] &&
+		[ -s "$work/alloc-gateway" ] && [ -s "$work/alloc-bare-pingora" ] && break
+	sleep 0.1
+done
+now_s() { date +%s.%N; }
+# allocs_per_request TARGET KIND(h1|h2) -> allocator calls per request
+allocs_per_request() {
+	local f=$work/alloc-$1 a0 a1 t0 t1 i0 i1
+	if [ "$2" = h1 ]; then run "$1-counted" /small 2000 >/dev/null; else run_h2 "$1-counted" 2000 >/dev/null; fi
+	sleep 0.2
+	i0=$(cat "$f"); sleep 2; i1=$(cat "$f")
+	a0=$(cat "$f"); t0=$(now_s)
+	if [ "$2" = h1 ]; then run "$1-counted" /small "$N" >/dev/null; else run_h2 "$1-counted" "$N" >/dev/null; fi
+	t1=$(now_s); sleep 0.2; a1=$(cat "$f")
+	awk -v i0="$i0" -v i1="$i1" -v a0="$a0" -v a1="$a1" -v t0="$t0" -v t1="$t1" -v n="$N" \
+		'BEGIN { idle = (i1 - i0) / 2; printf "%.1f %.0f\n", (a1 - a0 - idle * (t1 - t0 + 0.2)) / n, idle }'
+}
+declare -A allocs
+for t in bare-pingora gateway; do
+	[ "$H2_ONLY" = 1 ] && allocs[$t-h1]="- -" || allocs[$t-h1]=$(allocs_per_request "$t" h1)
+	[ "$LATENCY_ONLY" = 1 ] && allocs[$t-h2]="- -" || allocs[$t-h2]=$(allocs_per_request "$t" h2)
+done
 
 if [ "$LATENCY_ONLY" != 1 ] && [ "$H2_ONLY" != 1 ]; then
 	# Memory at scale: a second gateway on a snapshot with 1,000 Resources (one route and one
@@ -365,25 +443,32 @@ if [ "$H2_ONLY" != 1 ]; then
 	ns=$(field 1 <<<"${small[nginx]}" | median)
 	if [ "$LATENCY_ONLY" = 1 ]; then
 		printf '\n%s requests x %s connections (small), %s rounds, median of rounds\n\n' "$N" "$C" "$ROUNDS"
-		echo "| target | small req/s | vs nginx | mean latency | runs |"
-		echo "|---|---|---|---|---|"
-	else
-		printf '\n%s requests x %s connections (small), %s x 1 MiB, %s rounds, median of rounds\n\n' "$N" "$C" "$NBIG" "$ROUNDS"
-		echo "| target | small req/s | vs nginx | mean latency | 1 MiB req/s | vs nginx | mean latency | small runs |"
+		echo "| target | small req/s | vs nginx | mean latency | CPU µs/req | user µs/req | CPU vs bare Pingora | runs |"
 		echo "|---|---|---|---|---|---|---|---|"
+	else
+		printf '\n%s requests x %s connections (small), %s x 1 MiB, %s rounds, median of rounds\n' "$N" "$C" "$NBIG" "$ROUNDS"
+		printf '(CPU: utime + stime of the proxy process per small request, median of rounds)\n\n'
+		echo "| target | small req/s | vs nginx | mean latency | CPU µs/req | user µs/req | CPU vs bare Pingora | 1 MiB req/s | vs nginx | mean latency | small runs |"
+		echo "|---|---|---|---|---|---|---|---|---|---|---|"
 		nb=$(field 1 <<<"${big[nginx]}" | median)
 	fi
+	bare_cpu=$(field 3 <<<"${small[bare-pingora]}" | median)
 	for t in "${targets[@]}"; do
 		s=$(field 1 <<<"${small[$t]}" | median)
 		sl=$(field 2 <<<"${small[$t]}" | median)
+		cpu=$(field 3 <<<"${small[$t]}" | median)
+		user=$(field 4 <<<"${small[$t]}" | median)
+		vs_bare=-
+		[ "$cpu" = - ] || vs_bare=$(ratio "$cpu" "$bare_cpu")
 		runs=$(field 1 <<<"${small[$t]}" | xargs printf '%.0f ')
 		if [ "$LATENCY_ONLY" = 1 ]; then
-			printf '| %s | %.0f | %s | %s | %s|\n' "$t" "$s" "$(ratio "$s" "$ns")" "$sl" "$runs"
+			printf '| %s | %.0f | %s | %s | %s | %s | %s | %s|\n' "$t" "$s" "$(ratio "$s" "$ns")" "$sl" \
+				"$cpu" "$user" "$vs_bare" "$runs"
 		else
 			b=$(field 1 <<<"${big[$t]}" | median)
 			bl=$(field 2 <<<"${big[$t]}" | median)
-			printf '| %s | %.0f | %s | %s | %.0f | %s | %s | %s|\n' "$t" "$s" "$(ratio "$s" "$ns")" "$sl" \
-				"$b" "$(ratio "$b" "$nb")" "$bl" "$runs"
+			printf '| %s | %.0f | %s | %s | %s | %s | %s | %.0f | %s | %s | %s|\n' "$t" "$s" "$(ratio "$s" "$ns")" "$sl" \
+				"$cpu" "$user" "$vs_bare" "$b" "$(ratio "$b" "$nb")" "$bl" "$runs"
 		fi
 	done
 
@@ -414,19 +499,35 @@ fi
 if [ "$LATENCY_ONLY" != 1 ]; then
 	printf '\nHTTP/2 over TLS (%s), %s requests x %s connections x %s streams, %s rounds, median of rounds\n\n' \
 		"$(cat "$work/h2-cipher-gateway")" "$N" "$H2_C" "$H2_M" "$ROUNDS"
-	echo "| target | small req/s | vs nginx | vs direct | mean latency | runs |"
-	echo "|---|---|---|---|---|---|"
+	echo "| target | small req/s | vs nginx | vs direct | mean latency | CPU µs/req | user µs/req | CPU vs bare Pingora | runs |"
+	echo "|---|---|---|---|---|---|---|---|---|"
 	hn=$(field 1 <<<"${h2[nginx]}" | median)
 	hd=$(field 1 <<<"${h2[direct]}" | median)
+	hbare=$(field 3 <<<"${h2[bare-pingora]}" | median)
 	for t in "${targets[@]}"; do
 		s=$(field 1 <<<"${h2[$t]}" | median)
 		sl=$(field 2 <<<"${h2[$t]}" | median)
+		cpu=$(field 3 <<<"${h2[$t]}" | median)
+		user=$(field 4 <<<"${h2[$t]}" | median)
+		vs_bare=-
+		[ "$cpu" = - ] || vs_bare=$(ratio "$cpu" "$hbare")
 		runs=$(field 1 <<<"${h2[$t]}" | xargs printf '%.0f ')
-		printf '| %s | %.0f | %s | %s | %s | %s|\n' "$t" "$s" "$(ratio "$s" "$hn")" "$(ratio "$s" "$hd")" "$sl" "$runs"
+		printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s|\n' "$t" "$s" "$(ratio "$s" "$hn")" "$(ratio "$s" "$hd")" \
+			"$sl" "$cpu" "$user" "$vs_bare" "$runs"
 	done
 	printf '(negotiated per target:'
 	for t in "${targets[@]}"; do printf ' %s %s;' "$t" "$(cat "$work/h2-cipher-$t")"; done
 	printf ')\n'
+fi
+printf '\nAllocator calls per request (counting allocator builds, %s requests each; idle calls/s subtracted)\n\n' "$N"
+echo "| target | HTTP/1.1 small | HTTP/2 small | idle calls/s |"
+echo "|---|---|---|---|"
+for t in bare-pingora gateway; do
+	printf '| %s | %s | %s | %s |\n' "$t" "${allocs[$t-h1]% *}" "${allocs[$t-h2]% *}" "${allocs[$t-h1]#* }"
+done
+if [ "$H2_ONLY" != 1 ]; then
+	printf '(gateway - bare Pingora, HTTP/1.1: %+.1f allocator calls per request)\n' \
+		"$(echo "${allocs[gateway-h1]% *} - ${allocs[bare-pingora-h1]% *}" | bc -l)"
 fi
 printf '\ngateway RSS: idle %s KiB, peak %s KiB\n' "$idle_rss" "$peak_rss"
 if [ "$LATENCY_ONLY" != 1 ] && [ "$H2_ONLY" != 1 ]; then

@@ -178,8 +178,14 @@ struct Args {
     shutdown_timeout_seconds: u64,
 }
 
+#[cfg(feature = "count-allocs")]
+#[global_allocator]
+static ALLOC: rustronaut_alloc_count::Counting = rustronaut_alloc_count::Counting;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    #[cfg(feature = "count-allocs")]
+    rustronaut_alloc_count::report_from_env();
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
