@@ -134,6 +134,10 @@ pub struct Config {
     /// Program to start, detached, as `<reaper> reap --pid <this process>`: it cleans up the
     /// real node if this process dies without doing so (SIGKILL, OOM).
     pub reaper: Option<PathBuf>,
+    /// Whether the reaper, when it has to clean up after this process, also removes
+    /// [`Self::dir`] (the owner would have removed it on a normal stop: a temporary
+    /// directory, not one asked to be kept).
+    pub reap_dir: bool,
 }
 
 struct Component {
@@ -456,7 +460,8 @@ impl ControlPlane {
         };
         self.node = Some((state, lock));
         if let Some(reaper) = &cfg.reaper {
-            spawn_reaper(reaper, &self.dir.join("logs").join("reaper.log"))?;
+            let dir = cfg.reap_dir.then_some(self.dir.as_path());
+            spawn_reaper(reaper, &self.dir.join("logs").join("reaper.log"), dir)?;
         }
         Ok(())
     }
@@ -756,10 +761,11 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-/// Starts `<reaper> reap --pid <us>` in a session of its own, neither a child that dies with
-/// us nor one that shares our terminal's signals: it cleans up the real node if we cannot.
+/// Starts `<reaper> reap --pid <us> [--dir DIR]` in a session of its own, neither a child
+/// that dies with us nor one that shares our terminal's signals: it cleans up the real node
+/// (and removes `dir`) if we cannot.
 #[allow(unsafe_code)]
-fn spawn_reaper(reaper: &Path, log: &Path) -> Result<(), ControlPlaneError> {
+fn spawn_reaper(reaper: &Path, log: &Path, dir: Option<&Path>) -> Result<(), ControlPlaneError> {
     use std::os::unix::process::CommandExt;
     let out = std::fs::File::create(log).map_err(|source| ControlPlaneError::Io {
         action: "create",
@@ -772,8 +778,11 @@ fn spawn_reaper(reaper: &Path, log: &Path) -> Result<(), ControlPlaneError> {
         source,
     })?;
     let mut cmd = Command::new(reaper);
-    cmd.args(["reap", "--pid", &std::process::id().to_string()])
-        .stdin(Stdio::null())
+    cmd.args(["reap", "--pid", &std::process::id().to_string()]);
+    if let Some(dir) = dir {
+        cmd.arg("--dir").arg(dir);
+    }
+    cmd        .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
     // SAFETY: setsid(2) in the forked child before exec; async-signal-safe, no allocation.

@@ -139,19 +139,31 @@ fn a_real_node_leaves_the_host_as_it_found_it_when_stopped_and_when_killed() {
     assert!(status.success(), "supervisor exit: {status}");
     assert_same(&before, &HostSnapshot::take(), "after a normal stop");
 
-    // 2. Killed: SIGKILL leaves no chance to clean up; the reaper does it.
+    // 2. Killed: SIGKILL leaves no chance to clean up; the reaper does it, and removes the
+    // control plane's working directory (the kubeconfig's directory), as a normal stop does.
     let (mut child, kubeconfig) = start(&images);
+    let cluster_dir = std::path::Path::new(&kubeconfig)
+        .parent()
+        .expect("the kubeconfig is in the cluster's directory")
+        .to_path_buf();
+    assert!(cluster_dir.is_dir(), "{}", cluster_dir.display());
     run_pod(&kubeconfig);
     child.kill().unwrap();
     let _ = child.wait();
     let deadline = Instant::now() + Duration::from_secs(90);
     let after = loop {
         let now = HostSnapshot::take();
-        let gone = !std::path::Path::new(rustronaut_e2e::node::RUN_DIR).exists();
+        let gone = !std::path::Path::new(rustronaut_e2e::node::RUN_DIR).exists()
+            && !cluster_dir.exists();
         if (gone && now == before) || Instant::now() > deadline {
             break now;
         }
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_same(&before, &after, "after the supervisor was killed");
+    assert!(
+        !cluster_dir.exists(),
+        "the killed cluster's directory {} is left behind",
+        cluster_dir.display()
+    );
 }

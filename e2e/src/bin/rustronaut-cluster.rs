@@ -73,6 +73,10 @@ enum Cmd {
         /// The supervisor's process id.
         #[arg(long)]
         pid: u32,
+        /// The supervisor's working directory, removed too when the supervisor died without
+        /// cleaning up (given when it would have removed it itself).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Clean up a real node that was left behind.
     Cleanup,
@@ -100,7 +104,7 @@ fn main() -> Result<()> {
             keep,
         ),
         Cmd::Down { dir } => down(dir),
-        Cmd::Reap { pid } => reap(pid),
+        Cmd::Reap { pid, dir } => reap(pid, dir),
         Cmd::Cleanup => cleanup_now(),
     }
 }
@@ -113,8 +117,8 @@ struct Nodes {
 }
 
 /// Waits for `pid` to exit, then cleans up the real node if `pid` still owns it (a supervisor
-/// that stopped normally removed the state file already).
-fn reap(pid: u32) -> Result<()> {
+/// that stopped normally removed the state file already), and its working directory `dir`.
+fn reap(pid: u32, dir: Option<PathBuf>) -> Result<()> {
     use rustronaut_e2e::node::{HostState, NodeLock, cleanup};
     while pid_alive(&pid.to_string()) {
         std::thread::sleep(Duration::from_millis(250));
@@ -129,6 +133,11 @@ fn reap(pid: u32) -> Result<()> {
                 eprintln!("rustronaut-cluster reap: {problem}");
             }
             let _ = std::fs::remove_dir_all(&state.node_dir);
+            // The etcd data and logs of the killed control plane (the log of this reaper is
+            // in it too: nothing of a cluster nobody can stop any more is kept).
+            if let Some(dir) = &dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
         _ => {}
     }
@@ -224,6 +233,7 @@ fn up(
         real_node: nodes.real,
         images_dir: nodes.images,
         reaper: std::env::current_exe().ok(),
+        reap_dir: !keep,
     });
     let mut cp = match result {
         Ok(cp) => cp,
