@@ -36,6 +36,9 @@
 #        the fixed-rate latency part (LAT_SECONDS=10 per run, LAT_CONNECTIONS=50, or
 #        LAT_RATE=N req/s to fix the rate instead of measuring the gateway's maximum)
 #        H2_ONLY=1 runs only the HTTP/2 part (H2_CONNECTIONS=10, H2_STREAMS=10, REQUESTS)
+#        GW_BEFORE=path/to/rustronaut-gateway adds a row "gateway-before": another build of the
+#        gateway (the commit before a change) on the same snapshot, so a change's gain is
+#        measured in the same run as its baseline
 #        TCP_ONLY=1 runs only the iperf3 part (TCP_SECONDS=5 per run); the gateway runs twice,
 #        with its default 64 KiB copy buffers and with tokio's 8 KiB (gateway-8k)
 # Needs nginx, haproxy, h2load (nghttp2-client), iperf3 and openssl: installed with apt-get
@@ -207,6 +210,12 @@ nginx -c "$work/proxy.conf" & pids+=($!)
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
 "$GW" --allow-loopback-upstreams --snapshot "$work/snapshot.json" --admin-listen 127.0.0.1:19005 --bind-address 127.0.0.1 \
 	--threads 1 >"$work/gateway.log" 2>&1 & gwpid=$!; pids+=("$gwpid")
+if [ -n "${GW_BEFORE:-}" ]; then
+	sed -e 's/"port": 19004/"port": 19031/' -e 's/"port": 19024/"port": 19033/' "$work/snapshot.json" \
+		>"$work/snapshot-before.json"
+	"$GW_BEFORE" --allow-loopback-upstreams --snapshot "$work/snapshot-before.json" --admin-listen 127.0.0.1:19032 \
+		--bind-address 127.0.0.1 --threads 1 >"$work/gateway-before.log" 2>&1 & beforepid=$!; pids+=("$beforepid")
+fi
 "$BARE" --listen 127.0.0.1:19008 --upstream 127.0.0.1:19001 --threads 1 --tls-listen 127.0.0.1:19028 \
 	--cert "$work/tls.crt" --key "$work/tls.key" >"$work/bare.log" 2>&1 & barepid=$!; pids+=("$barepid")
 for _ in $(seq 1 100); do
@@ -220,9 +229,16 @@ idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$gwpid/status")
 declare -A port=([direct]=19001 [nginx]=19002 [haproxy]=19003 [bare-pingora]=19008 [gateway]=19004)
 declare -A tlsport=([direct]=19021 [nginx]=19022 [haproxy]=19023 [bare-pingora]=19028 [gateway]=19024)
 targets=(direct nginx haproxy bare-pingora gateway)
+if [ -n "${GW_BEFORE:-}" ]; then
+	targets+=(gateway-before); port[gateway-before]=19031; tlsport[gateway-before]=19033
+	for _ in $(seq 1 100); do
+		[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19032/readyz)" = 200 ] && break
+		sleep 0.1
+	done
+fi
 # The processes whose CPU time is the proxy's (direct: none; nginx: its worker).
 declare -A tpids=([direct]="" [nginx]="$(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')"
-	[haproxy]="${pids[2]}" [bare-pingora]="$barepid" [gateway]="$gwpid")
+	[haproxy]="${pids[2]}" [bare-pingora]="$barepid" [gateway]="$gwpid" [gateway-before]="${beforepid:-}")
 # cpu_ticks PID... -> "total user" clock ticks of every thread of the processes so far
 cpu_ticks() {
 	local p u=0 t=0 f

@@ -12,7 +12,8 @@
 //!                     that could log in; 400/401/403/404/429 answered here)
 //!     upstream_peer:  weighted round robin over healthy addresses (balance, health)
 //!     upstream_request_filter: normalised target, identity headers, X-Forwarded-*
-//!     logging: one JSON decision line + metrics
+//!     logging: one JSON decision line (logs: formatted in place, written by the log
+//!              thread in batches) + metrics
 //!  client --TCP / TLS / TLSPassthrough / UDP--> l4 (Pingora background service per port):
 //!     PROXY header -> TLS handshake or ClientHello peek -> l4::decide (same evaluator)
 //!     -> close (deny) | balancer pick -> splice bytes / relay datagrams
@@ -33,6 +34,7 @@ pub mod health;
 pub mod jwks;
 pub mod kube_source;
 pub mod l4;
+pub mod logs;
 pub mod metrics;
 pub mod oidc;
 pub mod pipeline;

@@ -186,15 +186,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     #[cfg(feature = "count-allocs")]
     rustronaut_alloc_count::report_from_env();
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // Held to the end of main: dropping it flushes the log's queue.
+    let _log = rustronaut_gateway::logs::init();
     // One crypto provider for the whole process (ring), installed before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
 

@@ -534,7 +534,8 @@ impl Oidc {
             other => other,
         }
         .map_err(|e| OidcError::Provider(format!("ID token refused: {e}")))?;
-        let mut user = verified.identity;
+        // Freshly verified, so not shared yet: taken out of its Arc without a copy.
+        let mut user = std::sync::Arc::unwrap_or_clone(verified.identity);
         check_id_token_claims(&user, &login.nonce, &p.client_id)?;
 
         let lacks_claims = session_claims.iter().any(|c| !user.claims.contains_key(c));

@@ -354,13 +354,36 @@ pub fn dropped_header(name: &str, allow_underscores: bool) -> bool {
     if !allow_underscores && name.contains('_') {
         return true;
     }
-    let n = canonical_header_name(name);
-    n.starts_with("x-rustronaut-") || DROPPED_HEADERS.contains(&n.as_str())
+    // Compared byte by byte as canonical names, without building one: this runs for every
+    // header of every forwarded request.
+    let prefix = "x-rustronaut-";
+    (name.len() >= prefix.len() && same_canonical_header(&name[..prefix.len()], prefix))
+        || DROPPED_HEADERS
+            .iter()
+            .any(|d| same_canonical_header(name, d))
 }
 
 /// A header name as CGI-style servers see it: lower case, `_` read as `-`.
 pub fn canonical_header_name(name: &str) -> String {
-    name.to_ascii_lowercase().replace('_', "-")
+    name.bytes().map(|b| char::from(canonical_byte(b))).collect()
+}
+
+fn canonical_byte(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+/// Whether two header names are the same once both are read as
+/// [`canonical_header_name`] reads them.
+pub fn same_canonical_header(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a
+            .bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| canonical_byte(x) == canonical_byte(y))
 }
 
 /// See [`dropped_header`].
@@ -585,7 +608,7 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
         && let Some(keys) = &auth.session
         && let Some(s) = crate::oidc::session_from_cookies(keys, &headers("cookie"), now_secs)
     {
-        identity.user = Some(s.user());
+        identity.user = Some(Arc::new(s.user()));
         session = Some(s);
     }
     record.identity = identity_summary(&identity);
@@ -607,8 +630,11 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
         .http(facts.method, &target.path)
         .host(&host)
         .port(facts.port);
-    let decision = evaluate(&c.policies, &request, env.now, record.decision_id.clone());
+    // The id goes into the decision and comes back out: one id, not a copy per request.
+    let decision_id = std::mem::take(&mut record.decision_id);
+    let mut decision = evaluate(&c.policies, &request, env.now, decision_id);
     record.note(&decision);
+    record.decision_id = std::mem::take(&mut decision.decision_id);
     if decision.effect == Effect::Deny {
         record.effect = "Deny";
         // Credentials could change the outcome unless a Deny rule matched this caller.

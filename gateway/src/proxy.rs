@@ -17,6 +17,7 @@
 //! client's W3C trace context) and the upstream gets a `traceparent` naming it.
 
 use crate::balance::{Health, InFlight, Pick};
+use crate::logs::{Either, OrDash, OrEmpty};
 use crate::metrics::{DecisionLabels, Metrics, RequestLabels};
 use crate::pipeline::{self, Action, Env, Forward, Record, RequestFacts};
 use crate::ratelimit::RateLimiter;
@@ -144,55 +145,65 @@ fn header_value(s: &str) -> Option<HeaderValue> {
 /// (the usual case) reads the same either way.
 pub fn encode_group(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
+    push_encoded_group(&mut out, name);
+    out
+}
+
+/// [`encode_group`], appended to `out`.
+fn push_encoded_group(out: &mut String, name: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in name.bytes() {
         if b.is_ascii_graphic() && b != b'%' && b != b',' {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
         }
     }
-    out
 }
 
 /// The identity headers for an upstream, `(name, value)`; values that are not valid header
 /// values are left out rather than mangled.
 pub fn identity_headers(id: &Identity, decision_id: &str) -> Vec<(&'static str, HeaderValue)> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(5);
     let user = id
         .user
         .as_ref()
-        .map(|u| (u.subject.clone(), u.idp.clone()))
-        .or_else(|| {
-            id.api_key
-                .as_ref()
-                .map(|k| (k.client_id.clone(), k.idp.clone()))
-        })
+        .map(|u| (&u.subject, &u.idp))
+        .or_else(|| id.api_key.as_ref().map(|k| (&k.client_id, &k.idp)))
         .or_else(|| {
             id.client_certificate.as_ref().and_then(|c| {
                 c.san_uris
                     .first()
                     .or(c.san_dns_names.first())
                     .or(c.san_emails.first())
-                    .map(|n| (n.clone(), c.idp.clone()))
+                    .map(|n| (n, &c.idp))
             })
         });
     if let Some((name, idp)) = user {
-        out.extend(header_value(&name).map(|v| (HEADER_USER, v)));
-        out.extend(header_value(&idp).map(|v| (HEADER_IDP, v)));
+        out.extend(header_value(name).map(|v| (HEADER_USER, v)));
+        out.extend(header_value(idp).map(|v| (HEADER_IDP, v)));
     }
-    let email = id.user.as_ref().and_then(|u| u.email.clone()).or_else(|| {
+    let email = id.user.as_ref().and_then(|u| u.email.as_ref()).or_else(|| {
         id.client_certificate
             .as_ref()
-            .and_then(|c| c.san_emails.first().cloned())
+            .and_then(|c| c.san_emails.first())
     });
     if let Some(email) = email {
-        out.extend(header_value(&email).map(|v| (HEADER_EMAIL, v)));
+        out.extend(header_value(email).map(|v| (HEADER_EMAIL, v)));
     }
     if let Some(u) = &id.user
         && !u.groups.is_empty()
     {
-        let groups: Vec<String> = u.groups.iter().map(|g| encode_group(g)).collect();
-        out.extend(header_value(&groups.join(",")).map(|v| (HEADER_GROUPS, v)));
+        let mut groups = String::new();
+        for (i, g) in u.groups.iter().enumerate() {
+            if i > 0 {
+                groups.push(',');
+            }
+            push_encoded_group(&mut groups, g);
+        }
+        out.extend(header_value(&groups).map(|v| (HEADER_GROUPS, v)));
     }
     out.extend(header_value(decision_id).map(|v| (HEADER_DECISION_ID, v)));
     out
@@ -711,23 +722,20 @@ impl ProxyHttp for GatewayProxy {
         // gateway, in every spelling too.
         let resource = &state.snapshot.resources[f.resource];
         let auth = state.tenants.get(&resource.tenant);
-        let key_headers: Vec<String> = auth
-            .map(|a| {
-                a.api_keys
-                    .iter()
-                    .map(|p| pipeline::canonical_header_name(&p.header))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let api_keys = auth.map_or(&[][..], |a| &a.api_keys[..]);
         let allow_underscores = self.shared.allow_underscore_headers;
+        // Names are copied only for the headers that go (usually none).
         let dropped: Vec<String> = upstream
             .headers
             .keys()
-            .map(|k| k.as_str().to_string())
+            .map(|k| k.as_str())
             .filter(|k| {
                 pipeline::dropped_header(k, allow_underscores)
-                    || key_headers.contains(&pipeline::canonical_header_name(k))
+                    || api_keys
+                        .iter()
+                        .any(|p| pipeline::same_canonical_header(k, &p.header))
             })
+            .map(str::to_string)
             .collect();
         for k in dropped {
             upstream.remove_header(&k);
@@ -842,13 +850,7 @@ impl ProxyHttp for GatewayProxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let m = &self.shared.metrics;
         m.latency.observe(ctx.started.elapsed().as_secs_f64());
-        let record = ctx.record.take().unwrap_or_default();
-        m.requests
-            .get_or_create(&RequestLabels {
-                resource: record.resource.clone().unwrap_or_else(|| "-".into()),
-                status,
-            })
-            .inc();
+        let mut record = ctx.record.take().unwrap_or_default();
         if record.effect == "Allow" || record.effect == "Deny" {
             m.decisions
                 .get_or_create(&DecisionLabels {
@@ -857,30 +859,32 @@ impl ProxyHttp for GatewayProxy {
                 })
                 .inc();
         }
-        let upstream = ctx
-            .site
-            .clone()
-            .or_else(|| ctx.tried.last().map(ToString::to_string));
+        // Written without a String made per field (crate::logs).
+        let addr = ctx.tried.last().filter(|_| ctx.site.is_none());
         tracing::info!(
             target: "rustronaut::decision",
-            listener = %self.listener.name,
+            listener = self.listener.name.as_str(),
             resource = record.resource.as_deref().unwrap_or("-"),
             section = record.section.as_deref().unwrap_or("-"),
-            identity = %record.identity,
-            client_ip = %record.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+            identity = record.identity.as_str(),
+            client_ip = %OrEmpty(record.client_ip),
             decision = record.effect,
             reason = record.reason,
             policy = record.policy.as_deref().unwrap_or("-"),
             rule = record.policy_rule.as_deref().unwrap_or("-"),
-            decision_id = %record.decision_id,
+            decision_id = record.decision_id.as_str(),
             status,
-            upstream = upstream.as_deref().unwrap_or("-"),
+            upstream = %OrDash(ctx.site.as_deref().map(Either::Left).or(addr.map(Either::Right))),
             detail = record.detail.as_deref().unwrap_or(""),
             dry_run = record.dry_run.as_deref().unwrap_or("-"),
-            error = %e.map(ToString::to_string).unwrap_or_default(),
+            error = %OrEmpty(e),
             "request"
         );
         if let Some(cx) = ctx.trace.take() {
+            let upstream = ctx
+                .site
+                .clone()
+                .or_else(|| ctx.tried.last().map(ToString::to_string));
             crate::telemetry::Telemetry::finish(
                 &cx,
                 &crate::telemetry::SpanFacts {
@@ -896,5 +900,12 @@ impl ProxyHttp for GatewayProxy {
                 },
             );
         }
+        // Last, so the record's resource moves into the label instead of being copied.
+        m.requests
+            .get_or_create(&RequestLabels {
+                resource: record.resource.take().unwrap_or_else(|| "-".into()),
+                status,
+            })
+            .inc();
     }
 }

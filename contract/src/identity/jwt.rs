@@ -385,7 +385,7 @@ impl JwtVerifierConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedToken {
     /// The caller.
-    pub identity: UserIdentity,
+    pub identity: std::sync::Arc<UserIdentity>,
     /// `exp`.
     pub expires_at: u64,
 }
@@ -611,13 +611,13 @@ impl JwtVerifier {
             Some(_) => return Err(JwtError::InvalidClaim("sub")),
         };
         Ok(VerifiedToken {
-            identity: identity_from_claims(
+            identity: std::sync::Arc::new(identity_from_claims(
                 &self.config.idp,
                 subject,
                 c,
                 &self.config.groups_claim,
                 &self.config.email_claim,
-            ),
+            )),
             expires_at: exp,
         })
     }

@@ -42,9 +42,12 @@ use std::net::IpAddr;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Identity {
-    /// A user or machine from an OIDC session or a bearer JWT.
+    /// A user or machine from an OIDC session or a bearer JWT. Shared, not copied: the
+    /// token cache holds one verified identity per token and every request of that token
+    /// points at it (a deep copy of the claims map cost the gateway about 29 allocator calls
+    /// per request, issue 19).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<UserIdentity>,
+    pub user: Option<std::sync::Arc<UserIdentity>>,
     /// A verified TLS client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<CertificateIdentity>,
