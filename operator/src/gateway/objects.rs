@@ -4,9 +4,11 @@
 //!
 //! Every generated object lives in the Gateway's namespace, carries an ownerReference to the
 //! Gateway (controller=true, so Kubernetes garbage-collects it with the Gateway) and the labels
-//! of [`labels`]. The names are a contract with the gateway binary (see [`names`]).
+//! of [`crate::meta::labels`]. The names are a contract with the gateway binary (see [`names`]).
 
 use super::tunnel;
+use crate::context::Settings;
+use crate::meta::labels;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -47,60 +49,6 @@ pub mod names {
     /// ServiceAccount, Role and RoleBinding of the gateway pods.
     pub fn account(gw: &str) -> String {
         format!("{gw}-gateway")
-    }
-}
-
-/// Label keys and the fixed values of generated objects.
-pub mod labels {
-    /// `app.kubernetes.io/name`.
-    pub const NAME: &str = "app.kubernetes.io/name";
-    /// `app.kubernetes.io/instance`: the Gateway's name.
-    pub const INSTANCE: &str = "app.kubernetes.io/instance";
-    /// `app.kubernetes.io/managed-by`.
-    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-    /// Value of [`NAME`].
-    pub const GATEWAY: &str = "rustronaut-gateway";
-    /// Value of [`MANAGED_BY`]; also what the operator's watches select on.
-    pub const OPERATOR: &str = "rustronaut-operator";
-    /// Selector of every object the operator manages.
-    pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=rustronaut-operator";
-}
-
-/// Namespace of the operator when nothing else says (the chart's default).
-pub const DEFAULT_OPERATOR_NAMESPACE: &str = "rustronaut-system";
-
-/// Settings of the builders that come from the operator's flags.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Gateway container image.
-    pub image: String,
-    /// Namespace the operator's pods run in: the hub's admin port (`/status`, which lists
-    /// every site's endpoint and key) admits the operator's pods of this namespace only.
-    pub operator_namespace: String,
-    /// Labels of the namespaces whose pods may reach the admin ports of gateway and hub pods
-    /// (`/metrics`: a Prometheus). Empty: none (the node itself always may, for probes).
-    pub admin_from_namespaces: BTreeMap<String, String>,
-    /// Pod and Service networks the cluster's objects do not name (`--cluster-networks`):
-    /// refused in EndpointSlices the endpointslice controller did not write
-    /// ([`super::networks`]).
-    pub cluster_networks: Vec<rustronaut_contract::cidr::Cidr>,
-}
-
-impl Settings {
-    /// The default image: the gateway of the same release as this operator.
-    pub fn default_image() -> String {
-        format!("ghcr.io/rustronaut/gateway:{}", env!("CARGO_PKG_VERSION"))
-    }
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            image: Self::default_image(),
-            operator_namespace: DEFAULT_OPERATOR_NAMESPACE.to_string(),
-            admin_from_namespaces: BTreeMap::new(),
-            cluster_networks: Vec::new(),
-        }
     }
 }
 
