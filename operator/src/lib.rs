@@ -51,6 +51,10 @@
 //!    - [`server`]: the /metrics, /healthz, /readyz endpoint.
 //!    - [`webhook`]: the sidecar injection webhook (every replica serves it, on its own small
 //!      caches; the leader keeps its certificates and caBundle current).
+//!
+//! What the gateway binary reads (the snapshot Secret's and status ConfigMap's names, the
+//! snapshot key, the config-version annotation, its flags and `POD_NAME`) is defined once, in
+//! [`rustronaut_contract::deploy`], which both sides link.
 
 pub mod apply;
 pub mod cache;

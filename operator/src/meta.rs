@@ -2,7 +2,9 @@
 //! caches: the label keys and values that mark an object as the operator's (what its watches
 //! select and what wakes nobody), and the tests on them.
 //!
-//! Below the caches and the reconcilers; uses no other module of the crate.
+//! Below the caches and the reconcilers; uses no other module of the crate. What the gateway
+//! binary reads (object names, the snapshot key, flags) is not here but in
+//! [`rustronaut_contract::deploy`], the contract both sides link.
 
 use kube::Resource;
 

@@ -17,6 +17,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::{Resource, ResourceExt};
+use rustronaut_contract::deploy::{self, flags};
 use rustronaut_contract::snapshot::Snapshot;
 use rustronaut_crds::Gateway;
 use rustronaut_crds::gateway::{ListenerProtocol, ServiceType};
@@ -25,12 +26,12 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 /// Port of the gateway's admin server (/healthz, /readyz, /metrics).
-pub const ADMIN_PORT: u16 = 9901;
-/// Key of the snapshot in the snapshot Secret.
-pub const SNAPSHOT_KEY: &str = "snapshot.json";
+pub use rustronaut_contract::deploy::ADMIN_PORT;
 /// Annotation on the snapshot Secret: the snapshot's content hash, so status can report the
 /// version being served without parsing the Secret.
-pub const CONFIG_VERSION_ANNOTATION: &str = "rustronaut.io/config-version";
+pub use rustronaut_contract::deploy::CONFIG_VERSION_ANNOTATION;
+/// Key of the snapshot in the snapshot Secret.
+pub use rustronaut_contract::deploy::SNAPSHOT_KEY;
 /// The user and group the gateway runs as (distroless "nonroot").
 pub const RUN_AS: i64 = 65532;
 /// Volume of the gateway pods holding the tunnel token (with `spec.tunnel`).
@@ -39,13 +40,9 @@ pub const TUNNEL_TOKEN_VOLUME: &str = "tunnel-token";
 /// Names of the generated objects: a contract with the gateway binary and its RBAC.
 pub mod names {
     /// Secret holding the compiled snapshot.
-    pub fn snapshot(gw: &str) -> String {
-        format!("{gw}-snapshot")
-    }
+    pub use rustronaut_contract::deploy::snapshot_secret as snapshot;
     /// ConfigMap the gateway pods report their loaded version into.
-    pub fn status(gw: &str) -> String {
-        format!("{gw}-status")
-    }
+    pub use rustronaut_contract::deploy::status_config_map as status;
     /// ServiceAccount, Role and RoleBinding of the gateway pods.
     pub fn account(gw: &str) -> String {
         format!("{gw}-gateway")
@@ -512,13 +509,13 @@ fn enforce(template: &mut Value, gw: &Gateway, settings: &Settings) {
             c["securityContext"]["capabilities"] = json!({"drop": ["ALL"]});
             if c["name"] == "gateway" && list == "containers" {
                 c["image"] = json!(settings.image);
-                c["command"] = json!(["rustronaut-gateway"]);
+                c["command"] = json!([deploy::GATEWAY_BINARY]);
                 let mut args = vec![
-                    "--config-from".to_string(),
+                    flags::CONFIG_FROM.to_string(),
                     format!("{ns}/{}", names::snapshot(&name)),
-                    "--report-status".to_string(),
+                    flags::REPORT_STATUS.to_string(),
                     format!("{ns}/{}", names::status(&name)),
-                    "--admin-listen".to_string(),
+                    flags::ADMIN_LISTEN.to_string(),
                     format!("0.0.0.0:{ADMIN_PORT}"),
                 ];
                 args.extend(tunnel::gateway_args(gw));
@@ -535,12 +532,12 @@ fn enforce(template: &mut Value, gw: &Gateway, settings: &Settings) {
                 let env = if env.is_array() { env } else { json!([]) };
                 c["env"] = merge(
                     env,
-                    &json!([{"name": "POD_NAME",
+                    &json!([{"name": deploy::POD_NAME_ENV,
                              "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]),
                 );
                 // A value set by the override would conflict with valueFrom.
                 if let Some(list) = c["env"].as_array_mut()
-                    && let Some(pod) = list.iter_mut().find(|e| e["name"] == "POD_NAME")
+                    && let Some(pod) = list.iter_mut().find(|e| e["name"] == deploy::POD_NAME_ENV)
                     && let Some(o) = pod.as_object_mut()
                 {
                     o.remove("value");

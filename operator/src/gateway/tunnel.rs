@@ -38,6 +38,7 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Resource, ResourceExt};
+use rustronaut_contract::deploy::flags;
 use rustronaut_contract::snapshot as cs;
 use rustronaut_crds::Gateway;
 use rustronaut_crds::gateway::ServiceType;
@@ -535,9 +536,9 @@ pub fn gateway_args(gw: &Gateway) -> Vec<String> {
     }
     let ns = gw.namespace().unwrap_or_default();
     vec![
-        "--tunnel-stream".into(),
+        flags::TUNNEL_STREAM.into(),
         format!("{}.{ns}.svc:{STREAM_PORT}", names::stream(&gw.name_any())),
-        "--tunnel-token-file".into(),
+        flags::TUNNEL_TOKEN_FILE.into(),
         TOKEN_FILE.into(),
     ]
 }
