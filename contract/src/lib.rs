@@ -18,10 +18,13 @@
 //! - [`eval`]: the evaluator; [`explain`]: why a request was denied;
 //! - [`path`]: path normalisation for matching and forwarding;
 //! - [`identity`]: JWT, API keys, client certificates, sites, client IP;
-//! - [`cidr`]: address ranges; [`fuzzing`]: fuzz entry points.
+//! - [`cidr`]: address ranges; [`fuzzing`]: fuzz entry points;
+//! - [`deploy`]: how the operator deploys a gateway (Secret and ConfigMap names, the snapshot
+//!   key, flags): the one place both sides read them from.
 #![forbid(unsafe_code)]
 
 pub mod cidr;
+pub mod deploy;
 pub mod eval;
 pub mod explain;
 pub mod fuzzing;

@@ -31,8 +31,8 @@ use kube::runtime::{WatchStreamExt as _, watcher::Config};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// The key of the snapshot in the Secret.
-pub const SNAPSHOT_KEY: &str = "snapshot.json";
+/// The key of the snapshot in the Secret (the operator's contract).
+pub use rustronaut_contract::deploy::SNAPSHOT_KEY;
 
 /// Errors of the Kubernetes configuration source.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@
 
 use anyhow::Context as _;
 use clap::{ArgGroup, Parser};
+use rustronaut_contract::deploy::{self, flags};
 use rustronaut_contract::eval::DecisionIds;
 use rustronaut_contract::identity::cache::TokenCache;
 use rustronaut_gateway::admin::{self, AdminState};
@@ -35,14 +36,14 @@ struct Args {
     snapshot: Option<PathBuf>,
     /// Secret NAMESPACE/NAME holding the snapshot under the key `snapshot.json`, watched
     /// through the Kubernetes API (in-cluster ServiceAccount, or KUBECONFIG outside).
-    #[arg(long, env = "RUSTRONAUT_CONFIG_FROM")]
+    #[arg(long = flags::long(flags::CONFIG_FROM), env = "RUSTRONAUT_CONFIG_FROM")]
     config_from: Option<ObjectRef>,
     /// ConfigMap NAMESPACE/NAME where this pod reports the config version it loaded
     /// (`data[POD_NAME]`), read by the operator for the Gateway's status.
-    #[arg(long, env = "RUSTRONAUT_REPORT_STATUS")]
+    #[arg(long = flags::long(flags::REPORT_STATUS), env = "RUSTRONAUT_REPORT_STATUS")]
     report_status: Option<ObjectRef>,
     /// This pod's name (the Downward API's metadata.name); required by --report-status.
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = deploy::POD_NAME_ENV)]
     pod_name: Option<String>,
     /// Most header fields in one request (more: 431).
     #[arg(long, env = "RUSTRONAUT_MAX_HEADERS", default_value_t = 100)]
@@ -74,7 +75,11 @@ struct Args {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
     /// Admin listener (/healthz, /readyz, /metrics).
-    #[arg(long, env = "RUSTRONAUT_ADMIN_LISTEN", default_value = "0.0.0.0:9901")]
+    #[arg(
+        long = flags::long(flags::ADMIN_LISTEN),
+        env = "RUSTRONAUT_ADMIN_LISTEN",
+        default_value_t = SocketAddr::from(([0, 0, 0, 0], deploy::ADMIN_PORT))
+    )]
     admin_listen: SocketAddr,
     /// Address the snapshot's listeners bind to (their ports come from the snapshot).
     #[arg(long, env = "RUSTRONAUT_BIND_ADDRESS", default_value = "0.0.0.0")]
@@ -89,7 +94,7 @@ struct Args {
     #[arg(long, env = "RUSTRONAUT_ALLOW_LOOPBACK_UPSTREAMS")]
     allow_loopback_upstreams: bool,
     /// Worker threads per listener.
-    #[arg(long, env = "RUSTRONAUT_THREADS", default_value_t = 2)]
+    #[arg(long = flags::long(flags::THREADS), env = "RUSTRONAUT_THREADS", default_value_t = 2)]
     threads: usize,
     /// Upstream connect timeout, in milliseconds.
     #[arg(long, env = "RUSTRONAUT_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
@@ -163,11 +168,19 @@ struct Args {
     udp_max_flows_per_client: usize,
     /// The tunnel hub's stream endpoint (HOST:PORT, resolved at each connection), through
     /// which site upstreams of TCP and TLSPassthrough Resources are reached.
-    #[arg(long, env = "RUSTRONAUT_TUNNEL_STREAM", requires = "tunnel_token_file")]
+    #[arg(
+        long = flags::long(flags::TUNNEL_STREAM),
+        env = "RUSTRONAUT_TUNNEL_STREAM",
+        requires = "tunnel_token_file"
+    )]
     tunnel_stream: Option<String>,
     /// File holding the bearer token for the hub's stream endpoint (first non-empty line;
     /// re-read when it changes).
-    #[arg(long, env = "RUSTRONAUT_TUNNEL_TOKEN_FILE", requires = "tunnel_stream")]
+    #[arg(
+        long = flags::long(flags::TUNNEL_TOKEN_FILE),
+        env = "RUSTRONAUT_TUNNEL_TOKEN_FILE",
+        requires = "tunnel_stream"
+    )]
     tunnel_token_file: Option<PathBuf>,
     /// Seconds the proxy runtimes may take to stop after the grace period.
     #[arg(

@@ -257,7 +257,7 @@ pub struct Compiled {
 /// `::`) is never an endpoint. A loopback address (`127.0.0.0/8`, `::1`, and their
 /// IPv4-mapped forms) is the gateway's own pod: for an edge gateway that is its admin port
 /// and its own listeners, never an application (the operator never writes one, see
-/// `operator/src/gateway/networks.rs`), so one in the snapshot is refused rather than
+/// `operator/src/cache/networks.rs`), so one in the snapshot is refused rather than
 /// dialled. A sidecar's snapshot (`sidecar: true`) is the exception: its application *is*
 /// on the pod's loopback. `allow_loopback` (`--allow-loopback-upstreams`) lifts the edge
 /// rule for tests and local development, where every upstream runs on the host's loopback.

@@ -1,7 +1,10 @@
-//! Server-side apply with the operator's fixed field manager.
+//! Server-side apply with the operator's fixed field manager, and the [`put`]/[`remove`] of
+//! generated namespaced objects every reconciler uses (failures as [`Error`]).
 
 use crate::context::FIELD_MANAGER;
-use kube::api::{Api, Patch, PatchParams};
+use crate::error::Error;
+use kube::Resource;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -36,4 +39,63 @@ where
     K: Clone + DeserializeOwned + Debug,
 {
     api.patch_status(name, &params(), &Patch::Apply(obj)).await
+}
+
+/// Server-side applies the namespaced `obj` into `ns` (its name from its metadata).
+pub async fn put<K>(client: &kube::Client, ns: &str, obj: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    apply(&api, &name, obj)
+        .await
+        .map_err(|source| Error::Apply {
+            kind: static_kind::<K>(),
+            namespace: ns.to_string(),
+            name,
+            source,
+        })
+}
+
+fn static_kind<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "Secret" => "Secret",
+        "ConfigMap" => "ConfigMap",
+        "ServiceAccount" => "ServiceAccount",
+        "Role" => "Role",
+        "RoleBinding" => "RoleBinding",
+        "Deployment" => "Deployment",
+        "Service" => "Service",
+        "PodDisruptionBudget" => "PodDisruptionBudget",
+        "HorizontalPodAutoscaler" => "HorizontalPodAutoscaler",
+        "StatefulSet" => "StatefulSet",
+        "NetworkPolicy" => "NetworkPolicy",
+        _ => "object",
+    }
+}
+
+/// Deletes `name` if it exists (an object the current spec no longer wants).
+pub async fn remove<K>(client: &kube::Client, ns: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(Error::Delete {
+            kind: static_kind::<K>(),
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            source,
+        }),
+    }
 }

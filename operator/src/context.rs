@@ -1,7 +1,9 @@
-//! What every reconciler shares.
+//! What every reconciler shares: the client, metrics and Event reporter ([`Context`]), the
+//! field manager, and the builders' [`Settings`] from the operator's flags.
 
 use crate::metrics::Metrics;
 use kube::runtime::events::Reporter;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The field manager of every server-side apply the operator makes. Fixed, so a restarted or
@@ -30,6 +32,44 @@ impl Context {
                 instance,
             },
             metrics: Arc::new(Metrics::default()),
+        }
+    }
+}
+
+/// Namespace of the operator when nothing else says (the chart's default).
+pub const DEFAULT_OPERATOR_NAMESPACE: &str = "rustronaut-system";
+
+/// Settings of the builders that come from the operator's flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Gateway container image.
+    pub image: String,
+    /// Namespace the operator's pods run in: the hub's admin port (`/status`, which lists
+    /// every site's endpoint and key) admits the operator's pods of this namespace only.
+    pub operator_namespace: String,
+    /// Labels of the namespaces whose pods may reach the admin ports of gateway and hub pods
+    /// (`/metrics`: a Prometheus). Empty: none (the node itself always may, for probes).
+    pub admin_from_namespaces: BTreeMap<String, String>,
+    /// Pod and Service networks the cluster's objects do not name (`--cluster-networks`):
+    /// refused in EndpointSlices the endpointslice controller did not write
+    /// ([`crate::cache::networks`]).
+    pub cluster_networks: Vec<rustronaut_contract::cidr::Cidr>,
+}
+
+impl Settings {
+    /// The default image: the gateway of the same release as this operator.
+    pub fn default_image() -> String {
+        format!("ghcr.io/rustronaut/gateway:{}", env!("CARGO_PKG_VERSION"))
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            image: Self::default_image(),
+            operator_namespace: DEFAULT_OPERATOR_NAMESPACE.to_string(),
+            admin_from_namespaces: BTreeMap::new(),
+            cluster_networks: Vec::new(),
         }
     }
 }

@@ -1,12 +1,10 @@
-//! The Gateway controller: each Gateway becomes its compiled snapshot and the workload that
+//! The Gateway reconciler: each Gateway becomes its compiled snapshot and the workload that
 //! serves it.
 //!
 //! ```text
-//!  read      Gateway + reflector stores (Tenants, Resources, Policies, Services,
-//!            EndpointSlices, the cluster's networks) -> World + GatewayInputs (this module;
-//!            which slice addresses count: networks)
-//!            Secrets: metadata of all, the operator's own whole, the named ones
-//!            fetched when they change                                       (secrets)
+//!  read      Gateway (its own guarded watch) + the caches (crate::cache::Stores: Tenants,
+//!            Resources, Policies, Secrets, Services, EndpointSlices, Namespaces, the
+//!            cluster's networks) -> World + GatewayInputs                  (inputs)
 //!  build     rustronaut_compile::snapshot::gateway_snapshot -> Snapshot | BuildError
 //!            objects::* -> Secret, ConfigMap, SA, Role, RoleBinding, Deployment, Service,
 //!            NetworkPolicy, PDB, HPA                                        (objects)
@@ -15,10 +13,10 @@
 //!            NetworkPolicy                                                  (tunnel)
 //!            per admitted tenant with an OIDC provider: its session key Secret
 //!            (created once, read into `inputs.session_keys`)                (session)
-//!  status    ... + status.tunnel: replica public keys, sites from the hubs' /status
-//!                                                                           (hubstatus)
 //!  apply     server-side apply, field manager "rustronaut-operator"        (crate::apply)
 //!  status    status::status -> Accepted / Programmed / Ready, configVersion (status)
+//!            + status.tunnel: replica public keys, sites from the hubs' /status
+//!                                                                           (hubstatus)
 //! ```
 //!
 //! A snapshot that cannot be built leaves the previous `<gw>-snapshot` Secret untouched (the
@@ -26,519 +24,58 @@
 //! Programmed=False with the reason, records a Warning Event, and waits for a change: the
 //! reconcile itself succeeds, so nothing retries in a hot loop and nothing crash-loops.
 //!
-//! Watches. The Gateway and the objects it owns are watched as usual (`owns`). Everything
-//! else a snapshot is made of (Tenants, Resources, Policies, Secrets, Services,
-//! EndpointSlices) is held in reflector stores, and *any* change of those re-reconciles every
-//! Gateway (`reconcile_all_on`, coalesced through a one-slot channel and the controller's
-//! debounce). Simple and obviously correct; an index from objects to the Gateways they affect
-//! is the optimisation for later, when the benchmark says it is needed. Changes to Secrets the
-//! operator writes itself trigger nothing, so writing a snapshot does not wake every Gateway;
-//! the exception is the session key Secrets, which people edit to rotate keys.
+//! Watches ([`run`]). The Gateway and the objects it owns are watched as usual (`owns`).
+//! Everything else a snapshot is made of is held in the caches ([`crate::cache`]), which
+//! wake this controller: a change of a Tenant, a Gateway or the cluster's networks
+//! re-reconciles every Gateway (`reconcile_all_on`), a change of a namespaced object only the
+//! Gateways it can affect (`reconcile_on`, [`crate::cache::affected`]); the controller's
+//! debounce coalesces both. Changes to objects the operator writes itself trigger nothing, so
+//! writing a snapshot does not wake every Gateway; the exception is the session key Secrets,
+//! which people edit to rotate keys.
+//!
+//! Started by [`crate::runtime`]; [`inputs`] is also the status pass's ([`crate::status`])
+//! and the sidecar reconciler reuses the builders of [`objects`] and [`session`].
 
-pub mod affected;
-pub mod guard;
 pub mod hubstatus;
-pub mod networks;
+pub mod inputs;
 pub mod objects;
-pub mod secrets;
 pub mod session;
 pub mod status;
 pub mod tunnel;
 
-use crate::apply::{apply, apply_status};
-use crate::context::Context;
+use crate::apply::{apply_status, put, remove};
+use crate::cache::{Stores, guard};
+use crate::context::{Context, Settings};
+use crate::error::{Error, RESYNC, backoff};
+use crate::meta::labels;
+use futures::StreamExt;
 use futures::channel::mpsc;
-use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service, ServiceAccount};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, PostParams};
-use kube::core::PartialObjectMeta;
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use objects::{Settings, labels, names};
+use objects::names;
 use rustronaut_compile::World;
-use rustronaut_compile::convert::SecretSource;
-use rustronaut_compile::snapshot::{
-    BuildError, GatewayInputs, Impact, ServicePort, TlsKeyPair, gateway_snapshot,
-};
+use rustronaut_compile::snapshot::{BuildError, Impact, gateway_snapshot};
 use rustronaut_contract::snapshot as cs;
+use rustronaut_crds::Gateway;
 use rustronaut_crds::gateway::TunnelStatus;
-use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
-use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
-use std::fmt::Debug;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The kind label of this controller's metrics.
 pub const KIND: &str = "Gateway";
-/// How often a Gateway is reconciled without any change (a safety net for missed events).
-pub const RESYNC: Duration = Duration::from_secs(300);
-/// First retry delay after a failed reconcile (an API call failed); doubles per failure.
-pub const RETRY: Duration = Duration::from_secs(2);
-/// Longest retry delay.
-pub const RETRY_MAX: Duration = Duration::from_secs(300);
-
-/// Delay before retry number `failures` (1-based): 2s, 4s, 8s ... at most [`RETRY_MAX`], so
-/// a transient failure retries quickly and a persistent one does not hammer the API server.
-pub fn backoff(failures: u32) -> Duration {
-    let factor = 1u32 << failures.saturating_sub(1).min(16);
-    RETRY.saturating_mul(factor).min(RETRY_MAX)
-}
-
-/// Failures of a reconcile: all transient (API calls). An invalid spec is not an error here:
-/// it becomes a condition and the reconcile succeeds.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Server-side apply of a generated object failed.
-    #[error("failed to apply {kind} {namespace}/{name}: {source}")]
-    Apply {
-        /// Kind of the object.
-        kind: &'static str,
-        /// Namespace.
-        namespace: String,
-        /// Name.
-        name: String,
-        /// The API error.
-        source: kube::Error,
-    },
-    /// Deleting an object that is no longer wanted failed.
-    #[error("failed to delete {kind} {namespace}/{name}: {source}")]
-    Delete {
-        /// Kind of the object.
-        kind: &'static str,
-        /// Namespace.
-        namespace: String,
-        /// Name.
-        name: String,
-        /// The API error.
-        source: kube::Error,
-    },
-    /// Reading the current snapshot Secret failed.
-    #[error("failed to read Secret {namespace}/{name}: {source}")]
-    Read {
-        /// Namespace.
-        namespace: String,
-        /// Name.
-        name: String,
-        /// The API error.
-        source: kube::Error,
-    },
-    /// Writing the Gateway's status failed.
-    #[error("failed to write the status of Gateway {namespace}/{name}: {source}")]
-    Status {
-        /// Namespace.
-        namespace: String,
-        /// Name.
-        name: String,
-        /// The API error.
-        source: kube::Error,
-    },
-    /// Writing the status of another kind (Resource, Policy, Tenant) failed.
-    #[error("failed to write the status of {kind} {namespace}/{name}: {source}")]
-    ObjectStatus {
-        /// Kind of the object.
-        kind: &'static str,
-        /// Namespace (empty for a Tenant).
-        namespace: String,
-        /// Name.
-        name: String,
-        /// The API error.
-        source: kube::Error,
-    },
-    /// Listing objects (to prune what is no longer wanted) failed.
-    #[error("failed to list {kind}: {source}")]
-    List {
-        /// Kind of the objects.
-        kind: &'static str,
-        /// The API error.
-        source: kube::Error,
-    },
-    /// A reflector stopped before its first list.
-    #[error("the {0} cache stopped before it was filled")]
-    CacheDropped(&'static str),
-    /// Reading the Secrets Tenants and Gateways name failed.
-    #[error("failed to read the Secrets named by Tenants and Gateways: {0}")]
-    SecretRefresh(#[source] kube::Error),
-    /// The system random number generator failed (a key or token could not be made).
-    #[error("failed to generate {0}: the system random number generator failed")]
-    Random(String),
-    /// A Secret the operator generates exists but was not made by it for this Gateway.
-    #[error(
-        "Secret {namespace}/{name} ({what}) is not the operator's for this Gateway (labels or controller owner reference missing); it is not used: delete it to have one generated"
-    )]
-    ForeignSecret {
-        /// Namespace.
-        namespace: String,
-        /// Name.
-        name: String,
-        /// What it should hold.
-        what: String,
-    },
-}
-
-impl Error {
-    /// A short, bounded label for metrics (the variant).
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Apply { .. } => "Apply",
-            Self::Delete { .. } => "Delete",
-            Self::Read { .. } => "Read",
-            Self::Status { .. } => "Status",
-            Self::ObjectStatus { .. } => "ObjectStatus",
-            Self::List { .. } => "List",
-            Self::CacheDropped(_) => "CacheDropped",
-            Self::SecretRefresh(_) => "SecretRefresh",
-            Self::Random(_) => "Random",
-            Self::ForeignSecret { .. } => "ForeignSecret",
-        }
-    }
-}
-
-/// Whether an EndpointSlice address may be an upstream: never link-local (169.254.0.0/16,
-/// the cloud metadata service; fe80::/10), loopback or unspecified, also spelled as
-/// IPv4-mapped IPv6. Anyone who can write EndpointSlices of a selector-less Service chooses
-/// its addresses, and the gateway is admitted everywhere (issue 14, item 12).
-pub fn endpoint_allowed(ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    match ip {
-        IpAddr::V4(v4) => !(v4.is_link_local() || v4.is_loopback() || v4.is_unspecified()),
-        IpAddr::V6(v6) => !(v6.is_unicast_link_local() || v6.is_loopback() || v6.is_unspecified()),
-    }
-}
-
-/// The reflector stores a snapshot is built from.
-#[derive(Clone)]
-pub struct Stores {
-    /// Tenants.
-    pub tenants: Store<Tenant>,
-    /// Resources.
-    pub resources: Store<RtnResource>,
-    /// Policies.
-    pub policies: Store<Policy>,
-    /// Secrets: the operator's own whole, users' only when named ([`secrets`]).
-    pub secrets: secrets::SecretCache,
-    /// Services (Service port -> EndpointSlice port name).
-    pub services: Store<Service>,
-    /// EndpointSlices (ready endpoints).
-    pub slices: Store<EndpointSlice>,
-    /// Every Gateway (the Resource/Policy status pass builds each one's snapshot; the
-    /// Gateway controller itself works from its own watch).
-    pub gateways: Store<Gateway>,
-    /// Namespaces (a Tenant labels and isolates only namespaces that exist).
-    pub namespaces: Store<Namespace>,
-    /// The cluster's pod and Service networks (which EndpointSlice addresses are allowed).
-    pub networks: networks::ClusterNetworks,
-    /// The rustronaut.io objects the operator cannot read ([`guard`]).
-    pub unreadable: guard::Seen,
-}
-
-/// How long one wait on a cache's readiness lasts before it is polled afresh.
-///
-/// Why not simply `Store::wait_until_ready().await`: in kube-runtime 5.0 it polls one
-/// `futures` oneshot receiver shared by every waiter, and that receiver keeps only the waker
-/// of the last task that polled it. When several tasks wait at once (the Tenant pass, the
-/// Resource/Policy status pass, the readiness probe, Gateway reconciles) only the last is
-/// woken when the first list completes; the others sleep forever, and a Tenant or Resource
-/// never gets a status until the operator restarts (seen in `make demo` and in a CI run of
-/// `operator/tests/isolation.rs`, about one start in five). Re-polling bounds a lost wake-up
-/// to this interval, and only while the caches fill.
-pub const READY_POLL: Duration = Duration::from_millis(100);
-
-/// Waits until `store` has completed its first list, robust to many concurrent waiters
-/// (see [`READY_POLL`]).
-pub async fn wait_ready<K>(store: &Store<K>) -> Result<(), reflector::store::WriterDropped>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    loop {
-        if let Ok(r) = tokio::time::timeout(READY_POLL, store.wait_until_ready()).await {
-            return r;
-        }
-    }
-}
-
-impl Stores {
-    /// Waits until every store has completed its first list.
-    pub async fn ready(&self) -> Result<(), Error> {
-        macro_rules! wait {
-            ($($f:ident),*) => {$(
-                wait_ready(&self.$f)
-                    .await
-                    .map_err(|_| Error::CacheDropped(stringify!($f)))?;
-            )*};
-        }
-        wait!(
-            tenants, resources, policies, services, slices, gateways, namespaces
-        );
-        wait_ready(&self.secrets.meta)
-            .await
-            .map_err(|_| Error::CacheDropped("secrets"))?;
-        wait_ready(&self.secrets.own)
-            .await
-            .map_err(|_| Error::CacheDropped("own secrets"))?;
-        wait_ready(&self.networks.nodes)
-            .await
-            .map_err(|_| Error::CacheDropped("nodes"))?;
-        wait_ready(&self.networks.service_cidrs)
-            .await
-            .map_err(|_| Error::CacheDropped("service_cidrs"))?;
-        Ok(())
-    }
-
-    /// Fetches the data of every Secret a Tenant or Gateway names that changed since it was
-    /// last read ([`secrets::SecretCache::refresh`]): call before building from the cache.
-    pub async fn refresh_secrets(&self, client: &kube::Client) -> Result<(), Error> {
-        let tenants = self.tenants.state();
-        let gateways = self.gateways.state();
-        let wanted =
-            secrets::referenced(tenants.iter().map(|t| &**t), gateways.iter().map(|g| &**g));
-        self.secrets
-            .refresh(client, &wanted)
-            .await
-            .map_err(Error::SecretRefresh)
-    }
-
-    /// The rustronaut.io objects in the cache, as one [`World`], with `gateway` as the
-    /// reconcile sees it in place of its cached copy. Other Gateways matter only to quotas
-    /// (which Gateways and sites of a tenant are the oldest).
-    pub fn world(&self, gateway: &Gateway) -> World {
-        fn all<K: Clone + kube::Resource<DynamicType = ()>>(s: &Store<K>) -> Vec<K> {
-            s.state().iter().map(|k| (**k).clone()).collect()
-        }
-        let mut gateways: Vec<Gateway> = self
-            .gateways
-            .state()
-            .iter()
-            .filter(|g| g.metadata.uid != gateway.metadata.uid)
-            .map(|g| (**g).clone())
-            .collect();
-        gateways.push(gateway.clone());
-        World {
-            tenants: all(&self.tenants),
-            gateways,
-            resources: all(&self.resources),
-            policies: all(&self.policies),
-            namespaces: self.namespace_labels(),
-        }
-    }
-
-    /// Labels of every cached Namespace, for Policies' namespaceSelector.
-    pub fn namespace_labels(&self) -> rustronaut_crds::tenancy::NamespaceLabels {
-        self.namespaces
-            .state()
-            .iter()
-            .map(|n| (n.name_any(), n.labels().clone()))
-            .collect()
-    }
-
-    /// Every rustronaut.io object in the cache, all Gateways included (for the status
-    /// passes, which look at every Gateway at once).
-    pub fn world_all(&self) -> World {
-        fn all<K: Clone + kube::Resource<DynamicType = ()>>(s: &Store<K>) -> Vec<K> {
-            s.state().iter().map(|k| (**k).clone()).collect()
-        }
-        World {
-            tenants: all(&self.tenants),
-            gateways: all(&self.gateways),
-            resources: all(&self.resources),
-            policies: all(&self.policies),
-            namespaces: self.namespace_labels(),
-        }
-    }
-
-    /// Ready endpoints of Service port `namespace/name:port` as `ip:targetPort`; None when
-    /// the Service or the port does not exist.
-    pub fn endpoints(&self, namespace: &str, name: &str, port: u16) -> Option<Vec<SocketAddr>> {
-        self.endpoints_within(namespace, name, port, &self.networks.cidrs())
-    }
-
-    /// [`Self::endpoints`] with the cluster's networks already gathered (once per build, not
-    /// once per Service port).
-    fn endpoints_within(
-        &self,
-        namespace: &str,
-        name: &str,
-        port: u16,
-        cluster: &[rustronaut_contract::cidr::Cidr],
-    ) -> Option<Vec<SocketAddr>> {
-        let svc = self.services.get(&ObjectRef::new(name).within(namespace))?;
-        let sp = svc
-            .spec
-            .as_ref()?
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.port == i32::from(port))?;
-        let port_name = sp.name.clone().unwrap_or_default();
-        let mut out = Vec::new();
-        for slice in self.slices.state() {
-            if slice.namespace().as_deref() != Some(namespace)
-                || slice
-                    .labels()
-                    .get("kubernetes.io/service-name")
-                    .map(String::as_str)
-                    != Some(name)
-            {
-                continue;
-            }
-            let target = slice
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name.clone().unwrap_or_default() == port_name)
-                .and_then(|p| p.port)
-                .and_then(|p| u16::try_from(p).ok());
-            let Some(target) = target else { continue };
-            let writer = slice.labels().get(networks::MANAGED_BY).map(String::as_str);
-            for ep in &slice.endpoints {
-                // Absent readiness means ready (the EndpointSlice API's convention).
-                if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                    continue;
-                }
-                out.extend(
-                    ep.addresses
-                        .iter()
-                        .filter_map(|a| a.parse::<IpAddr>().ok())
-                        .filter(|ip| networks::slice_address_allowed(writer, *ip, cluster))
-                        .map(|ip| SocketAddr::new(ip, target)),
-                );
-            }
-        }
-        out.sort();
-        out.dedup();
-        Some(out)
-    }
-
-    /// The inputs of `gateway`'s build: its TLS Secrets, the endpoints of every Service
-    /// port the Resources in `world` name.
-    pub fn inputs<'a>(&'a self, world: &World, gateway: &Gateway) -> GatewayInputs<'a> {
-        let ns = gateway.namespace().unwrap_or_default();
-        let mut tls = BTreeMap::new();
-        for l in &gateway.spec.listeners {
-            for r in l.tls.iter().flat_map(|t| &t.certificate_refs) {
-                let Some(s) = self.secrets.get(&ns, &r.name) else {
-                    continue;
-                };
-                let key = |k: &str| {
-                    s.data
-                        .as_ref()
-                        .and_then(|d| d.get(k))
-                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                        .unwrap_or_default()
-                };
-                tls.insert(
-                    cs::ObjectRef::new(&ns, &r.name),
-                    TlsKeyPair {
-                        certificate_chain_pem: key("tls.crt"),
-                        private_key_pem: key("tls.key"),
-                    },
-                );
-            }
-        }
-        let mut endpoints = BTreeMap::new();
-        let cluster = self.networks.cidrs();
-        for res in &world.resources {
-            let res_ns = res.namespace().unwrap_or_default();
-            let upstreams = res
-                .spec
-                .upstreams
-                .iter()
-                .chain(res.spec.rules.iter().flat_map(|r| &r.upstreams));
-            for svc in upstreams.filter_map(|u| u.service.as_ref()) {
-                let Ok(port) = u16::try_from(svc.port) else {
-                    continue;
-                };
-                let key = ServicePort::new(&res_ns, &svc.name, port);
-                if endpoints.contains_key(&key) {
-                    continue;
-                }
-                if let Some(addrs) = self.endpoints_within(&res_ns, &svc.name, port, &cluster) {
-                    endpoints.insert(key, addrs);
-                }
-            }
-        }
-        GatewayInputs {
-            tls,
-            endpoints,
-            secrets: self,
-            site_keys: self.site_keys(gateway),
-            session_keys: self.session_keys(world, gateway),
-        }
-    }
-
-    /// The data of `gateway`'s session key Secrets in the cache, by tenant (only of the
-    /// tenants that want one: a Secret about to be pruned contributes nothing).
-    pub fn session_keys(
-        &self,
-        world: &World,
-        gateway: &Gateway,
-    ) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
-        let ns = gateway.namespace().unwrap_or_default();
-        session::wanted(world, gateway)
-            .into_iter()
-            .filter_map(|(tenant, name)| {
-                let s = self.secrets.get(&ns, &name.ok()?)?;
-                objects::generated_for(&s, gateway).then(|| (tenant, session::data(&s)))
-            })
-            .collect()
-    }
-
-    /// Public keys of `gateway`'s sites without spec publicKey, from the generated
-    /// `<gw>-site-<name>` Secrets in the cache.
-    pub fn site_keys(&self, gateway: &Gateway) -> BTreeMap<String, String> {
-        let ns = gateway.namespace().unwrap_or_default();
-        let name = gateway.name_any();
-        let sites = gateway.spec.tunnel.iter().flat_map(|t| &t.sites);
-        sites
-            .filter(|s| s.public_key.is_none())
-            .filter_map(|s| {
-                let secret = self
-                    .secrets
-                    .get(&ns, &tunnel::names::site(&name, &s.name))?;
-                if !objects::generated_for(&secret, gateway) {
-                    return None;
-                }
-                Some((s.name.clone(), tunnel::public_key_of(&secret)?))
-            })
-            .collect()
-    }
-}
-
-/// Identity-provider Secrets straight from the Secret store.
-impl SecretSource for Stores {
-    fn get(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
-        let s = self.secrets.get(namespace, name)?;
-        let bytes = s.data.as_ref()?.get(key)?;
-        String::from_utf8(bytes.0.clone()).ok()
-    }
-
-    fn data(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
-        let s = self.secrets.get(namespace, name)?;
-        Some(
-            s.data
-                .iter()
-                .flatten()
-                .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
-                .collect(),
-        )
-    }
-}
 
 /// What the Gateway reconciler works with.
 pub struct GatewayContext {
@@ -558,487 +95,46 @@ fn key(gw: &Gateway) -> String {
     format!("{}/{}", gw.namespace().unwrap_or_default(), gw.name_any())
 }
 
-fn managed(obj: &impl Resource) -> bool {
-    obj.meta()
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(labels::MANAGED_BY))
-        .is_some_and(|v| v == labels::OPERATOR)
-}
-
-/// Which changes of a watched kind wake its listeners.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Changes {
-    /// Every change (Secrets, Services, EndpointSlices: their data is what matters).
-    All,
-    /// Changes of the spec (generation), labels or deletion only, not of the status: the
-    /// status passes write the status of Resources, Policies, Tenants and the Gateway
-    /// controller that of Gateways, and those writes must not wake everything again.
-    Spec,
-}
-
-/// What `Changes::Spec` compares.
-fn fingerprint(obj: &impl Resource) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let m = obj.meta();
-    m.generation.hash(&mut h);
-    m.labels.hash(&mut h);
-    m.deletion_timestamp.is_some().hash(&mut h);
-    h.finish()
-}
-
-/// Runs a reflector for `api` into a new store; every change (except of objects the operator
-/// manages, and, with [`Changes::Spec`], except status-only updates) pokes every sender in
-/// `txs`. Returns the store and the stream to drive.
-/// Wakes the Gateways a change of a namespaced object can affect ([`affected`]), through the
-/// controller's `reconcile_on` stream.
-#[derive(Clone)]
-struct Index {
-    tx: mpsc::UnboundedSender<ObjectRef<Gateway>>,
-    tenants: Store<Tenant>,
-    gateways: Store<Gateway>,
-}
-
-impl Index {
-    /// `ns`: the changed object's namespace; None wakes every Gateway.
-    fn wake(&self, ns: Option<&str>) {
-        let gateways = self.gateways.state();
-        let all = || gateways.iter().map(|g| ObjectRef::from_obj(&**g)).collect();
-        let targets: Vec<ObjectRef<Gateway>> = match ns {
-            None => all(),
-            Some(ns) => {
-                let tenants: Vec<Tenant> =
-                    self.tenants.state().iter().map(|t| (**t).clone()).collect();
-                match affected::by_namespace(ns, &tenants, gateways.iter().map(|g| &**g)) {
-                    affected::Affected::All => all(),
-                    affected::Affected::These(list) => list,
-                }
-            }
-        };
-        for t in targets {
-            // Unbounded: the controller's scheduler merges repeats of one Gateway.
-            let _ = self.tx.unbounded_send(t);
-        }
-    }
-}
-
-fn reflect<K>(
-    source: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
-    txs: Vec<mpsc::Sender<()>>,
-    changes: Changes,
-    index: Option<Index>,
-) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let poke = move |obj: Option<&K>| {
-        for tx in &txs {
-            // A full slot already means "reconcile everything": coalesce.
-            let _ = tx.clone().try_send(());
-        }
-        if let Some(index) = &index {
-            // A Namespace is the namespace its change is about.
-            let ns = obj.and_then(|o| {
-                if K::kind(&()) == "Namespace" {
-                    o.meta().name.as_deref()
-                } else {
-                    o.meta().namespace.as_deref()
-                }
-            });
-            index.wake(ns);
-        }
-    };
-    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-    let stream = reflector::reflector(writer, source)
-        .default_backoff()
-        .map(move |r| match r {
-            Ok(watcher::Event::Apply(obj)) | Ok(watcher::Event::InitApply(obj)) => {
-                let uid = obj.meta().uid.clone().unwrap_or_default();
-                let print = fingerprint(&obj);
-                let changed = seen.insert(uid, print) != Some(print);
-                let wakes = !managed(&obj) || session::edited_by_people(&obj);
-                if wakes && (changes == Changes::All || changed) {
-                    poke(Some(&obj));
-                }
-            }
-            Ok(watcher::Event::Delete(obj)) => {
-                // Also for the operator's own objects: a deleted key Secret (a rotation) or
-                // Service is recreated now, not at the next resync.
-                seen.remove(&obj.meta().uid.clone().unwrap_or_default());
-                poke(Some(&obj));
-            }
-            Ok(watcher::Event::InitDone) => poke(None),
-            // A re-list: forget what was seen, so objects deleted while the watch was down
-            // are not remembered forever (every object counts as changed once).
-            Ok(watcher::Event::Init) => seen.clear(),
-            Err(e) => {
-                tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying")
-            }
-        });
-    (store, stream)
-}
-
-/// A watch of every `K` in the cluster.
-fn all<K>(client: kube::Client) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
-{
-    watcher(Api::<K>::all(client), watcher::Config::default())
-}
-
-/// A reflector for the kinds that say where the cluster's networks are (Nodes,
-/// ServiceCIDRs): `trim` drops what is not needed before it is cached, and only a change of
-/// what `cidrs` reads pokes `txs` (a Node's status changes every few minutes; its pod CIDRs
-/// almost never).
-fn reflect_networks<K>(
-    api: Api<K>,
-    txs: Vec<mpsc::Sender<()>>,
-    trim: impl Fn(&mut K) + Send + Sync + 'static,
-    cidrs: impl Fn(&K) -> Vec<String> + Send + 'static,
-) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let poke = move || {
-        for tx in &txs {
-            let _ = tx.clone().try_send(());
-        }
-    };
-    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).modify(trim),
+/// Runs the Gateway controller until `shutdown` completes (in-flight reconciles finish
+/// first): a guarded watch of Gateways, the objects each owns, and the caches' wake-ups
+/// (`all`: every Gateway; `these`: the Gateways a change can affect).
+pub async fn run(
+    context: Arc<GatewayContext>,
+    all: mpsc::Receiver<()>,
+    these: mpsc::UnboundedReceiver<ObjectRef<Gateway>>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = context.ctx.client.clone();
+    let owned = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
+    // The controller's own Gateway watch, guarded too: an unreadable Gateway is left out
+    // instead of stopping every reconcile.
+    let (gateway_store, gateway_writer) = reflector::store();
+    let gateway_events = reflector::reflector(
+        gateway_writer,
+        guard::guarded::<Gateway>(context.ctx.clone(), context.stores.unreadable.clone()),
     )
     .default_backoff()
-    .map(move |r| match r {
-        Ok(watcher::Event::Apply(obj)) | Ok(watcher::Event::InitApply(obj)) => {
-            let uid = obj.meta().uid.clone().unwrap_or_default();
-            let now = cidrs(&obj);
-            if seen.insert(uid, now.clone()).as_ref() != Some(&now) {
-                poke();
+    .applied_objects();
+    Controller::for_stream(gateway_events, gateway_store)
+        .owns(Api::<Deployment>::all(client.clone()), owned())
+        .owns(Api::<StatefulSet>::all(client.clone()), owned())
+        .owns(Api::<Service>::all(client.clone()), owned())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned())
+        .owns(Api::<ServiceAccount>::all(client.clone()), owned())
+        .owns(Api::<Role>::all(client.clone()), owned())
+        .owns(Api::<RoleBinding>::all(client.clone()), owned())
+        .reconcile_all_on(all)
+        .reconcile_on(these)
+        .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|r| async move {
+            match r {
+                Ok((obj, _)) => tracing::debug!(gateway = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
             }
-        }
-        Ok(watcher::Event::Delete(obj)) => {
-            seen.remove(&obj.meta().uid.clone().unwrap_or_default());
-            poke();
-        }
-        Ok(watcher::Event::InitDone) => poke(),
-        Ok(watcher::Event::Init) => seen.clear(),
-        Err(e) => {
-            tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying")
-        }
-    });
-    (store, stream)
-}
-
-/// The Gateway controller and, sharing its caches and leader election, the Tenant controller,
-/// the Resource/Policy status pass and the sidecar reconciler ([`crate::sidecar`]).
-pub struct GatewayController {
-    context: Arc<GatewayContext>,
-    drivers: Vec<std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>>,
-    triggers: mpsc::Receiver<()>,
-    targets: mpsc::UnboundedReceiver<ObjectRef<Gateway>>,
-    status_triggers: mpsc::Receiver<()>,
-    tenant_triggers: mpsc::Receiver<()>,
-    sidecar: crate::sidecar::SidecarController,
-    ready: Arc<AtomicBool>,
-}
-
-impl GatewayController {
-    /// Sets up the caches for `ctx`'s client (nothing runs until [`Self::run`]).
-    pub fn new(ctx: Context, settings: Settings) -> Self {
-        let client = ctx.client.clone();
-        let (gw, triggers) = mpsc::channel(1);
-        let (st, status_triggers) = mpsc::channel(1);
-        let (tn, tenant_triggers) = mpsc::channel(1);
-        let (sc, sidecar_triggers) = mpsc::channel(1);
-        // Who listens to what: Gateways to everything a snapshot is made of; the status pass
-        // to the same plus Gateways; Tenants to Tenants, what they count, Secrets and
-        // Namespaces.
-        // The sidecar reconciler to everything a sidecar snapshot is made of, as the Gateways.
-        let everyone = || vec![gw.clone(), st.clone(), tn.clone(), sc.clone()];
-        // Tenants and Gateways wake every Gateway (claims, admission and quotas are decided
-        // across all of them); what Resources, Policies, Secrets, Services and EndpointSlices
-        // change wakes only the Gateways of their namespace's tenant (`index`).
-        // The four kinds through DeserializeGuard: one unreadable object never stalls a watch.
-        let seen = guard::Seen::default();
-        let (tenants, s1) = reflect(
-            guard::guarded::<Tenant>(ctx.clone(), seen.clone()),
-            everyone(),
-            Changes::Spec,
-            None,
-        );
-        // Gateways wake the Gateway controller too: quotas make one Gateway's fate depend on
-        // its tenant's others (the youngest beyond the quota waits for an older one to go).
-        let (gateways, s7) = reflect(
-            guard::guarded::<Gateway>(ctx.clone(), seen.clone()),
-            everyone(),
-            Changes::Spec,
-            None,
-        );
-        let (targets_tx, targets) = mpsc::unbounded();
-        let index = Some(Index {
-            tx: targets_tx,
-            tenants: tenants.clone(),
-            gateways: gateways.clone(),
-        });
-        let others = || vec![st.clone(), tn.clone(), sc.clone()];
-        let (resources, s2) = reflect(
-            guard::guarded::<RtnResource>(ctx.clone(), seen.clone()),
-            others(),
-            Changes::Spec,
-            index.clone(),
-        );
-        let (policies, s3) = reflect(
-            guard::guarded::<Policy>(ctx.clone(), seen.clone()),
-            others(),
-            Changes::Spec,
-            index.clone(),
-        );
-        // Secrets also wake the Tenants: their ResolvedRefs is about identity-provider Secrets.
-        // Metadata of all (what exists, and the wake-ups), the operator's own whole; the data
-        // of the ones users name is fetched when needed (`secrets`).
-        let (secret_meta, s4) = reflect(
-            watcher(
-                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .modify(|m: &mut PartialObjectMeta<Secret>| {
-                // Never needed, and `kubectl apply` puts a whole copy of the data in an
-                // annotation.
-                m.metadata.managed_fields = None;
-                m.metadata.annotations = None;
-            }),
-            others(),
-            Changes::All,
-            index.clone(),
-        );
-        let (own_secrets, s11) = reflect(
-            watcher(
-                Api::<Secret>::all(client.clone()),
-                watcher::Config::default().labels(labels::MANAGED_SELECTOR),
-            ),
-            others(),
-            Changes::All,
-            index.clone(),
-        );
-        let secrets = secrets::SecretCache::new(secret_meta, own_secrets);
-        let (services, s5) = reflect(
-            all::<Service>(client.clone()),
-            vec![st.clone()],
-            Changes::All,
-            index.clone(),
-        );
-        let index_for_namespaces = index.clone();
-        let (slices, s6) = reflect(
-            all::<EndpointSlice>(client.clone()),
-            vec![st.clone()],
-            Changes::All,
-            index,
-        );
-        // Namespace labels also decide what a Policy's namespaceSelector selects: a change
-        // wakes the status pass and the Gateways of the namespace's tenant.
-        let (namespaces, s8) = reflect(
-            all::<Namespace>(client.clone()),
-            vec![st.clone(), tn.clone()],
-            Changes::Spec,
-            index_for_namespaces,
-        );
-        // The cluster's networks change when nodes come and go: every Gateway may have an
-        // address newly allowed or refused.
-        let (nodes, s9) = reflect_networks(
-            Api::<Node>::all(client.clone()),
-            everyone(),
-            |n: &mut Node| {
-                // Only spec.podCIDRs is read: drop status (images, conditions), which is most
-                // of a Node and changes all the time.
-                n.status = None;
-                n.metadata.managed_fields = None;
-                n.metadata.annotations = None;
-                n.metadata.labels = None;
-                if let Some(spec) = n.spec.as_mut() {
-                    spec.taints = None;
-                    spec.config_source = None;
-                }
-            },
-            |n: &Node| {
-                let spec = n.spec.as_ref();
-                let mut c = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
-                c.extend(spec.and_then(|s| s.pod_cidr.clone()));
-                c
-            },
-        );
-        let (service_cidrs, s10) = reflect_networks(
-            Api::<ServiceCIDR>::all(client.clone()),
-            everyone(),
-            |c: &mut ServiceCIDR| {
-                c.status = None;
-                c.metadata.managed_fields = None;
-            },
-            |c: &ServiceCIDR| {
-                c.spec
-                    .as_ref()
-                    .and_then(|s| s.cidrs.clone())
-                    .unwrap_or_default()
-            },
-        );
-        let recorder = Recorder::new(client, ctx.reporter.clone());
-        let stores = Stores {
-            tenants,
-            resources,
-            policies,
-            secrets,
-            services,
-            slices,
-            gateways,
-            namespaces,
-            unreadable: seen.clone(),
-            networks: networks::ClusterNetworks {
-                nodes,
-                service_cidrs,
-                configured: Arc::new(settings.cluster_networks.clone()),
-            },
-        };
-        let sidecar = crate::sidecar::SidecarController::new(
-            ctx.clone(),
-            stores.clone(),
-            settings.clone(),
-            sidecar_triggers,
-        );
-        Self {
-            context: Arc::new(GatewayContext {
-                ctx,
-                stores,
-                settings,
-                recorder,
-                failures: Default::default(),
-            }),
-            drivers: vec![
-                s1.boxed(),
-                s2.boxed(),
-                s3.boxed(),
-                s4.boxed(),
-                s5.boxed(),
-                s6.boxed(),
-                s7.boxed(),
-                s8.boxed(),
-                s9.boxed(),
-                s10.boxed(),
-                s11.boxed(),
-            ],
-            triggers,
-            targets,
-            status_triggers,
-            tenant_triggers,
-            sidecar,
-            ready: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    /// True once every cache has been filled (for `/readyz`).
-    pub fn ready_flag(&self) -> Arc<AtomicBool> {
-        self.ready.clone()
-    }
-
-    /// The caches (filled once [`Self::run`] runs): for tests that look at what is held.
-    pub fn stores(&self) -> Stores {
-        self.context.stores.clone()
-    }
-
-    /// Runs the Gateway controller, the Tenant controller and the Resource/Policy status pass
-    /// until `shutdown` completes; in-flight Gateway reconciles finish first.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-        let shutdown = shutdown.shared();
-        let client = self.context.ctx.client.clone();
-        let drivers: Vec<_> = self
-            .drivers
-            .into_iter()
-            .map(|d| tokio::spawn(d.for_each(|()| async {})))
-            .collect();
-        let stores = self.context.stores.clone();
-        let ready = self.ready.clone();
-        let readiness = tokio::spawn(async move {
-            if stores.ready().await.is_ok() {
-                ready.store(true, Ordering::Relaxed);
-            }
-        });
-        let status = {
-            let ctx = self.context.ctx.clone();
-            let stores = self.context.stores.clone();
-            tokio::spawn(crate::pass::drive(
-                crate::status::KIND,
-                ctx.metrics.clone(),
-                self.status_triggers,
-                shutdown.clone(),
-                move |_resync| {
-                    let ctx = ctx.clone();
-                    let stores = stores.clone();
-                    async move { crate::status::pass(&ctx, &stores).await }
-                },
-            ))
-        };
-        let tenants = {
-            let ctx = self.context.ctx.clone();
-            let stores = self.context.stores.clone();
-            let state = Arc::new(crate::tenant::State::default());
-            tokio::spawn(crate::pass::drive(
-                crate::tenant::KIND,
-                ctx.metrics.clone(),
-                self.tenant_triggers,
-                shutdown.clone(),
-                move |resync| {
-                    let ctx = ctx.clone();
-                    let stores = stores.clone();
-                    let state = state.clone();
-                    async move { crate::tenant::pass(&ctx, &stores, &state, resync).await }
-                },
-            ))
-        };
-        let sidecars = tokio::spawn(self.sidecar.run(shutdown.clone()));
-        let owned = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
-        // The controller's own Gateway watch, guarded too: an unreadable Gateway is left out
-        // instead of stopping every reconcile.
-        let (gateway_store, gateway_writer) = reflector::store();
-        let gateway_events = reflector::reflector(
-            gateway_writer,
-            guard::guarded::<Gateway>(
-                self.context.ctx.clone(),
-                self.context.stores.unreadable.clone(),
-            ),
-        )
-        .default_backoff()
-        .applied_objects();
-        Controller::for_stream(gateway_events, gateway_store)
-            .owns(Api::<Deployment>::all(client.clone()), owned())
-            .owns(Api::<StatefulSet>::all(client.clone()), owned())
-            .owns(Api::<Service>::all(client.clone()), owned())
-            .owns(Api::<ConfigMap>::all(client.clone()), owned())
-            .owns(Api::<ServiceAccount>::all(client.clone()), owned())
-            .owns(Api::<Role>::all(client.clone()), owned())
-            .owns(Api::<RoleBinding>::all(client.clone()), owned())
-            .reconcile_all_on(self.triggers)
-            .reconcile_on(self.targets)
-            .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
-            .graceful_shutdown_on(shutdown)
-            .run(reconcile, error_policy, self.context)
-            .for_each(|r| async move {
-                match r {
-                    Ok((obj, _)) => tracing::debug!(gateway = %obj, "reconciled"),
-                    Err(e) => tracing::debug!(error = %e, "reconcile failed"),
-                }
-            })
-            .await;
-        let _ = status.await;
-        let _ = tenants.await;
-        let _ = sidecars.await;
-        readiness.abort();
-        for d in drivers {
-            d.abort();
-        }
-    }
+        })
+        .await;
 }
 
 /// Reconciles one Gateway, recording metrics.
@@ -1084,64 +180,6 @@ pub fn error_policy(gw: Arc<Gateway>, error: &Error, ctx: Arc<GatewayContext>) -
     Action::requeue(delay)
 }
 
-pub(crate) async fn put<K>(client: &kube::Client, ns: &str, obj: &K) -> Result<K, Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + serde::Serialize
-        + Debug,
-{
-    let name = obj.meta().name.clone().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    apply(&api, &name, obj)
-        .await
-        .map_err(|source| Error::Apply {
-            kind: static_kind::<K>(),
-            namespace: ns.to_string(),
-            name,
-            source,
-        })
-}
-
-fn static_kind<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
-        "Secret" => "Secret",
-        "ConfigMap" => "ConfigMap",
-        "ServiceAccount" => "ServiceAccount",
-        "Role" => "Role",
-        "RoleBinding" => "RoleBinding",
-        "Deployment" => "Deployment",
-        "Service" => "Service",
-        "PodDisruptionBudget" => "PodDisruptionBudget",
-        "HorizontalPodAutoscaler" => "HorizontalPodAutoscaler",
-        "StatefulSet" => "StatefulSet",
-        "NetworkPolicy" => "NetworkPolicy",
-        _ => "object",
-    }
-}
-
-/// Deletes `name` if it exists (an object the current spec no longer wants).
-pub(crate) async fn remove<K>(client: &kube::Client, ns: &str, name: &str) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(source) => Err(Error::Delete {
-            kind: static_kind::<K>(),
-            namespace: ns.to_string(),
-            name: name.to_string(),
-            source,
-        }),
-    }
-}
-
 async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, Error> {
     let client = &ctx.ctx.client;
     let ns = gw.namespace().unwrap_or_default();
@@ -1174,7 +212,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         // Scoped: the inputs borrow the stores through a `dyn SecretSource`, which must not
         // live across an await (the reconcile future is sent between threads).
         let world = ctx.stores.world(gw);
-        let mut inputs = ctx.stores.inputs(&world, gw);
+        let mut inputs = inputs::inputs(&ctx.stores, &world, gw);
         if let Some(k) = &keys {
             // Fresher than the cache: a key created a moment ago.
             inputs.site_keys.extend(k.sites.clone());
@@ -1885,92 +923,5 @@ async fn publish_failure(
     };
     if let Err(err) = ctx.recorder.publish(&event, reference).await {
         tracing::warn!(error = %err, "failed to publish an Event");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_only_updates_keep_the_fingerprint() {
-        let mut r: RtnResource = serde_json::from_value(serde_json::json!({
-            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
-            "metadata": {"name": "app", "namespace": "apps", "generation": 1},
-            "spec": {"gatewayRefs": [{"name": "edge"}], "protocol": "HTTP",
-                     "rules": [{"name": "all", "upstreams": [{"service": {"name": "app", "port": 80}}]}]}
-        }))
-        .unwrap();
-        let before = fingerprint(&r);
-        r.status = Some(Default::default());
-        r.metadata.resource_version = Some("42".into());
-        assert_eq!(fingerprint(&r), before, "a status write wakes nobody");
-        r.metadata.labels = Some([("tier".to_string(), "web".to_string())].into());
-        let labelled = fingerprint(&r);
-        assert_ne!(labelled, before, "labels select Policies' targets");
-        r.metadata.generation = Some(2);
-        assert_ne!(fingerprint(&r), labelled, "a spec change");
-    }
-
-    /// Many tasks wait for one cache at once, as the passes and reconciles do at start-up:
-    /// every one of them must see it ready (kube-runtime's own wait wakes only the last).
-    #[tokio::test]
-    async fn every_concurrent_waiter_sees_the_cache_ready() {
-        let (store, mut writer) = reflector::store::<Namespace>();
-        let waiters: Vec<_> = (0..4)
-            .map(|_| {
-                let store = store.clone();
-                tokio::spawn(async move { wait_ready(&store).await })
-            })
-            .collect();
-        // Let every waiter register before the first list completes.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        writer.apply_watcher_event(&watcher::Event::Init);
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        for (i, w) in waiters.into_iter().enumerate() {
-            let done = tokio::time::timeout(READY_POLL * 20, w).await;
-            assert!(
-                matches!(done, Ok(Ok(Ok(())))),
-                "waiter {i} never saw the cache ready"
-            );
-        }
-    }
-
-    #[test]
-    fn endpoints_never_point_at_link_local_loopback_or_unspecified() {
-        for refused in [
-            "169.254.169.254",
-            "169.254.0.1",
-            "127.0.0.1",
-            "127.1.2.3",
-            "0.0.0.0",
-            "fe80::1",
-            "febf::1",
-            "::1",
-            "::",
-            "::ffff:169.254.169.254",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(!endpoint_allowed(refused.parse().unwrap()), "{refused}");
-        }
-        for allowed in [
-            "10.9.0.1",
-            "192.168.1.1",
-            "fd00::1",
-            "2001:db8::1",
-            "169.255.0.1",
-        ] {
-            assert!(endpoint_allowed(allowed.parse().unwrap()), "{allowed}");
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let got: Vec<u64> = [1, 2, 3, 4, 8, 9, 100, u32::MAX]
-            .into_iter()
-            .map(|n| backoff(n).as_secs())
-            .collect();
-        assert_eq!(got, [2, 4, 8, 16, 256, 300, 300, 300]);
-        assert_eq!(backoff(0), RETRY);
     }
 }

@@ -1,18 +1,17 @@
 //! `rustronaut-operator`: parses flags, wires the controllers, leader election, the
 //! metrics/health server and signal handling. The logic lives in the library.
 //!
-//! `GatewayController::run` runs the Gateway controller together with the Tenant controller
-//! and the Resource/Policy status pass: they share its caches, so all three start and stop
-//! together under the one Lease.
+//! `Runtime::run` runs the Gateway controller together with the Tenant controller, the
+//! Resource/Policy status pass and the sidecar reconciler: they share one set of caches, so
+//! all of them start and stop together under the one Lease.
 
 use clap::Parser;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use prometheus_client::registry::Registry;
-use rustronaut_operator::context::Context;
-use rustronaut_operator::gateway::GatewayController;
-use rustronaut_operator::gateway::objects::Settings;
+use rustronaut_operator::context::{Context, Settings};
 use rustronaut_operator::leader::{Elector, LeaseConfig};
 use rustronaut_operator::rbac;
+use rustronaut_operator::runtime::Runtime;
 use rustronaut_operator::webhook;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -139,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
     ctx.metrics.register(&mut registry);
     let metrics = ctx.metrics.clone();
     let gateway_image = args.gateway_image.clone();
-    let controller = GatewayController::new(
+    let controller = Runtime::new(
         ctx,
         Settings {
             image: args.gateway_image.clone(),
@@ -327,5 +326,5 @@ fn parse_resources(s: &str) -> Result<ResourceRequirements, String> {
 struct Networks(Vec<rustronaut_contract::cidr::Cidr>);
 
 fn parse_networks(s: &str) -> Result<Networks, String> {
-    rustronaut_operator::gateway::networks::parse(s).map(Networks)
+    rustronaut_operator::cache::networks::parse(s).map(Networks)
 }

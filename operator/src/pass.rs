@@ -9,7 +9,7 @@
 //! it once per object. Deleted objects need no special case either: the next pass simply no
 //! longer wants what they owned.
 
-use crate::gateway::{Error, RESYNC, backoff};
+use crate::error::{Error, RESYNC, backoff};
 use crate::metrics::Metrics;
 use futures::StreamExt;
 use futures::channel::mpsc;

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  read      the Resource + the Gateway controller's caches (Tenants, Resources, Policies,
-//!            Secrets, Namespaces: crate::gateway::Stores) + a metadata-only watch of pods
+//!            Secrets, Namespaces: crate::cache::Stores) + a metadata-only watch of pods
 //!  validate  workload.selector has a meaning                                 (pods)
 //!  build     rustronaut_compile::sidecar::sidecar_snapshot -> Snapshot | SidecarError
 //!            objects::build -> Desired { Secret, Role, RoleBinding, NetworkPolicy } (objects)
@@ -42,9 +42,13 @@ pub mod pods;
 pub mod status;
 
 use crate::apply::apply_status;
+use crate::apply::{put, remove};
+use crate::cache::{Stores, guard, wait_ready};
 use crate::context::Context;
-use crate::gateway::objects::{CONFIG_VERSION_ANNOTATION, Settings, labels as gw_labels};
-use crate::gateway::{Error, RESYNC, Stores, backoff, guard, wait_ready};
+use crate::context::Settings;
+use crate::error::{Error, RESYNC, backoff};
+use crate::gateway::objects::CONFIG_VERSION_ANNOTATION;
+use crate::meta::labels as gw_labels;
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -528,12 +532,12 @@ async fn apply(ctx: &SidecarContext, ns: &str, desired: Desired) -> Result<Optio
     } = desired;
     // The snapshot first: it is what carries a Policy change to the running sidecars.
     let served = match secret {
-        Some(s) => config_version(&crate::gateway::put(client, ns, &s).await?),
+        Some(s) => config_version(&put(client, ns, &s).await?),
         None => None,
     };
-    crate::gateway::put(client, ns, &role).await?;
-    crate::gateway::put(client, ns, &role_binding).await?;
-    crate::gateway::put(client, ns, &network_policy).await?;
+    put(client, ns, &role).await?;
+    put(client, ns, &role_binding).await?;
+    put(client, ns, &network_policy).await?;
     Ok(served)
 }
 
@@ -560,7 +564,7 @@ async fn prune(ctx: &SidecarContext, res: &RtnResource) -> Result<(), Error> {
         .map(|s| s.name_any())
         .collect();
     for s in sessions {
-        crate::gateway::remove::<Secret>(&ctx.ctx.client, &ns, &s).await?;
+        remove::<Secret>(&ctx.ctx.client, &ns, &s).await?;
     }
     Ok(())
 }
@@ -598,7 +602,7 @@ where
         source,
     })?;
     if current.is_some_and(|o| is_ours(&o, instance, uid)) {
-        crate::gateway::remove::<K>(&ctx.ctx.client, ns, name).await?;
+        remove::<K>(&ctx.ctx.client, ns, name).await?;
     }
     Ok(())
 }

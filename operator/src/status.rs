@@ -22,12 +22,13 @@
 //! and reports the first failure, which retries the pass with backoff.
 
 use crate::apply::apply_status;
+use crate::cache::Stores;
 use crate::conditions::{
     Builds, PolicyInputs, applied_policies, newly_failed, policy_status, resource_status,
     tests_by_policy,
 };
 use crate::context::Context;
-use crate::gateway::{Error, Stores};
+use crate::error::Error;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
@@ -71,7 +72,7 @@ pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
                 continue;
             }
             let key = ObjectRef::new(gw.namespace().unwrap_or_default(), gw.name_any());
-            let inputs = stores.inputs(&world, gw);
+            let inputs = crate::gateway::inputs::inputs(stores, &world, gw);
             builds.insert(
                 key,
                 gateway_snapshot(&world, gw, &inputs).map_err(|e| e.to_string()),
@@ -115,7 +116,7 @@ pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
             .iter()
             .filter(|p| p.meta().deletion_timestamp.is_none())
             // The stand-in of an unreadable Policy: the API server refuses its status.
-            .filter(|p| !crate::gateway::guard::is_stand_in(p.meta()))
+            .filter(|p| !crate::cache::guard::is_stand_in(p.meta()))
             .filter_map(|p| {
                 let status = policy_status(&inputs, p, &now);
                 let previous = p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);

@@ -24,10 +24,11 @@
 //! ClusterRole, see [`crate::rbac`]).
 
 use crate::apply::{apply, apply_status};
+use crate::cache::Stores;
 use crate::conditions::{newly_failed, tenant_status};
 use crate::context::{Context, FIELD_MANAGER};
-use crate::gateway::objects::labels;
-use crate::gateway::{Error, Stores};
+use crate::error::Error;
+use crate::meta::labels;
 use crate::status::publish_warning;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -116,7 +117,7 @@ pub fn network_policy(t: &Tenant, namespace: &str, gateways: &BTreeSet<(String, 
         "spec": {
             "podSelector": {"matchExpressions": [{
                 "key": labels::NAME, "operator": "NotIn",
-                "values": [labels::GATEWAY, crate::gateway::tunnel::HUB],
+                "values": [labels::GATEWAY, labels::HUB],
             }]},
             "policyTypes": ["Ingress"],
             "ingress": ingress,
@@ -474,7 +475,7 @@ mod tests {
         assert_eq!(selected[0].operator, "NotIn", "gateway pods stay reachable");
         assert_eq!(
             selected[0].values.as_deref().unwrap(),
-            [labels::GATEWAY, crate::gateway::tunnel::HUB],
+            [labels::GATEWAY, labels::HUB],
             "and so do tunnel hub pods"
         );
     }

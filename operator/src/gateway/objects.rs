@@ -4,9 +4,11 @@
 //!
 //! Every generated object lives in the Gateway's namespace, carries an ownerReference to the
 //! Gateway (controller=true, so Kubernetes garbage-collects it with the Gateway) and the labels
-//! of [`labels`]. The names are a contract with the gateway binary (see [`names`]).
+//! of [`crate::meta::labels`]. The names are a contract with the gateway binary (see [`names`]).
 
 use super::tunnel;
+use crate::context::Settings;
+use crate::meta::labels;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -15,6 +17,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::{Resource, ResourceExt};
+use rustronaut_contract::deploy::{self, flags};
 use rustronaut_contract::snapshot::Snapshot;
 use rustronaut_crds::Gateway;
 use rustronaut_crds::gateway::{ListenerProtocol, ServiceType};
@@ -23,12 +26,12 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 /// Port of the gateway's admin server (/healthz, /readyz, /metrics).
-pub const ADMIN_PORT: u16 = 9901;
-/// Key of the snapshot in the snapshot Secret.
-pub const SNAPSHOT_KEY: &str = "snapshot.json";
+pub use rustronaut_contract::deploy::ADMIN_PORT;
 /// Annotation on the snapshot Secret: the snapshot's content hash, so status can report the
 /// version being served without parsing the Secret.
-pub const CONFIG_VERSION_ANNOTATION: &str = "rustronaut.io/config-version";
+pub use rustronaut_contract::deploy::CONFIG_VERSION_ANNOTATION;
+/// Key of the snapshot in the snapshot Secret.
+pub use rustronaut_contract::deploy::SNAPSHOT_KEY;
 /// The user and group the gateway runs as (distroless "nonroot").
 pub const RUN_AS: i64 = 65532;
 /// Volume of the gateway pods holding the tunnel token (with `spec.tunnel`).
@@ -37,70 +40,12 @@ pub const TUNNEL_TOKEN_VOLUME: &str = "tunnel-token";
 /// Names of the generated objects: a contract with the gateway binary and its RBAC.
 pub mod names {
     /// Secret holding the compiled snapshot.
-    pub fn snapshot(gw: &str) -> String {
-        format!("{gw}-snapshot")
-    }
+    pub use rustronaut_contract::deploy::snapshot_secret as snapshot;
     /// ConfigMap the gateway pods report their loaded version into.
-    pub fn status(gw: &str) -> String {
-        format!("{gw}-status")
-    }
+    pub use rustronaut_contract::deploy::status_config_map as status;
     /// ServiceAccount, Role and RoleBinding of the gateway pods.
     pub fn account(gw: &str) -> String {
         format!("{gw}-gateway")
-    }
-}
-
-/// Label keys and the fixed values of generated objects.
-pub mod labels {
-    /// `app.kubernetes.io/name`.
-    pub const NAME: &str = "app.kubernetes.io/name";
-    /// `app.kubernetes.io/instance`: the Gateway's name.
-    pub const INSTANCE: &str = "app.kubernetes.io/instance";
-    /// `app.kubernetes.io/managed-by`.
-    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-    /// Value of [`NAME`].
-    pub const GATEWAY: &str = "rustronaut-gateway";
-    /// Value of [`MANAGED_BY`]; also what the operator's watches select on.
-    pub const OPERATOR: &str = "rustronaut-operator";
-    /// Selector of every object the operator manages.
-    pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=rustronaut-operator";
-}
-
-/// Namespace of the operator when nothing else says (the chart's default).
-pub const DEFAULT_OPERATOR_NAMESPACE: &str = "rustronaut-system";
-
-/// Settings of the builders that come from the operator's flags.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Gateway container image.
-    pub image: String,
-    /// Namespace the operator's pods run in: the hub's admin port (`/status`, which lists
-    /// every site's endpoint and key) admits the operator's pods of this namespace only.
-    pub operator_namespace: String,
-    /// Labels of the namespaces whose pods may reach the admin ports of gateway and hub pods
-    /// (`/metrics`: a Prometheus). Empty: none (the node itself always may, for probes).
-    pub admin_from_namespaces: BTreeMap<String, String>,
-    /// Pod and Service networks the cluster's objects do not name (`--cluster-networks`):
-    /// refused in EndpointSlices the endpointslice controller did not write
-    /// ([`super::networks`]).
-    pub cluster_networks: Vec<rustronaut_contract::cidr::Cidr>,
-}
-
-impl Settings {
-    /// The default image: the gateway of the same release as this operator.
-    pub fn default_image() -> String {
-        format!("ghcr.io/rustronaut/gateway:{}", env!("CARGO_PKG_VERSION"))
-    }
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            image: Self::default_image(),
-            operator_namespace: DEFAULT_OPERATOR_NAMESPACE.to_string(),
-            admin_from_namespaces: BTreeMap::new(),
-            cluster_networks: Vec::new(),
-        }
     }
 }
 
@@ -564,13 +509,13 @@ fn enforce(template: &mut Value, gw: &Gateway, settings: &Settings) {
             c["securityContext"]["capabilities"] = json!({"drop": ["ALL"]});
             if c["name"] == "gateway" && list == "containers" {
                 c["image"] = json!(settings.image);
-                c["command"] = json!(["rustronaut-gateway"]);
+                c["command"] = json!([deploy::GATEWAY_BINARY]);
                 let mut args = vec![
-                    "--config-from".to_string(),
+                    flags::CONFIG_FROM.to_string(),
                     format!("{ns}/{}", names::snapshot(&name)),
-                    "--report-status".to_string(),
+                    flags::REPORT_STATUS.to_string(),
                     format!("{ns}/{}", names::status(&name)),
-                    "--admin-listen".to_string(),
+                    flags::ADMIN_LISTEN.to_string(),
                     format!("0.0.0.0:{ADMIN_PORT}"),
                 ];
                 args.extend(tunnel::gateway_args(gw));
@@ -587,12 +532,12 @@ fn enforce(template: &mut Value, gw: &Gateway, settings: &Settings) {
                 let env = if env.is_array() { env } else { json!([]) };
                 c["env"] = merge(
                     env,
-                    &json!([{"name": "POD_NAME",
+                    &json!([{"name": deploy::POD_NAME_ENV,
                              "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]),
                 );
                 // A value set by the override would conflict with valueFrom.
                 if let Some(list) = c["env"].as_array_mut()
-                    && let Some(pod) = list.iter_mut().find(|e| e["name"] == "POD_NAME")
+                    && let Some(pod) = list.iter_mut().find(|e| e["name"] == deploy::POD_NAME_ENV)
                     && let Some(o) = pod.as_object_mut()
                 {
                     o.remove("value");

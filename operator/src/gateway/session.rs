@@ -26,7 +26,8 @@
 //! **Why the gateway pods need nothing new**: the keys travel inside the snapshot Secret the
 //! pods can already read; they are never given read access to the key Secrets.
 
-use super::objects::{labels, typed};
+use super::objects::typed;
+use crate::meta::labels;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Resource, ResourceExt};
@@ -37,12 +38,6 @@ use rustronaut_crds::Gateway;
 use serde_json::json;
 use std::collections::BTreeMap;
 
-/// Value of `app.kubernetes.io/component` on session key Secrets. It marks them as operator
-/// objects whose changes matter (people rotate keys in them), unlike every other object the
-/// operator writes, whose changes wake nothing.
-pub const COMPONENT: &str = "session-keys";
-/// `app.kubernetes.io/component`.
-pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// Annotation naming the tenant (a label value could not hold every tenant name).
 pub const TENANT_ANNOTATION: &str = "rustronaut.io/tenant";
 /// Longest Secret name the API server accepts (a DNS subdomain).
@@ -86,19 +81,9 @@ pub fn is_session_secret(gw: &Gateway, obj: &impl Resource) -> bool {
         .any(|o| o.controller == Some(true) && Some(&o.uid) == gw.meta().uid.as_ref());
     owned
         && m.namespace == gw.namespace()
-        && label(COMPONENT_LABEL) == Some(COMPONENT)
+        && label(labels::COMPONENT) == Some(labels::SESSION_KEYS)
         && label(labels::INSTANCE) == Some(gw.name_any().as_str())
         && label(labels::MANAGED_BY) == Some(labels::OPERATOR)
-}
-
-/// Whether changes of `obj` should wake the controllers although the operator manages it:
-/// true for session key Secrets, the one managed object people edit (to rotate).
-pub fn edited_by_people(obj: &impl Resource) -> bool {
-    obj.meta()
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(COMPONENT_LABEL))
-        .is_some_and(|v| v == COMPONENT)
 }
 
 /// A new key id: the UTC time `YYYYMMDDhhmmss`, so ids sort by age as text and as numbers,
@@ -128,7 +113,7 @@ pub fn key_secret(gw: &Gateway, tenant: &str, name: &str, id: &str, key: &str) -
                 labels::NAME: labels::GATEWAY,
                 labels::INSTANCE: gw.name_any(),
                 labels::MANAGED_BY: labels::OPERATOR,
-                COMPONENT_LABEL: COMPONENT,
+                labels::COMPONENT: labels::SESSION_KEYS,
             },
             "annotations": {TENANT_ANNOTATION: tenant},
             "ownerReferences": gw.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
@@ -155,6 +140,7 @@ pub fn data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meta::edited_by_people;
     use rustronaut_crds::Tenant;
 
     fn gateway(tenants: serde_json::Value) -> Gateway {

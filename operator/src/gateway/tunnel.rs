@@ -29,13 +29,16 @@
 //! tunnel address, also read only at start), so a rotated key rolls the StatefulSet (one
 //! pod at a time) and the running key is always the advertised one.
 
-use super::objects::{self, RUN_AS, Settings, container_security, labels, typed};
+use super::objects::{self, RUN_AS, container_security, typed};
+use crate::context::Settings;
+use crate::meta::labels;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Resource, ResourceExt};
+use rustronaut_contract::deploy::flags;
 use rustronaut_contract::snapshot as cs;
 use rustronaut_crds::Gateway;
 use rustronaut_crds::gateway::ServiceType;
@@ -46,9 +49,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-/// Value of `app.kubernetes.io/name` on every hub object (not the gateway's: the gateway
-/// Service and Deployment select on theirs, and must never pick a hub pod).
-pub const HUB: &str = "rustronaut-tunnel-hub";
 /// Key of a private key (base64, as `wg genkey` writes it) in a key Secret.
 pub const PRIVATE_KEY: &str = names::PRIVATE_KEY;
 /// Key of the matching public key in a key Secret (for people; status derives its own).
@@ -113,7 +113,7 @@ pub fn wanted(gw: &Gateway) -> Wanted {
 
 /// Selector labels of the hub pods.
 fn selector(gw: &Gateway) -> Value {
-    json!({labels::NAME: HUB, labels::INSTANCE: gw.name_any()})
+    json!({labels::NAME: labels::HUB, labels::INSTANCE: gw.name_any()})
 }
 
 /// Metadata of a hub object: the hub's labels, owned by the Gateway.
@@ -122,7 +122,7 @@ fn metadata(gw: &Gateway, name: &str) -> Value {
         "name": name,
         "namespace": gw.namespace().unwrap_or_default(),
         "labels": {
-            labels::NAME: HUB,
+            labels::NAME: labels::HUB,
             labels::INSTANCE: gw.name_any(),
             labels::MANAGED_BY: labels::OPERATOR,
         },
@@ -142,7 +142,7 @@ pub fn is_hub_object(gw: &Gateway, obj: &impl Resource) -> bool {
         .any(|o| o.controller == Some(true) && Some(&o.uid) == gw.meta().uid.as_ref());
     owned
         && m.namespace == gw.namespace()
-        && label(labels::NAME) == Some(HUB)
+        && label(labels::NAME) == Some(labels::HUB)
         && label(labels::INSTANCE) == Some(gw.name_any().as_str())
         && label(labels::MANAGED_BY) == Some(labels::OPERATOR)
 }
@@ -375,7 +375,7 @@ pub fn stateful_set(
             "template": {
                 "metadata": {
                     "labels": {
-                        labels::NAME: HUB,
+                        labels::NAME: labels::HUB,
                         labels::INSTANCE: name,
                         labels::MANAGED_BY: labels::OPERATOR,
                     },
@@ -536,9 +536,9 @@ pub fn gateway_args(gw: &Gateway) -> Vec<String> {
     }
     let ns = gw.namespace().unwrap_or_default();
     vec![
-        "--tunnel-stream".into(),
+        flags::TUNNEL_STREAM.into(),
         format!("{}.{ns}.svc:{STREAM_PORT}", names::stream(&gw.name_any())),
-        "--tunnel-token-file".into(),
+        flags::TUNNEL_TOKEN_FILE.into(),
         TOKEN_FILE.into(),
     ]
 }

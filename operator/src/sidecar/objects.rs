@@ -8,10 +8,11 @@
 //! controller ownerReference to the Resource (so the garbage collector removes it with the
 //! Resource) and the labels of [`labels`].
 
+use crate::context::Settings;
 use crate::gateway::objects::{
-    CONFIG_VERSION_ANNOTATION, SNAPSHOT_KEY, Settings, admin_peers, ingress_rule, labels as gw,
-    typed,
+    CONFIG_VERSION_ANNOTATION, SNAPSHOT_KEY, admin_peers, ingress_rule, typed,
 };
+use crate::meta::labels as gw;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -187,10 +188,11 @@ pub fn session_secret_name(res: &Resource, tenant: &str) -> Result<String, Strin
 /// never applied (people add newer keys to rotate, as for a Gateway's; see
 /// `crate::gateway::session`), owned by the Resource.
 pub fn session_secret(res: &Resource, tenant: &str, name: &str, id: &str, key: &str) -> Secret {
-    use crate::gateway::session::{COMPONENT, COMPONENT_LABEL, TENANT_ANNOTATION};
+    use crate::gateway::session::TENANT_ANNOTATION;
+    use crate::meta::labels::{COMPONENT, SESSION_KEYS};
     let mut meta = metadata(res);
     meta["name"] = json!(name);
-    meta["labels"][COMPONENT_LABEL] = json!(COMPONENT);
+    meta["labels"][COMPONENT] = json!(SESSION_KEYS);
     meta["annotations"] = json!({TENANT_ANNOTATION: tenant});
     let mut s: Secret = typed(json!({
         "apiVersion": "v1", "kind": "Secret",

@@ -24,6 +24,7 @@
 
 use k8s_openapi::api::core::v1::{Pod, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use rustronaut_contract::deploy::{self, flags};
 use rustronaut_crds::resource::{Resource, SIDECAR_ADMIN_PORT, SIDECAR_CONTAINER, sidecar_names};
 use rustronaut_crds::tenancy::selector_matches;
 use serde_json::{Value, json};
@@ -260,13 +261,13 @@ pub fn sidecar(
         // A native sidecar: started before the app containers, kept running beside them,
         // stopped after them, and it does not keep a Job's pod alive.
         "restartPolicy": "Always",
-        "command": ["rustronaut-gateway"],
+        "command": [deploy::GATEWAY_BINARY],
         "args": [
-            "--config-from", format!("{namespace}/{}", sidecar_names::snapshot(resource)),
-            "--admin-listen", format!("0.0.0.0:{SIDECAR_ADMIN_PORT}"),
-            "--threads", "1",
+            flags::CONFIG_FROM, format!("{namespace}/{}", sidecar_names::snapshot(resource)),
+            flags::ADMIN_LISTEN, format!("0.0.0.0:{SIDECAR_ADMIN_PORT}"),
+            flags::THREADS, "1",
         ],
-        "env": [{"name": "POD_NAME",
+        "env": [{"name": deploy::POD_NAME_ENV,
                  "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}],
         "ports": ports,
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": SIDECAR_ADMIN_PORT,

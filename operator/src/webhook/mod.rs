@@ -62,7 +62,7 @@ pub fn start(client: kube::Client, listener: TcpListener, cfg: Config) -> Arc<At
         watcher::Config::default(),
     )
     .filter_map(|r| async move {
-        use crate::gateway::guard::Unreadable;
+        use crate::cache::guard::Unreadable;
         use watcher::Event as E;
         Some(r.map(|e| match e {
             E::Apply(DeserializeGuard(Ok(k))) => E::Apply(k),
@@ -104,8 +104,8 @@ pub fn start(client: kube::Client, listener: TcpListener, cfg: Config) -> Arc<At
         let (resources, namespaces, ready) = (resources.clone(), namespaces.clone(), ready.clone());
         tokio::spawn(async move {
             let filled = async {
-                crate::gateway::wait_ready(&resources).await?;
-                crate::gateway::wait_ready(&namespaces).await
+                crate::cache::wait_ready(&resources).await?;
+                crate::cache::wait_ready(&namespaces).await
             };
             if filled.await.is_ok() {
                 tracing::info!("webhook caches filled");

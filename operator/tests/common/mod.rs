@@ -6,9 +6,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rustronaut_contract::snapshot::Snapshot;
-use rustronaut_operator::context::Context;
-use rustronaut_operator::gateway::GatewayController;
-use rustronaut_operator::gateway::objects::Settings;
+use rustronaut_operator::context::{Context, Settings};
+use rustronaut_operator::runtime::Runtime;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::fmt::Debug;
@@ -153,13 +152,13 @@ pub struct Controllers {
     pub ready: Arc<AtomicBool>,
     /// The controllers' caches.
     #[allow(dead_code)] // not every test binary asks
-    pub stores: rustronaut_operator::gateway::Stores,
+    pub stores: rustronaut_operator::cache::Stores,
 }
 
 /// Starts the controllers; `reporter` names them in Events.
 pub fn start_controllers(operator: kube::Client, reporter: &str) -> Controllers {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = GatewayController::new(
+    let controller = Runtime::new(
         Context::new(operator, Some(reporter.into())),
         Settings {
             image: IMAGE.into(),

@@ -16,10 +16,10 @@
 //! Tenant and Gateway changes still wake every Gateway (claims, admission and quotas are
 //! decided across all of them), and the periodic resync remains the backstop.
 
-use crate::gateway::Gateway;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use rustronaut_compile::snapshot::admits;
+use rustronaut_crds::Gateway;
 use rustronaut_crds::Tenant;
 use rustronaut_crds::tenancy::resolve_claims;
 
