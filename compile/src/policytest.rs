@@ -328,19 +328,21 @@ fn parse_time(s: &str) -> Result<SystemTime, String> {
 pub fn identity(t: Option<&TestIdentity>, tenant: &str, source_ip: IpAddr) -> Identity {
     let mut id = Identity::anonymous(Some(source_ip));
     let Some(t) = t else { return id };
-    id.user = t.user.as_ref().map(|u| UserIdentity {
-        idp: u.idp.clone(),
-        subject: u
-            .subject
-            .clone()
-            .or_else(|| u.email.clone())
-            .unwrap_or_else(|| "test-user".into()),
-        email: u.email.clone(),
-        groups: u.groups.clone(),
-        claims: u.claims.clone(),
-        scopes: u.scopes.clone(),
-        // A token's user: every claim it names is known.
-        known_claims: None,
+    id.user = t.user.as_ref().map(|u| {
+        std::sync::Arc::new(UserIdentity {
+            idp: u.idp.clone(),
+            subject: u
+                .subject
+                .clone()
+                .or_else(|| u.email.clone())
+                .unwrap_or_else(|| "test-user".into()),
+            email: u.email.clone(),
+            groups: u.groups.clone(),
+            claims: u.claims.clone(),
+            scopes: u.scopes.clone(),
+            // A token's user: every claim it names is known.
+            known_claims: None,
+        })
     });
     id.client_certificate = t.client_certificate.as_ref().map(|c| CertificateIdentity {
         idp: c.idp.clone(),

@@ -1419,7 +1419,7 @@ mod tests {
 
     fn user(idp: &str, email: &str) -> Identity {
         let mut id = Identity::anonymous(Some("192.0.2.1".parse().unwrap()));
-        id.user = Some(UserIdentity {
+        id.user = Some(std::sync::Arc::new(UserIdentity {
             idp: idp.into(),
             subject: email.into(),
             email: Some(email.into()),
@@ -1427,7 +1427,7 @@ mod tests {
             claims: Default::default(),
             scopes: Vec::new(),
             known_claims: None,
-        });
+        }));
         id
     }
 

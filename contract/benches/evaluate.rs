@@ -139,7 +139,7 @@ fn caller() -> Identity {
     let mut claims = BTreeMap::new();
     claims.insert("amr".to_string(), vec!["mfa".to_string()]);
     Identity {
-        user: Some(UserIdentity {
+        user: Some(std::sync::Arc::new(UserIdentity {
             idp: "okta".into(),
             subject: "alice".into(),
             email: Some("alice@acme.example".into()),
@@ -147,7 +147,7 @@ fn caller() -> Identity {
             claims,
             scopes: vec![],
             known_claims: None,
-        }),
+        })),
         source_ip: Some("192.0.2.1".parse().unwrap()),
         ..Identity::default()
     }

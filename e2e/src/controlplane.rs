@@ -782,9 +782,7 @@ fn spawn_reaper(reaper: &Path, log: &Path, dir: Option<&Path>) -> Result<(), Con
     if let Some(dir) = dir {
         cmd.arg("--dir").arg(dir);
     }
-    cmd        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: setsid(2) in the forked child before exec; async-signal-safe, no allocation.
     unsafe {
         cmd.pre_exec(|| {

@@ -153,8 +153,8 @@ fn a_real_node_leaves_the_host_as_it_found_it_when_stopped_and_when_killed() {
     let deadline = Instant::now() + Duration::from_secs(90);
     let after = loop {
         let now = HostSnapshot::take();
-        let gone = !std::path::Path::new(rustronaut_e2e::node::RUN_DIR).exists()
-            && !cluster_dir.exists();
+        let gone =
+            !std::path::Path::new(rustronaut_e2e::node::RUN_DIR).exists() && !cluster_dir.exists();
         if (gone && now == before) || Instant::now() > deadline {
             break now;
         }

@@ -365,7 +365,9 @@ pub fn dropped_header(name: &str, allow_underscores: bool) -> bool {
 
 /// A header name as CGI-style servers see it: lower case, `_` read as `-`.
 pub fn canonical_header_name(name: &str) -> String {
-    name.bytes().map(|b| char::from(canonical_byte(b))).collect()
+    name.bytes()
+        .map(|b| char::from(canonical_byte(b)))
+        .collect()
 }
 
 fn canonical_byte(b: u8) -> u8 {
@@ -380,8 +382,7 @@ fn canonical_byte(b: u8) -> u8 {
 /// [`canonical_header_name`] reads them.
 pub fn same_canonical_header(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .all(|(x, y)| canonical_byte(x) == canonical_byte(y))
 }

@@ -157,11 +157,11 @@ mod tests {
 
     fn tok(sub: &str, exp: u64) -> Arc<VerifiedToken> {
         Arc::new(VerifiedToken {
-            identity: UserIdentity {
+            identity: Arc::new(UserIdentity {
                 idp: "i".into(),
                 subject: sub.into(),
                 ..UserIdentity::default()
-            },
+            }),
             expires_at: exp,
         })
     }

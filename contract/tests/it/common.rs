@@ -444,7 +444,7 @@ pub fn nobody() -> Identity {
 
 pub fn user(idp: &str, sub: &str, groups: &[&str]) -> Identity {
     Identity {
-        user: Some(UserIdentity {
+        user: Some(std::sync::Arc::new(UserIdentity {
             idp: idp.into(),
             subject: sub.into(),
             email: Some(format!("{sub}@acme.example")),
@@ -452,13 +452,13 @@ pub fn user(idp: &str, sub: &str, groups: &[&str]) -> Identity {
             claims: BTreeMap::new(),
             scopes: vec![],
             known_claims: None,
-        }),
+        })),
         ..nobody()
     }
 }
 
 pub fn with_claim(mut id: Identity, name: &str, values: &[&str]) -> Identity {
-    if let Some(u) = id.user.as_mut() {
+    if let Some(u) = id.user.as_mut().map(std::sync::Arc::make_mut) {
         u.claims
             .insert(name.into(), values.iter().map(|s| s.to_string()).collect());
     }
@@ -466,7 +466,7 @@ pub fn with_claim(mut id: Identity, name: &str, values: &[&str]) -> Identity {
 }
 
 pub fn with_email(mut id: Identity, email: &str) -> Identity {
-    if let Some(u) = id.user.as_mut() {
+    if let Some(u) = id.user.as_mut().map(std::sync::Arc::make_mut) {
         u.email = Some(email.into());
     }
     id
@@ -475,7 +475,7 @@ pub fn with_email(mut id: Identity, email: &str) -> Identity {
 /// A user whose provider asserted `email` without vouching for it: no verified email, the
 /// raw claim only (what identity_from_claims makes of a token without `email_verified`).
 pub fn with_unverified_email(mut id: Identity, email: &str) -> Identity {
-    if let Some(u) = id.user.as_mut() {
+    if let Some(u) = id.user.as_mut().map(std::sync::Arc::make_mut) {
         u.email = None;
         u.claims.insert("email".into(), vec![email.into()]);
     }
@@ -485,21 +485,21 @@ pub fn with_unverified_email(mut id: Identity, email: &str) -> Identity {
 /// The user as a browser session sees it: only the claims named in `known` are carried (see
 /// `UserIdentity::known_claims`); their values stay as `id` has them.
 pub fn without_email(mut id: Identity) -> Identity {
-    if let Some(u) = id.user.as_mut() {
+    if let Some(u) = id.user.as_mut().map(std::sync::Arc::make_mut) {
         u.email = None;
     }
     id
 }
 
 pub fn as_session(mut id: Identity, known: &[&str]) -> Identity {
-    if let Some(u) = id.user.as_mut() {
+    if let Some(u) = id.user.as_mut().map(std::sync::Arc::make_mut) {
         u.known_claims = Some(known.iter().map(|s| s.to_string()).collect());
     }
     id
 }
 
 pub fn with_scopes(mut id: Identity, scopes: &[&str]) -> Identity {
-    if let Some(u) = id.user.as_mut() {
+    if let Some(u) = id.user.as_mut().map(std::sync::Arc::make_mut) {
         u.scopes = scopes.iter().map(|s| s.to_string()).collect();
     }
     id
