@@ -363,8 +363,21 @@ impl Gateway {
         }
     }
 
+    /// The process's log so far. The gateway writes it from a thread of its own
+    /// (gateway/src/logs.rs), a moment after the request that logged a line was answered, so
+    /// this reads the file once it has stopped growing for 30 ms (at most 2 s).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let read = || std::fs::read_to_string(&self.log).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut last = read();
+        loop {
+            std::thread::sleep(Duration::from_millis(30));
+            let now = read();
+            if now.len() == last.len() || Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
     }
 
     /// `(status, body)` of an admin endpoint.
