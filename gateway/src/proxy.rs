@@ -620,8 +620,7 @@ impl ProxyHttp for GatewayProxy {
         };
         let rule = &state.snapshot.resources[f.resource].rules[f.rule];
         let pick = state
-            .balancers
-            .get(&(f.resource, f.rule))
+            .balancer(f.resource, f.rule, self.listener.port)
             .and_then(|b| {
                 b.pick_target(
                     &self.shared.health,

@@ -244,6 +244,10 @@ pub struct Compiled {
     /// [`L4_RULE`])` for the upstreams of a TCP, UDP or TLSPassthrough Resource, so the
     /// health checks and the balancer lookups treat both alike.
     pub balancers: HashMap<(usize, usize), Balancer>,
+    /// Sidecar snapshots only: the balancers of [`Self::balancers`] narrowed to one
+    /// listener, by (resource index, rule index or [`L4_RULE`], listener port). Read through
+    /// [`Compiled::balancer`].
+    pub pinned: HashMap<(usize, usize, u16), Balancer>,
     /// rustls server configurations of the TLS-terminating TCP listeners, by name. Built per
     /// snapshot, so a certificate, CA or minimum-version change applies to the next
     /// connection.
@@ -295,6 +299,50 @@ pub fn check_upstream_addresses(
         }
     }
     Ok(())
+}
+
+/// The per-listener balancers of a sidecar snapshot ([`Compiled::balancer`]): for each
+/// Resource, listener and rule, the upstreams named after the listener. A Resource with a
+/// single listener whose upstreams are named otherwise (a hand-written snapshot) keeps them
+/// all: with one port there is nothing to confuse. With several listeners, one without an
+/// upstream of its name gets no balancer, and its requests a 503, never another port's
+/// application.
+fn pinned_balancers(snapshot: &Snapshot) -> HashMap<(usize, usize, u16), Balancer> {
+    use rustronaut_contract::snapshot::UpstreamKind;
+    let mut out = HashMap::new();
+    for (ri, r) in snapshot.resources.iter().enumerate() {
+        let rules: Vec<(usize, &[rustronaut_contract::snapshot::Upstream], _)> =
+            if r.protocol == ResourceProtocol::Http {
+                r.rules
+                    .iter()
+                    .enumerate()
+                    .map(|(ui, rule)| (ui, &rule.upstreams[..], rule.load_balancing))
+                    .collect()
+            } else {
+                vec![(L4_RULE, &r.upstreams[..], r.load_balancing)]
+            };
+        for name in &r.listeners {
+            let Some(listener) = snapshot.listeners.iter().find(|l| &l.name == name) else {
+                continue;
+            };
+            for (ui, upstreams, lb) in &rules {
+                let named: Vec<_> = upstreams
+                    .iter()
+                    .filter(|u| matches!(&u.kind, UpstreamKind::Service(s) if &s.name == name))
+                    .cloned()
+                    .collect();
+                let chosen = if named.is_empty() && r.listeners.len() == 1 {
+                    upstreams.to_vec()
+                } else {
+                    named
+                };
+                if !chosen.is_empty() {
+                    out.insert((ri, *ui, listener.port), Balancer::new(&chosen, *lb));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The rule index under which an L4 Resource's balancer is kept in [`Compiled::balancers`].
@@ -392,6 +440,11 @@ impl Compiled {
                 );
             }
         }
+        let pinned = if snapshot.sidecar {
+            pinned_balancers(&snapshot)
+        } else {
+            HashMap::new()
+        };
         // Validation refused unparseable entries; were one to slip through, it trusts no one.
         let trusted_peers = TrustedPeers::parse(&snapshot.client_ip_detection.trusted_peer_cidrs)
             .unwrap_or_default();
@@ -404,8 +457,25 @@ impl Compiled {
             certs,
             client_verifiers,
             balancers,
+            pinned,
             tcp_tls,
         })
+    }
+
+    /// The balancer of `rule` ([`L4_RULE`] for an L4 Resource) of `resource` for a
+    /// connection accepted on the listener port `port`.
+    ///
+    /// In a sidecar snapshot a Resource may protect several application ports, one
+    /// listener each, and its upstreams are named after the listener they belong to
+    /// (`compile/src/sidecar.rs`): a connection to listener `L` goes to the upstream named
+    /// `L` and never to another port of the application, so a caller allowed on one port
+    /// cannot land on another. Elsewhere, the rule's upstreams.
+    pub fn balancer(&self, resource: usize, rule: usize, port: u16) -> Option<&Balancer> {
+        if self.snapshot.sidecar {
+            self.pinned.get(&(resource, rule, port))
+        } else {
+            self.balancers.get(&(resource, rule))
+        }
     }
 
     /// Whether a Policy of any tenant names a `serviceAccount` principal: only then does
@@ -651,6 +721,7 @@ fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     #[test]
     fn wildcard_certificate_covers_exactly_one_label() {
@@ -689,6 +760,75 @@ mod tests {
             }],
         });
         Snapshot::load(&serde_json::to_vec(&v).unwrap()).unwrap()
+    }
+
+    /// A sidecar protecting two ports of one application, as compile/src/sidecar.rs
+    /// writes it: one listener per port, one loopback upstream per listener, named after it.
+    fn two_ports(protocol: &str, sidecar: bool) -> Compiled {
+        let http = protocol == "HTTP";
+        let upstream = |listener: &str, port: u16| {
+            serde_json::json!({"kind": {"service": {"name": listener, "port": port,
+                "addresses": [format!("127.0.0.1:{port}")]}}})
+        };
+        let ups = [upstream("port-15080", 8080), upstream("port-15081", 9090)];
+        let mut r = serde_json::json!({
+            "namespace": "shop", "name": "payments", "tenant": "acme", "protocol": protocol,
+            "listeners": ["port-15080", "port-15081"],
+        });
+        if http {
+            r["hostnames"] = serde_json::json!(if sidecar { vec![] } else { vec!["p.shop.test"] });
+            r["rules"] = serde_json::json!([{"name": "all", "upstreams": ups}]);
+        } else {
+            r["ports"] = serde_json::json!([15080, 15081]);
+            r["upstreams"] = serde_json::json!(ups);
+        }
+        let v = serde_json::json!({
+            "schemaVersion": 1,
+            "gateway": {"namespace": "shop", "name": "payments"},
+            "sidecar": sidecar,
+            "listeners": [{"name": "port-15080", "port": 15080, "protocol": protocol},
+                          {"name": "port-15081", "port": 15081, "protocol": protocol}],
+            "tenants": [{"name": "acme", "domains": [], "identityProviders": []}],
+            "resources": [r],
+        });
+        Compiled::build(Snapshot::load(&serde_json::to_vec(&v).unwrap()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_sidecar_listener_reaches_only_its_own_application_port() {
+        for (protocol, rule) in [("HTTP", 0), ("TCP", L4_RULE)] {
+            let c = two_ports(protocol, true);
+            let reached = |port: u16| -> Vec<SocketAddr> {
+                c.balancer(0, rule, port)
+                    .unwrap_or_else(|| panic!("{protocol}: no balancer for {port}"))
+                    .addresses()
+                    .collect()
+            };
+            assert_eq!(
+                reached(15080),
+                ["127.0.0.1:8080".parse().unwrap()],
+                "{protocol}"
+            );
+            assert_eq!(
+                reached(15081),
+                ["127.0.0.1:9090".parse().unwrap()],
+                "{protocol}"
+            );
+            assert!(
+                c.balancer(0, rule, 15082).is_none(),
+                "{protocol}: not a listener"
+            );
+        }
+        // An edge snapshot keeps the rule's upstreams whatever the listener.
+        let edge = two_ports("HTTP", false);
+        assert_eq!(edge.balancer(0, 0, 15080).unwrap().addresses().count(), 2);
+    }
+
+    #[test]
+    fn a_single_port_sidecar_keeps_upstreams_named_otherwise() {
+        let c = Compiled::build(with_upstream("127.0.0.1:8080", true)).unwrap();
+        let addrs: Vec<SocketAddr> = c.balancer(0, 0, 15006).unwrap().addresses().collect();
+        assert_eq!(addrs, ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]);
     }
 
     #[test]

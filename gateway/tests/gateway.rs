@@ -1192,3 +1192,47 @@ fn request_spans_are_exported_over_otlp_and_continue_the_client_trace() {
         );
     }
 }
+
+/// A sidecar protecting two ports of one application (as compile/src/sidecar.rs writes it:
+/// one listener per port, one loopback upstream per listener, named after it): every request
+/// on a listener reaches the application port behind it and never the other, so a caller
+/// admitted on one port cannot land on another (gateway/src/state.rs, `Compiled::balancer`).
+#[test]
+fn a_sidecar_pins_each_listener_to_its_own_application_port() {
+    let a = Upstream::start("app-port-a");
+    let b = Upstream::start("app-port-b");
+    let (pa, pb) = (free_port(), free_port());
+    let upstream = |listener: &str, addr: std::net::SocketAddr| {
+        json!({"kind": {"service": {"name": listener, "port": addr.port(),
+            "addresses": [addr.to_string()]}}})
+    };
+    let snap = json!({
+        "schemaVersion": 1,
+        "gateway": {"namespace": "shop", "name": "payments"},
+        "sidecar": true,
+        "listeners": [{"name": "port-a", "port": pa, "protocol": "HTTP"},
+                      {"name": "port-b", "port": pb, "protocol": "HTTP"}],
+        "tenants": [{"name": "acme", "domains": [], "identityProviders": []}],
+        "resources": [{
+            "namespace": "shop", "name": "payments", "tenant": "acme", "protocol": "HTTP",
+            "listeners": ["port-a", "port-b"], "hostnames": [],
+            "rules": [{"name": "all",
+                "upstreams": [upstream("port-a", a.addr), upstream("port-b", b.addr)]}]
+        }],
+        "policies": [{"namespace": "shop", "name": "local", "tenant": "acme", "action": "Allow",
+            "targets": [{"resource": {"namespace": "shop", "name": "payments"}}],
+            "rules": [{"name": "loopback", "from": [{"sourceCIDRs": {"cidrs": ["127.0.0.0/8"]}}]}]}],
+    });
+    let gw = Gateway::start(&snap);
+    for _ in 0..10 {
+        for (port, want) in [(pa, "app-port-a"), (pb, "app-port-b")] {
+            let u = url(port, "/orders");
+            let r = curl(&["-H", "Host: payments.shop.svc", &u]);
+            assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+            assert_eq!(r.json()["upstream"], want, "{r:?}");
+        }
+    }
+    for up in [&a, &b] {
+        assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 10);
+    }
+}

@@ -312,7 +312,7 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
         return;
     };
     let (mut upstream, target, from_upstream) =
-        match connect(shared, state, f.resource, f.hash_key.as_deref()).await {
+        match connect(shared, state, f.resource, port, f.hash_key.as_deref()).await {
             Ok(c) => c,
             Err(detail) => {
                 rec.detail = Some(detail);
@@ -371,11 +371,11 @@ async fn connect(
     shared: &Shared,
     state: &Compiled,
     resource: usize,
+    port: u16,
     hash_key: Option<&str>,
 ) -> Result<(TcpStream, Upstream, Vec<u8>), String> {
     let balancer = state
-        .balancers
-        .get(&(resource, L4_RULE))
+        .balancer(resource, L4_RULE, port)
         .ok_or("no upstream")?;
     let mut tried = Vec::new();
     let mut site_tried = false;

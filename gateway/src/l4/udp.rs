@@ -216,7 +216,7 @@ async fn open(
     let Some(f) = verdict.forward else {
         return denied(&rec);
     };
-    let pick = state.balancers.get(&(f.resource, L4_RULE)).and_then(|b| {
+    let pick = state.balancer(f.resource, L4_RULE, port).and_then(|b| {
         b.pick_target(
             &shared.health,
             &[],
