@@ -13,7 +13,11 @@
 # side (idle background allocations measured over 2 s and subtracted).
 #
 # Every proxy gets one worker thread (the machine has 2 cores: one for the proxy, one for
-# h2load and the upstream), keep-alive to the upstream, access logs off. The gateway verifies
+# h2load and the upstream; THREADS=2 for the scaling comparison), keep-alive to the upstream,
+# access logs off. Bare Pingora's plain listener runs without an L4 read buffer, as the
+# gateway's do (rustronaut_gateway::server::PLAIN_HTTP_L4), so the CPU ratio is the cost of
+# the gateway's code, not of a listener setting; 10,000 idle connections are held on both
+# settings. The gateway verifies
 # the token (cached after the first request) and evaluates the policy on every request, and
 # logs one JSON decision line per request; nginx and HAProxy only forward.
 #
@@ -39,6 +43,9 @@
 #        GW_BEFORE=path/to/rustronaut-gateway adds a row "gateway-before": another build of the
 #        gateway (the commit before a change) on the same snapshot, so a change's gain is
 #        measured in the same run as its baseline
+#        THREADS=2 gives each proxy under test (nginx, HAProxy, bare Pingora, the gateway) two
+#        worker threads/processes instead of one, for the scaling comparison (the upstream
+#        nginx, h2load and the TCP part stay at one)
 #        TCP_ONLY=1 runs only the iperf3 part (TCP_SECONDS=5 per run); the gateway runs twice,
 #        with its default 64 KiB copy buffers and with tokio's 8 KiB (gateway-8k)
 # Needs nginx, haproxy, h2load (nghttp2-client), iperf3 and openssl: installed with apt-get
@@ -54,6 +61,7 @@ H2_C=${H2_CONNECTIONS:-10}
 H2_M=${H2_STREAMS:-10}
 LATENCY_ONLY=${LATENCY_ONLY:-0}
 H2_ONLY=${H2_ONLY:-0}
+THREADS=${THREADS:-1}
 # 10,000 held connections per server below need the descriptors (HAProxy, at maxconn 9500,
 # fits a 20,000 hard limit: the rest of its 10,000 wait in the listen backlog).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -155,7 +163,7 @@ http { access_log off;
     location = /small { return 200 "hello, world\n"; } } }
 CONF
 cat >"$work/proxy.conf" <<CONF
-worker_processes 1; daemon off; pid $work/proxy.pid; error_log $work/proxy.err;
+worker_processes $THREADS; daemon off; pid $work/proxy.pid; error_log $work/proxy.err;
 worker_rlimit_nofile 20000;
 events { worker_connections 15000; }
 http { access_log off;
@@ -170,7 +178,7 @@ http { access_log off;
 CONF
 cat >"$work/haproxy.cfg" <<CONF
 global
-  nbthread 1
+  nbthread $THREADS
   maxconn 9500
 defaults
   mode http
@@ -209,14 +217,14 @@ nginx -c "$work/upstream.conf" & pids+=($!)
 nginx -c "$work/proxy.conf" & pids+=($!)
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
 "$GW" --allow-loopback-upstreams --snapshot "$work/snapshot.json" --admin-listen 127.0.0.1:19005 --bind-address 127.0.0.1 \
-	--threads 1 >"$work/gateway.log" 2>&1 & gwpid=$!; pids+=("$gwpid")
+	--threads "$THREADS" >"$work/gateway.log" 2>&1 & gwpid=$!; pids+=("$gwpid")
 if [ -n "${GW_BEFORE:-}" ]; then
 	sed -e 's/"port": 19004/"port": 19031/' -e 's/"port": 19024/"port": 19033/' "$work/snapshot.json" \
 		>"$work/snapshot-before.json"
 	"$GW_BEFORE" --allow-loopback-upstreams --snapshot "$work/snapshot-before.json" --admin-listen 127.0.0.1:19032 \
-		--bind-address 127.0.0.1 --threads 1 >"$work/gateway-before.log" 2>&1 & beforepid=$!; pids+=("$beforepid")
+		--bind-address 127.0.0.1 --threads "$THREADS" >"$work/gateway-before.log" 2>&1 & beforepid=$!; pids+=("$beforepid")
 fi
-"$BARE" --listen 127.0.0.1:19008 --upstream 127.0.0.1:19001 --threads 1 --tls-listen 127.0.0.1:19028 \
+"$BARE" --listen 127.0.0.1:19008 --l4-read-buffer 0 --upstream 127.0.0.1:19001 --threads "$THREADS" --tls-listen 127.0.0.1:19028 \
 	--cert "$work/tls.crt" --key "$work/tls.key" >"$work/bare.log" 2>&1 & barepid=$!; pids+=("$barepid")
 for _ in $(seq 1 100); do
 	[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19005/readyz)" = 200 ] &&
@@ -376,7 +384,7 @@ RUSTRONAUT_ALLOC_COUNT_FILE=$work/alloc-gateway "$GW_COUNTED" --allow-loopback-u
 	--snapshot "$work/snapshot-counted.json" --admin-listen 127.0.0.1:19010 --bind-address 127.0.0.1 \
 	--threads 1 >"$work/gateway-counted.log" 2>&1 & pids+=($!)
 RUSTRONAUT_ALLOC_COUNT_FILE=$work/alloc-bare-pingora "$BARE_COUNTED" --listen 127.0.0.1:19017 \
-	--upstream 127.0.0.1:19001 --threads 1 --tls-listen 127.0.0.1:19027 --cert "$work/tls.crt" \
+	--l4-read-buffer 0 --upstream 127.0.0.1:19001 --threads 1 --tls-listen 127.0.0.1:19027 --cert "$work/tls.crt" \
 	--key "$work/tls.key" >"$work/bare-counted.log" 2>&1 & pids+=($!)
 port[gateway-counted]=19009; tlsport[gateway-counted]=19029; tpids[gateway-counted]=""
 port[bare-pingora-counted]=19017; tlsport[bare-pingora-counted]=19027; tpids[bare-pingora-counted]=""
@@ -450,6 +458,20 @@ PY
 	# shellcheck disable=SC2086
 	nginx_10k=$(hold 19002 $nginx_workers)
 	haproxy_10k=$(hold 19003 "${pids[2]}")
+	# Bare Pingora, fresh like the 1,000-route gateway, with both L4 read buffer settings:
+	# none (as the gateway's plain listeners and the timed bare-pingora) and Pingora's
+	# default (64 KiB).
+	"$BARE" --listen 127.0.0.1:19018 --upstream 127.0.0.1:19001 --threads 1 >"$work/bare-default.log" 2>&1 &
+	baredef=$!; pids+=("$baredef")
+	"$BARE" --listen 127.0.0.1:19019 --l4-read-buffer 0 --upstream 127.0.0.1:19001 --threads 1 \
+		>"$work/bare-unbuffered.log" 2>&1 & bare0=$!; pids+=("$bare0")
+	for _ in $(seq 1 100); do
+		[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19018/small)" = 200 ] &&
+			[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19019/small)" = 200 ] && break
+		sleep 0.1
+	done
+	bare_10k=$(hold 19019 "$bare0")
+	baredef_10k=$(hold 19018 "$baredef")
 
 fi
 
@@ -458,11 +480,11 @@ ms() { printf '%.3f' "$(echo "$1 / 1000" | bc -l)"; }
 if [ "$H2_ONLY" != 1 ]; then
 	ns=$(field 1 <<<"${small[nginx]}" | median)
 	if [ "$LATENCY_ONLY" = 1 ]; then
-		printf '\n%s requests x %s connections (small), %s rounds, median of rounds\n\n' "$N" "$C" "$ROUNDS"
+		printf '\n%s requests x %s connections (small), %s rounds, median of rounds, %s worker thread(s) per proxy\n\n' "$N" "$C" "$ROUNDS" "$THREADS"
 		echo "| target | small req/s | vs nginx | mean latency | CPU µs/req | user µs/req | CPU vs bare Pingora | runs |"
 		echo "|---|---|---|---|---|---|---|---|"
 	else
-		printf '\n%s requests x %s connections (small), %s x 1 MiB, %s rounds, median of rounds\n' "$N" "$C" "$NBIG" "$ROUNDS"
+		printf '\n%s requests x %s connections (small), %s x 1 MiB, %s rounds, median of rounds, %s worker thread(s) per proxy\n' "$N" "$C" "$NBIG" "$ROUNDS" "$THREADS"
 		printf '(CPU: utime + stime of the proxy process per small request, median of rounds)\n\n'
 		echo "| target | small req/s | vs nginx | mean latency | CPU µs/req | user µs/req | CPU vs bare Pingora | 1 MiB req/s | vs nginx | mean latency | small runs |"
 		echo "|---|---|---|---|---|---|---|---|---|---|---|"
@@ -549,5 +571,7 @@ printf '\ngateway RSS: idle %s KiB, peak %s KiB\n' "$idle_rss" "$peak_rss"
 if [ "$LATENCY_ONLY" != 1 ] && [ "$H2_ONLY" != 1 ]; then
 	printf 'gateway RSS with 1,000 routes: idle %s KiB, holding 10,000 open connections %s KiB\n' "$rss_1000" "$rss_10k"
 	printf 'holding 10,000 open connections, same run: nginx worker %s KiB, HAProxy %s KiB\n' "$nginx_10k" "$haproxy_10k"
+	printf 'holding 10,000 open connections, same run: bare Pingora %s KiB (no L4 read buffer, as the gateway), %s KiB (Pingora default, 64 KiB)\n' \
+		"$bare_10k" "$baredef_10k"
 	tcp_bench
 fi

@@ -9,6 +9,7 @@ use crate::proxy::{GatewayProxy, ListenerInfo, Shared};
 use crate::state::Compiled;
 use crate::tls::{DynamicClientVerifier, HandshakeCallback, SniResolver};
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
@@ -41,6 +42,22 @@ pub enum ServerError {
         reason: String,
     },
 }
+
+/// Socket buffering of plain HTTP listeners: no L4 read buffer (Pingora's default is 64 KiB
+/// per connection), the default write buffer (one MSS).
+///
+/// Why: on a plain HTTP connection every byte read goes into a buffer of its own anyway
+/// (the request head into [`crate::downstream`]'s head buffer, then Pingora's HTTP/1
+/// parser, bodies into Pingora's body buffer), so the L4 buffer under them only added a
+/// copy per read and, per connection, a 64 KiB zeroed allocation, the largest part of what
+/// an idle keep-alive connection held (issue 19: 10,000 idle connections took 280-450 MB;
+/// measured with and without it in docs/benchmarks.md). TLS listeners keep Pingora's
+/// default: rustls reads records in small pieces, which that buffer turns into few system
+/// calls.
+pub const PLAIN_HTTP_L4: L4BufferSettings = L4BufferSettings {
+    read: Some(0),
+    write: None,
+};
 
 /// Process settings for Pingora.
 #[derive(Debug, Clone)]
@@ -144,7 +161,8 @@ pub fn build(
                     opts.l4.handshake_timeout,
                 )));
         } else {
-            svc.add_tcp(&addr);
+            // No L4 read buffer under plain HTTP: see [`PLAIN_HTTP_L4`].
+            svc.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(PLAIN_HTTP_L4));
         }
         tracing::info!(listener = %l.name, %addr, https, "listener bound");
         server.add_service(svc);

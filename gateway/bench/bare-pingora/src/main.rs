@@ -12,11 +12,13 @@
 //! ```text
 //! bare-pingora --listen 127.0.0.1:19008 --upstream 127.0.0.1:19001 --threads 1 \
 //!              [--tls-listen 127.0.0.1:19028 --cert tls.crt --key tls.key]   (h2 by ALPN)
+//!              [--l4-read-buffer BYTES]                                      (plain listener)
 //! ```
 
 use async_trait::async_trait;
 use clap::Parser;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use std::net::SocketAddr;
@@ -45,6 +47,12 @@ struct Args {
     /// PEM private key of the TLS listener.
     #[arg(long)]
     key: Option<String>,
+    /// L4 read buffer of the plain listener, bytes (0: none); Pingora's default (64 KiB)
+    /// when not given. The gateway's plain HTTP listeners use 0
+    /// (`rustronaut_gateway::server::PLAIN_HTTP_L4`); the benchmark holds 10,000 idle
+    /// connections on both settings to show what that setting alone changes.
+    #[arg(long)]
+    l4_read_buffer: Option<usize>,
 }
 
 struct Bare {
@@ -77,7 +85,12 @@ fn main() {
             upstream: args.upstream,
         },
     );
-    svc.add_tcp(&args.listen.to_string());
+    svc.add_listener(
+        ListenerConfig::tcp(args.listen.to_string()).l4_buffer(L4BufferSettings {
+            read: args.l4_read_buffer,
+            write: None,
+        }),
+    );
     if let (Some(addr), Some(cert), Some(key)) = (args.tls_listen, &args.cert, &args.key) {
         let mut tls = match TlsSettings::intermediate(cert, key) {
             Ok(tls) => tls,
