@@ -14,7 +14,9 @@
 //!            per admitted tenant with an OIDC provider: its session key Secret
 //!            (created once, read into `inputs.session_keys`)                (session)
 //!  apply     server-side apply, field manager "rustronaut-operator"        (crate::apply)
-//!  status    status::status -> Accepted / Programmed / Ready, configVersion (status)
+//!  status    status::status -> Accepted / Programmed / Ready, configVersion (status),
+//!            written and remembered by reports::settle; later pod reports recompute
+//!            Ready from that memo without a reconcile                       (reports)
 //!            + status.tunnel: replica public keys, sites from the hubs' /status
 //!                                                                           (hubstatus)
 //! ```
@@ -24,7 +26,9 @@
 //! Programmed=False with the reason, records a Warning Event, and waits for a change: the
 //! reconcile itself succeeds, so nothing retries in a hot loop and nothing crash-loops.
 //!
-//! Watches ([`run`]). The Gateway and the objects it owns are watched as usual (`owns`).
+//! Watches ([`run`]). The Gateway (spec changes only: its status writes wake nothing) and
+//! the objects it owns are watched as usual (`owns`), except the status ConfigMap the pods
+//! report into, which [`reports`] watches on its own.
 //! Everything else a snapshot is made of is held in the caches ([`crate::cache`]), which
 //! wake this controller: a change of a Tenant, a Gateway or the cluster's networks
 //! re-reconciles every Gateway (`reconcile_all_on`), a change of a namespaced object only the
@@ -39,11 +43,12 @@
 pub mod hubstatus;
 pub mod inputs;
 pub mod objects;
+pub mod reports;
 pub mod session;
 pub mod status;
 pub mod tunnel;
 
-use crate::apply::{apply_status, put, remove};
+use crate::apply::{put, remove};
 use crate::cache::{Stores, guard};
 use crate::context::{Context, Settings};
 use crate::error::{Error, RESYNC, backoff};
@@ -52,16 +57,15 @@ use futures::StreamExt;
 use futures::channel::mpsc;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 use objects::names;
 use rustronaut_compile::World;
@@ -89,6 +93,8 @@ pub struct GatewayContext {
     pub recorder: Recorder,
     /// Consecutive failed reconciles per Gateway (`namespace/name`), for [`backoff`].
     pub failures: std::sync::Mutex<BTreeMap<String, u32>>,
+    /// What the last reconcile of each Gateway saw, for its pods' reports ([`reports`]).
+    pub memo: reports::Memo,
 }
 
 fn key(gw: &Gateway) -> String {
@@ -102,29 +108,34 @@ pub async fn run(
     context: Arc<GatewayContext>,
     all: mpsc::Receiver<()>,
     these: mpsc::UnboundedReceiver<ObjectRef<Gateway>>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let client = context.ctx.client.clone();
     let owned = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
     // The controller's own Gateway watch, guarded too: an unreadable Gateway is left out
-    // instead of stopping every reconcile.
+    // instead of stopping every reconcile. Only spec changes pass (generation): the
+    // status writes, the reconcile's own and the pod reports', wake nothing.
     let (gateway_store, gateway_writer) = reflector::store();
     let gateway_events = reflector::reflector(
         gateway_writer,
         guard::guarded::<Gateway>(context.ctx.clone(), context.stores.unreadable.clone()),
     )
     .default_backoff()
-    .applied_objects();
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
+    // The status ConfigMap is not an owned watch: its reports recompute the status without
+    // a reconcile (reports); what they cannot settle comes back here.
+    let (report_tx, report_rx) = mpsc::unbounded();
+    let reports = tokio::spawn(reports::run(context.clone(), report_tx, shutdown.clone()));
     Controller::for_stream(gateway_events, gateway_store)
         .owns(Api::<Deployment>::all(client.clone()), owned())
         .owns(Api::<StatefulSet>::all(client.clone()), owned())
         .owns(Api::<Service>::all(client.clone()), owned())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned())
         .owns(Api::<ServiceAccount>::all(client.clone()), owned())
         .owns(Api::<Role>::all(client.clone()), owned())
         .owns(Api::<RoleBinding>::all(client.clone()), owned())
         .reconcile_all_on(all)
-        .reconcile_on(these)
+        .reconcile_on(futures::stream::select(these, report_rx))
         .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
@@ -135,6 +146,7 @@ pub async fn run(
             }
         })
         .await;
+    let _ = reports.await;
 }
 
 /// Reconciles one Gateway, recording metrics.
@@ -269,6 +281,9 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
                 // The configuration changed: say on each affected object why it is left out,
                 // fails closed or is degraded here (not on every resync: no Event storm).
                 publish_problems(ctx, &problem_refs, &reference).await;
+                // And on the Gateway, what changed: `kubectl describe gateway` shows when
+                // each configuration went out, next to the Warnings.
+                publish_published(ctx, &reference, &secret, served.as_deref(), &outcome).await;
             }
             (
                 status::Built::Ok {
@@ -387,39 +402,26 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         None => Vec::new(),
     };
 
-    // status
-    let reports = status_cm.and_then(|c| c.data.clone()).unwrap_or_default();
-    let new = status::status(&status::Observed {
-        generation: gw.meta().generation,
-        previous: gw.status.as_ref(),
-        built: outcome,
-        served,
-        deployment: deployment.as_ref(),
-        service: service.as_ref(),
-        listeners: gw.spec.listeners.iter().map(|l| l.name.clone()).collect(),
-        reports: reports.into_iter().collect(),
-        pod_template_refused: refused,
-        tunnel: keys.map(|k| TunnelStatus {
-            public_keys: k.replicas.into_iter().flatten().collect(),
-            sites,
-        }),
-        now: Time(k8s_openapi::jiff::Timestamp::now()),
-    });
-    if gw.status.as_ref() != Some(&new) {
-        let api: Api<Gateway> = Api::namespaced(client.clone(), &ns);
-        let body = serde_json::json!({
-            "apiVersion": Gateway::api_version(&()),
-            "kind": Gateway::kind(&()),
-            "status": new,
-        });
-        apply_status(&api, &name, &body)
-            .await
-            .map_err(|source| Error::Status {
-                namespace: ns.clone(),
-                name: name.clone(),
-                source,
-            })?;
-    }
+    // status, remembered for the pods' reports that follow (reports)
+    reports::settle(
+        ctx,
+        gw,
+        reports::Seen {
+            generation: gw.meta().generation,
+            built: outcome,
+            served,
+            deployment,
+            service,
+            listeners: gw.spec.listeners.iter().map(|l| l.name.clone()).collect(),
+            pod_template_refused: refused,
+            tunnel: keys.map(|k| TunnelStatus {
+                public_keys: k.replicas.into_iter().flatten().collect(),
+                sites,
+            }),
+            reports: reports::Reports::of(status_cm.as_ref()),
+        },
+    )
+    .await?;
     // With a tunnel, sooner: the sites' state changes without any event.
     Ok(Action::requeue(if gw.spec.tunnel.is_some() {
         hubstatus::INTERVAL
@@ -907,6 +909,42 @@ fn config_version(secret: &Secret) -> Option<String> {
         .as_ref()?
         .get(objects::CONFIG_VERSION_ANNOTATION)
         .cloned()
+}
+
+/// Reason of the Normal Event a Gateway gets when a new snapshot version is written.
+pub const SNAPSHOT_PUBLISHED: &str = "SnapshotPublished";
+
+/// The Normal [`SNAPSHOT_PUBLISHED`] Event: which version, in which Secret, how many
+/// Resources it serves and how many objects it leaves out. Only on a version change, so a
+/// resync publishes nothing.
+async fn publish_published(
+    ctx: &GatewayContext,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    secret: &Secret,
+    version: Option<&str>,
+    outcome: &rustronaut_compile::snapshot::BuildOutcome,
+) {
+    let Some(version) = version else { return };
+    let left_out = outcome
+        .problems
+        .iter()
+        .filter(|p| p.impact != Impact::Degraded)
+        .count();
+    let event = Event {
+        type_: EventType::Normal,
+        reason: SNAPSHOT_PUBLISHED.into(),
+        note: Some(truncate(format!(
+            "snapshot {version} published in Secret {}/{}: {} Resource(s) served, {left_out} object(s) left out",
+            secret.namespace().unwrap_or_default(),
+            secret.name_any(),
+            outcome.snapshot.resources.len(),
+        ))),
+        action: "PublishSnapshot".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(error = %err, "failed to publish an Event");
+    }
 }
 
 async fn publish_failure(

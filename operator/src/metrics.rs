@@ -96,6 +96,9 @@ pub struct Metrics {
     /// Admissions answered by the sidecar injection webhook, by outcome (every replica counts
     /// its own).
     pub admissions: Family<AdmissionLabels, Counter>,
+    /// Gateway statuses recomputed from a pod's report alone, without a reconcile
+    /// (`crate::gateway::reports`).
+    pub status_from_reports: Counter,
     gateways: Mutex<HashMap<(String, String), GatewaySeries>>,
 }
 
@@ -111,6 +114,7 @@ impl Default for Metrics {
             gateway_version: Family::default(),
             gateway_failed: Family::default(),
             admissions: Family::default(),
+            status_from_reports: Counter::default(),
             gateways: Mutex::default(),
         }
     }
@@ -154,6 +158,11 @@ impl Metrics {
             "sidecar_admissions",
             "Pods the sidecar injection webhook answered for, by outcome",
             self.admissions.clone(),
+        );
+        sub.register(
+            "gateway_status_from_reports",
+            "Gateway statuses written from a pod's report alone, without a reconcile",
+            self.status_from_reports.clone(),
         );
     }
 

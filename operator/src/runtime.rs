@@ -60,6 +60,7 @@ impl Runtime {
                 settings,
                 recorder,
                 failures: Default::default(),
+                memo: Default::default(),
             }),
             drivers,
             triggers: wakeups.gateways,
@@ -74,6 +75,11 @@ impl Runtime {
     /// True once every cache has been filled (for `/readyz`).
     pub fn ready_flag(&self) -> Arc<AtomicBool> {
         self.ready.clone()
+    }
+
+    /// The metrics the controllers record: for tests that count the work done.
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.context.ctx.metrics.clone()
     }
 
     /// The caches (filled once [`Self::run`] runs): for tests that look at what is held.

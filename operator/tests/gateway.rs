@@ -235,6 +235,31 @@ async fn gateway_lifecycle() {
     })
     .await;
 
+    // A Normal Event on the Gateway for the snapshot version it published.
+    let gw_events: Api<Event> = Api::namespaced(client.clone(), &gw_ns);
+    let note = eventually("a Normal SnapshotPublished Event on the Gateway", || {
+        let gw_events = gw_events.clone();
+        async move {
+            let list = gw_events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                (e.type_.as_deref() == Some("Normal")
+                    && e.reason.as_deref() == Some("SnapshotPublished")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("edge")
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("1 Resource(s) served, 1 object(s) left out")))
+                .then_some(e.note)
+                .flatten()
+            })
+        }
+    })
+    .await;
+    assert!(
+        note.starts_with("snapshot ")
+            && note.contains(&format!(" published in Secret {gw_ns}/edge-snapshot: ")),
+        "{note}"
+    );
+
     // The workload, owned by the Gateway, with the contract the gateway binary expects. The
     // snapshot is written first and the status last: once the status describes this
     // generation, the reconcile has applied everything in between.
@@ -363,6 +388,53 @@ async fn gateway_lifecycle() {
         }
     })
     .await;
+
+    // A report alone (a pod loaded something else, then the served version again) moves
+    // Ready both ways without a Gateway reconcile: the status is recomputed from what the
+    // last reconcile saw (operator/src/gateway/reports.rs), and its write wakes nothing.
+    let gateway_reconciles = || {
+        controllers
+            .metrics
+            .reconciles
+            .get_or_create(&rustronaut_operator::metrics::KindLabel {
+                kind: "Gateway".into(),
+            })
+            .get()
+    };
+    let reconciles_before = gateway_reconciles();
+    let from_reports_before = controllers.metrics.status_from_reports.get();
+    for (loaded, ready) in [("an-older-version", "False"), (version.as_str(), "True")] {
+        configmaps
+            .patch(
+                "edge-status",
+                &PatchParams::apply("edge-pod-a"),
+                &Patch::Apply(json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "edge-status"},
+                    "data": {"edge-pod-a": loaded}
+                })),
+            )
+            .await
+            .unwrap();
+        eventually(&format!("Ready={ready} from a report"), || {
+            let gateways = gateways.clone();
+            async move {
+                let gw = gateways.get("edge").await.ok()?;
+                (condition(&gw, "Ready").map(|c| c.0) == Some(ready)).then_some(())
+            }
+        })
+        .await;
+    }
+    assert_eq!(
+        controllers.metrics.status_from_reports.get(),
+        from_reports_before + 2,
+        "both statuses written from the reports"
+    );
+    assert_eq!(
+        gateway_reconciles(),
+        reconciles_before,
+        "no Gateway reconcile for a report"
+    );
 
     // Updating the Policy changes the snapshot.
     patch(

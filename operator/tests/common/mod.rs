@@ -153,6 +153,9 @@ pub struct Controllers {
     /// The controllers' caches.
     #[allow(dead_code)] // not every test binary asks
     pub stores: rustronaut_operator::cache::Stores,
+    /// The controllers' metrics (counts of reconciles and of statuses from reports).
+    #[allow(dead_code)] // not every test binary asks
+    pub metrics: Arc<rustronaut_operator::metrics::Metrics>,
 }
 
 /// Starts the controllers; `reporter` names them in Events.
@@ -167,6 +170,7 @@ pub fn start_controllers(operator: kube::Client, reporter: &str) -> Controllers 
     );
     let ready = controller.ready_flag();
     let stores = controller.stores();
+    let metrics = controller.metrics();
     let task = tokio::spawn(controller.run(async move {
         let _ = stopped.await;
     }));
@@ -175,6 +179,7 @@ pub fn start_controllers(operator: kube::Client, reporter: &str) -> Controllers 
         task,
         ready,
         stores,
+        metrics,
     }
 }
 

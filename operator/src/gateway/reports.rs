@@ -1,0 +1,371 @@
+//! Pod reports without a rebuild: a gateway pod writing the snapshot version it loaded into
+//! the `<gw>-status` ConfigMap changes only the Gateway's `Ready` (and `configVersion`), so it
+//! recomputes the status from what the last reconcile saw instead of reconciling again.
+//!
+//! Why (issue 17): the ConfigMap was an owned object of the Gateway controller, so every
+//! report woke a full reconcile (the world read, the snapshot compiled, a dozen server-side
+//! applies) just to flip `Ready`; after one Policy edit each replica reports once, so a
+//! Gateway of N replicas was compiled N + 1 times per edit, and its status write woke the
+//! controller once more. Now:
+//!
+//! ```text
+//!  reconcile ──status step──> settle(Seen) ──> Memo[gw] = Seen + the status written
+//!  report (ConfigMap Apply) ──> Memo[gw] for this generation? ──yes──> status(Seen + reports)
+//!                                                             └─no──> full reconcile
+//!  ConfigMap deleted ──> full reconcile (it is re-created)
+//! ```
+//!
+//! The memo is what makes this safe: it holds everything [`status::status`] reads except
+//! the reports, as the last reconcile saw it, for the generation it reconciled; a report
+//! for another generation, or for a Gateway not reconciled yet by this process, falls back
+//! to the full reconcile. One lock orders the writers, so a report never writes a status
+//! computed from an older reconcile over a newer one, and reports older than the ones a
+//! reconcile already used (a lagging watch) are ignored by their resource version.
+//!
+//! The Gateway's own watch passes only spec changes (`generation`), so a status write,
+//! here or in the reconcile, no longer wakes the controller either.
+
+use super::GatewayContext;
+use super::status::{self, Built};
+use crate::apply::apply_status;
+use crate::error::Error;
+use crate::meta::labels;
+use futures::channel::mpsc;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use rustronaut_crds::Gateway;
+use rustronaut_crds::gateway::{GatewayStatus, TunnelStatus};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What a reconcile saw, apart from the reports: [`status::Observed`] owned, for one
+/// generation of one Gateway.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// metadata.generation reconciled.
+    pub generation: Option<i64>,
+    /// The build.
+    pub built: Built,
+    /// The snapshot version in the Secret (current or last good).
+    pub served: Option<String>,
+    /// The Deployment as applied.
+    pub deployment: Option<Deployment>,
+    /// The Service as applied.
+    pub service: Option<Service>,
+    /// Listener names in spec order.
+    pub listeners: Vec<String>,
+    /// Why `spec.podTemplate` was refused, if it was.
+    pub pod_template_refused: Option<String>,
+    /// The tunnel hub's state.
+    pub tunnel: Option<TunnelStatus>,
+    /// The reports used, and the ConfigMap resource version they came from.
+    pub reports: Reports,
+}
+
+/// The status ConfigMap's data at one resource version.
+#[derive(Debug, Clone, Default)]
+pub struct Reports {
+    /// Pod name -> snapshot version it loaded.
+    pub data: BTreeMap<String, String>,
+    /// The ConfigMap's resource version, as a number (0 when unknown). The apiserver's
+    /// resource versions are etcd revisions: larger is newer for one object.
+    pub version: u64,
+}
+
+impl Reports {
+    /// The reports held by `cm` (none: empty, version 0).
+    pub fn of(cm: Option<&ConfigMap>) -> Self {
+        let Some(cm) = cm else {
+            return Self::default();
+        };
+        Self {
+            data: cm.data.clone().unwrap_or_default().into_iter().collect(),
+            version: cm
+                .resource_version()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+}
+
+struct Entry {
+    seen: Seen,
+    /// The status last written (or found equal), the `previous` of the next computation.
+    status: GatewayStatus,
+}
+
+/// The last [`Seen`] and written status per Gateway (`namespace/name`), behind the one lock
+/// that orders status writes of the reconcile and of reports.
+///
+/// Only this process writes Gateway statuses while it leads, and a replica that loses the
+/// Lease exits (`main.rs`), so the memo never outlives a leadership term: the status it
+/// holds is the one in the API server, and it may stand in for the cache's copy, which lags
+/// our own writes by a watch event.
+#[derive(Default)]
+pub struct Memo(tokio::sync::Mutex<BTreeMap<String, Entry>>);
+
+/// The status of `seen` against `previous`, at `now`.
+pub fn compute(seen: &Seen, previous: Option<&GatewayStatus>, now: Time) -> GatewayStatus {
+    status::status(&status::Observed {
+        generation: seen.generation,
+        previous,
+        built: seen.built.clone(),
+        served: seen.served.clone(),
+        deployment: seen.deployment.as_ref(),
+        service: seen.service.as_ref(),
+        listeners: seen.listeners.clone(),
+        reports: seen.reports.data.clone(),
+        pod_template_refused: seen.pod_template_refused.clone(),
+        tunnel: seen.tunnel.clone(),
+        now,
+    })
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+async fn write(
+    ctx: &GatewayContext,
+    ns: &str,
+    name: &str,
+    new: &GatewayStatus,
+) -> Result<(), Error> {
+    let api: Api<Gateway> = Api::namespaced(ctx.ctx.client.clone(), ns);
+    let body = serde_json::json!({
+        "apiVersion": Gateway::api_version(&()),
+        "kind": Gateway::kind(&()),
+        "status": new,
+    });
+    apply_status(&api, name, &body)
+        .await
+        .map(drop)
+        .map_err(|source| Error::Status {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            source,
+        })
+}
+
+/// The reconcile's status step: computes the status of `seen`, writes it when it differs
+/// from the current one, and remembers both for the reports that follow.
+pub async fn settle(ctx: &GatewayContext, gw: &Gateway, mut seen: Seen) -> Result<(), Error> {
+    let ns = gw.namespace().unwrap_or_default();
+    let name = gw.name_any();
+    let key = format!("{ns}/{name}");
+    let mut memo = ctx.memo.0.lock().await;
+    // Deleted Gateways leave (a deletion does not reconcile).
+    memo.retain(|k, _| {
+        k.split_once('/').is_some_and(|(n, g)| {
+            ctx.stores
+                .gateways
+                .get(&ObjectRef::new(g).within(n))
+                .is_some()
+        })
+    });
+    // Our own last write is at least as new as the cached Gateway's status.
+    let previous = memo
+        .get(&key)
+        .map(|e| e.status.clone())
+        .or_else(|| gw.status.clone());
+    // Reports a report already brought in are newer than the ones this reconcile read.
+    if let Some(e) = memo.get(&key)
+        && e.seen.reports.version > seen.reports.version
+    {
+        seen.reports = e.seen.reports.clone();
+    }
+    let new = compute(&seen, previous.as_ref(), now());
+    if previous.as_ref() != Some(&new) {
+        write(ctx, &ns, &name, &new).await?;
+    }
+    memo.insert(key, Entry { seen, status: new });
+    Ok(())
+}
+
+/// What a report event asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The status was recomputed (and written if it changed).
+    Settled,
+    /// Older than what the memo holds: nothing to do.
+    Stale,
+    /// Not reconciled yet for this generation (or the ConfigMap is gone): a full reconcile.
+    Reconcile,
+}
+
+/// The Gateway owning a status ConfigMap (its controller ownerReference).
+fn owner(cm: &ConfigMap) -> Option<ObjectRef<Gateway>> {
+    let ns = cm.namespace()?;
+    cm.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "Gateway")
+        .map(|o| ObjectRef::new(&o.name).within(&ns))
+}
+
+async fn on_report(ctx: &GatewayContext, gw: &ObjectRef<Gateway>, cm: &ConfigMap) -> Outcome {
+    let Some(current) = ctx.stores.gateways.get(gw) else {
+        // Not (yet) in the cache: the Gateway's own watch brings it, with a reconcile.
+        return Outcome::Stale;
+    };
+    let ns = current.namespace().unwrap_or_default();
+    let name = current.name_any();
+    let key = format!("{ns}/{name}");
+    let reports = Reports::of(Some(cm));
+    let mut memo = ctx.memo.0.lock().await;
+    let Some(entry) = memo.get_mut(&key) else {
+        return Outcome::Reconcile;
+    };
+    if entry.seen.generation != current.meta().generation {
+        return Outcome::Reconcile;
+    }
+    if reports.version != 0 && reports.version <= entry.seen.reports.version {
+        return Outcome::Stale;
+    }
+    let mut seen = entry.seen.clone();
+    seen.reports = reports;
+    let new = compute(&seen, Some(&entry.status), now());
+    if new != entry.status {
+        if let Err(e) = write(ctx, &ns, &name, &new).await {
+            tracing::warn!(gateway = %key, error = %e, "status from a pod report not written; reconciling");
+            return Outcome::Reconcile;
+        }
+        ctx.ctx.metrics.status_from_reports.inc();
+    }
+    *entry = Entry { seen, status: new };
+    Outcome::Settled
+}
+
+/// Watches the status ConfigMaps of every Gateway until `shutdown`: a report recomputes the
+/// owner's status from the memo; what the memo cannot answer (no reconcile of this
+/// generation yet, a deleted ConfigMap) goes to `reconcile`, the Gateway controller's queue.
+pub async fn run(
+    ctx: Arc<GatewayContext>,
+    reconcile: mpsc::UnboundedSender<ObjectRef<Gateway>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let api: Api<ConfigMap> = Api::all(ctx.ctx.client.clone());
+    // The gateway's only ConfigMap is its status ConfigMap.
+    let selector = format!(
+        "{},{}={}",
+        labels::MANAGED_SELECTOR,
+        labels::NAME,
+        labels::GATEWAY
+    );
+    let events = watcher(api, watcher::Config::default().labels(&selector)).default_backoff();
+    let work = events
+        .map_err(|e| tracing::warn!(error = %e, "status ConfigMap watch failed; retrying"))
+        .for_each(|event| {
+            let ctx = ctx.clone();
+            let reconcile = reconcile.clone();
+            async move {
+                let (cm, deleted) = match event {
+                    Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => (cm, false),
+                    Ok(watcher::Event::Delete(cm)) => (cm, true),
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(()) => return,
+                };
+                let Some(gw) = owner(&cm) else { return };
+                let outcome = if deleted {
+                    Outcome::Reconcile
+                } else {
+                    on_report(&ctx, &gw, &cm).await
+                };
+                if outcome == Outcome::Reconcile {
+                    let _ = reconcile.unbounded_send(gw);
+                }
+            }
+        });
+    tokio::select! {
+        () = work => {}
+        () = shutdown => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cm(rv: &str, data: serde_json::Value, owner_kind: &str) -> ConfigMap {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "edge-status", "namespace": "gw", "resourceVersion": rv,
+                "ownerReferences": [{"apiVersion": "rustronaut.io/v1alpha1", "kind": owner_kind,
+                    "name": "edge", "uid": "u1", "controller": true}]},
+            "data": data
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn reports_carry_the_data_and_a_numeric_version() {
+        let r = Reports::of(Some(&cm("42", json!({"edge-a": "v1"}), "Gateway")));
+        assert_eq!(r.version, 42);
+        assert_eq!(r.data.get("edge-a").map(String::as_str), Some("v1"));
+        let none = Reports::of(None);
+        assert_eq!((none.version, none.data.len()), (0, 0));
+    }
+
+    #[test]
+    fn the_owner_is_the_controlling_gateway_only() {
+        let c = cm("1", json!({}), "Gateway");
+        let o = owner(&c).expect("owned by a Gateway");
+        assert_eq!(
+            (o.name.as_str(), o.namespace.as_deref()),
+            ("edge", Some("gw"))
+        );
+        assert!(owner(&cm("1", json!({}), "Resource")).is_none());
+    }
+
+    /// The same reconcile's view with more pods reporting the served version turns Ready
+    /// True, with no other input: what a report alone may change.
+    #[test]
+    fn a_report_alone_turns_ready() {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "edge"},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"readyReplicas": 2}
+        }))
+        .unwrap();
+        let mut seen = Seen {
+            generation: Some(3),
+            built: Built::Ok {
+                attached: BTreeMap::new(),
+                problems: 0,
+            },
+            served: Some("v2".into()),
+            deployment: Some(deployment),
+            service: None,
+            listeners: vec![],
+            pod_template_refused: None,
+            tunnel: None,
+            reports: Reports {
+                data: [
+                    ("a".to_string(), "v2".to_string()),
+                    ("b".into(), "v1".into()),
+                ]
+                .into(),
+                version: 10,
+            },
+        };
+        let t = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let before = compute(&seen, None, t.clone());
+        let ready = |s: &GatewayStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.status.clone())
+        };
+        assert_eq!(ready(&before).as_deref(), Some("False"));
+        assert_eq!(before.config_version, None, "not every pod has it yet");
+        seen.reports.data.insert("b".into(), "v2".into());
+        let after = compute(&seen, Some(&before), t);
+        assert_eq!(ready(&after).as_deref(), Some("True"));
+        assert_eq!(after.config_version.as_deref(), Some("v2"));
+    }
+}
