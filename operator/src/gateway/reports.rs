@@ -208,7 +208,13 @@ fn owner(cm: &ConfigMap) -> Option<ObjectRef<Gateway>> {
         .map(|o| ObjectRef::new(&o.name).within(&ns))
 }
 
-async fn on_report(ctx: &GatewayContext, gw: &ObjectRef<Gateway>, cm: &ConfigMap) -> Outcome {
+/// `initial`: the event is from the watch's first listing (start-up or a relist).
+async fn on_report(
+    ctx: &GatewayContext,
+    gw: &ObjectRef<Gateway>,
+    cm: &ConfigMap,
+    initial: bool,
+) -> Outcome {
     let Some(current) = ctx.stores.gateways.get(gw) else {
         // Not (yet) in the cache: the Gateway's own watch brings it, with a reconcile.
         return Outcome::Stale;
@@ -219,7 +225,13 @@ async fn on_report(ctx: &GatewayContext, gw: &ObjectRef<Gateway>, cm: &ConfigMap
     let reports = Reports::of(Some(cm));
     let mut memo = ctx.memo.0.lock().await;
     let Some(entry) = memo.get_mut(&key) else {
-        return Outcome::Reconcile;
+        // At start-up the controller reconciles every Gateway anyway, and that reconcile
+        // reads the ConfigMap itself: asking for another would build each Gateway twice.
+        return if initial {
+            Outcome::Stale
+        } else {
+            Outcome::Reconcile
+        };
     };
     if entry.seen.generation != current.meta().generation {
         return Outcome::Reconcile;
@@ -264,16 +276,17 @@ pub async fn run(
             let ctx = ctx.clone();
             let reconcile = reconcile.clone();
             async move {
-                let (cm, deleted) = match event {
-                    Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => (cm, false),
-                    Ok(watcher::Event::Delete(cm)) => (cm, true),
+                let (cm, deleted, initial) = match event {
+                    Ok(watcher::Event::Apply(cm)) => (cm, false, false),
+                    Ok(watcher::Event::InitApply(cm)) => (cm, false, true),
+                    Ok(watcher::Event::Delete(cm)) => (cm, true, false),
                     Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(()) => return,
                 };
                 let Some(gw) = owner(&cm) else { return };
                 let outcome = if deleted {
                     Outcome::Reconcile
                 } else {
-                    on_report(&ctx, &gw, &cm).await
+                    on_report(&ctx, &gw, &cm, initial).await
                 };
                 if outcome == Outcome::Reconcile {
                     let _ = reconcile.unbounded_send(gw);
