@@ -84,7 +84,7 @@ fn install_demo(cluster: &TestCluster) {
     // through its Service.
     let mut test = support::helm(bin_dir, Some(cluster));
     test.args(["test", "rustronaut", "--namespace", "rustronaut-system"])
-        .args(["--timeout", "120s"]);
+        .args(["--timeout", "120s", "--logs"]);
     let out = run(test);
     assert!(out.contains("Succeeded"), "helm test:\n{out}");
     kubectl_apply(cluster, rustronaut_e2e::scenario::DEMO_MANIFESTS);

@@ -64,6 +64,9 @@ struct Args {
     /// operator's `/readyz`.
     #[arg(long, value_name = "URL")]
     probe: Option<String>,
+    /// Probe mode: how long to keep trying (once a second) before answering 1.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    probe_patience: u64,
     /// Address of the sidecar injection webhook (HTTPS, `POST /inject`), e.g.
     /// `0.0.0.0:9443`. Default: no webhook (the chart sets it with `sidecar.enabled`).
     #[arg(long)]
@@ -100,7 +103,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(url) = &args.probe {
-        return match rustronaut_operator::server::probe(url).await {
+        let patience = std::time::Duration::from_secs(args.probe_patience);
+        let report = |e: &str| eprintln!("{e} (trying again)");
+        return match rustronaut_operator::server::probe_until(url, patience, report).await {
             Ok(()) => {
                 println!("{url}: ok");
                 Ok(())

@@ -185,6 +185,29 @@ pub async fn probe(url: &str) -> Result<(), String> {
         .map_err(|_| format!("{url}: no answer within {READ_TIMEOUT:?}"))?
 }
 
+/// [`probe`] again every second until it succeeds or `patience` has passed; each failed
+/// attempt is reported through `on_failure`. Why: the `helm test` pod starts seconds after
+/// `helm install --wait`, when the cluster's DNS, the Service's endpoints or the node's
+/// NetworkPolicy rules for the new pod may still be settling; one refused connection then
+/// says nothing about the operator. The last attempt's error is returned.
+pub async fn probe_until(
+    url: &str,
+    patience: Duration,
+    mut on_failure: impl FnMut(&str),
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match probe(url).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline || e.contains("only http://") => {
+                return Err(e);
+            }
+            Err(e) => on_failure(&e),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 #[cfg(test)]
 mod probe_tests {
     use super::*;
@@ -222,5 +245,43 @@ mod probe_tests {
                 .unwrap_err()
                 .contains("connecting")
         );
+    }
+
+    #[tokio::test]
+    async fn the_probe_waits_for_a_late_operator_and_gives_up_after_its_patience() {
+        // Nothing listens yet: the first attempts fail, then the operator comes up.
+        let reserved = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = reserved.local_addr().unwrap();
+        drop(reserved);
+        let url = format!("http://{addr}/readyz");
+        let server = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let listener = TcpListener::bind(addr).await.unwrap();
+            serve(
+                listener,
+                Arc::new(Registry::default()),
+                Arc::new(AtomicBool::new(true)),
+            )
+            .await
+        });
+        let mut failures = Vec::new();
+        probe_until(&url, Duration::from_secs(30), |e| {
+            failures.push(e.to_string())
+        })
+        .await
+        .unwrap();
+        assert!(!failures.is_empty(), "the first attempt must have failed");
+        assert!(failures[0].contains("connecting"), "{failures:?}");
+        server.abort();
+        // A never-ready operator: the last error comes back once the patience is spent.
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let e = probe_until(&format!("http://{closed}/"), Duration::ZERO, |_| {})
+            .await
+            .unwrap_err();
+        assert!(e.contains("connecting"), "{e}");
     }
 }
