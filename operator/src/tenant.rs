@@ -8,7 +8,10 @@
 //!  apply   per held namespace that exists:
 //!            Namespace      label rustronaut.io/tenant=<tenant> (only that field is applied)
 //!            NetworkPolicy  rustronaut-tenant-isolation: default-deny ingress except from
-//!                           gateway pods (any namespace); owned by the Tenant
+//!                           the admitting gateways' pods; owned by the Tenant
+//!            NetworkPolicy  rustronaut-tenant-isolation-sidecars: default-deny ingress for
+//!                           pods with an injected sidecar (their sidecar Resource's own
+//!                           policy opens the sidecar ports); owned by the Tenant
 //!            RoleBinding    rustronaut-tenant-admins: spec.admins -> ClusterRole
 //!                           rustronaut-tenant-admin; owned by the Tenant
 //!  prune   labels, NetworkPolicies and RoleBindings in namespaces the Tenant no longer holds
@@ -41,6 +44,7 @@ use kube::{Resource, ResourceExt};
 use rustronaut_compile::snapshot::{admits, missing_idp_secrets};
 use rustronaut_crds::Tenant;
 use rustronaut_crds::conditions::types;
+use rustronaut_crds::resource::sidecar_names;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -51,6 +55,8 @@ pub const KIND: &str = "Tenant";
 pub const TENANT_LABEL: &str = "rustronaut.io/tenant";
 /// Name of the NetworkPolicy in every held namespace.
 pub const NETWORK_POLICY: &str = "rustronaut-tenant-isolation";
+/// Name of the NetworkPolicy for the sidecar-protected pods of every held namespace.
+pub const SIDECAR_NETWORK_POLICY: &str = "rustronaut-tenant-isolation-sidecars";
 /// Name of the admins' RoleBinding in every held namespace.
 pub const ADMIN_BINDING: &str = "rustronaut-tenant-admins";
 
@@ -92,6 +98,11 @@ pub fn namespace_label(namespace: &str, tenant: Option<&str>) -> Value {
 /// Gateway pods and tunnel hub pods in the namespace are not selected, so their own
 /// listeners stay reachable (a hub's WireGuard port must take UDP from sites outside the
 /// cluster; its stream port authenticates gateways with a token).
+///
+/// Pods with an injected sidecar (label [`sidecar_names::INJECTED_LABEL`]) are not selected
+/// either: NetworkPolicies add up, so admitting the gateways here would admit them to those
+/// pods' application ports too, past the sidecar. [`sidecar_network_policy`] closes them
+/// instead.
 pub fn network_policy(t: &Tenant, namespace: &str, gateways: &BTreeSet<(String, String)>) -> Value {
     let from: Vec<Value> = gateways
         .iter()
@@ -115,12 +126,40 @@ pub fn network_policy(t: &Tenant, namespace: &str, gateways: &BTreeSet<(String, 
             "ownerReferences": t.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
         },
         "spec": {
-            "podSelector": {"matchExpressions": [{
-                "key": labels::NAME, "operator": "NotIn",
-                "values": [labels::GATEWAY, labels::HUB],
-            }]},
+            "podSelector": {"matchExpressions": [
+                {"key": labels::NAME, "operator": "NotIn", "values": [labels::GATEWAY, labels::HUB]},
+                {"key": sidecar_names::INJECTED_LABEL, "operator": "DoesNotExist"},
+            ]},
             "policyTypes": ["Ingress"],
             "ingress": ingress,
+        },
+    })
+}
+
+/// Default-deny ingress for the pods of `namespace` that carry an injected sidecar: nothing
+/// from here; their sidecar Resource's NetworkPolicy (`crate::sidecar::objects`) opens the
+/// sidecar ports to every caller, since the sidecar judges each request. The application
+/// ports stay reachable from inside the pod only, edge gateways included.
+///
+/// Why a policy of its own rather than leaving these pods to the Resource's: when that
+/// Resource is deleted or its selector stops matching a pod, the pod still runs with its
+/// label and must stay closed (fail closed) instead of falling out of every policy, which
+/// would open it to the whole cluster. A tenant that puts the label on a pod by hand only
+/// closes its own pod.
+pub fn sidecar_network_policy(t: &Tenant, namespace: &str) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {
+            "name": SIDECAR_NETWORK_POLICY, "namespace": namespace,
+            "labels": object_labels(&t.name_any()),
+            "ownerReferences": t.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
+        },
+        "spec": {
+            "podSelector": {"matchExpressions": [
+                {"key": sidecar_names::INJECTED_LABEL, "operator": "Exists"},
+            ]},
+            "policyTypes": ["Ingress"],
+            "ingress": [],
         },
     })
 }
@@ -235,6 +274,10 @@ fn plan(stores: &Stores, now: &Time) -> Plan {
         plan.objects.insert(
             ("NetworkPolicy", ns.clone(), NETWORK_POLICY.into()),
             network_policy(t, ns, &admitting),
+        );
+        plan.objects.insert(
+            ("NetworkPolicy", ns.clone(), SIDECAR_NETWORK_POLICY.into()),
+            sidecar_network_policy(t, ns),
         );
         if let Some(rb) = admin_binding(t, ns) {
             plan.objects
@@ -477,6 +520,35 @@ mod tests {
             selected[0].values.as_deref().unwrap(),
             [labels::GATEWAY, labels::HUB],
             "and so do tunnel hub pods"
+        );
+        assert_eq!(
+            (selected[1].key.as_str(), selected[1].operator.as_str()),
+            (sidecar_names::INJECTED_LABEL, "DoesNotExist"),
+            "pods with a sidecar are left out: admitting the gateways would open their app ports"
+        );
+    }
+
+    #[test]
+    fn pods_with_an_injected_sidecar_are_closed_by_a_policy_of_their_own() {
+        let np: NetworkPolicy =
+            serde_json::from_value(sidecar_network_policy(&tenant(json!({})), "apps")).unwrap();
+        assert_eq!(np.metadata.name.as_deref(), Some(SIDECAR_NETWORK_POLICY));
+        assert_eq!(np.metadata.namespace.as_deref(), Some("apps"));
+        let owner = &np.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Tenant", "u-1"));
+        assert_eq!(np.metadata.labels.as_ref().unwrap()[TENANT_LABEL], "acme");
+        let spec = np.spec.unwrap();
+        assert_eq!(spec.policy_types.unwrap(), ["Ingress"]);
+        assert_eq!(
+            spec.ingress.unwrap().len(),
+            0,
+            "nothing comes in through this one"
+        );
+        let selected = spec.pod_selector.unwrap().match_expressions.unwrap();
+        assert_eq!(selected.len(), 1);
+        assert_eq!(
+            (selected[0].key.as_str(), selected[0].operator.as_str()),
+            (sidecar_names::INJECTED_LABEL, "Exists")
         );
     }
 

@@ -25,7 +25,9 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use rustronaut_contract::eval::Effect;
 use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
-use rustronaut_operator::tenant::{ADMIN_BINDING, NETWORK_POLICY, TENANT_LABEL};
+use rustronaut_operator::tenant::{
+    ADMIN_BINDING, NETWORK_POLICY, SIDECAR_NETWORK_POLICY, TENANT_LABEL,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -282,6 +284,21 @@ async fn tenants_and_object_status() {
     assert_eq!(
         (owner.kind.as_str(), Some(&owner.uid)),
         ("Tenant", older_uid.as_ref())
+    );
+    // Its companion closing the pods that carry an injected sidecar, owned the same way.
+    let closed = eventually("the sidecar pods' NetworkPolicy", || {
+        let netpols = netpols.clone();
+        async move { netpols.get_opt(SIDECAR_NETWORK_POLICY).await.ok()? }
+    })
+    .await;
+    let owner = &closed.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), Some(&owner.uid)),
+        ("Tenant", older_uid.as_ref())
+    );
+    assert!(
+        closed.spec.unwrap().ingress.unwrap_or_default().is_empty(),
+        "no ingress for pods with a sidecar, except what their Resource's policy opens"
     );
     // The one Gateway admitting the older tenant (`edge` in `apps`, tenants: Same) is the one
     // peer: its pods, in its namespace, named (never "gateway pods of any namespace").

@@ -8,8 +8,8 @@
 //! 65532 on a read-only root; curl through the workload's Service gets 200, 401 or 403 as the
 //! Policy says; a ServiceAccount token (TokenRequest API, audience rustronaut.io) is allowed
 //! by a `serviceAccount` rule and another account's is denied; a pod of another namespace
-//! reaches the sidecar port but not the application's (the NetworkPolicies, enforced by
-//! kube-router); Policy changes are enforced with no restart of the pod (apply -> enforced
+//! reaches the sidecar port but not the application's, and nor does a pod of the edge
+//! gateway that admits the tenant (the NetworkPolicies, enforced by kube-router); Policy changes are enforced with no restart of the pod (apply -> enforced
 //! printed, never asserted against a time); and with the operator scaled to zero the sidecar
 //! keeps enforcing its last snapshot.
 
@@ -307,6 +307,27 @@ fn other_pods_reach_the_sidecar_port_but_never_the_application_port() {
     assert!(
         !probe(cluster, "default", "probe-app-port-default", &ip, APP_PORT),
         "nor a pod of namespace default"
+    );
+    // The demo's edge Gateway admits this tenant, so the tenant's isolation policy admits its
+    // pods everywhere in the tenant's namespaces, but never to a protected pod's application
+    // port (that policy leaves injected pods out; rustronaut-tenant-isolation-sidecars closes
+    // them). A stand-in for a gateway pod: NetworkPolicies know a peer only by its namespace
+    // and labels, and the gateway image has no client to probe with.
+    let gateway = json!({"app.kubernetes.io/name": "rustronaut-gateway", "app.kubernetes.io/instance": "hello-gw"});
+    assert!(
+        probe_labelled(
+            cluster,
+            NS,
+            "probe-gw-sidecar-port",
+            gateway.clone(),
+            &ip,
+            SIDECAR_PORT
+        ),
+        "the edge gateway's pods reach the sidecar port"
+    );
+    assert!(
+        !probe_labelled(cluster, NS, "probe-gw-app-port", gateway, &ip, APP_PORT),
+        "the edge gateway's pods must not reach the application port past the sidecar"
     );
 }
 

@@ -143,7 +143,9 @@ pub fn role_binding(res: &Resource) -> RoleBinding {
 ///
 /// NetworkPolicies add up: another policy that selects the same pods and admits more (a
 /// namespace-wide "allow from my namespace") admits it to the application ports too. The
-/// Tenant's own isolation policy admits only the edge gateways' pods.
+/// Tenant's own isolation policy therefore leaves injected pods out and closes them with a
+/// deny-all policy of their own (`crate::tenant::sidecar_network_policy`), so not even the
+/// edge gateways reach the application ports.
 pub fn network_policy(res: &Resource, workload: &Workload, settings: &Settings) -> NetworkPolicy {
     let ports: Vec<Value> = workload
         .ports
