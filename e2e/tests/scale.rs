@@ -1,7 +1,7 @@
 //! The operator binary at scale, against the real control plane, as its own ServiceAccount:
 //! `SCALE_TENANTS` Tenants (default 5) with `SCALE_PER_TENANT` Resources and as many Policies
-//! each (default 4), a Service with an EndpointSlice per tenant, and one Gateway per ten
-//! tenants admitting its tenants by label. Then `SCALE_CHANGES` single-Policy edits (default
+//! each (default 4), a Service with an EndpointSlice per tenant, and one Gateway per
+//! `SCALE_TENANTS_PER_GATEWAY` tenants (default 10) admitting its tenants by label. Then `SCALE_CHANGES` single-Policy edits (default
 //! 10).
 //!
 //! Checked (in CI, at the small default): every Gateway's snapshot holds exactly its own
@@ -9,8 +9,9 @@
 //! reaches the right snapshot.
 //!
 //! Measured and printed (never asserted against a time): time to converge after the objects
-//! are created, reconciles by kind (from the operator's /metrics), operator RSS (current and
-//! peak), and apply -> snapshot written p50/p99 over the edits. `make bench-operator` runs it
+//! are created, reconciles by kind and Gateway builds per edit (by reconciles, by the status
+//! pass, reused; from the operator's /metrics), operator RSS (current and peak), and apply ->
+//! snapshot written p50/p99 over the edits. `make bench-operator` runs it
 //! with 50 tenants x 20 (1,000 Resources, 1,000 Policies) on a release build; results in
 //! docs/benchmarks.md.
 
@@ -28,8 +29,12 @@ mod support;
 use support::{MANAGER, percentile};
 
 const PLATFORM: &str = "scale-platform";
-/// Tenants per Gateway.
-const TENANTS_PER_GATEWAY: usize = 10;
+
+/// Tenants per Gateway: `SCALE_TENANTS_PER_GATEWAY` (default 10; the 10,000-object
+/// scenario, 200 tenants on 50 Gateways, is 4).
+fn tenants_per_gateway() -> usize {
+    env_usize("SCALE_TENANTS_PER_GATEWAY", 10).max(1)
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -53,7 +58,7 @@ impl Plan {
         format!("scale-t{t}")
     }
     fn gateway_of(t: usize) -> usize {
-        t / TENANTS_PER_GATEWAY
+        t / tenants_per_gateway()
     }
     /// The policy rule's CIDRs; `marker` adds one an edit can be recognised by.
     fn policy(t: usize, i: usize, marker: Option<usize>) -> Value {
@@ -272,6 +277,33 @@ fn reconciles(metrics: &str) -> BTreeMap<String, (u64, f64)> {
     out
 }
 
+/// `(builds by Gateway reconciles, builds by the status pass, builds the status pass reused)`,
+/// from the operator's /metrics (`rustronaut_operator_gateway_builds_total` and
+/// `rustronaut_operator_gateway_builds_shared_total`).
+fn builds(metrics: &str) -> (u64, u64, u64) {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(metrics) else {
+        return (0, 0, 0);
+    };
+    let _ = write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {metrics}\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    let value = |prefix: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    (
+        value("rustronaut_operator_gateway_builds_total{by=\"Gateway\"} "),
+        value("rustronaut_operator_gateway_builds_total{by=\"ResourcePolicyStatus\"} "),
+        value("rustronaut_operator_gateway_builds_shared_total "),
+    )
+}
+
 #[test]
 fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     let tenants = env_usize("SCALE_TENANTS", 5).max(1);
@@ -280,7 +312,7 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     let plan = Plan {
         tenants,
         per_tenant,
-        gateways: tenants.div_ceil(TENANTS_PER_GATEWAY),
+        gateways: tenants.div_ceil(tenants_per_gateway()),
     };
     let cluster = rustronaut_e2e::shared();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -342,6 +374,7 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     let statuses_in = created.elapsed();
     let (settled_rss, peak_rss) = rss_mb(operator.pid());
     let counts = reconciles(&metrics);
+    let builds_converged = builds(&metrics);
 
     // Edits: one Policy at a time; apply -> the right Gateway's snapshot carries it.
     let ssa = PatchParams::apply(MANAGER).force();
@@ -377,6 +410,9 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     }
     let (final_rss, final_peak) = rss_mb(operator.pid());
     let after_edits = reconciles(&metrics);
+    // Once the last edit's status pass has run: it waits for the reconciles it can reuse.
+    std::thread::sleep(Duration::from_secs(2));
+    let builds_after = builds(&metrics);
 
     eprintln!(
         "scale: {} tenants, {} Gateways, {total} Resources, {total} Policies",
@@ -387,6 +423,18 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     eprintln!("  created -> every Policy TestsPassed=True: {statuses_in:.2?}");
     eprintln!("  reconciles by kind (count, mean seconds) to converge: {counts:?}");
     eprintln!("  ... and after the edits: {after_edits:?}");
+    let per_edit = |n: u64| n as f64 / changes.max(1) as f64;
+    eprintln!(
+        "  Gateway builds to converge: {} by reconciles, {} by the status pass, {} reused by it",
+        builds_converged.0, builds_converged.1, builds_converged.2
+    );
+    eprintln!(
+        "  Gateway builds per edit: {:.2} by reconciles, {:.2} by the status pass, {:.2} reused by it ({} Gateways)",
+        per_edit(builds_after.0 - builds_converged.0),
+        per_edit(builds_after.1 - builds_converged.1),
+        per_edit(builds_after.2 - builds_converged.2),
+        plan.gateways
+    );
     eprintln!(
         "  operator RSS: idle {idle_rss:.1} MB, settled {settled_rss:.1} MB, peak {peak_rss:.1} MB; after edits {final_rss:.1} MB (peak {final_peak:.1} MB)"
     );

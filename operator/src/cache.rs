@@ -21,6 +21,7 @@
 //! Below the reconcilers: uses only [`crate::error`], [`crate::context`] and [`crate::meta`].
 
 pub mod affected;
+pub mod builds;
 pub mod guard;
 pub mod networks;
 pub mod secrets;
@@ -41,6 +42,7 @@ use kube::{Resource, ResourceExt};
 use meta::labels;
 use rustronaut_compile::World;
 use rustronaut_compile::convert::SecretSource;
+use rustronaut_contract::snapshot::ObjectRef as ContractRef;
 use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -87,6 +89,8 @@ pub struct Stores {
     pub namespaces: Store<Namespace>,
     /// The cluster's pod and Service networks (which EndpointSlice addresses are allowed).
     pub networks: networks::ClusterNetworks,
+    /// Gateway builds shared by the Gateway controller and the status pass ([`builds`]).
+    pub builds: builds::SharedBuilds,
     /// The rustronaut.io objects the operator cannot read ([`guard`]).
     pub unreadable: guard::Seen,
 }
@@ -337,19 +341,23 @@ impl Caches {
         // change wakes only the Gateways of their namespace's tenant (`index`).
         // The four kinds through DeserializeGuard: one unreadable object never stalls a watch.
         let seen = guard::Seen::default();
+        let builds = builds::SharedBuilds::default();
+        let wake = |txs, index| Wake {
+            txs,
+            index,
+            builds: builds.clone(),
+        };
         let (tenants, s1) = reflect(
             guard::guarded::<Tenant>(ctx.clone(), seen.clone()),
-            everyone(),
+            wake(everyone(), None),
             Changes::Spec,
-            None,
         );
         // Gateways wake the Gateway controller too: quotas make one Gateway's fate depend on
         // its tenant's others (the youngest beyond the quota waits for an older one to go).
         let (gateways, s7) = reflect(
             guard::guarded::<Gateway>(ctx.clone(), seen.clone()),
-            everyone(),
+            wake(everyone(), None),
             Changes::Spec,
-            None,
         );
         let (targets_tx, targets) = mpsc::unbounded();
         let index = Some(Index {
@@ -360,15 +368,13 @@ impl Caches {
         let others = || vec![st.clone(), tn.clone(), sc.clone()];
         let (resources, s2) = reflect(
             guard::guarded::<RtnResource>(ctx.clone(), seen.clone()),
-            others(),
+            wake(others(), index.clone()),
             Changes::Spec,
-            index.clone(),
         );
         let (policies, s3) = reflect(
             guard::guarded::<Policy>(ctx.clone(), seen.clone()),
-            others(),
+            wake(others(), index.clone()),
             Changes::Spec,
-            index.clone(),
         );
         // Secrets also wake the Tenants: their ResolvedRefs is about identity-provider Secrets.
         // Metadata of all (what exists, and the wake-ups), the operator's own whole; the data
@@ -384,46 +390,41 @@ impl Caches {
                 m.metadata.managed_fields = None;
                 m.metadata.annotations = None;
             }),
-            others(),
+            wake(others(), index.clone()),
             Changes::All,
-            index.clone(),
         );
         let (own_secrets, s11) = reflect(
             watcher(
                 Api::<Secret>::all(client.clone()),
                 watcher::Config::default().labels(labels::MANAGED_SELECTOR),
             ),
-            others(),
+            wake(others(), index.clone()),
             Changes::All,
-            index.clone(),
         );
         let secrets = secrets::SecretCache::new(secret_meta, own_secrets);
         let (services, s5) = reflect(
             all::<Service>(client.clone()),
-            vec![st.clone()],
+            wake(vec![st.clone()], index.clone()),
             Changes::All,
-            index.clone(),
         );
         let index_for_namespaces = index.clone();
         let (slices, s6) = reflect(
             all::<EndpointSlice>(client.clone()),
-            vec![st.clone()],
+            wake(vec![st.clone()], index),
             Changes::All,
-            index,
         );
         // Namespace labels also decide what a Policy's namespaceSelector selects: a change
         // wakes the status pass and the Gateways of the namespace's tenant.
         let (namespaces, s8) = reflect(
             all::<Namespace>(client.clone()),
-            vec![st.clone(), tn.clone()],
+            wake(vec![st.clone(), tn.clone()], index_for_namespaces),
             Changes::Spec,
-            index_for_namespaces,
         );
         // The cluster's networks change when nodes come and go: every Gateway may have an
         // address newly allowed or refused.
         let (nodes, s9) = reflect_networks(
             Api::<Node>::all(client.clone()),
-            everyone(),
+            wake(everyone(), None),
             |n: &mut Node| {
                 // Only spec.podCIDRs is read: drop status (images, conditions), which is most
                 // of a Node and changes all the time.
@@ -445,7 +446,7 @@ impl Caches {
         );
         let (service_cidrs, s10) = reflect_networks(
             Api::<ServiceCIDR>::all(client.clone()),
-            everyone(),
+            wake(everyone(), None),
             |c: &mut ServiceCIDR| {
                 c.status = None;
                 c.metadata.managed_fields = None;
@@ -467,6 +468,7 @@ impl Caches {
             slices,
             gateways,
             namespaces,
+            builds,
             unreadable: seen.clone(),
             networks: networks::ClusterNetworks {
                 nodes,
@@ -532,21 +534,29 @@ struct Index {
 }
 
 impl Index {
-    /// `ns`: the changed object's namespace; None wakes every Gateway.
-    fn wake(&self, ns: Option<&str>) {
+    /// The Gateways a change of an object in `ns` can affect; None: every Gateway (`ns` is
+    /// None, or no Tenant holds it).
+    fn affected(&self, ns: Option<&str>) -> Option<Vec<ObjectRef<Gateway>>> {
+        let ns = ns?;
         let gateways = self.gateways.state();
-        let all = || gateways.iter().map(|g| ObjectRef::from_obj(&**g)).collect();
-        let targets: Vec<ObjectRef<Gateway>> = match ns {
-            None => all(),
-            Some(ns) => {
-                let tenants: Vec<Tenant> =
-                    self.tenants.state().iter().map(|t| (**t).clone()).collect();
-                match affected::by_namespace(ns, &tenants, gateways.iter().map(|g| &**g)) {
-                    affected::Affected::All => all(),
-                    affected::Affected::These(list) => list,
-                }
-            }
-        };
+        let tenants: Vec<Tenant> = self.tenants.state().iter().map(|t| (**t).clone()).collect();
+        match affected::by_namespace(ns, &tenants, gateways.iter().map(|g| &**g)) {
+            affected::Affected::All => None,
+            affected::Affected::These(list) => Some(list),
+        }
+    }
+
+    /// Every Gateway in the cache.
+    fn all(&self) -> Vec<ObjectRef<Gateway>> {
+        self.gateways
+            .state()
+            .iter()
+            .map(|g| ObjectRef::from_obj(&**g))
+            .collect()
+    }
+
+    /// Sends `targets` to the Gateway controller.
+    fn wake(&self, targets: Vec<ObjectRef<Gateway>>) {
         for t in targets {
             // Unbounded: the controller's scheduler merges repeats of one Gateway.
             let _ = self.tx.unbounded_send(t);
@@ -554,35 +564,71 @@ impl Index {
     }
 }
 
+/// What one change of a watched object does beyond the store: poke the passes in `txs`,
+/// forget the shared builds of the Gateways it can affect (everything when it cannot be
+/// placed), and, with an `index`, wake those Gateways' reconciles. The builds and the
+/// wake-ups use the same answer, so a build is forgotten exactly when its Gateway is told
+/// to rebuild ([`builds`]).
+#[derive(Clone)]
+struct Wake {
+    txs: Vec<mpsc::Sender<()>>,
+    index: Option<Index>,
+    builds: builds::SharedBuilds,
+}
+
+impl Wake {
+    /// A change of an object in namespace `ns` (None: not namespaced, or a whole re-list).
+    fn changed(&self, ns: Option<&str>) {
+        for tx in &self.txs {
+            // A full slot already means "reconcile everything": coalesce.
+            let _ = tx.clone().try_send(());
+        }
+        let Some(index) = &self.index else {
+            // Tenants, Gateways, Nodes, ServiceCIDRs: `txs` wakes every Gateway.
+            self.builds.invalidate_all(true);
+            return;
+        };
+        match index.affected(ns) {
+            Some(targets) => {
+                let keys: Vec<ContractRef> = targets.iter().map(contract_ref).collect();
+                self.builds.invalidate(&keys);
+                index.wake(targets);
+            }
+            None => {
+                self.builds.invalidate_all(true);
+                index.wake(index.all());
+            }
+        }
+    }
+}
+
+/// A kube reference to a Gateway as the snapshot contract names objects.
+fn contract_ref(gw: &ObjectRef<Gateway>) -> ContractRef {
+    ContractRef::new(gw.namespace.clone().unwrap_or_default(), gw.name.clone())
+}
+
 /// Runs a reflector for `api` into a new store; every change (except of objects the operator
 /// manages, and, with [`Changes::Spec`], except status-only updates) pokes every sender in
 /// `txs`. Returns the store and the stream to drive.
 fn reflect<K>(
     source: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
-    txs: Vec<mpsc::Sender<()>>,
+    wake: Wake,
     changes: Changes,
-    index: Option<Index>,
 ) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
     let poke = move |obj: Option<&K>| {
-        for tx in &txs {
-            // A full slot already means "reconcile everything": coalesce.
-            let _ = tx.clone().try_send(());
-        }
-        if let Some(index) = &index {
-            // A Namespace is the namespace its change is about.
-            let ns = obj.and_then(|o| {
-                if K::kind(&()) == "Namespace" {
-                    o.meta().name.as_deref()
-                } else {
-                    o.meta().namespace.as_deref()
-                }
-            });
-            index.wake(ns);
-        }
+        // A Namespace is the namespace its change is about.
+        let ns = obj.and_then(|o| {
+            if K::kind(&()) == "Namespace" {
+                o.meta().name.as_deref()
+            } else {
+                o.meta().namespace.as_deref()
+            }
+        });
+        wake.changed(ns);
     };
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     let stream = reflector::reflector(writer, source)
@@ -628,7 +674,7 @@ where
 /// almost never).
 fn reflect_networks<K>(
     api: Api<K>,
-    txs: Vec<mpsc::Sender<()>>,
+    wake: Wake,
     trim: impl Fn(&mut K) + Send + Sync + 'static,
     cidrs: impl Fn(&K) -> Vec<String> + Send + 'static,
 ) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
@@ -636,11 +682,8 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let poke = move || {
-        for tx in &txs {
-            let _ = tx.clone().try_send(());
-        }
-    };
+    // Every Gateway may have an address newly allowed or refused: no index.
+    let poke = move || wake.changed(None);
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let stream = reflector::reflector(
         writer,

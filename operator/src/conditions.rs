@@ -28,7 +28,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use rustronaut_compile::quota::OverQuota;
-use rustronaut_compile::snapshot::{BuildOutcome, Impact};
+use rustronaut_compile::snapshot::{BuildOutcome, Impact, Problem};
 use rustronaut_compile::{TestOutcome, World};
 use rustronaut_contract::snapshot::ObjectRef;
 use rustronaut_crds::conditions::{reasons, types};
@@ -41,9 +41,60 @@ use rustronaut_crds::validate::hostname_within;
 use rustronaut_crds::{Policy, Resource, Tenant};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// What became of one Gateway's build: the outcome, or why it failed (the last good snapshot
-/// keeps serving, so nothing new is programmed there).
-pub type Builds = BTreeMap<ObjectRef, Result<BuildOutcome, String>>;
+/// What became of one Gateway's build: what it serves and its problems, or why it failed (the
+/// last good snapshot keeps serving, so nothing new is programmed there). Shared between the
+/// Gateway controller and the status pass ([`crate::cache::builds`]), hence the `Arc`.
+pub type Builds = BTreeMap<ObjectRef, std::sync::Arc<Result<BuildSummary, String>>>;
+
+/// What conditions read of one Gateway's [`BuildOutcome`]: which Resources its snapshot serves
+/// and the problems of each object. Not the snapshot itself: the operator keeps one summary
+/// per Gateway between passes, and the snapshot (every rule, address and certificate) is far
+/// larger than the names; a set also answers "does Gateway G serve Resource R" in one lookup
+/// for each of thousands of Policies.
+#[derive(Debug, Clone, Default)]
+pub struct BuildSummary {
+    served: std::collections::HashSet<ObjectRef>,
+    problems: Vec<Problem>,
+}
+
+impl BuildSummary {
+    /// The summary of `outcome`.
+    pub fn of(outcome: &BuildOutcome) -> Self {
+        Self {
+            served: outcome
+                .snapshot
+                .resources
+                .iter()
+                .map(|r| ObjectRef::new(&r.namespace, &r.name))
+                .collect(),
+            problems: outcome.problems.clone(),
+        }
+    }
+
+    /// The summary of a build's result, its error as text.
+    pub fn of_result<E: std::fmt::Display>(
+        built: &Result<BuildOutcome, E>,
+    ) -> std::sync::Arc<Result<Self, String>> {
+        std::sync::Arc::new(built.as_ref().map(Self::of).map_err(|e| e.to_string()))
+    }
+
+    /// Whether the snapshot serves Resource `namespace/name`.
+    pub fn serves(&self, namespace: &str, name: &str) -> bool {
+        self.served.contains(&ObjectRef::new(namespace, name))
+    }
+
+    /// The problems of one object.
+    pub fn problems_of<'a>(
+        &'a self,
+        kind: &'a str,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Problem> + 'a {
+        self.problems.iter().filter(move |p| {
+            p.kind == kind && p.object.namespace == namespace && p.object.name == name
+        })
+    }
+}
 
 /// Reasons that mean a Gateway refused to attach a Resource (the `Accepted` condition);
 /// every other left-out or degraded reason is about a reference (`ResolvedRefs`).
@@ -329,7 +380,7 @@ pub fn resource_status(
             not_programmed.push(format!("{gw} (not found)"));
             continue;
         }
-        match builds.get(gw) {
+        match builds.get(gw).map(|b| &**b) {
             None => not_programmed.push(format!("{gw} (not built yet)")),
             Some(Err(e)) => {
                 not_programmed.push(format!("{gw} (its snapshot cannot be built: {e})"));
@@ -351,12 +402,7 @@ pub fn resource_status(
                         refs.add(p.reason, message);
                     }
                 }
-                let served = outcome
-                    .snapshot
-                    .resources
-                    .iter()
-                    .any(|r| r.namespace == ns && r.name == name);
-                if served {
+                if outcome.serves(&ns, &name) {
                     programmed.push(gw.to_string());
                 } else {
                     not_programmed.push(gw.to_string());
@@ -526,13 +572,8 @@ pub fn policy_status(inputs: &PolicyInputs<'_>, p: &Policy, now: &Time) -> Polic
                 let gateways: Vec<String> = inputs
                     .builds
                     .iter()
-                    .filter_map(|(gw, b)| Some((gw, b.as_ref().ok()?)))
-                    .filter(|(_, b)| {
-                        b.snapshot
-                            .resources
-                            .iter()
-                            .any(|r| r.namespace == target.namespace && r.name == target.name)
-                    })
+                    .filter_map(|(gw, b)| Some((gw, b.as_ref().as_ref().ok()?)))
+                    .filter(|(_, b)| b.serves(&target.namespace, &target.name))
                     .map(|(gw, _)| gw.to_string())
                     .take(8)
                     .collect();
@@ -560,7 +601,7 @@ pub fn policy_status(inputs: &PolicyInputs<'_>, p: &Policy, now: &Time) -> Polic
         );
     }
     for (gw, b) in inputs.builds {
-        let Ok(outcome) = b else { continue };
+        let Ok(outcome) = b.as_ref() else { continue };
         for problem in outcome.problems_of("Policy", &ns, &name) {
             // What validation already reported under Accepted is not repeated here.
             let about_refs =
@@ -865,7 +906,7 @@ mod tests {
                 let key = ObjectRef::new(g.namespace().unwrap(), g.name_any());
                 (
                     key,
-                    gateway_snapshot(world, g, &inputs).map_err(|e| e.to_string()),
+                    BuildSummary::of_result(&gateway_snapshot(world, g, &inputs)),
                 )
             })
             .collect()

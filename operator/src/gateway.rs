@@ -200,6 +200,12 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         // Owned objects go with the Gateway (garbage collection); nothing to do.
         return Ok(Action::await_change());
     }
+    // Says "being built" to the status pass (which waits for this build rather than making
+    // its own) and takes the ticket before any cache is read (crate::cache::builds).
+    let building = ctx
+        .stores
+        .builds
+        .building(rustronaut_contract::snapshot::ObjectRef::new(&ns, &name));
     ctx.stores.ready().await?;
     ctx.stores.refresh_secrets(&ctx.ctx.client).await?;
 
@@ -232,6 +238,11 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         // Likewise: the first snapshot already carries a session key created just now.
         inputs.session_keys = session_keys;
         let built = gateway_snapshot(&world, gw, &inputs);
+        ctx.ctx.metrics.gateway_builds(KIND, 1);
+        building.finish(
+            crate::cache::builds::Version::of(gw),
+            crate::conditions::BuildSummary::of_result(&built),
+        );
         let refs = match &built {
             Ok(outcome) => problem_references(&world, &outcome.problems),
             Err(_) => Vec::new(),

@@ -9,6 +9,9 @@
 //! | `rustronaut_operator_leader` | | 1 while this replica runs the controllers (holds the Lease) |
 //! | `rustronaut_operator_gateway_config_info` | `gateway_namespace`, `gateway`, `version` | 1 for the snapshot version published for a Gateway (the one its pods should serve) |
 //! | `rustronaut_operator_gateway_build_failed` | `gateway_namespace`, `gateway`, `reason` | 1 while a Gateway's last snapshot build failed (the last good one is served) |
+//! | `rustronaut_operator_gateway_status_from_reports_total` | | Gateway statuses written from a pod's report alone, without a reconcile |
+//! | `rustronaut_operator_gateway_builds_total` | `by` | Gateway snapshots compiled, by who: `Gateway` (its reconcile) or `ResourcePolicyStatus` (the status pass, for a Gateway no reconcile had built since the last change that may affect it) |
+//! | `rustronaut_operator_gateway_builds_shared_total` | | Gateway builds the status pass took from a reconcile instead of compiling again |
 //! | `rustronaut_operator_sidecar_admissions_total` | `outcome` | pods the sidecar injection webhook answered for: `injected`, `unchanged`, `warned` (opted in, no Resource), `denied`, `error` (a request it could not read) |
 //!
 //! Cardinality: kinds and reasons are constants; the per-Gateway families hold one series per
@@ -72,6 +75,13 @@ pub struct AdmissionLabels {
     pub outcome: String,
 }
 
+/// Labels of `gateway_builds_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// Who compiled: `Gateway` or `ResourcePolicyStatus` (a constant).
+    pub by: String,
+}
+
 /// What the per-Gateway families currently hold for one Gateway, so a change replaces it.
 #[derive(Default)]
 struct GatewaySeries {
@@ -99,6 +109,10 @@ pub struct Metrics {
     /// Gateway statuses recomputed from a pod's report alone, without a reconcile
     /// (`crate::gateway::reports`).
     pub status_from_reports: Counter,
+    /// Gateway snapshots compiled, by who.
+    pub builds: Family<BuildLabels, Counter>,
+    /// Builds the status pass reused from a Gateway reconcile (`crate::cache::builds`).
+    pub builds_shared: Counter,
     gateways: Mutex<HashMap<(String, String), GatewaySeries>>,
 }
 
@@ -115,6 +129,8 @@ impl Default for Metrics {
             gateway_failed: Family::default(),
             admissions: Family::default(),
             status_from_reports: Counter::default(),
+            builds: Family::default(),
+            builds_shared: Counter::default(),
             gateways: Mutex::default(),
         }
     }
@@ -164,6 +180,23 @@ impl Metrics {
             "Gateway statuses written from a pod's report alone, without a reconcile",
             self.status_from_reports.clone(),
         );
+        sub.register(
+            "gateway_builds",
+            "Gateway snapshots compiled, by who compiled them",
+            self.builds.clone(),
+        );
+        sub.register(
+            "gateway_builds_shared",
+            "Gateway builds the status pass reused from a reconcile instead of compiling again",
+            self.builds_shared.clone(),
+        );
+    }
+
+    /// Counts `n` Gateway snapshots compiled by `by` (a constant kind).
+    pub fn gateway_builds(&self, by: &str, n: u64) {
+        self.builds
+            .get_or_create(&BuildLabels { by: by.to_string() })
+            .inc_by(n);
     }
 
     /// Counts one webhook admission with `outcome` (a constant).

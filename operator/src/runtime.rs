@@ -111,10 +111,10 @@ impl Runtime {
                 ctx.metrics.clone(),
                 self.status_triggers,
                 shutdown.clone(),
-                move |_resync| {
+                move |resync| {
                     let ctx = ctx.clone();
                     let stores = stores.clone();
-                    async move { status::pass(&ctx, &stores).await }
+                    async move { status::pass(&ctx, &stores, resync).await }
                 },
             ))
         };

@@ -1,17 +1,19 @@
 //! The Resource and Policy status pass: a thin shell around [`crate::conditions`].
 //!
 //! ```text
-//!  read    the caches -> World (every Gateway) + each Gateway's build (the same pure
-//!          gateway_snapshot the Gateway controller writes), compile + policytest::run_all
+//!  read    the caches -> World (every Gateway) + each Gateway's build: the one its
+//!          reconcile just made (crate::cache::builds), else the same pure gateway_snapshot
+//!          built here; compile + policytest::run_all
 //!  status  conditions::resource_status / policy_status for every object
 //!  write   server-side apply of `status` (field manager "rustronaut-operator"), only where it
 //!          differs from the cached status
 //! ```
 //!
 //! A pass rather than a controller per kind (see [`crate::pass`]): every condition depends on
-//! the whole world. Rebuilding each Gateway's snapshot here, instead of sharing the Gateway
-//! controller's results, keeps the two independent: the builds are pure and deterministic, so
-//! both compute the same snapshot from the same caches, and `Programmed` says what the
+//! the whole world. The builds are pure and deterministic, so a Gateway's build made by its
+//! reconcile from the same caches is the one this pass would make: it is reused
+//! ([`crate::cache::builds`] says when that is safe), and only a Gateway nobody has built
+//! since the last change that may affect it is compiled here. `Programmed` says what the
 //! Gateway controller writes (or, when its build fails, that the last good snapshot serves).
 //!
 //! Sidecar Resources (`spec.workload`) are not this pass's: [`crate::sidecar`] writes their
@@ -23,9 +25,10 @@
 
 use crate::apply::apply_status;
 use crate::cache::Stores;
+use crate::cache::builds::{Version, WAIT_FOR_RECONCILE};
 use crate::conditions::{
-    Builds, PolicyInputs, applied_policies, newly_failed, policy_status, resource_status,
-    tests_by_policy,
+    BuildSummary, Builds, PolicyInputs, applied_policies, newly_failed, policy_status,
+    resource_status, tests_by_policy,
 };
 use crate::context::Context;
 use crate::error::Error;
@@ -56,9 +59,27 @@ struct Write<S> {
     events: Vec<(String, String)>,
 }
 
-/// Computes every Resource's and Policy's status and writes those that changed.
-pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
+/// Computes every Resource's and Policy's status and writes those that changed. A `resync`
+/// builds every Gateway afresh: the backstop for a change the shared builds' index missed.
+pub async fn pass(ctx: &Context, stores: &Stores, resync: bool) -> Result<(), Error> {
     stores.ready().await?;
+    if resync {
+        stores.builds.invalidate_all(false);
+    }
+    // The Gateways an edit touched are being rebuilt by their reconciles right now: wait for
+    // those builds (briefly) rather than compiling the same snapshots beside them.
+    let gateways: Vec<ObjectRef> = stores
+        .gateways
+        .state()
+        .iter()
+        .filter(|g| g.meta().deletion_timestamp.is_none())
+        .map(|g| ObjectRef::new(g.namespace().unwrap_or_default(), g.name_any()))
+        .collect();
+    let existing: std::collections::HashSet<&ObjectRef> = gateways.iter().collect();
+    stores.builds.retain(|g| existing.contains(g));
+    stores.builds.settle(&gateways, WAIT_FOR_RECONCILE).await;
+    // Before anything is read: a build of ours is kept only if nothing changed after this.
+    let ticket = stores.builds.ticket();
     stores.refresh_secrets(&ctx.client).await?;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     // Scoped: the build inputs borrow the stores through a `dyn SecretSource`, which must not
@@ -67,17 +88,30 @@ pub async fn pass(ctx: &Context, stores: &Stores) -> Result<(), Error> {
         let world = stores.world_all();
         let claims = world.claims();
         let mut builds = Builds::new();
+        let (mut shared, mut built) = (0u64, 0u64);
         for gw in &world.gateways {
             if gw.meta().deletion_timestamp.is_some() {
                 continue;
             }
             let key = ObjectRef::new(gw.namespace().unwrap_or_default(), gw.name_any());
-            let inputs = crate::gateway::inputs::inputs(stores, &world, gw);
-            builds.insert(
-                key,
-                gateway_snapshot(&world, gw, &inputs).map_err(|e| e.to_string()),
-            );
+            let version = Version::of(gw);
+            let summary = match stores.builds.get(&key, &version) {
+                Some(summary) => {
+                    shared += 1;
+                    summary
+                }
+                None => {
+                    built += 1;
+                    let inputs = crate::gateway::inputs::inputs(stores, &world, gw);
+                    let summary = BuildSummary::of_result(&gateway_snapshot(&world, gw, &inputs));
+                    stores.builds.put(&key, ticket, version, summary.clone());
+                    summary
+                }
+            };
+            builds.insert(key, summary);
         }
+        ctx.metrics.builds_shared.inc_by(shared);
+        ctx.metrics.gateway_builds(KIND, built);
         let applied = applied_policies(&world, &claims);
         let over = rustronaut_compile::quota::over_quota(&world, &claims);
         let resources: Vec<Write<_>> = world
