@@ -27,6 +27,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+#[path = "end_to_end/console.rs"]
+mod console;
 #[path = "end_to_end/sidecar.rs"]
 mod sidecar;
 mod support;
@@ -271,6 +273,9 @@ fn probe_labelled(
             "containers": [{
                 "name": "nc", "image": rustronaut_e2e::image_ref("testkit"), "imagePullPolicy": "Never",
                 "command": ["busybox", "nc", "-w", "3", target, port.to_string(), "-e", "busybox", "true"],
+                // Never Ready: a probe with a Gateway's labels (a stand-in for its pods) must
+                // not become an endpoint of that Gateway's Service while it runs.
+                "readinessProbe": {"exec": {"command": ["busybox", "false"]}, "periodSeconds": 1},
                 "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
             }],
         },
