@@ -53,6 +53,11 @@ up)
 	echo "export PATH=$bin:\$PATH"
 	;;
 down)
+	# What `make demo` started on the host beside the cluster (the console's OP and its
+	# port-forward: e2e/scripts/console-demo.sh).
+	if [ -f "$dir/demo.pids" ]; then
+		while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$dir/demo.pids"
+	fi
 	if [ -x "$supervisor" ]; then
 		"$supervisor" down --dir "$dir/run"
 	elif [ -f "$dir/run/supervisor.pid" ]; then

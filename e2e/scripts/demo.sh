@@ -10,7 +10,9 @@
 # gateway's Service, plus the upstream refusing a direct call (the tenant's NetworkPolicy).
 # Then the sidecar part (e2e/manifests/sidecar*.yaml, docs/sidecars.md): a workload whose pods
 # get the rustronaut-sidecar container from the operator's webhook, called with a token, without,
-# and with ServiceAccount tokens, and its application port refused to other pods.
+# and with ServiceAccount tokens, and its application port refused to other pods. Last the web
+# console (e2e/scripts/console-demo.sh): a pod from its image, a real OpenID provider, a
+# scripted login, and the URL and login to use in a browser.
 # The same path is the e2e test (e2e/tests/end_to_end.rs). Everything keeps running afterwards;
 # `make cluster-down` stops it and leaves the host as it was.
 set -euo pipefail
@@ -130,6 +132,10 @@ probe "$orders_pod" 8080
 echo "==> kubectl get rustronaut -A"
 kubectl get rustronaut -A
 
+echo
+echo "==> the console (docs/console.md): e2e/scripts/console-demo.sh"
+bash e2e/scripts/console-demo.sh "$dir"
+
 cat <<EOF2
 
 Everything keeps running. Try:
@@ -140,5 +146,6 @@ $(grep '^export' <<<"$env_lines")
   kubectl -n demo-sidecar get resource orders -o yaml # status.workload: pods protected, unprotected
   kubectl -n demo-sidecar logs deploy/orders -c rustronaut-sidecar   # the sidecar's decisions
   kubectl -n rustronaut-system logs deploy/rustronaut-operator
+  open the console's URL above and log in (the login is printed above)
 Stop it all with: make cluster-down
 EOF2
