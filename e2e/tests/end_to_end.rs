@@ -84,11 +84,30 @@ fn install_demo(cluster: &TestCluster) {
     run(install);
     // The chart's own test: a pod from the operator image probes the operator's readiness
     // through its Service.
+    // Not `--logs`: the pod is deleted once it succeeds (hook-succeeded), and helm then fails
+    // to fetch its logs. A failed pod is kept: its log says what each attempt got.
     let mut test = support::helm(bin_dir, Some(cluster));
     test.args(["test", "rustronaut", "--namespace", "rustronaut-system"])
-        .args(["--timeout", "120s", "--logs"]);
-    let out = run(test);
-    assert!(out.contains("Succeeded"), "helm test:\n{out}");
+        .args(["--timeout", "120s"]);
+    let out = test.output().expect("helm runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !stdout.contains("Succeeded") {
+        let logs = cluster
+            .kubectl()
+            .args([
+                "-n",
+                "rustronaut-system",
+                "logs",
+                "rustronaut-operator-test-ready",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        panic!(
+            "helm test failed:\n{stdout}\n{}\nthe test pod's log:\n{logs}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     kubectl_apply(cluster, rustronaut_e2e::scenario::DEMO_MANIFESTS);
     for d in ["hello", "hello-gw"] {
         wait_for_within(
