@@ -202,9 +202,10 @@ pub async fn install_operator_rbac(admin: &kube::Client) {
         .unwrap();
 }
 
-/// The operator binary next to the test binary, as its ServiceAccount (an impersonating
-/// kubeconfig written into `dir`), with leader election, metrics on a free loopback port.
-/// Returns the process and the metrics address.
+/// The operator binary next to the test binary (or `RUSTRONAUT_OPERATOR_BIN`: `make
+/// bench-operator` measures a release operator from the debug test harness), as its
+/// ServiceAccount (an impersonating kubeconfig written into `dir`), with leader election,
+/// metrics on a free loopback port. Returns the process and the metrics address.
 pub fn start_operator(cluster: &rustronaut_e2e::TestCluster, dir: &Path) -> (Proc, String) {
     let kubeconfig = dir.join("operator.kubeconfig");
     scenario::impersonating_kubeconfig(
@@ -219,7 +220,10 @@ pub fn start_operator(cluster: &rustronaut_e2e::TestCluster, dir: &Path) -> (Pro
         .local_addr()
         .unwrap()
         .to_string();
-    let mut cmd = Command::new(scenario::sibling_binary("rustronaut-operator").unwrap());
+    let binary = std::env::var_os("RUSTRONAUT_OPERATOR_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| scenario::sibling_binary("rustronaut-operator").unwrap());
+    let mut cmd = Command::new(binary);
     cmd.env("KUBECONFIG", &kubeconfig)
         .env("POD_NAME", "rustronaut-operator-e2e")
         .env("RUST_LOG", "info")
