@@ -590,6 +590,7 @@ fn operator_metrics_are_the_documented_ones_with_bounded_labels() {
     m.leader.set(1);
     m.gateway_built("acme", "edge", Some("sha256:a"), Some("NoTenant"));
     m.admitted("injected");
+    m.gateway_builds("Gateway", 1);
     let mut registry = prometheus_client::registry::Registry::default();
     m.register(&mut registry);
     let mut text = String::new();
