@@ -81,13 +81,6 @@ use std::time::{Duration, Instant};
 /// The kind label of this controller's metrics.
 pub const KIND: &str = "Gateway";
 
-/// At most this many Gateways reconcile at once. Each reconcile holds its own copy of the
-/// cached world while it builds (`Stores::world`), so a change that wakes every Gateway (a
-/// Tenant edit, the start) made 50 copies at once at 10,000 objects (`make bench-operator`:
-/// 646 MB RSS, issue 17); the builds are CPU-bound, so more at once than a few cores only
-/// adds memory, never throughput. One Gateway is never reconciled twice at once anyway.
-pub const MAX_CONCURRENT_RECONCILES: u16 = 4;
-
 /// What the Gateway reconciler works with.
 pub struct GatewayContext {
     /// Client, metrics, Event reporter.
@@ -143,11 +136,10 @@ pub async fn run(
         .owns(Api::<RoleBinding>::all(client.clone()), owned())
         .reconcile_all_on(all)
         .reconcile_on(futures::stream::select(these, report_rx))
-        .with_config(
-            controller::Config::default()
-                .debounce(Duration::from_millis(200))
-                .concurrency(MAX_CONCURRENT_RECONCILES),
-        )
+        // Unbounded concurrency, measured: at most 4 reconciles at once (bench-operator,
+        // 10,000 objects) left RSS where it was and made the first snapshots slower
+        // (docs/benchmarks.md, issue 17).
+        .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|r| async move {
