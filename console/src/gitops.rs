@@ -11,7 +11,7 @@ const MANAGERS: [&str; 4] = [
     "helm-controller",
 ];
 /// Labels and annotations GitOps tools put on what they apply.
-const MARKS: [&str; 5] = [
+pub const MARKS: [&str; 5] = [
     "argocd.argoproj.io/instance",
     "argocd.argoproj.io/tracking-id",
     "kustomize.toolkit.fluxcd.io/name",

@@ -19,7 +19,8 @@
 //!
 //! Modules are pure cores under a thin [`web`] layer: [`seal`] and [`session`] (cookies),
 //! [`oidc`] (login), [`forms`] (forms from the CRD schema), [`problems`] (API errors next to
-//! fields), [`gitops`] (read-only objects), [`kinds`], [`metrics`].
+//! fields), [`gitops`] (read-only objects), [`kinds`], [`listing`] (lists decoded into what a page
+//! reads), [`metrics`].
 #![forbid(unsafe_code)]
 
 pub mod explain;
@@ -28,6 +29,7 @@ pub mod gitops;
 pub mod html;
 pub mod impersonate;
 pub mod kinds;
+pub mod listing;
 pub mod metrics;
 pub mod oidc;
 pub mod problems;

@@ -5,13 +5,18 @@
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// The console's counters.
+/// Label sets: `(name, value)` pairs.
+type Labels = Vec<(String, String)>;
+
+/// The console's counters and request durations.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     requests: Family<Vec<(String, String)>, Counter>,
+    durations: Family<Labels, Histogram, fn() -> Histogram>,
     logins: Family<Vec<(String, String)>, Counter>,
     writes: Family<Vec<(String, String)>, Counter>,
     csrf: Counter,
@@ -25,6 +30,15 @@ impl Default for Metrics {
             "http_requests",
             "HTTP requests by method, route template and status",
             requests.clone(),
+        );
+        let durations: Family<_, _, fn() -> Histogram> = Family::new_with_constructor(|| {
+            // 1 ms to about 4 s: a page is one to four API calls and the rendering.
+            Histogram::new(exponential_buckets(0.001, 2.0, 13))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's arrival until its response starts (the API calls made as the person and the rendering; a live-update stream counts until it opens), by method and route template",
+            durations.clone(),
         );
         let logins = Family::default();
         registry.register(
@@ -47,6 +61,7 @@ impl Default for Metrics {
         Self {
             registry,
             requests,
+            durations,
             logins,
             writes,
             csrf,
@@ -64,6 +79,16 @@ impl Metrics {
                 ("status".into(), status.to_string()),
             ])
             .inc();
+    }
+
+    /// Observes how long one request took to answer, in seconds.
+    pub fn duration(&self, method: &str, route: &str, seconds: f64) {
+        self.durations
+            .get_or_create(&vec![
+                ("method".into(), method.into()),
+                ("route".into(), route.into()),
+            ])
+            .observe(seconds);
     }
 
     /// Counts one login callback.
@@ -107,12 +132,15 @@ mod tests {
         m.login("ok");
         m.write("update", "403");
         m.csrf_refused();
+        m.duration("GET", "/", 0.003);
         let text = m.render();
         for line in [
             r#"rustronaut_console_http_requests_total{method="GET",route="/k/{kind}",status="200"} 1"#,
             r#"rustronaut_console_logins_total{result="ok"} 1"#,
             r#"rustronaut_console_writes_total{verb="update",result="403"} 1"#,
             "rustronaut_console_csrf_refused_total 1",
+            r#"rustronaut_console_http_request_duration_seconds_count{method="GET",route="/"} 1"#,
+            r#"rustronaut_console_http_request_duration_seconds_bucket{le="0.004",method="GET",route="/"} 1"#,
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

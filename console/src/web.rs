@@ -25,6 +25,7 @@ use crate::gitops;
 use crate::html::{enc, esc, form, notice, page};
 use crate::impersonate::Impersonator;
 use crate::kinds::Kind;
+use crate::listing::{self, Listed};
 use crate::metrics::Metrics;
 use crate::oidc::{Identity, OidcClient, authorize_url};
 use crate::problems::{Problem, Refusal, refusal};
@@ -103,8 +104,12 @@ pub fn router(app: Shared) -> Router {
         .with_state(app)
 }
 
-/// Security headers on every response, and request metrics.
+/// Security headers on every response, request metrics, and the server time of each
+/// response as a `Server-Timing` header (`app;dur=<ms>`): browsers' developer tools show it
+/// next to the network time, and `make bench-console` reads it. It says how long the
+/// console and its API calls took, which a client can time anyway, so it hides nothing.
 async fn observe(State(app): State<Shared>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -112,8 +117,13 @@ async fn observe(State(app): State<Shared>, req: Request, next: Next) -> Respons
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let mut resp = next.run(req).await;
+    let took = started.elapsed();
     app.metrics.request(&method, &route, resp.status().as_u16());
+    app.metrics.duration(&method, &route, took.as_secs_f64());
     let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("app;dur={:.3}", took.as_secs_f64() * 1e3)) {
+        h.insert("server-timing", v);
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),
@@ -428,12 +438,15 @@ fn ns_segment(o: &DynamicObject) -> String {
 }
 
 fn detail_url(kind: Kind, o: &DynamicObject) -> String {
-    format!(
-        "/k/{}/{}/{}",
-        kind.plural(),
-        enc(&ns_segment(o)),
-        enc(o.metadata.name.as_deref().unwrap_or_default())
+    detail_path(
+        kind,
+        &ns_segment(o),
+        o.metadata.name.as_deref().unwrap_or_default(),
     )
+}
+
+fn detail_path(kind: Kind, ns_segment: &str, name: &str) -> String {
+    format!("/k/{}/{}/{}", kind.plural(), enc(ns_segment), enc(name))
 }
 
 fn ready_cell(obj: &Value) -> String {
@@ -460,19 +473,22 @@ async fn overview(State(app): State<Shared>, headers: HeaderMap) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
+    let c = &c;
     let mut body = String::from(r#"<div class="cards">"#);
     let mut broken = String::new();
-    for kind in Kind::ALL {
-        let list = api(c.clone(), kind, None)
-            .list(&ListParams::default())
-            .await;
+    // The four lists at once: the page takes as long as the longest, not their sum.
+    let lists = futures::future::join_all(
+        Kind::ALL.map(|kind| async move { (kind, listing::list::<Listed>(c, kind, None).await) }),
+    )
+    .await;
+    for (kind, list) in lists {
         match list {
             Ok(list) => {
-                let total = list.items.len();
-                let bad: Vec<&DynamicObject> = list
-                    .items
+                let total = list.len();
+                let bad: Vec<(Value, &Listed)> = list
                     .iter()
-                    .filter(|o| ready(&obj_value(o)).0 != "True")
+                    .map(|o| (o.to_value(), o))
+                    .filter(|(v, _)| ready(v).0 != "True")
                     .collect();
                 let _ = write!(
                     body,
@@ -482,15 +498,14 @@ async fn overview(State(app): State<Shared>, headers: HeaderMap) -> Response {
                     n = bad.len(),
                     cls = if bad.is_empty() { "ok" } else { "bad" }
                 );
-                for o in bad {
-                    let v = obj_value(o);
+                for (v, o) in bad {
                     let _ = write!(
                         broken,
                         r#"<tr><td>{}</td><td>{}</td><td><a href="{}">{}</a></td><td>{}</td><td>{}</td></tr>"#,
                         kind.name(),
                         esc(o.metadata.namespace.as_deref().unwrap_or("")),
-                        detail_url(kind, o),
-                        esc(o.metadata.name.as_deref().unwrap_or_default()),
+                        detail_path(kind, o.ns_segment(), &o.metadata.name),
+                        esc(&o.metadata.name),
                         ready_cell(&v),
                         esc(&ready(&v).2)
                     );
@@ -566,17 +581,19 @@ async fn list(
         p = kind.plural(),
         k = kind.name()
     );
-    match api(c, kind, ns).list(&ListParams::default()).await {
+    match listing::list::<Listed>(&c, kind, ns).await {
         Ok(list) => {
             let mut rows = String::new();
             let mut shown = 0;
-            for o in &list.items {
-                let v = obj_value(o);
-                let name = o.metadata.name.clone().unwrap_or_default();
-                let namespace = o.metadata.namespace.clone().unwrap_or_default();
+            for o in &list {
+                let (name, namespace) = (
+                    &o.metadata.name,
+                    o.metadata.namespace.as_deref().unwrap_or_default(),
+                );
                 if !search.is_empty() && !name.contains(&search) && !namespace.contains(&search) {
                     continue;
                 }
+                let v = o.to_value();
                 if only_broken && ready(&v).0 == "True" {
                     continue;
                 }
@@ -588,9 +605,9 @@ async fn list(
                     rows,
                     r#"<tr data-key="{key}"><td>{ns}</td><td><a href="{url}">{name}</a>{gitops}</td><td class="ready-cell">{ready}</td></tr>"#,
                     key = esc(&format!("{namespace}/{name}")),
-                    ns = esc(&namespace),
-                    url = detail_url(kind, o),
-                    name = esc(&name),
+                    ns = esc(namespace),
+                    url = detail_path(kind, o.ns_segment(), name),
+                    name = esc(name),
                     ready = ready_cell(&v)
                 );
             }
@@ -603,7 +620,7 @@ async fn list(
             let _ = write!(
                 body,
                 r#"<p class="live" data-watch="{watch}" aria-live="polite">{shown} of {} shown</p><div class="scroll"><table><thead><tr><th scope="col">Namespace</th><th scope="col">Name</th><th scope="col">Ready</th></tr></thead><tbody>{rows}</tbody></table></div>"#,
-                list.items.len(),
+                list.len(),
                 watch = esc(&watch)
             );
         }
@@ -1224,32 +1241,36 @@ async fn delete_submit(
 // ---------------------------------------------------------------------------------------
 // Explain
 
-/// Every object of `kind` the person can list: across namespaces, or in `ns` when they may
-/// only list there. Objects get their apiVersion and kind (list items may lack them).
-async fn readable(c: &kube::Client, kind: Kind, ns: &str) -> Result<Vec<Value>, kube::Error> {
-    let list = match api(c.clone(), kind, None)
-        .list(&ListParams::default())
-        .await
-    {
-        Ok(l) => l,
-        Err(kube::Error::Api(s)) if s.code == 403 && kind.namespaced() => {
-            api(c.clone(), kind, Some(ns))
-                .list(&ListParams::default())
-                .await?
-        }
-        Err(e) => return Err(e),
-    };
+/// Every object of `kind` the person can list in `ns` (or across namespaces with `None`), as
+/// JSON with its apiVersion and kind (list items may lack them).
+async fn readable(
+    c: &kube::Client,
+    kind: Kind,
+    ns: Option<&str>,
+) -> Result<Vec<Value>, kube::Error> {
+    let mut list = listing::list::<Value>(c, kind, ns).await?;
     let ar = kind.api_resource();
-    Ok(list
-        .items
-        .iter()
-        .map(|o| {
-            let mut v = obj_value(o);
-            v["apiVersion"] = json!(ar.api_version);
-            v["kind"] = json!(ar.kind);
-            v
-        })
-        .collect())
+    for v in &mut list {
+        v["apiVersion"] = json!(ar.api_version);
+        v["kind"] = json!(ar.kind);
+    }
+    Ok(list)
+}
+
+/// What the explanation of a request to a Resource in `ns` needs, as the person reads it:
+/// every Tenant, then the Resources and Policies of the claiming Tenants' namespaces
+/// ([`crate::explain::namespaces_to_read`]), those lists at once.
+async fn explain_inputs(c: &kube::Client, ns: &str) -> Result<Vec<Value>, kube::Error> {
+    let mut objects = readable(c, Kind::Tenant, None).await?;
+    let scope = crate::explain::namespaces_to_read(&objects, ns);
+    let lists = futures::future::join_all(scope.iter().flat_map(|n| {
+        [Kind::Resource, Kind::Policy].map(|kind| readable(c, kind, Some(n.as_str())))
+    }))
+    .await;
+    for list in lists {
+        objects.extend(list?);
+    }
+    Ok(objects)
 }
 
 async fn explain_page(
@@ -1284,14 +1305,10 @@ async fn explain_page(
             Err(r) => return r,
         };
         let ns = resource.split_once('/').map(|(n, _)| n).unwrap_or_default();
-        let mut objects = Vec::new();
-        let mut refused = None;
-        for kind in [Kind::Tenant, Kind::Resource, Kind::Policy] {
-            match readable(&c, kind, ns).await {
-                Ok(o) => objects.extend(o),
-                Err(e) => refused = Some(refusal(&e).summary),
-            }
-        }
+        let (objects, refused) = match explain_inputs(&c, ns).await {
+            Ok(objects) => (objects, None),
+            Err(e) => (Vec::new(), Some(refusal(&e).summary)),
+        };
         match (refused, crate::explain::explain(objects, &q)) {
             (Some(r), _) => body.push_str(&notice(
                 "error",
