@@ -18,6 +18,7 @@
 pub mod controlplane;
 pub mod image;
 pub mod node;
+pub mod otlp;
 pub mod pki;
 pub mod scenario;
 

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use rustronaut_e2e::otlp::{Receiver as OtlpReceiver, contains_bytes};
 use serde_json::{Value, json};
 use std::time::Instant;
 
