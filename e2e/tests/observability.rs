@@ -13,6 +13,9 @@
 //! - the operator's metrics are the documented ones, with bounded labels (the gateway's and the
 //!   tunnel's are checked the same way by unit tests in their crates).
 //!
+//! - the operator binary exports one span per reconcile over OTLP/HTTP, under kube-runtime's
+//!   span that names what caused it (a minimal receiver, rustronaut_e2e::otlp, takes the
+//!   OpenTelemetry SDK's own protobuf);
 //! - the rendered ServiceMonitor, PodMonitors and PrometheusRule pass a server-side dry run
 //!   against the real API server with prometheus-operator's own CRDs installed (their YAML from
 //!   its Go module, fetched by tools.sh).
@@ -618,4 +621,64 @@ fn operator_metrics_are_the_documented_ones_with_bounded_labels() {
             );
         }
     }
+}
+
+#[test]
+fn the_operator_exports_a_span_per_reconcile_under_its_cause_over_otlp() {
+    let cluster = rustronaut_e2e::shared();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin = rt.block_on(cluster.client());
+    rt.block_on(support::install_operator_rbac(&admin));
+    support::install_crds(cluster);
+    let ns = rt.block_on(rustronaut_e2e::namespace(&admin, "traced"));
+    let collector = rustronaut_e2e::otlp::Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://{}", collector.addr);
+    let (mut operator, _) =
+        support::start_operator_with(cluster, dir.path(), &["--otlp-endpoint", &endpoint]);
+    support::kubectl_apply(
+        cluster,
+        &format!(
+            "apiVersion: rustronaut.io/v1alpha1\nkind: Gateway\nmetadata: {{name: traced, namespace: {ns}}}\nspec:\n  tenants: {{from: All}}\n  replicas: 1\n  listeners: [{{name: http, port: 8080, protocol: HTTP}}]\n"
+        ),
+    );
+    let secret = || {
+        cluster
+            .kubectl()
+            .args(["get", "secret", "-n", &ns, "traced-snapshot", "-o", "name"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    support::wait_for("the Gateway's snapshot Secret", &[&operator], secret);
+    // SIGTERM: the operator flushes the last batch on its way out.
+    assert!(operator.terminate().success(), "{}", operator.log());
+    let got = collector.received();
+    let object = format!("{ns}/traced");
+    for needle in [
+        "rustronaut-operator",
+        "reconciling object",
+        "object.reason",
+        "object updated",
+        "reconcile",
+        "kind",
+        "Gateway",
+        object.as_str(),
+        "outcome",
+        "pass",
+    ] {
+        assert!(
+            rustronaut_e2e::otlp::contains_bytes(&got, needle.as_bytes()),
+            "{needle:?} not exported ({} bytes received); log:\n{}",
+            got.len(),
+            operator.log()
+        );
+    }
+    // The kube client's per-request spans stay out.
+    assert!(
+        !rustronaut_e2e::otlp::contains_bytes(&got, b"http.url"),
+        "kube client spans exported"
+    );
 }

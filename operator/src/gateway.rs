@@ -152,8 +152,25 @@ pub async fn run(
     let _ = reports.await;
 }
 
-/// Reconciles one Gateway, recording metrics.
-pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<GatewayContext>) -> Result<Action, Error> {
+/// Reconciles one Gateway, recording metrics, in a span under kube-runtime's span of what
+/// triggered it ([`crate::telemetry`]).
+pub fn reconcile(
+    gw: Arc<Gateway>,
+    ctx: Arc<GatewayContext>,
+) -> impl std::future::Future<Output = Result<Action, Error>> + Send {
+    let span = crate::telemetry::reconcile_span(KIND, &key(&gw));
+    let recorded = span.clone();
+    tracing::Instrument::instrument(
+        async move {
+            let result = reconcile_measured(gw, ctx).await;
+            crate::telemetry::record_outcome(&recorded, &result);
+            result
+        },
+        span,
+    )
+}
+
+async fn reconcile_measured(gw: Arc<Gateway>, ctx: Arc<GatewayContext>) -> Result<Action, Error> {
     let start = Instant::now();
     let result = reconcile_inner(&gw, &ctx).await;
     if result.is_ok()

@@ -21,6 +21,7 @@
 //!    - [`error`]: the crate-wide [`error::Error`], the retry [`error::backoff`] and
 //!      [`error::RESYNC`].
 //!    - [`metrics`]: Prometheus metrics of the reconcilers.
+//!    - [`telemetry`]: OTLP traces, one span per reconcile under the span that says what caused it.
 //!    - [`context`]: what every reconciler shares (client, metrics, Event reporter, field
 //!      manager) and the builders' [`context::Settings`] from the flags.
 //!    - [`meta`]: labels of the objects the operator generates (what marks one as ours).
@@ -71,5 +72,6 @@ pub mod runtime;
 pub mod server;
 pub mod sidecar;
 pub mod status;
+pub mod telemetry;
 pub mod tenant;
 pub mod webhook;

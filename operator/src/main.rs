@@ -97,6 +97,21 @@ struct Args {
     /// the Gateway being reconciled or the pass running) for log pipelines.
     #[arg(long, env = "RUSTRONAUT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// OTLP/HTTP collector base URL (http://host:4318): one span per reconcile and per status
+    /// pass is exported to `<url>/v1/traces` (docs/observability.md). Unset: no tracing.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+}
+
+/// Flushes the last batch of spans when the operator exits, on every path out of `main`.
+struct FlushTraces(opentelemetry_sdk::trace::SdkTracerProvider);
+
+impl Drop for FlushTraces {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.shutdown() {
+            eprintln!("flushing traces: {e}");
+        }
+    }
 }
 
 #[tokio::main]
@@ -116,20 +131,39 @@ async fn main() -> anyhow::Result<()> {
             }
         };
     }
+    use tracing_subscriber::prelude::*;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Colours only on a terminal: `kubectl logs` of a pod shows escape codes otherwise.
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    if args.log_format == "json" {
+    let logs = if args.log_format == "json" {
         logs.json()
             .with_current_span(true)
             .with_span_list(false)
-            .init();
+            .boxed()
     } else {
-        logs.init();
-    }
+        logs.boxed()
+    };
+    // Each output has its own filter: RUST_LOG quiets the logs, never the exported spans.
+    let (traces, flush) = match &args.otlp_endpoint {
+        Some(endpoint) => {
+            let (provider, tracer) = rustronaut_operator::telemetry::otlp(endpoint)
+                .map_err(|e| anyhow::anyhow!("--otlp-endpoint: {e}"))?;
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::filter::filter_fn(
+                    rustronaut_operator::telemetry::exported,
+                ));
+            (Some(layer), Some(FlushTraces(provider)))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces)
+        .init();
+    let _flush = flush;
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("no Kubernetes client configuration: {e}"))?;

@@ -249,16 +249,36 @@ impl SidecarController {
 }
 
 /// Reconciles one Resource (sidecar Resources only), recording metrics.
-pub async fn reconcile(res: Arc<RtnResource>, ctx: Arc<SidecarContext>) -> Result<Action, Error> {
-    // Edge Resources are many and not ours: no metrics, no work, unless this one was a
-    // sidecar Resource (its status, or our Secret in the cache, says so: the status alone
-    // is not enough, the edge pass may already have rewritten it).
+pub fn reconcile(
+    res: Arc<RtnResource>,
+    ctx: Arc<SidecarContext>,
+) -> futures::future::BoxFuture<'static, Result<Action, Error>> {
+    // Edge Resources are many and not ours: no metrics, no span, no work, unless this one
+    // was a sidecar Resource (its status, or our Secret in the cache, says so: the status
+    // alone is not enough, the edge pass may already have rewritten it).
     if res.spec.workload.is_none()
         && res.status.as_ref().is_none_or(|s| s.workload.is_none())
         && !has_our_secret(&ctx, &res)
     {
-        return Ok(Action::await_change());
+        return Box::pin(futures::future::ready(Ok(Action::await_change())));
     }
+    // Created here, where kube-runtime calls us: its span of the trigger is the parent.
+    let span = crate::telemetry::reconcile_span(KIND, &key(&res));
+    let recorded = span.clone();
+    Box::pin(tracing::Instrument::instrument(
+        async move {
+            let result = reconcile_measured(res, ctx).await;
+            crate::telemetry::record_outcome(&recorded, &result);
+            result
+        },
+        span,
+    ))
+}
+
+async fn reconcile_measured(
+    res: Arc<RtnResource>,
+    ctx: Arc<SidecarContext>,
+) -> Result<Action, Error> {
     let start = Instant::now();
     let result = reconcile_inner(&res, &ctx).await;
     if result.is_ok()

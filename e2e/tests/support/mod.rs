@@ -48,6 +48,27 @@ impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops it as Kubernetes does (SIGTERM) and waits up to 30 s for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM to {}", self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit 30 s after SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -207,6 +228,15 @@ pub async fn install_operator_rbac(admin: &kube::Client) {
 /// ServiceAccount (an impersonating kubeconfig written into `dir`), with leader election,
 /// metrics on a free loopback port. Returns the process and the metrics address.
 pub fn start_operator(cluster: &rustronaut_e2e::TestCluster, dir: &Path) -> (Proc, String) {
+    start_operator_with(cluster, dir, &[])
+}
+
+/// [`start_operator`] with `extra` arguments.
+pub fn start_operator_with(
+    cluster: &rustronaut_e2e::TestCluster,
+    dir: &Path,
+    extra: &[&str],
+) -> (Proc, String) {
     let kubeconfig = dir.join("operator.kubeconfig");
     scenario::impersonating_kubeconfig(
         cluster.kubeconfig(),
@@ -228,7 +258,8 @@ pub fn start_operator(cluster: &rustronaut_e2e::TestCluster, dir: &Path) -> (Pro
         .env("POD_NAME", "rustronaut-operator-e2e")
         .env("RUST_LOG", "info")
         .args(["--metrics-listen", &metrics])
-        .args(["--lease-namespace", OPERATOR_NAMESPACE]);
+        .args(["--lease-namespace", OPERATOR_NAMESPACE])
+        .args(extra);
     (Proc::spawn(cmd, dir.join("operator.log")), metrics)
 }
 
