@@ -70,6 +70,14 @@ bench-operator: tools ## operator at scale: 50 tenants, 1,000 Resources, 1,000 P
 	  RUSTRONAUT_OPERATOR_BIN=$${CARGO_TARGET_DIR:-target}/release/rustronaut-operator \
 	  RUSTRONAUT_TOOLS_BIN=$$($(TOOLS) bindir) cargo test -p rustronaut-e2e --test scale -- --nocapture
 
+.PHONY: bench-console
+bench-console: tools ## console pages at 1,000 objects: server time next to the bare API call, RSS (release console)
+	cargo build --release -p rustronaut-console --bin rustronaut-console
+	cargo build -q -p rustronaut-console --bins
+	CONSOLE_OBJECTS=$${CONSOLE_OBJECTS:-1000} CONSOLE_ROUNDS=$${CONSOLE_ROUNDS:-20} \
+	  RUSTRONAUT_CONSOLE_BIN=$${CARGO_TARGET_DIR:-target}/release/rustronaut-console \
+	  RUSTRONAUT_TOOLS_BIN=$$($(TOOLS) bindir) cargo test -p rustronaut-console --test scale -- --nocapture
+
 .PHONY: bench-sidecar
 bench-sidecar: ## the sidecar vs an nginx sidecar and direct, same run: added p50/p99 at 1,000 req/s, idle RSS
 	bash gateway/bench/sidecar.sh
@@ -78,5 +86,5 @@ bench-sidecar: ## the sidecar vs an nginx sidecar and direct, same run: added p5
 bench-gateway: ## gateway vs nginx, HAProxy and direct, same run: HTTP/1.1 + HTTP/2 req/s, fixed-rate p50/p99, RSS, TCP
 	bash gateway/bench/run.sh
 
-bench: bench-gateway bench-sidecar bench-tunnel bench-operator ## every benchmark that compares with a reference (root; installs nginx, haproxy, h2load, iperf3)
+bench: bench-gateway bench-sidecar bench-tunnel bench-operator bench-console ## every benchmark that compares with a reference (root; installs nginx, haproxy, h2load, iperf3)
 	cargo bench -p rustronaut-contract --bench evaluate --bench jwt -- --warm-up-time 1 --measurement-time 3

@@ -277,7 +277,11 @@ impl World {
         let op = Proc(op);
         wait_listening(op_port, "oidc-provider", &op_log);
         let console_log = dir.join("console.log");
-        let console = Command::new(env!("CARGO_BIN_EXE_rustronaut-console"))
+        // `make bench-console` runs the release binary; tests run the one cargo built for them.
+        let bin = std::env::var_os("RUSTRONAUT_CONSOLE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rustronaut-console")));
+        let console = Command::new(bin)
             .args([
                 "--listen",
                 &format!("127.0.0.1:{port}"),
