@@ -135,6 +135,13 @@ pub struct Problem {
     pub impact: Impact,
 }
 
+impl Problem {
+    /// Whether this is a problem of the object `kind` `namespace/name`.
+    pub fn is_of(&self, kind: &str, namespace: &str, name: &str) -> bool {
+        self.kind == kind && self.object.namespace == namespace && self.object.name == name
+    }
+}
+
 /// Why no snapshot could be built for a Gateway. The operator keeps the last good snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -225,9 +232,9 @@ impl BuildOutcome {
         namespace: &'a str,
         name: &'a str,
     ) -> impl Iterator<Item = &'a Problem> + 'a {
-        self.problems.iter().filter(move |p| {
-            p.kind == kind && p.object.namespace == namespace && p.object.name == name
-        })
+        self.problems
+            .iter()
+            .filter(move |p| p.is_of(kind, namespace, name))
     }
 }
 

@@ -90,9 +90,9 @@ impl BuildSummary {
         namespace: &'a str,
         name: &'a str,
     ) -> impl Iterator<Item = &'a Problem> + 'a {
-        self.problems.iter().filter(move |p| {
-            p.kind == kind && p.object.namespace == namespace && p.object.name == name
-        })
+        self.problems
+            .iter()
+            .filter(move |p| p.is_of(kind, namespace, name))
     }
 }
 
