@@ -8,9 +8,10 @@
 //!   the request. Now lines go through a bounded queue to the `rustronaut-log` thread
 //!   (`tracing-appender`'s non-blocking writer), which writes whatever has queued up in one
 //!   buffered write. Nothing is shed: when the queue is full (stdout slower than the
-//!   requests, for [`QUEUE_LINES`] lines), the request thread waits for room, as it waited
-//!   for the write before, so the audit trail stays complete. A process that stops normally
-//!   flushes the queue ([`Guard`], held by `main`).
+//!   requests, for [`QUEUE_LINES`] lines, [`QUEUE_LINES_ONE_THREAD`] with one worker
+//!   thread), the request thread waits for room, as it waited for the write before, so the
+//!   audit trail stays complete. A process that stops normally flushes the queue
+//!   ([`Guard`], held by `main`).
 //! - **The formatting**: tracing-subscriber's JSON formatter gathers an event's fields into
 //!   a map of `serde_json::Value`s before writing them, an allocation or two per field (16
 //!   fields on a decision line). [`JsonLines`] writes the same line straight into the
@@ -29,15 +30,37 @@ use tracing_subscriber::registry::LookupSpan;
 /// Lines the queue to the log thread holds before request threads wait for it.
 pub const QUEUE_LINES: usize = 128 * 1024;
 
+/// The same for a gateway with one worker thread (`--threads 1`, as the webhook injects the
+/// sidecar): 4,096 lines, four seconds of a sidecar's decision lines at 1,000 req/s.
+///
+/// Why: the queue (a `crossbeam` array channel) allocates and writes every slot when it is
+/// created, 32 bytes a line, so [`QUEUE_LINES`] alone was 4 MiB of the sidecar's resident
+/// memory from its first instant (4,104 KiB of anonymous memory out of 6,028; measured in
+/// docs/benchmarks.md), for bursts a sidecar does not see. A full queue sheds nothing (the
+/// request thread waits, as it waited for its own write before the log thread), so the
+/// size only sets how long stdout may stall before requests wait. Gateways with more
+/// threads keep [`QUEUE_LINES`].
+pub const QUEUE_LINES_ONE_THREAD: usize = 4 * 1024;
+
+/// The queue's size for a gateway with `threads` worker threads per listener.
+pub fn queue_lines(threads: usize) -> usize {
+    if threads <= 1 {
+        QUEUE_LINES_ONE_THREAD
+    } else {
+        QUEUE_LINES
+    }
+}
+
 /// Keeps the log thread alive; dropping it flushes what is queued. Hold it until `main`
 /// returns.
 pub type Guard = tracing_appender::non_blocking::WorkerGuard;
 
-/// Installs the JSON log on stdout for the process, filtered by `RUST_LOG` (default `info`).
-pub fn init() -> Guard {
+/// Installs the JSON log on stdout for the process, filtered by `RUST_LOG` (default `info`),
+/// its queue holding `queue_lines` lines (see [`queue_lines`]).
+pub fn init(queue_lines: usize) -> Guard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .buffered_lines_limit(QUEUE_LINES)
+        .buffered_lines_limit(queue_lines.max(1))
         .thread_name("rustronaut-log")
         // Stdout is line-buffered: through a BufWriter, a batch of lines is one write.
         .finish(std::io::BufWriter::with_capacity(

@@ -200,7 +200,7 @@ fn main() -> anyhow::Result<()> {
     #[cfg(feature = "count-allocs")]
     rustronaut_alloc_count::report_from_env();
     // Held to the end of main: dropping it flushes the log's queue.
-    let _log = rustronaut_gateway::logs::init();
+    let _log = rustronaut_gateway::logs::init(rustronaut_gateway::logs::queue_lines(args.threads));
     // One crypto provider for the whole process (ring), installed before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
