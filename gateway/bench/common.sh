@@ -1,6 +1,7 @@
-# Sourced by the gateway benchmark scripts (run.sh, syscalls.sh, sidecar.sh): installs the
-# tools they name, builds the release gateway, and gives them a scratch directory and a list
-# of processes that are stopped, with the directory removed, however the script exits.
+# Sourced by the gateway benchmark scripts (run.sh, syscalls.sh, sidecar.sh, symbol-order.sh):
+# installs the tools they name, builds the release gateway, and gives them a scratch
+# directory and a list of processes that are stopped, with the directory removed, however
+# the script exits.
 #
 #   bench_setup CMD=PACKAGE ...   sets: repo, GW (the gateway binary), work, pids
 #   bench_reference               sets: BARE (bare Pingora, gateway/bench/bare-pingora), and

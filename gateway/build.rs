@@ -1,0 +1,40 @@
+//! Release builds of the gateway binary on x86_64 Linux (glibc) link the functions a
+//! sidecar executes next to each other, in the order of `link/symbol-order.txt`.
+//!
+//! Why: the kernel maps a program's code into a process 64 KiB at a time (fault-around),
+//! so one function touched in a 64 KiB stretch of the 13 MB `.text` makes the whole stretch
+//! resident. The ~1,760 functions a sidecar runs were spread over 118 such stretches of
+//! LTO's layout: 8.0-9.0 MiB of resident code for an idle sidecar. Gathered at the start of
+//! `.text` they take 2.5 MiB (the sidecar's idle RSS 15.4 -> 8.7 MiB; docs/benchmarks.md,
+//! "Sidecar vs an nginx sidecar and direct"). Nothing changes in what the code does: the
+//! linker only places these functions first (lld's `--symbol-ordering-file`, Rust emitting
+//! one section per function), the rest follows in its usual order.
+//!
+//! The list holds mangled names, whose hashes change with a dependency's version, the
+//! toolchain or this package's own build metadata. Names the build no longer has are
+//! skipped silently (`--no-warn-symbol-ordering`), so a stale list only costs memory again
+//! (`make bench-sidecar` prints how many of its names the binary has);
+//! `gateway/bench/symbol-order.sh` regenerates it from a callgrind run of the sidecar.
+//!
+//! Only where the linker is lld: x86_64-unknown-linux-gnu links with it by default since
+//! Rust 1.90 (the workspace needs 1.91). Set `RUSTRONAUT_SYMBOL_ORDER=0` to link without
+//! the list (for example with another linker).
+
+use std::env;
+
+fn main() {
+    let order = "link/symbol-order.txt";
+    println!("cargo:rerun-if-changed={order}");
+    println!("cargo:rerun-if-env-changed=RUSTRONAUT_SYMBOL_ORDER");
+    let var = |k: &str| env::var(k).unwrap_or_default();
+    let wanted = var("PROFILE") == "release"
+        && var("CARGO_CFG_TARGET_ARCH") == "x86_64"
+        && var("CARGO_CFG_TARGET_OS") == "linux"
+        && var("CARGO_CFG_TARGET_ENV") == "gnu"
+        && var("RUSTRONAUT_SYMBOL_ORDER") != "0";
+    if wanted {
+        let path = format!("{}/{order}", var("CARGO_MANIFEST_DIR"));
+        println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={path}");
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    }
+}
