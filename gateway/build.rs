@@ -1,5 +1,6 @@
 //! Release builds of the gateway binary on x86_64 Linux (glibc) link the functions a
-//! sidecar executes next to each other, in the order of `link/symbol-order.txt`.
+//! sidecar executes next to each other, in the order of `link/symbol-order.txt`, and pack
+//! their relative relocations (below).
 //!
 //! Why: the kernel maps a program's code into a process 64 KiB at a time (fault-around),
 //! so one function touched in a 64 KiB stretch of the 13 MB `.text` makes the whole stretch
@@ -36,5 +37,9 @@ fn main() {
         let path = format!("{}/{order}", var("CARGO_MANIFEST_DIR"));
         println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={path}");
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+        // Relative relocations packed (DT_RELR, glibc 2.36: Debian 12, the images' base):
+        // the dynamic loader reads all of `.rela.dyn` at start-up, 585 KiB that stay
+        // resident, where the packed table is 11 KiB (the sidecar's RssFile 6.7 -> 6.2 MiB).
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
 }
