@@ -6,7 +6,7 @@
 //! so one function touched in a 64 KiB stretch of the 13 MB `.text` makes the whole stretch
 //! resident. The ~1,760 functions a sidecar runs were spread over 118 such stretches of
 //! LTO's layout: 8.0-9.0 MiB of resident code for an idle sidecar. Gathered at the start of
-//! `.text` they take 2.5 MiB (the sidecar's idle RSS 15.4 -> 8.7 MiB; docs/benchmarks.md,
+//! `.text` they take 2.5 MiB (the sidecar's idle RSS 15.0 -> 8.5 MiB; docs/benchmarks.md,
 //! "Sidecar vs an nginx sidecar and direct"). Nothing changes in what the code does: the
 //! linker only places these functions first (lld's `--symbol-ordering-file`, Rust emitting
 //! one section per function), the rest follows in its usual order.
@@ -39,7 +39,7 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
         // Relative relocations packed (DT_RELR, glibc 2.36: Debian 12, the images' base):
         // the dynamic loader reads all of `.rela.dyn` at start-up, 585 KiB that stay
-        // resident, where the packed table is 11 KiB (the sidecar's RssFile 6.7 -> 6.2 MiB).
+        // resident, where the packed table is 11 KiB (the sidecar's RssFile 6.6 -> 6.1 MiB).
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
 }
