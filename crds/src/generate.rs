@@ -86,9 +86,17 @@ pub fn files() -> anyhow::Result<Vec<(PathBuf, String)>> {
 }
 
 /// The repository root (this crate's parent directory).
+///
+/// Read from `CARGO_MANIFEST_DIR` at run time when cargo sets it (`cargo test`, `cargo
+/// run`), else the path this crate was compiled at: cargo shares compiled workspace crates
+/// between checkouts that use one target directory (its hashes are relative to the
+/// workspace), so a compiled-in path can name another checkout, where the check then reads
+/// files that are not the ones under test (seen with two checkouts sharing a CI cache).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    dir.parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
 }
