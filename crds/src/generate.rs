@@ -96,9 +96,7 @@ pub fn repo_root() -> PathBuf {
     let dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    dir.parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    dir.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// Files whose committed contents differ from what the types generate.
