@@ -657,11 +657,25 @@ fn the_operator_exports_a_span_per_reconcile_under_its_cause_over_otlp() {
     assert!(operator.terminate().success(), "{}", operator.log());
     let got = collector.received();
     let object = format!("{ns}/traced");
+    // What woke the reconcile, as kube-runtime names it: the Gateway's own event, an owned
+    // object's, or the bulk trigger when the caches filled, whichever came first.
+    assert!(
+        [
+            "object updated",
+            "related object updated",
+            "bulk reconcile requested"
+        ]
+        .iter()
+        .any(|r| rustronaut_e2e::otlp::contains_bytes(&got, r.as_bytes())),
+        "no reconcile cause exported ({} bytes received: {:?}); log:\n{}",
+        got.len(),
+        String::from_utf8_lossy(&got),
+        operator.log()
+    );
     for needle in [
         "rustronaut-operator",
         "reconciling object",
         "object.reason",
-        "object updated",
         "reconcile",
         "kind",
         "Gateway",

@@ -4,7 +4,7 @@
 //! ```text
 //! reconciling object   kube-runtime's span: object.ref, object.reason (what woke it:
 //!   |                  "object updated", "related object updated: Policy.v1alpha1.../ns/p",
-//!   |                  "reconcile requested", ...): the change that caused the reconcile
+//!   |                  "bulk reconcile requested", ...): the change that caused the reconcile
 //!   └─ reconcile       ours, for the whole reconcile: kind, object, outcome; the warnings
 //!                      logged inside it are its events
 //! pass                 a status pass of Resources and Policies: kind, resync
