@@ -299,10 +299,22 @@ fn probe_labelled(
             }],
         },
     });
+    run_once_pod(cluster, ns, name, &manifest) == "Succeeded"
+}
+
+/// Applies `manifest` (a pod with `restartPolicy: Never`), waits up to 90 s for it to end,
+/// deletes it and returns its final phase (`Succeeded` or `Failed`). A pod that did not
+/// succeed has its log and status printed first, so a failing test says why.
+fn run_once_pod(
+    cluster: &TestCluster,
+    ns: &str,
+    name: &str,
+    manifest: &serde_json::Value,
+) -> String {
     kubectl_apply(cluster, &manifest.to_string());
     let mut phase = String::new();
     wait_for_within(
-        &format!("probe pod {ns}/{name} to finish"),
+        &format!("pod {ns}/{name} to finish"),
         Duration::from_secs(90),
         &[],
         || {
@@ -323,11 +335,24 @@ fn probe_labelled(
             phase == "Succeeded" || phase == "Failed"
         },
     );
+    if phase != "Succeeded" {
+        for args in [
+            vec!["-n", ns, "logs", name],
+            vec!["-n", ns, "get", "pod", name, "-o", "jsonpath={.status}"],
+        ] {
+            let out = cluster.kubectl().args(&args).output().unwrap();
+            eprintln!(
+                "{args:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     let _ = cluster
         .kubectl()
         .args(["-n", ns, "delete", "pod", name, "--wait=false"])
         .output();
-    phase == "Succeeded"
+    phase
 }
 
 fn create_namespace(cluster: &TestCluster, name: &str) {

@@ -294,7 +294,8 @@ fn the_webhook_injects_the_sidecar_and_it_enforces_the_policy_through_the_servic
 /// (it died with SIGSEGV, which is why this test once came back with no report). The request's
 /// stdin stays open three seconds: busybox `nc` stops at the end of its input, before the
 /// answer arrives. Whether it
-/// succeeded is read from the pod's phase; on failure the pod's log and status are printed.
+/// succeeded is read from the pod's phase ([`run_once_pod`], which prints the pod's log and
+/// status when it failed).
 fn caller_pod(cluster: &TestCluster, name: &str, account: &str, expect: &str) -> bool {
     let ip = service_ip(cluster);
     let script = format!(
@@ -322,56 +323,7 @@ fn caller_pod(cluster: &TestCluster, name: &str, account: &str, expect: &str) ->
             }],
         },
     });
-    kubectl_apply(cluster, &manifest.to_string());
-    let mut phase = String::new();
-    wait_for_within(
-        &format!("caller pod {CALLERS}/{name} to finish"),
-        Duration::from_secs(90),
-        &[],
-        || {
-            phase = cluster
-                .kubectl()
-                .args([
-                    "-n",
-                    CALLERS,
-                    "get",
-                    "pod",
-                    name,
-                    "-o",
-                    "jsonpath={.status.phase}",
-                ])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            phase == "Succeeded" || phase == "Failed"
-        },
-    );
-    if phase != "Succeeded" {
-        for args in [
-            vec!["-n", CALLERS, "logs", name],
-            vec![
-                "-n",
-                CALLERS,
-                "get",
-                "pod",
-                name,
-                "-o",
-                "jsonpath={.status}",
-            ],
-        ] {
-            let out = cluster.kubectl().args(&args).output().unwrap();
-            eprintln!(
-                "{args:?}:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-    let _ = cluster
-        .kubectl()
-        .args(["-n", CALLERS, "delete", "pod", name, "--wait=false"])
-        .output();
-    phase == "Succeeded"
+    run_once_pod(cluster, CALLERS, name, &manifest) == "Succeeded"
 }
 
 #[test]
