@@ -66,6 +66,7 @@ fn sites_beyond(world: &World, tenant: &str, max: i32) -> Vec<((ObjectRef, Strin
         .gateways
         .iter()
         .filter(|g| g.metadata.deletion_timestamp.is_none())
+        .map(|g| &**g)
         .collect();
     gateways.sort_by_key(|g| {
         let ts = g.metadata.creation_timestamp.as_ref().map(|t| t.0);

@@ -255,7 +255,7 @@ pub fn admitted_tenants(world: &World, gateway: &Gateway, claims: &Claims) -> BT
         .tenants
         .iter()
         .filter(|t| admits(gateway, t, claims))
-        .map(ResourceExt::name_any)
+        .map(|t| t.name_any())
         .collect()
 }
 
@@ -782,6 +782,7 @@ impl Builder<'_> {
             .resources
             .iter()
             .filter(|r| refs_gateway(r, &self.gw).next().is_some())
+            .map(|r| &**r)
             .collect();
         // Oldest first, so on a hostname or port conflict the older Resource keeps it (the
         // validation pass drops the later claimant), the same answer on every replica.
@@ -1342,6 +1343,7 @@ mod tests {
     use rustronaut_contract::policy::PolicySet;
     use serde_json::json;
     use std::path::Path;
+    use std::sync::Arc;
     use std::time::SystemTime;
 
     /// A self-signed test CA (contract's fixture): a valid certificate for PEM fields.
@@ -1660,7 +1662,7 @@ mod tests {
         let mut world = examples();
         // grafana, orders (a sidecar Resource: counted, never in a Gateway's snapshot) and
         // postgres fit; wiki does not.
-        world.tenants[0].spec.quotas = Some(rustronaut_crds::tenant::Quotas {
+        Arc::make_mut(&mut world.tenants[0]).spec.quotas = Some(rustronaut_crds::tenant::Quotas {
             resources: Some(3),
             policies: Some(1),
             ..Default::default()
@@ -1706,9 +1708,11 @@ mod tests {
     #[test]
     fn resources_that_may_not_attach_are_left_out_and_reported() {
         let mut world = examples();
-        world
-            .tenants
-            .push(tenant("globex", &["globex-apps"], &["*.globex.example"]));
+        world.tenants.push(Arc::new(tenant(
+            "globex",
+            &["globex-apps"],
+            &["*.globex.example"],
+        )));
         // Tenant admission: the edge gateway admits every tenant; a Same gateway in acme's
         // namespace admits acme only.
         let mut same = gateway(&world, "edge").clone();
@@ -1723,23 +1727,26 @@ mod tests {
             .unwrap()
             .certificate_refs[0]
             .name = "tls".into();
-        world.gateways.push(same.clone());
-        world.resources.extend([
-            http_resource("acme-apps", "mine", "mine.acme.example", "acme-apps/own"),
-            http_resource(
-                "globex-apps",
-                "theirs",
-                "app.globex.example",
-                "acme-apps/own",
-            ),
-            http_resource("nowhere", "orphan", "orphan.acme.example", "acme-apps/own"),
-            http_resource(
-                "acme-apps",
-                "outside",
-                "app.globex.example",
-                "acme-apps/own",
-            ),
-        ]);
+        world.gateways.push(Arc::new(same.clone()));
+        world.resources.extend(
+            [
+                http_resource("acme-apps", "mine", "mine.acme.example", "acme-apps/own"),
+                http_resource(
+                    "globex-apps",
+                    "theirs",
+                    "app.globex.example",
+                    "acme-apps/own",
+                ),
+                http_resource("nowhere", "orphan", "orphan.acme.example", "acme-apps/own"),
+                http_resource(
+                    "acme-apps",
+                    "outside",
+                    "app.globex.example",
+                    "acme-apps/own",
+                ),
+            ]
+            .map(Arc::new),
+        );
         let secrets = secrets();
         let mut inputs = inputs(&secrets);
         inputs.tls.insert(
@@ -1809,7 +1816,7 @@ mod tests {
         .unwrap()];
         world
             .resources
-            .extend([bad_listener, foreign_site, outside_cidr]);
+            .extend([bad_listener, foreign_site, outside_cidr].map(Arc::new));
         let out = build(&world, &secrets()).unwrap();
         assert_eq!(out.snapshot.validate(), Ok(()));
         assert_eq!(out.snapshot.resources.len(), 3, "only the examples");
@@ -1858,7 +1865,7 @@ mod tests {
             .unwrap()];
             broken.push(r);
         }
-        world.resources.extend(broken);
+        world.resources.extend(broken.into_iter().map(Arc::new));
         // A revocation made at the same time: the wiki policy is deleted.
         world.policies.retain(|p| p.name_any() != "wiki-access");
 
@@ -1897,11 +1904,13 @@ mod tests {
     #[test]
     fn a_site_without_public_key_uses_the_generated_one() {
         let mut world = examples();
-        let edge = world
-            .gateways
-            .iter_mut()
-            .find(|g| g.name_any() == "edge")
-            .unwrap();
+        let edge = Arc::make_mut(
+            world
+                .gateways
+                .iter_mut()
+                .find(|g| g.name_any() == "edge")
+                .unwrap(),
+        );
         let site = &mut edge.spec.tunnel.as_mut().unwrap().sites[0];
         let spec_key = site.public_key.take().unwrap();
         let secrets = secrets();
@@ -1931,11 +1940,13 @@ mod tests {
         // site out: the rest of the snapshot is built.
         for bad in ["not-a-key", "AAAA", spec_key.as_str()] {
             let mut world = examples();
-            let edge = world
-                .gateways
-                .iter_mut()
-                .find(|g| g.name_any() == "edge")
-                .unwrap();
+            let edge = Arc::make_mut(
+                world
+                    .gateways
+                    .iter_mut()
+                    .find(|g| g.name_any() == "edge")
+                    .unwrap(),
+            );
             let t = edge.spec.tunnel.as_mut().unwrap();
             t.sites[0].public_key = None;
             let mut other = t.sites[0].clone();
@@ -1975,11 +1986,13 @@ mod tests {
         let site_tenant = gateway(&world, "edge").spec.tunnel.as_ref().unwrap().sites[0]
             .tenant
             .clone();
-        let t = world
-            .tenants
-            .iter_mut()
-            .find(|t| t.name_any() == site_tenant)
-            .unwrap();
+        let t = Arc::make_mut(
+            world
+                .tenants
+                .iter_mut()
+                .find(|t| t.name_any() == site_tenant)
+                .unwrap(),
+        );
         t.spec.quotas = Some(rustronaut_crds::tenant::Quotas {
             sites: Some(0),
             ..Default::default()
@@ -1999,11 +2012,13 @@ mod tests {
         // A Gateway over its tenant's quota gets no snapshot at all. (The example's Gateway
         // lives in a platform namespace; let the tenant hold it.)
         let edge_ns = gateway(&world, "edge").namespace().unwrap();
-        let t = world
-            .tenants
-            .iter_mut()
-            .find(|t| t.name_any() == site_tenant)
-            .unwrap();
+        let t = Arc::make_mut(
+            world
+                .tenants
+                .iter_mut()
+                .find(|t| t.name_any() == site_tenant)
+                .unwrap(),
+        );
         t.spec.namespaces.push(edge_ns.clone());
         t.spec.quotas = Some(rustronaut_crds::tenant::Quotas {
             gateways: Some(0),
@@ -2023,8 +2038,8 @@ mod tests {
             .resources
             .iter()
             .find(|r| r.name_any() == "grafana")
-            .unwrap()
-            .clone();
+            .map(|r| (**r).clone())
+            .unwrap();
         copy.metadata.name = Some("grafana-copy".into());
         // grafana (no timestamp, as in a dry run) sorts after timestamped objects, so give
         // both timestamps: the copy is younger.
@@ -2035,9 +2050,9 @@ mod tests {
         };
         copy.metadata.creation_timestamp = ts(2_000_000_000);
         for r in &mut world.resources {
-            r.metadata.creation_timestamp = ts(1_700_000_000);
+            Arc::make_mut(r).metadata.creation_timestamp = ts(1_700_000_000);
         }
-        world.resources.insert(0, copy);
+        world.resources.insert(0, Arc::new(copy));
         let out = build(&world, &secrets()).unwrap();
         assert!(out.snapshot.resource("acme-apps", "grafana").is_some());
         assert!(out.snapshot.resource("acme-apps", "grafana-copy").is_none());
@@ -2072,7 +2087,7 @@ mod tests {
             }
         }))
         .unwrap();
-        world.policies.push(deny);
+        world.policies.push(Arc::new(deny));
         let out = build(&world, &secrets()).unwrap();
         let p = out
             .snapshot
@@ -2114,11 +2129,13 @@ mod tests {
                 .any(|p| p.message.contains("not requested"))
         );
         // Required: nobody could connect; refuse to build.
-        let gw = world
-            .gateways
-            .iter_mut()
-            .find(|g| g.name_any() == "edge")
-            .unwrap();
+        let gw = Arc::make_mut(
+            world
+                .gateways
+                .iter_mut()
+                .find(|g| g.name_any() == "edge")
+                .unwrap(),
+        );
         gw.spec.listeners[0].client_certificate = Some(g::ClientCertificate {
             mode: g::ClientCertificateMode::Required,
         });
@@ -2134,11 +2151,13 @@ mod tests {
     fn forwarded_client_addresses_need_trusted_peers() {
         let mut world = examples();
         let secrets = secrets();
-        let gw = world
-            .gateways
-            .iter_mut()
-            .find(|g| g.name_any() == "edge")
-            .unwrap();
+        let gw = Arc::make_mut(
+            world
+                .gateways
+                .iter_mut()
+                .find(|g| g.name_any() == "edge")
+                .unwrap(),
+        );
         gw.spec.client_ip_detection = Some(g::ClientIpDetection {
             trusted_hops: 1,
             ..Default::default()
@@ -2150,11 +2169,13 @@ mod tests {
                 .contains("clientIPDetection.trustedPeerCIDRs"),
             "{err}"
         );
-        let gw = world
-            .gateways
-            .iter_mut()
-            .find(|g| g.name_any() == "edge")
-            .unwrap();
+        let gw = Arc::make_mut(
+            world
+                .gateways
+                .iter_mut()
+                .find(|g| g.name_any() == "edge")
+                .unwrap(),
+        );
         gw.spec.client_ip_detection = Some(g::ClientIpDetection {
             proxy_protocol: false,
             trusted_hops: 1,
@@ -2236,7 +2257,7 @@ mod tests {
 
         // Without an OIDC provider the tenant gets no keys, whatever the input holds.
         let mut world = world;
-        world.tenants[0]
+        Arc::make_mut(&mut world.tenants[0])
             .spec
             .identity_providers
             .retain(|i| i.oidc.is_none());

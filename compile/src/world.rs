@@ -9,6 +9,7 @@ use rustronaut_crds::manifests::Manifest;
 use rustronaut_crds::tenancy::{Claims, NamespaceLabels, resolve_claims};
 use rustronaut_crds::{Gateway, Policy, Resource, Tenant};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Errors building a [`World`] from manifests.
 #[derive(Debug, thiserror::Error)]
@@ -51,13 +52,13 @@ pub enum WorldError {
 #[derive(Debug, Clone, Default)]
 pub struct World {
     /// Tenants (cluster-scoped).
-    pub tenants: Vec<Tenant>,
+    pub tenants: Vec<Arc<Tenant>>,
     /// Gateways.
-    pub gateways: Vec<Gateway>,
+    pub gateways: Vec<Arc<Gateway>>,
     /// Resources.
-    pub resources: Vec<Resource>,
+    pub resources: Vec<Arc<Resource>>,
     /// Policies.
-    pub policies: Vec<Policy>,
+    pub policies: Vec<Arc<Policy>>,
     /// Labels of the namespaces known (the operator's cache; `v1` Namespace manifests among
     /// the files), for Policies' namespaceSelector. A namespace missing here has unknown
     /// labels: a namespaceSelector of a Deny selects it, of an Allow does not.
@@ -112,16 +113,16 @@ impl World {
             match kind.as_str() {
                 "Tenant" => world
                     .tenants
-                    .push(serde_json::from_value(v).map_err(invalid)?),
+                    .push(Arc::new(serde_json::from_value(v).map_err(invalid)?)),
                 "Gateway" => world
                     .gateways
-                    .push(serde_json::from_value(v).map_err(invalid)?),
+                    .push(Arc::new(serde_json::from_value(v).map_err(invalid)?)),
                 "Resource" => world
                     .resources
-                    .push(serde_json::from_value(v).map_err(invalid)?),
+                    .push(Arc::new(serde_json::from_value(v).map_err(invalid)?)),
                 "Policy" => world
                     .policies
-                    .push(serde_json::from_value(v).map_err(invalid)?),
+                    .push(Arc::new(serde_json::from_value(v).map_err(invalid)?)),
                 _ => {}
             }
         }
@@ -136,6 +137,9 @@ impl World {
     /// The Tenant named `name`.
     pub fn tenant(&self, name: &str) -> Option<&Tenant> {
         use kube::ResourceExt;
-        self.tenants.iter().find(|t| t.name_any() == name)
+        self.tenants
+            .iter()
+            .find(|t| t.name_any() == name)
+            .map(|t| &**t)
     }
 }

@@ -166,22 +166,14 @@ impl Stores {
     /// reconcile sees it in place of its cached copy. Other Gateways matter only to quotas
     /// (which Gateways and sites of a tenant are the oldest).
     pub fn world(&self, gateway: &Gateway) -> World {
-        fn all<K: Clone + kube::Resource<DynamicType = ()>>(s: &Store<K>) -> Vec<K> {
-            s.state().iter().map(|k| (**k).clone()).collect()
-        }
-        let mut gateways: Vec<Gateway> = self
-            .gateways
-            .state()
-            .iter()
-            .filter(|g| g.metadata.uid != gateway.metadata.uid)
-            .map(|g| (**g).clone())
-            .collect();
-        gateways.push(gateway.clone());
+        let mut gateways = self.gateways.state();
+        gateways.retain(|g| g.metadata.uid != gateway.metadata.uid);
+        gateways.push(Arc::new(gateway.clone()));
         World {
-            tenants: all(&self.tenants),
+            tenants: self.tenants.state(),
             gateways,
-            resources: all(&self.resources),
-            policies: all(&self.policies),
+            resources: self.resources.state(),
+            policies: self.policies.state(),
             namespaces: self.namespace_labels(),
         }
     }
@@ -198,14 +190,11 @@ impl Stores {
     /// Every rustronaut.io object in the cache, all Gateways included (for the status
     /// passes, which look at every Gateway at once).
     pub fn world_all(&self) -> World {
-        fn all<K: Clone + kube::Resource<DynamicType = ()>>(s: &Store<K>) -> Vec<K> {
-            s.state().iter().map(|k| (**k).clone()).collect()
-        }
         World {
-            tenants: all(&self.tenants),
-            gateways: all(&self.gateways),
-            resources: all(&self.resources),
-            policies: all(&self.policies),
+            tenants: self.tenants.state(),
+            gateways: self.gateways.state(),
+            resources: self.resources.state(),
+            policies: self.policies.state(),
             namespaces: self.namespace_labels(),
         }
     }

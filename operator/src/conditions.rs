@@ -269,7 +269,7 @@ pub fn applied_policies(
     world: &World,
     claims: &Claims,
 ) -> BTreeMap<(String, String), Vec<AppliedPolicy>> {
-    let mut policies: Vec<&Policy> = world.policies.iter().collect();
+    let mut policies: Vec<&Policy> = world.policies.iter().map(|p| &**p).collect();
     policies.sort_by_key(|p| (p.namespace(), p.name_any()));
     let mut out: BTreeMap<(String, String), Vec<AppliedPolicy>> = BTreeMap::new();
     for p in policies {
@@ -804,6 +804,7 @@ mod tests {
     use rustronaut_compile::snapshot::{GatewayInputs, ServicePort, gateway_snapshot};
     use rustronaut_crds::Gateway;
     use serde_json::{Value, json};
+    use std::sync::Arc;
 
     fn time(s: &str) -> Time {
         Time(s.parse().unwrap())
@@ -864,21 +865,28 @@ mod tests {
     fn world() -> World {
         World {
             tenants: vec![
-                tenant(
+                Arc::new(tenant(
                     "a",
                     "2025-01-01T00:00:00Z",
                     &["apps", "gw"],
                     &["*.a.example"],
-                ),
-                tenant("b", "2025-01-02T00:00:00Z", &["bapps"], &["*.b.example"]),
+                )),
+                Arc::new(tenant(
+                    "b",
+                    "2025-01-02T00:00:00Z",
+                    &["bapps"],
+                    &["*.b.example"],
+                )),
             ],
-            gateways: vec![gateway("gw", "edge", "Same")],
-            resources: vec![
+            gateways: vec![Arc::new(gateway("gw", "edge", "Same"))],
+            resources: [
                 resource("apps", "app", "app.a.example", ("gw", "edge")),
                 resource("bapps", "other", "x.b.example", ("gw", "edge")),
                 resource("nowhere", "orphan", "o.a.example", ("gw", "edge")),
                 resource("apps", "lost", "l.a.example", ("gw", "missing")),
-            ],
+            ]
+            .map(Arc::new)
+            .to_vec(),
             policies: Vec::new(),
             namespaces: Default::default(),
         }
@@ -948,7 +956,7 @@ mod tests {
         );
         assert!(before.policies.is_empty());
         w.policies
-            .push(policy("apps", "allow", &["app"], json!([])));
+            .push(Arc::new(policy("apps", "allow", &["app"], json!([]))));
         let b = builds(&w, true);
         let s = res_status(&w, &b, "apps", "app");
         assert_eq!(s.policies.len(), 1);
@@ -1029,7 +1037,8 @@ mod tests {
         assert!(c.message.contains("tenant b"), "{}", c.message);
 
         let mut outside = w.clone();
-        outside.resources[3].spec.hostnames = vec!["x.elsewhere.example".into()];
+        Arc::make_mut(&mut outside.resources[3]).spec.hostnames =
+            vec!["x.elsewhere.example".into()];
         let s = res_status(&outside, &builds(&outside, true), "apps", "lost");
         let c = get(&s.conditions, types::ACCEPTED);
         assert_eq!(
@@ -1049,12 +1058,13 @@ mod tests {
     #[test]
     fn quotas_refuse_the_youngest() {
         let mut w = world();
-        w.tenants[0].spec.quotas = Some(Quotas {
+        Arc::make_mut(&mut w.tenants[0]).spec.quotas = Some(Quotas {
             resources: Some(1),
             policies: Some(0),
             ..Default::default()
         });
-        w.policies.push(policy("apps", "p", &["app"], json!([])));
+        w.policies
+            .push(Arc::new(policy("apps", "p", &["app"], json!([]))));
         let b = builds(&w, true);
         // Same creationTimestamp: name order decides; "app" is kept, "lost" is over.
         let kept = res_status(&w, &b, "apps", "app");
@@ -1078,7 +1088,7 @@ mod tests {
         let b = builds(&w, true);
         let first = res_status(&w, &b, "apps", "app");
         let mut w2 = w.clone();
-        w2.resources[0].status = Some(first.clone());
+        Arc::make_mut(&mut w2.resources[0]).status = Some(first.clone());
         let r = &w2.resources[0];
         let again = resource_status(
             &w2,
@@ -1140,8 +1150,10 @@ mod tests {
             {"name": "outsider-allowed", "expect": "Allow",
              "request": {"sourceIP": "192.0.2.1", "path": "/"}}
         ]);
-        w.policies.push(policy("apps", "good", &["app"], office));
-        w.policies.push(policy("apps", "bad", &["app"], wrong));
+        w.policies
+            .push(Arc::new(policy("apps", "good", &["app"], office)));
+        w.policies
+            .push(Arc::new(policy("apps", "bad", &["app"], wrong)));
         let s = pol_status(&w, "good");
         let c = get(&s.conditions, types::TESTS_PASSED);
         assert_eq!(
@@ -1167,9 +1179,9 @@ mod tests {
     fn policy_refs_that_match_nothing_are_named() {
         let mut w = world();
         w.policies
-            .push(policy("apps", "p", &["app", "ghost"], json!([])));
+            .push(Arc::new(policy("apps", "p", &["app", "ghost"], json!([]))));
         w.policies
-            .push(policy("nowhere", "q", &["orphan"], json!([])));
+            .push(Arc::new(policy("nowhere", "q", &["orphan"], json!([]))));
         let s = pol_status(&w, "p");
         let c = get(&s.conditions, types::RESOLVED_REFS);
         assert_eq!(
@@ -1221,8 +1233,12 @@ mod tests {
     #[test]
     fn the_younger_tenant_loses_a_shared_namespace_and_is_told_who_holds_it() {
         let mut w = world();
-        w.tenants
-            .push(tenant("c", "2025-03-01T00:00:00Z", &["apps", "capps"], &[]));
+        w.tenants.push(Arc::new(tenant(
+            "c",
+            "2025-03-01T00:00:00Z",
+            &["apps", "capps"],
+            &[],
+        )));
         let claims = w.claims();
         let now = time("2026-01-01T00:00:00Z");
         let none = BTreeMap::new();

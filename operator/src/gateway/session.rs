@@ -142,6 +142,7 @@ mod tests {
     use super::*;
     use crate::meta::edited_by_people;
     use rustronaut_crds::Tenant;
+    use std::sync::Arc;
 
     fn gateway(tenants: serde_json::Value) -> Gateway {
         serde_json::from_value(json!({
@@ -172,8 +173,8 @@ mod tests {
 
     fn world(gw: &Gateway, tenants: Vec<Tenant>) -> World {
         World {
-            tenants,
-            gateways: vec![gw.clone()],
+            tenants: tenants.into_iter().map(Arc::new).collect(),
+            gateways: vec![Arc::new(gw.clone())],
             resources: Vec::new(),
             policies: Vec::new(),
             namespaces: Default::default(),
