@@ -222,7 +222,11 @@ impl SidecarController {
             // Its own record of what was reported: two watches of one kind sharing one would
             // mark each other's unreadable objects stale on a re-list. (The same object is
             // then reported by both watches: the Recorder folds the two into one series.)
-            guard::guarded::<RtnResource>(self.context.ctx.clone(), guard::Seen::default()),
+            guard::guarded::<RtnResource>(self.context.ctx.clone(), guard::Seen::default())
+                .filter_map({
+                    let ctx = self.context.clone();
+                    move |r| std::future::ready(only_sidecars(&ctx, r))
+                }),
         )
         .default_backoff()
         .applied_objects()
@@ -256,10 +260,7 @@ pub fn reconcile(
     // Edge Resources are many and not ours: no metrics, no span, no work, unless this one
     // was a sidecar Resource (its status, or our Secret in the cache, says so: the status
     // alone is not enough, the edge pass may already have rewritten it).
-    if res.spec.workload.is_none()
-        && res.status.as_ref().is_none_or(|s| s.workload.is_none())
-        && !has_our_secret(&ctx, &res)
-    {
+    if !is_sidecar(&ctx, &res) {
         return Box::pin(futures::future::ready(Ok(Action::await_change())));
     }
     // Created here, where kube-runtime calls us: its span of the trigger is the parent.
@@ -292,6 +293,31 @@ async fn reconcile_measured(
         result.as_ref().err().map(Error::label),
     );
     result
+}
+
+/// Whether `res` is this reconciler's: a sidecar Resource, or one that was (its status or
+/// our Secret says so) and has objects to prune.
+fn is_sidecar(ctx: &SidecarContext, res: &RtnResource) -> bool {
+    res.spec.workload.is_some()
+        || res.status.as_ref().is_some_and(|s| s.workload.is_some())
+        || has_our_secret(ctx, res)
+}
+
+/// The controller's own Resource store keeps only [`is_sidecar`] Resources: edge Resources
+/// are the many (thousands) and the caches ([`crate::cache`]) already hold them, so a second
+/// full copy here was measured (issue 17) as a tenth of the operator's heap. An edge
+/// Resource's update becomes a removal (it may have been a sidecar Resource a moment ago),
+/// and the initial list leaves edge Resources out.
+fn only_sidecars(
+    ctx: &SidecarContext,
+    r: watcher::Result<watcher::Event<RtnResource>>,
+) -> Option<watcher::Result<watcher::Event<RtnResource>>> {
+    use watcher::Event as E;
+    match r {
+        Ok(E::Apply(res)) if !is_sidecar(ctx, &res) => Some(Ok(E::Delete(res))),
+        Ok(E::InitApply(res)) if !is_sidecar(ctx, &res) => None,
+        other => Some(other),
+    }
 }
 
 /// Whether the operator's Secret cache holds a snapshot Secret this reconciler made for

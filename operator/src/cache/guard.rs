@@ -244,12 +244,30 @@ where
                     );
                     tokio::spawn(report::<K>(ctx.clone(), bad));
                 }
-                event.map(Ok)
+                event.map(|e| Ok(e.modify(slim)))
             }
         };
         std::future::ready(out)
     })
 }
+
+/// Drops what no reader of the caches looks at and what can be as large as the object itself:
+/// `managedFields` (an entry per field manager: the person, GitOps, the operator's status
+/// writes) and `kubectl apply`'s last-applied copy. Measured in issue 17: every cached
+/// object and every world view carried them.
+fn slim<K: Resource>(k: &mut K) {
+    let meta = k.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// `kubectl apply`'s copy of the applied object, in an annotation.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// A Warning Event and the status of an unreadable object (best effort: logged on failure).
 async fn report<K: Resource<DynamicType = ()>>(ctx: Context, bad: InvalidObject) {
@@ -301,6 +319,44 @@ mod tests {
                 ..Default::default()
             },
         }))
+    }
+
+    #[test]
+    fn cached_objects_lose_managed_fields_and_the_last_applied_copy_only() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut p: Policy = serde_json::from_value(json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Policy",
+            "metadata": {"name": "p", "namespace": "apps",
+                "annotations": {LAST_APPLIED: "{\"big\": true}", STAND_IN: "kept"}},
+            "spec": {"targetRefs": [{"kind": "Resource", "name": "app"}], "action": "Allow",
+                "rules": [{"name": "dev", "from": [{"user": {"idp": "i", "groups": ["dev"]}}]}]},
+        }))
+        .unwrap();
+        p.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl".into()),
+            ..Default::default()
+        }]);
+        let before = p.spec.clone();
+        let p = watcher::Event::Apply(p).modify(slim);
+        let watcher::Event::Apply(p) = p else {
+            unreachable!()
+        };
+        assert_eq!(p.metadata.managed_fields, None);
+        let annotations = p.metadata.annotations.unwrap();
+        assert_eq!(annotations.len(), 1, "{annotations:?}");
+        assert_eq!(annotations[STAND_IN], "kept");
+        assert_eq!(p.spec, before);
+
+        let mut r: Policy = serde_json::from_value(json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Policy",
+            "metadata": {"name": "q", "namespace": "apps",
+                "annotations": {LAST_APPLIED: "{}"}},
+            "spec": {"targetRefs": [{"kind": "Resource", "name": "app"}], "action": "Allow",
+                "rules": [{"name": "dev", "from": [{"user": {"idp": "i", "groups": ["dev"]}}]}]},
+        }))
+        .unwrap();
+        slim(&mut r);
+        assert_eq!(r.metadata.annotations, None);
     }
 
     #[test]
