@@ -5,15 +5,19 @@
 //!  read      Gateway (its own guarded watch) + the caches (crate::cache::Stores: Tenants,
 //!            Resources, Policies, Secrets, Services, EndpointSlices, Namespaces, the
 //!            cluster's networks) -> World + GatewayInputs                  (inputs)
-//!  build     rustronaut_compile::snapshot::gateway_snapshot -> Snapshot | BuildError
-//!            objects::* -> Secret, ConfigMap, SA, Role, RoleBinding, Deployment, Service,
-//!            NetworkPolicy, PDB, HPA                                        (objects)
-//!            with spec.tunnel: key Secrets (created once), hub config Secret,
-//!            StatefulSet, per-replica UDP Services, stream Service,
-//!            NetworkPolicy                                                  (tunnel)
+//!  ensure    with spec.tunnel: key Secrets (created once, never overwritten)   (tunnel)
 //!            per admitted tenant with an OIDC provider: its session key Secret
 //!            (created once, read into `inputs.session_keys`)                (session)
-//!  apply     server-side apply, field manager "rustronaut-operator"        (crate::apply)
+//!  build     rustronaut_compile::snapshot::gateway_snapshot -> Snapshot | BuildError
+//!            desired::build -> one Desired {                                (desired)
+//!              snapshot Secret,
+//!              workload: ConfigMap, SA, Role, RoleBinding, Deployment, Service,
+//!                        NetworkPolicy, PDB, HPA                            (objects)
+//!              hub: config Secret, StatefulSet, per-replica UDP Services,
+//!                   stream Service, NetworkPolicy, PDB                      (tunnel) }
+//!  apply     Desired destructured whole (apply_workload, apply_hub): server-side
+//!            apply, field manager "rustronaut-operator"; then the pruning of hub
+//!            objects and session Secrets no longer wanted                 (crate::apply)
 //!  status    status::status -> Accepted / Programmed / Ready, configVersion (status),
 //!            written and remembered by reports::settle; later pod reports recompute
 //!            Ready from that memo without a reconcile                       (reports)
@@ -40,6 +44,7 @@
 //! Started by [`crate::runtime`]; [`inputs`] is also the status pass's ([`crate::status`])
 //! and the sidecar reconciler reuses the builders of [`objects`] and [`session`].
 
+pub mod desired;
 pub mod hubstatus;
 pub mod inputs;
 pub mod objects;
@@ -70,7 +75,6 @@ use kube::{Resource, ResourceExt};
 use objects::names;
 use rustronaut_compile::World;
 use rustronaut_compile::snapshot::{BuildError, Impact, gateway_snapshot};
-use rustronaut_contract::snapshot as cs;
 use rustronaut_crds::Gateway;
 use rustronaut_crds::gateway::TunnelStatus;
 use std::collections::BTreeMap;
@@ -275,23 +279,28 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         .get(&ns, &names::snapshot(&name))
         .and_then(|s| config_version(&s));
 
+    // build: one value holding everything this Gateway wants (desired), destructured whole
+    // so that nothing built goes unapplied.
+    let reference = gw.object_ref(&());
+    let desired::Desired {
+        snapshot,
+        workload,
+        hub,
+        pod_template_refused,
+    } = desired::build(
+        gw,
+        &ctx.settings,
+        &built,
+        keys.as_ref().map(|k| k.replicas.as_slice()),
+    );
+
     // apply: the snapshot first, only when it was built (otherwise the last good one stays).
     // First because it is what carries a policy change to the running gateways: the workload
     // objects and the hubs' status below are a dozen round trips that a change should not wait
     // for (bench-operator: apply -> snapshot written).
-    let reference = gw.object_ref(&());
-    let compiled_tunnel = built.as_ref().ok().and_then(|o| o.snapshot.tunnel.clone());
-    // Over the tenant's Gateway quota: no snapshot (above), no workload, no hub; an existing
-    // workload (the quota was lowered) is left as it is, serving its last snapshot.
-    let over_quota = matches!(&built, Err(BuildError::QuotaExceeded(_)));
-    let (outcome, served) = match built {
-        Ok(outcome) => {
-            let secret = put(
-                client,
-                &ns,
-                &objects::snapshot_secret(gw, &outcome.snapshot),
-            )
-            .await?;
+    let served = match (snapshot, &built) {
+        (Some(secret), Ok(outcome)) => {
+            let secret = put(client, &ns, &secret).await?;
             for p in &outcome.problems {
                 let level = if p.impact == Impact::Degraded {
                     "degraded"
@@ -314,22 +323,14 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
                 publish_problems(ctx, &problem_refs, &reference).await;
                 // And on the Gateway, what changed: `kubectl describe gateway` shows when
                 // each configuration went out, next to the Warnings.
-                publish_published(ctx, &reference, &secret, served.as_deref(), &outcome).await;
+                publish_published(ctx, &reference, &secret, served.as_deref(), outcome).await;
             }
-            (
-                status::Built::Ok {
-                    attached: outcome.attached,
-                    problems: outcome
-                        .problems
-                        .iter()
-                        .filter(|p| p.impact != Impact::Degraded)
-                        .count(),
-                },
-                served,
-            )
+            served
         }
-        Err(e) => {
-            publish_failure(ctx, &reference, &e).await;
+        (_, result) => {
+            if let Err(e) = result {
+                publish_failure(ctx, &reference, e).await;
+            }
             let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
             let secret_name = names::snapshot(&name);
             let current = api
@@ -340,15 +341,23 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
                     name: secret_name,
                     source,
                 })?;
-            (
-                status::Built::Failed {
-                    reason: e.reason(),
-                    message: e.to_string(),
-                    listener: e.listener().map(str::to_string),
-                },
-                current.as_ref().and_then(config_version),
-            )
+            current.as_ref().and_then(config_version)
         }
+    };
+    let outcome = match built {
+        Ok(outcome) => status::Built::Ok {
+            attached: outcome.attached,
+            problems: outcome
+                .problems
+                .iter()
+                .filter(|p| p.impact != Impact::Degraded)
+                .count(),
+        },
+        Err(e) => status::Built::Failed {
+            reason: e.reason(),
+            message: e.to_string(),
+            listener: e.listener().map(str::to_string),
+        },
     };
 
     ctx.ctx.metrics.gateway_built(
@@ -361,52 +370,26 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         },
     );
 
-    // The podTemplate override against its allow-list: refused, no workload change.
-    let refused = gw
-        .spec
-        .pod_template
-        .as_ref()
-        .and_then(|t| objects::check_pod_template(t).err());
-    if let Some(why) = &refused {
+    if let Some(why) = &pod_template_refused {
         tracing::warn!(gateway = %format!("{ns}/{name}"), "podTemplate refused: {why}");
     }
 
     // apply: the workload, whatever the snapshot's fate (it does not depend on it)
-    let (status_cm, service, deployment) = if over_quota {
-        (None, None, None)
-    } else {
-        put(client, &ns, &objects::service_account(gw)).await?;
-        put(client, &ns, &objects::role(gw)).await?;
-        put(client, &ns, &objects::role_binding(gw)).await?;
-        let status_cm = put(client, &ns, &objects::status_config_map(gw)).await?;
-        let service = put(client, &ns, &objects::service(gw)).await?;
-        let deployment = match &refused {
-            // Refused: the Deployment stays as it is (the one already there, if any).
-            Some(_) => Api::<Deployment>::namespaced(client.clone(), &ns)
-                .get_opt(&name)
-                .await
-                .map_err(|source| Error::Read {
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    source,
-                })?,
-            None => Some(put(client, &ns, &objects::deployment(gw, &ctx.settings)).await?),
-        };
-        put(client, &ns, &objects::network_policy(gw, &ctx.settings)).await?;
-        match objects::pdb(gw) {
-            Some(p) => drop(put(client, &ns, &p).await?),
-            None => remove::<PodDisruptionBudget>(client, &ns, &name).await?,
+    let (status_cm, service, deployment) = match workload {
+        // Over the tenant's Gateway quota: no snapshot (above), no workload, no hub; an
+        // existing workload (the quota was lowered) is left as it is, serving its last
+        // snapshot.
+        None => (None, None, None),
+        Some(w) => {
+            let (status_cm, service, deployment) = apply_workload(ctx, &ns, &name, w).await?;
+            (Some(status_cm), Some(service), deployment)
         }
-        match objects::hpa(gw) {
-            Some(h) => drop(put(client, &ns, &h).await?),
-            None => remove::<HorizontalPodAutoscaler>(client, &ns, &name).await?,
-        }
-        (Some(status_cm), Some(service), deployment)
     };
+    let over_quota = status_cm.is_none();
 
     // apply: the tunnel hub (its configuration only from a built snapshot), then prune
-    if let Some(k) = &keys {
-        apply_hub(ctx, gw, k, compiled_tunnel.as_ref(), &reference).await?;
+    if let Some(h) = hub {
+        apply_hub(ctx, gw, h, &reference).await?;
     }
     if !over_quota {
         prune_hub(ctx, gw).await?;
@@ -444,7 +427,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
             deployment,
             service,
             listeners: gw.spec.listeners.iter().map(|l| l.name.clone()).collect(),
-            pod_template_refused: refused,
+            pod_template_refused,
             tunnel: keys.map(|k| TunnelStatus {
                 public_keys: k.replicas.into_iter().flatten().collect(),
                 sites,
@@ -761,57 +744,116 @@ async fn refresh_site_addresses(
     Ok(())
 }
 
+/// Applies the workload of [`desired::Workload`]; returns the status ConfigMap, the Service
+/// and the Deployment as the API server holds them (the Deployment read when a refused
+/// podTemplate leaves it as it is).
+async fn apply_workload(
+    ctx: &GatewayContext,
+    ns: &str,
+    name: &str,
+    workload: desired::Workload,
+) -> Result<
+    (
+        k8s_openapi::api::core::v1::ConfigMap,
+        Service,
+        Option<Deployment>,
+    ),
+    Error,
+> {
+    let client = &ctx.ctx.client;
+    let desired::Workload {
+        service_account,
+        role,
+        role_binding,
+        status,
+        service,
+        deployment,
+        network_policy,
+        pdb,
+        hpa,
+    } = workload;
+    put(client, ns, &service_account).await?;
+    put(client, ns, &role).await?;
+    put(client, ns, &role_binding).await?;
+    let status = put(client, ns, &status).await?;
+    let service = put(client, ns, &service).await?;
+    let deployment = match deployment {
+        Some(d) => Some(put(client, ns, &d).await?),
+        // Refused: the Deployment stays as it is (the one already there, if any).
+        None => Api::<Deployment>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(|source| Error::Read {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                source,
+            })?,
+    };
+    put(client, ns, &network_policy).await?;
+    match pdb {
+        Some(p) => drop(put(client, ns, &p).await?),
+        None => remove::<PodDisruptionBudget>(client, ns, name).await?,
+    }
+    match hpa {
+        Some(h) => drop(put(client, ns, &h).await?),
+        None => remove::<HorizontalPodAutoscaler>(client, ns, name).await?,
+    }
+    Ok((status, service, deployment))
+}
+
 /// Applies the hub's workload and, when the snapshot was built, its configuration (a
 /// configuration the hub would refuse is not written: the last good one stays, as with the
 /// snapshot, and a Warning Event says why).
 async fn apply_hub(
     ctx: &GatewayContext,
     gw: &Gateway,
-    keys: &HubKeys,
-    compiled: Option<&cs::Tunnel>,
+    hub: desired::Hub,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
 ) -> Result<(), Error> {
     let client = &ctx.ctx.client;
     let ns = gw.namespace().unwrap_or_default();
-    if let Some(t) = compiled {
-        match tunnel::hub_config(t) {
-            Ok(config) => drop(put(client, &ns, &tunnel::hub_config_secret(gw, &config)).await?),
-            Err(e) => {
-                tracing::warn!(
-                    gateway = %format!("{ns}/{}", gw.name_any()),
-                    error = %e,
-                    "hub configuration not written; the last good one stays"
-                );
-                let event = Event {
-                    type_: EventType::Warning,
-                    reason: "InvalidTunnelConfig".into(),
-                    note: Some(truncate(e.to_string())),
-                    action: "BuildHubConfig".into(),
-                    secondary: None,
-                };
-                if let Err(err) = ctx.recorder.publish(&event, reference).await {
-                    tracing::warn!(error = %err, "failed to publish an Event");
-                }
+    let desired::Hub {
+        config,
+        stateful_set,
+        replica_services,
+        stream_service,
+        network_policy,
+        pdb,
+    } = hub;
+    match config {
+        Ok(Some(secret)) => drop(put(client, &ns, &secret).await?),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(
+                gateway = %format!("{ns}/{}", gw.name_any()),
+                error = %e,
+                "hub configuration not written; the last good one stays"
+            );
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "InvalidTunnelConfig".into(),
+                note: Some(truncate(e)),
+                action: "BuildHubConfig".into(),
+                secondary: None,
+            };
+            if let Err(err) = ctx.recorder.publish(&event, reference).await {
+                tracing::warn!(error = %err, "failed to publish an Event");
             }
         }
     }
-    let public: Vec<String> = keys.replicas.iter().flatten().cloned().collect();
-    if let Some(ss) = tunnel::stateful_set(gw, &ctx.settings, &public) {
+    if let Some(ss) = stateful_set {
         put(client, &ns, &ss).await?;
     }
-    let replicas = gw.spec.tunnel.as_ref().map_or(0, |t| t.replicas);
-    for i in 0..replicas {
-        if let Some(svc) = tunnel::replica_service(gw, i) {
-            put(client, &ns, &svc).await?;
-        }
-    }
-    if let Some(svc) = tunnel::stream_service(gw) {
+    for svc in replica_services {
         put(client, &ns, &svc).await?;
     }
-    if let Some(np) = tunnel::network_policy(gw, &ctx.settings) {
+    if let Some(svc) = stream_service {
+        put(client, &ns, &svc).await?;
+    }
+    if let Some(np) = network_policy {
         put(client, &ns, &np).await?;
     }
-    match tunnel::pdb(gw) {
+    match pdb {
         Some(p) => drop(put(client, &ns, &p).await?),
         None => {
             remove::<PodDisruptionBudget>(client, &ns, &tunnel::names::hub(&gw.name_any())).await?

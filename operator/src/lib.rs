@@ -36,8 +36,9 @@
 //!    can affect).
 //! 3. Reconcilers, on the caches:
 //!    - [`gateway`]: the Gateway reconciler (snapshot Secret, Deployment, Service, RBAC, the
-//!      tunnel hub of `spec.tunnel`, session keys, status); its `inputs` (the read step) and
-//!      `objects` (the pure build step) are also used by `status` and `sidecar`.
+//!      tunnel hub of `spec.tunnel`, session keys, status): `desired` is its one build value,
+//!      made of `objects` and `tunnel`; its `inputs` (the read step) and `objects` are also
+//!      used by `status` and `sidecar`.
 //!    - [`status`]: the Resource and Policy status pass (writes what `conditions` computes,
 //!      building every Gateway's snapshot through `gateway::inputs`).
 //!    - [`tenant`]: the Tenant pass (status, namespace labels, NetworkPolicies, admins).

@@ -321,7 +321,7 @@ const CONTROL_PLANE_TAINTS: &[&str] = &[
 /// resources, env (no Secret references), envFrom of ConfigMaps and volumeMounts.
 /// Everything else (hostPath or Secret volumes, supplementalGroups, SELinux/AppArmor,
 /// extra or init containers, host namespaces, another ServiceAccount, ...) is refused: the
-/// error names the first field at fault. [`enforce`] still re-applies the security settings
+/// error names the first field at fault. `enforce` still re-applies the security settings
 /// after the merge, as a second line.
 pub fn check_pod_template(overlay: &Value) -> Result<(), String> {
     let Some(top) = overlay.as_object() else {
