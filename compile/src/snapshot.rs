@@ -1085,9 +1085,7 @@ impl Builder<'_> {
             }
             let mut protocols: Vec<Protocol> = Vec::new();
             for t in &targets {
-                let found = world.resources.iter().find(|r| {
-                    r.namespace().as_deref() == Some(t.namespace.as_str()) && r.name_any() == t.name
-                });
+                let found = world.resource(&t.namespace, &t.name);
                 if let Some(r) = found
                     && !protocols.contains(&r.spec.protocol)
                 {

@@ -369,10 +369,7 @@ pub fn resource_status(
         accepted.add(reasons::INVALID, "spec.gatewayRefs names no Gateway".into());
     }
     for gw in &gateways {
-        let exists = world.gateways.iter().any(|g| {
-            g.namespace().as_deref() == Some(gw.namespace.as_str()) && g.name_any() == gw.name
-        });
-        if !exists {
+        if !world.has_gateway(&gw.namespace, &gw.name) {
             refs.add(
                 reasons::GATEWAY_NOT_FOUND,
                 format!("Gateway {gw} not found"),
@@ -560,10 +557,7 @@ pub fn policy_status(inputs: &PolicyInputs<'_>, p: &Policy, now: &Time) -> Polic
             );
             let mut protocols = Vec::new();
             for target in &resolved {
-                let found = inputs.world.resources.iter().find(|r| {
-                    r.namespace().as_deref() == Some(target.namespace.as_str())
-                        && r.name_any() == target.name
-                });
+                let found = inputs.world.resource(&target.namespace, &target.name);
                 if let Some(r) = found
                     && !protocols.contains(&r.spec.protocol)
                 {
