@@ -32,7 +32,8 @@
 //!
 //! Watches ([`run`]). The Gateway (spec changes only: its status writes wake nothing) and
 //! the objects it owns are watched as usual (`owns`), except the status ConfigMap the pods
-//! report into, which [`reports`] watches on its own.
+//! report into and the Deployment, whose readiness moves during every rollout: [`reports`]
+//! watches both and recomputes the status without a rebuild.
 //! Everything else a snapshot is made of is held in the caches ([`crate::cache`]), which
 //! wake this controller: a change of a Tenant, a Gateway or the cluster's networks
 //! re-reconciles every Gateway (`reconcile_all_on`), a change of a namespaced object only the
@@ -127,12 +128,12 @@ pub async fn run(
     .default_backoff()
     .applied_objects()
     .predicate_filter(predicates::generation, Default::default());
-    // The status ConfigMap is not an owned watch: its reports recompute the status without
-    // a reconcile (reports); what they cannot settle comes back here.
+    // The status ConfigMap and the Deployment are not owned watches: reports and readiness
+    // changes recompute the status without a reconcile (reports); what they cannot settle
+    // (a deletion, an edited Deployment spec) comes back here.
     let (report_tx, report_rx) = mpsc::unbounded();
     let reports = tokio::spawn(reports::run(context.clone(), report_tx, shutdown.clone()));
     Controller::for_stream(gateway_events, gateway_store)
-        .owns(Api::<Deployment>::all(client.clone()), owned())
         .owns(Api::<StatefulSet>::all(client.clone()), owned())
         .owns(Api::<Service>::all(client.clone()), owned())
         .owns(Api::<ServiceAccount>::all(client.clone()), owned())

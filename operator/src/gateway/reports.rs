@@ -24,6 +24,17 @@
 //!
 //! The Gateway's own watch passes only spec changes (`generation`), so a status write,
 //! here or in the reconcile, no longer wakes the controller either.
+//!
+//! The Deployment's readiness goes the same way: its status changes (pods becoming ready
+//! during a rollout, a pod lost) are watched here rather than as an owned object of the
+//! controller, and recompute `Ready` from the memo with the new Deployment. A change the
+//! memo cannot stand in for (the Deployment's spec edited by someone: a new generation;
+//! deleted; recreated) is a full reconcile, which puts it back:
+//!
+//! ```text
+//!  Deployment Apply, same uid and generation as the memo's ──> status(Seen + Deployment)
+//!  Deployment Apply, other uid or generation, or Delete     ──> full reconcile
+//! ```
 
 use super::GatewayContext;
 use super::status::{self, Built};
@@ -199,10 +210,36 @@ enum Outcome {
     Reconcile,
 }
 
-/// The Gateway owning a status ConfigMap (its controller ownerReference).
-fn owner(cm: &ConfigMap) -> Option<ObjectRef<Gateway>> {
-    let ns = cm.namespace()?;
-    cm.owner_references()
+/// How a watched Deployment differs from the one the memo holds.
+#[derive(Debug, PartialEq, Eq)]
+enum DeploymentChange {
+    /// The one the memo holds, or older (a lagging watch).
+    Same,
+    /// Only its status moved: the memo can stand in for a reconcile.
+    Status,
+    /// Another object, or its spec changed (someone edited it): reconcile to put it back.
+    Spec,
+}
+
+fn deployment_change(held: Option<&Deployment>, new: &Deployment) -> DeploymentChange {
+    let Some(held) = held else {
+        return DeploymentChange::Spec;
+    };
+    if held.metadata.uid != new.metadata.uid || held.metadata.generation != new.metadata.generation
+    {
+        return DeploymentChange::Spec;
+    }
+    let version = |d: &Deployment| d.resource_version().and_then(|v| v.parse::<u64>().ok());
+    match (version(held), version(new)) {
+        (Some(h), Some(n)) if n <= h => DeploymentChange::Same,
+        _ => DeploymentChange::Status,
+    }
+}
+
+/// The Gateway owning a status ConfigMap or a Deployment (its controller ownerReference).
+fn owner(obj: &impl Resource) -> Option<ObjectRef<Gateway>> {
+    let ns = obj.namespace()?;
+    obj.owner_references()
         .iter()
         .find(|o| o.controller == Some(true) && o.kind == "Gateway")
         .map(|o| ObjectRef::new(&o.name).within(&ns))
@@ -215,6 +252,46 @@ async fn on_report(
     cm: &ConfigMap,
     initial: bool,
 ) -> Outcome {
+    let reports = Reports::of(Some(cm));
+    recompute(ctx, gw, initial, |seen| {
+        if reports.version != 0 && reports.version <= seen.reports.version {
+            return Outcome::Stale;
+        }
+        seen.reports = reports;
+        Outcome::Settled
+    })
+    .await
+}
+
+/// A Deployment event: its readiness recomputes the status from the memo ([`DeploymentChange`]).
+async fn on_deployment(
+    ctx: &GatewayContext,
+    gw: &ObjectRef<Gateway>,
+    deployment: &Deployment,
+    initial: bool,
+) -> Outcome {
+    recompute(ctx, gw, initial, |seen| {
+        match deployment_change(seen.deployment.as_ref(), deployment) {
+            DeploymentChange::Same => Outcome::Stale,
+            DeploymentChange::Spec => Outcome::Reconcile,
+            DeploymentChange::Status => {
+                seen.deployment = Some(deployment.clone());
+                Outcome::Settled
+            }
+        }
+    })
+    .await
+}
+
+/// The status of `gw` from its memo with `update` applied to a copy of what the reconcile
+/// saw (which returns [`Outcome::Settled`] to go on, anything else to stop there); written
+/// when it changed.
+async fn recompute(
+    ctx: &GatewayContext,
+    gw: &ObjectRef<Gateway>,
+    initial: bool,
+    update: impl FnOnce(&mut Seen) -> Outcome,
+) -> Outcome {
     let Some(current) = ctx.stores.gateways.get(gw) else {
         // Not (yet) in the cache: the Gateway's own watch brings it, with a reconcile.
         return Outcome::Stale;
@@ -222,7 +299,6 @@ async fn on_report(
     let ns = current.namespace().unwrap_or_default();
     let name = current.name_any();
     let key = format!("{ns}/{name}");
-    let reports = Reports::of(Some(cm));
     let mut memo = ctx.memo.0.lock().await;
     let Some(entry) = memo.get_mut(&key) else {
         // At start-up the controller reconciles every Gateway anyway, and that reconcile
@@ -236,15 +312,15 @@ async fn on_report(
     if entry.seen.generation != current.meta().generation {
         return Outcome::Reconcile;
     }
-    if reports.version != 0 && reports.version <= entry.seen.reports.version {
-        return Outcome::Stale;
-    }
     let mut seen = entry.seen.clone();
-    seen.reports = reports;
+    let outcome = update(&mut seen);
+    if outcome != Outcome::Settled {
+        return outcome;
+    }
     let new = compute(&seen, Some(&entry.status), now());
     if new != entry.status {
         if let Err(e) = write(ctx, &ns, &name, &new).await {
-            tracing::warn!(gateway = %key, error = %e, "status from a pod report not written; reconciling");
+            tracing::warn!(gateway = %key, error = %e, "status from a pod report or the Deployment not written; reconciling");
             return Outcome::Reconcile;
         }
         ctx.ctx.metrics.status_from_reports.inc();
@@ -253,9 +329,10 @@ async fn on_report(
     Outcome::Settled
 }
 
-/// Watches the status ConfigMaps of every Gateway until `shutdown`: a report recomputes the
-/// owner's status from the memo; what the memo cannot answer (no reconcile of this
-/// generation yet, a deleted ConfigMap) goes to `reconcile`, the Gateway controller's queue.
+/// Watches the status ConfigMaps and the Deployments of every Gateway until `shutdown`: a
+/// report or a readiness change recomputes the owner's status from the memo; what the memo
+/// cannot answer (no reconcile of this generation yet, a deleted ConfigMap or Deployment, a
+/// Deployment whose spec changed) goes to `reconcile`, the Gateway controller's queue.
 pub async fn run(
     ctx: Arc<GatewayContext>,
     reconcile: mpsc::UnboundedSender<ObjectRef<Gateway>>,
@@ -269,8 +346,35 @@ pub async fn run(
         labels::NAME,
         labels::GATEWAY
     );
+    let deployments = watcher(
+        Api::<Deployment>::all(ctx.ctx.client.clone()),
+        watcher::Config::default().labels(&selector),
+    )
+    .default_backoff()
+    .map_err(|e| tracing::warn!(error = %e, "gateway Deployment watch failed; retrying"))
+    .for_each(|event| {
+        let ctx = ctx.clone();
+        let reconcile = reconcile.clone();
+        async move {
+            let (d, deleted, initial) = match event {
+                Ok(watcher::Event::Apply(d)) => (d, false, false),
+                Ok(watcher::Event::InitApply(d)) => (d, false, true),
+                Ok(watcher::Event::Delete(d)) => (d, true, false),
+                Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(()) => return,
+            };
+            let Some(gw) = owner(&d) else { return };
+            let outcome = if deleted {
+                Outcome::Reconcile
+            } else {
+                on_deployment(&ctx, &gw, &d, initial).await
+            };
+            if outcome == Outcome::Reconcile {
+                let _ = reconcile.unbounded_send(gw);
+            }
+        }
+    });
     let events = watcher(api, watcher::Config::default().labels(&selector)).default_backoff();
-    let work = events
+    let reports = events
         .map_err(|e| tracing::warn!(error = %e, "status ConfigMap watch failed; retrying"))
         .for_each(|event| {
             let ctx = ctx.clone();
@@ -294,7 +398,7 @@ pub async fn run(
             }
         });
     tokio::select! {
-        () = work => {}
+        ((), ()) = futures::future::join(reports, deployments) => {}
         () = shutdown => {}
     }
 }
@@ -380,5 +484,90 @@ mod tests {
         let after = compute(&seen, Some(&before), t);
         assert_eq!(ready(&after).as_deref(), Some("True"));
         assert_eq!(after.config_version.as_deref(), Some("v2"));
+    }
+
+    fn deployment(uid: &str, generation: i64, rv: &str, ready: i32) -> Deployment {
+        serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "edge", "namespace": "gw", "uid": uid,
+                "generation": generation, "resourceVersion": rv},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"readyReplicas": ready}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_deployments_status_is_settled_from_the_memo() {
+        use DeploymentChange::*;
+        let held = deployment("u1", 4, "100", 1);
+        assert_eq!(
+            deployment_change(Some(&held), &deployment("u1", 4, "101", 2)),
+            Status,
+            "pods became ready"
+        );
+        assert_eq!(
+            deployment_change(Some(&held), &deployment("u1", 4, "100", 1)),
+            Same
+        );
+        assert_eq!(
+            deployment_change(Some(&held), &deployment("u1", 4, "99", 0)),
+            Same,
+            "a lagging watch never moves the memo back"
+        );
+        assert_eq!(
+            deployment_change(Some(&held), &deployment("u1", 5, "102", 2)),
+            Spec,
+            "someone edited the spec: reconcile to put it back"
+        );
+        assert_eq!(
+            deployment_change(Some(&held), &deployment("u2", 4, "103", 2)),
+            Spec,
+            "deleted and recreated"
+        );
+        assert_eq!(
+            deployment_change(None, &deployment("u1", 4, "101", 2)),
+            Spec,
+            "the last reconcile saw no Deployment"
+        );
+    }
+
+    /// The same reconcile's view with the Deployment's pods ready turns Ready True: what a
+    /// readiness change alone may change.
+    #[test]
+    fn a_deployment_becoming_ready_alone_turns_ready() {
+        let mut seen = Seen {
+            generation: Some(3),
+            built: Built::Ok {
+                attached: BTreeMap::new(),
+                problems: 0,
+            },
+            served: Some("v2".into()),
+            deployment: Some(deployment("u1", 4, "100", 1)),
+            service: None,
+            listeners: vec![],
+            pod_template_refused: None,
+            tunnel: None,
+            reports: Reports {
+                data: [
+                    ("a".to_string(), "v2".to_string()),
+                    ("b".into(), "v2".into()),
+                ]
+                .into(),
+                version: 10,
+            },
+        };
+        let t = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let ready = |s: &GatewayStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.status.clone())
+        };
+        let before = compute(&seen, None, t.clone());
+        assert_eq!(ready(&before).as_deref(), Some("False"), "1 of 2 ready");
+        seen.deployment = Some(deployment("u1", 4, "101", 2));
+        let after = compute(&seen, Some(&before), t);
+        assert_eq!(ready(&after).as_deref(), Some("True"));
     }
 }
