@@ -15,20 +15,14 @@
 //! with 50 tenants x 20 (1,000 Resources, 1,000 Policies) on a release build; results in
 //! docs/benchmarks.md.
 
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use rustronaut_contract::snapshot::Snapshot;
-use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use rustronaut_crds::Policy;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{MANAGER, percentile};
-
-const PLATFORM: &str = "scale-platform";
+use support::{MANAGER, World, percentile};
 
 /// Tenants per Gateway: `SCALE_TENANTS_PER_GATEWAY` (default 10; the 10,000-object
 /// scenario, 200 tenants on 50 Gateways, is 4).
@@ -44,175 +38,6 @@ fn env_usize(name: &str, default: usize) -> usize {
                 .unwrap_or_else(|_| panic!("{name} must be a number"))
         })
         .unwrap_or(default)
-}
-
-/// The objects of the scenario, by kind, in creation order.
-struct Plan {
-    tenants: usize,
-    per_tenant: usize,
-    gateways: usize,
-}
-
-impl Plan {
-    fn ns(t: usize) -> String {
-        format!("scale-t{t}")
-    }
-    fn gateway_of(t: usize) -> usize {
-        t / tenants_per_gateway()
-    }
-    /// The policy rule's CIDRs; `marker` adds one an edit can be recognised by.
-    fn policy(t: usize, i: usize, marker: Option<usize>) -> Value {
-        let mut cidrs = vec![format!("10.{t}.{i}.0/24")];
-        if let Some(m) = marker {
-            cidrs.push(format!("192.168.{}.{}/32", m / 256, m % 256));
-        }
-        json!({
-            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Policy",
-            "metadata": {"name": format!("p{i}"), "namespace": Self::ns(t)},
-            "spec": {
-                "targetRefs": [{"kind": "Resource", "name": format!("r{i}")}],
-                "action": "Allow",
-                "rules": [{"name": "office", "from": [{"sourceCIDRs": {"cidrs": cidrs}}]}],
-                "tests": [
-                    {"name": "office", "expect": "Allow", "request": {"sourceIP": format!("10.{t}.{i}.5")}},
-                    {"name": "outsider", "expect": "Deny", "request": {"sourceIP": "203.0.113.9"}}
-                ]
-            }
-        })
-    }
-}
-
-/// Creates every object with up to 16 requests in flight; returns how long that took.
-async fn create_all(client: &kube::Client, plan: &Plan) -> Duration {
-    let started = Instant::now();
-    let pp = PostParams::default();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut ns_names = vec![PLATFORM.to_string()];
-    ns_names.extend((0..plan.tenants).map(Plan::ns));
-    for ns in &ns_names {
-        let obj = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
-        namespaces.create(&pp, &obj).await.unwrap();
-    }
-    let tenants: Api<Tenant> = Api::all(client.clone());
-    for t in 0..plan.tenants {
-        let obj = serde_json::from_value(json!({
-            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant",
-            "metadata": {"name": format!("t{t}"),
-                         "labels": {"scale.rustronaut.io/gateway": format!("edge-{}", Plan::gateway_of(t))}},
-            "spec": {"namespaces": [Plan::ns(t)], "adminNamespace": Plan::ns(t),
-                     "domains": [format!("*.t{t}.scale.example")]}
-        }))
-        .unwrap();
-        tenants.create(&pp, &obj).await.unwrap();
-    }
-    let gateways: Api<Gateway> = Api::namespaced(client.clone(), PLATFORM);
-    for g in 0..plan.gateways {
-        let obj = serde_json::from_value(json!({
-            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Gateway",
-            "metadata": {"name": format!("edge-{g}")},
-            "spec": {"tenants": {"from": "Selector", "selector": {"matchLabels":
-                        {"scale.rustronaut.io/gateway": format!("edge-{g}")}}},
-                     "replicas": 1,
-                     "listeners": [{"name": "http", "port": 8080, "protocol": "HTTP"}]}
-        }))
-        .unwrap();
-        gateways.create(&pp, &obj).await.unwrap();
-    }
-    let limit = Arc::new(tokio::sync::Semaphore::new(16));
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..plan.tenants {
-        let ns = Plan::ns(t);
-        let service: Service = serde_json::from_value(json!({
-            "metadata": {"name": "app", "namespace": ns},
-            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-        }))
-        .unwrap();
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {"name": "app-1", "namespace": ns,
-                         "labels": {"kubernetes.io/service-name": "app"}},
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [format!("192.0.2.{}", t % 250 + 1)], "conditions": {"ready": true}}],
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
-        }))
-        .unwrap();
-        let mut objects: Vec<Value> = Vec::new();
-        for i in 0..plan.per_tenant {
-            objects.push(json!({
-                "apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
-                "metadata": {"name": format!("r{i}"), "namespace": ns},
-                "spec": {
-                    "gatewayRefs": [{"namespace": PLATFORM, "name": format!("edge-{}", Plan::gateway_of(t))}],
-                    "protocol": "HTTP",
-                    "hostnames": [format!("r{i}.t{t}.scale.example")],
-                    "rules": [{"name": "all", "upstreams": [{"service": {"name": "app", "port": 80}}]}]
-                }
-            }));
-            objects.push(Plan::policy(t, i, None));
-        }
-        let c = client.clone();
-        let gate = limit.clone();
-        tasks.spawn(async move {
-            let _permit = gate.acquire().await.unwrap();
-            let pp = PostParams::default();
-            Api::<Service>::namespaced(c.clone(), &ns)
-                .create(&pp, &service)
-                .await
-                .unwrap();
-            Api::<EndpointSlice>::namespaced(c.clone(), &ns)
-                .create(&pp, &slice)
-                .await
-                .unwrap();
-        });
-        for obj in objects {
-            let c = client.clone();
-            let gate = limit.clone();
-            let ns = Plan::ns(t);
-            tasks.spawn(async move {
-                let _permit = gate.acquire().await.unwrap();
-                let pp = PostParams::default();
-                if obj["kind"] == "Resource" {
-                    let r: RtnResource = serde_json::from_value(obj).unwrap();
-                    Api::<RtnResource>::namespaced(c, &ns)
-                        .create(&pp, &r)
-                        .await
-                        .unwrap();
-                } else {
-                    let p: Policy = serde_json::from_value(obj).unwrap();
-                    Api::<Policy>::namespaced(c, &ns)
-                        .create(&pp, &p)
-                        .await
-                        .unwrap();
-                }
-            });
-        }
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
-    started.elapsed()
-}
-
-/// The snapshot of Gateway `edge-<g>`, if written and loadable.
-async fn snapshot(secrets: &Api<Secret>, g: usize) -> Option<Snapshot> {
-    let s = secrets
-        .get_opt(&format!("edge-{g}-snapshot"))
-        .await
-        .ok()??;
-    let bytes = s.data?.get("snapshot.json")?.0.clone();
-    Some(Snapshot::load(&bytes).expect("the operator writes snapshots that load"))
-}
-
-/// Whether snapshot `s` of gateway `g` holds exactly the Resources and Policies of its tenants.
-fn complete(s: &Snapshot, g: usize, plan: &Plan) -> bool {
-    let want: Vec<usize> = (0..plan.tenants)
-        .filter(|t| Plan::gateway_of(*t) == g)
-        .collect();
-    let n = want.len() * plan.per_tenant;
-    s.resources.len() == n
-        && s.policies.len() == n
-        && want.iter().all(|t| {
-            (0..plan.per_tenant).all(|i| s.resource(&Plan::ns(*t), &format!("r{i}")).is_some())
-        })
 }
 
 /// `VmRSS` and `VmHWM` of `pid`, in MB.
@@ -309,11 +134,8 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     let tenants = env_usize("SCALE_TENANTS", 5).max(1);
     let per_tenant = env_usize("SCALE_PER_TENANT", 4).max(1);
     let changes = env_usize("SCALE_CHANGES", 10);
-    let plan = Plan {
-        tenants,
-        per_tenant,
-        gateways: tenants.div_ceil(tenants_per_gateway()),
-    };
+    // Namespaces scale-platform and scale-t<t>.
+    let plan = World::new("scale", tenants, per_tenant, tenants_per_gateway());
     let cluster = rustronaut_e2e::shared();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -330,17 +152,17 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
         rss_mb(operator.pid())
     };
 
-    let created_in = rt.block_on(create_all(&admin, &plan));
+    let created_in = rt.block_on(plan.create_all(&admin));
     let created = Instant::now();
-    let secrets: Api<Secret> = Api::namespaced(admin.clone(), PLATFORM);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &plan.platform());
     support::wait_for_within(
         "every Gateway's snapshot to hold its tenants' objects",
         Duration::from_secs(600),
         &[&operator],
         || {
             (0..plan.gateways).all(|g| {
-                rt.block_on(snapshot(&secrets, g))
-                    .is_some_and(|s| complete(&s, g, &plan))
+                rt.block_on(World::snapshot(&secrets, g))
+                    .is_some_and(|s| plan.complete(&s, g))
             })
         },
     );
@@ -382,17 +204,17 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     for k in 0..changes {
         let t = (k * 7) % plan.tenants;
         let i = k % plan.per_tenant;
-        let g = Plan::gateway_of(t);
-        let marker = format!("192.168.{}.{}/32", k / 256, k % 256);
-        let api: Api<Policy> = Api::namespaced(admin.clone(), &Plan::ns(t));
-        let obj = Plan::policy(t, i, Some(k));
+        let g = plan.gateway_of(t);
+        let marker = World::marker_cidr(k);
+        let api: Api<Policy> = Api::namespaced(admin.clone(), &plan.ns(t));
+        let obj = plan.policy(t, i, Some(k));
         rt.block_on(api.patch(&format!("p{i}"), &ssa, &Patch::Apply(&obj)))
             .unwrap();
         let applied = Instant::now();
         support::wait_for(&format!("edit {k} in edge-{g}"), &[&operator], || {
-            rt.block_on(snapshot(&secrets, g)).is_some_and(|s| {
+            rt.block_on(World::snapshot(&secrets, g)).is_some_and(|s| {
                 s.policies.iter().any(|p| {
-                    p.namespace == Plan::ns(t)
+                    p.namespace == plan.ns(t)
                         && p.name == format!("p{i}")
                         && serde_json::to_string(&p.rules).unwrap().contains(&marker)
                 })
@@ -402,9 +224,9 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     }
     // Each edit reached its own Gateway only: other Gateways never carry another tenant's marker.
     for g in 0..plan.gateways {
-        let s = rt.block_on(snapshot(&secrets, g)).unwrap();
+        let s = rt.block_on(World::snapshot(&secrets, g)).unwrap();
         assert!(
-            complete(&s, g, &plan),
+            plan.complete(&s, g),
             "edge-{g} still holds exactly its tenants"
         );
     }

@@ -1,16 +1,21 @@
 //! What the end-to-end tests share: child processes with logs, the operator installed with
-//! exactly the RBAC it ships with, `kubectl apply`, polling and percentiles.
+//! exactly the RBAC it ships with, a world of Tenants, Gateways, Resources and Policies for it
+//! to compile ([`World`]), `kubectl apply`, polling and percentiles.
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use rustronaut_contract::snapshot::Snapshot;
+use rustronaut_crds::{Gateway, Policy, Resource as RtnResource, Tenant};
 use rustronaut_e2e::scenario;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Field manager of what the tests apply.
@@ -68,6 +73,16 @@ impl Proc {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Kills it with SIGKILL, as the OOM killer or a lost node does (no shutdown code runs:
+    /// a Lease it holds is not released), and reaps it.
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        // `Child::kill` sends SIGKILL on Unix.
+        self.child
+            .kill()
+            .unwrap_or_else(|e| panic!("SIGKILL to {}: {e}", self.child.id()));
+        self.child.wait().unwrap()
     }
 }
 
@@ -295,4 +310,223 @@ pub fn helm(bin_dir: &Path, cluster: Option<&rustronaut_e2e::TestCluster>) -> Co
         cmd.env("KUBECONFIG", c.kubeconfig());
     }
     cmd
+}
+
+/// A world for the operator to compile, every name derived from `prefix`: a platform
+/// namespace `<prefix>-platform` with one Gateway `edge-<g>` per `tenants_per_gateway`
+/// Tenants, admitting them by the label `<prefix>.rustronaut.io/gateway`; Tenants `t<t>`, each
+/// owning namespace `<prefix>-t<t>` and domain `*.t<t>.<prefix>.example`, with a Service `app`
+/// and its EndpointSlice, and `per_tenant` Resources `r<i>` each targeted by one Policy `p<i>`.
+/// Gateway `edge-<g>` writes its snapshot to the Secret `edge-<g>-snapshot`.
+pub struct World {
+    /// What every name starts with.
+    pub prefix: &'static str,
+    /// Number of Tenants.
+    pub tenants: usize,
+    /// Resources (and as many Policies) per Tenant.
+    pub per_tenant: usize,
+    /// Tenants admitted by each Gateway.
+    pub tenants_per_gateway: usize,
+    /// Number of Gateways.
+    pub gateways: usize,
+}
+
+impl World {
+    /// `tenants` Tenants with `per_tenant` Resources and Policies each, `tenants_per_gateway`
+    /// (at least 1) to a Gateway.
+    pub fn new(
+        prefix: &'static str,
+        tenants: usize,
+        per_tenant: usize,
+        tenants_per_gateway: usize,
+    ) -> Self {
+        let tenants_per_gateway = tenants_per_gateway.max(1);
+        Self {
+            prefix,
+            tenants,
+            per_tenant,
+            tenants_per_gateway,
+            gateways: tenants.div_ceil(tenants_per_gateway),
+        }
+    }
+
+    /// The namespace of the Gateways (and their snapshot Secrets).
+    pub fn platform(&self) -> String {
+        format!("{}-platform", self.prefix)
+    }
+
+    /// The namespace of Tenant `t`.
+    pub fn ns(&self, t: usize) -> String {
+        format!("{}-t{t}", self.prefix)
+    }
+
+    /// The Gateway admitting Tenant `t`.
+    pub fn gateway_of(&self, t: usize) -> usize {
+        t / self.tenants_per_gateway
+    }
+
+    /// The CIDR an edit with `marker` adds to a Policy's rule, recognisable in the snapshot.
+    pub fn marker_cidr(marker: usize) -> String {
+        format!("192.168.{}.{}/32", marker / 256, marker % 256)
+    }
+
+    /// Policy `p<i>` of Tenant `t`: allows `10.<t>.<i>.0/24` to Resource `r<i>`; `marker`
+    /// adds [`Self::marker_cidr`] to the rule.
+    pub fn policy(&self, t: usize, i: usize, marker: Option<usize>) -> Value {
+        let mut cidrs = vec![format!("10.{t}.{i}.0/24")];
+        if let Some(m) = marker {
+            cidrs.push(Self::marker_cidr(m));
+        }
+        json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Policy",
+            "metadata": {"name": format!("p{i}"), "namespace": self.ns(t)},
+            "spec": {
+                "targetRefs": [{"kind": "Resource", "name": format!("r{i}")}],
+                "action": "Allow",
+                "rules": [{"name": "office", "from": [{"sourceCIDRs": {"cidrs": cidrs}}]}],
+                "tests": [
+                    {"name": "office", "expect": "Allow", "request": {"sourceIP": format!("10.{t}.{i}.5")}},
+                    {"name": "outsider", "expect": "Deny", "request": {"sourceIP": "203.0.113.9"}}
+                ]
+            }
+        })
+    }
+
+    /// Creates every object with up to 16 requests in flight; returns how long that took.
+    pub async fn create_all(&self, client: &kube::Client) -> Duration {
+        let started = Instant::now();
+        let pp = PostParams::default();
+        let platform = self.platform();
+        let label = format!("{}.rustronaut.io/gateway", self.prefix);
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let mut ns_names = vec![platform.clone()];
+        ns_names.extend((0..self.tenants).map(|t| self.ns(t)));
+        for ns in &ns_names {
+            let obj = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+            namespaces.create(&pp, &obj).await.unwrap();
+        }
+        let tenants: Api<Tenant> = Api::all(client.clone());
+        for t in 0..self.tenants {
+            let obj = serde_json::from_value(json!({
+                "apiVersion": "rustronaut.io/v1alpha1", "kind": "Tenant",
+                "metadata": {"name": format!("t{t}"),
+                             "labels": {&label: format!("edge-{}", self.gateway_of(t))}},
+                "spec": {"namespaces": [self.ns(t)], "adminNamespace": self.ns(t),
+                         "domains": [format!("*.t{t}.{}.example", self.prefix)]}
+            }))
+            .unwrap();
+            tenants.create(&pp, &obj).await.unwrap();
+        }
+        let gateways: Api<Gateway> = Api::namespaced(client.clone(), &platform);
+        for g in 0..self.gateways {
+            let obj = serde_json::from_value(json!({
+                "apiVersion": "rustronaut.io/v1alpha1", "kind": "Gateway",
+                "metadata": {"name": format!("edge-{g}")},
+                "spec": {"tenants": {"from": "Selector", "selector": {"matchLabels":
+                            {&label: format!("edge-{g}")}}},
+                         "replicas": 1,
+                         "listeners": [{"name": "http", "port": 8080, "protocol": "HTTP"}]}
+            }))
+            .unwrap();
+            gateways.create(&pp, &obj).await.unwrap();
+        }
+        let limit = Arc::new(tokio::sync::Semaphore::new(16));
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..self.tenants {
+            let ns = self.ns(t);
+            let service: Service = serde_json::from_value(json!({
+                "metadata": {"name": "app", "namespace": ns},
+                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+            }))
+            .unwrap();
+            let slice: EndpointSlice = serde_json::from_value(json!({
+                "metadata": {"name": "app-1", "namespace": ns,
+                             "labels": {"kubernetes.io/service-name": "app"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [format!("192.0.2.{}", t % 250 + 1)], "conditions": {"ready": true}}],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+            }))
+            .unwrap();
+            let mut objects: Vec<Value> = Vec::new();
+            for i in 0..self.per_tenant {
+                objects.push(json!({
+                    "apiVersion": "rustronaut.io/v1alpha1", "kind": "Resource",
+                    "metadata": {"name": format!("r{i}"), "namespace": ns},
+                    "spec": {
+                        "gatewayRefs": [{"namespace": platform, "name": format!("edge-{}", self.gateway_of(t))}],
+                        "protocol": "HTTP",
+                        "hostnames": [format!("r{i}.t{t}.{}.example", self.prefix)],
+                        "rules": [{"name": "all", "upstreams": [{"service": {"name": "app", "port": 80}}]}]
+                    }
+                }));
+                objects.push(self.policy(t, i, None));
+            }
+            let c = client.clone();
+            let gate = limit.clone();
+            let service_ns = ns.clone();
+            tasks.spawn(async move {
+                let _permit = gate.acquire().await.unwrap();
+                let pp = PostParams::default();
+                Api::<Service>::namespaced(c.clone(), &service_ns)
+                    .create(&pp, &service)
+                    .await
+                    .unwrap();
+                Api::<EndpointSlice>::namespaced(c.clone(), &service_ns)
+                    .create(&pp, &slice)
+                    .await
+                    .unwrap();
+            });
+            for obj in objects {
+                let c = client.clone();
+                let gate = limit.clone();
+                let ns = ns.clone();
+                tasks.spawn(async move {
+                    let _permit = gate.acquire().await.unwrap();
+                    let pp = PostParams::default();
+                    if obj["kind"] == "Resource" {
+                        let r: RtnResource = serde_json::from_value(obj).unwrap();
+                        Api::<RtnResource>::namespaced(c, &ns)
+                            .create(&pp, &r)
+                            .await
+                            .unwrap();
+                    } else {
+                        let p: Policy = serde_json::from_value(obj).unwrap();
+                        Api::<Policy>::namespaced(c, &ns)
+                            .create(&pp, &p)
+                            .await
+                            .unwrap();
+                    }
+                });
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        started.elapsed()
+    }
+
+    /// The snapshot of Gateway `edge-<g>` (`secrets`: the platform namespace's), if written
+    /// and loadable.
+    pub async fn snapshot(secrets: &Api<Secret>, g: usize) -> Option<Snapshot> {
+        let s = secrets
+            .get_opt(&format!("edge-{g}-snapshot"))
+            .await
+            .ok()??;
+        let bytes = s.data?.get("snapshot.json")?.0.clone();
+        Some(Snapshot::load(&bytes).expect("the operator writes snapshots that load"))
+    }
+
+    /// Whether snapshot `s` of Gateway `g` holds exactly the Resources and Policies of its
+    /// Tenants.
+    pub fn complete(&self, s: &Snapshot, g: usize) -> bool {
+        let want: Vec<usize> = (0..self.tenants)
+            .filter(|t| self.gateway_of(*t) == g)
+            .collect();
+        let n = want.len() * self.per_tenant;
+        s.resources.len() == n
+            && s.policies.len() == n
+            && want.iter().all(|t| {
+                (0..self.per_tenant).all(|i| s.resource(&self.ns(*t), &format!("r{i}")).is_some())
+            })
+    }
 }
