@@ -386,7 +386,16 @@ impl Caches {
             watcher(
                 Api::<Secret>::all(client.clone()),
                 watcher::Config::default().labels(labels::MANAGED_SELECTOR),
-            ),
+            )
+            .modify(|s: &mut Secret| {
+                // The compiled snapshots are the largest data the operator writes (one per
+                // Gateway and sidecar Resource) and it never reads them back: what it compares
+                // is the version annotation. Keys, tokens and hub configurations stay whole.
+                s.metadata.managed_fields = None;
+                if let Some(d) = s.data.as_mut() {
+                    d.remove(rustronaut_contract::deploy::SNAPSHOT_KEY);
+                }
+            }),
             wake(others(), index.clone()),
             Changes::All,
         );
