@@ -436,6 +436,51 @@ async fn gateway_lifecycle() {
         "no Gateway reconcile for a report"
     );
 
+    // Likewise the Deployment's readiness: a pod deleted (kwok's replacement becomes ready)
+    // moves the Deployment's status twice, and neither move rebuilds the Gateway; Ready ends
+    // True again.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &gw_ns);
+    let before = deployments.get("edge").await.unwrap();
+    let victim = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=edge"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .next()
+        .expect("a gateway pod (kwok)");
+    pods.delete(&victim.name_any(), &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eventually(
+        "the Deployment's status moved and is back at 2 ready",
+        || {
+            let deployments = deployments.clone();
+            let before = before.resource_version();
+            async move {
+                let d = deployments.get("edge").await.ok()?;
+                (d.resource_version() != before
+                    && d.status.as_ref()?.ready_replicas == Some(2)
+                    && d.status.as_ref()?.updated_replicas == Some(2))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    eventually("Ready again", || {
+        let gateways = gateways.clone();
+        async move {
+            let gw = gateways.get("edge").await.ok()?;
+            (condition(&gw, "Ready").map(|c| c.0) == Some("True")).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        gateway_reconciles(),
+        reconciles_before,
+        "no Gateway reconcile for the Deployment's readiness"
+    );
+
     // Updating the Policy changes the snapshot.
     patch(
         &policies,
