@@ -23,6 +23,16 @@ pub struct Context {
 }
 
 impl Context {
+    /// A Recorder for news: Events that each say something new (a snapshot version
+    /// published, the pods rolled). kube-runtime's Recorder folds every Event with the same
+    /// type, reason, action and object into one series for 6 minutes and keeps the first
+    /// note, so a second snapshot published within 6 minutes showed as the first one with a
+    /// count of 2. A fresh Recorder has no series to fold into; Warnings keep the shared one,
+    /// where folding repeats is the point.
+    pub fn news(&self) -> kube::runtime::events::Recorder {
+        kube::runtime::events::Recorder::new(self.client.clone(), self.reporter.clone())
+    }
+
     /// A context for `client`, reporting Events as `instance` (the pod name in a cluster).
     pub fn new(client: kube::Client, instance: Option<String>) -> Self {
         Self {

@@ -382,7 +382,13 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         // snapshot.
         None => (None, None, None),
         Some(w) => {
+            let before = ctx.memo.deployment(&key(gw)).await;
             let (status_cm, service, deployment) = apply_workload(ctx, &ns, &name, w).await?;
+            if let Some(d) = &deployment
+                && rolled(before.as_ref(), d)
+            {
+                publish_rolled(ctx, &reference, d).await;
+            }
             (Some(status_cm), Some(service), deployment)
         }
     };
@@ -1016,7 +1022,49 @@ async fn publish_published(
         action: "PublishSnapshot".into(),
         secondary: None,
     };
-    if let Err(err) = ctx.recorder.publish(&event, reference).await {
+    if let Err(err) = ctx.ctx.news().publish(&event, reference).await {
+        tracing::warn!(error = %err, "failed to publish an Event");
+    }
+}
+
+/// Reason of the Normal Event saying the gateway pods are being replaced.
+pub const WORKLOAD_ROLLED: &str = "WorkloadRolled";
+
+/// Whether applying changed the Deployment's spec (a new generation of the same object):
+/// its pods are being replaced. Not on the first reconcile of this process (`before` None),
+/// so a restart of the operator says nothing.
+fn rolled(before: Option<&(Option<String>, Option<i64>)>, applied: &Deployment) -> bool {
+    before.is_some_and(|(uid, generation)| {
+        *uid == applied.metadata.uid && applied.metadata.generation > *generation
+    })
+}
+
+/// The Normal [`WORKLOAD_ROLLED`] Event: `kubectl describe gateway` shows when the pods were
+/// replaced (an image, replica count or podTemplate change), next to the snapshots.
+async fn publish_rolled(
+    ctx: &GatewayContext,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    d: &Deployment,
+) {
+    let spec = d.spec.as_ref();
+    let image = spec
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    let event = Event {
+        type_: EventType::Normal,
+        reason: WORKLOAD_ROLLED.into(),
+        note: Some(truncate(format!(
+            "Deployment {} rolled to generation {}: {} replica(s) of {image}",
+            d.name_any(),
+            d.metadata.generation.unwrap_or_default(),
+            spec.and_then(|s| s.replicas).unwrap_or(1),
+        ))),
+        action: "RollWorkload".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.ctx.news().publish(&event, reference).await {
         tracing::warn!(error = %err, "failed to publish an Event");
     }
 }
@@ -1035,5 +1083,27 @@ async fn publish_failure(
     };
     if let Err(err) = ctx.recorder.publish(&event, reference).await {
         tracing::warn!(error = %err, "failed to publish an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(uid: &str, generation: i64) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "edge", "uid": uid, "generation": generation},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn rolled_only_when_this_process_saw_an_older_generation_of_the_same_deployment() {
+        let before = (Some("u1".to_string()), Some(3));
+        assert!(rolled(Some(&before), &deployment("u1", 4)));
+        assert!(!rolled(Some(&before), &deployment("u1", 3)), "no change");
+        assert!(!rolled(Some(&before), &deployment("u2", 4)), "recreated");
+        assert!(!rolled(None, &deployment("u1", 4)), "first reconcile here");
     }
 }

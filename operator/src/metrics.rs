@@ -9,7 +9,7 @@
 //! | `rustronaut_operator_leader` | | 1 while this replica runs the controllers (holds the Lease) |
 //! | `rustronaut_operator_gateway_config_info` | `gateway_namespace`, `gateway`, `version` | 1 for the snapshot version published for a Gateway (the one its pods should serve) |
 //! | `rustronaut_operator_gateway_build_failed` | `gateway_namespace`, `gateway`, `reason` | 1 while a Gateway's last snapshot build failed (the last good one is served) |
-//! | `rustronaut_operator_gateway_status_from_reports_total` | | Gateway statuses written from a pod's report alone, without a reconcile |
+//! | `rustronaut_operator_gateway_status_from_reports_total` | | Gateway statuses written from a pod's report or the Deployment's readiness alone, without a reconcile |
 //! | `rustronaut_operator_gateway_builds_total` | `by` | Gateway snapshots compiled, by who: `Gateway` (its reconcile) or `ResourcePolicyStatus` (the status pass, for a Gateway no reconcile had built since the last change that may affect it) |
 //! | `rustronaut_operator_gateway_builds_shared_total` | | Gateway builds the status pass took from a reconcile instead of compiling again |
 //! | `rustronaut_operator_sidecar_admissions_total` | `outcome` | pods the sidecar injection webhook answered for: `injected`, `unchanged`, `warned` (opted in, no Resource), `denied`, `error` (a request it could not read) |
@@ -106,8 +106,8 @@ pub struct Metrics {
     /// Admissions answered by the sidecar injection webhook, by outcome (every replica counts
     /// its own).
     pub admissions: Family<AdmissionLabels, Counter>,
-    /// Gateway statuses recomputed from a pod's report alone, without a reconcile
-    /// (`crate::gateway::reports`).
+    /// Gateway statuses recomputed from a pod's report or the Deployment's readiness alone,
+    /// without a reconcile (`crate::gateway::reports`).
     pub status_from_reports: Counter,
     /// Gateway snapshots compiled, by who.
     pub builds: Family<BuildLabels, Counter>,

@@ -776,7 +776,11 @@ async fn publish(
         action: "PublishSnapshot".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &res.object_ref(&())).await {
+    let recorder = match type_ {
+        EventType::Normal => ctx.ctx.news(),
+        EventType::Warning => ctx.recorder.clone(),
+    };
+    if let Err(e) = recorder.publish(&event, &res.object_ref(&())).await {
         tracing::warn!(error = %e, "failed to publish an Event");
     }
 }

@@ -121,6 +121,16 @@ struct Entry {
 #[derive(Default)]
 pub struct Memo(tokio::sync::Mutex<BTreeMap<String, Entry>>);
 
+impl Memo {
+    /// The Deployment (uid, generation) the last reconcile of `key` (`namespace/name`)
+    /// applied, if this process reconciled it.
+    pub async fn deployment(&self, key: &str) -> Option<(Option<String>, Option<i64>)> {
+        let memo = self.0.lock().await;
+        let d = memo.get(key)?.seen.deployment.as_ref()?;
+        Some((d.metadata.uid.clone(), d.metadata.generation))
+    }
+}
+
 /// The status of `seen` against `previous`, at `now`.
 pub fn compute(seen: &Seen, previous: Option<&GatewayStatus>, now: Time) -> GatewayStatus {
     status::status(&status::Observed {
