@@ -32,7 +32,6 @@ use crate::conditions::{
 };
 use crate::context::Context;
 use crate::error::Error;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
@@ -174,23 +173,15 @@ pub async fn pass(ctx: &Context, stores: &Stores, resync: bool) -> Result<(), Er
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     // Several writes in flight: after a bulk apply every object's status changes, and one
     // round trip at a time was most of the time to settle 10,000 objects (issue 17).
-    let mut writes: Vec<futures::future::BoxFuture<'_, Result<(), Error>>> = Vec::new();
+    let mut writes: Vec<crate::apply::Write<'_>> = Vec::new();
     for w in resources {
         writes.push(Box::pin(write::<RtnResource, _>(ctx, &recorder, w)));
     }
     for w in policies {
         writes.push(Box::pin(write::<Policy, _>(ctx, &recorder, w)));
     }
-    let results: Vec<Result<(), Error>> = futures::stream::iter(writes)
-        .buffer_unordered(WRITES_IN_FLIGHT)
-        .collect()
-        .await;
-    results.into_iter().collect()
+    crate::apply::all(writes).await
 }
-
-/// Status writes in flight at once (the API server's default max-in-flight is 400 for
-/// mutations; the client's HTTP/2 connection multiplexes them).
-const WRITES_IN_FLIGHT: usize = 16;
 
 /// Server-side applies `w.status` to the status subresource; an object deleted meanwhile is
 /// not an error.

@@ -33,7 +33,6 @@ use crate::context::{Context, FIELD_MANAGER};
 use crate::error::Error;
 use crate::meta::labels;
 use crate::status::publish_warning;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -331,7 +330,7 @@ pub async fn pass(
 
     let tenants: Api<Tenant> = Api::all(client.clone());
     let recorder = Recorder::new(client.clone(), ctx.reporter.clone());
-    let mut statuses: Vec<futures::future::BoxFuture<'_, Result<(), Error>>> = Vec::new();
+    let mut statuses: Vec<crate::apply::Write<'_>> = Vec::new();
     for (name, body, reference, events) in &plan.statuses {
         let (tenants, recorder) = (&tenants, &recorder);
         statuses.push(Box::pin(async move {
@@ -352,21 +351,15 @@ pub async fn pass(
             }
         }));
     }
-    let results: Vec<Result<(), Error>> = futures::stream::iter(statuses)
-        .buffer_unordered(WRITES_IN_FLIGHT)
-        .collect()
-        .await;
-    for r in results {
-        if let Err(e) = r {
-            first_error.get_or_insert(e);
-        }
+    if let Err(e) = crate::apply::all(statuses).await {
+        first_error.get_or_insert(e);
     }
     // Labels and generated objects: several requests in flight (a pass after a bulk apply
     // of 200 Tenants wrote 600 objects, one round trip at a time: 17 s, issue 17).
     let namespaces: Api<Namespace> = Api::all(client.clone());
     // A Vec of boxed futures, not a lazy iterator: the pass's future must stay Send for any
     // lifetime, which iterator adaptors over borrowed closures cannot promise.
-    let mut writes: Vec<futures::future::BoxFuture<'_, Result<(), Error>>> = Vec::new();
+    let mut writes: Vec<crate::apply::Write<'_>> = Vec::new();
     for (ns, body) in &plan.labels {
         let namespaces = namespaces.clone();
         writes.push(Box::pin(async move {
@@ -417,14 +410,8 @@ pub async fn pass(
             }
         }));
     }
-    let results: Vec<Result<(), Error>> = futures::stream::iter(writes)
-        .buffer_unordered(WRITES_IN_FLIGHT)
-        .collect()
-        .await;
-    for r in results {
-        if let Err(e) = r {
-            first_error.get_or_insert(e);
-        }
+    if let Err(e) = crate::apply::all(writes).await {
+        first_error.get_or_insert(e);
     }
     if let Err(e) = prune::<NetworkPolicy>(ctx, "NetworkPolicy", &plan, state).await {
         first_error.get_or_insert(e);
@@ -434,9 +421,6 @@ pub async fn pass(
     }
     first_error.map_or(Ok(()), Err)
 }
-
-/// Writes in flight at once (as the status pass: [`crate::status`]).
-const WRITES_IN_FLIGHT: usize = 16;
 
 /// Deletes the generated objects of `kind` that the plan no longer wants (a namespace the
 /// Tenant lost or dropped, admins removed). Objects of deleted Tenants go by garbage

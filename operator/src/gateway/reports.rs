@@ -348,69 +348,81 @@ pub async fn run(
     reconcile: mpsc::UnboundedSender<ObjectRef<Gateway>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let api: Api<ConfigMap> = Api::all(ctx.ctx.client.clone());
-    // The gateway's only ConfigMap is its status ConfigMap.
+    // The gateway's only ConfigMap is its status ConfigMap, its only Deployment its pods.
     let selector = format!(
         "{},{}={}",
         labels::MANAGED_SELECTOR,
         labels::NAME,
         labels::GATEWAY
     );
-    let deployments = watcher(
-        Api::<Deployment>::all(ctx.ctx.client.clone()),
-        watcher::Config::default().labels(&selector),
-    )
-    .default_backoff()
-    .map_err(|e| tracing::warn!(error = %e, "gateway Deployment watch failed; retrying"))
-    .for_each(|event| {
-        let ctx = ctx.clone();
-        let reconcile = reconcile.clone();
-        async move {
-            let (d, deleted, initial) = match event {
-                Ok(watcher::Event::Apply(d)) => (d, false, false),
-                Ok(watcher::Event::InitApply(d)) => (d, false, true),
-                Ok(watcher::Event::Delete(d)) => (d, true, false),
-                Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(()) => return,
-            };
-            let Some(gw) = owner(&d) else { return };
-            let outcome = if deleted {
-                Outcome::Reconcile
-            } else {
-                on_deployment(&ctx, &gw, &d, initial).await
-            };
-            if outcome == Outcome::Reconcile {
-                let _ = reconcile.unbounded_send(gw);
-            }
-        }
-    });
-    let events = watcher(api, watcher::Config::default().labels(&selector)).default_backoff();
-    let reports = events
-        .map_err(|e| tracing::warn!(error = %e, "status ConfigMap watch failed; retrying"))
-        .for_each(|event| {
-            let ctx = ctx.clone();
-            let reconcile = reconcile.clone();
-            async move {
-                let (cm, deleted, initial) = match event {
-                    Ok(watcher::Event::Apply(cm)) => (cm, false, false),
-                    Ok(watcher::Event::InitApply(cm)) => (cm, false, true),
-                    Ok(watcher::Event::Delete(cm)) => (cm, true, false),
-                    Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(()) => return,
-                };
-                let Some(gw) = owner(&cm) else { return };
-                let outcome = if deleted {
-                    Outcome::Reconcile
-                } else {
-                    on_report(&ctx, &gw, &cm, initial).await
-                };
-                if outcome == Outcome::Reconcile {
-                    let _ = reconcile.unbounded_send(gw);
-                }
-            }
-        });
+    let reports = watch_owned::<ConfigMap, _, _>(
+        ctx.clone(),
+        reconcile.clone(),
+        &selector,
+        "status ConfigMap",
+        |ctx, gw, cm, initial| async move { on_report(&ctx, &gw, &cm, initial).await },
+    );
+    let deployments = watch_owned::<Deployment, _, _>(
+        ctx,
+        reconcile,
+        &selector,
+        "gateway Deployment",
+        |ctx, gw, d, initial| async move { on_deployment(&ctx, &gw, &d, initial).await },
+    );
     tokio::select! {
         ((), ()) = futures::future::join(reports, deployments) => {}
         () = shutdown => {}
     }
+}
+
+/// Watches the `K`s matching `selector` and hands each one a Gateway owns to `on_change`
+/// (`initial`: from the watch's first listing); a deletion, or what `on_change` cannot
+/// settle, goes to `reconcile`.
+async fn watch_owned<K, F, Fut>(
+    ctx: Arc<GatewayContext>,
+    reconcile: mpsc::UnboundedSender<ObjectRef<Gateway>>,
+    selector: &str,
+    what: &'static str,
+    on_change: F,
+) where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Send + 'static,
+    F: Fn(Arc<GatewayContext>, ObjectRef<Gateway>, K, bool) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let api: Api<K> = Api::all(ctx.ctx.client.clone());
+    watcher(api, watcher::Config::default().labels(selector))
+        .default_backoff()
+        .map_err(|e| tracing::warn!(error = %e, "{what} watch failed; retrying"))
+        .for_each(|event| {
+            let (obj, deleted, initial) = match event {
+                Ok(watcher::Event::Apply(o)) => (Some(o), false, false),
+                Ok(watcher::Event::InitApply(o)) => (Some(o), false, true),
+                Ok(watcher::Event::Delete(o)) => (Some(o), true, false),
+                Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(()) => {
+                    (None, false, false)
+                }
+            };
+            let gw = obj.as_ref().and_then(owner);
+            let settled = match (obj, gw.clone()) {
+                (Some(o), Some(gw)) if !deleted => {
+                    futures::future::Either::Left(on_change(ctx.clone(), gw, o, initial))
+                }
+                (_, Some(_)) => {
+                    futures::future::Either::Right(std::future::ready(Outcome::Reconcile))
+                }
+                (_, None) => futures::future::Either::Right(std::future::ready(Outcome::Stale)),
+            };
+            let reconcile = reconcile.clone();
+            async move {
+                if settled.await == Outcome::Reconcile
+                    && let Some(gw) = gw
+                {
+                    let _ = reconcile.unbounded_send(gw);
+                }
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]
