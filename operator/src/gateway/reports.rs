@@ -235,15 +235,22 @@ fn deployment_change(held: Option<&Deployment>, new: &Deployment) -> DeploymentC
     let Some(held) = held else {
         return DeploymentChange::Spec;
     };
-    if held.metadata.uid != new.metadata.uid || held.metadata.generation != new.metadata.generation
-    {
+    if held.metadata.uid != new.metadata.uid {
         return DeploymentChange::Spec;
     }
+    // Ordered by resource version first: the watch can deliver the previous generation's
+    // status updates after the reconcile applied (and the memo holds) the next generation,
+    // and such an event says nothing new (seen in CI: it woke a needless reconcile).
     let version = |d: &Deployment| d.resource_version().and_then(|v| v.parse::<u64>().ok());
-    match (version(held), version(new)) {
-        (Some(h), Some(n)) if n <= h => DeploymentChange::Same,
-        _ => DeploymentChange::Status,
+    if let (Some(h), Some(n)) = (version(held), version(new))
+        && n <= h
+    {
+        return DeploymentChange::Same;
     }
+    if held.metadata.generation != new.metadata.generation {
+        return DeploymentChange::Spec;
+    }
+    DeploymentChange::Status
 }
 
 /// The Gateway owning a status ConfigMap or a Deployment (its controller ownerReference).
@@ -536,6 +543,11 @@ mod tests {
             deployment_change(Some(&held), &deployment("u1", 4, "99", 0)),
             Same,
             "a lagging watch never moves the memo back"
+        );
+        assert_eq!(
+            deployment_change(Some(&held), &deployment("u1", 3, "98", 1)),
+            Same,
+            "the previous generation's status, delivered late"
         );
         assert_eq!(
             deployment_change(Some(&held), &deployment("u1", 5, "102", 2)),

@@ -66,6 +66,28 @@ where
     }
 }
 
+/// The value of `counter` once it has not moved for two seconds (at most 60 s): the
+/// baseline for "this change causes no more of X", taken after the work already queued.
+#[allow(dead_code)] // not every test binary asks
+pub async fn settled(counter: impl Fn() -> u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = counter();
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = counter();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= Duration::from_secs(2) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the counter kept moving for 60 s"
+        );
+    }
+}
+
 /// Creates `value` as a `K`.
 pub async fn create<K>(api: &Api<K>, value: Value) -> K
 where
