@@ -32,6 +32,7 @@
 //! deleted; recreated) is a full reconcile, which puts it back:
 //!
 //! ```text
+//!  Deployment Apply, same uid, resource version not newer  ──> nothing (a lagging watch)
 //!  Deployment Apply, same uid and generation as the memo's ──> status(Seen + Deployment)
 //!  Deployment Apply, other uid or generation, or Delete     ──> full reconcile
 //! ```
