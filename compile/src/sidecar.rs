@@ -268,6 +268,7 @@ pub fn sidecar_snapshot(
         snapshot,
         problems: b.problems,
         attached,
+        pending: BTreeMap::new(),
     })
 }
 

@@ -222,6 +222,20 @@ pub struct BuildOutcome {
     pub problems: Vec<Problem>,
     /// Listener name -> number of Resources attached to it.
     pub attached: BTreeMap<String, usize>,
+    /// Listener name -> why it was left out while cert-manager issues its certificate
+    /// (`tls.issuerRef`, the Secret not there yet).
+    pub pending: BTreeMap<String, String>,
+}
+
+/// Whether `secret` is the one cert-manager issues `listener`'s certificate into
+/// (`tls.issuerRef` set, `certificateRefs[0]`).
+fn issued_into(listener: &g::Listener, secret: &ObjectRef) -> bool {
+    listener.tls.as_ref().is_some_and(|t| {
+        t.issuer_ref.is_some()
+            && t.certificate_refs
+                .first()
+                .is_some_and(|r| r.name == secret.name)
+    })
 }
 
 impl BuildOutcome {
@@ -386,12 +400,28 @@ pub fn gateway_snapshot(
             trusted_peer_cidrs: c.trusted_peer_cidrs.clone(),
         };
     }
-    snapshot.listeners = gateway
-        .spec
-        .listeners
-        .iter()
-        .map(|l| b.listener(l))
-        .collect::<Result<_, _>>()?;
+    // A listener whose certificate cert-manager has yet to issue is left out (the others
+    // serve); any other certificate problem fails the build (the last good snapshot stays).
+    let mut pending = BTreeMap::new();
+    for l in &gateway.spec.listeners {
+        match b.listener(l) {
+            Ok(built) => snapshot.listeners.push(built),
+            Err(BuildError::CertificateNotFound { listener, secret })
+                if issued_into(l, &secret) =>
+            {
+                let message = format!(
+                    "waiting for cert-manager to issue its certificate into Secret {secret} (kubectl describe certificate -n {} {})",
+                    secret.namespace, secret.name
+                );
+                b.gateway_problem(
+                    reasons::CERTIFICATE_PENDING,
+                    format!("listener {listener} left out: {message}"),
+                );
+                pending.insert(listener, message);
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let admitted = admitted_tenants(world, gateway, &b.claims);
     if gateway.spec.tenants.from == g::TenantsFrom::Same && admitted.is_empty() {
         b.gateway_problem(
@@ -431,6 +461,7 @@ pub fn gateway_snapshot(
         snapshot,
         problems: b.problems,
         attached,
+        pending,
     })
 }
 
@@ -979,11 +1010,13 @@ impl Builder<'_> {
         let ca_pem = cas.join("\n");
         // Copied out of `self` (a shared reference), so the loop may report problems.
         let gateway = self.gateway;
-        for (spec, l) in gateway
-            .map_or(&[][..], |g| &g.spec.listeners[..])
-            .iter()
-            .zip(snapshot.listeners.iter_mut())
-        {
+        // By name, not position: a listener waiting for its certificate is not in the
+        // snapshot.
+        let specs = gateway.map_or(&[][..], |g| &g.spec.listeners[..]);
+        for l in &mut snapshot.listeners {
+            let Some(spec) = specs.iter().find(|s| s.name == l.name) else {
+                continue;
+            };
             let Some(cc) = &spec.client_certificate else {
                 continue;
             };
@@ -1574,6 +1607,73 @@ mod tests {
         let err = gateway_snapshot(&world, gateway(&world, "edge"), &inputs).unwrap_err();
         assert_eq!(err.reason(), reasons::INVALID_CERTIFICATE_REF);
         assert!(err.to_string().contains("no PEM private key"), "{err}");
+    }
+
+    /// With `tls.issuerRef`, a Secret cert-manager has not issued yet leaves only that
+    /// listener out (the others serve); once issued it is served; any other missing Secret
+    /// of the same listener still fails the build.
+    #[test]
+    fn a_listener_waiting_for_cert_manager_is_left_out_alone() {
+        let world = examples();
+        let mut gw = gateway(&world, "edge").clone();
+        let https = gw
+            .spec
+            .listeners
+            .iter_mut()
+            .find(|l| l.name == "https")
+            .unwrap();
+        https.tls.as_mut().unwrap().issuer_ref = Some(g::IssuerRef {
+            name: "ca".into(),
+            kind: "Issuer".into(),
+            group: "cert-manager.io".into(),
+        });
+        let secrets = secrets();
+        let mut inputs = inputs(&secrets);
+        inputs.tls.clear();
+        let out = gateway_snapshot(&world, &gw, &inputs).unwrap();
+        assert_eq!(out.snapshot.validate(), Ok(()));
+        assert!(out.snapshot.listeners.iter().all(|l| l.name != "https"));
+        assert!(out.snapshot.listeners.iter().any(|l| l.name == "postgres"));
+        assert_eq!(
+            out.pending.get("https").map(String::as_str),
+            Some(
+                "waiting for cert-manager to issue its certificate into Secret rtn-system/acme-wildcard-tls (kubectl describe certificate -n rtn-system acme-wildcard-tls)"
+            )
+        );
+        let p: Vec<_> = out.problems_of("Gateway", "rtn-system", "edge").collect();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].reason, reasons::CERTIFICATE_PENDING);
+
+        inputs.tls.insert(
+            ObjectRef::new("rtn-system", "acme-wildcard-tls"),
+            TlsKeyPair {
+                certificate_chain_pem: CERT.into(),
+                private_key_pem: KEY.into(),
+            },
+        );
+        let out = gateway_snapshot(&world, &gw, &inputs).unwrap();
+        assert!(out.pending.is_empty());
+        assert!(out.snapshot.listeners.iter().any(|l| l.name == "https"));
+
+        let https = gw
+            .spec
+            .listeners
+            .iter_mut()
+            .find(|l| l.name == "https")
+            .unwrap();
+        https
+            .tls
+            .as_mut()
+            .unwrap()
+            .certificate_refs
+            .push(rustronaut_crds::common::SecretRef {
+                name: "by-hand".into(),
+            });
+        let err = gateway_snapshot(&world, &gw, &inputs).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "listener https: TLS Secret rtn-system/by-hand not found"
+        );
     }
 
     #[test]

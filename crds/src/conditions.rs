@@ -85,6 +85,8 @@ pub mod reasons {
     pub const TESTS_PASSED: &str = "TestsPassed";
     /// A listener's certificate Secret is missing or invalid.
     pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+    /// cert-manager has not issued a listener's certificate yet (`tls.issuerRef`).
+    pub const CERTIFICATE_PENDING: &str = "CertificatePending";
     /// The gateway Service has no address yet.
     pub const ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
     /// Parameters conflict in a way the schema cannot express.
@@ -112,7 +114,7 @@ pub enum Progress {
 
 /// Reasons of a False `Ready` that resolve by themselves: waiting for pods or a rollout, a
 /// load balancer's address, a site's tunnel (the connector redials), a JWKS endpoint (it is
-/// fetched again). Every other reason is Stalled: what it names (an invalid field, a missing
+/// fetched again), a certificate cert-manager is issuing. Every other reason is Stalled: what it names (an invalid field, a missing
 /// Secret, Service or target, a claim held by an older Tenant, a quota) stays as it is until
 /// a person changes it. A missing object that a GitOps tool is about to create counts as
 /// Stalled too: kstatus reads it as Failed until the object appears, then Current.
@@ -121,6 +123,7 @@ pub const TRANSIENT: &[&str] = &[
     reasons::ADDRESS_NOT_ASSIGNED,
     reasons::SITE_DISCONNECTED,
     reasons::JWKS_UNREACHABLE,
+    reasons::CERTIFICATE_PENDING,
 ];
 
 /// kstatus's reading of a `Ready` condition with `ready` status and `reason`.
@@ -145,6 +148,7 @@ mod tests {
             reasons::PENDING,
             reasons::ADDRESS_NOT_ASSIGNED,
             reasons::SITE_DISCONNECTED,
+            reasons::CERTIFICATE_PENDING,
         ] {
             assert_eq!(progress(false, r), Progress::Reconciling, "{r}");
         }

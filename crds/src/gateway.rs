@@ -158,6 +158,7 @@ pub struct ClientIpDetection {
 #[x_kube(validation = Rule::new("!(self.protocol in ['HTTP', 'TLSPassthrough', 'UDP']) || !has(self.tls)").message("tls is only for HTTPS and TCP listeners"))]
 #[x_kube(validation = Rule::new("!(self.protocol in ['TCP', 'UDP']) || !has(self.hostname)").message("TCP and UDP listeners take no hostname"))]
 #[x_kube(validation = Rule::new("!has(self.clientCertificate) || has(self.tls)").message("clientCertificate needs tls on the same listener"))]
+#[x_kube(validation = Rule::new("!has(self.tls) || !has(self.tls.issuerRef) || (self.protocol == 'HTTPS' && has(self.hostname))").message("tls.issuerRef needs an HTTPS listener with a hostname: the certificate is issued for that hostname"))]
 pub struct Listener {
     /// Name; Resources may attach to it by name.
     #[schemars(length(min = 1, max = 63), regex(pattern = LABEL_PATTERN))]
@@ -204,11 +205,44 @@ pub enum ListenerProtocol {
 #[serde(rename_all = "camelCase")]
 pub struct ListenerTls {
     /// kubernetes.io/tls Secrets in the Gateway's namespace; the certificate is chosen by SNI.
+    /// With `issuerRef`, the first one is the Secret cert-manager issues into.
     #[schemars(length(min = 1, max = 16))]
     pub certificate_refs: Vec<SecretRef>,
+    /// Have cert-manager issue and renew the listener's certificate: the operator creates a
+    /// cert-manager `Certificate` named after `certificateRefs[0]`, for the listener's
+    /// hostname, into that Secret. Until it is issued the listener is left out of the
+    /// configuration (its `ResolvedRefs` condition says `CertificatePending`); a renewal
+    /// reaches the running gateways without a restart. Needs cert-manager installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
     /// Lowest TLS version. Default: 1.2.
     #[serde(default = "default_tls_version")]
     pub min_version: TlsVersion,
+}
+
+/// A cert-manager issuer (`Issuer` in the Gateway's namespace, or a `ClusterIssuer`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the issuer.
+    #[schemars(length(min = 1, max = 253), regex(pattern = crate::common::NAME_PATTERN))]
+    pub name: String,
+    /// Issuer or ClusterIssuer (or the kind of an external issuer). Default: Issuer.
+    #[serde(default = "default_issuer_kind")]
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    /// API group of the issuer. Default: cert-manager.io (external issuers have their own).
+    #[serde(default = "default_issuer_group")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
 }
 
 /// TLS versions.

@@ -536,6 +536,25 @@ fn cases() -> Vec<Case> {
             expect: "clientCertificate needs tls on the same listener",
         },
         Case {
+            name: "issuer on a TCP listener",
+            base: g,
+            change: |v| {
+                v["spec"]["listeners"][1]["tls"] = json!({
+                    "certificateRefs": [{"name": "db-tls"}], "issuerRef": {"name": "ca"}})
+            },
+            expect: "tls.issuerRef needs an HTTPS listener with a hostname",
+        },
+        Case {
+            name: "issuer on an HTTPS listener without hostname",
+            base: g,
+            change: |v| {
+                let l = v["spec"]["listeners"][0].as_object_mut().unwrap();
+                l.remove("hostname");
+                l["tls"]["issuerRef"] = json!({"name": "ca", "kind": "ClusterIssuer"});
+            },
+            expect: "tls.issuerRef needs an HTTPS listener with a hostname",
+        },
+        Case {
             name: "malformed WireGuard key",
             base: g,
             change: |v| {

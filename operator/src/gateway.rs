@@ -12,12 +12,13 @@
 //!            desired::build -> one Desired {                                (desired)
 //!              snapshot Secret,
 //!              workload: ConfigMap, SA, Role, RoleBinding, Deployment, Service,
-//!                        NetworkPolicy, PDB, HPA                            (objects)
+//!                        NetworkPolicy, PDB, HPA, cert-manager Certificates of
+//!                        listeners with tls.issuerRef                       (objects)
 //!              hub: config Secret, StatefulSet, per-replica UDP Services,
 //!                   stream Service, NetworkPolicy, PDB                      (tunnel) }
 //!  apply     Desired destructured whole (apply_workload, apply_hub): server-side
 //!            apply, field manager "rustronaut-operator"; then the pruning of hub
-//!            objects and session Secrets no longer wanted                 (crate::apply)
+//!            objects, session Secrets and Certificates no longer wanted (crate::apply)
 //!  status    status::status -> Accepted / Programmed / Ready, configVersion (status),
 //!            written and remembered by reports::settle; later pod reports recompute
 //!            Ready from that memo without a reconcile                       (reports)
@@ -100,6 +101,8 @@ pub struct GatewayContext {
     pub failures: std::sync::Mutex<BTreeMap<String, u32>>,
     /// What the last reconcile of each Gateway saw, for its pods' reports ([`reports`]).
     pub memo: reports::Memo,
+    /// The generation of each Gateway whose unwanted Certificates were last pruned.
+    pub certificates_pruned: std::sync::Mutex<BTreeMap<String, Option<i64>>>,
 }
 
 fn key(gw: &Gateway) -> String {
@@ -353,6 +356,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
                 .iter()
                 .filter(|p| p.impact != Impact::Degraded)
                 .count(),
+            pending: outcome.pending,
         },
         Err(e) => status::Built::Failed {
             reason: e.reason(),
@@ -383,7 +387,7 @@ async fn reconcile_inner(gw: &Gateway, ctx: &GatewayContext) -> Result<Action, E
         None => (None, None, None),
         Some(w) => {
             let before = ctx.memo.deployment(&key(gw)).await;
-            let (status_cm, service, deployment) = apply_workload(ctx, &ns, &name, w).await?;
+            let (status_cm, service, deployment) = apply_workload(ctx, gw, w).await?;
             if let Some(d) = &deployment
                 && rolled(before.as_ref(), d)
             {
@@ -756,8 +760,7 @@ async fn refresh_site_addresses(
 /// podTemplate leaves it as it is).
 async fn apply_workload(
     ctx: &GatewayContext,
-    ns: &str,
-    name: &str,
+    gw: &Gateway,
     workload: desired::Workload,
 ) -> Result<
     (
@@ -778,7 +781,10 @@ async fn apply_workload(
         network_policy,
         pdb,
         hpa,
+        certificates,
     } = workload;
+    let ns = &gw.namespace().unwrap_or_default();
+    let name = &gw.name_any();
     put(client, ns, &service_account).await?;
     put(client, ns, &role).await?;
     put(client, ns, &role_binding).await?;
@@ -805,7 +811,124 @@ async fn apply_workload(
         Some(h) => drop(put(client, ns, &h).await?),
         None => remove::<HorizontalPodAutoscaler>(client, ns, name).await?,
     }
+    apply_certificates(ctx, gw, certificates).await?;
     Ok((status, service, deployment))
+}
+
+/// Applies the listeners' cert-manager Certificates and, when the Gateway's spec changed
+/// since this process last looked, deletes the ones it no longer wants (they are only ever
+/// created from the spec, so an unchanged generation cannot leave one behind; the first
+/// reconcile after a start always looks). Without cert-manager's CRD the listeners wait
+/// (`CertificatePending`) and a Warning Event says why; that is not a reconcile error.
+async fn apply_certificates(
+    ctx: &GatewayContext,
+    gw: &Gateway,
+    certificates: Vec<kube::core::DynamicObject>,
+) -> Result<(), Error> {
+    use kube::api::{DeleteParams, ListParams};
+    let client = &ctx.ctx.client;
+    let ns = gw.namespace().unwrap_or_default();
+    let api: Api<kube::core::DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &objects::certificate_resource());
+    let missing_crd = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
+    let mut wanted = std::collections::BTreeSet::new();
+    for c in &certificates {
+        let cname = c.name_any();
+        match crate::apply::apply(&api, &cname, c).await {
+            Ok(_) => {}
+            Err(e) if missing_crd(&e) => {
+                publish_cert_manager_missing(ctx, &gw.object_ref(&()), &cname).await;
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(Error::Apply {
+                    kind: "Certificate",
+                    namespace: ns,
+                    name: cname,
+                    source,
+                });
+            }
+        }
+        wanted.insert(cname);
+    }
+    let key = key(gw);
+    let generation = gw.meta().generation;
+    if ctx
+        .certificates_pruned
+        .lock()
+        .is_ok_and(|m| m.get(&key).copied() == Some(generation))
+    {
+        return Ok(());
+    }
+    let selector = format!(
+        "{},{}={}",
+        labels::MANAGED_SELECTOR,
+        labels::INSTANCE,
+        gw.name_any()
+    );
+    let listed = match api
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+    {
+        Ok(l) => l.items,
+        Err(e) if missing_crd(&e) => Vec::new(),
+        Err(source) => {
+            return Err(Error::List {
+                kind: "Certificate",
+                source,
+            });
+        }
+    };
+    let uid = gw.uid();
+    for c in listed {
+        let owned = c
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref());
+        let cname = c.name_any();
+        if !owned || wanted.contains(&cname) {
+            continue;
+        }
+        match api.delete(&cname, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Delete {
+                    kind: "Certificate",
+                    namespace: ns,
+                    name: cname,
+                    source,
+                });
+            }
+        }
+    }
+    if let Ok(mut m) = ctx.certificates_pruned.lock() {
+        m.insert(key, generation);
+    }
+    Ok(())
+}
+
+/// A Warning on the Gateway: a listener asks cert-manager for a certificate, but the
+/// cluster has no cert-manager (its `Certificate` kind is not served).
+async fn publish_cert_manager_missing(
+    ctx: &GatewayContext,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    certificate: &str,
+) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "CertManagerMissing".into(),
+        note: Some(format!(
+            "a listener has tls.issuerRef, but the API server does not serve cert-manager.io/v1 Certificate: install cert-manager, or name a Secret without issuerRef (Certificate {certificate} not created)"
+        )),
+        action: "Apply".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!("failed to publish an Event: {e}");
+    }
 }
 
 /// Applies the hub's workload and, when the snapshot was built, its configuration (a

@@ -69,6 +69,10 @@ pub fn cluster_role() -> ClusterRole {
             {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": prune},
             {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
              "verbs": prune},
+            // cert-manager Certificates for listeners with tls.issuerRef (listed and deleted
+            // when a listener stops asking for one; cert-manager itself writes the Secret).
+            {"apiGroups": ["cert-manager.io"], "resources": ["certificates"],
+             "verbs": ["get", "list", "create", "patch", "delete"]},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"],
              "verbs": ["create", "patch"]},
             // The injection webhook's caBundle (src/webhook/certs.rs): that one object, read
@@ -115,7 +119,7 @@ mod tests {
 
     #[test]
     fn builds() {
-        assert_eq!(cluster_role().rules.unwrap().len(), 19);
+        assert_eq!(cluster_role().rules.unwrap().len(), 20);
         let admin = tenant_admin_cluster_role();
         assert_eq!(admin.metadata.name.as_deref(), Some(TENANT_ADMIN));
         assert_eq!(lease_role("ns").metadata.namespace.as_deref(), Some("ns"));

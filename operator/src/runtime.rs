@@ -61,6 +61,7 @@ impl Runtime {
                 recorder,
                 failures: Default::default(),
                 memo: Default::default(),
+                certificates_pruned: Default::default(),
             }),
             drivers,
             triggers: wakeups.gateways,

@@ -27,6 +27,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::core::DynamicObject;
 use rustronaut_compile::snapshot::{BuildError, BuildOutcome};
 use rustronaut_crds::Gateway;
 use serde::Serialize;
@@ -66,6 +67,9 @@ pub struct Workload {
     pub pdb: Option<PodDisruptionBudget>,
     /// With `spec.autoscaling`.
     pub hpa: Option<HorizontalPodAutoscaler>,
+    /// cert-manager Certificates of the listeners with `tls.issuerRef`; the ones no longer
+    /// wanted are pruned.
+    pub certificates: Vec<DynamicObject>,
 }
 
 /// The tunnel hub (with `spec.tunnel`).
@@ -120,6 +124,7 @@ pub fn build(
         network_policy: objects::network_policy(gw, settings),
         pdb: objects::pdb(gw),
         hpa: objects::hpa(gw),
+        certificates: objects::certificates(gw),
     });
     let hub = hub_keys.map(|keys| {
         let compiled = built.as_ref().ok().and_then(|o| o.snapshot.tunnel.as_ref());

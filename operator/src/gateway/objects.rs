@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Resource, ResourceExt};
 use rustronaut_contract::deploy::{self, flags};
 use rustronaut_contract::snapshot::Snapshot;
@@ -671,9 +672,104 @@ pub fn hpa(gw: &Gateway) -> Option<HorizontalPodAutoscaler> {
     })))
 }
 
+/// cert-manager's `Certificate` kind (`cert-manager.io/v1`), which is not in k8s-openapi.
+pub fn certificate_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"),
+        "certificates",
+    )
+}
+
+/// One cert-manager `Certificate` per Secret that listeners with `tls.issuerRef` issue
+/// into (`certificateRefs[0]`), named after the Secret (as cert-manager's own gateway-shim
+/// names them), for the hostnames of every such listener naming it; the first of those
+/// listeners (in spec order) chooses the issuer. Sorted by name.
+pub fn certificates(gw: &Gateway) -> Vec<DynamicObject> {
+    let mut by_secret: BTreeMap<&str, (&rustronaut_crds::gateway::IssuerRef, Vec<&str>)> =
+        BTreeMap::new();
+    for l in &gw.spec.listeners {
+        let Some(tls) = &l.tls else { continue };
+        let (Some(issuer), Some(secret), Some(host)) = (
+            &tls.issuer_ref,
+            tls.certificate_refs.first(),
+            l.hostname.as_deref(),
+        ) else {
+            continue;
+        };
+        let entry = by_secret
+            .entry(secret.name.as_str())
+            .or_insert_with(|| (issuer, Vec::new()));
+        if !entry.1.contains(&host) {
+            entry.1.push(host);
+        }
+    }
+    by_secret
+        .into_iter()
+        .map(|(secret, (issuer, hosts))| {
+            typed(json!({
+                "apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+                "metadata": metadata(gw, secret),
+                "spec": {
+                    "secretName": secret,
+                    "dnsNames": hosts,
+                    "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
+                },
+            }))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Listeners with an issuer get one Certificate per Secret, with every hostname naming
+    /// it; listeners without one (or their other Secrets) get none.
+    #[test]
+    fn certificates_for_listeners_with_an_issuer() {
+        let gw: Gateway = serde_json::from_value(json!({
+            "apiVersion": "rustronaut.io/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": "rtn", "uid": "u-1"},
+            "spec": {"listeners": [
+                {"name": "app", "port": 443, "protocol": "HTTPS", "hostname": "app.example",
+                 "tls": {"certificateRefs": [{"name": "shared-tls"}, {"name": "extra"}],
+                         "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}},
+                {"name": "api", "port": 8443, "protocol": "HTTPS", "hostname": "api.example",
+                 "tls": {"certificateRefs": [{"name": "shared-tls"}],
+                         "issuerRef": {"name": "other"}}},
+                {"name": "wild", "port": 443, "protocol": "HTTPS", "hostname": "*.example",
+                 "tls": {"certificateRefs": [{"name": "wild-tls"}],
+                         "issuerRef": {"name": "acme", "group": "example.io", "kind": "Acme"}}},
+                {"name": "plain", "port": 443, "protocol": "HTTPS", "hostname": "plain.example",
+                 "tls": {"certificateRefs": [{"name": "by-hand"}]}},
+            ]}
+        }))
+        .unwrap();
+        let owner = json!([{"apiVersion": "rustronaut.io/v1alpha1", "kind": "Gateway",
+            "name": "edge", "uid": "u-1", "controller": true}]);
+        let labels = json!({
+            "app.kubernetes.io/name": "rustronaut-gateway",
+            "app.kubernetes.io/instance": "edge",
+            "app.kubernetes.io/managed-by": "rustronaut-operator",
+        });
+        assert_eq!(
+            to_json(certificates(&gw)),
+            json!([
+                {"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+                 "metadata": {"name": "shared-tls", "namespace": "rtn", "labels": labels,
+                              "ownerReferences": owner},
+                 "spec": {"secretName": "shared-tls", "dnsNames": ["app.example", "api.example"],
+                          "issuerRef": {"name": "ca", "kind": "ClusterIssuer",
+                                        "group": "cert-manager.io"}}},
+                {"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+                 "metadata": {"name": "wild-tls", "namespace": "rtn", "labels": labels,
+                              "ownerReferences": owner},
+                 "spec": {"secretName": "wild-tls", "dnsNames": ["*.example"],
+                          "issuerRef": {"name": "acme", "kind": "Acme", "group": "example.io"}}},
+            ])
+        );
+        assert!(certificates(&gateway(json!({}))).is_empty());
+    }
 
     fn gateway(extra: Value) -> Gateway {
         let mut v = json!({

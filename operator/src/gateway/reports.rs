@@ -484,6 +484,7 @@ mod tests {
             built: Built::Ok {
                 attached: BTreeMap::new(),
                 problems: 0,
+                pending: BTreeMap::new(),
             },
             served: Some("v2".into()),
             deployment: Some(deployment),
@@ -576,6 +577,7 @@ mod tests {
             built: Built::Ok {
                 attached: BTreeMap::new(),
                 problems: 0,
+                pending: BTreeMap::new(),
             },
             served: Some("v2".into()),
             deployment: Some(deployment("u1", 4, "100", 1)),

@@ -27,6 +27,8 @@ pub enum Built {
         attached: BTreeMap<String, usize>,
         /// How many objects were left out or fail closed.
         problems: usize,
+        /// Listeners left out while cert-manager issues their certificate, with why.
+        pending: BTreeMap<String, String>,
     },
     /// Not built: condition reason and message.
     Failed {
@@ -125,17 +127,31 @@ fn listener_status(o: &Observed<'_>, name: &str, programmed: bool) -> ListenerSt
         .previous
         .and_then(|p| p.listeners.iter().find(|l| l.name == name));
     let before = previous.map_or(&[][..], |l| &l.conditions[..]);
+    let pending = match &o.built {
+        Built::Ok { pending, .. } => pending.get(name),
+        Built::Failed { .. } => None,
+    };
     let (attached, resolved) = match &o.built {
         Built::Ok { attached, .. } => (
             attached.get(name).copied().unwrap_or(0),
-            condition_in(
-                o,
-                before,
-                types::RESOLVED_REFS,
-                true,
-                reasons::RESOLVED,
-                "every reference resolves".into(),
-            ),
+            match pending {
+                Some(why) => condition_in(
+                    o,
+                    before,
+                    types::RESOLVED_REFS,
+                    false,
+                    reasons::CERTIFICATE_PENDING,
+                    why.clone(),
+                ),
+                None => condition_in(
+                    o,
+                    before,
+                    types::RESOLVED_REFS,
+                    true,
+                    reasons::RESOLVED,
+                    "every reference resolves".into(),
+                ),
+            },
         ),
         Built::Failed {
             reason,
@@ -166,7 +182,16 @@ fn listener_status(o: &Observed<'_>, name: &str, programmed: bool) -> ListenerSt
             (n, resolved)
         }
     };
-    let programmed = if programmed {
+    let programmed = if let Some(why) = pending {
+        condition_in(
+            o,
+            before,
+            types::PROGRAMMED,
+            false,
+            reasons::CERTIFICATE_PENDING,
+            format!("left out of the served snapshot: {why}"),
+        )
+    } else if programmed {
         condition_in(
             o,
             before,
@@ -269,6 +294,10 @@ pub fn status(o: &Observed<'_>) -> GatewayStatus {
         .map_or(0, |v| o.reports.values().filter(|r| *r == v).count());
     let loaded = i32::try_from(loaded).unwrap_or(i32::MAX);
     let all_loaded = accepted && programmed_ok && ready >= want && loaded >= want;
+    let pending = match &o.built {
+        Built::Ok { pending, .. } => pending.iter().next(),
+        Built::Failed { .. } => None,
+    };
     if let Some(why) = &o.pod_template_refused {
         conditions.push(condition(
             o,
@@ -276,6 +305,16 @@ pub fn status(o: &Observed<'_>) -> GatewayStatus {
             false,
             super::objects::POD_TEMPLATE_REFUSED,
             format!("{why}; the gateway Deployment is left unchanged"),
+        ));
+    } else if let (Some((listener, why)), true) = (pending, accepted) {
+        // The other listeners serve, but not everything the spec asks for does yet:
+        // Reconciling (kstatus InProgress) until cert-manager has issued.
+        conditions.push(condition(
+            o,
+            types::READY,
+            false,
+            reasons::CERTIFICATE_PENDING,
+            format!("listener {listener}: {why}"),
         ));
     } else {
         conditions.push(condition(
@@ -360,6 +399,7 @@ mod tests {
         Built::Ok {
             attached: BTreeMap::from([("https".to_string(), 2)]),
             problems: 0,
+            pending: BTreeMap::new(),
         }
     }
 
@@ -417,6 +457,56 @@ mod tests {
             "unchanged status keeps its transition time"
         );
         assert_eq!(cond(&s, "Ready").last_transition_time, time(2000));
+    }
+
+    /// A listener waiting for cert-manager: its ResolvedRefs and Programmed say so, the
+    /// other listeners are fine, and the Gateway is Ready=False (kstatus InProgress) with the
+    /// same reason even with every pod loaded.
+    #[test]
+    fn a_listener_waiting_for_its_certificate_keeps_the_gateway_reconciling() {
+        let dep: Deployment = serde_json::from_value(json!({
+            "spec": {"replicas": 1, "selector": {}, "template": {}},
+            "status": {"readyReplicas": 1}
+        }))
+        .unwrap();
+        let why = "waiting for cert-manager to issue its certificate into Secret ns/x".to_string();
+        let mut o = observed(
+            Built::Ok {
+                attached: BTreeMap::from([("http".to_string(), 1)]),
+                problems: 0,
+                pending: BTreeMap::from([("https".to_string(), why.clone())]),
+            },
+            Some("sha256:b"),
+        );
+        o.deployment = Some(&dep);
+        o.listeners = vec!["https".into(), "http".into()];
+        o.reports = BTreeMap::from([("p1".to_string(), "sha256:b".to_string())]);
+        let s = status(&o);
+        assert_eq!(cond(&s, "Accepted").status, "True");
+        assert_eq!(cond(&s, "Programmed").status, "True");
+        let ready = cond(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reasons::CERTIFICATE_PENDING)
+        );
+        assert_eq!(ready.message, format!("listener https: {why}"));
+        assert_eq!(cond(&s, "Reconciling").status, "True");
+        let https = s.listeners.iter().find(|l| l.name == "https").unwrap();
+        let by_type = |t: &str| https.conditions.iter().find(|c| c.type_ == t).unwrap();
+        assert_eq!(
+            (
+                by_type("ResolvedRefs").status.as_str(),
+                by_type("ResolvedRefs").reason.as_str()
+            ),
+            ("False", reasons::CERTIFICATE_PENDING)
+        );
+        assert_eq!(by_type("ResolvedRefs").message, why);
+        assert_eq!(by_type("Programmed").status, "False");
+        let http = s.listeners.iter().find(|l| l.name == "http").unwrap();
+        assert!(
+            http.conditions.iter().all(|c| c.status == "True"),
+            "{http:?}"
+        );
     }
 
     #[test]
