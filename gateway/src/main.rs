@@ -70,10 +70,9 @@ struct Args {
     /// `x-rustronaut-*` headers are dropped either way.
     #[arg(long, env = "RUSTRONAUT_ALLOW_UNDERSCORE_HEADERS")]
     allow_underscore_headers: bool,
-    /// OTLP/HTTP collector base URL (http://host:4318): one span per request is exported
-    /// to `<url>/v1/traces`. Unset: no tracing.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    otlp_endpoint: Option<String>,
+    /// Traces: one span per request (docs/gateway.md, Tracing).
+    #[command(flatten)]
+    otlp: rustronaut_otlp::Otlp,
     /// Admin listener (/healthz, /readyz, /metrics).
     #[arg(
         long = flags::long(flags::ADMIN_LISTEN),
@@ -348,10 +347,12 @@ fn main() -> anyhow::Result<()> {
         .context("no snapshot after the first load")?;
 
     // The OTLP exporter's blocking HTTP client must be built outside any Tokio runtime.
-    let telemetry = match &args.otlp_endpoint {
-        Some(url) => {
-            let t = Telemetry::otlp(url).context("--otlp-endpoint")?;
-            tracing::info!(endpoint = %url, "exporting request spans over OTLP/HTTP");
+    let telemetry = match Telemetry::otlp(&args.otlp).context("OTLP export")? {
+        Some(t) => {
+            tracing::info!(
+                endpoint = args.otlp.endpoint.as_deref().unwrap_or_default(),
+                "exporting request spans over OTLP/HTTP"
+            );
             Some(Arc::new(t))
         }
         None => None,

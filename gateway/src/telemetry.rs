@@ -12,42 +12,17 @@
 //! crosses Pingora phases as separate async calls with only the per-request context in
 //! common, so the span travels in that context. Why the decision id is a span attribute: it
 //! is what a 401/403 body shows the user, so support can go from a complaint to the trace.
-//! Why OTLP over HTTP with a blocking client on the SDK's own export thread: it keeps the
-//! exporter off the proxy runtimes and needs no TLS stack of its own (collectors usually
-//! run as a local agent or sidecar; plain `http://` only, refused otherwise).
+//! The export itself (endpoint, TLS to the collector, the standard `OTEL_EXPORTER_OTLP_*`
+//! variables, a blocking client on the SDK's own export thread, off the proxy runtimes) is
+//! [`rustronaut_otlp`]'s, shared with the operator and the tunnel.
 //! Without an endpoint nothing is started: no cost on the request path.
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use std::collections::HashMap;
-
-/// Why tracing could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TelemetryError {
-    /// The endpoint is not an `http://` URL.
-    #[error("OTLP endpoint {0:?} must be an http:// URL (a local collector or agent)")]
-    Endpoint(String),
-    /// The exporter could not be built.
-    #[error("OTLP exporter: {0}")]
-    Exporter(String),
-}
-
-/// The OTLP/HTTP traces URL of a base endpoint, as `OTEL_EXPORTER_OTLP_ENDPOINT` means it
-/// (the signal path `/v1/traces` appended).
-pub fn traces_url(endpoint: &str) -> Result<String, TelemetryError> {
-    let rest = endpoint
-        .strip_prefix("http://")
-        .filter(|r| !r.is_empty() && !r.starts_with('/'))
-        .ok_or_else(|| TelemetryError::Endpoint(endpoint.to_string()))?;
-    if rest.chars().any(char::is_whitespace) {
-        return Err(TelemetryError::Endpoint(endpoint.to_string()));
-    }
-    Ok(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-}
 
 /// The request headers a trace context is read from.
 struct Headers<'a>(&'a HashMap<&'static str, String>);
@@ -104,28 +79,18 @@ pub struct SpanFacts<'a> {
 pub const CONTEXT_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
 impl Telemetry {
-    /// Spans exported in batches to the OTLP/HTTP collector at `endpoint` (base URL).
-    pub fn otlp(endpoint: &str) -> Result<Self, TelemetryError> {
-        let url = traces_url(endpoint)?;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(url)
-            .build()
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name("rustronaut-gateway")
-            .build();
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource)
-            .build();
+    /// Spans exported in batches as `otlp` says; None without an endpoint. Call outside
+    /// any Tokio runtime.
+    pub fn otlp(otlp: &rustronaut_otlp::Otlp) -> Result<Option<Self>, rustronaut_otlp::OtlpError> {
+        let Some(provider) = otlp.provider("rustronaut-gateway")? else {
+            return Ok(None);
+        };
         let tracer = provider.tracer("rustronaut-gateway");
-        Ok(Self {
+        Ok(Some(Self {
             provider,
             tracer,
             propagator: TraceContextPropagator::new(),
-        })
+        }))
     }
 
     /// Starts the server span of a request; `header` reads the request's trace-context
@@ -193,30 +158,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn traces_url_appends_the_signal_path_and_refuses_other_schemes() {
-        assert_eq!(
-            traces_url("http://otel-collector:4318").unwrap(),
-            "http://otel-collector:4318/v1/traces"
-        );
-        assert_eq!(
-            traces_url("http://127.0.0.1:4318/").unwrap(),
-            "http://127.0.0.1:4318/v1/traces"
-        );
-        for bad in [
-            "https://c:4318",
-            "otel:4318",
-            "http://",
-            "http:///x",
-            "http://a b",
-        ] {
-            assert!(traces_url(bad).is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
     fn a_client_trace_continues_through_the_gateway() {
         // No exporter is contacted: spans stay in the batch buffer and are dropped.
-        let t = Telemetry::otlp("http://127.0.0.1:9").unwrap();
+        let t = Telemetry::otlp(&rustronaut_otlp::Otlp::endpoint("http://127.0.0.1:9"))
+            .unwrap()
+            .unwrap();
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let cx = t.start("GET", |h| (h == "traceparent").then(|| parent.to_string()));
         let injected = t.inject(&cx);

@@ -97,10 +97,9 @@ struct Args {
     /// the Gateway being reconciled or the pass running) for log pipelines.
     #[arg(long, env = "RUSTRONAUT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
-    /// OTLP/HTTP collector base URL (http://host:4318): one span per reconcile and per status
-    /// pass is exported to `<url>/v1/traces` (docs/observability.md). Unset: no tracing.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    otlp_endpoint: Option<String>,
+    /// Traces: one span per reconcile and per status pass (docs/observability.md).
+    #[command(flatten)]
+    otlp: rustronaut_otlp::Otlp,
 }
 
 /// Flushes the last batch of spans when the operator exits, on every path out of `main`.
@@ -146,10 +145,10 @@ async fn main() -> anyhow::Result<()> {
         logs.boxed()
     };
     // Each output has its own filter: RUST_LOG quiets the logs, never the exported spans.
-    let (traces, flush) = match &args.otlp_endpoint {
-        Some(endpoint) => {
-            let (provider, tracer) = rustronaut_operator::telemetry::otlp(endpoint)
-                .map_err(|e| anyhow::anyhow!("--otlp-endpoint: {e}"))?;
+    let (traces, flush) = match rustronaut_operator::telemetry::otlp(&args.otlp)
+        .map_err(|e| anyhow::anyhow!("OTLP export: {e}"))?
+    {
+        Some((provider, tracer)) => {
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_filter(tracing_subscriber::filter::filter_fn(

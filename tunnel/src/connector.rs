@@ -37,6 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, copy_bidirectional};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::admin::{self, PeerStatus, StatusSource};
 use crate::allow::{AllowList, Host, Networks, Protocol};
@@ -248,12 +249,23 @@ async fn start_hub(
                 _ = stop.cancelled() => break,
             };
             let (st, c, stop) = (st.clone(), c.clone(), stop.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = forward(stream, &st, &c) => {}
-                    _ = stop.cancelled() => {}
+            // One span per forwarded stream, for its whole life (exported with
+            // --otlp-endpoint): which hub, which target, the status answered.
+            let span = tracing::info_span!(
+                "forward",
+                hub = st.cfg.endpoint.as_str(),
+                target = tracing::field::Empty,
+                status = tracing::field::Empty,
+            );
+            tokio::spawn(
+                async move {
+                    tokio::select! {
+                        _ = forward(stream, &st, &c) => {}
+                        _ = stop.cancelled() => {}
+                    }
                 }
-            });
+                .instrument(span),
+            );
         }
     });
 
@@ -321,6 +333,7 @@ async fn run_control(hub: &HubState, cfg: &ValidConnector) {
 }
 
 async fn answer(stream: &mut TunnelStream, r: &Response) {
+    tracing::Span::current().record("status", tracing::field::display(r.status));
     let _ = stream.write_all(&r.encode()).await;
     let _ = stream.shutdown().await;
 }
@@ -345,6 +358,7 @@ async fn forward(mut stream: TunnelStream, hub: &HubState, cfg: &ValidConnector)
         Err(_) => return,
     };
     let target = format!("{}/{}:{}", req.protocol, req.host, req.port);
+    tracing::Span::current().record("target", target.as_str());
     let name = hub.cfg.endpoint.as_str();
     let policy = hub.policy.load();
     let hub_list = policy.generation.map(|_| &policy.allow);
@@ -384,6 +398,7 @@ async fn forward(mut stream: TunnelStream, hub: &HubState, cfg: &ValidConnector)
                 }
             };
             let _ = tcp.set_nodelay(true);
+            tracing::Span::current().record("status", tracing::field::display(Status::Ok));
             if stream
                 .write_all(&Response::new(Status::Ok, "").encode())
                 .await
@@ -409,6 +424,7 @@ async fn forward(mut stream: TunnelStream, hub: &HubState, cfg: &ValidConnector)
                     return;
                 }
             };
+            tracing::Span::current().record("status", tracing::field::display(Status::Ok));
             if stream
                 .write_all(&Response::new(Status::Ok, "").encode())
                 .await

@@ -34,6 +34,7 @@ use tokio::io::{AsyncWriteExt, copy_bidirectional};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::admin::{self, Counter, PeerStatus, StatusSource};
 use crate::allow::{AllowList, Host};
@@ -530,10 +531,23 @@ async fn run_stream_endpoint(shared: Arc<Shared>, listener: TcpListener) {
         };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let status = handle_gateway(&shared, tcp, peer).await;
-            shared.count(status);
-        });
+        // One span per gateway stream, for its whole life (exported with --otlp-endpoint):
+        // which site and target, and how it ended (the same status the metrics count).
+        let span = tracing::info_span!(
+            "stream",
+            %peer,
+            site = tracing::field::Empty,
+            target = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        tokio::spawn(
+            async move {
+                let status = handle_gateway(&shared, tcp, peer).await;
+                tracing::Span::current().record("status", tracing::field::display(status));
+                shared.count(status);
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -560,6 +574,9 @@ async fn handle_gateway(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) -
         return reject(&mut tcp, Status::Unauthorized, "invalid token").await;
     }
     let target = format!("{}/{}:{}", req.protocol, req.host, req.port);
+    let span = tracing::Span::current();
+    span.record("site", req.site.as_str());
+    span.record("target", target.as_str());
     let Some(site) = shared.routes.load().by_name.get(&req.site).cloned() else {
         return reject(
             &mut tcp,

@@ -25,6 +25,10 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Traces: a span per gateway stream on the hub, per forwarded stream on the connector
+    /// (docs/tunnel.md, Tracing).
+    #[command(flatten)]
+    otlp: rustronaut_otlp::Otlp,
     #[command(subcommand)]
     command: Command,
 }
@@ -94,18 +98,46 @@ enum Command {
     },
 }
 
-fn init_logs(format: &str) {
+/// Logs to stderr and, with an OTLP endpoint, this crate's INFO spans to the collector (each
+/// output with its own filter: RUST_LOG quiets the logs, never the exported spans). The
+/// returned provider flushes the last batch when dropped.
+fn init_logs(format: &str, otlp: &rustronaut_otlp::Otlp) -> anyhow::Result<Option<FlushTraces>> {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: `kubectl logs` of a hub pod shows escape codes otherwise.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
+    let logs = if format == "json" {
+        logs.json().boxed()
     } else {
-        builder.init();
+        logs.boxed()
+    };
+    let provider = otlp.provider("rustronaut-tunnel").context("OTLP export")?;
+    let traces = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("rustronaut-tunnel"))
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.target().starts_with("rustronaut_tunnel") && *m.level() <= tracing::Level::INFO
+            }))
+    });
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces)
+        .init();
+    Ok(provider.map(FlushTraces))
+}
+
+/// Flushes the last batch of spans when the process exits.
+struct FlushTraces(opentelemetry_sdk::trace::SdkTracerProvider);
+
+impl Drop for FlushTraces {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.shutdown() {
+            eprintln!("flushing traces: {e}");
+        }
     }
 }
 
@@ -145,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Hub { config } => {
-            init_logs(&cli.log_format);
+            let _flush = init_logs(&cli.log_format, &cli.otlp)?;
             let hub = hub::Hub::from_file(&config).await?;
             hub.run(shutdown_on_signal()).await;
             Ok(())
@@ -159,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
             forward_port,
             admin_listen,
         } => {
-            init_logs(&cli.log_format);
+            let _flush = init_logs(&cli.log_format, &cli.otlp)?;
             let cfg: ConnectorConfig = match config {
                 Some(path) => config::load_file(&path)?,
                 None => {
@@ -206,7 +238,7 @@ async fn main() -> anyhow::Result<()> {
             listen,
             target,
         } => {
-            init_logs(&cli.log_format);
+            let _flush = init_logs(&cli.log_format, &cli.otlp)?;
             let (host, port) = config::split_endpoint(&target)
                 .with_context(|| format!("--target {target:?}: expected HOST:PORT"))?;
             let spec = client::ForwardSpec {
