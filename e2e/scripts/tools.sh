@@ -9,6 +9,8 @@
 #   kwok, helm, wireguard-go, an OIDC provider, h2spec                 (pinned `go install`)
 #   promtool and promql-check (the PromQL parser on dashboards)        (e2e/tools/prometheus wrapper module)
 #   prometheus-operator's ServiceMonitor, PodMonitor, PrometheusRule CRDs (YAML from its Go module)
+#   cert-manager-controller (cert-manager's own controllers, CA issuer)  (e2e/tools/cert-manager wrapper module)
+#   and cert-manager's six CRDs                                        (YAML from its Go module)
 #
 # Every tool lands in its own directory under the cache, keyed by its version and by the hash of
 # the wrapper module's go.mod/go.sum, and is rebuilt only when that directory is absent. The cache
@@ -51,6 +53,11 @@ PROMETHEUS_VERSION=v0.316.0
 # prometheus-operator: its CRDs (not a binary), so the chart's monitors and rules are dry-run
 # against the real schemas. v0.85.0 is the newest version the Go module proxy serves.
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
+# cert-manager: its real controllers (issuers, the CA CertificateRequest signer, the approver and
+# the Certificate life cycle), wired by the small main in e2e/tools/cert-manager because
+# upstream's cmd/controller is a separate module the proxy does not serve, and its CRDs
+# (deploy/crds, plain YAML). v1.21.2 is the newest version the Go module proxy serves.
+CERT_MANAGER_VERSION=v1.21.2
 # NetworkPolicy enforcer of the real node (only its firewall runs; e2e/src/node.rs).
 KUBE_ROUTER_VERSION=v2.1.0
 # Cluster DNS of the real node (a host process on the node address; e2e/src/node.rs), so pods
@@ -185,6 +192,41 @@ fetch_prometheus_operator_crds() {
 	done
 }
 
+# The version the wrapper module requires (its go.mod decides what is built); refuses to go on if
+# CERT_MANAGER_VERSION was bumped without the go.mod, or the other way round.
+cert_manager_module_dir() {
+	local v
+	v=$(cd "$tools_src/cert-manager" && go list -m -f '{{.Version}}' github.com/cert-manager/cert-manager)
+	[ "$v" = "$CERT_MANAGER_VERSION" ] || {
+		log "e2e/tools/cert-manager/go.mod requires cert-manager $v, CERT_MANAGER_VERSION is $CERT_MANAGER_VERSION"
+		return 1
+	}
+	(cd "$tools_src/cert-manager" && go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)
+}
+
+# AppVersion as upstream's release build sets it (the User-Agent and the version in logs).
+build_cert_manager() {
+	cert_manager_module_dir >/dev/null
+	(cd "$tools_src/cert-manager" && go build -trimpath \
+		-ldflags "-s -w -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=$CERT_MANAGER_VERSION" \
+		-o "$OUT/cert-manager-controller" .)
+}
+
+# deploy/crds of the same module: plain CustomResourceDefinitions, controller-gen's output (the
+# Helm chart's crd-*.yaml templates are made from it by adding `{{ if .Values.crds.enabled }}`
+# and labels), one served version (v1) and no conversion webhook, so they apply as they are.
+# Copied into their own directory (cert-manager-crds/ in the bin dir): the harness
+# (e2e/src/certmanager.rs) applies every file there.
+fetch_cert_manager_crds() {
+	local dir f
+	dir=$(cert_manager_module_dir)
+	mkdir -p "$OUT/cert-manager-crds"
+	for f in cert-manager.io_certificaterequests cert-manager.io_certificates cert-manager.io_clusterissuers \
+		cert-manager.io_issuers acme.cert-manager.io_challenges acme.cert-manager.io_orders; do
+		cp "$dir/deploy/crds/$f.yaml" "$OUT/cert-manager-crds/"
+	done
+}
+
 build_all() {
 	command -v go >/dev/null || { log "go is not installed: the control plane is built from Go modules"; exit 1; }
 	local k8s_dir="$cache/tools/kubernetes-$K8S_VERSION-$(modhash "$tools_src/k8s")"
@@ -200,6 +242,8 @@ build_all() {
 	local promop_dir="$cache/tools/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
 	local router_dir="$cache/tools/kube-router-$KUBE_ROUTER_VERSION"
 	local coredns_dir="$cache/tools/coredns-$COREDNS_VERSION"
+	local certmgr_dir="$cache/tools/cert-manager-$CERT_MANAGER_VERSION-$(srchash "$tools_src/cert-manager")"
+	local certmgr_crds_dir="$cache/tools/cert-manager-crds-$CERT_MANAGER_VERSION-$(modhash "$tools_src/cert-manager")"
 	build_into "$etcd_dir" build_etcd
 	build_into "$kwok_dir" build_kwok
 	build_into "$helm_dir" build_helm
@@ -210,17 +254,19 @@ build_all() {
 	build_into "$lua_dir" build_argocd_health
 	build_into "$prom_dir" build_prometheus
 	build_into "$promop_dir" fetch_prometheus_operator_crds
+	build_into "$certmgr_dir" build_cert_manager
+	build_into "$certmgr_crds_dir" fetch_cert_manager_crds
 	build_into "$k8s_dir" build_k8s
 	build_into "$router_dir" build_kube_router
 	build_into "$coredns_dir" build_coredns
 	# One directory of symlinks per combination of versions, so two clones pinned to different
 	# versions on one machine never see each other's binaries.
-	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir" "$kstatus_dir" "$lua_dir" "$prom_dir" "$promop_dir" | sha256sum | cut -c1-12)
+	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir" "$kstatus_dir" "$lua_dir" "$prom_dir" "$promop_dir" "$certmgr_dir" "$certmgr_crds_dir" | sha256sum | cut -c1-12)
 	local bin="$cache/bin/$key"
 	if [ ! -d "$bin" ]; then
 		mkdir -p "$bin.tmp.$$"
 		local d f
-		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir" "$kstatus_dir" "$lua_dir" "$prom_dir" "$promop_dir"; do
+		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir" "$kstatus_dir" "$lua_dir" "$prom_dir" "$promop_dir" "$certmgr_dir" "$certmgr_crds_dir"; do
 			for f in "$d"/*; do ln -sf "$f" "$bin.tmp.$$/$(basename "$f")"; done
 		done
 		mv "$bin.tmp.$$" "$bin" 2>/dev/null || rm -rf "$bin.tmp.$$"
@@ -231,8 +277,8 @@ build_all() {
 case "${1:-build}" in
 build | bindir) build_all ;;
 versions)
-	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\nzitadel-oidc %s\nh2spec %s\nkube-router %s\ncoredns %s\ncli-utils %s\ngopher-lua %s\nprometheus %s\nprometheus-operator %s\n' \
+	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\nzitadel-oidc %s\nh2spec %s\nkube-router %s\ncoredns %s\ncli-utils %s\ngopher-lua %s\nprometheus %s\nprometheus-operator %s\ncert-manager %s\n' \
 		"$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$WIREGUARD_GO_VERSION" "$ZITADEL_OIDC_VERSION" \
-		"$H2SPEC_VERSION" "$KUBE_ROUTER_VERSION" "$COREDNS_VERSION" "$CLI_UTILS_VERSION" "$GOPHER_LUA_VERSION" "$PROMETHEUS_VERSION" "$PROMETHEUS_OPERATOR_VERSION" ;;
+		"$H2SPEC_VERSION" "$KUBE_ROUTER_VERSION" "$COREDNS_VERSION" "$CLI_UTILS_VERSION" "$GOPHER_LUA_VERSION" "$PROMETHEUS_VERSION" "$PROMETHEUS_OPERATOR_VERSION" "$CERT_MANAGER_VERSION" ;;
 *) echo "usage: $0 [build|bindir|versions]" >&2; exit 2 ;;
 esac

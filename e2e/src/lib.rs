@@ -4,6 +4,8 @@
 //! - [`controlplane`]: starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
 //!   kwok as child processes (used by the `rustronaut-cluster` binary), and with a real node
 //!   ([`node`]) containerd, the kubelet, kube-proxy and kube-router.
+//! - [`certmanager`]: cert-manager's real controllers (built from its Go module) and CRDs, for
+//!   tests of what cert-manager issues.
 //! - [`image`]: the project's container images, built without a registry or container engine
 //!   (the `rustronaut-image` binary).
 //! - [`shared`] / [`client`]: what a test uses. The first call in a test binary starts one
@@ -15,6 +17,7 @@
 //!
 //! Tests share a cluster, so each works in namespaces of its own ([`namespace`]).
 
+pub mod certmanager;
 pub mod controlplane;
 pub mod image;
 pub mod node;
