@@ -222,8 +222,8 @@ pub struct BuildOutcome {
     pub problems: Vec<Problem>,
     /// Listener name -> number of Resources attached to it.
     pub attached: BTreeMap<String, usize>,
-    /// Listener name -> why it was left out while cert-manager issues its certificate
-    /// (`tls.issuerRef`, the Secret not there yet).
+    /// Listener name -> why it cannot complete TLS handshakes yet: cert-manager has not
+    /// issued its certificate (`tls.issuerRef`, the Secret not there yet).
     pub pending: BTreeMap<String, String>,
 }
 
@@ -400,27 +400,24 @@ pub fn gateway_snapshot(
             trusted_peer_cidrs: c.trusted_peer_cidrs.clone(),
         };
     }
-    // A listener whose certificate cert-manager has yet to issue is left out (the others
-    // serve); any other certificate problem fails the build (the last good snapshot stays).
+    // A listener whose certificate cert-manager has yet to issue is bound without it
+    // (`certificatesPending`; its handshakes fail until a later snapshot brings it, with no
+    // restart); any other certificate problem fails the build (the last good snapshot stays).
     let mut pending = BTreeMap::new();
     for l in &gateway.spec.listeners {
-        match b.listener(l) {
-            Ok(built) => snapshot.listeners.push(built),
-            Err(BuildError::CertificateNotFound { listener, secret })
-                if issued_into(l, &secret) =>
-            {
-                let message = format!(
-                    "waiting for cert-manager to issue its certificate into Secret {secret} (kubectl describe certificate -n {} {})",
-                    secret.namespace, secret.name
-                );
-                b.gateway_problem(
-                    reasons::CERTIFICATE_PENDING,
-                    format!("listener {listener} left out: {message}"),
-                );
-                pending.insert(listener, message);
-            }
-            Err(e) => return Err(e),
+        let (built, waiting) = b.listener(l)?;
+        if let Some(secret) = waiting {
+            let message = format!(
+                "waiting for cert-manager to issue its certificate into Secret {secret} (kubectl describe certificate -n {} {})",
+                secret.namespace, secret.name
+            );
+            b.gateway_problem(
+                reasons::CERTIFICATE_PENDING,
+                format!("listener {}: {message}", l.name),
+            );
+            pending.insert(l.name.clone(), message);
         }
+        snapshot.listeners.push(built);
     }
     let admitted = admitted_tenants(world, gateway, &b.claims);
     if gateway.spec.tenants.from == g::TenantsFrom::Same && admitted.is_empty() {
@@ -572,7 +569,9 @@ impl Builder<'_> {
         self.problem("Gateway", gw, reason, message, Impact::Degraded);
     }
 
-    fn listener(&self, l: &g::Listener) -> Result<cs::Listener, BuildError> {
+    /// The listener, and the Secret cert-manager has yet to issue its certificate into, if
+    /// that is why one is missing.
+    fn listener(&self, l: &g::Listener) -> Result<(cs::Listener, Option<ObjectRef>), BuildError> {
         let port = u16::try_from(l.port)
             .ok()
             .filter(|p| *p > 0)
@@ -580,18 +579,23 @@ impl Builder<'_> {
                 listener: l.name.clone(),
                 message: format!("port {} is not 1-65535", l.port),
             })?;
+        let mut waiting = None;
         let tls = match &l.tls {
             None => None,
             Some(tls) => {
                 let mut certificates = Vec::new();
                 for r in &tls.certificate_refs {
                     let secret = ObjectRef::new(&self.gw.namespace, &r.name);
-                    let pair = self.inputs.tls.get(&secret).ok_or_else(|| {
-                        BuildError::CertificateNotFound {
-                            listener: l.name.clone(),
-                            secret: secret.clone(),
+                    let Some(pair) = self.inputs.tls.get(&secret) else {
+                        if issued_into(l, &secret) {
+                            waiting = Some(secret);
+                            continue;
                         }
-                    })?;
+                        return Err(BuildError::CertificateNotFound {
+                            listener: l.name.clone(),
+                            secret,
+                        });
+                    };
                     let invalid = |message: String| BuildError::InvalidCertificate {
                         listener: l.name.clone(),
                         secret: secret.clone(),
@@ -623,10 +627,11 @@ impl Builder<'_> {
                         g::TlsVersion::V1_2 => cs::TlsVersion::V1_2,
                         g::TlsVersion::V1_3 => cs::TlsVersion::V1_3,
                     },
+                    certificates_pending: waiting.is_some(),
                 })
             }
         };
-        Ok(cs::Listener {
+        let listener = cs::Listener {
             name: l.name.clone(),
             port,
             protocol: listener_protocol(l.protocol),
@@ -634,7 +639,8 @@ impl Builder<'_> {
             tls,
             // Filled by `client_certificates` once the tenants (and their CAs) are known.
             client_certificate: None,
-        })
+        };
+        Ok((listener, waiting))
     }
 
     /// The listeners `res` attaches to through `refs`, or why it cannot attach.
@@ -1609,11 +1615,11 @@ mod tests {
         assert!(err.to_string().contains("no PEM private key"), "{err}");
     }
 
-    /// With `tls.issuerRef`, a Secret cert-manager has not issued yet leaves only that
-    /// listener out (the others serve); once issued it is served; any other missing Secret
-    /// of the same listener still fails the build.
+    /// With `tls.issuerRef`, a Secret cert-manager has not issued yet does not fail the build:
+    /// the listener is there, marked `certificatesPending`, and reported; once issued it is
+    /// served; any other missing Secret of the same listener still fails the build.
     #[test]
-    fn a_listener_waiting_for_cert_manager_is_left_out_alone() {
+    fn a_listener_waiting_for_cert_manager_is_bound_and_reported() {
         let world = examples();
         let mut gw = gateway(&world, "edge").clone();
         let https = gw
@@ -1632,7 +1638,18 @@ mod tests {
         inputs.tls.clear();
         let out = gateway_snapshot(&world, &gw, &inputs).unwrap();
         assert_eq!(out.snapshot.validate(), Ok(()));
-        assert!(out.snapshot.listeners.iter().all(|l| l.name != "https"));
+        // Bound without a certificate (a later snapshot brings it, no restart needed).
+        let https = |out: &BuildOutcome| {
+            let l = out
+                .snapshot
+                .listeners
+                .iter()
+                .find(|l| l.name == "https")
+                .unwrap();
+            let tls = l.tls.clone().unwrap();
+            (tls.certificates.len(), tls.certificates_pending)
+        };
+        assert_eq!(https(&out), (0, true));
         assert!(out.snapshot.listeners.iter().any(|l| l.name == "postgres"));
         assert_eq!(
             out.pending.get("https").map(String::as_str),
@@ -1653,7 +1670,7 @@ mod tests {
         );
         let out = gateway_snapshot(&world, &gw, &inputs).unwrap();
         assert!(out.pending.is_empty());
-        assert!(out.snapshot.listeners.iter().any(|l| l.name == "https"));
+        assert_eq!(https(&out), (1, false));
 
         let https = gw
             .spec

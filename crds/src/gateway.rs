@@ -210,9 +210,10 @@ pub struct ListenerTls {
     pub certificate_refs: Vec<SecretRef>,
     /// Have cert-manager issue and renew the listener's certificate: the operator creates a
     /// cert-manager `Certificate` named after `certificateRefs[0]`, for the listener's
-    /// hostname, into that Secret. Until it is issued the listener is left out of the
-    /// configuration (its `ResolvedRefs` condition says `CertificatePending`); a renewal
-    /// reaches the running gateways without a restart. Needs cert-manager installed.
+    /// hostname, into that Secret. Until it is issued the listener's TLS handshakes fail (its
+    /// `ResolvedRefs` condition says `CertificatePending`) while the other listeners serve;
+    /// the certificate and every renewal reach the running gateways without a restart.
+    /// Needs cert-manager installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_ref: Option<IssuerRef>,
     /// Lowest TLS version. Default: 1.2.

@@ -288,6 +288,13 @@ pub struct ListenerTls {
     /// Lowest TLS version. Default: 1.2.
     #[serde(default)]
     pub min_version: TlsVersion,
+    /// A certificate of this listener is still being issued (cert-manager, `tls.issuerRef`):
+    /// the listener is bound anyway, so the certificate is served by a later snapshot
+    /// without a restart (listeners are bound once), and handshakes no certificate covers
+    /// fail until then. Only then may `certificates` be empty. Written only when true, so
+    /// snapshots without a pending certificate read as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub certificates_pending: bool,
 }
 
 /// One certificate with its key, copied from a kubernetes.io/tls Secret by the operator.

@@ -360,7 +360,7 @@ fn listeners(s: &Snapshot, e: &mut Errors) {
                 e.push(format!("{p}.tls"), ValidationErrorKind::MissingTls)
             }
             (Some(tls), ListenerProtocol::Https | ListenerProtocol::Tcp) => {
-                if tls.certificates.is_empty() {
+                if tls.certificates.is_empty() && !tls.certificates_pending {
                     e.push(
                         format!("{p}.tls.certificates"),
                         ValidationErrorKind::MissingTls,

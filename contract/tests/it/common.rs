@@ -198,6 +198,7 @@ pub fn listeners() -> Vec<Listener> {
                     ),
                 }],
                 min_version: TlsVersion::V1_2,
+                certificates_pending: false,
             }),
             client_certificate: Some(ClientCertificateConfig {
                 mode: ClientCertificateMode::Optional,

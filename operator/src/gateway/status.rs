@@ -189,7 +189,7 @@ fn listener_status(o: &Observed<'_>, name: &str, programmed: bool) -> ListenerSt
             types::PROGRAMMED,
             false,
             reasons::CERTIFICATE_PENDING,
-            format!("left out of the served snapshot: {why}"),
+            format!("bound, but no TLS handshake succeeds yet: {why}"),
         )
     } else if programmed {
         condition_in(
