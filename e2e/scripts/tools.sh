@@ -11,6 +11,7 @@
 #   prometheus-operator's ServiceMonitor, PodMonitor, PrometheusRule CRDs (YAML from its Go module)
 #   cert-manager-controller (cert-manager's own controllers, CA issuer)  (e2e/tools/cert-manager wrapper module)
 #   and cert-manager's six CRDs                                        (YAML from its Go module)
+#   grafana-schema (dashboards against Grafana's own schema types)      (e2e/tools/grafana-schema wrapper module)
 #
 # Every tool lands in its own directory under the cache, keyed by its version and by the hash of
 # the wrapper module's go.mod/go.sum, and is rebuilt only when that directory is absent. The cache
@@ -58,6 +59,11 @@ PROMETHEUS_OPERATOR_VERSION=v0.85.0
 # upstream's cmd/controller is a separate module the proxy does not serve, and its CRDs
 # (deploy/crds, plain YAML). v1.21.2 is the newest version the Go module proxy serves.
 CERT_MANAGER_VERSION=v1.21.2
+# Grafana's Foundation SDK: the schema types of Grafana dashboards and panel plugins, which
+# e2e/tools/grafana-schema decodes the chart's dashboards with, strictly. Grafana's
+# dashboard-linter is not served by the Go module proxy (no version listed, v0.1.1 refused),
+# so its rules are checked by e2e/tests/observability.rs and this adds the schema.
+GRAFANA_FOUNDATION_SDK_VERSION=v0.0.22
 # NetworkPolicy enforcer of the real node (only its firewall runs; e2e/src/node.rs).
 KUBE_ROUTER_VERSION=v2.1.0
 # Cluster DNS of the real node (a host process on the node address; e2e/src/node.rs), so pods
@@ -227,6 +233,16 @@ fetch_cert_manager_crds() {
 	done
 }
 
+build_grafana_schema() {
+	local v
+	v=$(cd "$tools_src/grafana-schema" && go list -m -f '{{.Version}}' github.com/grafana/grafana-foundation-sdk/go)
+	[ "$v" = "$GRAFANA_FOUNDATION_SDK_VERSION" ] || {
+		log "e2e/tools/grafana-schema/go.mod requires grafana-foundation-sdk $v, GRAFANA_FOUNDATION_SDK_VERSION is $GRAFANA_FOUNDATION_SDK_VERSION"
+		return 1
+	}
+	(cd "$tools_src/grafana-schema" && go build -trimpath -ldflags "-s -w" -o "$OUT/grafana-schema" .)
+}
+
 build_all() {
 	command -v go >/dev/null || { log "go is not installed: the control plane is built from Go modules"; exit 1; }
 	local k8s_dir="$cache/tools/kubernetes-$K8S_VERSION-$(modhash "$tools_src/k8s")"
@@ -244,6 +260,7 @@ build_all() {
 	local coredns_dir="$cache/tools/coredns-$COREDNS_VERSION"
 	local certmgr_dir="$cache/tools/cert-manager-$CERT_MANAGER_VERSION-$(srchash "$tools_src/cert-manager")"
 	local certmgr_crds_dir="$cache/tools/cert-manager-crds-$CERT_MANAGER_VERSION-$(modhash "$tools_src/cert-manager")"
+	local grafana_dir="$cache/tools/grafana-schema-$GRAFANA_FOUNDATION_SDK_VERSION-$(srchash "$tools_src/grafana-schema")"
 	build_into "$etcd_dir" build_etcd
 	build_into "$kwok_dir" build_kwok
 	build_into "$helm_dir" build_helm
@@ -256,17 +273,18 @@ build_all() {
 	build_into "$promop_dir" fetch_prometheus_operator_crds
 	build_into "$certmgr_dir" build_cert_manager
 	build_into "$certmgr_crds_dir" fetch_cert_manager_crds
+	build_into "$grafana_dir" build_grafana_schema
 	build_into "$k8s_dir" build_k8s
 	build_into "$router_dir" build_kube_router
 	build_into "$coredns_dir" build_coredns
 	# One directory of symlinks per combination of versions, so two clones pinned to different
 	# versions on one machine never see each other's binaries.
-	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir" "$kstatus_dir" "$lua_dir" "$prom_dir" "$promop_dir" "$certmgr_dir" "$certmgr_crds_dir" | sha256sum | cut -c1-12)
+	local key; key=$(printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir" "$kstatus_dir" "$lua_dir" "$prom_dir" "$promop_dir" "$certmgr_dir" "$certmgr_crds_dir" "$grafana_dir" | sha256sum | cut -c1-12)
 	local bin="$cache/bin/$key"
 	if [ ! -d "$bin" ]; then
 		mkdir -p "$bin.tmp.$$"
 		local d f
-		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir" "$kstatus_dir" "$lua_dir" "$prom_dir" "$promop_dir" "$certmgr_dir" "$certmgr_crds_dir"; do
+		for d in "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$wg_dir" "$oidc_dir" "$h2spec_dir" "$router_dir" "$coredns_dir" "$kstatus_dir" "$lua_dir" "$prom_dir" "$promop_dir" "$certmgr_dir" "$certmgr_crds_dir" "$grafana_dir"; do
 			for f in "$d"/*; do ln -sf "$f" "$bin.tmp.$$/$(basename "$f")"; done
 		done
 		mv "$bin.tmp.$$" "$bin" 2>/dev/null || rm -rf "$bin.tmp.$$"
@@ -277,8 +295,8 @@ build_all() {
 case "${1:-build}" in
 build | bindir) build_all ;;
 versions)
-	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\nzitadel-oidc %s\nh2spec %s\nkube-router %s\ncoredns %s\ncli-utils %s\ngopher-lua %s\nprometheus %s\nprometheus-operator %s\ncert-manager %s\n' \
+	printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nwireguard-go %s\nzitadel-oidc %s\nh2spec %s\nkube-router %s\ncoredns %s\ncli-utils %s\ngopher-lua %s\nprometheus %s\nprometheus-operator %s\ncert-manager %s\ngrafana-foundation-sdk %s\n' \
 		"$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$WIREGUARD_GO_VERSION" "$ZITADEL_OIDC_VERSION" \
-		"$H2SPEC_VERSION" "$KUBE_ROUTER_VERSION" "$COREDNS_VERSION" "$CLI_UTILS_VERSION" "$GOPHER_LUA_VERSION" "$PROMETHEUS_VERSION" "$PROMETHEUS_OPERATOR_VERSION" "$CERT_MANAGER_VERSION" ;;
+		"$H2SPEC_VERSION" "$KUBE_ROUTER_VERSION" "$COREDNS_VERSION" "$CLI_UTILS_VERSION" "$GOPHER_LUA_VERSION" "$PROMETHEUS_VERSION" "$PROMETHEUS_OPERATOR_VERSION" "$CERT_MANAGER_VERSION" "$GRAFANA_FOUNDATION_SDK_VERSION" ;;
 *) echo "usage: $0 [build|bindir|versions]" >&2; exit 2 ;;
 esac

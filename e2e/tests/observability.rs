@@ -9,7 +9,8 @@
 //! - every dashboard query and alert expression parses with the PromQL parser of the same
 //!   Prometheus version (the `promql-check` wrapper in e2e/tools/prometheus) and names only
 //!   metrics the project exports, as listed in docs/observability.md; the dashboards have what
-//!   Grafana needs;
+//!   Grafana needs, and match Grafana's own schema types (grafana-foundation-sdk, decoded
+//!   strictly by the `grafana-schema` wrapper in e2e/tools/grafana-schema);
 //! - the operator's metrics are the documented ones, with bounded labels (the gateway's and the
 //!   tunnel's are checked the same way by unit tests in their crates).
 //!
@@ -421,6 +422,59 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     );
     let problems = query_problems(&promql_check(&bin, &[], &exprs), &exported_series());
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The dashboards against Grafana's own schema types (e2e/tools/grafana-schema, the
+/// grafana-foundation-sdk decoding strictly: unknown or mistyped fields, missing required
+/// ones, panel options and field config not of the panel plugin's schema). A copy with one
+/// misspelled panel field is refused, so the check can fail.
+#[test]
+fn dashboards_match_grafanas_schema() {
+    let bin = tools().join("grafana-schema");
+    let dir = chart().join("files/dashboards");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "gateway, operator, tunnel");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bad: Value =
+        serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+    let panel = bad["panels"][1].as_object_mut().expect("a panel");
+    let title = panel.remove("title").expect("a title");
+    panel.insert("titel".into(), title);
+    let bad_file = tmp.path().join("misspelled.json");
+    std::fs::write(&bad_file, bad.to_string()).unwrap();
+
+    let out = Command::new(&bin)
+        .args(&files)
+        .arg(&bad_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grafana-schema: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), files.len() + 1, "{results:?}");
+    for r in &results[..files.len()] {
+        assert_eq!(r["errors"], serde_json::json!([]), "{}", r["file"]);
+    }
+    let refused = results[files.len()]["errors"].as_array().unwrap();
+    assert!(
+        refused.iter().any(|e| e
+            .as_str()
+            .unwrap_or_default()
+            .contains("unexpected field 'titel'")),
+        "the misspelled field passed: {refused:?}"
+    );
 }
 
 #[test]
