@@ -117,7 +117,7 @@ impl CertManager {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        die_with_parent(&mut cmd);
+        crate::controlplane::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
@@ -186,23 +186,5 @@ impl Drop for CertManager {
         // Already reaped by `stop`: both calls then fail harmlessly.
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Makes the kernel SIGKILL the controller when the thread that started it dies, so it does not
-/// outlive a test binary killed without running destructors (as `controlplane` does for the
-/// cluster's components). The guard is dropped on the same test thread in the normal case.
-#[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
-    // is async-signal-safe; it allocates nothing and touches no locks.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }

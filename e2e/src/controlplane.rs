@@ -746,8 +746,9 @@ impl Drop for ControlPlane {
 
 /// Makes the kernel SIGKILL the child when the thread that spawned it dies, so that no
 /// component outlives a supervisor that was itself killed without a chance to clean up.
+/// Also used for the cert-manager controller ([`crate::certmanager`]).
 #[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
     // is async-signal-safe; it allocates nothing and touches no locks.

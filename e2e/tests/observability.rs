@@ -424,6 +424,18 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The chart's dashboard files, sorted: gateway, operator, tunnel.
+fn dashboard_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart().join("files/dashboards"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "gateway, operator, tunnel");
+    files
+}
+
 /// The dashboards against Grafana's own schema types (e2e/tools/grafana-schema, the
 /// grafana-foundation-sdk decoding strictly: unknown or mistyped fields, missing required
 /// ones, panel options and field config not of the panel plugin's schema). A copy with one
@@ -431,14 +443,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
 #[test]
 fn dashboards_match_grafanas_schema() {
     let bin = tools().join("grafana-schema");
-    let dir = chart().join("files/dashboards");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), 3, "gateway, operator, tunnel");
+    let files = dashboard_files();
     let tmp = tempfile::tempdir().unwrap();
     let mut bad: Value =
         serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
@@ -480,14 +485,7 @@ fn dashboards_match_grafanas_schema() {
 #[test]
 fn dashboards_parse_and_name_only_exported_metrics() {
     let bin = tools();
-    let dir = chart().join("files/dashboards");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), 3, "gateway, operator, tunnel");
+    let files = dashboard_files();
 
     // What Grafana needs: a stable uid, a title, a schemaVersion, the datasource variable,
     // and every panel and query on `${datasource}` (so an import asks for the data source).
