@@ -429,11 +429,15 @@ async fn gateway_lifecycle() {
         .await;
     }
     // At least: the same counter also counts statuses written for the Deployment's
-    // readiness, which kwok may still be moving.
-    assert!(
-        controllers.metrics.status_from_reports.get() >= from_reports_before + 2,
-        "both statuses written from the reports"
-    );
+    // readiness, which kwok may still be moving. Waited for, not read once: the operator
+    // counts a write after the apiserver answered it, so the GET above can see the status
+    // a moment before the counter moves (a CI run read it in that moment).
+    let from_reports = controllers.metrics.status_from_reports.clone();
+    eventually("both statuses written from the reports", || {
+        let count = from_reports.get();
+        async move { (count >= from_reports_before + 2).then_some(()) }
+    })
+    .await;
     assert_eq!(
         gateway_reconciles(),
         reconciles_before,
