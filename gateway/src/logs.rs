@@ -5,13 +5,12 @@
 //! the gateway 15-45 % of its small-request throughput. Two costs, two changes:
 //!
 //! - **The write**: one `write(2)` on stdout per line, made by the worker thread that served
-//!   the request. Now lines go through a bounded queue to the `rustronaut-log` thread
-//!   (`tracing-appender`'s non-blocking writer), which writes whatever has queued up in one
-//!   buffered write. Nothing is shed: when the queue is full (stdout slower than the
-//!   requests, for [`QUEUE_LINES`] lines, [`QUEUE_LINES_ONE_THREAD`] with one worker
-//!   thread), the request thread waits for room, as it waited for the write before, so the
-//!   audit trail stays complete. A process that stops normally flushes the queue
-//!   ([`Guard`], held by `main`).
+//!   the request. Now request threads append lines to a buffer that the `rustronaut-log`
+//!   thread writes in batches ([`writer`]: why a shared buffer and not a channel, how long a
+//!   line waits). Nothing is shed: past [`QUEUE_BYTES`] pending ([`QUEUE_BYTES_ONE_THREAD`]
+//!   with one worker thread), the request thread waits for room, as it waited for the write
+//!   before, so the audit trail stays complete. A process that stops normally writes what is
+//!   pending ([`Guard`], held by `main`).
 //! - **The formatting**: tracing-subscriber's JSON formatter gathers an event's fields into
 //!   a map of `serde_json::Value`s before writing them, an allocation or two per field (16
 //!   fields on a decision line). [`JsonLines`] writes the same line straight into the
@@ -27,46 +26,41 @@ use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Lines the queue to the log thread holds before request threads wait for it.
-pub const QUEUE_LINES: usize = 128 * 1024;
+pub mod writer;
+
+/// Bytes of lines pending for the log thread before request threads wait for it: about
+/// 16,000 decision lines, half a second of a busy gateway's lines, for stdout to stall.
+pub const QUEUE_BYTES: usize = 8 << 20;
 
 /// The same for a gateway with one worker thread (`--threads 1`, as the webhook injects the
-/// sidecar): 4,096 lines, four seconds of a sidecar's decision lines at 1,000 req/s.
+/// sidecar): 1 MiB, about two seconds of a sidecar's decision lines at 1,000 req/s.
 ///
-/// Why: the queue (a `crossbeam` array channel) allocates and writes every slot when it is
-/// created, 32 bytes a line, so [`QUEUE_LINES`] alone was 4 MiB of the sidecar's resident
-/// memory from its first instant (4,104 KiB of anonymous memory out of 6,028; measured in
-/// docs/benchmarks.md), for bursts a sidecar does not see. A full queue sheds nothing (the
-/// request thread waits, as it waited for its own write before the log thread), so the
-/// size only sets how long stdout may stall before requests wait. Gateways with more
-/// threads keep [`QUEUE_LINES`].
-pub const QUEUE_LINES_ONE_THREAD: usize = 4 * 1024;
+/// Why smaller: a sidecar's memory counts once per pod. Pending lines are the only memory
+/// the log holds (nothing is allocated up front, [`writer`]), so this bounds what a stalled
+/// stdout can cost; a full buffer sheds nothing, it only makes requests wait.
+pub const QUEUE_BYTES_ONE_THREAD: usize = 1 << 20;
 
-/// The queue's size for a gateway with `threads` worker threads per listener.
-pub fn queue_lines(threads: usize) -> usize {
+/// The pending-bytes limit for a gateway with `threads` worker threads per listener.
+pub fn queue_bytes(threads: usize) -> usize {
     if threads <= 1 {
-        QUEUE_LINES_ONE_THREAD
+        QUEUE_BYTES_ONE_THREAD
     } else {
-        QUEUE_LINES
+        QUEUE_BYTES
     }
 }
 
-/// Keeps the log thread alive; dropping it flushes what is queued. Hold it until `main`
+/// Keeps the log thread alive; dropping it writes what is pending. Hold it until `main`
 /// returns.
-pub type Guard = tracing_appender::non_blocking::WorkerGuard;
+pub type Guard = writer::Guard;
 
 /// Installs the JSON log on stdout for the process, filtered by `RUST_LOG` (default `info`),
-/// its queue holding `queue_lines` lines (see [`queue_lines`]).
-pub fn init(queue_lines: usize) -> Guard {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(queue_lines.max(1))
-        .thread_name("rustronaut-log")
-        // Stdout is line-buffered: through a BufWriter, a batch of lines is one write.
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ));
+/// request threads waiting past `queue_bytes` pending (see [`queue_bytes`]).
+///
+/// # Errors
+/// The log thread could not be started.
+pub fn init(queue_bytes: usize) -> std::io::Result<Guard> {
+    // Stdout locked once by the log thread: each batch is one write of whole lines.
+    let (writer, guard) = writer::spawn(std::io::stdout(), queue_bytes, "rustronaut-log")?;
     tracing_subscriber::fmt()
         .event_format(JsonLines)
         .with_writer(writer)
@@ -75,7 +69,7 @@ pub fn init(queue_lines: usize) -> Guard {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    guard
+    Ok(guard)
 }
 
 /// Formats an event as one JSON object (see the module docs).

@@ -198,8 +198,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     #[cfg(feature = "count-allocs")]
     rustronaut_alloc_count::report_from_env();
-    // Held to the end of main: dropping it flushes the log's queue.
-    let _log = rustronaut_gateway::logs::init(rustronaut_gateway::logs::queue_lines(args.threads));
+    // Held to the end of main: dropping it writes the lines still pending.
+    let _log = rustronaut_gateway::logs::init(rustronaut_gateway::logs::queue_bytes(args.threads))
+        .context("starting the log thread")?;
     // One crypto provider for the whole process (ring), installed before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
