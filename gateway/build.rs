@@ -34,7 +34,14 @@ fn main() {
         && var("CARGO_CFG_TARGET_ENV") == "gnu"
         && var("RUSTRONAUT_SYMBOL_ORDER") != "0";
     if wanted {
-        let path = format!("{}/{order}", var("CARGO_MANIFEST_DIR"));
+        // The linker reads a copy in OUT_DIR, not the checkout's file: cargo reuses a build
+        // script's output across checkouts that share a target directory (a CI clone, a
+        // worktree for an A/B benchmark), and a path into a removed checkout failed the link.
+        let from = format!("{}/{order}", var("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/symbol-order.txt", var("OUT_DIR"));
+        if let Err(e) = std::fs::copy(&from, &path) {
+            panic!("copying {from} to {path}: {e}");
+        }
         println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={path}");
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
         // Relative relocations packed (DT_RELR, glibc 2.36: Debian 12, the images' base):
