@@ -265,6 +265,12 @@ fn request_host_and_target(req: &RequestHeader) -> (Option<String>, String) {
 fn oidc_path(req: &RequestHeader) -> Option<bool> {
     use crate::oidc::{CALLBACK_PATH, LOGOUT_PATH};
     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // Normalising changes letters only by percent-decoding them, so a target that neither
+    // spells `rustronaut` nor holds a `%` cannot be one of these paths: most requests skip
+    // a normalisation (and its allocations) that the pipeline makes anyway.
+    if !target.contains("rustronaut") && !target.contains('%') {
+        return None;
+    }
     if !req.raw_path_is_utf8() || pipeline::ambiguous_path(target).is_some() {
         return None;
     }
@@ -906,5 +912,36 @@ impl ProxyHttp for GatewayProxy {
                 status,
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oidc(target: &str) -> Option<bool> {
+        oidc_path(&RequestHeader::build("GET", target.as_bytes(), None).unwrap())
+    }
+
+    /// The shortcut for targets that cannot be the login paths keeps every spelling that
+    /// normalises to one of them.
+    #[test]
+    fn login_paths_are_found_in_every_spelling_and_nothing_else_is() {
+        for (target, want) in [
+            ("/.rustronaut/oidc/callback?code=x&state=y", Some(true)),
+            ("/.rustronaut/oidc/logout", Some(false)),
+            ("/a/../.rustronaut/oidc/callback", Some(true)),
+            ("//.rustronaut//oidc/./callback", Some(true)),
+            ("/.%72ustronaut/oidc/callback", Some(true)),
+            ("/%2Erustronaut/oidc/logout", Some(false)),
+            ("/.rustronaut/oidc/%63allback", Some(true)),
+            ("/.rustronaut/oidc/callbackx", None),
+            ("/small", None),
+            ("/", None),
+            ("/app/rustronaut", None),
+            ("/100%25", None),
+        ] {
+            assert_eq!(oidc(target), want, "{target}");
+        }
     }
 }
