@@ -137,13 +137,46 @@ impl Runtime {
             ))
         };
         let sidecars = tokio::spawn(self.sidecar.run(shutdown.clone()));
-        gateway::run(self.context, self.triggers, self.targets, shutdown).await;
-        let _ = status.await;
-        let _ = tenants.await;
-        let _ = sidecars.await;
+        let (status_abort, tenants_abort, sidecars_abort) = (
+            status.abort_handle(),
+            tenants.abort_handle(),
+            sidecars.abort_handle(),
+        );
+        let asked = shutdown.clone();
+        let work = async move {
+            gateway::run(self.context, self.triggers, self.targets, shutdown).await;
+            let _ = status.await;
+            let _ = tenants.await;
+            let _ = sidecars.await;
+        };
+        let grace = async move {
+            asked.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            () = work => {}
+            () = grace => {
+                tracing::warn!(
+                    grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                    "reconciles still running after the shutdown grace period; stopping without them"
+                );
+                status_abort.abort();
+                tenants_abort.abort();
+                sidecars_abort.abort();
+            }
+        }
         readiness.abort();
         for d in drivers {
             d.abort();
         }
     }
 }
+
+/// How long [`Runtime::run`] lets in-flight reconciles finish after shutdown was asked for
+/// before it returns without them (as controller-runtime's `gracefulShutdownTimeout` does).
+///
+/// Why bounded: kube's graceful shutdown waits for every running reconcile, and one stuck on
+/// an API call would hold the process until the kubelet kills it; an interrupted reconcile
+/// is safe, since the next leader (or this one, restarted) reconciles everything from the
+/// API's state. 20 s leaves the rest of a pod's default 30 s termination grace period.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
