@@ -353,6 +353,7 @@ impl Caches {
             tx: targets_tx,
             tenants: tenants.clone(),
             gateways: gateways.clone(),
+            memo: Default::default(),
         });
         let others = || vec![st.clone(), tn.clone(), sc.clone()];
         let (resources, s2) = reflect(
@@ -529,6 +530,9 @@ struct Index {
     tx: mpsc::UnboundedSender<ObjectRef<Gateway>>,
     tenants: Store<Tenant>,
     gateways: Store<Gateway>,
+    /// Shared by every watch that asks: the answers stay good until a Tenant or Gateway
+    /// changes.
+    memo: Arc<std::sync::Mutex<affected::Memo>>,
 }
 
 impl Index {
@@ -536,9 +540,9 @@ impl Index {
     /// None, or no Tenant holds it).
     fn affected(&self, ns: Option<&str>) -> Option<Vec<ObjectRef<Gateway>>> {
         let ns = ns?;
-        let gateways = self.gateways.state();
-        let tenants: Vec<Tenant> = self.tenants.state().iter().map(|t| (**t).clone()).collect();
-        match affected::by_namespace(ns, &tenants, gateways.iter().map(|g| &**g)) {
+        let (tenants, gateways) = (self.tenants.state(), self.gateways.state());
+        let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        match memo.by_namespace(ns, &tenants, &gateways) {
             affected::Affected::All => None,
             affected::Affected::These(list) => Some(list),
         }
