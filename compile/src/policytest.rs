@@ -17,7 +17,7 @@ use rustronaut_contract::identity::{
 use rustronaut_contract::policy::{CompiledPolicy, PolicySet};
 use rustronaut_contract::snapshot::{CompiledResource, ResourceProtocol, Tenant};
 use rustronaut_crds::policy::{PolicyAction, PolicyTest, TestIdentity, TestRequest};
-use rustronaut_crds::tenancy::{Target, policy_targets};
+use rustronaut_crds::tenancy::{ResourceIndex, Target, policy_targets};
 use std::net::IpAddr;
 use std::time::SystemTime;
 
@@ -68,14 +68,14 @@ pub fn compile(world: &World) -> Compiled {
         .collect();
     let mut policies = Vec::new();
     let mut missing_targets = Vec::new();
+    let index = ResourceIndex::new(&world.resources);
     for p in &world.policies {
         let Some(ns) = p.namespace() else { continue };
         let Some(tenant) = claims.tenant_of(&ns) else {
             continue;
         };
         let admin_ns = world.tenant(tenant).and_then(|t| t.spec.admin_namespace());
-        let (targets, missing) =
-            policy_targets(p, &world.resources, &claims, admin_ns, &world.namespaces);
+        let (targets, missing) = policy_targets(p, &index, &claims, admin_ns, &world.namespaces);
         if !missing.is_empty() {
             missing_targets.push((format!("{ns}/{}", p.name_any()), missing));
         }
@@ -159,8 +159,10 @@ fn describe(d: &Decision) -> String {
 /// Runs every test of every Policy of the world, in namespace/name order.
 pub fn run_all(world: &World, compiled: &Compiled) -> Vec<TestOutcome> {
     let mut policies: Vec<_> = world.policies.iter().collect();
-    policies.sort_by_key(|p| (p.namespace(), p.name_any()));
+    policies
+        .sort_by(|a, b| rustronaut_crds::tenancy::by_namespace_and_name(&a.metadata, &b.metadata));
     let claims = world.claims();
+    let index = ResourceIndex::new(&world.resources);
     let mut out = Vec::new();
     for p in policies {
         let ns = p.namespace().unwrap_or_default();
@@ -169,8 +171,7 @@ pub fn run_all(world: &World, compiled: &Compiled) -> Vec<TestOutcome> {
             .as_deref()
             .and_then(|t| world.tenant(t))
             .and_then(|t| t.spec.admin_namespace());
-        let (targets, _) =
-            policy_targets(p, &world.resources, &claims, admin_ns, &world.namespaces);
+        let (targets, _) = policy_targets(p, &index, &claims, admin_ns, &world.namespaces);
         for t in &p.spec.tests {
             out.push(run_one(
                 &format!("{ns}/{}", p.name_any()),

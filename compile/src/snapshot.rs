@@ -41,7 +41,7 @@ use rustronaut_contract::snapshot::{self as cs, ObjectRef, Snapshot, ValidationE
 use rustronaut_crds::conditions::reasons;
 use rustronaut_crds::gateway as g;
 use rustronaut_crds::resource::{GatewayRef, Protocol};
-use rustronaut_crds::tenancy::{Claims, policy_targets, selector_matches};
+use rustronaut_crds::tenancy::{Claims, ResourceIndex, policy_targets, selector_matches};
 use rustronaut_crds::validate::hostname_within;
 use rustronaut_crds::{Gateway, Resource};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1068,7 +1068,10 @@ impl Builder<'_> {
         let tenants: BTreeSet<&str> = resources.iter().map(|r| r.tenant.as_str()).collect();
         let world = self.world;
         let mut policies: Vec<_> = world.policies.iter().collect();
-        policies.sort_by_key(|p| (p.namespace(), p.name_any()));
+        policies.sort_by(|a, b| {
+            rustronaut_crds::tenancy::by_namespace_and_name(&a.metadata, &b.metadata)
+        });
+        let index = ResourceIndex::new(&world.resources);
         let mut out = Vec::new();
         for p in policies {
             let ns = p.namespace().unwrap_or_default();
@@ -1081,13 +1084,8 @@ impl Builder<'_> {
             }
             let tenant_obj = world.tenant(&tenant);
             let admin_ns = tenant_obj.and_then(|t| t.spec.admin_namespace());
-            let (all_targets, _) = policy_targets(
-                p,
-                &world.resources,
-                &self.claims,
-                admin_ns,
-                &world.namespaces,
-            );
+            let (all_targets, _) =
+                policy_targets(p, &index, &self.claims, admin_ns, &world.namespaces);
             let mut targets = Vec::new();
             for t in all_targets {
                 let Some(r) = here.get(&(t.namespace.as_str(), t.name.as_str())) else {
@@ -1124,7 +1122,7 @@ impl Builder<'_> {
             }
             let mut protocols: Vec<Protocol> = Vec::new();
             for t in &targets {
-                let found = world.resource(&t.namespace, &t.name);
+                let found = index.get(&t.namespace, &t.name);
                 if let Some(r) = found
                     && !protocols.contains(&r.spec.protocol)
                 {

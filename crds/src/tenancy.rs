@@ -156,6 +156,60 @@ pub struct Target {
 /// Namespace manifests of a directory for the CLI).
 pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
 
+/// Orders objects by namespace, then name, comparing borrowed names (a sort keyed by owned
+/// names allocated two Strings per comparison: at 5,000 Policies, 130,000 per sort).
+pub fn by_namespace_and_name(
+    a: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    b: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> std::cmp::Ordering {
+    (a.namespace.as_deref(), a.name.as_deref()).cmp(&(b.namespace.as_deref(), b.name.as_deref()))
+}
+
+/// Resources sorted by namespace and name: one lookup by name, one slice per namespace.
+/// Built once per pass (or Gateway build) and handed to [`policy_targets`], which runs once
+/// per Policy: scanning every Resource per Policy was quadratic, 25 million comparisons per
+/// status pass at 5,000 of each (issue 17).
+#[derive(Debug, Clone, Default)]
+pub struct ResourceIndex<'a> {
+    sorted: Vec<&'a Resource>,
+}
+
+impl<'a> ResourceIndex<'a> {
+    /// Indexes `resources`.
+    pub fn new(resources: &'a [impl Borrow<Resource>]) -> Self {
+        let mut sorted: Vec<&Resource> = resources.iter().map(Borrow::borrow).collect();
+        sorted.sort_by(|a, b| Self::key(a).cmp(&Self::key(b)));
+        Self { sorted }
+    }
+
+    fn key(r: &Resource) -> (&str, &str) {
+        (
+            r.metadata.namespace.as_deref().unwrap_or_default(),
+            r.metadata.name.as_deref().unwrap_or_default(),
+        )
+    }
+
+    /// The Resource `namespace/name`.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&'a Resource> {
+        self.sorted
+            .binary_search_by(|r| Self::key(r).cmp(&(namespace, name)))
+            .ok()
+            .map(|i| self.sorted[i])
+    }
+
+    /// The Resources of `namespace`, by name.
+    pub fn in_namespace(&self, namespace: &str) -> &[&'a Resource] {
+        let start = self.sorted.partition_point(|r| Self::key(r).0 < namespace);
+        let end = self.sorted.partition_point(|r| Self::key(r).0 <= namespace);
+        &self.sorted[start..end]
+    }
+
+    /// Every Resource, by namespace and name.
+    pub fn all(&self) -> &[&'a Resource] {
+        &self.sorted
+    }
+}
+
 /// The Resources `policy` selects among `resources`, never beyond its tenant: targetRefs (same
 /// namespace), targetSelector (same namespace), and, for Policies in the tenant's
 /// adminNamespace, namespaceSelector widening targetSelector to those of the tenant's
@@ -164,7 +218,7 @@ pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
 /// Returns the targets and the targetRefs that name no Resource.
 pub fn policy_targets(
     policy: &Policy,
-    resources: &[impl Borrow<Resource>],
+    resources: &ResourceIndex<'_>,
     claims: &Claims,
     admin_namespace: Option<&str>,
     namespaces: &NamespaceLabels,
@@ -173,19 +227,13 @@ pub fn policy_targets(
     let Some(tenant) = claims.tenant_of(&ns) else {
         return (Vec::new(), Vec::new());
     };
-    // Called once per Policy over every Resource: compares borrowed names and allocates only
-    // for what it returns (at 10,000 objects, issue 17, a String per comparison was tens of
-    // millions of allocations per status pass).
+    // Called once per Policy: looks up by borrowed names and allocates only for what it
+    // returns (at 10,000 objects, issue 17, a String per comparison was tens of millions of
+    // allocations per status pass).
     let mut targets = Vec::new();
     let mut missing = Vec::new();
-    let named = |res: &Resource, ns: &str, name: &str| {
-        res.metadata.namespace.as_deref() == Some(ns) && res.metadata.name.as_deref() == Some(name)
-    };
     for r in &policy.spec.target_refs {
-        let found = resources
-            .iter()
-            .any(|res| named(res.borrow(), &ns, &r.name));
-        if found {
+        if resources.get(&ns, &r.name).is_some() {
             targets.push(Target {
                 namespace: ns.clone(),
                 name: r.name.clone(),
@@ -197,8 +245,13 @@ pub fn policy_targets(
     }
     if let Some(sel) = &policy.spec.target_selector {
         let in_admin = admin_namespace == Some(ns.as_str());
-        for res in resources {
-            let res: &Resource = res.borrow();
+        // Beyond its own namespace only from the admin namespace.
+        let candidates = if in_admin {
+            resources.all()
+        } else {
+            resources.in_namespace(&ns)
+        };
+        for &res in candidates {
             let res_ns = res.metadata.namespace.as_deref().unwrap_or_default();
             let same_ns = res_ns == ns;
             if !same_ns && !in_admin {
@@ -357,6 +410,38 @@ mod tests {
         .unwrap()
     }
 
+    #[test]
+    fn the_resource_index_finds_by_name_and_slices_exactly_one_namespace() {
+        // Neighbouring namespace names sort around "a": "a-b" and "ab" must not leak into it.
+        let resources = [
+            resource("ab", "x"),
+            resource("a", "web"),
+            resource("a-b", "web"),
+            resource("a", "api"),
+            resource("b", "web"),
+        ];
+        let index = ResourceIndex::new(&resources);
+        let names = |ns: &str| {
+            index
+                .in_namespace(ns)
+                .iter()
+                .map(|r| r.name_any())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("a"), ["api", "web"]);
+        assert_eq!(names("a-b"), ["web"]);
+        assert_eq!(names("ab"), ["x"]);
+        assert!(names("c").is_empty() && names("").is_empty());
+        assert_eq!(
+            index
+                .get("a-b", "web")
+                .and_then(|r| r.metadata.namespace.clone()),
+            Some("a-b".to_string())
+        );
+        assert!(index.get("a", "x").is_none() && index.get("ab", "web").is_none());
+        assert_eq!(index.all().len(), 5);
+    }
+
     fn admin_policy(action: &str) -> Policy {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "rustronaut.io/v1alpha1", "kind": "Policy",
@@ -404,7 +489,7 @@ mod tests {
         let selected = |action: &str| {
             let (targets, missing) = policy_targets(
                 &admin_policy(action),
-                &resources,
+                &ResourceIndex::new(&resources),
                 &claims,
                 Some("acme-admin"),
                 &namespaces,

@@ -137,9 +137,11 @@ pub async fn pass(ctx: &Context, stores: &Stores, resync: bool) -> Result<(), Er
         let compiled = rustronaut_compile::compile(&world);
         let tests = tests_by_policy(rustronaut_compile::run_all(&world, &compiled));
         let missing: BTreeMap<String, Vec<String>> = compiled.missing_targets.into_iter().collect();
+        let index = rustronaut_crds::tenancy::ResourceIndex::new(&world.resources);
         let inputs = PolicyInputs {
             world: &world,
             claims: &claims,
+            resources: &index,
             builds: &builds,
             missing_targets: &missing,
             tests: &tests,
