@@ -216,6 +216,7 @@ fn terminating(ns: &Namespace) -> bool {
 fn plan(stores: &Stores, now: &Time) -> Plan {
     let world = stores.world_all();
     let claims = world.claims();
+    let usage = crate::conditions::Usage::of(&world);
     let mut plan = Plan::default();
     for t in &world.tenants {
         if t.meta().deletion_timestamp.is_some() {
@@ -223,7 +224,7 @@ fn plan(stores: &Stores, now: &Time) -> Plan {
         }
         let name = t.name_any();
         let missing = missing_idp_secrets(t, stores);
-        let status = tenant_status(&world, &claims, t, &missing, now);
+        let status = tenant_status(&usage, &claims, t, &missing, now);
         if t.status.as_ref() != Some(&status) {
             let previous = t.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
             let events = newly_failed(
