@@ -86,22 +86,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
 /// wildcard covering one or more labels). `*.acme.example` covers `a.acme.example`,
 /// `a.b.acme.example` and `*.acme.example`, but not `acme.example` itself.
 pub fn hostname_within(host: &str, domain: &str) -> bool {
-    let host = host.to_ascii_lowercase();
-    let domain = domain.to_ascii_lowercase();
+    // Case-insensitive without lowercased copies: claims are resolved over every pair of
+    // domains, and two Strings per comparison were most of that cost (issue 17).
     match domain.strip_prefix("*.") {
-        None => host == domain,
+        None => host.eq_ignore_ascii_case(domain),
         Some(suffix) => match host.strip_prefix("*.") {
-            Some(host_suffix) => host_suffix == suffix || is_subdomain(host_suffix, suffix),
-            None => is_subdomain(&host, suffix),
+            Some(host_suffix) => {
+                host_suffix.eq_ignore_ascii_case(suffix) || is_subdomain(host_suffix, suffix)
+            }
+            None => is_subdomain(host, suffix),
         },
     }
 }
 
-/// `host` ends with `.suffix` and has at least one label before it.
+/// `host` ends with `.suffix` (ASCII case-insensitive) and has at least one label before it.
 fn is_subdomain(host: &str, suffix: &str) -> bool {
+    let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
     host.len() > suffix.len() + 1
-        && host.ends_with(suffix)
-        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        && host[host.len() - suffix.len() - 1] == b'.'
 }
 
 /// Whether two domain claims overlap (some hostname lies within both), so both cannot be
@@ -307,6 +310,8 @@ mod tests {
         let cases = [
             ("app.acme.example", "app.acme.example", true),
             ("App.Acme.Example", "app.acme.example", true),
+            ("APP.acme.Example", "*.ACME.example", true),
+            ("*.X.Acme.Example", "*.acme.EXAMPLE", true),
             ("app.acme.example", "*.acme.example", true),
             ("a.b.acme.example", "*.acme.example", true),
             ("*.acme.example", "*.acme.example", true),
@@ -324,6 +329,48 @@ mod tests {
                 want,
                 "{host} within {domain}"
             );
+        }
+    }
+
+    #[test]
+    fn hostname_within_matches_a_lowercasing_reference_on_every_combination() {
+        // The definition before it stopped allocating: lowercase both, then compare.
+        fn reference(host: &str, domain: &str) -> bool {
+            let (host, domain) = (host.to_ascii_lowercase(), domain.to_ascii_lowercase());
+            let sub = |h: &str, s: &str| {
+                h.len() > s.len() + 1
+                    && h.ends_with(s)
+                    && h.as_bytes()[h.len() - s.len() - 1] == b'.'
+            };
+            match domain.strip_prefix("*.") {
+                None => host == domain,
+                Some(suffix) => match host.strip_prefix("*.") {
+                    Some(h) => h == suffix || sub(h, suffix),
+                    None => sub(&host, suffix),
+                },
+            }
+        }
+        let parts = ["", "*.", "a.", "A.", "x.b.", "*.B."];
+        let bases = [
+            "acme.example",
+            "ACME.Example",
+            "cme.example",
+            "example",
+            "acme.example.",
+            "é.acme.example",
+        ];
+        let names: Vec<String> = parts
+            .iter()
+            .flat_map(|p| bases.iter().map(move |b| format!("{p}{b}")))
+            .collect();
+        for host in &names {
+            for domain in &names {
+                assert_eq!(
+                    hostname_within(host, domain),
+                    reference(host, domain),
+                    "{host} within {domain}"
+                );
+            }
         }
     }
 
