@@ -48,6 +48,9 @@ pub struct Claims {
     pub domains: BTreeMap<String, String>,
     /// Tenant -> claims it lost.
     pub lost: BTreeMap<String, Vec<LostClaim>>,
+    /// Tenant -> the domains it holds (what `domains` says, by holder): asked once per
+    /// Resource, where a scan of every domain was 5,000 x 200 comparisons per status pass.
+    held_domains: BTreeMap<String, Vec<String>>,
 }
 
 impl Claims {
@@ -58,10 +61,11 @@ impl Claims {
 
     /// The domains `tenant` holds.
     pub fn domains_of<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.domains
-            .iter()
-            .filter(move |(_, t)| t.as_str() == tenant)
-            .map(|(d, _)| d.as_str())
+        self.held_domains
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
     }
 }
 
@@ -115,6 +119,13 @@ pub fn resolve_claims<T: Borrow<Tenant>>(tenants: &[T]) -> Claims {
                 }
             }
         }
+    }
+    for (domain, holder) in &claims.domains {
+        claims
+            .held_domains
+            .entry(holder.clone())
+            .or_default()
+            .push(domain.clone());
     }
     claims
 }

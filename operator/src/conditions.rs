@@ -53,20 +53,25 @@ pub type Builds = BTreeMap<ObjectRef, std::sync::Arc<Result<BuildSummary, String
 /// for each of thousands of Policies.
 #[derive(Debug, Clone, Default)]
 pub struct BuildSummary {
-    served: std::collections::HashSet<ObjectRef>,
+    /// Namespace -> names: looked up by borrowed names (an `ObjectRef` key cost two Strings
+    /// per lookup, and the status pass asks once per Policy target and Gateway).
+    served: std::collections::HashMap<String, std::collections::HashSet<String>>,
     problems: Vec<Problem>,
 }
 
 impl BuildSummary {
     /// The summary of `outcome`.
     pub fn of(outcome: &BuildOutcome) -> Self {
+        let mut served: std::collections::HashMap<String, std::collections::HashSet<String>> =
+            Default::default();
+        for r in &outcome.snapshot.resources {
+            served
+                .entry(r.namespace.clone())
+                .or_default()
+                .insert(r.name.clone());
+        }
         Self {
-            served: outcome
-                .snapshot
-                .resources
-                .iter()
-                .map(|r| ObjectRef::new(&r.namespace, &r.name))
-                .collect(),
+            served,
             problems: outcome.problems.clone(),
         }
     }
@@ -80,7 +85,9 @@ impl BuildSummary {
 
     /// Whether the snapshot serves Resource `namespace/name`.
     pub fn serves(&self, namespace: &str, name: &str) -> bool {
-        self.served.contains(&ObjectRef::new(namespace, name))
+        self.served
+            .get(namespace)
+            .is_some_and(|names| names.contains(name))
     }
 
     /// The problems of one object.
