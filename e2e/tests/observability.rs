@@ -646,6 +646,7 @@ fn operator_metrics_are_the_documented_ones_with_bounded_labels() {
     m.gateway_built("acme", "edge", Some("sha256:a"), Some("NoTenant"));
     m.admitted("injected");
     m.gateway_builds("Gateway", 1);
+    m.status_written("Policy");
     let mut registry = prometheus_client::registry::Registry::default();
     m.register(&mut registry);
     let mut text = String::new();

@@ -102,13 +102,11 @@ fn reconciles(metrics: &str) -> BTreeMap<String, (u64, f64)> {
     out
 }
 
-/// `(builds by Gateway reconciles, builds by the status pass, builds the status pass reused)`,
-/// from the operator's /metrics (`rustronaut_operator_gateway_builds_total` and
-/// `rustronaut_operator_gateway_builds_shared_total`).
-fn builds(metrics: &str) -> (u64, u64, u64) {
+/// The operator's /metrics text (empty when it cannot be read).
+fn scrape(metrics: &str) -> String {
     use std::io::{Read, Write};
     let Ok(mut conn) = std::net::TcpStream::connect(metrics) else {
-        return (0, 0, 0);
+        return String::new();
     };
     let _ = write!(
         conn,
@@ -116,17 +114,45 @@ fn builds(metrics: &str) -> (u64, u64, u64) {
     );
     let mut text = String::new();
     let _ = conn.read_to_string(&mut text);
-    let value = |prefix: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
-    };
+    text
+}
+
+/// The value of the series `series` (name and labels) in `text`, 0 when absent.
+fn value(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// `(builds by Gateway reconciles, builds by the status pass, builds the status pass reused)`,
+/// from the operator's /metrics (`rustronaut_operator_gateway_builds_total` and
+/// `rustronaut_operator_gateway_builds_shared_total`).
+fn builds(metrics: &str) -> (u64, u64, u64) {
+    let text = scrape(metrics);
     (
-        value("rustronaut_operator_gateway_builds_total{by=\"Gateway\"} "),
-        value("rustronaut_operator_gateway_builds_total{by=\"ResourcePolicyStatus\"} "),
-        value("rustronaut_operator_gateway_builds_shared_total "),
+        value(
+            &text,
+            "rustronaut_operator_gateway_builds_total{by=\"Gateway\"}",
+        ),
+        value(
+            &text,
+            "rustronaut_operator_gateway_builds_total{by=\"ResourcePolicyStatus\"}",
+        ),
+        value(&text, "rustronaut_operator_gateway_builds_shared_total"),
     )
+}
+
+/// Status writes `(Resource, Policy, Tenant)` (`rustronaut_operator_status_writes_total`).
+fn status_writes(metrics: &str) -> (u64, u64, u64) {
+    let text = scrape(metrics);
+    let kind = |k: &str| {
+        value(
+            &text,
+            &format!("rustronaut_operator_status_writes_total{{kind=\"{k}\"}}"),
+        )
+    };
+    (kind("Resource"), kind("Policy"), kind("Tenant"))
 }
 
 #[test]
@@ -197,6 +223,7 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     let (settled_rss, peak_rss) = rss_mb(operator.pid());
     let counts = reconciles(&metrics);
     let builds_converged = builds(&metrics);
+    let writes_converged = status_writes(&metrics);
 
     // Edits: one Policy at a time; apply -> the right Gateway's snapshot carries it.
     let ssa = PatchParams::apply(MANAGER).force();
@@ -235,6 +262,7 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     // Once the last edit's status pass has run: it waits for the reconciles it can reuse.
     std::thread::sleep(Duration::from_secs(2));
     let builds_after = builds(&metrics);
+    let writes_after = status_writes(&metrics);
 
     eprintln!(
         "scale: {} tenants, {} Gateways, {total} Resources, {total} Policies",
@@ -256,6 +284,22 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
         per_edit(builds_after.1 - builds_converged.1),
         per_edit(builds_after.2 - builds_converged.2),
         plan.gateways
+    );
+    eprintln!(
+        "  status writes (Resource, Policy, Tenant) to converge: {writes_converged:?}; during the edits: {:?}",
+        (
+            writes_after.0 - writes_converged.0,
+            writes_after.1 - writes_converged.1,
+            writes_after.2 - writes_converged.2
+        )
+    );
+    // Every Policy's status was written at least once. Read after the edits, not at
+    // convergence: the operator counts a write only once the API server has answered it, a
+    // moment after the test may already see it.
+    assert!(
+        writes_after.1 >= total as u64,
+        "status writes of Policies {} < {total}: the counter or the scrape is broken",
+        writes_after.1
     );
     eprintln!(
         "  operator RSS: idle {idle_rss:.1} MB, settled {settled_rss:.1} MB, peak {peak_rss:.1} MB; after edits {final_rss:.1} MB (peak {final_peak:.1} MB)"

@@ -12,6 +12,7 @@
 //! | `rustronaut_operator_gateway_status_from_reports_total` | | Gateway statuses written from a pod's report or the Deployment's readiness alone, without a reconcile |
 //! | `rustronaut_operator_gateway_builds_total` | `by` | Gateway snapshots compiled, by who: `Gateway` (its reconcile) or `ResourcePolicyStatus` (the status pass, for a Gateway no reconcile had built since the last change that may affect it) |
 //! | `rustronaut_operator_gateway_builds_shared_total` | | Gateway builds the status pass took from a reconcile instead of compiling again |
+//! | `rustronaut_operator_status_writes_total` | `kind` | status subresource writes by the passes: `Resource`, `Policy`, `Tenant` (only what differs from the cached status is written) |
 //! | `rustronaut_operator_sidecar_admissions_total` | `outcome` | pods the sidecar injection webhook answered for: `injected`, `unchanged`, `warned` (opted in, no Resource), `denied`, `error` (a request it could not read) |
 //!
 //! Cardinality: kinds and reasons are constants; the per-Gateway families hold one series per
@@ -113,6 +114,8 @@ pub struct Metrics {
     pub builds: Family<BuildLabels, Counter>,
     /// Builds the status pass reused from a Gateway reconcile (`crate::cache::builds`).
     pub builds_shared: Counter,
+    /// Status writes of the Resource/Policy and Tenant passes, by kind.
+    pub status_writes: Family<KindLabel, Counter>,
     gateways: Mutex<HashMap<(String, String), GatewaySeries>>,
 }
 
@@ -131,6 +134,7 @@ impl Default for Metrics {
             status_from_reports: Counter::default(),
             builds: Family::default(),
             builds_shared: Counter::default(),
+            status_writes: Family::default(),
             gateways: Mutex::default(),
         }
     }
@@ -190,6 +194,20 @@ impl Metrics {
             "Gateway builds the status pass reused from a reconcile instead of compiling again",
             self.builds_shared.clone(),
         );
+        sub.register(
+            "status_writes",
+            "Status writes of the Resource/Policy and Tenant passes, by kind",
+            self.status_writes.clone(),
+        );
+    }
+
+    /// Counts one status write of an object of `kind` (a constant).
+    pub fn status_written(&self, kind: &str) {
+        self.status_writes
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
     }
 
     /// Counts `n` Gateway snapshots compiled by `by` (a constant kind).

@@ -203,6 +203,7 @@ where
     });
     match apply_status(&api, &w.name, &body).await {
         Ok(_) => {
+            ctx.metrics.status_written(&K::kind(&()));
             for (reason, message) in w.events {
                 publish_warning(recorder, &w.reference, reason, message).await;
             }

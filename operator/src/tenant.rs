@@ -337,6 +337,7 @@ pub async fn pass(
         statuses.push(Box::pin(async move {
             match apply_status(tenants, name, body).await {
                 Ok(_) => {
+                    ctx.metrics.status_written("Tenant");
                     for (reason, message) in events {
                         publish_warning(recorder, reference, reason.clone(), message.clone()).await;
                     }
