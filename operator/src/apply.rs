@@ -103,9 +103,13 @@ where
 /// A write in flight: what [`all`] runs.
 pub type Write<'a> = futures::future::BoxFuture<'a, Result<(), Error>>;
 
-/// Writes in flight at once (the API server's default max-in-flight is 400 for mutations;
-/// the client's HTTP/2 connection multiplexes them).
-pub const WRITES_IN_FLIGHT: usize = 16;
+/// Writes in flight at once (the API server's default max-in-flight is 200 for mutations).
+/// 48 rather than 16: while a bulk apply runs, the API server is the busiest process of a
+/// small cluster, and status writes compete with the apply's own requests for it; at 16 the
+/// statuses fell behind and settled 12 s after a 10,000-object apply ended, at 48 in 5.6-5.8
+/// s (`make bench-operator`, docs/benchmarks.md, issue 17). The debug log line "status
+/// pass" says how long each pass waited, computed and wrote.
+pub const WRITES_IN_FLIGHT: usize = 48;
 
 /// Runs every one of `writes`, [`WRITES_IN_FLIGHT`] at a time, and returns the first error:
 /// one object that cannot be written never keeps the others from being written. The passes

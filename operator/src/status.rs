@@ -77,7 +77,9 @@ pub async fn pass(ctx: &Context, stores: &Stores, resync: bool) -> Result<(), Er
         .collect();
     let existing: std::collections::HashSet<&ObjectRef> = gateways.iter().collect();
     stores.builds.retain(|g| existing.contains(g));
+    let started = std::time::Instant::now();
     stores.builds.settle(&gateways, WAIT_FOR_RECONCILE).await;
+    let waited = started.elapsed();
     // Before anything is read: a build of ours is kept only if nothing changed after this.
     let ticket = stores.builds.ticket();
     stores.refresh_secrets(&ctx.client).await?;
@@ -172,6 +174,8 @@ pub async fn pass(ctx: &Context, stores: &Stores, resync: bool) -> Result<(), Er
             .collect();
         (resources, policies)
     };
+    let computed = started.elapsed() - waited;
+    let (resource_writes, policy_writes) = (resources.len(), policies.len());
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     // Several writes in flight: after a bulk apply every object's status changes, and one
     // round trip at a time was most of the time to settle 10,000 objects (issue 17).
@@ -182,7 +186,18 @@ pub async fn pass(ctx: &Context, stores: &Stores, resync: bool) -> Result<(), Er
     for w in policies {
         writes.push(Box::pin(write::<Policy, _>(ctx, &recorder, w)));
     }
-    crate::apply::all(writes).await
+    let written = crate::apply::all(writes).await;
+    // Where a pass's time goes (issue 17: how long statuses take to settle after a bulk
+    // apply): waiting for the Gateway reconciles' builds, computing, writing.
+    tracing::debug!(
+        waited_ms = waited.as_millis() as u64,
+        computed_ms = computed.as_millis() as u64,
+        written_ms = (started.elapsed() - waited - computed).as_millis() as u64,
+        resources = resource_writes,
+        policies = policy_writes,
+        "status pass"
+    );
+    written
 }
 
 /// Server-side applies `w.status` to the status subresource; an object deleted meanwhile is
