@@ -142,19 +142,6 @@ impl World {
             .map(|t| &**t)
     }
 
-    /// The Resource `namespace/name`. (A scan comparing borrowed names: callers ask once per
-    /// Policy target, so an allocation per comparison was millions per status pass at 10,000
-    /// objects.)
-    pub fn resource(&self, namespace: &str, name: &str) -> Option<&Resource> {
-        self.resources
-            .iter()
-            .find(|r| {
-                r.metadata.namespace.as_deref() == Some(namespace)
-                    && r.metadata.name.as_deref() == Some(name)
-            })
-            .map(|r| &**r)
-    }
-
     /// Whether the Gateway `namespace/name` exists.
     pub fn has_gateway(&self, namespace: &str, name: &str) -> bool {
         self.gateways.iter().any(|g| {
