@@ -346,6 +346,23 @@ mod tests {
     }
 
     #[test]
+    fn domains_of_lists_only_the_domains_a_tenant_holds() {
+        let old = tenant("old", 10, &["a"], &["*.acme.example", "beta.example"]);
+        let new = tenant("new", 1, &["b"], &["app.acme.example", "gamma.example"]);
+        let c = resolve_claims(&[new, old]);
+        assert_eq!(
+            c.domains_of("old").collect::<Vec<_>>(),
+            ["*.acme.example", "beta.example"]
+        );
+        assert_eq!(
+            c.domains_of("new").collect::<Vec<_>>(),
+            ["gamma.example"],
+            "app.acme.example lies within old's wildcard"
+        );
+        assert_eq!(c.domains_of("nobody").count(), 0);
+    }
+
+    #[test]
     fn equal_ages_break_ties_by_name() {
         let a = tenant("alpha", 5, &["x"], &[]);
         let b = tenant("beta", 5, &["x"], &[]);
