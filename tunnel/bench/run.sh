@@ -11,6 +11,7 @@
 # stacks; the wireguard-go path is kernel TCP end to end over TUN devices.
 #
 # Usage (root): tunnel/bench/run.sh            ROUNDS=3 SECONDS_PER_RUN=10 by default
+#               PERF_OUT=/tmp/tun.perf ...     also profiles one run of ours (perf record -g)
 # Needs: ip (iproute2), iperf3 (installed with apt-get if missing), python3, Go tools via
 # e2e/scripts/tools.sh (wireguard-go).
 set -euo pipefail
@@ -138,6 +139,19 @@ for r in $(seq 1 "$ROUNDS"); do
 	wg+=("$(run_wg)"); sleep 1
 	echo "round $r: ours ${ours[-1]} Gbit/s, wireguard-go ${wg[-1]} Gbit/s" >&2
 done
+
+# Optional profile of our path: one more run of ours under `perf record` of hub, connector and
+# forward (PERF_OUT=<prefix> writes <prefix>.hub, .connector, .forward).
+if [ -n "${PERF_OUT:-}" ]; then
+	perfs=()
+	for who in hub:$hub_pid connector:$conn_pid forward:$fwd_pid; do
+		perf record -F 999 -g -p "${who#*:}" -o "$PERF_OUT.${who%%:*}" -- sleep "$SECS" >/dev/null 2>&1 &
+		perfs+=($!)
+	done
+	sleep 0.5
+	echo "profiled run: ours $(run_ours) Gbit/s" >&2
+	wait "${perfs[@]}" || true
+fi
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 minmax() { printf '%s\n' "$@" | sort -g | awk 'NR==1{lo=$1} {hi=$1} END {print lo "-" hi}'; }

@@ -48,6 +48,7 @@ use crate::engine::{self, Datagram, Initiator, LinkHandle};
 use crate::keys::{self, KeyError, PrivateKey};
 use crate::link::{Link, LinkConfig, TunnelStream};
 use crate::proto::{self, ForwardRequest, Response, Status};
+use crate::udp;
 
 /// A UDP flow with no datagram either way for this long ends.
 pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -177,9 +178,7 @@ async fn start_hub(
     hub: &ValidHubPeer,
     shutdown: CancellationToken,
 ) -> Result<Arc<HubState>, ConnectorError> {
-    let socket = bind_udp().await?;
-    engine::tune_udp_socket(&socket);
-    let socket = Arc::new(socket);
+    let socket = Arc::new(udp::Socket::new(bind_udp().await?));
     let mut link = Link::new(LinkConfig {
         private_key: key.clone(),
         peer_key: hub.public_key,
@@ -193,7 +192,8 @@ async fn start_hub(
     .expect("validated: one address family");
     let (accept_tx, mut accept) = mpsc::channel(64);
     link.listen(cfg.raw.forward_port, accept_tx);
-    let (dg_tx, dg_rx) = mpsc::channel(1024);
+    // One reader, one link: the reader waits for room (at most 64 receives of 64 KiB).
+    let (dg_tx, dg_rx) = engine::datagram_queue(64, usize::MAX);
     let handle = engine::spawn(
         link,
         socket.clone(),
@@ -216,8 +216,8 @@ async fn start_hub(
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
         loop {
-            let (n, from) = tokio::select! {
-                r = socket.recv_from(&mut buf) => match r {
+            let received = tokio::select! {
+                r = socket.recv(&mut buf) => match r {
                     Ok(x) => x,
                     Err(e) => {
                         tracing::debug!(error = %e, "UDP receive failed");
@@ -226,11 +226,11 @@ async fn start_hub(
                 },
                 _ = stop.cancelled() => break,
             };
-            let from = engine::canonical(from);
             if dg_tx
                 .send(Datagram {
-                    data: buf[..n].to_vec(),
-                    from,
+                    data: buf[..received.len].to_vec(),
+                    from: received.from,
+                    stride: received.stride,
                 })
                 .await
                 .is_err()

@@ -11,30 +11,127 @@
 //! forgotten every session, and only a new handshake from the connector can restore it.
 //! Roaming needs nothing extra here: every authenticated datagram updates the peer's endpoint.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backoff::{Backoff, jitter_seed};
 use crate::link::{LinkError, LinkStats, Received, TunnelStream};
+use crate::udp;
 
 pub use crate::link::Link;
 
 /// WireGuard's timer granularity (boringtun's device uses the same).
 const TIMER_TICK: Duration = Duration::from_millis(250);
-/// Datagrams handled per wake-up before the stack runs.
+/// Datagrams handled per wake-up before the stack runs (a few more when the last message
+/// carried a coalesced run).
 const BATCH: usize = 128;
 
-/// A datagram for a link.
+/// Datagrams for a link from one sender: one, or several laid end to end when the socket
+/// received them coalesced (UDP GRO, see [`crate::udp`]), each `stride` bytes but the last.
 #[derive(Debug)]
 pub struct Datagram {
     /// Bytes.
     pub data: Vec<u8>,
     /// Sender.
     pub from: SocketAddr,
+    /// Size of each datagram in `data` but the last (`data.len()` for a single one).
+    pub stride: usize,
+}
+
+impl Datagram {
+    /// A single datagram.
+    pub fn single(data: Vec<u8>, from: SocketAddr) -> Self {
+        let stride = data.len().max(1);
+        Self { data, from, stride }
+    }
+
+    /// The datagrams one by one.
+    pub fn datagrams(&self) -> std::slice::Chunks<'_, u8> {
+        self.data.chunks(self.stride.max(1))
+    }
+}
+
+/// The queue from a socket's reader to one link task: bounded in messages and, because one
+/// message may carry a coalesced run of up to 64 datagrams, in bytes (a flood aimed at one
+/// site's index must not queue 64 times what it did when a message was one datagram).
+pub fn datagram_queue(max_messages: usize, max_bytes: usize) -> (DatagramSender, DatagramReceiver) {
+    let (tx, rx) = mpsc::channel(max_messages);
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        DatagramSender {
+            tx,
+            queued: queued.clone(),
+            max_bytes,
+        },
+        DatagramReceiver { rx, queued },
+    )
+}
+
+/// The reader's end of [`datagram_queue`].
+#[derive(Debug, Clone)]
+pub struct DatagramSender {
+    tx: mpsc::Sender<Datagram>,
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+impl DatagramSender {
+    /// Queues `d` if there is room in messages and bytes; gives it back otherwise.
+    pub fn try_send(&self, d: Datagram) -> Result<(), Datagram> {
+        let len = d.data.len();
+        if self.queued.load(Ordering::Relaxed) + len > self.max_bytes {
+            return Err(d);
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.tx.try_send(d).map_err(|e| {
+            let d = match e {
+                mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d) => d,
+            };
+            self.queued.fetch_sub(d.data.len(), Ordering::Relaxed);
+            d
+        })
+    }
+
+    /// Queues `d`, waiting for a free message slot (a reader with one link, which may push
+    /// back on its socket); the byte bound holds through the message bound.
+    pub async fn send(&self, d: Datagram) -> Result<(), Datagram> {
+        let len = d.data.len();
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.tx.send(d).await.map_err(|e| {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            e.0
+        })
+    }
+}
+
+/// The link task's end of [`datagram_queue`].
+#[derive(Debug)]
+pub struct DatagramReceiver {
+    rx: mpsc::Receiver<Datagram>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl DatagramReceiver {
+    fn taken(&self, d: Option<Datagram>) -> Option<Datagram> {
+        if let Some(d) = &d {
+            self.queued.fetch_sub(d.data.len(), Ordering::Relaxed);
+        }
+        d
+    }
+
+    async fn recv(&mut self) -> Option<Datagram> {
+        let d = self.rx.recv().await;
+        self.taken(d)
+    }
+
+    fn try_recv(&mut self) -> Option<Datagram> {
+        let d = self.rx.try_recv().ok();
+        self.taken(d)
+    }
 }
 
 /// Requests to a link task.
@@ -92,8 +189,8 @@ impl LinkHandle {
 /// The task ends when every [`LinkHandle`] clone is dropped.
 pub fn spawn(
     link: Link,
-    socket: Arc<UdpSocket>,
-    datagrams: mpsc::Receiver<Datagram>,
+    socket: Arc<udp::Socket>,
+    datagrams: DatagramReceiver,
     initiator: Option<Initiator>,
     name: String,
 ) -> LinkHandle {
@@ -108,45 +205,16 @@ pub fn spawn(
     }
 }
 
-/// Socket buffer size asked for on WireGuard UDP sockets (the kernel caps it at
-/// net.core.rmem_max / wmem_max): bursts of a full TCP window must not overflow the default.
-const UDP_BUFFER: usize = 4 << 20;
+pub use crate::udp::canonical;
 
-/// Enlarges a UDP socket's buffers; failures only cost throughput, so they are logged.
-pub fn tune_udp_socket(socket: &UdpSocket) {
-    let s = socket2::SockRef::from(socket);
-    if let Err(e) = s
-        .set_recv_buffer_size(UDP_BUFFER)
-        .and_then(|_| s.set_send_buffer_size(UDP_BUFFER))
-    {
-        tracing::debug!(error = %e, "could not enlarge UDP socket buffers");
+async fn send_all(link: &mut Link, socket: &udp::Socket, name: &str) {
+    if link.outbox().is_empty() {
+        return;
     }
-}
-
-/// An address with IPv4-mapped IPv6 turned into IPv4, as links store endpoints.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
-/// An address a socket of the given family can send to (IPv4 as mapped IPv6 on a dual-stack
-/// IPv6 socket).
-fn for_socket(addr: SocketAddr, socket_v6: bool) -> SocketAddr {
-    match addr {
-        SocketAddr::V4(v4) if socket_v6 => {
-            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-        }
-        other => other,
-    }
-}
-
-async fn send_all(link: &mut Link, socket: &UdpSocket, v6: bool, name: &str) {
-    for (data, to) in link.drain_outgoing() {
-        let to = for_socket(to, v6);
-        if let Err(e) = socket.send_to(&data, to).await {
-            // Transient (no route while an address changes, buffer full): WireGuard's timers
-            // retransmit what matters.
-            tracing::debug!(peer = name, %to, error = %e, "failed to send a datagram");
-        }
+    if let Err(e) = socket.send_outbox(link.outbox()).await {
+        // Transient (no route while an address changes, buffer full): WireGuard's timers
+        // retransmit what matters, TCP inside the tunnel the rest.
+        tracing::debug!(peer = name, error = %e, "failed to send datagrams");
     }
 }
 
@@ -174,15 +242,14 @@ struct Reconnect {
 
 async fn run(
     mut link: Link,
-    socket: Arc<UdpSocket>,
-    mut datagrams: mpsc::Receiver<Datagram>,
+    socket: Arc<udp::Socket>,
+    mut datagrams: DatagramReceiver,
     mut commands: mpsc::Receiver<Command>,
     stats: watch::Sender<LinkStats>,
     initiator: Option<Initiator>,
     name: String,
 ) {
     let wake = link.waker();
-    let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut timer = tokio::time::interval(TIMER_TICK);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconnect = initiator.map(|cfg| Reconnect {
@@ -194,17 +261,17 @@ async fn run(
     let mut ingress_open = true;
     loop {
         link.poll();
-        send_all(&mut link, &socket, v6, &name).await;
+        send_all(&mut link, &socket, &name).await;
         let delay = link.poll_delay().unwrap_or(TIMER_TICK).min(TIMER_TICK);
         tokio::select! {
             biased;
             d = datagrams.recv(), if ingress_open => match d {
                 Some(d) => {
-                    handle_datagram(&mut link, d, &name);
-                    for _ in 1..BATCH {
+                    let mut handled = handle_datagram(&mut link, d, &name);
+                    while handled < BATCH {
                         match datagrams.try_recv() {
-                            Ok(d) => handle_datagram(&mut link, d, &name),
-                            Err(_) => break,
+                            Some(d) => handled += handle_datagram(&mut link, d, &name),
+                            None => break,
                         }
                     }
                 }
@@ -227,20 +294,26 @@ async fn run(
     }
     tracing::debug!(peer = name, "link stopped");
     link.abort_all();
-    send_all(&mut link, &socket, v6, &name).await;
+    send_all(&mut link, &socket, &name).await;
 }
 
-fn handle_datagram(link: &mut Link, d: Datagram, name: &str) {
-    let before = link.endpoint();
-    match link.receive_datagram(d.from, &d.data) {
-        Received::Authenticated if before != Some(d.from) => {
-            tracing::info!(peer = name, endpoint = %d.from, "peer endpoint changed");
+/// Feeds the link; returns how many datagrams that was.
+fn handle_datagram(link: &mut Link, d: Datagram, name: &str) -> usize {
+    let mut count = 0;
+    for datagram in d.datagrams() {
+        count += 1;
+        let before = link.endpoint();
+        match link.receive_datagram(d.from, datagram) {
+            Received::Authenticated if before != Some(d.from) => {
+                tracing::info!(peer = name, endpoint = %d.from, "peer endpoint changed");
+            }
+            Received::Rejected(reason) => {
+                tracing::debug!(peer = name, from = %d.from, reason = reason.as_str(), "dropped a datagram");
+            }
+            _ => {}
         }
-        Received::Rejected(reason) => {
-            tracing::debug!(peer = name, from = %d.from, reason = reason.as_str(), "dropped a datagram");
-        }
-        _ => {}
     }
+    count
 }
 
 async fn keep_up(link: &mut Link, r: &mut Reconnect, session_alive: bool, name: &str) {
@@ -275,4 +348,53 @@ async fn keep_up(link: &mut Link, r: &mut Reconnect, session_alive: bool, name: 
         "handshake sent; next attempt after delay"
     );
     r.next_attempt = now + delay;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(n: usize, stride: usize) -> Datagram {
+        Datagram {
+            data: vec![0; n * stride],
+            from: SocketAddr::from(([127, 0, 0, 1], 1)),
+            stride,
+        }
+    }
+
+    /// A coalesced run counts by its bytes: a queue of many message slots still holds no
+    /// more than its byte bound, and room comes back as the link takes messages.
+    #[tokio::test]
+    async fn the_datagram_queue_is_bounded_in_bytes_as_well_as_messages() {
+        let (tx, mut rx) = datagram_queue(1024, 3000);
+        tx.try_send(run(1, 1000)).unwrap();
+        tx.try_send(run(2, 1000)).unwrap();
+        let refused = tx.try_send(run(1, 1000)).unwrap_err();
+        assert_eq!(refused.datagrams().count(), 1);
+        assert_eq!(rx.recv().await.unwrap().datagrams().count(), 1);
+        tx.try_send(run(1, 1000)).unwrap();
+        assert_eq!(rx.try_recv().unwrap().datagrams().count(), 2);
+        assert_eq!(rx.try_recv().unwrap().datagrams().count(), 1);
+        assert!(rx.try_recv().is_none());
+        // Bounded in messages too.
+        let (tx, _rx) = datagram_queue(2, usize::MAX);
+        tx.try_send(run(1, 10)).unwrap();
+        tx.try_send(run(1, 10)).unwrap();
+        assert!(tx.try_send(run(1, 10)).is_err());
+    }
+
+    #[test]
+    fn a_run_splits_into_its_datagrams_the_last_one_shorter() {
+        let d = Datagram {
+            data: (0..25u8).collect(),
+            from: SocketAddr::from(([127, 0, 0, 1], 1)),
+            stride: 10,
+        };
+        let sizes: Vec<_> = d.datagrams().map(<[u8]>::len).collect();
+        assert_eq!(sizes, vec![10, 10, 5]);
+        assert_eq!(
+            Datagram::single(vec![1, 2, 3], d.from).datagrams().count(),
+            1
+        );
+    }
 }

@@ -41,10 +41,11 @@ use crate::allow::{AllowList, Host};
 use crate::auth::{AuthError, Tokens};
 use crate::config::{self, ConfigError, HubConfig, ValidHub, ValidSite};
 use crate::control::{self, TargetSet};
-use crate::engine::{self, Datagram, LinkHandle};
+use crate::engine::{self, Datagram, DatagramSender, LinkHandle};
 use crate::keys::{self, KeyError, PrivateKey, PublicKey};
 use crate::link::{Link, LinkConfig, RejectReason};
 use crate::proto::{self, ForwardRequest, OpenRequest, Response, Status};
+use crate::udp;
 
 /// Handshakes per second the hub answers before demanding cookies (boringtun's default
 /// for its device, doubled because the per-peer check counts each handshake again).
@@ -57,8 +58,11 @@ const TUNNEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const FORWARD_RESPONSE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the configuration and token files are checked for changes.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
-/// Datagrams queued per site before the ingress drops.
+/// Messages (a datagram, or a coalesced run of them) queued per site before the ingress drops.
 const SITE_QUEUE: usize = 1024;
+/// Bytes queued per site before the ingress drops: about 1,000 full-size datagrams, the bound
+/// the queue had when a message was one datagram.
+const SITE_QUEUE_BYTES: usize = 1536 * 1024;
 
 /// Errors that stop the hub.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +165,7 @@ struct Site {
     cfg: ValidSite,
     index: u32,
     link: LinkHandle,
-    datagrams: mpsc::Sender<Datagram>,
+    datagrams: DatagramSender,
     targets: watch::Sender<TargetSet>,
     allow: ArcSwap<AllowList>,
     removed: CancellationToken,
@@ -199,7 +203,7 @@ const STATUSES: [Status; 10] = [
 
 struct Shared {
     key: PrivateKey,
-    socket: Arc<UdpSocket>,
+    socket: Arc<udp::Socket>,
     routes: ArcSwap<Routes>,
     tokens: ArcSwap<Tokens>,
     counters: Counters,
@@ -234,7 +238,7 @@ impl Shared {
             targets: cfg.targets.clone(),
             advertised_cidrs: cfg.advertised_cidrs.clone(),
         });
-        let (dg_tx, dg_rx) = mpsc::channel(SITE_QUEUE);
+        let (dg_tx, dg_rx) = engine::datagram_queue(SITE_QUEUE, SITE_QUEUE_BYTES);
         let handle = engine::spawn(link, self.socket.clone(), dg_rx, None, cfg.name.clone());
         let removed = CancellationToken::new();
         let site = Arc::new(Site {
@@ -392,9 +396,7 @@ impl Hub {
             keys::load_private_key(&raw.private_key_file)?
         };
         let tokens = Tokens::load(&raw.token_file)?;
-        let socket = bind_udp(raw.listen_port).await?;
-        engine::tune_udp_socket(&socket);
-        let socket = Arc::new(socket);
+        let socket = Arc::new(udp::Socket::new(bind_udp(raw.listen_port).await?));
         let stream = TcpListener::bind(raw.stream_listen)
             .await
             .map_err(|source| HubError::Bind {
@@ -463,13 +465,16 @@ impl Hub {
     }
 }
 
+/// Reads the WireGuard port and hands each datagram to its site's link task. A receive may
+/// carry several datagrams of one sender (UDP GRO, [`crate::udp`]); each is classified on
+/// its own, and consecutive ones for the same site travel to it as one message.
 async fn run_ingress(shared: Arc<Shared>, ingress: Ingress) {
     let mut buf = vec![0u8; 65_536];
     let mut reply = [0u8; 256];
     let mut reset = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let (n, from) = tokio::select! {
-            r = shared.socket.recv_from(&mut buf) => match r {
+        let received = tokio::select! {
+            r = shared.socket.recv(&mut buf) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::debug!(error = %e, "UDP receive failed");
@@ -481,41 +486,71 @@ async fn run_ingress(shared: Arc<Shared>, ingress: Ingress) {
                 continue;
             }
         };
-        let datagram = &buf[..n];
+        let from = received.from;
         let routes = shared.routes.load();
-        let site = match ingress.classify(from.ip(), datagram, &mut reply) {
-            Verdict::Key(key) => routes.by_key.get(&key).or_else(|| {
-                tracing::debug!(%from, public_key = %key, "handshake from an unknown key");
-                None
-            }),
-            Verdict::Index(idx) => routes.by_index.get(&idx),
-            Verdict::Reply(len) => {
-                let _ = shared.socket.send_to(&reply[..len], from).await;
+        // The run of datagrams for one site being collected: (site, start, end).
+        let mut run: Option<(&Arc<Site>, usize, usize)> = None;
+        let mut start = 0;
+        while start < received.len {
+            let end = (start + received.stride).min(received.len);
+            let datagram = &buf[start..end];
+            let site = match ingress.classify(from.ip(), datagram, &mut reply) {
+                Verdict::Key(key) => routes.by_key.get(&key).or_else(|| {
+                    tracing::debug!(%from, public_key = %key, "handshake from an unknown key");
+                    None
+                }),
+                Verdict::Index(idx) => routes.by_index.get(&idx),
+                Verdict::Reply(len) => {
+                    let _ = shared.socket.send_to(&reply[..len], from).await;
+                    start = end;
+                    continue;
+                }
+                Verdict::Drop(reason) => {
+                    tracing::trace!(%from, reason = reason.as_str(), "dropped a datagram");
+                    shared
+                        .counters
+                        .ingress_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    start = end;
+                    continue;
+                }
+            };
+            let Some(site) = site else {
+                shared.counters.unknown_peer.fetch_add(1, Ordering::Relaxed);
+                start = end;
                 continue;
-            }
-            Verdict::Drop(reason) => {
-                tracing::trace!(%from, reason = reason.as_str(), "dropped a datagram");
-                shared
-                    .counters
-                    .ingress_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        };
-        let Some(site) = site else {
-            shared.counters.unknown_peer.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let d = Datagram {
-            data: datagram.to_vec(),
-            from: engine::canonical(from),
-        };
-        if site.datagrams.try_send(d).is_err() {
-            shared
-                .counters
-                .ingress_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            };
+            run = match run {
+                Some((s, a, b)) if Arc::ptr_eq(s, site) && b == start => Some((s, a, end)),
+                other => {
+                    if let Some((s, a, b)) = other {
+                        deliver(&shared, s, &buf[a..b], from, received.stride);
+                    }
+                    Some((site, start, end))
+                }
+            };
+            start = end;
         }
+        if let Some((s, a, b)) = run {
+            deliver(&shared, s, &buf[a..b], from, received.stride);
+        }
+    }
+}
+
+/// Queues datagrams (`stride` bytes each but the last) for a site's link; a full queue drops
+/// them (counted), as a full socket buffer would.
+fn deliver(shared: &Shared, site: &Site, data: &[u8], from: SocketAddr, stride: usize) {
+    let d = Datagram {
+        data: data.to_vec(),
+        from,
+        stride,
+    };
+    if let Err(d) = site.datagrams.try_send(d) {
+        let lost = d.datagrams().count();
+        shared
+            .counters
+            .ingress_dropped
+            .fetch_add(lost as u64, Ordering::Relaxed);
     }
 }
 

@@ -11,8 +11,8 @@
 //!
 //! Module map: [`keys`] (key files), [`config`] (plain serde configuration and validation),
 //! [`allow`] (allow-list matching), [`proto`] (wire formats), [`auth`] (gateway tokens),
-//! [`backoff`], [`link`] (one peer: boringtun + smoltcp, synchronous), [`engine`] (the task
-//! driving a link), [`control`] (allow-list channel), [`hub`], [`connector`], [`client`]
+//! [`backoff`], [`link`] (one peer: boringtun + smoltcp, synchronous), [`udp`] (the
+//! WireGuard socket: many datagrams per system call), [`engine`] (the task driving a link), [`control`] (allow-list channel), [`hub`], [`connector`], [`client`]
 //! (the gateway side), [`admin`] (metrics and status). The design and operations guide is
 //! docs/tunnel.md.
 #![forbid(unsafe_code)]
@@ -30,3 +30,4 @@ pub mod hub;
 pub mod keys;
 pub mod link;
 pub mod proto;
+pub mod udp;
