@@ -6,11 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, copy_bidirectional};
+use tokio::io::{AsyncWriteExt, copy_bidirectional_with_sizes};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 
 use crate::allow::{Host, Protocol};
 use crate::auth::{AuthError, Tokens};
+use crate::link::COPY_BUFFER;
 use crate::proto::{self, OpenRequest, ProtoError, Response, Status};
 
 /// Errors of opening a stream through the hub.
@@ -145,7 +146,13 @@ pub async fn forward_tcp(listener: TcpListener, spec: ForwardSpec) {
             match open(spec.hub, &req, Duration::from_secs(30)).await {
                 Ok(Opened { mut stream, early }) => {
                     if local.write_all(&early).await.is_ok() {
-                        let _ = copy_bidirectional(&mut local, &mut stream).await;
+                        let _ = copy_bidirectional_with_sizes(
+                            &mut local,
+                            &mut stream,
+                            COPY_BUFFER,
+                            COPY_BUFFER,
+                        )
+                        .await;
                     }
                 }
                 Err(e) => tracing::warn!(%peer, error = %e, "stream refused"),

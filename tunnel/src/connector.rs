@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, copy_bidirectional};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, copy_bidirectional_with_sizes};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +46,7 @@ use crate::config::{ConfigError, ConnectorConfig, ValidConnector, ValidHubPeer};
 use crate::control::{self, TargetSet};
 use crate::engine::{self, Datagram, Initiator, LinkHandle};
 use crate::keys::{self, KeyError, PrivateKey};
-use crate::link::{Link, LinkConfig, TunnelStream};
+use crate::link::{COPY_BUFFER, Link, LinkConfig, TunnelStream};
 use crate::proto::{self, ForwardRequest, Response, Status};
 use crate::udp;
 
@@ -408,7 +408,9 @@ async fn forward(mut stream: TunnelStream, hub: &HubState, cfg: &ValidConnector)
                 return;
             }
             tracing::debug!(hub = name, target, "forwarding");
-            if let Err(e) = copy_bidirectional(&mut stream, &mut tcp).await {
+            if let Err(e) =
+                copy_bidirectional_with_sizes(&mut stream, &mut tcp, COPY_BUFFER, COPY_BUFFER).await
+            {
                 tracing::debug!(hub = name, target, error = %e, "stream ended with an error");
             }
         }

@@ -383,6 +383,117 @@ mod tests {
         assert!(tx.try_send(run(1, 10)).is_err());
     }
 
+    /// Two link tasks over real UDP sockets on loopback (GSO and GRO on), a stream of 8 MiB
+    /// from a writer to a reader that takes it in small, slow bites: the window closes and
+    /// reopens end to end many times, and every byte arrives in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_reader_gets_every_byte_through_two_link_tasks() {
+        use crate::keys::PrivateKey;
+        use crate::link::LinkConfig;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let sa = Arc::new(udp::Socket::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        ));
+        let sb = Arc::new(udp::Socket::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        ));
+        let (ka, kb) = (
+            PrivateKey::generate().unwrap(),
+            PrivateKey::generate().unwrap(),
+        );
+        let a = Link::new(LinkConfig {
+            private_key: ka.clone(),
+            peer_key: kb.public_key(),
+            local_ip: "10.0.0.1".parse().unwrap(),
+            peer_ip: "10.0.0.2".parse().unwrap(),
+            keepalive: None,
+            index: 1,
+            rate_limiter: None,
+            endpoint: Some(sb.local_addr().unwrap()),
+        })
+        .unwrap();
+        let mut b = Link::new(LinkConfig {
+            private_key: kb,
+            peer_key: ka.public_key(),
+            local_ip: "10.0.0.2".parse().unwrap(),
+            peer_ip: "10.0.0.1".parse().unwrap(),
+            keepalive: None,
+            index: 2,
+            rate_limiter: None,
+            endpoint: None,
+        })
+        .unwrap();
+        let (accept_tx, mut accept) = mpsc::channel(1);
+        b.listen(9000, accept_tx);
+        let b_addr = sb.local_addr().unwrap().to_string();
+        let mut handles = Vec::new();
+        for (link, socket, initiator) in [(a, sa, true), (b, sb, false)] {
+            let (tx, rx) = datagram_queue(64, usize::MAX);
+            let reader = socket.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0; 65_536];
+                while let Ok(r) = reader.recv(&mut buf).await {
+                    let d = Datagram {
+                        data: buf[..r.len].to_vec(),
+                        from: r.from,
+                        stride: r.stride,
+                    };
+                    if tx.send(d).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let init = initiator.then(|| Initiator {
+                endpoint: b_addr.clone(),
+                dead_peer_timeout: Duration::from_secs(30),
+            });
+            handles.push(spawn(link, socket, rx, init, "test".into()));
+        }
+        let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 253) as u8).collect();
+        let expected = data.clone();
+        let client = handles[0].clone();
+        let writer = tokio::spawn(async move {
+            let mut s = loop {
+                match client.connect(9000, Duration::from_secs(5)).await {
+                    Ok(s) => break s,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+            s.write_all(&data).await.unwrap();
+            s.shutdown().await.unwrap();
+            // Keep the stream until the reader has everything.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        });
+        let reader = async {
+            let mut s = accept.recv().await.unwrap();
+            let mut got = Vec::with_capacity(expected.len());
+            let mut bite = [0u8; 4096];
+            loop {
+                let n = s.read(&mut bite).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&bite[..n]);
+                if got.len() % (256 * 1024) < n {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            s.shutdown().await.unwrap();
+            got
+        };
+        let got = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("the transfer finishes");
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes arrive in order");
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     #[test]
     fn a_run_splits_into_its_datagrams_the_last_one_shorter() {
         let d = Datagram {

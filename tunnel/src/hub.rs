@@ -30,7 +30,7 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, TunnResult};
 use boringtun::x25519;
-use tokio::io::{AsyncWriteExt, copy_bidirectional};
+use tokio::io::{AsyncWriteExt, copy_bidirectional_with_sizes};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -43,7 +43,7 @@ use crate::config::{self, ConfigError, HubConfig, ValidHub, ValidSite};
 use crate::control::{self, TargetSet};
 use crate::engine::{self, Datagram, DatagramSender, LinkHandle};
 use crate::keys::{self, KeyError, PrivateKey, PublicKey};
-use crate::link::{Link, LinkConfig, RejectReason};
+use crate::link::{COPY_BUFFER, Link, LinkConfig, RejectReason};
 use crate::proto::{self, ForwardRequest, OpenRequest, Response, Status};
 use crate::udp;
 
@@ -692,7 +692,7 @@ async fn handle_gateway(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) -
     }
     tracing::debug!(%peer, site = req.site, target, "stream open");
     tokio::select! {
-        r = copy_bidirectional(&mut tcp, &mut tunnel) => {
+        r = copy_bidirectional_with_sizes(&mut tcp, &mut tunnel, COPY_BUFFER, COPY_BUFFER) => {
             if let Err(e) = r {
                 tracing::debug!(%peer, site = req.site, error = %e, "stream ended with an error");
             }

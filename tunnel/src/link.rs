@@ -48,10 +48,16 @@ const SCRATCH: usize = 65_536;
 /// TCP buffer sizes per tunnel connection (each way). 256 KiB keeps ~2 Gbit/s in flight at
 /// 1 ms RTT; memory is committed only as it is used.
 const TCP_BUFFER: usize = 256 * 1024;
-/// Largest chunk handed between a socket and its application.
-const CHUNK: usize = 16 * 1024;
-/// Chunks queued per direction between a socket and its application.
-const CHANNEL_DEPTH: usize = 16;
+/// Largest chunk handed between a socket and its application. Large chunks mean few
+/// hand-overs (each may wake the other task) per megabyte; see [`COPY_BUFFER`].
+const CHUNK: usize = 64 * 1024;
+/// Chunks queued per direction between a socket and its application (with [`CHUNK`], at most
+/// 256 KiB per direction, the same as the TCP buffers).
+const CHANNEL_DEPTH: usize = 4;
+/// Buffer size for copying between a [`TunnelStream`] and an OS socket
+/// (`copy_bidirectional_with_sizes`): tokio's default of 8 KiB would cut every transfer
+/// into eighths of a [`CHUNK`].
+pub const COPY_BUFFER: usize = CHUNK;
 /// IP packets queued from the tunnel before the stack runs; more are dropped (TCP recovers).
 const MAX_RX_QUEUE: usize = 4096;
 /// Idle tunnel connections are probed this often, so dead ones are noticed.
@@ -239,8 +245,12 @@ impl AsyncRead for TunnelStream {
             match ready!(self.rx.poll_recv(cx)) {
                 Some(chunk) => {
                     self.read_buf = chunk;
-                    // A slot freed: the link may move more data out of the socket.
-                    self.wake.notify_one();
+                    // The link stops reading its socket only when this channel is full: wake
+                    // it when that slot frees, not for every chunk (each wake-up may be a
+                    // switch to another thread).
+                    if self.rx.len() + 1 >= self.rx.max_capacity() {
+                        self.wake.notify_one();
+                    }
                 }
                 None => return Poll::Ready(Ok(())),
             }
