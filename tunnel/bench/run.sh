@@ -10,6 +10,12 @@
 # which terminates the client's TCP and asks the hub for a stream) and two userspace TCP
 # stacks; the wireguard-go path is kernel TCP end to end over TUN devices.
 #
+# Besides throughput, each run reads the CPU time (user + system, /proc/<pid>/stat) the two
+# tunnel ends spent per GB carried: steadier than throughput on a machine whose cores are
+# shared by both ends, iperf3 and the builds, and what a hub serving many sites pays. Kernel
+# work done in softirq context for a process's packets may be charged to another process,
+# on both paths alike.
+#
 # Usage (root): tunnel/bench/run.sh            ROUNDS=3 SECONDS_PER_RUN=10 by default
 #               PERF_OUT=/tmp/tun.perf ...     also profiles one run of ours (perf record -g)
 # Needs: ip (iproute2), iperf3 (installed with apt-get if missing), python3, Go tools via
@@ -120,11 +126,29 @@ rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 idle_hub=$(rss $hub_pid); idle_conn=$(rss $conn_pid); idle_wga=$(rss $wga_pid); idle_wgb=$(rss $wgb_pid)
 
-gbps() { # iperf3 -J on stdin -> Gbit/s received
-	python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.3f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))'
+gbps() { # iperf3 -J on stdin -> "Gbit/s received" and the bytes into $work/bytes
+	python3 -c 'import json,sys; d=json.load(sys.stdin)["end"]["sum_received"]; open(sys.argv[1], "w").write(str(d["bytes"])); print("%.3f" % (d["bits_per_second"]/1e9))' "$work/bytes"
 }
-run_ours() { ip netns exec "$A" iperf3 -J -c 127.0.0.1 -p 15201 -t "$SECS" | gbps; }
-run_wg() { ip netns exec "$A" iperf3 -J -c 100.97.1.2 -p 5201 -t "$SECS" | gbps; }
+# CPU time (user + system, clock ticks) of processes, read from /proc/<pid>/stat.
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+# CPU seconds per GB carried, for the processes given (the two ends of a tunnel).
+cpu_per_gb() { python3 -c "import os,sys; b=int(open('$work/bytes').read()); print('%.2f' % ((int(sys.argv[2]) - int(sys.argv[1])) / os.sysconf('SC_CLK_TCK') / (b / 1e9)))" "$@"; }
+ours_cpu=(); wg_cpu=(); fwd_cpu=()
+run_ours() {
+	local t0 f0 g
+	t0=$(ticks $hub_pid $conn_pid); f0=$(ticks $fwd_pid)
+	g=$(ip netns exec "$A" iperf3 -J -c 127.0.0.1 -p 15201 -t "$SECS" | gbps)
+	ours_cpu+=("$(cpu_per_gb "$t0" "$(ticks $hub_pid $conn_pid)")")
+	fwd_cpu+=("$(cpu_per_gb "$f0" "$(ticks $fwd_pid)")")
+	echo "$g"
+}
+run_wg() {
+	local t0 g
+	t0=$(ticks $wga_pid $wgb_pid)
+	g=$(ip netns exec "$A" iperf3 -J -c 100.97.1.2 -p 5201 -t "$SECS" | gbps)
+	wg_cpu+=("$(cpu_per_gb "$t0" "$(ticks $wga_pid $wgb_pid)")")
+	echo "$g"
+}
 
 # Warm up both paths (handshakes, allow list) before measuring.
 for _ in $(seq 1 30); do
@@ -135,9 +159,10 @@ ip netns exec "$A" iperf3 -c 100.97.1.2 -t 1 >/dev/null 2>&1
 
 ours=(); wg=()
 for r in $(seq 1 "$ROUNDS"); do
-	ours+=("$(run_ours)"); sleep 1
-	wg+=("$(run_wg)"); sleep 1
-	echo "round $r: ours ${ours[-1]} Gbit/s, wireguard-go ${wg[-1]} Gbit/s" >&2
+	# Not in $(...): the CPU arrays are filled in this shell.
+	run_ours >"$work/g"; ours+=("$(cat "$work/g")"); sleep 1
+	run_wg >"$work/g"; wg+=("$(cat "$work/g")"); sleep 1
+	echo "round $r: ours ${ours[-1]} Gbit/s (${ours_cpu[-1]} CPU s/GB, forward ${fwd_cpu[-1]}), wireguard-go ${wg[-1]} Gbit/s (${wg_cpu[-1]} CPU s/GB)" >&2
 done
 
 # Optional profile of our path: one more run of ours under `perf record` of hub, connector and
@@ -149,7 +174,8 @@ if [ -n "${PERF_OUT:-}" ]; then
 		perfs+=($!)
 	done
 	sleep 0.5
-	echo "profiled run: ours $(run_ours) Gbit/s" >&2
+	run_ours >"$work/g"
+	echo "profiled run: ours $(cat "$work/g") Gbit/s" >&2
 	wait "${perfs[@]}" || true
 fi
 
@@ -157,11 +183,13 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[
 minmax() { printf '%s\n' "$@" | sort -g | awk 'NR==1{lo=$1} {hi=$1} END {print lo "-" hi}'; }
 mo=$(median "${ours[@]}"); mw=$(median "${wg[@]}")
 ratio=$(python3 -c "print('%.2f' % ($mo/$mw))")
+co=$(median "${ours_cpu[@]:0:$ROUNDS}"); cw=$(median "${wg_cpu[@]}"); cf=$(median "${fwd_cpu[@]:0:$ROUNDS}")
+cratio=$(python3 -c "print('%.2f' % ($co/$cw))")
 kb2mb() { python3 -c "print('%.1f' % ($1/1024))"; }
 
 cat <<MD
-| path | iperf3 TCP, Gbit/s (median of $ROUNDS x ${SECS}s) | spread | ratio to wireguard-go | idle RSS per side | peak RSS per side |
-|---|---|---|---|---|---|
-| hub + connector (+ forward as gateway) | $mo | $(minmax "${ours[@]}") | ${ratio}x | hub $(kb2mb "$idle_hub") MB, connector $(kb2mb "$idle_conn") MB | hub $(kb2mb "$(hwm $hub_pid)") MB, connector $(kb2mb "$(hwm $conn_pid)") MB, forward $(kb2mb "$(hwm $fwd_pid)") MB |
-| wireguard-go pair | $mw | $(minmax "${wg[@]}") | 1.00x | $(kb2mb "$idle_wga") MB, $(kb2mb "$idle_wgb") MB | $(kb2mb "$(hwm $wga_pid)") MB, $(kb2mb "$(hwm $wgb_pid)") MB |
+| path | iperf3 TCP, Gbit/s (median of $ROUNDS x ${SECS}s) | spread | ratio to wireguard-go | CPU s per GB, both ends (vs wireguard-go) | idle RSS per side | peak RSS per side |
+|---|---|---|---|---|---|---|
+| hub + connector (+ forward as gateway) | $mo | $(minmax "${ours[@]}") | ${ratio}x | $co (${cratio}x; forward $cf more) | hub $(kb2mb "$idle_hub") MB, connector $(kb2mb "$idle_conn") MB | hub $(kb2mb "$(hwm $hub_pid)") MB, connector $(kb2mb "$(hwm $conn_pid)") MB, forward $(kb2mb "$(hwm $fwd_pid)") MB |
+| wireguard-go pair | $mw | $(minmax "${wg[@]}") | 1.00x | $cw (1.00x) | $(kb2mb "$idle_wga") MB, $(kb2mb "$idle_wgb") MB | $(kb2mb "$(hwm $wga_pid)") MB, $(kb2mb "$(hwm $wgb_pid)") MB |
 MD

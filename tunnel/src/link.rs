@@ -45,6 +45,12 @@ use crate::udp::Outbox;
 pub const MTU: usize = 1420;
 /// Scratch buffer size for boringtun: large enough for any UDP datagram.
 const SCRATCH: usize = 65_536;
+/// Smallest buffer given to boringtun's `decapsulate`: room for a handshake answer or a
+/// cookie reply written instead of a packet.
+const MIN_DECAPSULATE_BUFFER: usize = 256;
+/// What encryption adds to a packet: WireGuard's data header (16 bytes) and tag (16), with
+/// room to spare for padding.
+const ENCAPSULATE_OVERHEAD: usize = 64;
 /// TCP buffer sizes per tunnel connection (each way). 256 KiB keeps ~2 Gbit/s in flight at
 /// 1 ms RTT; memory is committed only as it is used.
 const TCP_BUFFER: usize = 256 * 1024;
@@ -581,10 +587,17 @@ impl Link {
     /// Feeds one datagram from the network.
     pub fn receive_datagram(&mut self, from: SocketAddr, datagram: &[u8]) -> Received {
         let mut scratch = std::mem::take(&mut self.scratch);
-        let outcome = match self
-            .tunn
-            .decapsulate(Some(from.ip()), datagram, &mut scratch)
-        {
+        // A data packet is decrypted straight into a packet buffer for the stack (no copy
+        // from a scratch buffer); anything else boringtun writes there is small.
+        let mut buf = self.device.rx_spare.pop().unwrap_or_default();
+        let need = datagram.len().max(MIN_DECAPSULATE_BUFFER);
+        if buf.len() < need {
+            buf.resize(need, 0);
+        }
+        let base = buf.as_ptr() as usize;
+        // The decrypted packet: (source, offset in `buf`, length).
+        let mut inner = None;
+        let outcome = match self.tunn.decapsulate(Some(from.ip()), datagram, &mut buf) {
             TunnResult::WriteToNetwork(p) => {
                 if p.first() == Some(&3) {
                     // A cookie reply from the rate limiter: the sender is not authenticated
@@ -598,11 +611,11 @@ impl Link {
                 }
             }
             TunnResult::WriteToTunnelV4(p, src) => {
-                self.accept_packet(IpAddr::V4(src), p);
+                inner = Some((IpAddr::V4(src), p.as_ptr() as usize - base, p.len()));
                 Received::Authenticated
             }
             TunnResult::WriteToTunnelV6(p, src) => {
-                self.accept_packet(IpAddr::V6(src), p);
+                inner = Some((IpAddr::V6(src), p.as_ptr() as usize - base, p.len()));
                 Received::Authenticated
             }
             TunnResult::Done => {
@@ -616,6 +629,10 @@ impl Link {
             }
             TunnResult::Err(e) => Received::Rejected(RejectReason::from_error(&e)),
         };
+        match inner {
+            Some((src, offset, len)) => self.accept_packet(src, buf, offset, len),
+            None => self.device.rx_spare.push(buf),
+        }
         if outcome == Received::Authenticated {
             self.endpoint = Some(from);
             self.last_authenticated = Some(Instant::now());
@@ -632,14 +649,20 @@ impl Link {
         outcome
     }
 
-    fn accept_packet(&mut self, src: IpAddr, packet: &[u8]) {
+    /// Queues the packet at `buf[offset..offset + len]` for the stack, if it is from the
+    /// peer's address and the queue has room; the buffer goes back to the pool otherwise.
+    fn accept_packet(&mut self, src: IpAddr, mut buf: Vec<u8>, offset: usize, len: usize) {
         if src != self.peer_ip || self.device.rx.len() >= MAX_RX_QUEUE {
             self.stats.rx_dropped_packets += 1;
+            if self.device.rx_spare.len() < SPARE_BUFFERS {
+                self.device.rx_spare.push(buf);
+            }
             return;
         }
-        let mut buf = self.device.rx_spare.pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(packet);
+        if offset != 0 {
+            buf.copy_within(offset..offset + len, 0);
+        }
+        buf.truncate(len);
         self.device.rx.push_back(buf);
     }
 
@@ -768,8 +791,29 @@ impl Link {
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         while let Some(packet) = self.device.tx.pop_front() {
-            if let TunnResult::WriteToNetwork(p) = self.tunn.encapsulate(&packet, &mut scratch) {
-                self.send_to_peer(p);
+            match self.endpoint {
+                // Encrypted straight into the outbox: no copy from a scratch buffer.
+                Some(ep) => {
+                    let tunn = &mut self.tunn;
+                    let room = (packet.len() + ENCAPSULATE_OVERHEAD).max(MIN_DECAPSULATE_BUFFER);
+                    let sent = self.outbox.push_with(ep, room, |dst| {
+                        let base = dst.as_ptr() as usize;
+                        match tunn.encapsulate(&packet, dst) {
+                            TunnResult::WriteToNetwork(p) => {
+                                Some((p.as_ptr() as usize - base, p.len()))
+                            }
+                            _ => None,
+                        }
+                    });
+                    if sent {
+                        self.stats.tx_datagrams += 1;
+                    }
+                }
+                // Nowhere to send yet; boringtun still keeps its timers (and queues the
+                // packet if there is no session).
+                None => {
+                    let _ = self.tunn.encapsulate(&packet, &mut scratch);
+                }
             }
             if self.device.spare.len() < SPARE_BUFFERS {
                 self.device.spare.push(packet);

@@ -61,7 +61,10 @@ impl Batch {
 /// once and allocates nothing once the buffer has grown.
 #[derive(Debug, Default)]
 pub struct Outbox {
+    /// Initialised bytes, of which the first `used` are datagrams: writing in place needs
+    /// no zeroing once the buffer has grown.
     buf: Vec<u8>,
+    used: usize,
     batches: Vec<Batch>,
 }
 
@@ -72,8 +75,17 @@ impl Outbox {
         if len == 0 {
             return;
         }
-        let start = self.buf.len();
-        self.buf.extend_from_slice(datagram);
+        let start = self.used;
+        if self.buf.len() < start + len {
+            self.buf.resize(start + len, 0);
+        }
+        self.buf[start..start + len].copy_from_slice(datagram);
+        self.commit(to, start, len);
+    }
+
+    /// Records the datagram at `buf[start..start + len]`, in a batch the offload allows.
+    fn commit(&mut self, to: SocketAddr, start: usize, len: usize) {
+        self.used = start + len;
         if let Some(b) = self.batches.last_mut()
             && b.to == to
             && !b.closed
@@ -94,6 +106,33 @@ impl Outbox {
         });
     }
 
+    /// Appends a datagram that `write` produces in place: it gets `room` bytes and returns
+    /// where in them the datagram is (offset, length), or `None` for nothing to send. Saves
+    /// the copy [`Outbox::push`] makes. Returns whether a datagram was added.
+    pub fn push_with(
+        &mut self,
+        to: SocketAddr,
+        room: usize,
+        write: impl FnOnce(&mut [u8]) -> Option<(usize, usize)>,
+    ) -> bool {
+        let start = self.used;
+        if self.buf.len() < start + room {
+            self.buf.resize(start + room, 0);
+        }
+        let Some((offset, len)) = write(&mut self.buf[start..start + room]) else {
+            return false;
+        };
+        if len == 0 || offset + len > room {
+            return false;
+        }
+        if offset != 0 {
+            self.buf
+                .copy_within(start + offset..start + offset + len, start);
+        }
+        self.commit(to, start, len);
+        true
+    }
+
     /// No datagram waiting.
     pub fn is_empty(&self) -> bool {
         self.batches.is_empty()
@@ -107,10 +146,11 @@ impl Outbox {
     /// Forgets everything. Keeps the buffer's memory for the next burst, up to a bound, so a
     /// link that once sent a large burst does not hold it while idle.
     pub fn clear(&mut self) {
-        self.buf.clear();
+        self.used = 0;
         self.batches.clear();
-        if self.buf.capacity() > 4 * MAX_BATCH_BYTES {
-            self.buf.shrink_to(MAX_BATCH_BYTES);
+        if self.buf.len() > 4 * MAX_BATCH_BYTES {
+            self.buf.truncate(MAX_BATCH_BYTES);
+            self.buf.shrink_to_fit();
         }
     }
 
@@ -368,6 +408,38 @@ mod tests {
         );
         let order: Vec<_> = o.datagrams().map(|(d, to)| (d[0], to.port())).collect();
         assert_eq!(order, vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+    }
+
+    #[test]
+    fn datagrams_written_in_place_batch_like_copied_ones() {
+        let mut o = Outbox::default();
+        assert!(o.push_with(addr(1), 64, |b| {
+            b[..10].fill(1);
+            Some((0, 10))
+        }));
+        // Written at an offset: moved to where the batch continues.
+        assert!(o.push_with(addr(1), 64, |b| {
+            b[5..15].fill(2);
+            Some((5, 10))
+        }));
+        assert!(!o.push_with(addr(1), 64, |_| None), "nothing to send");
+        assert!(
+            !o.push_with(addr(1), 8, |_| Some((4, 8))),
+            "out of its room"
+        );
+        o.push(addr(1), &[3; 10]);
+        let batches: Vec<_> = o.batches().map(|(b, s, _)| (b.to_vec(), s)).collect();
+        let mut expected = vec![1; 10];
+        expected.extend([2; 10]);
+        expected.extend([3; 10]);
+        assert_eq!(batches, vec![(expected, 10)]);
+        // After a send, the buffer is reused from the start.
+        o.clear();
+        o.push(addr(2), &[4; 3]);
+        assert_eq!(
+            o.datagrams().map(|(d, _)| d.to_vec()).collect::<Vec<_>>(),
+            vec![vec![4; 3]]
+        );
     }
 
     #[test]
