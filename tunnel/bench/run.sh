@@ -18,12 +18,14 @@
 #
 # Usage (root): tunnel/bench/run.sh            ROUNDS=3 SECONDS_PER_RUN=10 by default
 #               PERF_OUT=/tmp/tun.perf ...     also profiles one run of ours (perf record -g)
+#               STREAMS=4 ...                  parallel TCP streams per run (iperf3 -P)
 # Needs: ip (iproute2), iperf3 (installed with apt-get if missing), python3, Go tools via
 # e2e/scripts/tools.sh (wireguard-go).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
 SECS=${SECONDS_PER_RUN:-10}
+STREAMS=${STREAMS:-1}
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/rtn/target-tunnel}
@@ -133,19 +135,24 @@ gbps() { # iperf3 -J on stdin -> "Gbit/s received" and the bytes into $work/byte
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 # CPU seconds per GB carried, for the processes given (the two ends of a tunnel).
 cpu_per_gb() { python3 -c "import os,sys; b=int(open('$work/bytes').read()); print('%.2f' % ((int(sys.argv[2]) - int(sys.argv[1])) / os.sysconf('SC_CLK_TCK') / (b / 1e9)))" "$@"; }
-ours_cpu=(); wg_cpu=(); fwd_cpu=()
+# Busy CPU time of the whole machine (user, nice, system, irq, softirq), clock ticks: the
+# whole path, iperf3 and the kernel's TCP on loopback included.
+machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+ours_cpu=(); wg_cpu=(); fwd_cpu=(); ours_all=(); wg_all=()
 run_ours() {
-	local t0 f0 g
-	t0=$(ticks $hub_pid $conn_pid); f0=$(ticks $fwd_pid)
-	g=$(ip netns exec "$A" iperf3 -J -c 127.0.0.1 -p 15201 -t "$SECS" | gbps)
+	local t0 f0 m0 g
+	t0=$(ticks $hub_pid $conn_pid); f0=$(ticks $fwd_pid); m0=$(machine)
+	g=$(ip netns exec "$A" iperf3 -J -P "$STREAMS" -c 127.0.0.1 -p 15201 -t "$SECS" | gbps)
+	ours_all+=("$(cpu_per_gb "$m0" "$(machine)")")
 	ours_cpu+=("$(cpu_per_gb "$t0" "$(ticks $hub_pid $conn_pid)")")
 	fwd_cpu+=("$(cpu_per_gb "$f0" "$(ticks $fwd_pid)")")
 	echo "$g"
 }
 run_wg() {
-	local t0 g
-	t0=$(ticks $wga_pid $wgb_pid)
-	g=$(ip netns exec "$A" iperf3 -J -c 100.97.1.2 -p 5201 -t "$SECS" | gbps)
+	local t0 m0 g
+	t0=$(ticks $wga_pid $wgb_pid); m0=$(machine)
+	g=$(ip netns exec "$A" iperf3 -J -P "$STREAMS" -c 100.97.1.2 -p 5201 -t "$SECS" | gbps)
+	wg_all+=("$(cpu_per_gb "$m0" "$(machine)")")
 	wg_cpu+=("$(cpu_per_gb "$t0" "$(ticks $wga_pid $wgb_pid)")")
 	echo "$g"
 }
@@ -162,7 +169,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	# Not in $(...): the CPU arrays are filled in this shell.
 	run_ours >"$work/g"; ours+=("$(cat "$work/g")"); sleep 1
 	run_wg >"$work/g"; wg+=("$(cat "$work/g")"); sleep 1
-	echo "round $r: ours ${ours[-1]} Gbit/s (${ours_cpu[-1]} CPU s/GB, forward ${fwd_cpu[-1]}), wireguard-go ${wg[-1]} Gbit/s (${wg_cpu[-1]} CPU s/GB)" >&2
+	echo "round $r: ours ${ours[-1]} Gbit/s (${ours_cpu[-1]} CPU s/GB, forward ${fwd_cpu[-1]}, machine ${ours_all[-1]}), wireguard-go ${wg[-1]} Gbit/s (${wg_cpu[-1]} CPU s/GB, machine ${wg_all[-1]})" >&2
 done
 
 # Optional profile of our path: one more run of ours under `perf record` of hub, connector and
@@ -185,11 +192,13 @@ mo=$(median "${ours[@]}"); mw=$(median "${wg[@]}")
 ratio=$(python3 -c "print('%.2f' % ($mo/$mw))")
 co=$(median "${ours_cpu[@]:0:$ROUNDS}"); cw=$(median "${wg_cpu[@]}"); cf=$(median "${fwd_cpu[@]:0:$ROUNDS}")
 cratio=$(python3 -c "print('%.2f' % ($co/$cw))")
+ao=$(median "${ours_all[@]:0:$ROUNDS}"); aw=$(median "${wg_all[@]}")
+aratio=$(python3 -c "print('%.2f' % ($ao/$aw))")
 kb2mb() { python3 -c "print('%.1f' % ($1/1024))"; }
 
 cat <<MD
-| path | iperf3 TCP, Gbit/s (median of $ROUNDS x ${SECS}s) | spread | ratio to wireguard-go | CPU s per GB, both ends (vs wireguard-go) | idle RSS per side | peak RSS per side |
-|---|---|---|---|---|---|---|
-| hub + connector (+ forward as gateway) | $mo | $(minmax "${ours[@]}") | ${ratio}x | $co (${cratio}x; forward $cf more) | hub $(kb2mb "$idle_hub") MB, connector $(kb2mb "$idle_conn") MB | hub $(kb2mb "$(hwm $hub_pid)") MB, connector $(kb2mb "$(hwm $conn_pid)") MB, forward $(kb2mb "$(hwm $fwd_pid)") MB |
-| wireguard-go pair | $mw | $(minmax "${wg[@]}") | 1.00x | $cw (1.00x) | $(kb2mb "$idle_wga") MB, $(kb2mb "$idle_wgb") MB | $(kb2mb "$(hwm $wga_pid)") MB, $(kb2mb "$(hwm $wgb_pid)") MB |
+| path | iperf3 TCP x $STREAMS, Gbit/s (median of $ROUNDS x ${SECS}s) | spread | ratio to wireguard-go | CPU s per GB, both ends (vs wireguard-go) | machine CPU s per GB | idle RSS per side | peak RSS per side |
+|---|---|---|---|---|---|---|---|
+| hub + connector (+ forward as gateway) | $mo | $(minmax "${ours[@]}") | ${ratio}x | $co (${cratio}x; forward $cf more) | $ao (${aratio}x) | hub $(kb2mb "$idle_hub") MB, connector $(kb2mb "$idle_conn") MB | hub $(kb2mb "$(hwm $hub_pid)") MB, connector $(kb2mb "$(hwm $conn_pid)") MB, forward $(kb2mb "$(hwm $fwd_pid)") MB |
+| wireguard-go pair | $mw | $(minmax "${wg[@]}") | 1.00x | $cw (1.00x) | $aw (1.00x) | $(kb2mb "$idle_wga") MB, $(kb2mb "$idle_wgb") MB | $(kb2mb "$(hwm $wga_pid)") MB, $(kb2mb "$(hwm $wgb_pid)") MB |
 MD
