@@ -27,6 +27,12 @@ use std::net::SocketAddr;
 #[global_allocator]
 static ALLOC: rustronaut_alloc_count::Counting = rustronaut_alloc_count::Counting;
 
+/// The gateway's allocator (gateway/src/main.rs), so "CPU vs bare Pingora" compares code, not
+/// allocators.
+#[cfg(not(feature = "count-allocs"))]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 struct Args {
     /// Plain HTTP listener.
