@@ -402,28 +402,23 @@ mod tests {
             PrivateKey::generate().unwrap(),
             PrivateKey::generate().unwrap(),
         );
-        let a = Link::new(LinkConfig {
-            private_key: ka.clone(),
-            peer_key: kb.public_key(),
-            local_ip: "10.0.0.1".parse().unwrap(),
-            peer_ip: "10.0.0.2".parse().unwrap(),
-            keepalive: None,
-            index: 1,
-            rate_limiter: None,
-            endpoint: Some(sb.local_addr().unwrap()),
-        })
-        .unwrap();
-        let mut b = Link::new(LinkConfig {
-            private_key: kb,
-            peer_key: ka.public_key(),
-            local_ip: "10.0.0.2".parse().unwrap(),
-            peer_ip: "10.0.0.1".parse().unwrap(),
-            keepalive: None,
-            index: 2,
-            rate_limiter: None,
-            endpoint: None,
-        })
-        .unwrap();
+        // `a` (10.0.0.1) knows where `b` (10.0.0.2) is; `b` learns `a` from its handshake.
+        let link = |own: &PrivateKey, peer: &PrivateKey, index: u32, endpoint| {
+            let ip = |i: u32| std::net::IpAddr::from([10, 0, 0, i as u8]);
+            Link::new(LinkConfig {
+                private_key: own.clone(),
+                peer_key: peer.public_key(),
+                local_ip: ip(index),
+                peer_ip: ip(3 - index),
+                keepalive: None,
+                index,
+                rate_limiter: None,
+                endpoint,
+            })
+            .unwrap()
+        };
+        let a = link(&ka, &kb, 1, Some(sb.local_addr().unwrap()));
+        let mut b = link(&kb, &ka, 2, None);
         let (accept_tx, mut accept) = mpsc::channel(1);
         b.listen(9000, accept_tx);
         let b_addr = sb.local_addr().unwrap().to_string();
