@@ -434,7 +434,7 @@ impl ControlPlane {
     /// Takes the machine-wide node lock, cleans up after a node that died without doing so,
     /// saves the host state and gives the node its address (before the apiserver binds it).
     fn prepare_node(&mut self, cfg: &Config) -> Result<(), ControlPlaneError> {
-        node::preflight(&cfg.bin_dir)?;
+        node::preflight(&cfg.bin_dir, &cfg.dir)?;
         let lock = NodeLock::acquire(NODE_LOCK_WAIT)?;
         if let Some(old) = HostState::load() {
             eprintln!(

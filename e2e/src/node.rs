@@ -122,6 +122,22 @@ pub enum NodeError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The filesystem the node keeps its images, containers and logs on is nearly full: the
+    /// kubelet would report DiskPressure and admit no pod, and every test would time out
+    /// waiting for one (seen in CI when build caches had filled the disk).
+    #[error(
+        "only {free_mib} MiB free on the filesystem of {path}; a real node needs at least {needed_mib} MiB there (images, container layers, pod logs; the kubelet refuses pods below {eviction_mib} MiB). Free some space, e.g. old Cargo target directories"
+    )]
+    LowDisk {
+        /// The node's directory.
+        path: PathBuf,
+        /// Free bytes for an unprivileged writer, in MiB.
+        free_mib: u64,
+        /// What [`preflight`] asks for, in MiB.
+        needed_mib: u64,
+        /// The kubelet's eviction threshold, in MiB.
+        eviction_mib: u64,
+    },
     /// Another real node holds the machine-wide lock.
     #[error(
         "another real node runs on this machine ({holder}); stop it ('make cluster-down') or wait"
@@ -470,8 +486,20 @@ impl NodeLock {
     }
 }
 
+/// The kubelet's hard eviction threshold for free disk (node and image filesystems), in MiB.
+/// An absolute value rather than the default percentage: 10 % (or even 1 %) of a large
+/// developer disk is gigabytes the test node never needs, and crossing it taints the node
+/// with DiskPressure so no pod starts.
+pub const EVICTION_DISK_MIB: u64 = 256;
+
+/// Free disk [`preflight`] asks for on the node's filesystem, in MiB: the imported images
+/// (about 200 MiB), their unpacked layers, pod logs and etcd, with room to spare above
+/// [`EVICTION_DISK_MIB`].
+pub const NEEDED_DISK_MIB: u64 = 2048;
+
 /// Checks what the node needs from this machine, with a message that says how to get it.
-pub fn preflight(bin_dir: &Path) -> Result<(), NodeError> {
+/// `node_dir` is where containerd and the kubelet will keep their state (it must exist).
+pub fn preflight(bin_dir: &Path, node_dir: &Path) -> Result<(), NodeError> {
     // SAFETY-free: geteuid has no preconditions, but it is an FFI call.
     #[allow(unsafe_code)]
     // SAFETY: geteuid(2) takes no arguments and cannot fail.
@@ -517,7 +545,37 @@ pub fn preflight(bin_dir: &Path) -> Result<(), NodeError> {
             ));
         }
     }
+    let free_mib = free_disk_mib(node_dir)?;
+    if free_mib < NEEDED_DISK_MIB {
+        return Err(NodeError::LowDisk {
+            path: node_dir.to_path_buf(),
+            free_mib,
+            needed_mib: NEEDED_DISK_MIB,
+            eviction_mib: EVICTION_DISK_MIB,
+        });
+    }
     Ok(())
+}
+
+/// Free space on the filesystem of `path` for an unprivileged writer (statvfs `f_bavail`,
+/// what the kubelet's `nodefs.available` measures), in MiB.
+pub fn free_disk_mib(path: &Path) -> Result<u64, NodeError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        io_err("statvfs", path)(std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    })?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    #[allow(unsafe_code)]
+    // SAFETY: `c_path` is a NUL-terminated string that outlives the call, and `st` points to
+    // writable memory of the size statvfs(3) fills; it is read only after a 0 return.
+    let (rc, st) = unsafe {
+        let rc = libc::statvfs(c_path.as_ptr(), st.as_mut_ptr());
+        (rc, (rc == 0).then(|| st.assume_init()))
+    };
+    match (rc, st) {
+        (0, Some(st)) => Ok(st.f_bavail.saturating_mul(st.f_frsize) >> 20),
+        _ => Err(io_err("statvfs", path)(std::io::Error::last_os_error())),
+    }
 }
 
 /// Finds a program on PATH.
@@ -851,7 +909,7 @@ failSwapOn: false
 # Images are imported, never pulled: never collect them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {{memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}}
+evictionHard: {{memory.available: "100Mi", nodefs.available: "{EVICTION_DISK_MIB}Mi", imagefs.available: "{EVICTION_DISK_MIB}Mi", nodefs.inodesFree: "1%"}}
 serializeImagePulls: false
 protectKernelDefaults: false
 makeIPTablesUtilChains: true
@@ -943,7 +1001,32 @@ mod tests {
         let k = kubelet_config(dir, Path::new("/tmp/ca.crt"));
         assert!(k.contains("failCgroupV1: false"));
         assert!(k.contains("podLogsDir: /tmp/n/kubelet/pod-logs"));
+        // An absolute eviction threshold, not a share of a possibly huge disk.
+        assert!(k.contains("nodefs.available: \"256Mi\""), "{k}");
+        assert!(k.contains("imagefs.available: \"256Mi\""), "{k}");
         let cni: serde_json::Value = serde_json::from_str(&cni_config()).unwrap();
         assert_eq!(cni["plugins"][0]["bridge"], CNI_BRIDGE);
+    }
+
+    #[test]
+    fn free_disk_is_measured_and_a_missing_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_disk_mib(dir.path()).unwrap();
+        // The test itself just created a directory there, so the filesystem has room.
+        assert!(free > 0);
+        let missing = dir.path().join("absent");
+        let err = free_disk_mib(&missing).unwrap_err();
+        assert!(err.to_string().contains("statvfs"), "{err}");
+        let low = NodeError::LowDisk {
+            path: dir.path().into(),
+            free_mib: 900,
+            needed_mib: NEEDED_DISK_MIB,
+            eviction_mib: EVICTION_DISK_MIB,
+        };
+        let msg = low.to_string();
+        assert!(
+            msg.contains("only 900 MiB free") && msg.contains("2048 MiB"),
+            "{msg}"
+        );
     }
 }

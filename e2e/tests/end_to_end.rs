@@ -32,7 +32,7 @@ mod console;
 #[path = "end_to_end/sidecar.rs"]
 mod sidecar;
 mod support;
-use support::{MANAGER, kubectl_apply, percentile, run, wait_for_within};
+use support::{MANAGER, kubectl_apply, percentile, run, wait_for_within, wait_in_cluster};
 
 const NS: &str = "demo-apps";
 
@@ -110,10 +110,10 @@ fn install_demo(cluster: &TestCluster) {
     }
     kubectl_apply(cluster, rustronaut_e2e::scenario::DEMO_MANIFESTS);
     for d in ["hello", "hello-gw"] {
-        wait_for_within(
+        wait_in_cluster(
+            cluster,
             &format!("deployment {d} to exist"),
             Duration::from_secs(120),
-            &[],
             || {
                 cluster
                     .kubectl()
@@ -135,10 +135,10 @@ fn install_demo(cluster: &TestCluster) {
         );
     }
     let dev = mint("alice", "dev");
-    wait_for_within(
+    wait_in_cluster(
+        cluster,
         "the gateway's Service to answer the allowed identity",
         Duration::from_secs(120),
-        &[],
         || status(cluster, Some(&dev)) == 200,
     );
 }
@@ -313,10 +313,10 @@ fn run_once_pod(
 ) -> String {
     kubectl_apply(cluster, &manifest.to_string());
     let mut phase = String::new();
-    wait_for_within(
+    wait_in_cluster(
+        cluster,
         &format!("pod {ns}/{name} to finish"),
         Duration::from_secs(90),
-        &[],
         || {
             phase = cluster
                 .kubectl()
@@ -554,10 +554,10 @@ fn a_gateway_pod_deleted_mid_traffic_is_replaced_and_traffic_resumes() {
     }
     let killed = Instant::now();
     let mut failures = 0;
-    wait_for_within(
+    wait_in_cluster(
+        cluster,
         "a new gateway pod to serve",
         Duration::from_secs(180),
-        &[],
         || {
             let ok = status(cluster, Some(&dev)) == 200;
             if !ok {
@@ -618,10 +618,10 @@ fn policy_changes_are_enforced_live_by_the_gateway_pod() {
         rt.block_on(policies.patch("developers", &ssa, &Patch::Apply(&patch)))
             .unwrap();
         let applied = Instant::now();
-        wait_for_within(
+        wait_in_cluster(
+            cluster,
             &format!("change {i} enforced"),
             Duration::from_secs(90),
-            &[],
             || status(cluster, Some(allowed)) == 200 && status(cluster, Some(denied)) == 403,
         );
         latencies.push(applied.elapsed());
@@ -715,10 +715,10 @@ spec:
     );
     kubectl_apply(cluster, &manifests);
     for what in ["statefulset/site-gw-hub", "deployment/site-gw"] {
-        wait_for_within(
+        wait_in_cluster(
+            cluster,
             &format!("{what} to exist"),
             Duration::from_secs(120),
-            &[],
             || {
                 cluster
                     .kubectl()
@@ -741,10 +741,10 @@ spec:
     let config_file = dir.path().join("connector.yaml");
     let cli = rustronaut_e2e::scenario::sibling_binary("rustronaut").unwrap();
     let mut config = String::new();
-    wait_for_within(
+    wait_in_cluster(
+        cluster,
         "`rustronaut site config` to print the site's configuration",
         Duration::from_secs(60),
-        &[],
         || {
             let out = Command::new(&cli)
                 .env("KUBECONFIG", cluster.kubeconfig())

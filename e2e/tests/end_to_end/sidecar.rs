@@ -38,17 +38,17 @@ fn install_sidecar(cluster: &TestCluster) {
     kubectl_apply(cluster, rustronaut_e2e::scenario::SIDECAR_MANIFESTS);
     // The workload only once its snapshot is published: the webhook injects pods whose
     // Resource it knows, and the sidecar loads the Secret as it starts.
-    wait_for_within(
+    wait_in_cluster(
+        cluster,
         "Resource orders to be Programmed",
         Duration::from_secs(120),
-        &[],
         || resource_condition(cluster, "Programmed") == "True",
     );
     kubectl_apply(cluster, rustronaut_e2e::scenario::SIDECAR_WORKLOAD);
-    wait_for_within(
+    wait_in_cluster(
+        cluster,
         "deployment orders to exist",
         Duration::from_secs(60),
-        &[],
         || {
             cluster
                 .kubectl()
@@ -69,10 +69,10 @@ fn install_sidecar(cluster: &TestCluster) {
         ],
     );
     let dev = mint("alice", "dev");
-    wait_for_within(
+    wait_in_cluster(
+        cluster,
         "the orders Service to answer the allowed identity",
         Duration::from_secs(120),
-        &[],
         || orders_status(cluster, Some(&dev)) == 200,
     );
 }
@@ -238,10 +238,10 @@ fn the_webhook_injects_the_sidecar_and_it_enforces_the_policy_through_the_servic
     );
 
     // The Resource counts the pod as protected and is Ready.
-    wait_for_within(
+    wait_in_cluster(
+        cluster,
         "Resource orders to count one protected pod and be Ready",
         Duration::from_secs(60),
-        &[],
         || {
             kubectl(
                 cluster,
@@ -418,10 +418,10 @@ fn policy_changes_reach_the_sidecar_without_restarting_the_pod() {
         rt.block_on(policies.patch("orders-callers", &ssa, &Patch::Apply(&patch)))
             .unwrap();
         let applied = Instant::now();
-        wait_for_within(
+        wait_in_cluster(
+            cluster,
             &format!("change {i} enforced by the sidecar"),
             Duration::from_secs(90),
-            &[],
             || {
                 orders_status(cluster, Some(allowed)) == 200
                     && orders_status(cluster, Some(denied)) == 403
@@ -487,10 +487,10 @@ fn with_the_operator_down_the_sidecar_keeps_enforcing_its_last_snapshot() {
             "--replicas=0",
         ],
     );
-    wait_for_within(
+    wait_in_cluster(
+        cluster,
         "the operator's pods to be gone",
         Duration::from_secs(120),
-        &[],
         || {
             kubectl(
                 cluster,

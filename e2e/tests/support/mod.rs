@@ -113,6 +113,78 @@ pub fn wait_for_within(
     }
 }
 
+/// [`wait_for_within`] for tests whose processes run as pods of the real node: on timeout
+/// it panics with [`cluster_report`], since a pod that never came is explained by the node
+/// (DiskPressure, an image that did not import) or by the operator's log, not by the test.
+pub fn wait_in_cluster(
+    cluster: &rustronaut_e2e::TestCluster,
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}; the cluster:\n{}",
+                cluster_report(cluster)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What the cluster looks like, for a failure message: the node's conditions and taints,
+/// every pod with its phase, recent warning events, and the tail of the operator's log.
+pub fn cluster_report(cluster: &rustronaut_e2e::TestCluster) -> String {
+    let sections: [(&str, &[&str]); 4] = [
+        (
+            "node conditions and taints",
+            &[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{range .status.conditions[*]}  {.type}={.status} {.reason}: {.message}{\"\\n\"}{end}  taints: {.spec.taints}{\"\\n\"}{end}",
+            ],
+        ),
+        ("pods", &["get", "pods", "-A", "-o", "wide"]),
+        (
+            "warning events",
+            &[
+                "get",
+                "events",
+                "-A",
+                "--field-selector",
+                "type=Warning",
+                "--sort-by=.lastTimestamp",
+            ],
+        ),
+        (
+            "operator log (tail)",
+            &[
+                "-n",
+                OPERATOR_NAMESPACE,
+                "logs",
+                "deployment/rustronaut-operator",
+                "--tail=40",
+            ],
+        ),
+    ];
+    let mut out = String::new();
+    for (title, args) in sections {
+        let text = match cluster.kubectl().args(args).output() {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => format!("kubectl: {e}"),
+        };
+        out.push_str(&format!("--- {title}\n{}\n", text.trim_end()));
+    }
+    out
+}
+
 /// [`wait_for_within`] 90 seconds.
 pub fn wait_for(what: &str, logs: &[&Proc], cond: impl FnMut() -> bool) {
     wait_for_within(what, Duration::from_secs(90), logs, cond)
