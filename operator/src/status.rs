@@ -59,6 +59,12 @@ struct Write<S> {
     events: Vec<(String, String)>,
 }
 
+/// A status write of either kind, so both go through one [`crate::apply::each`].
+enum Kinded {
+    Resource(Write<rustronaut_crds::ResourceStatus>),
+    Policy(Write<rustronaut_crds::PolicyStatus>),
+}
+
 /// Computes every Resource's and Policy's status and writes those that changed. A `resync`
 /// builds every Gateway afresh: the backstop for a change the shared builds' index missed.
 pub async fn pass(ctx: &Context, stores: &Stores, resync: bool) -> Result<(), Error> {
@@ -179,14 +185,15 @@ pub async fn pass(ctx: &Context, stores: &Stores, resync: bool) -> Result<(), Er
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     // Several writes in flight: after a bulk apply every object's status changes, and one
     // round trip at a time was most of the time to settle 10,000 objects (issue 17).
-    let mut writes: Vec<crate::apply::Write<'_>> = Vec::new();
-    for w in resources {
-        writes.push(Box::pin(write::<RtnResource, _>(ctx, &recorder, w)));
-    }
-    for w in policies {
-        writes.push(Box::pin(write::<Policy, _>(ctx, &recorder, w)));
-    }
-    let written = crate::apply::all(writes).await;
+    let writes = resources
+        .into_iter()
+        .map(Kinded::Resource)
+        .chain(policies.into_iter().map(Kinded::Policy));
+    let written = crate::apply::each(writes, |w| match w {
+        Kinded::Resource(w) => Box::pin(write::<RtnResource, _>(ctx, &recorder, w)),
+        Kinded::Policy(w) => Box::pin(write::<Policy, _>(ctx, &recorder, w)),
+    })
+    .await;
     // Where a pass's time goes (issue 17: how long statuses take to settle after a bulk
     // apply): waiting for the Gateway reconciles' builds, computing, writing.
     tracing::debug!(
