@@ -254,8 +254,9 @@ where
 /// Drops what no reader of the caches looks at and what can be as large as the object itself:
 /// `managedFields` (an entry per field manager: the person, GitOps, the operator's status
 /// writes) and `kubectl apply`'s last-applied copy. Measured in issue 17: every cached
-/// object and every world view carried them.
-fn slim<K: Resource>(k: &mut K) {
+/// object and every world view carried them. Also applied to the cluster-wide caches of
+/// Services, EndpointSlices and Namespaces ([`crate::cache`]).
+pub(crate) fn slim<K: Resource>(k: &mut K) {
     let meta = k.meta_mut();
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
