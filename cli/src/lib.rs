@@ -112,7 +112,7 @@ pub fn explain(
     let request = TestRequest {
         resource: Some(name.to_string()),
         section_name: None,
-        identity,
+        identity: identity.map(Box::new),
         method,
         path,
         port: port.map(i32::from),

@@ -273,7 +273,7 @@ impl Prepared {
         let mut prepared = Prepared {
             namespace: namespace.to_string(),
             name: name.to_string(),
-            identity: identity(req.identity.as_ref(), tenant, source_ip),
+            identity: identity(req.identity.as_deref(), tenant, source_ip),
             method: None,
             target: None,
             section: req.section_name.clone(),

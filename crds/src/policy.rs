@@ -148,13 +148,13 @@ pub struct PolicyRule {
 pub struct Principal {
     /// A user or machine authenticated by an OIDC or JWT provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<UserPrincipal>,
+    pub user: Option<Box<UserPrincipal>>,
     /// A TLS client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_certificate: Option<CertificatePrincipal>,
+    pub client_certificate: Option<Box<CertificatePrincipal>>,
     /// An API key client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key: Option<ApiKeyPrincipal>,
+    pub api_key: Option<Box<ApiKeyPrincipal>>,
     /// Traffic arriving through a WireGuard site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<SitePrincipal>,
@@ -163,7 +163,7 @@ pub struct Principal {
     /// service-account issuer. A tenant identity provider's token never matches it, whatever
     /// its `sub` says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_account: Option<ServiceAccountPrincipal>,
+    pub service_account: Option<Box<ServiceAccountPrincipal>>,
     /// Client addresses (after trusted-proxy resolution).
     #[serde(
         default,
@@ -407,7 +407,7 @@ pub struct TestRequest {
     pub section_name: Option<String>,
     /// Who is calling. Absent: an anonymous caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<TestIdentity>,
+    pub identity: Option<Box<TestIdentity>>,
     /// HTTP method. Default: GET.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<HttpMethod>,
