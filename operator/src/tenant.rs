@@ -60,12 +60,26 @@ pub const SIDECAR_NETWORK_POLICY: &str = "rustronaut-tenant-isolation-sidecars";
 /// Name of the admins' RoleBinding in every held namespace.
 pub const ADMIN_BINDING: &str = "rustronaut-tenant-admins";
 
-/// What the controller remembers between passes: the intent last applied per object, so an
-/// unchanged intent is not re-sent on every pass. Dropped on each resync, which repairs drift
-/// (someone deleting or editing a generated object).
+/// What the controller remembers between passes: a digest of the intent last applied per
+/// object, so an unchanged intent is not re-sent on every pass. Dropped on each resync, which
+/// repairs drift (someone deleting or editing a generated object). A digest, not the body:
+/// the bodies of 200 Tenants' NetworkPolicies and RoleBindings were 3 MB of the operator's
+/// live heap (heaptrack at 10,000 objects, issue 17).
 #[derive(Default)]
 pub struct State {
-    applied: Mutex<BTreeMap<String, Value>>,
+    applied: Mutex<BTreeMap<String, Digest>>,
+}
+
+/// SHA-256 of an applied body's JSON text.
+type Digest = [u8; 32];
+
+/// The [`Digest`] of `body`.
+fn digest(body: &Value) -> Digest {
+    let text = serde_json::to_vec(body).unwrap_or_default();
+    let d = ring::digest::digest(&ring::digest::SHA256, &text);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 /// Labels of every object the Tenant controller generates.
@@ -378,10 +392,11 @@ pub async fn pass(
     }
     for ((kind, ns, name), body) in &plan.objects {
         let key = format!("{kind}/{ns}/{name}");
+        let body_digest = digest(body);
         let unchanged = state
             .applied
             .lock()
-            .is_ok_and(|a| a.get(&key) == Some(body));
+            .is_ok_and(|a| a.get(&key) == Some(&body_digest));
         if unchanged {
             continue;
         }
@@ -399,7 +414,7 @@ pub async fn pass(
             match result {
                 Ok(()) => {
                     if let Ok(mut a) = state.applied.lock() {
-                        a.insert(key, body.clone());
+                        a.insert(key, body_digest);
                     }
                     Ok(())
                 }
