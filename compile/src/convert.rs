@@ -292,8 +292,8 @@ pub fn resource(res: &Resource, tenant: &str, listeners: Vec<String>) -> cs::Com
                 })
                 .collect(),
             upstreams: rule.upstreams.iter().filter_map(upstream).collect(),
-            load_balancing: load_balancing(rule.load_balancing.as_ref()),
-            health_check: health_check(rule.health_check.as_ref()),
+            load_balancing: load_balancing(rule.load_balancing.as_deref()),
+            health_check: health_check(rule.health_check.as_deref()),
             rate_limit: rule.rate_limit.as_ref().map(|rl| cs::RateLimit {
                 requests_per_second: u32::try_from(rl.requests_per_second).unwrap_or(1),
                 burst: u32::try_from(rl.burst).unwrap_or(1),
@@ -320,8 +320,8 @@ pub fn resource(res: &Resource, tenant: &str, listeners: Vec<String>) -> cs::Com
             .collect(),
         rules,
         upstreams: res.spec.upstreams.iter().filter_map(upstream).collect(),
-        load_balancing: load_balancing(res.spec.load_balancing.as_ref()),
-        health_check: health_check(res.spec.health_check.as_ref()),
+        load_balancing: load_balancing(res.spec.load_balancing.as_deref()),
+        health_check: health_check(res.spec.health_check.as_deref()),
     }
 }
 

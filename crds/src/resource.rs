@@ -59,7 +59,7 @@ pub struct ResourceSpec {
     /// `rustronaut-sidecar` container, which listens on each `sidecarPort` and forwards what
     /// the Policies allow to the application's `port` on the pod's loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<Workload>,
+    pub workload: Option<Box<Workload>>,
 
     /// Application protocol. Immutable: changing it changes what every rule and policy means,
     /// so delete and recreate instead.
@@ -92,11 +92,11 @@ pub struct ResourceSpec {
 
     /// Load balancing across upstreams (TLSPassthrough, TCP, UDP). Default: RoundRobin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load_balancing: Option<LoadBalancing>,
+    pub load_balancing: Option<Box<LoadBalancing>>,
 
     /// Health checking of the upstreams (TLSPassthrough, TCP, UDP: a TCP connect check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<HealthCheck>,
+    pub health_check: Option<Box<HealthCheck>>,
 }
 
 /// Reference to a Gateway.
@@ -260,13 +260,13 @@ pub struct HttpRule {
     pub upstreams: Vec<Upstream>,
     /// Load balancing across upstreams. Default: RoundRobin (weighted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load_balancing: Option<LoadBalancing>,
+    pub load_balancing: Option<Box<LoadBalancing>>,
     /// Active health checking of the upstreams; failing targets are also ejected passively.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<HealthCheck>,
+    pub health_check: Option<Box<HealthCheck>>,
     /// Rate limiting of requests that reach this rule (after they are allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimit>,
+    pub rate_limit: Option<Box<RateLimit>>,
     /// Per-request timeout towards the upstream, e.g. `30s`. Default: 60s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 32), regex(pattern = DURATION_PATTERN))]
@@ -316,7 +316,7 @@ pub struct Upstream {
     pub service: Option<ServiceUpstream>,
     /// A remote site, reached through a Gateway's tunnel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub site: Option<SiteUpstream>,
+    pub site: Option<Box<SiteUpstream>>,
     /// Host at the site: an IP address, or a lower-case DNS name (letters, digits, hyphens;
     /// no underscore, no wildcard) that the site's connector resolves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
