@@ -27,5 +27,5 @@ pub mod snapshot;
 pub mod tunnel;
 pub mod world;
 
-pub use policytest::{Compiled, TestOutcome, compile, run_all};
+pub use policytest::{Compiled, TestOutcome, compile, compile_with, run_all, run_all_with};
 pub use world::{World, WorldError};

@@ -17,7 +17,7 @@ use rustronaut_contract::identity::{
 use rustronaut_contract::policy::{CompiledPolicy, PolicySet};
 use rustronaut_contract::snapshot::{CompiledResource, ResourceProtocol, Tenant};
 use rustronaut_crds::policy::{PolicyAction, PolicyTest, TestIdentity, TestRequest};
-use rustronaut_crds::tenancy::{ResourceIndex, Target, policy_targets};
+use rustronaut_crds::tenancy::{Claims, ResourceIndex, Target, policy_targets};
 use std::net::IpAddr;
 use std::time::SystemTime;
 
@@ -44,7 +44,12 @@ pub struct Compiled {
 /// Compiles every tenant's Resources and Policies. Objects in namespaces no Tenant owns belong
 /// to no tenant and are left out (the operator reports them with `Accepted=False/NoTenant`).
 pub fn compile(world: &World) -> Compiled {
-    let claims = world.claims();
+    compile_with(world, &world.claims())
+}
+
+/// [`compile`] with the claims already resolved (by the caller, once for several worlds:
+/// [`World::by_tenant`]).
+pub fn compile_with(world: &World, claims: &Claims) -> Compiled {
     let tenants: Vec<Tenant> = world
         .tenants
         .iter()
@@ -52,7 +57,7 @@ pub fn compile(world: &World) -> Compiled {
         .collect();
     // Quotas as the gateways apply them: Resources over quota are not served, Policies over
     // quota fail closed.
-    let over = crate::quota::over_quota(world, &claims);
+    let over = crate::quota::over_quota(world, claims);
     let resources: Vec<CompiledResource> = world
         .resources
         .iter()
@@ -75,7 +80,7 @@ pub fn compile(world: &World) -> Compiled {
             continue;
         };
         let admin_ns = world.tenant(tenant).and_then(|t| t.spec.admin_namespace());
-        let (targets, missing) = policy_targets(p, &index, &claims, admin_ns, &world.namespaces);
+        let (targets, missing) = policy_targets(p, &index, claims, admin_ns, &world.namespaces);
         if !missing.is_empty() {
             missing_targets.push((format!("{ns}/{}", p.name_any()), missing));
         }
@@ -158,10 +163,14 @@ fn describe(d: &Decision) -> String {
 
 /// Runs every test of every Policy of the world, in namespace/name order.
 pub fn run_all(world: &World, compiled: &Compiled) -> Vec<TestOutcome> {
+    run_all_with(world, compiled, &world.claims())
+}
+
+/// [`run_all`] with the claims already resolved.
+pub fn run_all_with(world: &World, compiled: &Compiled, claims: &Claims) -> Vec<TestOutcome> {
     let mut policies: Vec<_> = world.policies.iter().collect();
     policies
         .sort_by(|a, b| rustronaut_crds::tenancy::by_namespace_and_name(&a.metadata, &b.metadata));
-    let claims = world.claims();
     let index = ResourceIndex::new(&world.resources);
     let mut out = Vec::new();
     for p in policies {
@@ -171,7 +180,7 @@ pub fn run_all(world: &World, compiled: &Compiled) -> Vec<TestOutcome> {
             .as_deref()
             .and_then(|t| world.tenant(t))
             .and_then(|t| t.spec.admin_namespace());
-        let (targets, _) = policy_targets(p, &index, &claims, admin_ns, &world.namespaces);
+        let (targets, _) = policy_targets(p, &index, claims, admin_ns, &world.namespaces);
         for t in &p.spec.tests {
             out.push(run_one(
                 &format!("{ns}/{}", p.name_any()),

@@ -142,9 +142,16 @@ pub async fn pass(ctx: &Context, stores: &Stores, resync: bool) -> Result<(), Er
                 })
             })
             .collect();
-        let compiled = rustronaut_compile::compile(&world);
-        let tests = tests_by_policy(rustronaut_compile::run_all(&world, &compiled));
-        let missing: BTreeMap<String, Vec<String>> = compiled.missing_targets.into_iter().collect();
+        // The embedded tests, one tenant at a time: what is compiled at once is one tenant's
+        // share of the world, not all of it (World::by_tenant).
+        let mut outcomes = Vec::new();
+        let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (_, part) in world.by_tenant(&claims) {
+            let compiled = rustronaut_compile::compile_with(&part, &claims);
+            outcomes.extend(rustronaut_compile::run_all_with(&part, &compiled, &claims));
+            missing.extend(compiled.missing_targets);
+        }
+        let tests = tests_by_policy(outcomes);
         let index = rustronaut_crds::tenancy::ResourceIndex::new(&world.resources);
         let inputs = PolicyInputs {
             world: &world,
