@@ -115,6 +115,7 @@ impl Drop for FlushTraces {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    rustronaut_operator::pass::tune_allocator();
     let args = Args::parse();
     if let Some(url) = &args.probe {
         let patience = std::time::Duration::from_secs(args.probe_patience);
