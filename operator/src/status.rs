@@ -3,10 +3,11 @@
 //! ```text
 //!  read    the caches -> World (every Gateway) + each Gateway's build: the one its
 //!          reconcile just made (crate::cache::builds), else the same pure gateway_snapshot
-//!          built here; compile + policytest::run_all
+//!          built here; the embedded tests compiled and run one tenant at a time
+//!          (World::by_tenant, policytest::compile_with / run_all_with)
 //!  status  conditions::resource_status / policy_status for every object
 //!  write   server-side apply of `status` (field manager "rustronaut-operator"), only where it
-//!          differs from the cached status
+//!          differs from the cached status, WRITES_IN_FLIGHT at a time (apply::each)
 //! ```
 //!
 //! A pass rather than a controller per kind (see [`crate::pass`]): every condition depends on
