@@ -150,3 +150,42 @@ pub async fn each<'a, T>(
     }
     first_error.map_or(Ok(()), Err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn each_makes_writes_lazily_runs_them_all_and_returns_the_first_error() {
+        let made = Arc::new(AtomicUsize::new(0));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let items = 0..(3 * WRITES_IN_FLIGHT + 5);
+        let result = each(items, |i| {
+            made.fetch_add(1, Ordering::SeqCst);
+            // Never more made than running plus the one being made now.
+            assert!(made.load(Ordering::SeqCst) <= done.load(Ordering::SeqCst) + WRITES_IN_FLIGHT);
+            let (running, most, done) = (running.clone(), most.clone(), done.clone());
+            Box::pin(async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                done.fetch_add(1, Ordering::SeqCst);
+                match i {
+                    7 | 60 => Err(Error::Random(format!("write {i} failed"))),
+                    _ => Ok(()),
+                }
+            })
+        })
+        .await;
+        // Every write ran, a failed one did not stop the others, and the first error is kept.
+        assert_eq!(done.load(Ordering::SeqCst), 3 * WRITES_IN_FLIGHT + 5);
+        assert_eq!(most.load(Ordering::SeqCst), WRITES_IN_FLIGHT);
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("write 7 failed"), "{err}");
+    }
+}
