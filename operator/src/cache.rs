@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!  Tenants, Gateways            (DeserializeGuard: guard)  -> every Gateway, the passes
-//!  Resources, Policies          (DeserializeGuard: guard)  -> the Gateways of the namespace's
-//!                                                             tenant (affected), the passes
+//!  Resources, Policies          (DeserializeGuard: guard;  -> the Gateways of the namespace's
+//!                                status compact: statuses)    tenant (affected), the passes
 //!  Secrets: metadata of all, the operator's own whole,
 //!           data of named ones on demand (secrets)         -> likewise
 //!  Services, EndpointSlices, Namespaces                    -> likewise (not the Tenant pass)
@@ -18,13 +18,16 @@
 //! (except session key Secrets, which people edit to rotate keys), and a status-only update
 //! of a rustronaut.io object wakes nothing either, so the reconcilers' own writes do not loop.
 //!
-//! Below the reconcilers: uses only [`crate::error`], [`crate::context`] and [`crate::meta`].
+//! Below the reconcilers: uses only [`crate::error`], [`crate::context`], [`crate::meta`] and
+//! [`crate::conditions`] (the [`conditions::Previous`](crate::conditions::Previous) the compact
+//! statuses answer).
 
 pub mod affected;
 pub mod builds;
 pub mod guard;
 pub mod networks;
 pub mod secrets;
+pub mod statuses;
 
 use crate::context::{Context, FIELD_MANAGER, Settings};
 use crate::error::Error;
@@ -93,6 +96,18 @@ pub struct Stores {
     pub builds: builds::SharedBuilds,
     /// The rustronaut.io objects the operator cannot read ([`guard`]).
     pub unreadable: guard::Seen,
+    /// What the status pass needs of each Resource's and Policy's status: the cached
+    /// objects in `resources` and `policies` carry none ([`statuses`]).
+    pub statuses: ObservedStatuses,
+}
+
+/// The statuses of the cached Resources and Policies, in their compact form.
+#[derive(Clone, Default)]
+pub struct ObservedStatuses {
+    /// Resources'.
+    pub resources: statuses::Statuses,
+    /// Policies'.
+    pub policies: statuses::Statuses,
 }
 
 /// How long one wait on a cache's readiness lasts before it is polled afresh.
@@ -359,13 +374,21 @@ impl Caches {
             memo: Default::default(),
         });
         let others = || vec![st.clone(), tn.clone(), sc.clone()];
+        // Resources and Policies are cached without their status ([`statuses`]).
+        let observed = ObservedStatuses::default();
         let (resources, s2) = reflect(
-            guard::guarded::<RtnResource>(ctx.clone(), seen.clone()),
+            compact(
+                guard::guarded::<RtnResource>(ctx.clone(), seen.clone()),
+                observed.resources.clone(),
+            ),
             wake(others(), index.clone()),
             Changes::Spec,
         );
         let (policies, s3) = reflect(
-            guard::guarded::<Policy>(ctx.clone(), seen.clone()),
+            compact(
+                guard::guarded::<Policy>(ctx.clone(), seen.clone()),
+                observed.policies.clone(),
+            ),
             wake(others(), index.clone()),
             Changes::Spec,
         );
@@ -476,6 +499,7 @@ impl Caches {
             namespaces,
             builds,
             unreadable: seen.clone(),
+            statuses: observed,
             networks: networks::ClusterNetworks {
                 nodes,
                 service_cidrs,
@@ -667,6 +691,14 @@ where
             }
         });
     (store, stream)
+}
+
+/// `source` with each object's status moved into `statuses` ([`statuses::Statuses::observe`]).
+fn compact<K: statuses::Compact>(
+    source: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    statuses: statuses::Statuses,
+) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static {
+    source.map(move |r| r.map(|e| statuses.observe(e)))
 }
 
 /// What a cached Namespace keeps of its metadata: [`guard::slim`], except that the Tenant

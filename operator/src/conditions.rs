@@ -131,10 +131,67 @@ fn names(items: &[String]) -> String {
     out
 }
 
+/// What a new condition needs of the conditions an object has now: since when a type has had a
+/// status (its `lastTransitionTime` is kept while the status holds) and whether it already
+/// failed for a reason (a Warning Event once, not on every pass). Whole conditions answer it
+/// (Tenants, Gateways, sidecar Resources), and so does the compact form the caches keep of
+/// every Resource's and Policy's status ([`crate::cache::statuses`]).
+pub trait Previous {
+    /// The transition time of the condition `type_` if its status is `status`.
+    fn since(&self, type_: &str, status: &str) -> Option<&Time>;
+    /// Whether the condition `type_` is False for `reason`.
+    fn failed_for(&self, type_: &str, reason: &str) -> bool;
+}
+
+impl Previous for [Condition] {
+    fn since(&self, type_: &str, status: &str) -> Option<&Time> {
+        self.iter()
+            .find(|c| c.type_ == type_)
+            .filter(|c| c.status == status)
+            .map(|c| &c.last_transition_time)
+    }
+
+    fn failed_for(&self, type_: &str, reason: &str) -> bool {
+        self.iter()
+            .any(|c| c.type_ == type_ && c.status == "False" && c.reason == reason)
+    }
+}
+
+/// No status yet: every condition begins now, and none has failed before.
+impl<P: Previous> Previous for Option<P> {
+    fn since(&self, type_: &str, status: &str) -> Option<&Time> {
+        self.as_ref()?.since(type_, status)
+    }
+
+    fn failed_for(&self, type_: &str, reason: &str) -> bool {
+        self.as_ref().is_some_and(|p| p.failed_for(type_, reason))
+    }
+}
+
+impl<P: Previous + ?Sized> Previous for &P {
+    fn since(&self, type_: &str, status: &str) -> Option<&Time> {
+        (**self).since(type_, status)
+    }
+
+    fn failed_for(&self, type_: &str, reason: &str) -> bool {
+        (**self).failed_for(type_, reason)
+    }
+}
+
+impl<P: Previous + ?Sized> Previous for std::sync::Arc<P> {
+    fn since(&self, type_: &str, status: &str) -> Option<&Time> {
+        (**self).since(type_, status)
+    }
+
+    fn failed_for(&self, type_: &str, reason: &str) -> bool {
+        (**self).failed_for(type_, reason)
+    }
+}
+
 /// A condition of `generation`; the transition time is kept from `previous` while the status
 /// holds.
 pub fn condition(
-    previous: &[Condition],
+    previous: &(impl Previous + ?Sized),
     now: &Time,
     generation: Option<i64>,
     type_: &str,
@@ -143,11 +200,7 @@ pub fn condition(
     message: String,
 ) -> Condition {
     let status = if ok { "True" } else { "False" };
-    let last = previous
-        .iter()
-        .find(|c| c.type_ == type_)
-        .filter(|c| c.status == status)
-        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    let last = previous.since(type_, status).unwrap_or(now).clone();
     Condition {
         type_: type_.to_string(),
         status: status.to_string(),
@@ -161,24 +214,20 @@ pub fn condition(
 /// The conditions of `types` that are False in `new` and were not False for the same reason
 /// in `previous`: what deserves a Warning Event once, not on every pass.
 pub fn newly_failed<'a>(
-    previous: &[Condition],
+    previous: &(impl Previous + ?Sized),
     new: &'a [Condition],
     types: &[&str],
 ) -> Vec<&'a Condition> {
     new.iter()
         .filter(|c| types.contains(&c.type_.as_str()) && c.status == "False")
-        .filter(|c| {
-            !previous
-                .iter()
-                .any(|p| p.type_ == c.type_ && p.status == "False" && p.reason == c.reason)
-        })
+        .filter(|c| !previous.failed_for(&c.type_, &c.reason))
         .collect()
 }
 
 /// `Ready`: True when every condition in `parts` is True, else False with the reason and
 /// message of the first that is not.
 fn ready(
-    previous: &[Condition],
+    previous: &(impl Previous + ?Sized),
     now: &Time,
     generation: Option<i64>,
     parts: &[Condition],
@@ -210,7 +259,7 @@ fn ready(
 /// nothing while it is True (kstatus: abnormal-true conditions are absent when they do not
 /// apply).
 pub fn progress(
-    previous: &[Condition],
+    previous: &(impl Previous + ?Sized),
     now: &Time,
     generation: Option<i64>,
     ready: &Condition,
@@ -249,7 +298,7 @@ impl Findings {
 
     fn condition(
         &self,
-        previous: &[Condition],
+        previous: &(impl Previous + ?Sized),
         now: &Time,
         generation: Option<i64>,
         type_: &str,
@@ -318,13 +367,15 @@ pub fn applied_policies(
     out
 }
 
-/// The status of Resource `res`; `applied` are the Policies that select it
-/// ([`applied_policies`]), `over` what is beyond its tenant's quota.
+/// The status of Resource `res`, whose conditions are now `previous`; `applied` are the
+/// Policies that select it ([`applied_policies`]), `over` what is beyond its tenant's quota.
+#[allow(clippy::too_many_arguments)]
 pub fn resource_status(
     world: &World,
     claims: &Claims,
     builds: &Builds,
     res: &Resource,
+    previous: &(impl Previous + ?Sized),
     applied: &[AppliedPolicy],
     over: &OverQuota,
     now: &Time,
@@ -332,7 +383,6 @@ pub fn resource_status(
     let ns = res.namespace().unwrap_or_default();
     let name = res.name_any();
     let generation = res.metadata.generation;
-    let previous = res.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
     let mut accepted = Findings::default();
     let mut refs = Findings::default();
     let mut programmed = Vec::new();
@@ -527,13 +577,17 @@ pub struct PolicyInputs<'a> {
     pub over: &'a OverQuota,
 }
 
-/// The status of Policy `p`.
-pub fn policy_status(inputs: &PolicyInputs<'_>, p: &Policy, now: &Time) -> PolicyStatus {
+/// The status of Policy `p`, whose conditions are now `previous`.
+pub fn policy_status(
+    inputs: &PolicyInputs<'_>,
+    p: &Policy,
+    previous: &(impl Previous + ?Sized),
+    now: &Time,
+) -> PolicyStatus {
     let ns = p.namespace().unwrap_or_default();
     let name = p.name_any();
     let key = format!("{ns}/{name}");
     let generation = p.metadata.generation;
-    let previous = p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
     let mut accepted = Findings::default();
     let mut refs = Findings::default();
     let tenant = inputs
@@ -963,6 +1017,7 @@ mod tests {
             &claims,
             builds,
             r,
+            &[] as &[Condition],
             applied,
             &rustronaut_compile::quota::over_quota(world, &claims),
             &time("2026-01-01T00:00:00Z"),
@@ -1111,34 +1166,55 @@ mod tests {
         let w = world();
         let b = builds(&w, true);
         let first = res_status(&w, &b, "apps", "app");
-        let mut w2 = w.clone();
-        Arc::make_mut(&mut w2.resources[0]).status = Some(first.clone());
-        let r = &w2.resources[0];
+        let r = &w.resources[0];
+        // The whole conditions and the compact form the caches keep (cache::statuses) give
+        // the same status.
+        let whole: &[Condition] = &first.conditions;
+        let compact = crate::cache::statuses::Observed::new(&first, &first.conditions);
+        let later = time("2026-02-01T00:00:00Z");
         let again = resource_status(
-            &w2,
-            &w2.claims(),
+            &w,
+            &w.claims(),
             &b,
             r,
+            whole,
             &[],
             &OverQuota::default(),
-            &time("2026-02-01T00:00:00Z"),
+            &later,
         );
         assert_eq!(
             again, first,
             "an unchanged world yields an identical status"
         );
-        let degraded = resource_status(
-            &w2,
-            &w2.claims(),
-            &builds(&w2, false),
+        let again = resource_status(
+            &w,
+            &w.claims(),
+            &b,
             r,
+            &compact,
             &[],
             &OverQuota::default(),
-            &time("2026-02-01T00:00:00Z"),
+            &later,
         );
+        assert_eq!(again, first, "likewise from the compact form");
+        assert!(
+            compact.is(&again),
+            "and the compact form knows it is unchanged"
+        );
+        let degraded = resource_status(
+            &w,
+            &w.claims(),
+            &builds(&w, false),
+            r,
+            &compact,
+            &[],
+            &OverQuota::default(),
+            &later,
+        );
+        assert!(!compact.is(&degraded));
         assert_eq!(
             get(&degraded.conditions, types::RESOLVED_REFS).last_transition_time,
-            time("2026-02-01T00:00:00Z")
+            later
         );
         assert_eq!(
             get(&degraded.conditions, types::ACCEPTED).last_transition_time,
@@ -1163,7 +1239,12 @@ mod tests {
             over: &rustronaut_compile::quota::over_quota(w, &claims),
         };
         let p = w.policies.iter().find(|p| p.name_any() == name).unwrap();
-        policy_status(&inputs, p, &time("2026-01-01T00:00:00Z"))
+        policy_status(
+            &inputs,
+            p,
+            &[] as &[Condition],
+            &time("2026-01-01T00:00:00Z"),
+        )
     }
 
     #[test]
@@ -1236,7 +1317,15 @@ mod tests {
     fn only_new_failures_are_events() {
         let now = time("2026-01-01T00:00:00Z");
         let c = |t: &str, ok: bool, reason: &str| {
-            condition(&[], &now, None, t, ok, reason, String::new())
+            condition(
+                &[] as &[Condition],
+                &now,
+                None,
+                t,
+                ok,
+                reason,
+                String::new(),
+            )
         };
         let previous = [
             c("Accepted", false, "NamespaceClaimed"),
@@ -1247,12 +1336,12 @@ mod tests {
             c("TestsPassed", false, "TestFailed"),
             c("Ready", false, "TestFailed"),
         ];
-        let got: Vec<&str> = newly_failed(&previous, &new, &["Accepted", "TestsPassed"])
+        let got: Vec<&str> = newly_failed(&previous[..], &new, &["Accepted", "TestsPassed"])
             .iter()
             .map(|c| c.type_.as_str())
             .collect();
         assert_eq!(got, ["TestsPassed"]);
-        let got = newly_failed(&[], &new, &["Accepted"]);
+        let got = newly_failed(&[] as &[Condition], &new, &["Accepted"]);
         assert_eq!(got.len(), 1, "a first status that fails is new");
     }
 

@@ -7,7 +7,8 @@
 //!          (World::by_tenant, policytest::compile_with / run_all_with)
 //!  status  conditions::resource_status / policy_status for every object
 //!  write   server-side apply of `status` (field manager "rustronaut-operator"), only where it
-//!          differs from the cached status, WRITES_IN_FLIGHT at a time (apply::each)
+//!          differs from the status observed (crate::cache::statuses: the caches keep a
+//!          digest of it, not the status), WRITES_IN_FLIGHT at a time (apply::each)
 //! ```
 //!
 //! A pass rather than a controller per kind (see [`crate::pass`]): every condition depends on
@@ -132,10 +133,14 @@ pub async fn pass(ctx: &Context, stores: &Stores, resync: bool) -> Result<(), Er
             .filter_map(|r| {
                 let key = (r.namespace().unwrap_or_default(), r.name_any());
                 let policies = applied.get(&key).map_or(&[][..], |v| &v[..]);
-                let status = resource_status(&world, &claims, &builds, r, policies, &over, &now);
-                (r.status.as_ref() != Some(&status)).then(|| Write {
-                    namespace: r.namespace().unwrap_or_default(),
-                    name: r.name_any(),
+                let (ns, name) = (r.namespace().unwrap_or_default(), r.name_any());
+                let observed = stores.statuses.resources.get(&ns, &name);
+                let status = resource_status(
+                    &world, &claims, &builds, r, &observed, policies, &over, &now,
+                );
+                (!observed.is_some_and(|o| o.is(&status))).then(|| Write {
+                    namespace: ns,
+                    name,
                     status,
                     reference: r.object_ref(&()),
                     // The Gateway controller already reports what a snapshot leaves out.
@@ -170,16 +175,17 @@ pub async fn pass(ctx: &Context, stores: &Stores, resync: bool) -> Result<(), Er
             // The stand-in of an unreadable Policy: the API server refuses its status.
             .filter(|p| !crate::cache::guard::is_stand_in(p.meta()))
             .filter_map(|p| {
-                let status = policy_status(&inputs, p, &now);
-                let previous = p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+                let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
+                let observed = stores.statuses.policies.get(&ns, &name);
+                let status = policy_status(&inputs, p, &observed, &now);
                 // A failing embedded test is news only this pass can tell.
-                let events = newly_failed(previous, &status.conditions, &[types::TESTS_PASSED])
+                let events = newly_failed(&observed, &status.conditions, &[types::TESTS_PASSED])
                     .into_iter()
                     .map(|c| (c.reason.clone(), c.message.clone()))
                     .collect();
-                (p.status.as_ref() != Some(&status)).then(|| Write {
-                    namespace: p.namespace().unwrap_or_default(),
-                    name: p.name_any(),
+                (!observed.is_some_and(|o| o.is(&status))).then(|| Write {
+                    namespace: ns,
+                    name,
                     status,
                     reference: p.object_ref(&()),
                     events,
