@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! reconciling object   kube-runtime's span: object.ref, object.reason (what woke it:
-//!   |                  "object updated", "related object updated: Policy.v1alpha1.../ns/p",
-//!   |                  "bulk reconcile requested", ...): the change that caused the reconcile
+//!   |                  "object updated", "related object updated: StatefulSet.v1.apps/ns/n",
+//!   |                  "bulk reconcile requested", or "unknown" for the operator's own
+//!   |                  targeted wake-ups through `reconcile_on`, which kube-runtime cannot
+//!   |                  name): the change that caused the reconcile
 //!   └─ reconcile       ours, for the whole reconcile: kind, object, outcome; the warnings
 //!                      logged inside it are its events
 //! pass                 a status pass of Resources and Policies: kind, resync
