@@ -44,8 +44,13 @@ use tokio::sync::Notify;
 
 /// How long the status pass waits for a Gateway whose reconcile is building at that moment,
 /// rather than compiling the same snapshot beside it. Short: a reconcile stuck on the API
-/// server must not hold statuses back (the status pass then builds on its own).
-pub const WAIT_FOR_RECONCILE: Duration = Duration::from_secs(3);
+/// server must not hold statuses back (the status pass then builds on its own). During a bulk
+/// apply every Gateway is always busy, so each pass waits this long and writes nothing
+/// meanwhile: at 3 s that was a quarter of each pass (`make bench-operator` at 10,000
+/// objects), the passes wrote statuses no faster than objects were created, and statuses
+/// settled 6-8 s after the last create; at 1 s they settle in 2.7-3.4 s, for 30 Gateway builds
+/// by the pass instead of 11-25 and 6 % more status writes (issue 17, docs/benchmarks.md).
+pub const WAIT_FOR_RECONCILE: Duration = Duration::from_secs(1);
 
 /// One Gateway's build as the status pass reads it: its summary or why it failed.
 pub type Shared = Arc<Result<BuildSummary, String>>;
