@@ -168,16 +168,6 @@ impl<P: Previous> Previous for Option<P> {
     }
 }
 
-impl<P: Previous + ?Sized> Previous for &P {
-    fn since(&self, type_: &str, status: &str) -> Option<&Time> {
-        (**self).since(type_, status)
-    }
-
-    fn failed_for(&self, type_: &str, reason: &str) -> bool {
-        (**self).failed_for(type_, reason)
-    }
-}
-
 impl<P: Previous + ?Sized> Previous for std::sync::Arc<P> {
     fn since(&self, type_: &str, status: &str) -> Option<&Time> {
         (**self).since(type_, status)
