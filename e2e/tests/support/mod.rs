@@ -235,13 +235,22 @@ pub fn install_crds(cluster: &rustronaut_e2e::TestCluster) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = cluster
-        .kubectl()
-        .args(["wait", "--for=condition=Established", "--timeout=60s"])
-        .args(["crd/tenants.rustronaut.io", "crd/gateways.rustronaut.io"])
-        .args(["crd/resources.rustronaut.io", "crd/policies.rustronaut.io"])
-        .output()
-        .unwrap();
+    // Retried: `kubectl wait` fails at once ("accessor error: <nil>") instead of waiting
+    // when it reads a CRD the API server has not given any condition yet (seen in CI).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let out = loop {
+        let out = cluster
+            .kubectl()
+            .args(["wait", "--for=condition=Established", "--timeout=60s"])
+            .args(["crd/tenants.rustronaut.io", "crd/gateways.rustronaut.io"])
+            .args(["crd/resources.rustronaut.io", "crd/policies.rustronaut.io"])
+            .output()
+            .unwrap();
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert!(
         out.status.success(),
         "{}",
