@@ -64,10 +64,11 @@ bench-tunnel: tools ## tunnel throughput and RSS: hub+connector vs a wireguard-g
 
 .PHONY: bench-operator
 bench-operator: tools ## operator at scale: 50 tenants, 1,000 Resources, 1,000 Policies (release operator)
-	cargo build --release -p rustronaut-operator --bin rustronaut-operator
+	cargo build --release -p rustronaut-operator --bin rustronaut-operator -p rustronaut-gateway --bin rustronaut-gateway
 	cargo build -q --workspace --bins
 	SCALE_TENANTS=$${SCALE_TENANTS:-50} SCALE_PER_TENANT=$${SCALE_PER_TENANT:-20} SCALE_CHANGES=$${SCALE_CHANGES:-50} \
 	  RUSTRONAUT_OPERATOR_BIN=$${CARGO_TARGET_DIR:-target}/release/rustronaut-operator \
+	  RUSTRONAUT_GATEWAY_BIN=$${CARGO_TARGET_DIR:-target}/release/rustronaut-gateway \
 	  RUSTRONAUT_TOOLS_BIN=$$($(TOOLS) bindir) cargo test -p rustronaut-e2e --test scale -- --nocapture
 
 .PHONY: bench-console

@@ -11,14 +11,28 @@
 //! Measured and printed (never asserted against a time): time to converge after the objects
 //! are created, reconciles by kind and Gateway builds per edit (by reconciles, by the status
 //! pass, reused; from the operator's /metrics), operator RSS (current and peak), and apply ->
-//! snapshot written p50/p99 over the edits. `make bench-operator` runs it
+//! snapshot written p50/p99 over the edits.
+//!
+//! Then apply -> enforced: a gateway process (`RUSTRONAUT_GATEWAY_BIN`, or the one next to
+//! the test binary) configured from Gateway `edge-0`'s snapshot Secret through the API, as a
+//! gateway pod is, listening on loopback; every Tenant's `app` endpoint is an HTTP server of
+//! the test's on a non-loopback address of this machine. `SCALE_CHANGES` more edits, each
+//! to a Policy of a Tenant of `edge-0`, toggling whether it allows the test's own address
+//! (127.0.0.1): the time from the apply to the first request that gets the new answer (200
+//! from the upstream, or 401: an anonymous request no Policy allows) is the edit's apply ->
+//! enforced. Checked: the gateway denies
+//! before the first edit (default deny), and every Policy ends as its last edit left it.
+//! `make bench-operator` runs it
 //! with 50 tenants x 20 (1,000 Resources, 1,000 Policies) on a release build; results in
 //! docs/benchmarks.md.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use rustronaut_crds::Policy;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod support;
@@ -161,7 +175,10 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     let per_tenant = env_usize("SCALE_PER_TENANT", 4).max(1);
     let changes = env_usize("SCALE_CHANGES", 10);
     // Namespaces scale-platform and scale-t<t>.
-    let plan = World::new("scale", tenants, per_tenant, tenants_per_gateway());
+    let upstream = upstream_server();
+    let port = free_port();
+    let plan =
+        World::new("scale", tenants, per_tenant, tenants_per_gateway()).serving(port, upstream);
     let cluster = rustronaut_e2e::shared();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -321,5 +338,168 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
             latencies.last().unwrap()
         );
     }
+
+    // Apply -> enforced, through a gateway process serving edge-0's snapshot.
+    let admin_addr = format!("127.0.0.1:{}", free_port());
+    let binary = std::env::var_os("RUSTRONAUT_GATEWAY_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| rustronaut_e2e::scenario::sibling_binary("rustronaut-gateway").unwrap());
+    let mut cmd = Command::new(binary);
+    cmd.env("KUBECONFIG", cluster.kubeconfig())
+        .env("RUST_LOG", "info")
+        .args([
+            "--config-from",
+            &format!("{}/edge-0-snapshot", plan.platform()),
+        ])
+        .args(["--admin-listen", &admin_addr])
+        .args(["--bind-address", "127.0.0.1"])
+        .args(["--threads", "1"]);
+    let gateway = support::Proc::spawn(cmd, dir.path().join("gateway.log"));
+    let listener = SocketAddr::from((Ipv4Addr::LOCALHOST, plan.port));
+    let host = |t: usize, i: usize| format!("r{i}.t{t}.{}.example", plan.prefix);
+    support::wait_for(
+        "the gateway to serve edge-0's snapshot",
+        &[&operator, &gateway],
+        || {
+            http_status(&admin_addr.parse().unwrap(), "admin", "/readyz") == Some(200)
+                && http_status(&listener, &host(0, 0), "/") == Some(401)
+        },
+    );
+    let edge0: Vec<usize> = (0..plan.tenants)
+        .filter(|t| plan.gateway_of(*t) == 0)
+        .collect();
+    let mut allowing = BTreeSet::new();
+    let mut enforced = Vec::new();
+    for k in 0..changes {
+        let t = edge0[k % edge0.len()];
+        let i = (k / edge0.len()) % plan.per_tenant;
+        // Each edit flips whether the Policy allows 127.0.0.1.
+        let allow = !allowing.remove(&(t, i));
+        if allow {
+            allowing.insert((t, i));
+        }
+        let mut obj = plan.policy(t, i, Some(changes + k));
+        if allow {
+            obj["spec"]["rules"][0]["from"][0]["sourceCIDRs"]["cidrs"]
+                .as_array_mut()
+                .unwrap()
+                .push("127.0.0.1/32".into());
+        }
+        let want = if allow { 200 } else { 401 };
+        let api: Api<Policy> = Api::namespaced(admin.clone(), &plan.ns(t));
+        rt.block_on(api.patch(&format!("p{i}"), &ssa, &Patch::Apply(&obj)))
+            .unwrap();
+        let applied = Instant::now();
+        loop {
+            if http_status(&listener, &host(t, i), "/") == Some(want) {
+                break;
+            }
+            assert!(
+                applied.elapsed() < Duration::from_secs(90),
+                "edit {k} of p{i} in {} not enforced ({want}) within 90 s; logs:\n{}\n---\n{}",
+                plan.ns(t),
+                operator.log(),
+                gateway.log()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        enforced.push(applied.elapsed());
+    }
+    // Every Policy answers as its last edit left it; the others still deny.
+    for &t in &edge0 {
+        for i in 0..plan.per_tenant {
+            let want = if allowing.contains(&(t, i)) { 200 } else { 401 };
+            assert_eq!(
+                http_status(&listener, &host(t, i), "/"),
+                Some(want),
+                "r{i} in {}",
+                plan.ns(t)
+            );
+        }
+    }
+    let (gateway_rss, gateway_peak) = rss_mb(gateway.pid());
+    if !enforced.is_empty() {
+        enforced.sort();
+        eprintln!(
+            "  apply -> enforced (gateway process on edge-0's snapshot, {} Resources) over {} edits: p50 {:?}, p99 {:?}, max {:?}; gateway RSS {gateway_rss:.1} MB (peak {gateway_peak:.1} MB)",
+            edge0.len() * plan.per_tenant,
+            enforced.len(),
+            percentile(&enforced, 0.5),
+            percentile(&enforced, 0.99),
+            enforced.last().unwrap()
+        );
+    }
+    drop(gateway);
     drop(operator);
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The status code of `GET path` with `Host: host` on a new connection to `addr`; None when
+/// there is no answer (not listening yet, closed early).
+fn http_status(addr: &SocketAddr, host: &str, path: &str) -> Option<u16> {
+    let mut conn = TcpStream::connect_timeout(addr, Duration::from_secs(2)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// An HTTP server answering 200 to every request, on a non-loopback IPv4 address of this
+/// machine: the API server refuses loopback endpoints in an EndpointSlice, and the operator
+/// and the gateway refuse them in an edge snapshot.
+fn upstream_server() -> SocketAddr {
+    let ip = host_address().expect("this machine has no non-loopback IPv4 address");
+    let listener = TcpListener::bind((ip, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    addr
+}
+
+/// The first global-scope IPv4 address of an interface that is up (`ip -4 -o addr show
+/// scope global up`: no loopback, no link-local).
+fn host_address() -> Option<Ipv4Addr> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global", "up"])
+        .output()
+        .ok()?;
+    // "2: eth0    inet 10.0.2.15/24 brd ... scope global eth0 ..."
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
 }

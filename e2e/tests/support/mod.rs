@@ -398,7 +398,9 @@ pub fn helm(bin_dir: &Path, cluster: Option<&rustronaut_e2e::TestCluster>) -> Co
 /// Tenants, admitting them by the label `<prefix>.rustronaut.io/gateway`; Tenants `t<t>`, each
 /// owning namespace `<prefix>-t<t>` and domain `*.t<t>.<prefix>.example`, with a Service `app`
 /// and its EndpointSlice, and `per_tenant` Resources `r<i>` each targeted by one Policy `p<i>`.
-/// Gateway `edge-<g>` writes its snapshot to the Secret `edge-<g>-snapshot`.
+/// Gateway `edge-<g>` writes its snapshot to the Secret `edge-<g>-snapshot`; every Gateway
+/// has one HTTP listener on [`Self::port`], and every `app` endpoint is [`Self::upstream`]
+/// (a TEST-NET address nothing answers, unless a test serves one: [`Self::serving`]).
 pub struct World {
     /// What every name starts with.
     pub prefix: &'static str,
@@ -410,6 +412,10 @@ pub struct World {
     pub tenants_per_gateway: usize,
     /// Number of Gateways.
     pub gateways: usize,
+    /// The port of every Gateway's HTTP listener.
+    pub port: u16,
+    /// Every Tenant's `app` endpoint, or None for `192.0.2.<t>:8080`.
+    pub upstream: Option<std::net::SocketAddr>,
 }
 
 impl World {
@@ -428,7 +434,18 @@ impl World {
             per_tenant,
             tenants_per_gateway,
             gateways: tenants.div_ceil(tenants_per_gateway),
+            port: 8080,
+            upstream: None,
         }
+    }
+
+    /// This world with every listener on `port` and every Tenant's `app` endpoint at
+    /// `upstream` (a server of the test's, so a gateway process run from a snapshot forwards
+    /// what a Policy allows and a test can tell allowed from denied).
+    pub fn serving(mut self, port: u16, upstream: std::net::SocketAddr) -> Self {
+        self.port = port;
+        self.upstream = Some(upstream);
+        self
     }
 
     /// The namespace of the Gateways (and their snapshot Secrets).
@@ -506,7 +523,7 @@ impl World {
                 "spec": {"tenants": {"from": "Selector", "selector": {"matchLabels":
                             {&label: format!("edge-{g}")}}},
                          "replicas": 1,
-                         "listeners": [{"name": "http", "port": 8080, "protocol": "HTTP"}]}
+                         "listeners": [{"name": "http", "port": self.port, "protocol": "HTTP"}]}
             }))
             .unwrap();
             gateways.create(&pp, &obj).await.unwrap();
@@ -520,12 +537,16 @@ impl World {
                 "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
             }))
             .unwrap();
+            let (address, port) = match self.upstream {
+                Some(a) => (a.ip().to_string(), a.port()),
+                None => (format!("192.0.2.{}", t % 250 + 1), 8080),
+            };
             let slice: EndpointSlice = serde_json::from_value(json!({
                 "metadata": {"name": "app-1", "namespace": ns,
                              "labels": {"kubernetes.io/service-name": "app"}},
                 "addressType": "IPv4",
-                "endpoints": [{"addresses": [format!("192.0.2.{}", t % 250 + 1)], "conditions": {"ready": true}}],
-                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+                "endpoints": [{"addresses": [address], "conditions": {"ready": true}}],
+                "ports": [{"name": "http", "port": port, "protocol": "TCP"}]
             }))
             .unwrap();
             let mut objects: Vec<Value> = Vec::new();
