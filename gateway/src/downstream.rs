@@ -27,6 +27,14 @@
 //!
 //! On a missed deadline with part of a head received, the client gets `408` and the
 //! connection is closed; an idle connection is closed without a word (as Pingora does).
+//!
+//! Memory of idle connections: a connection waiting for its first byte (new, or kept alive
+//! between requests) holds no head buffer. The first read of each head goes into a scratch
+//! buffer of the worker thread ([`read_first`]); only bytes that arrived are copied into a
+//! buffer of the connection's own. A readiness wait cannot be had through Pingora's
+//! `Stream` (a `Box<dyn IO>`), and a one-byte read first would add a system call to every
+//! request; the copy costs a `memcpy` of the head's first segment. Issue 19: 4 KiB of the
+//! ~18 KiB each of 10,000 idle connections held (docs/benchmarks.md).
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -34,10 +42,43 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{ALPN, Stream};
 use pingora::server::ShutdownWatch;
+use std::cell::RefCell;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
+
+/// Capacity of a connection's head buffer, and most bytes of its first read.
+const HEAD_BUFFER: usize = 4096;
+
+thread_local! {
+    /// [`read_first`]'s scratch buffer: used only within one poll, never across an await.
+    static SCRATCH: RefCell<[u8; HEAD_BUFFER]> = const { RefCell::new([0; HEAD_BUFFER]) };
+}
+
+/// The first read of a head: waits for bytes without holding a buffer of the connection's
+/// own (each poll reads into the thread's [`SCRATCH`]), then returns what arrived in a
+/// buffer of [`HEAD_BUFFER`] capacity; an empty buffer, unallocated, at end of stream.
+async fn read_first<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<BytesMut> {
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut read = ReadBuf::new(scratch);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Ok(BytesMut::new())),
+                Poll::Ready(Ok(())) => {
+                    let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
+                    buf.extend_from_slice(read.filled());
+                    Poll::Ready(Ok(buf))
+                }
+            }
+        })
+    })
+    .await
+}
 
 /// Most head bytes read here; past this the session's parser takes over and refuses the
 /// request (Pingora's own limit is 1 MiB, the gateway's `--max-header-bytes` is lower).
@@ -111,14 +152,22 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(
     from_call: bool,
 ) -> Head {
     let start = Instant::now();
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::new();
     let mut deadline = start + first_byte;
     // Only the new bytes (and the two before them, the longest end marker being three) are
     // searched after each read: a head sent in many tiny segments must not cost quadratic
     // time.
     let mut scanned: usize = 0;
     loop {
-        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
+        let read = tokio::time::timeout_at(deadline, async {
+            if buf.is_empty() {
+                buf = read_first(stream).await?;
+                Ok(buf.len())
+            } else {
+                stream.read_buf(&mut buf).await
+            }
+        })
+        .await;
         match read {
             Err(_) if buf.is_empty() => return Head::Idle,
             Err(_) => return Head::TimedOut,
@@ -161,28 +210,19 @@ impl<A> HeadDeadline<A> {
     }
 }
 
-const MALFORMED_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\
-Content-Type: application/json\r\nContent-Length: 36\r\n\r\n{\"status\":400,\"error\":\"bad request\"}";
-
-const TIMEOUT_RESPONSE: &[u8] =
-    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
-
-#[async_trait]
-impl<A> ServerApp for HeadDeadline<A>
+impl<A> HeadDeadline<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    async fn process_new(
-        self: &Arc<Self>,
+    /// Serves an HTTP/1 connection: reads each head under [`Deadlines`], then lets the
+    /// wrapped app serve the request; loops while the connection is kept alive. Called by
+    /// Pingora for TLS listeners ([`ServerApp::process_new`]) and by [`crate::plain`]'s
+    /// accept loop for plain ones.
+    pub async fn serve_http1(
+        &self,
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // HTTP/2 (and h2c, which the gateway does not enable) keeps Pingora's path: a
-        // HEADERS frame is read whole by the h2 codec, and idle connections are closed by
-        // `h2_idle_timeout`.
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return ServerApp::process_new(&self.inner, stream, shutdown).await;
-        }
         let d = self.deadlines;
         let keepalive_secs = d.keepalive.as_secs().max(1);
         let mut settings: Option<HttpPersistentSettings> = None;
@@ -252,6 +292,32 @@ where
             stream = s;
             settings = persistent;
         }
+    }
+}
+
+const MALFORMED_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\
+Content-Type: application/json\r\nContent-Length: 36\r\n\r\n{\"status\":400,\"error\":\"bad request\"}";
+
+const TIMEOUT_RESPONSE: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+#[async_trait]
+impl<A> ServerApp for HeadDeadline<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // HTTP/2 (and h2c, which the gateway does not enable) keeps Pingora's path: a
+        // HEADERS frame is read whole by the h2 codec, and idle connections are closed by
+        // `h2_idle_timeout`.
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        self.serve_http1(stream, shutdown).await
     }
 
     async fn cleanup(&self) {
@@ -327,6 +393,26 @@ mod tests {
     // Real time, short deadlines: tokio's paused clock needs its test-util feature, which
     // would rebuild every tokio dependant for the tests.
     const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test]
+    async fn the_first_read_returns_what_arrived_in_a_buffer_of_its_own() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"GET / HT").await.unwrap();
+        let got = read_first(&mut server).await.unwrap();
+        assert_eq!(&got[..], b"GET / HT");
+        assert_eq!(got.capacity(), HEAD_BUFFER);
+        // The scratch buffer is not what was returned: a second connection's bytes do not
+        // show through the first one's buffer.
+        let (mut other, mut other_server) = tokio::io::duplex(64);
+        other.write_all(b"POST").await.unwrap();
+        assert_eq!(&read_first(&mut other_server).await.unwrap()[..], b"POST");
+        assert_eq!(&got[..], b"GET / HT");
+        // End of stream: nothing allocated.
+        drop(client);
+        let eof = read_first(&mut server).await.unwrap();
+        assert!(eof.is_empty());
+        assert_eq!(eof.capacity(), 0);
+    }
 
     #[tokio::test]
     async fn an_end_marker_split_across_reads_is_found() {

@@ -38,6 +38,7 @@ pub mod logs;
 pub mod metrics;
 pub mod oidc;
 pub mod pipeline;
+pub mod plain;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;

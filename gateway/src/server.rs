@@ -1,5 +1,6 @@
-//! Builds the Pingora server: one proxy service per HTTP/HTTPS listener of the first
-//! snapshot, TLS settings from [`crate::tls`]; one [`crate::l4::L4Service`] (a background
+//! Builds the Pingora server: one proxy service per HTTPS listener of the first snapshot,
+//! TLS settings from [`crate::tls`]; one [`crate::plain::PlainHttp`] (the gateway's own
+//! accept loop, a background service) per plain HTTP listener, in front of the same proxy; one [`crate::l4::L4Service`] (a background
 //! service with its own runtime) per TCP, UDP or TLSPassthrough port. TLSPassthrough
 //! listeners with distinct hostnames may share a port: they share one service, which routes
 //! by SNI across them.
@@ -9,7 +10,6 @@ use crate::proxy::{GatewayProxy, ListenerInfo, Shared};
 use crate::state::Compiled;
 use crate::tls::{DynamicClientVerifier, HandshakeCallback, SniResolver};
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
@@ -42,22 +42,6 @@ pub enum ServerError {
         reason: String,
     },
 }
-
-/// Socket buffering of plain HTTP listeners: no L4 read buffer (Pingora's default is 64 KiB
-/// per connection), the default write buffer (one MSS).
-///
-/// Why: on a plain HTTP connection every byte read goes into a buffer of its own anyway
-/// (the request head into [`crate::downstream`]'s head buffer, then Pingora's HTTP/1
-/// parser, bodies into Pingora's body buffer), so the L4 buffer under them only added a
-/// copy per read and, per connection, a 64 KiB zeroed allocation, the largest part of what
-/// an idle keep-alive connection held (issue 19: 10,000 idle connections took 280-450 MB;
-/// measured with and without it in docs/benchmarks.md). TLS listeners keep Pingora's
-/// default: rustls reads records in small pieces, which that buffer turns into few system
-/// calls.
-pub const PLAIN_HTTP_L4: L4BufferSettings = L4BufferSettings {
-    read: Some(0),
-    write: None,
-};
 
 /// Process settings for Pingora.
 #[derive(Debug, Clone)]
@@ -133,37 +117,47 @@ pub fn build(
         let mut http = pingora::apps::HttpServerOptions::default();
         http.h2_idle_timeout = Some(opts.downstream.keepalive);
         app.server_options = Some(http);
-        let mut svc = pingora::services::listening::Service::new(
-            format!("listener {}", l.name),
-            crate::downstream::HeadDeadline::new(app, opts.downstream, &l.name),
-        );
-        let addr = std::net::SocketAddr::new(opts.bind, l.port).to_string();
-        if https {
-            let tls_err = |reason: String| ServerError::Tls {
-                listener: l.name.clone(),
-                reason,
-            };
-            let mut settings = TlsSettings::with_callbacks(Box::new(HandshakeCallback))
-                .map_err(|e| tls_err(e.to_string()))?;
-            settings.set_cert_resolver(Arc::new(SniResolver::new(shared.store.clone(), &l.name)));
-            // Always installed: it asks for a certificate only while the current snapshot
-            // says so for this listener.
-            settings.set_client_cert_verifier(Arc::new(DynamicClientVerifier::new(
-                shared.store.clone(),
-                &l.name,
-            )));
-            settings.enable_h2();
-            svc.add_tls_with_settings(&addr, None, settings);
-            // Reads a PROXY header first while the current snapshot asks for one.
-            svc.endpoints()
-                .set_pre_tls_callback(Arc::new(crate::tls::ProxyProtocolPreTls::new(
-                    shared.store.clone(),
-                    opts.l4.handshake_timeout,
-                )));
-        } else {
-            // No L4 read buffer under plain HTTP: see [`PLAIN_HTTP_L4`].
-            svc.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(PLAIN_HTTP_L4));
+        let app = crate::downstream::HeadDeadline::new(app, opts.downstream, &l.name);
+        let addr = std::net::SocketAddr::new(opts.bind, l.port);
+        if !https {
+            // The gateway's own accept loop: see crate::plain for why.
+            let listener = crate::plain::bind(addr).map_err(|source| ServerError::Bind {
+                protocol: "HTTP",
+                port: l.port,
+                source,
+            })?;
+            let svc = crate::plain::PlainHttp::new(app, listener, l.port);
+            let mut bg = background_service(&format!("listener {}", l.name), svc);
+            bg.threads = Some(opts.threads.max(1));
+            tracing::info!(listener = %l.name, %addr, https, "listener bound");
+            server.add_service(bg);
+            any = true;
+            continue;
         }
+        let mut svc =
+            pingora::services::listening::Service::new(format!("listener {}", l.name), app);
+        let addr = addr.to_string();
+        let tls_err = |reason: String| ServerError::Tls {
+            listener: l.name.clone(),
+            reason,
+        };
+        let mut settings = TlsSettings::with_callbacks(Box::new(HandshakeCallback))
+            .map_err(|e| tls_err(e.to_string()))?;
+        settings.set_cert_resolver(Arc::new(SniResolver::new(shared.store.clone(), &l.name)));
+        // Always installed: it asks for a certificate only while the current snapshot
+        // says so for this listener.
+        settings.set_client_cert_verifier(Arc::new(DynamicClientVerifier::new(
+            shared.store.clone(),
+            &l.name,
+        )));
+        settings.enable_h2();
+        svc.add_tls_with_settings(&addr, None, settings);
+        // Reads a PROXY header first while the current snapshot asks for one.
+        svc.endpoints()
+            .set_pre_tls_callback(Arc::new(crate::tls::ProxyProtocolPreTls::new(
+                shared.store.clone(),
+                opts.l4.handshake_timeout,
+            )));
         tracing::info!(listener = %l.name, %addr, https, "listener bound");
         server.add_service(svc);
         any = true;

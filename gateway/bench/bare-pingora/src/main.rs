@@ -54,9 +54,9 @@ struct Args {
     #[arg(long)]
     key: Option<String>,
     /// L4 read buffer of the plain listener, bytes (0: none); Pingora's default (64 KiB)
-    /// when not given. The gateway's plain HTTP listeners use 0
-    /// (`rustronaut_gateway::server::PLAIN_HTTP_L4`); the benchmark holds 10,000 idle
-    /// connections on both settings to show what that setting alone changes.
+    /// when not given. The gateway's plain HTTP listeners read unbuffered too
+    /// (`rustronaut_gateway::plain`); the benchmark holds 10,000 idle connections on both
+    /// settings to show what that setting alone changes.
     #[arg(long)]
     l4_read_buffer: Option<usize>,
 }

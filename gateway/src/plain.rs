@@ -1,0 +1,354 @@
+//! Plain HTTP listeners: the gateway's own accept loop, in front of the same
+//! [`HeadDeadline`] and Pingora `HttpProxy` a TLS listener uses.
+//!
+//! ```text
+//!  accept (one Pingora background service per plain HTTP port, own runtime)
+//!    -> Pingora l4 Stream with its socket digest (client address), writes buffered by
+//!       [`Connection`] (a buffer made on the first write)
+//!    -> one task: HeadDeadline::serve_http1 (head deadlines, then HttpProxy per request)
+//! ```
+//!
+//! Why not Pingora's listening service, as TLS listeners keep: memory per connection
+//! (issue 19, docs/benchmarks.md). Pingora 0.9's `Service::run_endpoint` spawns each
+//! accepted connection as a task whose future holds, inline, the state of the transport
+//! handshake that the same code runs for TLS listeners (the rustls acceptor, its timeout):
+//! heaptrack measured 8.8 KiB per task, for a plain connection that never handshakes. Its
+//! `UninitializedStream::handshake` also gives every connection its 1,460-byte write buffer
+//! at accept. 10,000 idle connections held 186 MB, of which those two were 103 MB. Here the
+//! task holds only [`HeadDeadline::serve_http1`]'s state, and the write buffer exists from
+//! a connection's first response on.
+//!
+//! What stays as Pingora does it: the listener's worker threads and graceful shutdown (a
+//! background service, as [`crate::l4`]'s: accepting stops at the shutdown signal, requests
+//! in flight keep the runtime's shutdown timeout), the client address (the socket digest
+//! Pingora's listener sets), `SO_REUSEADDR` and a backlog of 65,535 (Pingora's
+//! `LISTENER_BACKLOG`), and the write buffering: a response head and a small body leave in
+//! one `write` (without it, two writes, and Nagle's algorithm could hold the second).
+//! TLS listeners keep Pingora's acceptor: its handshake callbacks, SNI resolver and client
+//! certificate verifier are the TLS stack (crate::tls).
+
+use crate::downstream::HeadDeadline;
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Pingora's listen backlog (pingora-core 0.9.1 `src/listeners/l4.rs`).
+const BACKLOG: i32 = 65535;
+
+/// Bytes of a connection's write buffer: Pingora's `DEFAULT_L4_WRITE_BUFFER_SIZE`, one
+/// Ethernet MSS.
+const WRITE_BUFFER: usize = pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE;
+
+/// Binds `addr` for a plain HTTP listener now (so a port in use fails start-up, as the L4
+/// listeners do): `SO_REUSEADDR`, backlog 65,535, non-blocking.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// One plain HTTP port as a Pingora background service.
+pub struct PlainHttp<A> {
+    app: Arc<HeadDeadline<A>>,
+    port: u16,
+    listener: Mutex<Option<std::net::TcpListener>>,
+}
+
+impl<A> PlainHttp<A> {
+    /// Serves `app` on `listener` (from [`bind`]) once the service starts.
+    pub fn new(app: HeadDeadline<A>, listener: std::net::TcpListener, port: u16) -> Self {
+        Self {
+            app: Arc::new(app),
+            port,
+            listener: Mutex::new(Some(listener)),
+        }
+    }
+}
+
+#[async_trait]
+impl<A> BackgroundService for PlainHttp<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let taken = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(listener) = taken else { return };
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(port = self.port, error = %e, "HTTP listener failed");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let app = self.app.clone();
+                        let shutdown = shutdown.clone();
+                        tokio::spawn(async move {
+                            app.serve_http1(connection(tcp, peer), &shutdown).await;
+                        });
+                    }
+                    Err(e) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        tracing::warn!(port = self.port, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => {
+                    tracing::info!(port = self.port, "HTTP listener stops accepting");
+                    break;
+                }
+            }
+        }
+        ServerApp::cleanup(self.app.as_ref()).await;
+    }
+}
+
+/// An accepted socket as Pingora's session expects it: an l4 `Stream` whose socket digest
+/// knows the peer (the client address of the decision), writes buffered by [`Connection`].
+fn connection(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
+    let mut l4: L4Stream = tcp.into();
+    let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+    // A new digest: its cell is empty.
+    let _ = digest.peer_addr.set(Some(PingoraAddr::from(peer)));
+    l4.set_socket_digest(digest);
+    Box::new(Connection::new(l4))
+}
+
+/// A client connection: Pingora's unbuffered l4 stream with a write buffer of
+/// [`WRITE_BUFFER`] bytes, made on the first write and kept for the connection's life (a
+/// buffer per response would be an allocation per request). Writes smaller than the buffer
+/// are gathered until a flush or until the next would not fit; larger ones go straight
+/// through once the buffer is out, as tokio's `BufWriter` does. Reads are not buffered
+/// (the head goes into [`HeadDeadline`]'s buffer, bodies into Pingora's).
+#[derive(Debug)]
+pub struct Connection {
+    inner: L4Stream,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    written: usize,
+}
+
+impl Connection {
+    fn new(inner: L4Stream) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+            written: 0,
+        }
+    }
+
+    /// Writes out what is buffered; the buffer keeps its capacity.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.written < self.buf.len() {
+            match ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..])) {
+                Ok(0) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Ok(n) => self.written += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        self.buf.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.buf.len() + data.len() > WRITE_BUFFER {
+            ready!(this.poll_write_out(cx))?;
+        }
+        if data.len() >= WRITE_BUFFER {
+            return Pin::new(&mut this.inner).poll_write(cx, data);
+        }
+        if this.buf.capacity() == 0 {
+            this.buf.reserve_exact(WRITE_BUFFER);
+        }
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Connection {
+    async fn shutdown(&mut self) {
+        if let Err(e) = AsyncWriteExt::shutdown(self).await {
+            tracing::debug!(error = %e, "shutting a client connection down");
+        }
+    }
+}
+
+impl UniqueID for Connection {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Connection {}
+
+impl GetTimingDigest for Connection {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Connection {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for Connection {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for Connection {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A connected pair: the gateway's side as a [`Connection`], the client's as tokio's.
+    async fn pair() -> (Connection, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (tcp, peer) = accepted.unwrap();
+        let stream = connection(tcp, peer);
+        let conn = *stream.into_any().downcast::<Connection>().unwrap();
+        (conn, client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_peer_address_is_in_the_socket_digest() {
+        let (conn, client) = pair().await;
+        let digest = conn.get_socket_digest().unwrap();
+        let peer = digest.peer_addr().unwrap().as_inet().copied();
+        assert_eq!(peer, Some(client.local_addr().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn small_writes_wait_for_a_flush_and_leave_together() {
+        let (mut conn, mut client) = pair().await;
+        assert_eq!(conn.buf.capacity(), 0, "no buffer before the first write");
+        conn.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        conn.write_all(b"Content-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        assert_eq!(conn.buf.capacity(), WRITE_BUFFER);
+        let mut got = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(100), client.read(&mut got)).await;
+        assert!(early.is_err(), "nothing is sent before a flush");
+        conn.flush().await.unwrap();
+        let want = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let mut all = vec![0u8; want.len()];
+        client.read_exact(&mut all).await.unwrap();
+        assert_eq!(&all[..], want);
+        assert!(conn.buf.is_empty());
+        assert_eq!(conn.buf.capacity(), WRITE_BUFFER, "the buffer is kept");
+    }
+
+    #[tokio::test]
+    async fn writes_keep_their_order_across_the_buffer_size() {
+        let (mut conn, mut client) = pair().await;
+        let small = vec![b'a'; 1000];
+        let large: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = async {
+            conn.write_all(&small).await.unwrap();
+            conn.write_all(&large).await.unwrap();
+            conn.write_all(b"end").await.unwrap();
+            AsyncWriteExt::shutdown(&mut conn).await.unwrap();
+        };
+        let reader = async {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        };
+        let ((), all) = tokio::join!(writer, reader);
+        let mut want = small.clone();
+        want.extend_from_slice(&large);
+        want.extend_from_slice(b"end");
+        assert_eq!(all.len(), want.len());
+        assert!(all == want, "bytes reordered or lost");
+    }
+}
