@@ -392,14 +392,6 @@ fn served_certificate(port: u16, host: &str, ca_file: &std::path::Path) -> Resul
     Ok(parse(stdout[begin..].as_bytes()))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The status of condition `type_` of listener `listener` of Gateway `name`, with its reason.
 async fn listener_condition(
     gateways: &Api<DynamicObject>,
@@ -437,7 +429,7 @@ async fn a_gateway_listener_serves_and_rotates_a_cert_manager_certificate() {
     // A Gateway whose HTTPS listener has cert-manager issue into app-tls. cert-manager is not
     // running yet: the listener waits (CertificatePending) and the snapshot is written anyway,
     // with the listener bound and marked certificatesPending.
-    let port = free_port();
+    let port = support::free_port();
     let gateways: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         &ns,
@@ -483,7 +475,7 @@ async fn a_gateway_listener_serves_and_rotates_a_cert_manager_certificate() {
 
     // The gateway, configured from that Secret through the API; bound, but no handshake yet.
     let ca_file = dir.path().join("ca.pem");
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", support::free_port());
     let mut cmd = Command::new(scenario::sibling_binary("rustronaut-gateway").unwrap());
     cmd.env("KUBECONFIG", cluster.kubeconfig())
         .env("RUST_LOG", "info")

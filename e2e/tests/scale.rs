@@ -31,7 +31,7 @@ use kube::api::{Api, Patch, PatchParams};
 use rustronaut_crds::Policy;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -176,7 +176,7 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     let changes = env_usize("SCALE_CHANGES", 10);
     // Namespaces scale-platform and scale-t<t>.
     let upstream = upstream_server();
-    let port = free_port();
+    let port = support::free_port();
     let plan =
         World::new("scale", tenants, per_tenant, tenants_per_gateway()).serving(port, upstream);
     let cluster = rustronaut_e2e::shared();
@@ -344,7 +344,7 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     }
 
     // Apply -> enforced, through a gateway process serving edge-0's snapshot.
-    let admin_addr = format!("127.0.0.1:{}", free_port());
+    let admin_addr = format!("127.0.0.1:{}", support::free_port());
     let binary = std::env::var_os("RUSTRONAUT_GATEWAY_BIN")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| rustronaut_e2e::scenario::sibling_binary("rustronaut-gateway").unwrap());
@@ -437,14 +437,6 @@ fn the_operator_converges_at_scale_and_edits_reach_the_right_snapshot() {
     drop(operator);
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The status code of `GET path` with `Host: host` on a new connection to `addr`; None when
 /// there is no answer (not listening yet, closed early).
 fn http_status(addr: &SocketAddr, host: &str, path: &str) -> Option<u16> {
@@ -465,30 +457,7 @@ fn http_status(addr: &SocketAddr, host: &str, path: &str) -> Option<u16> {
 /// and the gateway refuse them in an edge snapshot.
 fn upstream_server() -> SocketAddr {
     let ip = host_address().expect("this machine has no non-loopback IPv4 address");
-    let listener = TcpListener::bind((ip, 0)).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                );
-            });
-        }
-    });
-    addr
+    support::http_server(ip.into(), "ok")
 }
 
 /// The first global-scope IPv4 address of an interface that is up (`ip -4 -o addr show

@@ -20,14 +20,6 @@ impl Drop for HostProcesses {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn the_console_runs_as_a_pod_and_a_person_logs_in_through_the_op_as_make_demo_shows() {
     let cluster = demo();
@@ -51,8 +43,11 @@ fn the_console_runs_as_a_pod_and_a_person_logs_in_through_the_op_as_make_demo_sh
         .env("HELM_CACHE_HOME", helm.join("cache"))
         .env("HELM_CONFIG_HOME", helm.join("config"))
         .env("HELM_DATA_HOME", helm.join("data"))
-        .env("CONSOLE_DEMO_PORT", free_port().to_string())
-        .env("CONSOLE_DEMO_OP_PORT", free_port().to_string())
+        .env("CONSOLE_DEMO_PORT", super::support::free_port().to_string())
+        .env(
+            "CONSOLE_DEMO_OP_PORT",
+            super::support::free_port().to_string(),
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
