@@ -58,6 +58,8 @@ const TUNNEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const FORWARD_RESPONSE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the configuration and token files are checked for changes.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+/// How long gateway streams in flight may finish after shutdown before they are ended.
+const STREAM_GRACE: Duration = Duration::from_secs(2);
 /// Messages (a datagram, or a coalesced run of them) queued per site before the ingress drops.
 const SITE_QUEUE: usize = 1024;
 /// Bytes queued per site before the ingress drops: about 1,000 full-size datagrams, the bound
@@ -447,9 +449,10 @@ impl Hub {
             ingress,
         } = self;
         let source: Arc<dyn StatusSource> = Arc::new(HubStatus(shared.clone()));
+        let streams: StreamTasks = Arc::default();
         let tasks = [
             tokio::spawn(run_ingress(shared.clone(), ingress)),
-            tokio::spawn(run_stream_endpoint(shared.clone(), stream)),
+            tokio::spawn(run_stream_endpoint(shared.clone(), stream, streams.clone())),
             tokio::spawn(admin::serve(admin, source)),
             tokio::spawn(run_reloader(shared.clone(), config_path, raw)),
         ];
@@ -457,6 +460,19 @@ impl Hub {
         tracing::info!("hub shutting down");
         for t in &tasks {
             t.abort();
+        }
+        // Streams in flight get a moment to finish, then are ended, and both are awaited:
+        // each stream's span closes here, before the caller flushes the trace exporter (a
+        // stream still running when the runtime is dropped would close its span after the
+        // flush, and the span would be lost).
+        let mut streams = std::mem::take(&mut *streams.lock().unwrap_or_else(|p| p.into_inner()));
+        let finished = tokio::time::timeout(STREAM_GRACE, async {
+            while streams.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            streams.abort_all();
+            while streams.join_next().await.is_some() {}
         }
         for site in shared.routes.load().by_name.values() {
             site.removed.cancel();
@@ -554,7 +570,10 @@ fn deliver(shared: &Shared, site: &Site, data: &[u8], from: SocketAddr, stride: 
     }
 }
 
-async fn run_stream_endpoint(shared: Arc<Shared>, listener: TcpListener) {
+/// The gateway streams in flight, so that shutdown can end them before it returns.
+type StreamTasks = Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>;
+
+async fn run_stream_endpoint(shared: Arc<Shared>, listener: TcpListener, streams: StreamTasks) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -575,7 +594,10 @@ async fn run_stream_endpoint(shared: Arc<Shared>, listener: TcpListener) {
             target = tracing::field::Empty,
             status = tracing::field::Empty,
         );
-        tokio::spawn(
+        let mut set = streams.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap what has finished, so the set holds only streams in flight.
+        while set.try_join_next().is_some() {}
+        set.spawn(
             async move {
                 let status = handle_gateway(&shared, tcp, peer).await;
                 tracing::Span::current().record("status", tracing::field::display(status));
