@@ -17,8 +17,18 @@
 //!   subscriber's reused buffer: the keys and their order are the ones the formatter wrote
 //!   (`timestamp`, `level`, the event's fields, `target`), values as it wrote them (strings
 //!   escaped as JSON, numbers and booleans bare, `Debug`/`Display` values as strings).
+//! - **The event itself**, for the one line every HTTP request writes: even formatted in
+//!   place, a 16-field event goes through tracing's value set, a visitor call per field
+//!   through `dyn` writers and the subscriber's buffer. [`request`] writes the same bytes
+//!   from a typed [`RequestLine`] into a per-thread buffer and hands it to the log thread;
+//!   `RUST_LOG` still decides whether it is written (`tracing::enabled!` on the same target
+//!   and level). Measured in issue 19 (docs/benchmarks.md).
 
+use std::cell::RefCell;
 use std::fmt::{self, Write as _};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -61,6 +71,8 @@ pub type Guard = writer::Guard;
 pub fn init(queue_bytes: usize) -> std::io::Result<Guard> {
     // Stdout locked once by the log thread: each batch is one write of whole lines.
     let (writer, guard) = writer::spawn(std::io::stdout(), queue_bytes, "rustronaut-log")?;
+    // The first init wins, as `tracing_subscriber`'s global default does.
+    let _ = SINK.set(writer.clone());
     tracing_subscriber::fmt()
         .event_format(JsonLines)
         .with_writer(writer)
@@ -70,6 +82,129 @@ pub fn init(queue_bytes: usize) -> std::io::Result<Guard> {
         )
         .init();
     Ok(guard)
+}
+
+/// Where [`request`] hands its lines: the log thread of [`init`].
+static SINK: OnceLock<writer::BatchWriter> = OnceLock::new();
+
+/// Target and message of the decision lines.
+pub const DECISION_TARGET: &str = "rustronaut::decision";
+
+/// One HTTP request's decision line: the fields docs/gateway.md lists, in its order.
+#[derive(Clone, Copy)]
+pub struct RequestLine<'a> {
+    /// Listener name.
+    pub listener: &'a str,
+    /// `namespace/name` of the Resource, `-` when none was routed.
+    pub resource: &'a str,
+    /// Resource rule, `-` when none.
+    pub section: &'a str,
+    /// Caller summary.
+    pub identity: &'a str,
+    /// Client address; empty when unknown.
+    pub client_ip: Option<IpAddr>,
+    /// `Allow`, `Deny` or `-`.
+    pub decision: &'a str,
+    /// Why.
+    pub reason: &'a str,
+    /// Deciding policy, `-` when none.
+    pub policy: &'a str,
+    /// Deciding policy rule, `-` when none.
+    pub rule: &'a str,
+    /// Decision id.
+    pub decision_id: &'a str,
+    /// Status sent, 0 when none.
+    pub status: u16,
+    /// The upstream tried last; `-` when none.
+    pub upstream: Option<&'a dyn fmt::Display>,
+    /// Human detail, empty when none.
+    pub detail: &'a str,
+    /// What the DryRun policies would have decided, `-` when none.
+    pub dry_run: &'a str,
+    /// The error that ended the request; empty when none.
+    pub error: Option<&'a dyn fmt::Display>,
+}
+
+impl fmt::Debug for RequestLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestLine")
+            .field("decision_id", &self.decision_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestLine<'_> {
+    /// The line, newline included, exactly as [`JsonLines`] writes the equivalent
+    /// `tracing::info!(target: "rustronaut::decision", listener = ..., "request")` event
+    /// (tested: `request_lines_are_the_events_lines`).
+    fn write(&self, w: &mut String, now: SystemTime) -> fmt::Result {
+        w.push_str("{\"timestamp\":\"");
+        write_timestamp(w, now)?;
+        w.push_str("\",\"level\":\"INFO\",\"message\":\"request\",\"listener\":");
+        write_str(w, self.listener)?;
+        w.push_str(",\"resource\":");
+        write_str(w, self.resource)?;
+        w.push_str(",\"section\":");
+        write_str(w, self.section)?;
+        w.push_str(",\"identity\":");
+        write_str(w, self.identity)?;
+        w.push_str(",\"client_ip\":\"");
+        if let Some(ip) = self.client_ip {
+            write!(w, "{ip}")?;
+        }
+        w.push_str("\",\"decision\":");
+        write_str(w, self.decision)?;
+        w.push_str(",\"reason\":");
+        write_str(w, self.reason)?;
+        w.push_str(",\"policy\":");
+        write_str(w, self.policy)?;
+        w.push_str(",\"rule\":");
+        write_str(w, self.rule)?;
+        w.push_str(",\"decision_id\":");
+        write_str(w, self.decision_id)?;
+        write!(w, ",\"status\":{},\"upstream\":\"", self.status)?;
+        match self.upstream {
+            Some(u) => write!(Escaped(w), "{u}")?,
+            None => w.push('-'),
+        }
+        w.push_str("\",\"detail\":");
+        write_str(w, self.detail)?;
+        w.push_str(",\"dry_run\":");
+        write_str(w, self.dry_run)?;
+        w.push_str(",\"error\":\"");
+        if let Some(e) = self.error {
+            write!(Escaped(w), "{e}")?;
+        }
+        w.push_str("\",\"target\":\"rustronaut::decision\"}\n");
+        Ok(())
+    }
+}
+
+/// Writes one HTTP request's decision line, when `RUST_LOG` enables the decision target at
+/// `info` (as it would the `tracing::info!` event this replaces, see the module docs): to the
+/// log thread of [`init`], or straight to stdout in a process that installed its own
+/// subscriber instead.
+pub fn request(line: &RequestLine<'_>) {
+    if !tracing::enabled!(target: "rustronaut::decision", tracing::Level::INFO) {
+        return;
+    }
+    thread_local! {
+        static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    LINE.with_borrow_mut(|buf| {
+        buf.clear();
+        if line.write(buf, SystemTime::now()).is_err() {
+            return;
+        }
+        match SINK.get() {
+            Some(sink) => sink.append(buf.as_bytes()),
+            None => {
+                let _ = std::io::stdout().lock().write_all(buf.as_bytes());
+            }
+        }
+        // A line with a long detail does not keep its buffer for the thread's life.
+        buf.shrink_to(1024);
+    });
 }
 
 /// Formats an event as one JSON object (see the module docs).
@@ -142,8 +277,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// Writes `s` as a JSON string, quotes included.
 fn write_str(w: &mut dyn fmt::Write, s: &str) -> fmt::Result {
     w.write_char('"')?;
-    Escaped(w).write_str(s)?;
+    if s.bytes().any(needs_escape) {
+        Escaped(w).write_str(s)?;
+    } else {
+        w.write_str(s)?;
+    }
     w.write_char('"')
+}
+
+/// A byte JSON cannot hold as is inside a string.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
 }
 
 /// A writer that escapes what goes through it for the inside of a JSON string.
@@ -373,6 +517,93 @@ mod tests {
         assert_eq!(ours["status"], 403);
         assert_eq!(ours["message"], "request");
         assert_eq!(ours["target"], "rustronaut::decision");
+    }
+
+    /// The event `proxy.rs` wrote before [`request`] replaced it, through [`JsonLines`].
+    fn event_line(l: &RequestLine<'_>) -> String {
+        let buf = Buf::default();
+        let sub = tracing_subscriber::fmt()
+            .event_format(JsonLines)
+            .with_writer(buf.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(
+                target: "rustronaut::decision",
+                listener = l.listener,
+                resource = l.resource,
+                section = l.section,
+                identity = l.identity,
+                client_ip = %OrEmpty(l.client_ip),
+                decision = l.decision,
+                reason = l.reason,
+                policy = l.policy,
+                rule = l.rule,
+                decision_id = l.decision_id,
+                status = l.status,
+                upstream = %OrDash(l.upstream),
+                detail = l.detail,
+                dry_run = l.dry_run,
+                error = %OrEmpty(l.error),
+                "request"
+            );
+        });
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// Everything after the timestamp, which the event takes from the clock.
+    fn after_timestamp(line: &str) -> &str {
+        &line[line.find("\",\"level\"").unwrap()..]
+    }
+
+    #[test]
+    fn request_lines_are_the_events_lines() {
+        let addr: std::net::SocketAddr = "10.0.0.9:8080".parse().unwrap();
+        let err = "upstream said \"no\"\n\u{7}";
+        let full = RequestLine {
+            listener: "https",
+            resource: "ns/app",
+            section: "all",
+            identity: "user:okta/alice \"quoted\"\\ \u{1f}é",
+            client_ip: Some("2001:db8::1".parse().unwrap()),
+            decision: "Allow",
+            reason: "AllowedBy",
+            policy: "ns/p",
+            rule: "r\tule",
+            decision_id: "0cad2bbff63d9740-0",
+            status: 200,
+            upstream: Some(&addr),
+            detail: "a\r\nb",
+            dry_run: "Deny DeniedBy ns/q -",
+            error: Some(&err),
+        };
+        let bare = RequestLine {
+            listener: "http",
+            resource: "-",
+            section: "-",
+            identity: "anonymous",
+            client_ip: None,
+            decision: "-",
+            reason: "NoRoute",
+            policy: "-",
+            rule: "-",
+            decision_id: "x-1",
+            status: 0,
+            upstream: None,
+            detail: "",
+            dry_run: "-",
+            error: None,
+        };
+        let t = UNIX_EPOCH + Duration::from_micros(1_796_306_858_123_456);
+        for l in [full, bare] {
+            let mut ours = String::new();
+            l.write(&mut ours, t).unwrap();
+            assert!(ours.starts_with("{\"timestamp\":\"2026-12-03T14:07:38.123456Z\""));
+            let theirs = event_line(&l);
+            assert_eq!(after_timestamp(&ours), after_timestamp(&theirs));
+            let v: serde_json::Value = serde_json::from_str(&ours).unwrap();
+            assert_eq!(v["identity"], l.identity);
+            assert_eq!(v["status"], l.status);
+        }
     }
 
     #[test]

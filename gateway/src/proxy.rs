@@ -17,7 +17,7 @@
 //! client's W3C trace context) and the upstream gets a `traceparent` naming it.
 
 use crate::balance::{Health, InFlight, Pick};
-use crate::logs::{Either, OrDash, OrEmpty};
+use crate::logs::Either;
 use crate::metrics::{DecisionLabels, Metrics, RequestLabels};
 use crate::pipeline::{self, Action, Env, Forward, Record, RequestFacts};
 use crate::ratelimit::RateLimiter;
@@ -864,27 +864,30 @@ impl ProxyHttp for GatewayProxy {
                 })
                 .inc();
         }
-        // Written without a String made per field (crate::logs).
+        // Written without a String made per field, nor a tracing event (crate::logs).
         let addr = ctx.tried.last().filter(|_| ctx.site.is_none());
-        tracing::info!(
-            target: "rustronaut::decision",
-            listener = self.listener.name.as_str(),
-            resource = record.resource.as_deref().unwrap_or("-"),
-            section = record.section.as_deref().unwrap_or("-"),
-            identity = record.identity.as_str(),
-            client_ip = %OrEmpty(record.client_ip),
-            decision = record.effect,
-            reason = record.reason,
-            policy = record.policy.as_deref().unwrap_or("-"),
-            rule = record.policy_rule.as_deref().unwrap_or("-"),
-            decision_id = record.decision_id.as_str(),
+        let upstream = ctx
+            .site
+            .as_deref()
+            .map(Either::Left)
+            .or(addr.map(Either::Right));
+        crate::logs::request(&crate::logs::RequestLine {
+            listener: self.listener.name.as_str(),
+            resource: record.resource.as_deref().unwrap_or("-"),
+            section: record.section.as_deref().unwrap_or("-"),
+            identity: record.identity.as_str(),
+            client_ip: record.client_ip,
+            decision: record.effect,
+            reason: record.reason,
+            policy: record.policy.as_deref().unwrap_or("-"),
+            rule: record.policy_rule.as_deref().unwrap_or("-"),
+            decision_id: record.decision_id.as_str(),
             status,
-            upstream = %OrDash(ctx.site.as_deref().map(Either::Left).or(addr.map(Either::Right))),
-            detail = record.detail.as_deref().unwrap_or(""),
-            dry_run = record.dry_run.as_deref().unwrap_or("-"),
-            error = %OrEmpty(e),
-            "request"
-        );
+            upstream: upstream.as_ref().map(|u| u as &dyn std::fmt::Display),
+            detail: record.detail.as_deref().unwrap_or(""),
+            dry_run: record.dry_run.as_deref().unwrap_or("-"),
+            error: e.map(|e| e as &dyn std::fmt::Display),
+        });
         if let Some(cx) = ctx.trace.take() {
             let upstream = ctx
                 .site
