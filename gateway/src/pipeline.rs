@@ -414,12 +414,20 @@ const DROPPED_HEADERS: &[&str] = &[
 
 /// A short, log-friendly summary of who is calling.
 pub fn identity_summary(id: &Identity) -> String {
-    let mut parts = Vec::new();
+    use std::fmt::Write as _;
+    // One String for the whole summary: it is made on every request.
+    let mut out = String::new();
+    let mut part = |kind: &str, idp: &str, name: &str| {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let _ = write!(out, "{kind}:{idp}/{name}");
+    };
     if let Some(u) = &id.user {
-        parts.push(format!("user:{}/{}", u.idp, u.subject));
+        part("user", &u.idp, &u.subject);
     }
     if let Some(k) = &id.api_key {
-        parts.push(format!("apiKey:{}/{}", k.idp, k.client_id));
+        part("apiKey", &k.idp, &k.client_id);
     }
     if let Some(c) = &id.client_certificate {
         let name = c
@@ -427,15 +435,13 @@ pub fn identity_summary(id: &Identity) -> String {
             .first()
             .or(c.san_dns_names.first())
             .or(c.san_emails.first())
-            .cloned()
-            .unwrap_or_else(|| c.spki_sha256.clone());
-        parts.push(format!("cert:{}/{}", c.idp, name));
+            .unwrap_or(&c.spki_sha256);
+        part("cert", &c.idp, name);
     }
-    if parts.is_empty() {
-        "anonymous".into()
-    } else {
-        parts.join(",")
+    if out.is_empty() {
+        out.push_str("anonymous");
     }
+    out
 }
 
 /// The rate-limit or hash key of a caller: its strongest credential, else its address.
@@ -713,6 +719,36 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn identity_summaries_name_every_credential_in_one_string() {
+        use rustronaut_contract::identity::{ApiKeyIdentity, CertificateIdentity, UserIdentity};
+        let mut id = Identity::default();
+        assert_eq!(identity_summary(&id), "anonymous");
+        id.client_certificate = Some(CertificateIdentity {
+            idp: "mtls".into(),
+            spki_sha256: "ab12".into(),
+            ..CertificateIdentity::default()
+        });
+        assert_eq!(identity_summary(&id), "cert:mtls/ab12");
+        id.user = Some(Arc::new(UserIdentity {
+            idp: "okta".into(),
+            subject: "alice".into(),
+            ..UserIdentity::default()
+        }));
+        id.api_key = Some(ApiKeyIdentity {
+            idp: "keys".into(),
+            client_id: "ci".into(),
+        });
+        if let Some(c) = id.client_certificate.as_mut() {
+            c.san_dns_names = vec!["svc.example".into()];
+            c.san_emails = vec!["a@example.com".into()];
+        }
+        assert_eq!(
+            identity_summary(&id),
+            "user:okta/alice,apiKey:keys/ci,cert:mtls/svc.example"
+        );
+    }
 
     #[test]
     fn traversal_spellings_of_upstream_servers_are_caught() {
