@@ -87,7 +87,7 @@ pub fn init(queue_bytes: usize) -> std::io::Result<Guard> {
 /// Where [`request`] hands its lines: the log thread of [`init`].
 static SINK: OnceLock<writer::BatchWriter> = OnceLock::new();
 
-/// Target and message of the decision lines.
+/// Target of the decision lines, which `RUST_LOG` filters by.
 pub const DECISION_TARGET: &str = "rustronaut::decision";
 
 /// One HTTP request's decision line: the fields docs/gateway.md lists, in its order.
@@ -185,7 +185,7 @@ impl RequestLine<'_> {
 /// log thread of [`init`], or straight to stdout in a process that installed its own
 /// subscriber instead.
 pub fn request(line: &RequestLine<'_>) {
-    if !tracing::enabled!(target: "rustronaut::decision", tracing::Level::INFO) {
+    if !tracing::enabled!(target: DECISION_TARGET, tracing::Level::INFO) {
         return;
     }
     thread_local! {
