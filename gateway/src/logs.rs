@@ -138,39 +138,38 @@ impl RequestLine<'_> {
     /// `tracing::info!(target: "rustronaut::decision", listener = ..., "request")` event
     /// (tested: `request_lines_are_the_events_lines`).
     fn write(&self, w: &mut String, now: SystemTime) -> fmt::Result {
+        /// `,"key":"value"`, the value escaped.
+        fn field(w: &mut String, key: &str, value: &str) -> fmt::Result {
+            w.push_str(",\"");
+            w.push_str(key);
+            w.push_str("\":");
+            write_str(w, value)
+        }
         w.push_str("{\"timestamp\":\"");
         write_timestamp(w, now)?;
-        w.push_str("\",\"level\":\"INFO\",\"message\":\"request\",\"listener\":");
-        write_str(w, self.listener)?;
-        w.push_str(",\"resource\":");
-        write_str(w, self.resource)?;
-        w.push_str(",\"section\":");
-        write_str(w, self.section)?;
-        w.push_str(",\"identity\":");
-        write_str(w, self.identity)?;
+        w.push_str("\",\"level\":\"INFO\",\"message\":\"request\"");
+        field(w, "listener", self.listener)?;
+        field(w, "resource", self.resource)?;
+        field(w, "section", self.section)?;
+        field(w, "identity", self.identity)?;
         w.push_str(",\"client_ip\":\"");
         if let Some(ip) = self.client_ip {
             write!(w, "{ip}")?;
         }
-        w.push_str("\",\"decision\":");
-        write_str(w, self.decision)?;
-        w.push_str(",\"reason\":");
-        write_str(w, self.reason)?;
-        w.push_str(",\"policy\":");
-        write_str(w, self.policy)?;
-        w.push_str(",\"rule\":");
-        write_str(w, self.rule)?;
-        w.push_str(",\"decision_id\":");
-        write_str(w, self.decision_id)?;
+        w.push('"');
+        field(w, "decision", self.decision)?;
+        field(w, "reason", self.reason)?;
+        field(w, "policy", self.policy)?;
+        field(w, "rule", self.rule)?;
+        field(w, "decision_id", self.decision_id)?;
         write!(w, ",\"status\":{},\"upstream\":\"", self.status)?;
         match self.upstream {
             Some(u) => write!(Escaped(w), "{u}")?,
             None => w.push('-'),
         }
-        w.push_str("\",\"detail\":");
-        write_str(w, self.detail)?;
-        w.push_str(",\"dry_run\":");
-        write_str(w, self.dry_run)?;
+        w.push('"');
+        field(w, "detail", self.detail)?;
+        field(w, "dry_run", self.dry_run)?;
         w.push_str(",\"error\":\"");
         if let Some(e) = self.error {
             write!(Escaped(w), "{e}")?;
