@@ -425,6 +425,32 @@ fn forged_identity_and_forwarding_headers_never_reach_the_upstream() {
 }
 
 #[test]
+fn the_upstream_sees_the_host_the_request_was_routed_by() {
+    // The gateway keeps the client's Host only when it is exactly the routing host; any
+    // other spelling (case, port, an absolute-form target) is replaced, never doubled.
+    let (up, _gw, port) = start();
+    let upper = HOST.to_ascii_uppercase();
+    for request in [
+        format!("GET /public/a HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"),
+        format!("GET /public/a HTTP/1.1\r\nHost: {upper}\r\nConnection: close\r\n\r\n"),
+        format!("GET /public/a HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n"),
+        format!("GET http://{HOST}/public/a HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"),
+    ] {
+        let before = up.hits.load(std::sync::atomic::Ordering::SeqCst);
+        let got = raw(port, request.as_bytes());
+        assert_eq!(statuses(&got), vec![200], "{request}: {got}");
+        let echoed: Value = serde_json::from_str(body_of(&got)).unwrap();
+        let hdrs = &echoed["headers"];
+        assert_eq!(hdrs["host"], json!([HOST]), "{request}");
+        assert_eq!(hdrs["x-forwarded-host"], json!([HOST]), "{request}");
+        assert_eq!(
+            up.hits.load(std::sync::atomic::Ordering::SeqCst),
+            before + 1
+        );
+    }
+}
+
+#[test]
 fn path_tricks_never_reach_a_target_no_rule_allows() {
     // On raw sockets, so no client library normalises the target first. /public is
     // allowed, /admin denied, everything else refused by default.
