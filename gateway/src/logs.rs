@@ -24,6 +24,7 @@
 //!   `RUST_LOG` still decides whether it is written (`tracing::enabled!` on the same target
 //!   and level). Measured in issue 19 (docs/benchmarks.md).
 
+use rustronaut_contract::policy::PolicyRef;
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
@@ -107,8 +108,8 @@ pub struct RequestLine<'a> {
     pub decision: &'a str,
     /// Why.
     pub reason: &'a str,
-    /// Deciding policy, `-` when none.
-    pub policy: &'a str,
+    /// Deciding policy, written `namespace/name`; `-` when none.
+    pub policy: Option<&'a PolicyRef>,
     /// Deciding policy rule, `-` when none.
     pub rule: &'a str,
     /// Decision id.
@@ -153,16 +154,31 @@ impl RequestLine<'_> {
         field(w, "section", self.section)?;
         field(w, "identity", self.identity)?;
         w.push_str(",\"client_ip\":\"");
-        if let Some(ip) = self.client_ip {
-            write!(w, "{ip}")?;
+        match self.client_ip {
+            Some(IpAddr::V4(ip)) => {
+                for (i, o) in ip.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        w.push('.');
+                    }
+                    push_u32(w, o.into());
+                }
+            }
+            Some(ip) => write!(w, "{ip}")?,
+            None => {}
         }
         w.push('"');
         field(w, "decision", self.decision)?;
         field(w, "reason", self.reason)?;
-        field(w, "policy", self.policy)?;
+        w.push_str(",\"policy\":");
+        match self.policy {
+            Some(p) => write_strs(w, &[&p.namespace, "/", &p.name])?,
+            None => write_str(w, "-")?,
+        }
         field(w, "rule", self.rule)?;
         field(w, "decision_id", self.decision_id)?;
-        write!(w, ",\"status\":{},\"upstream\":\"", self.status)?;
+        w.push_str(",\"status\":");
+        push_u32(w, self.status.into());
+        w.push_str(",\"upstream\":\"");
         match self.upstream {
             Some(u) => write!(Escaped(w), "{u}")?,
             None => w.push('-'),
@@ -244,6 +260,21 @@ fn write_timestamp(w: &mut dyn fmt::Write, now: SystemTime) -> fmt::Result {
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, day) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    // Digits placed by hand rather than through `write!`'s padding, which this line pays
+    // on every request (issue 19); four-digit years only, the rest as before.
+    if let Ok(year @ 0..=9999) = u32::try_from(y) {
+        let mut b = *b"0000-00-00T00:00:00.000000Z";
+        put_digits(&mut b[0..4], year);
+        put_digits(&mut b[5..7], m);
+        put_digits(&mut b[8..10], day);
+        // Each below 86,400 and 1,000,000: the casts are exact.
+        put_digits(&mut b[11..13], (rem / 3600) as u32);
+        put_digits(&mut b[14..16], (rem / 60 % 60) as u32);
+        put_digits(&mut b[17..19], (rem % 60) as u32);
+        put_digits(&mut b[20..26], d.subsec_micros());
+        // ASCII digits and separators only.
+        return w.write_str(std::str::from_utf8(&b).map_err(|_| fmt::Error)?);
+    }
     write!(
         w,
         "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
@@ -252,6 +283,24 @@ fn write_timestamp(w: &mut dyn fmt::Write, now: SystemTime) -> fmt::Result {
         rem % 60,
         d.subsec_micros()
     )
+}
+
+/// `n` as decimal digits right-aligned in `out`, zero-padded; higher digits that do not fit
+/// are dropped (callers size `out` for their range).
+fn put_digits(out: &mut [u8], mut n: u32) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// `n` in decimal.
+fn push_u32(w: &mut String, n: u32) {
+    let mut b = [0u8; 10];
+    let digits = n.checked_ilog10().map_or(1, |l| l as usize + 1);
+    put_digits(&mut b[..digits], n);
+    // ASCII digits only.
+    w.push_str(std::str::from_utf8(&b[..digits]).unwrap_or_default());
 }
 
 /// Year, month, day of a count of days since 1970-01-01 (proleptic Gregorian; Howard
@@ -271,6 +320,19 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
         u32::try_from(m).unwrap_or(1),
         u32::try_from(d).unwrap_or(1),
     )
+}
+
+/// Writes the concatenation of `parts` as one JSON string, quotes included.
+fn write_strs(w: &mut dyn fmt::Write, parts: &[&str]) -> fmt::Result {
+    w.write_char('"')?;
+    for s in parts {
+        if s.bytes().any(needs_escape) {
+            Escaped(&mut *w).write_str(s)?;
+        } else {
+            w.write_str(s)?;
+        }
+    }
+    w.write_char('"')
 }
 
 /// Writes `s` as a JSON string, quotes included.
@@ -535,7 +597,7 @@ mod tests {
                 client_ip = %OrEmpty(l.client_ip),
                 decision = l.decision,
                 reason = l.reason,
-                policy = l.policy,
+                policy = %OrDash(l.policy),
                 rule = l.rule,
                 decision_id = l.decision_id,
                 status = l.status,
@@ -555,9 +617,29 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_are_utc_rfc3339_with_microseconds() {
+        // The epoch, a leap day, padded micros, the last four-digit year and the next.
+        for (micros, want) in [
+            (0, "1970-01-01T00:00:00.000000Z"),
+            (951_782_400_000_007, "2000-02-29T00:00:00.000007Z"),
+            (1_796_306_858_123_456, "2026-12-03T14:07:38.123456Z"),
+            (253_402_300_799_999_999, "9999-12-31T23:59:59.999999Z"),
+            (253_402_300_800_000_000, "10000-01-01T00:00:00.000000Z"),
+        ] {
+            let mut s = String::new();
+            write_timestamp(&mut s, UNIX_EPOCH + Duration::from_micros(micros)).unwrap();
+            assert_eq!(s, want);
+        }
+    }
+
+    #[test]
     fn request_lines_are_the_events_lines() {
         let addr: std::net::SocketAddr = "10.0.0.9:8080".parse().unwrap();
         let err = "upstream said \"no\"\n\u{7}";
+        let policy = PolicyRef {
+            namespace: "ns".into(),
+            name: "p\"q".into(),
+        };
         let full = RequestLine {
             listener: "https",
             resource: "ns/app",
@@ -566,7 +648,7 @@ mod tests {
             client_ip: Some("2001:db8::1".parse().unwrap()),
             decision: "Allow",
             reason: "AllowedBy",
-            policy: "ns/p",
+            policy: Some(&policy),
             rule: "r\tule",
             decision_id: "0cad2bbff63d9740-0",
             status: 200,
@@ -583,7 +665,7 @@ mod tests {
             client_ip: None,
             decision: "-",
             reason: "NoRoute",
-            policy: "-",
+            policy: None,
             rule: "-",
             decision_id: "x-1",
             status: 0,
@@ -592,8 +674,18 @@ mod tests {
             dry_run: "-",
             error: None,
         };
+        let v4 = RequestLine {
+            client_ip: Some("10.0.0.255".parse().unwrap()),
+            status: 503,
+            ..bare
+        };
+        let zeros = RequestLine {
+            client_ip: Some("0.0.0.0".parse().unwrap()),
+            status: 9,
+            ..bare
+        };
         let t = UNIX_EPOCH + Duration::from_micros(1_796_306_858_123_456);
-        for l in [full, bare] {
+        for l in [full, bare, v4, zeros] {
             let mut ours = String::new();
             l.write(&mut ours, t).unwrap();
             assert!(ours.starts_with("{\"timestamp\":\"2026-12-03T14:07:38.123456Z\""));
@@ -603,21 +695,6 @@ mod tests {
             assert_eq!(v["identity"], l.identity);
             assert_eq!(v["status"], l.status);
         }
-    }
-
-    #[test]
-    fn timestamps_are_utc_rfc3339_with_microseconds() {
-        let mut s = String::new();
-        let t = UNIX_EPOCH + Duration::from_micros(1_796_306_858_123_456);
-        write_timestamp(&mut s, t).unwrap();
-        assert_eq!(s, "2026-12-03T14:07:38.123456Z");
-        s.clear();
-        // A leap day, and the epoch.
-        write_timestamp(&mut s, UNIX_EPOCH + Duration::from_secs(951_782_400)).unwrap();
-        assert_eq!(s, "2000-02-29T00:00:00.000000Z");
-        s.clear();
-        write_timestamp(&mut s, UNIX_EPOCH).unwrap();
-        assert_eq!(s, "1970-01-01T00:00:00.000000Z");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use rustronaut_contract::identity::client_ip::client_ip_from_forwarded_for;
 use rustronaut_contract::identity::jwt::JwtVerifier;
 use rustronaut_contract::identity::serviceaccount::ServiceAccountVerifier;
 use rustronaut_contract::path::normalize;
+use rustronaut_contract::policy::PolicyRef;
 use rustronaut_contract::snapshot::{HashKey, LoadBalancing, TlsVersion};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -145,10 +146,10 @@ pub struct Record {
     /// Why: an evaluator reason or a gateway one (`NoRoute`, `InvalidPath`,
     /// `InvalidCredentials`, `RateLimited`...).
     pub reason: &'static str,
-    /// Deciding policy.
-    pub policy: Option<String>,
+    /// Deciding policy (shared with the compiled policy set, not copied per request).
+    pub policy: Option<PolicyRef>,
     /// Deciding policy rule.
-    pub policy_rule: Option<String>,
+    pub policy_rule: Option<Arc<str>>,
     /// Decision id, on every decision (allow and deny) and on every refusal.
     pub decision_id: String,
     /// Human detail (error message), never a secret.
@@ -163,8 +164,8 @@ impl Record {
     /// DryRun policies would have done (the effect is set by the caller, which also decides
     /// what a Deny turns into: 401, 403 or a closed connection).
     pub fn note(&mut self, decision: &Decision) {
-        self.policy = decision.policy.as_ref().map(ToString::to_string);
-        self.policy_rule = decision.rule.as_deref().map(str::to_string);
+        self.policy.clone_from(&decision.policy);
+        self.policy_rule.clone_from(&decision.rule);
         self.reason = decision.reason.as_str();
         self.dry_run = decision.shadow.as_ref().map(|o| {
             format!(
@@ -414,32 +415,44 @@ const DROPPED_HEADERS: &[&str] = &[
 
 /// A short, log-friendly summary of who is calling.
 pub fn identity_summary(id: &Identity) -> String {
-    use std::fmt::Write as _;
-    // One String for the whole summary: it is made on every request.
-    let mut out = String::new();
-    let mut part = |kind: &str, idp: &str, name: &str| {
-        if !out.is_empty() {
-            out.push(',');
-        }
-        let _ = write!(out, "{kind}:{idp}/{name}");
-    };
-    if let Some(u) = &id.user {
-        part("user", &u.idp, &u.subject);
-    }
-    if let Some(k) = &id.api_key {
-        part("apiKey", &k.idp, &k.client_id);
-    }
-    if let Some(c) = &id.client_certificate {
+    // One String for the whole summary, allocated once at its final size: it is made on
+    // every request.
+    let cert = id.client_certificate.as_ref().map(|c| {
         let name = c
             .san_uris
             .first()
             .or(c.san_dns_names.first())
             .or(c.san_emails.first())
             .unwrap_or(&c.spki_sha256);
-        part("cert", &c.idp, name);
+        ("cert", c.idp.as_str(), name.as_str())
+    });
+    let parts = [
+        id.user
+            .as_ref()
+            .map(|u| ("user", u.idp.as_str(), u.subject.as_str())),
+        id.api_key
+            .as_ref()
+            .map(|k| ("apiKey", k.idp.as_str(), k.client_id.as_str())),
+        cert,
+    ];
+    let parts = parts.iter().flatten();
+    let len: usize = parts
+        .clone()
+        .map(|(kind, idp, name)| kind.len() + idp.len() + name.len() + 3)
+        .sum();
+    if len == 0 {
+        return "anonymous".to_string();
     }
-    if out.is_empty() {
-        out.push_str("anonymous");
+    let mut out = String::with_capacity(len);
+    for (kind, idp, name) in parts {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(kind);
+        out.push(':');
+        out.push_str(idp);
+        out.push('/');
+        out.push_str(name);
     }
     out
 }
@@ -514,7 +527,7 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
             Some(format!("no resource for host {host}")),
         );
     };
-    record.resource = Some(format!("{}/{}", resource.namespace, resource.name));
+    record.resource = Some([&*resource.namespace, "/", &*resource.name].concat());
 
     if let Some(why) = ambiguous_method(facts.method) {
         return refuse(record, 400, "InvalidMethod", Some(why.into()));
@@ -1045,7 +1058,10 @@ mod tests {
         assert_eq!(f.target, "/public/~a?q=%2F");
         assert_eq!(f.host, "app.example.test");
         assert_eq!(v.record.effect, "Allow");
-        assert_eq!(v.record.policy.as_deref(), Some("ns/open"));
+        assert_eq!(
+            v.record.policy.as_ref().map(ToString::to_string).as_deref(),
+            Some("ns/open")
+        );
     }
 
     #[test]

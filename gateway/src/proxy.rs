@@ -67,6 +67,18 @@ mod names {
     pub const DECISION_ID: HeaderName = HeaderName::from_static(super::HEADER_DECISION_ID);
 }
 
+/// An address as a header value, formatted on the stack: the value's copy is the one
+/// allocation.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write as _;
+    // The longest text of an address: an IPv6 address with an embedded IPv4 one.
+    let mut buf = [0u8; 45];
+    let mut rest = &mut buf[..];
+    let _ = write!(rest, "{ip}");
+    let len = 45 - rest.len();
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static(""))
+}
+
 /// A header value the gateway built that turned out not to be one (it checked the parts
 /// before: an internal error, not the client's).
 fn invalid() -> Box<Error> {
@@ -185,10 +197,13 @@ fn push_encoded_group(out: &mut String, name: &str) {
     }
 }
 
-/// The identity headers for an upstream, `(name, value)`; values that are not valid header
-/// values are left out rather than mangled.
-pub fn identity_headers(id: &Identity, decision_id: &str) -> Vec<(HeaderName, HeaderValue)> {
-    let mut out = Vec::with_capacity(5);
+/// The identity headers for an upstream, each handed to `set` as `(name, value)`; values
+/// that are not valid header values are left out rather than mangled.
+pub fn identity_headers(
+    id: &Identity,
+    decision_id: &str,
+    mut set: impl FnMut(HeaderName, HeaderValue),
+) {
     let user = id
         .user
         .as_ref()
@@ -204,16 +219,20 @@ pub fn identity_headers(id: &Identity, decision_id: &str) -> Vec<(HeaderName, He
             })
         });
     if let Some((name, idp)) = user {
-        out.extend(header_value(name).map(|v| (names::USER, v)));
-        out.extend(header_value(idp).map(|v| (names::IDP, v)));
+        if let Some(v) = header_value(name) {
+            set(names::USER, v);
+        }
+        if let Some(v) = header_value(idp) {
+            set(names::IDP, v);
+        }
     }
     let email = id.user.as_ref().and_then(|u| u.email.as_ref()).or_else(|| {
         id.client_certificate
             .as_ref()
             .and_then(|c| c.san_emails.first())
     });
-    if let Some(email) = email {
-        out.extend(header_value(email).map(|v| (names::EMAIL, v)));
+    if let Some(v) = email.and_then(|e| header_value(e)) {
+        set(names::EMAIL, v);
     }
     if let Some(u) = &id.user
         && !u.groups.is_empty()
@@ -225,10 +244,13 @@ pub fn identity_headers(id: &Identity, decision_id: &str) -> Vec<(HeaderName, He
             }
             push_encoded_group(&mut groups, g);
         }
-        out.extend(header_value(&groups).map(|v| (names::GROUPS, v)));
+        if let Some(v) = header_value(&groups) {
+            set(names::GROUPS, v);
+        }
     }
-    out.extend(header_value(decision_id).map(|v| (names::DECISION_ID, v)));
-    out
+    if let Some(v) = header_value(decision_id) {
+        set(names::DECISION_ID, v);
+    }
 }
 
 /// The values of header `name`. A value that is not visible ASCII is kept as a value that
@@ -385,9 +407,9 @@ impl GatewayProxy {
                 }
             }
         }
-        for (name, value) in identity_headers(&f.identity, &record.decision_id) {
+        identity_headers(&f.identity, &record.decision_id, |name, value| {
             h.insert(name, value);
-        }
+        });
         // The upstream's parent span is the gateway's, not the client's.
         if let (Some(t), Some(cx)) = (&self.shared.telemetry, &ctx.trace) {
             for name in crate::telemetry::CONTEXT_HEADERS {
@@ -405,25 +427,25 @@ impl GatewayProxy {
                 .hops_from(p, state.snapshot.client_ip_detection.trusted_hops)
                 > 0
         });
-        let mut xff = String::new();
-        if trusted {
+        let prior = h.get_all(X_FORWARDED_FOR);
+        let xff = if trusted && prior.iter().next().is_some() {
             // Behind trusted proxies, the chain so far, then this peer.
-            for v in h
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-            {
+            let mut xff = String::new();
+            for v in prior.iter().filter_map(|v| v.to_str().ok()) {
                 xff.push_str(v);
                 xff.push_str(", ");
             }
-        }
-        // Otherwise nothing in front of the gateway is trusted, or this peer is not one of
-        // the trusted proxies: what the client wrote is dropped.
-        if let Some(p) = ctx.peer_ip {
-            use std::fmt::Write as _;
-            let _ = write!(xff, "{p}");
-        }
-        h.insert(X_FORWARDED_FOR, header_value(&xff).ok_or_else(invalid)?);
+            if let Some(p) = ctx.peer_ip {
+                use std::fmt::Write as _;
+                let _ = write!(xff, "{p}");
+            }
+            header_value(&xff).ok_or_else(invalid)?
+        } else {
+            // Nothing in front of the gateway is trusted, or this peer is not one of the
+            // trusted proxies: what the client wrote is dropped.
+            ctx.peer_ip.map_or(HeaderValue::from_static(""), ip_value)
+        };
+        h.insert(X_FORWARDED_FOR, xff);
         h.insert(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if self.listener.https { "https" } else { "http" }),
@@ -669,11 +691,14 @@ impl ProxyHttp for GatewayProxy {
             };
             pipeline::decide(&state, &facts, &env)
         };
-        let decision_id = verdict.record.decision_id.clone();
+        // Copied only for a refusal's answer: an allowed request's id goes upstream from
+        // the record.
+        let decision_id = |ctx: &Ctx| ctx.record.as_ref().map(|r| r.decision_id.clone());
         ctx.record = Some(verdict.record);
         ctx.state = Some(state.clone());
         match verdict.action {
             Action::Respond { status, challenge } => {
+                let decision_id = decision_id(ctx).unwrap_or_default();
                 // A refused request's body is never read: close the connection after the
                 // answer, so unread bytes cannot be taken for a next request.
                 if matches!(status, 400 | 413 | 431) {
@@ -688,6 +713,7 @@ impl ProxyHttp for GatewayProxy {
                 Ok(false)
             }
             Action::Login { tenant, idp } => {
+                let decision_id = decision_id(ctx).unwrap_or_default();
                 let (host, target) = request_host_and_target(session.req_header());
                 let t = state.snapshot.tenants.iter().find(|t| t.name == tenant);
                 let keys = state.tenants.get(&tenant).and_then(|a| a.session.as_ref());
@@ -935,7 +961,7 @@ impl ProxyHttp for GatewayProxy {
             client_ip: record.client_ip,
             decision: record.effect,
             reason: record.reason,
-            policy: record.policy.as_deref().unwrap_or("-"),
+            policy: record.policy.as_ref(),
             rule: record.policy_rule.as_deref().unwrap_or("-"),
             decision_id: record.decision_id.as_str(),
             status,
@@ -949,13 +975,14 @@ impl ProxyHttp for GatewayProxy {
                 .site
                 .clone()
                 .or_else(|| ctx.tried.last().map(ToString::to_string));
+            let policy = record.policy.as_ref().map(ToString::to_string);
             crate::telemetry::Telemetry::finish(
                 &cx,
                 &crate::telemetry::SpanFacts {
                     resource: record.resource.as_deref(),
                     decision: record.effect,
                     reason: record.reason,
-                    policy: record.policy.as_deref(),
+                    policy: policy.as_deref(),
                     rule: record.policy_rule.as_deref(),
                     decision_id: &record.decision_id,
                     status,
@@ -977,6 +1004,20 @@ impl ProxyHttp for GatewayProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_become_header_values_whole() {
+        for ip in [
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+            "2001:db8:1234:5678:9abc:def0:1234:5678",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(addr), addr.to_string(), "{ip}");
+        }
+    }
 
     fn oidc(target: &str) -> Option<bool> {
         oidc_path(&RequestHeader::build("GET", target.as_bytes(), None).unwrap())

@@ -338,7 +338,7 @@ pub(crate) fn record(
         client_ip = %record.client_ip.map(|i| i.to_string()).unwrap_or_default(),
         decision = record.effect,
         reason = record.reason,
-        policy = record.policy.as_deref().unwrap_or("-"),
+        policy = %crate::logs::OrDash(record.policy.as_ref()),
         rule = record.policy_rule.as_deref().unwrap_or("-"),
         decision_id = %record.decision_id,
         upstream = upstream.as_deref().unwrap_or("-"),
