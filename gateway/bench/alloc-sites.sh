@@ -27,24 +27,8 @@ for f in mi_malloc_aligned mi_zalloc_aligned mi_realloc_aligned; do
 	perf probe -q -x "$GW" -a "$group:$f=$f"
 done
 
-cat >"$work/upstream.conf" <<CONF
-worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err;
-events { worker_connections 8192; }
-http { access_log off;
-  server { listen 127.0.0.1:19111; keepalive_requests 1000000;
-    location = /small { return 200 "hello, world\n"; } } }
-CONF
-python3 - "$repo/gateway/examples/standalone/snapshot.json" >"$work/snapshot.json" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-s["listeners"] = [{"name": "http", "port": 19114, "protocol": "HTTP"}]
-s["tenants"][0]["domains"] = ["bench.localhost"]
-r = s["resources"][0]
-r["listeners"] = ["http"]
-r["hostnames"] = ["bench.localhost"]
-r["rules"][0]["upstreams"][0]["kind"]["service"]["addresses"] = ["127.0.0.1:19111"]
-json.dump(s, sys.stdout)
-PY
+bench_small_upstream 19111
+bench_http_snapshot 19114 19111
 TOKEN=$("$repo/gateway/examples/standalone/mint-token.sh" alice dev 86400)
 
 nginx -c "$work/upstream.conf" & pids+=($!)

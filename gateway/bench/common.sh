@@ -8,6 +8,11 @@
 #                                 GW_COUNTED, BARE_COUNTED: both built with the counting
 #                                 allocator (feature count-allocs), for allocations per
 #                                 request only; the timed runs use GW and BARE
+#   bench_small_upstream PORT     writes $work/upstream.conf: one nginx worker answering
+#                                 /small on 127.0.0.1:PORT
+#   bench_http_snapshot PORT UP   writes $work/snapshot.json: the standalone example's JWT
+#                                 Allow policy on one plain HTTP listener at PORT for
+#                                 bench.localhost, upstream 127.0.0.1:UP
 # shellcheck shell=bash
 
 bench_setup() {
@@ -37,6 +42,30 @@ bench_reference() {
 	cp "$CARGO_TARGET_DIR/release/bare-pingora" "$BARE_COUNTED"
 	(cd "$repo" && cargo build -q --release -p rustronaut-gateway -p rustronaut-bare-pingora)
 	BARE=$CARGO_TARGET_DIR/release/bare-pingora
+}
+
+bench_small_upstream() {
+	cat >"$work/upstream.conf" <<CONF
+worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err;
+events { worker_connections 8192; }
+http { access_log off;
+  server { listen 127.0.0.1:$1; keepalive_requests 1000000;
+    location = /small { return 200 "hello, world\n"; } } }
+CONF
+}
+
+bench_http_snapshot() {
+	python3 - "$repo/gateway/examples/standalone/snapshot.json" "$1" "$2" >"$work/snapshot.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+s["listeners"] = [{"name": "http", "port": int(sys.argv[2]), "protocol": "HTTP"}]
+s["tenants"][0]["domains"] = ["bench.localhost"]
+r = s["resources"][0]
+r["listeners"] = ["http"]
+r["hostnames"] = ["bench.localhost"]
+r["rules"][0]["upstreams"][0]["kind"]["service"]["addresses"] = [f"127.0.0.1:{sys.argv[3]}"]
+json.dump(s, sys.stdout)
+PY
 }
 
 bench_cleanup() {

@@ -12,13 +12,7 @@ N=${REQUESTS:-20000}
 . "$(dirname "$0")/common.sh"
 bench_setup nginx=nginx-light h2load=nghttp2-client strace=strace
 
-cat >"$work/upstream.conf" <<CONF
-worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err;
-events { worker_connections 8192; }
-http { access_log off;
-  server { listen 127.0.0.1:19101; keepalive_requests 1000000;
-    location = /small { return 200 "hello, world\n"; } } }
-CONF
+bench_small_upstream 19101
 # master_process off: one process, so strace sees exactly the worker's calls.
 cat >"$work/proxy.conf" <<CONF
 worker_processes 1; daemon off; master_process off; pid $work/proxy.pid; error_log $work/proxy.err;
@@ -29,17 +23,7 @@ http { access_log off;
     location / { proxy_pass http://backend; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_buffering on; } } }
 CONF
-python3 - "$repo/gateway/examples/standalone/snapshot.json" >"$work/snapshot.json" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-s["listeners"] = [{"name": "http", "port": 19104, "protocol": "HTTP"}]
-s["tenants"][0]["domains"] = ["bench.localhost"]
-r = s["resources"][0]
-r["listeners"] = ["http"]
-r["hostnames"] = ["bench.localhost"]
-r["rules"][0]["upstreams"][0]["kind"]["service"]["addresses"] = ["127.0.0.1:19101"]
-json.dump(s, sys.stdout)
-PY
+bench_http_snapshot 19104 19101
 TOKEN=$("$repo/gateway/examples/standalone/mint-token.sh" alice dev 86400)
 
 nginx -c "$work/upstream.conf" & pids+=($!)
