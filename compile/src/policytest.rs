@@ -352,6 +352,7 @@ pub fn identity(t: Option<&TestIdentity>, tenant: &str, source_ip: IpAddr) -> Id
             scopes: u.scopes.clone(),
             // A token's user: every claim it names is known.
             known_claims: None,
+            derived: Default::default(),
         })
     });
     id.client_certificate = t.client_certificate.as_ref().map(|c| CertificateIdentity {

@@ -1471,6 +1471,7 @@ mod tests {
             claims: Default::default(),
             scopes: Vec::new(),
             known_claims: None,
+            derived: Default::default(),
         }));
         id
     }

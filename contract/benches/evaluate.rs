@@ -147,6 +147,7 @@ fn caller() -> Identity {
             claims,
             scopes: vec![],
             known_claims: None,
+            derived: Default::default(),
         })),
         source_ip: Some("192.0.2.1".parse().unwrap()),
         ..Identity::default()

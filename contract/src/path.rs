@@ -122,6 +122,20 @@ impl RequestTarget {
             None => self.path.forward().to_owned(),
         }
     }
+
+    /// Whether [`Self::forward`] is `original` byte for byte: the usual case, a target with
+    /// nothing to normalise, which a proxy can then send on as it came without building a
+    /// copy of it.
+    pub fn forwards_as(&self, original: &str) -> bool {
+        let path = self.path.forward();
+        match &self.query {
+            None => original == path,
+            Some(q) => original
+                .strip_prefix(path)
+                .and_then(|rest| rest.strip_prefix('?'))
+                .is_some_and(|rest| rest == q),
+        }
+    }
 }
 
 /// Normalises an origin-form request target (`/path?query`).
@@ -514,6 +528,27 @@ mod tests {
         let t = normalize("/%252e%252e/admin").unwrap();
         assert_eq!(t.path.as_str(), "/%2e%2e/admin");
         assert_eq!(t.path.forward(), "/%252e%252e/admin");
+    }
+
+    #[test]
+    fn a_target_forwards_as_itself_only_when_its_forwarded_form_is_the_same_bytes() {
+        for same in ["/", "/a/b", "/a?", "/a?x=1&y=%2F", "/a%3Bb?q", "/caf%C3%A9"] {
+            let t = normalize(same).unwrap();
+            assert!(t.forwards_as(same), "{same}");
+            assert_eq!(t.forward(), same);
+        }
+        for changed in [
+            "/a/../b", "//a", "/a/./b?x", "/%7e", "/a%3bb", "/café", "/a?x",
+        ] {
+            let t = normalize(changed).unwrap();
+            let other = if changed == "/a?x" { "/a?y" } else { changed };
+            assert!(!t.forwards_as(other), "{changed}");
+            assert_ne!(t.forward(), other);
+        }
+        let t = normalize("/a?x").unwrap();
+        assert!(!t.forwards_as("/a"));
+        assert!(!t.forwards_as("/a?x?"));
+        assert!(!normalize("/a").unwrap().forwards_as("/a?"));
     }
 
     #[test]

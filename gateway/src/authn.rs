@@ -102,10 +102,14 @@ impl AuthnError {
     }
 }
 
+/// The values of one request header, in order: on the stack for the usual one or two, as
+/// every request looks up several headers (issue 19).
+pub type HeaderValues<'h> = smallvec::SmallVec<[&'h str; 2]>;
+
 /// What the request presented, gathered by the proxy phase.
 pub struct Credentials<'a, 'h> {
     /// Values of a request header (lower-case name), in order.
-    pub header: &'a dyn Fn(&str) -> Vec<&'h str>,
+    pub header: &'a dyn Fn(&str) -> HeaderValues<'h>,
     /// The verified TLS client certificate chain, leaf first.
     pub client_chain: Option<&'a [CertificateDer<'static>]>,
 }
@@ -245,7 +249,7 @@ pub fn authenticate(
     // On every host, with or without JWT providers: a value nobody can read the same way
     // twice is refused, not passed on as the upstream's business.
     // Each value read once: its bearer token kept for below.
-    let mut tokens: Vec<&str> = Vec::new();
+    let mut tokens: HeaderValues<'_> = HeaderValues::new();
     for v in (creds.header)("authorization") {
         match authorization(v) {
             None => return Err(AuthnError::MalformedAuthorization),
@@ -514,9 +518,9 @@ mod tests {
         };
         let header = |n: &str| {
             if n == "cookie" {
-                vec!["t=a.b.c", "t=d.e.f"]
+                HeaderValues::from_slice(&["t=a.b.c", "t=d.e.f"])
             } else {
-                Vec::new()
+                HeaderValues::new()
             }
         };
         let creds = Credentials {
@@ -532,7 +536,7 @@ mod tests {
     #[test]
     fn anonymous_when_nothing_is_presented() {
         let auth = TenantAuth::default();
-        let header = |_: &str| Vec::new();
+        let header = |_: &str| HeaderValues::new();
         let creds = Credentials {
             header: &header,
             client_chain: None,
@@ -552,9 +556,9 @@ mod tests {
         };
         let header = |n: &str| {
             if n == "authorization" {
-                vec!["Bearer x.y.z"]
+                HeaderValues::from_slice(&["Bearer x.y.z"])
             } else {
-                Vec::new()
+                HeaderValues::new()
             }
         };
         let creds = Credentials {

@@ -87,6 +87,9 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
+/// Which members may be chosen, per request: on the stack for up to eight upstreams.
+type Eligible = smallvec::SmallVec<[bool; 8]>;
+
 /// The balancer of one rule: the snapshot's algorithm over the Service upstreams. Site
 /// upstreams (through the tunnel) are members too, but only [`Balancer::pick_target`]
 /// (the L4 path) returns them; [`Balancer::pick`] (HTTP) never does.
@@ -188,7 +191,7 @@ impl Balancer {
         usable: &dyn Fn(&SocketAddr) -> bool,
         inflight: &InFlight,
     ) -> Option<SocketAddr> {
-        let all: Vec<(i64, SocketAddr)> = self.candidates(usable).collect();
+        let all: smallvec::SmallVec<[(i64, SocketAddr); 8]> = self.candidates(usable).collect();
         if all.is_empty() {
             return None;
         }
@@ -222,7 +225,7 @@ impl Balancer {
 
     /// Smooth weighted round robin over Services, then the next address of the Service.
     fn pick_round_robin(&self, usable: &dyn Fn(&SocketAddr) -> bool) -> Option<SocketAddr> {
-        let eligible: Vec<bool> = self
+        let eligible: Eligible = self
             .members
             .iter()
             .map(|m| m.addresses.iter().any(usable))
@@ -243,6 +246,11 @@ impl Balancer {
     fn choose_member(&self, eligible: &[bool]) -> Option<usize> {
         if !eligible.iter().any(|e| *e) {
             return None;
+        }
+        // One member (the usual rule): chosen every time, and its running weight would
+        // go up by its weight and back down by the same total, so the lock is not taken.
+        if self.members.len() == 1 {
+            return Some(0);
         }
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let total: i64 = self
@@ -291,7 +299,7 @@ impl Balancer {
         for respect_health in [true, false] {
             let usable =
                 |a: &SocketAddr| !tried.contains(a) && (!respect_health || health.is_up(*a));
-            let eligible: Vec<bool> = self
+            let eligible: Eligible = self
                 .members
                 .iter()
                 .map(|m| {

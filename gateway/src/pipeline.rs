@@ -44,7 +44,7 @@ pub struct RequestFacts<'a, 'h> {
     /// `:authority` or `Host`, as received (may carry a port).
     pub host: Option<&'a str>,
     /// Values of a request header (lower-case name), in order.
-    pub header: &'a dyn Fn(&str) -> Vec<&'h str>,
+    pub header: &'a dyn Fn(&str) -> crate::authn::HeaderValues<'h>,
     /// TCP peer address.
     pub peer: IpAddr,
     /// Verified TLS client certificate chain, leaf first.
@@ -99,8 +99,10 @@ pub struct Forward {
     pub resource: usize,
     /// Index of the rule in the Resource.
     pub rule: usize,
-    /// The normalised target to send upstream (path and original query).
-    pub target: String,
+    /// The normalised target to send upstream (path and original query); `None` when that
+    /// is the request's own target byte for byte (the usual case), which then goes as it
+    /// came instead of as a copy.
+    pub target: Option<String>,
     /// Host without port, lower-case.
     pub host: String,
     /// Verified identity.
@@ -138,7 +140,7 @@ pub struct Record {
     /// Resource rule (section).
     pub section: Option<String>,
     /// Caller summary (`anonymous`, `user:okta/alice`, ...).
-    pub identity: String,
+    pub identity: IdentitySummary,
     /// Client address after trusted-proxy resolution.
     pub client_ip: Option<IpAddr>,
     /// `Allow`, `Deny`, or `-` for requests refused before a decision (400, 404).
@@ -265,8 +267,12 @@ fn hex(b: u8) -> Option<u8> {
         .and_then(|d| u8::try_from(d).ok())
 }
 
-/// `raw` with every valid `%XX` decoded once; anything else is kept as it is.
-fn percent_decode_once(raw: &[u8]) -> Vec<u8> {
+/// `raw` with every valid `%XX` decoded once; anything else is kept as it is (and not
+/// copied when there is no `%`, the usual path).
+fn percent_decode_once(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !raw.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
@@ -283,7 +289,7 @@ fn percent_decode_once(raw: &[u8]) -> Vec<u8> {
             i += 1;
         }
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 fn has_percent_escape(bytes: &[u8]) -> bool {
@@ -314,10 +320,9 @@ pub fn ambiguous_query(target: &str) -> Option<&'static str> {
     query
         .split(['&', ';'])
         .map(|pair| pair.split('=').next().unwrap_or(""))
-        .any(|key| {
-            let key = percent_decode_once(key.replace('+', " ").as_bytes());
-            key.eq_ignore_ascii_case(b"_method")
-        })
+        // A `+` (a space in form encoding) cannot be part of `_method` either way, so keys
+        // are decoded as they are, without a copy per key.
+        .any(|key| percent_decode_once(key.as_bytes()).eq_ignore_ascii_case(b"_method"))
         .then_some("method override (_method) in the query")
 }
 
@@ -413,10 +418,57 @@ const DROPPED_HEADERS: &[&str] = &[
     "x-host",
 ];
 
+/// A short, log-friendly summary of who is calling ([`identity_summary`]): a constant
+/// (`anonymous`), shared with the token cache's user when the user is the whole identity
+/// (the usual bearer-token request: nothing built), or built for this request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySummary {
+    /// A constant; empty by default (a request refused before any decision).
+    Static(&'static str),
+    /// Built once, shared.
+    Shared(Arc<str>),
+    /// Built for this request.
+    Owned(String),
+}
+
+impl Default for IdentitySummary {
+    fn default() -> Self {
+        Self::Static("")
+    }
+}
+
+impl std::ops::Deref for IdentitySummary {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Self::Static(s) => s,
+            Self::Shared(s) => s,
+            Self::Owned(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for IdentitySummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl PartialEq<&str> for IdentitySummary {
+    fn eq(&self, other: &&str) -> bool {
+        **self == **other
+    }
+}
+
 /// A short, log-friendly summary of who is calling.
-pub fn identity_summary(id: &Identity) -> String {
-    // One String for the whole summary, allocated once at its final size: it is made on
-    // every request.
+pub fn identity_summary(id: &Identity) -> IdentitySummary {
+    if id.api_key.is_none()
+        && id.client_certificate.is_none()
+        && let Some(u) = &id.user
+    {
+        return crate::proxy::with_user_values(u, |v| IdentitySummary::Shared(v.summary.clone()));
+    }
+    // Otherwise one String for the whole summary, allocated once at its final size.
     let cert = id.client_certificate.as_ref().map(|c| {
         let name = c
             .san_uris
@@ -441,7 +493,7 @@ pub fn identity_summary(id: &Identity) -> String {
         .map(|(kind, idp, name)| kind.len() + idp.len() + name.len() + 3)
         .sum();
     if len == 0 {
-        return "anonymous".to_string();
+        return IdentitySummary::Static("anonymous");
     }
     let mut out = String::with_capacity(len);
     for (kind, idp, name) in parts {
@@ -454,7 +506,7 @@ pub fn identity_summary(id: &Identity) -> String {
         out.push('/');
         out.push_str(name);
     }
-    out
+    IdentitySummary::Owned(out)
 }
 
 /// The rate-limit or hash key of a caller: its strongest credential, else its address.
@@ -476,7 +528,7 @@ pub(crate) fn limit_key(id: &Identity, ip: IpAddr, key: HashKey) -> String {
 /// Decides what to do with one request.
 pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verdict {
     let mut record = Record {
-        identity: "anonymous".into(),
+        identity: IdentitySummary::Static("anonymous"),
         decision_id: env.ids.next_id(),
         ..Record::default()
     };
@@ -714,7 +766,7 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
         action: Action::Forward(Box::new(Forward {
             resource: ri,
             rule: ui,
-            target: target.forward(),
+            target: (!target.forwards_as(facts.target)).then(|| target.forward()),
             host,
             hash_key: match rule.load_balancing {
                 LoadBalancing::ConsistentHash { hash_key } => {
@@ -977,11 +1029,11 @@ mod tests {
             xff: &[&'static str],
         ) -> Verdict {
             let xff = xff.to_vec();
-            let header = move |name: &str| -> Vec<&'static str> {
+            let header = move |name: &str| -> crate::authn::HeaderValues<'static> {
                 if name == "x-forwarded-for" {
-                    xff.clone()
+                    xff.iter().copied().collect()
                 } else {
-                    Vec::new()
+                    crate::authn::HeaderValues::new()
                 }
             };
             let facts = RequestFacts {
@@ -1055,9 +1107,15 @@ mod tests {
         let Action::Forward(f) = v.action else {
             panic!("{v:?}")
         };
-        assert_eq!(f.target, "/public/~a?q=%2F");
+        assert_eq!(f.target.as_deref(), Some("/public/~a?q=%2F"));
         assert_eq!(f.host, "app.example.test");
         assert_eq!(v.record.effect, "Allow");
+        // A target already in normal form goes as it came: no copy of it in the Forward.
+        let v = Harness::new().run(&c, "GET", "app.example.test", "/public/a?q=%2F", &[]);
+        let Action::Forward(f) = v.action else {
+            panic!("{v:?}")
+        };
+        assert_eq!(f.target, None);
         assert_eq!(
             v.record.policy.as_ref().map(ToString::to_string).as_deref(),
             Some("ns/open")
@@ -1180,7 +1238,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect();
-            let header = |name: &str| -> Vec<&str> {
+            let header = |name: &str| -> crate::authn::HeaderValues<'_> {
                 headers
                     .iter()
                     .filter(|(k, _)| k == name)

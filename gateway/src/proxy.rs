@@ -19,7 +19,7 @@
 use crate::balance::{Health, InFlight, Pick};
 use crate::logs::Either;
 use crate::metrics::{DecisionLabels, Metrics, RequestLabels};
-use crate::pipeline::{self, Action, Env, Forward, Record, RequestFacts};
+use crate::pipeline::{self, Action, Env, Forward, IdentitySummary, Record, RequestFacts};
 use crate::ratelimit::RateLimiter;
 use crate::reload::Store;
 use crate::state::Compiled;
@@ -33,6 +33,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use rustronaut_contract::Identity;
 use rustronaut_contract::eval::DecisionIds;
+use rustronaut_contract::identity::UserIdentity;
 use rustronaut_contract::identity::cache::TokenCache;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -156,7 +157,7 @@ pub struct Ctx {
     forward: Option<Box<Forward>>,
     record: Option<Record>,
     peer_ip: Option<IpAddr>,
-    tried: Vec<SocketAddr>,
+    tried: smallvec::SmallVec<[SocketAddr; 2]>,
     /// The site upstream of the current attempt (`site:<site>/<host>:<port>`).
     site: Option<String>,
     /// Whether a site upstream was tried for this request.
@@ -197,55 +198,109 @@ fn push_encoded_group(out: &mut String, name: &str) {
     }
 }
 
+/// What the gateway sends upstream and logs for a verified user, made once per user and
+/// kept with it ([`rustronaut_contract::identity::Derived`]): every request of a cached
+/// token shares them (a header value's clone is a reference count), where building them
+/// per request cost six allocator calls (issue 19). A browser session's user is made per
+/// request, and so are its values, as before.
+pub struct UserValues {
+    user: Option<HeaderValue>,
+    idp: Option<HeaderValue>,
+    email: Option<HeaderValue>,
+    groups: Option<HeaderValue>,
+    /// The decision log's summary of this user alone (`user:idp/subject`).
+    pub summary: Arc<str>,
+}
+
+impl UserValues {
+    fn of(u: &UserIdentity) -> Self {
+        let groups = (!u.groups.is_empty()).then(|| {
+            let mut groups = String::new();
+            for (i, g) in u.groups.iter().enumerate() {
+                if i > 0 {
+                    groups.push(',');
+                }
+                push_encoded_group(&mut groups, g);
+            }
+            groups
+        });
+        Self {
+            user: header_value(&u.subject),
+            idp: header_value(&u.idp),
+            email: u.email.as_deref().and_then(header_value),
+            groups: groups.as_deref().and_then(header_value),
+            summary: ["user:", &u.idp, "/", &u.subject].concat().into(),
+        }
+    }
+}
+
+/// `f` of `u`'s [`UserValues`], made on first use.
+pub fn with_user_values<R>(u: &UserIdentity, f: impl FnOnce(&UserValues) -> R) -> R {
+    match u.derived.get_or_init(|| UserValues::of(u)) {
+        Some(v) => f(v),
+        // Another type kept there first: nothing in the gateway does that, but the values
+        // are still right when made afresh.
+        None => f(&UserValues::of(u)),
+    }
+}
+
 /// The identity headers for an upstream, each handed to `set` as `(name, value)`; values
-/// that are not valid header values are left out rather than mangled.
+/// that are not valid header values are left out rather than mangled. The user, when there
+/// is one, names the caller; else an API key, else a client certificate. The email is the
+/// user's, or a certificate's when the user has none.
 pub fn identity_headers(
     id: &Identity,
     decision_id: &str,
     mut set: impl FnMut(HeaderName, HeaderValue),
 ) {
-    let user = id
-        .user
-        .as_ref()
-        .map(|u| (&u.subject, &u.idp))
-        .or_else(|| id.api_key.as_ref().map(|k| (&k.client_id, &k.idp)))
-        .or_else(|| {
-            id.client_certificate.as_ref().and_then(|c| {
-                c.san_uris
-                    .first()
-                    .or(c.san_dns_names.first())
-                    .or(c.san_emails.first())
-                    .map(|n| (n, &c.idp))
-            })
-        });
-    if let Some((name, idp)) = user {
-        if let Some(v) = header_value(name) {
-            set(names::USER, v);
-        }
-        if let Some(v) = header_value(idp) {
-            set(names::IDP, v);
-        }
-    }
-    let email = id.user.as_ref().and_then(|u| u.email.as_ref()).or_else(|| {
+    let cert_email = || {
         id.client_certificate
             .as_ref()
             .and_then(|c| c.san_emails.first())
-    });
-    if let Some(v) = email.and_then(|e| header_value(e)) {
-        set(names::EMAIL, v);
-    }
-    if let Some(u) = &id.user
-        && !u.groups.is_empty()
-    {
-        let mut groups = String::new();
-        for (i, g) in u.groups.iter().enumerate() {
-            if i > 0 {
-                groups.push(',');
+            .and_then(|e| header_value(e))
+    };
+    if let Some(u) = &id.user {
+        with_user_values(u, |v| {
+            let email = if u.email.is_some() {
+                v.email.clone()
+            } else {
+                cert_email()
+            };
+            for (name, value) in [
+                (names::USER, v.user.clone()),
+                (names::IDP, v.idp.clone()),
+                (names::EMAIL, email),
+                (names::GROUPS, v.groups.clone()),
+            ] {
+                if let Some(value) = value {
+                    set(name, value);
+                }
             }
-            push_encoded_group(&mut groups, g);
+        });
+    } else {
+        let caller = id
+            .api_key
+            .as_ref()
+            .map(|k| (&k.client_id, &k.idp))
+            .or_else(|| {
+                id.client_certificate.as_ref().and_then(|c| {
+                    c.san_uris
+                        .first()
+                        .or(c.san_dns_names.first())
+                        .or(c.san_emails.first())
+                        .map(|n| (n, &c.idp))
+                })
+            });
+        if let Some((name, idp)) = caller {
+            if let Some(v) = header_value(name) {
+                set(names::USER, v);
+            }
+            if let Some(v) = header_value(idp) {
+                set(names::IDP, v);
+            }
         }
-        if let Some(v) = header_value(&groups) {
-            set(names::GROUPS, v);
+        if let Some(v) = cert_email() {
+            set(names::EMAIL, v);
         }
     }
     if let Some(v) = header_value(decision_id) {
@@ -255,7 +310,7 @@ pub fn identity_headers(
 
 /// The values of header `name`. A value that is not visible ASCII is kept as a value that
 /// verifies as nothing, so a mangled credential is refused rather than ignored.
-fn header_values<'a>(req: &'a RequestHeader, name: &str) -> Vec<&'a str> {
+fn header_values<'a>(req: &'a RequestHeader, name: &str) -> crate::authn::HeaderValues<'a> {
     req.headers
         .get_all(name)
         .iter()
@@ -389,7 +444,9 @@ impl GatewayProxy {
         if let Some(auth) = auth {
             // So are JWTs carried in cookies and, for tenants with session keys, the
             // gateway's session and login cookies: the other cookies pass.
-            if !auth.jwt_cookies.is_empty() || auth.session.is_some() {
+            if (!auth.jwt_cookies.is_empty() || auth.session.is_some())
+                && h.contains_key(http::header::COOKIE)
+            {
                 let mut names = auth.jwt_cookies.clone();
                 names.extend(
                     [crate::session::SESSION_COOKIE, crate::session::LOGIN_COOKIE]
@@ -450,14 +507,19 @@ impl GatewayProxy {
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if self.listener.https { "https" } else { "http" }),
         );
-        let host = header_value(&f.host).ok_or_else(invalid)?;
         // The upstream sees the host the request was routed by, whatever form the client
         // used (absolute-form target, HTTP/2 :authority); the client's own Host header is
-        // kept when it is byte for byte that host (the usual HTTP/1.1 case).
+        // kept when it is byte for byte that host (the usual HTTP/1.1 case), and its value
+        // shared with X-Forwarded-Host rather than copied.
         let mut hosts = h.get_all(http::header::HOST).iter();
-        if !(hosts.next() == Some(&host) && hosts.next().is_none()) {
-            h.insert(http::header::HOST, host.clone());
-        }
+        let host = match (hosts.next(), hosts.next()) {
+            (Some(v), None) if v.as_bytes() == f.host.as_bytes() => v.clone(),
+            _ => {
+                let host = header_value(&f.host).ok_or_else(invalid)?;
+                h.insert(http::header::HOST, host.clone());
+                host
+            }
+        };
         h.insert(X_FORWARDED_HOST, host);
         Ok(())
     }
@@ -521,7 +583,7 @@ impl GatewayProxy {
         let now = unix_now();
         let mut record = Record {
             resource: Some(format!("{}/{}", resource.namespace, resource.name)),
-            identity: "anonymous".into(),
+            identity: IdentitySummary::Static("anonymous"),
             client_ip: ctx.peer_ip,
             effect: "-",
             decision_id: self.shared.ids.next_id(),
@@ -539,7 +601,8 @@ impl GatewayProxy {
         let reply = if is_callback {
             let reply = match oidc.callback(&at, &query, &cookies).await {
                 Ok((reply, s)) => {
-                    record.identity = format!("user:{}/{}", s.idp, s.subject);
+                    record.identity =
+                        IdentitySummary::Owned(format!("user:{}/{}", s.idp, s.subject));
                     record.reason = "LoggedIn";
                     Ok(reply)
                 }
@@ -608,7 +671,7 @@ impl ProxyHttp for GatewayProxy {
             forward: None,
             record: None,
             peer_ip: None,
-            tried: Vec::new(),
+            tried: smallvec::SmallVec::new(),
             site: None,
             site_tried: false,
             counted: None,
@@ -875,9 +938,6 @@ impl ProxyHttp for GatewayProxy {
                 "no routed request",
             ));
         };
-        let uri: http::Uri = f.target.parse().map_err(|_| {
-            Error::explain(ErrorType::InternalError, "normalised target is not a URI")
-        })?;
         // Edited as an `http::HeaderMap`, not through Pingora's header API: that parses and
         // copies every name it is given, twice while the client's header case is kept (one
         // map per case), and grew both maps header by header, about 40 allocator calls per
@@ -889,7 +949,23 @@ impl ProxyHttp for GatewayProxy {
         let end_stream = upstream.send_end_stream();
         let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
         let mut parts = http::request::Parts::from(std::mem::replace(upstream, placeholder));
-        parts.uri = uri;
+        // Origin-form upstream: the normalised target, or the client's own when that is
+        // what normalising gave (kept as it is, not parsed again from a copy).
+        match &f.target {
+            Some(t) => {
+                let pq: http::uri::PathAndQuery = t.parse().map_err(|_| {
+                    Error::explain(ErrorType::InternalError, "normalised target is not a URI")
+                })?;
+                parts.uri = http::Uri::from(pq);
+            }
+            None if parts.uri.scheme().is_some() || parts.uri.authority().is_some() => {
+                let pq = parts.uri.path_and_query().cloned().ok_or_else(|| {
+                    Error::explain(ErrorType::InternalError, "routed request without a path")
+                })?;
+                parts.uri = http::Uri::from(pq);
+            }
+            None => {}
+        }
         let edited = self.upstream_headers(&mut parts.headers, state, f, record, ctx);
         *upstream = RequestHeader::from(parts);
         if let Some(end) = end_stream {
@@ -957,7 +1033,7 @@ impl ProxyHttp for GatewayProxy {
             listener: self.listener.name.as_str(),
             resource: record.resource.as_deref().unwrap_or("-"),
             section: record.section.as_deref().unwrap_or("-"),
-            identity: record.identity.as_str(),
+            identity: &record.identity,
             client_ip: record.client_ip,
             decision: record.effect,
             reason: record.reason,
@@ -1017,6 +1093,102 @@ mod tests {
             let addr: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_value(addr), addr.to_string(), "{ip}");
         }
+    }
+
+    fn headers_of(id: &Identity) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        identity_headers(id, "id-1", |n, v| {
+            out.push((n.to_string(), v.to_str().unwrap().to_string()));
+        });
+        out
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The user's values are made once and kept with the user (the token cache's entry);
+    /// every later request gets the same headers from them, and a caller without a user
+    /// is named by its API key or certificate as before.
+    #[test]
+    fn identity_headers_name_the_caller_from_values_kept_with_the_user() {
+        use rustronaut_contract::identity::{ApiKeyIdentity, CertificateIdentity};
+        let cert = CertificateIdentity {
+            idp: "mtls".into(),
+            san_dns_names: vec!["svc.example".into()],
+            san_emails: vec!["svc@example.com".into()],
+            ..CertificateIdentity::default()
+        };
+        let mut id = Identity {
+            user: Some(Arc::new(UserIdentity {
+                idp: "okta".into(),
+                subject: "alice".into(),
+                email: Some("alice@example.com".into()),
+                groups: vec!["sre".into(), "a,b %".into()],
+                ..UserIdentity::default()
+            })),
+            client_certificate: Some(cert.clone()),
+            ..Identity::default()
+        };
+        let want = pairs(&[
+            (HEADER_USER, "alice"),
+            (HEADER_IDP, "okta"),
+            (HEADER_EMAIL, "alice@example.com"),
+            (HEADER_GROUPS, "sre,a%2Cb%20%25"),
+            (HEADER_DECISION_ID, "id-1"),
+        ]);
+        let user = id.user.clone().unwrap();
+        assert_eq!(format!("{:?}", user.derived), "Derived(empty)");
+        assert_eq!(headers_of(&id), want);
+        assert_eq!(format!("{:?}", user.derived), "Derived(kept)");
+        assert_eq!(headers_of(&id), want, "from the kept values");
+        with_user_values(&user, |v| assert_eq!(&*v.summary, "user:okta/alice"));
+
+        // A user without an email: the certificate's. With one that is no header value:
+        // none (not the certificate's in its place).
+        for (email, want_email) in [(None, Some("svc@example.com")), (Some("a\nb"), None)] {
+            id.user = Some(Arc::new(UserIdentity {
+                idp: "okta".into(),
+                subject: "alice".into(),
+                email: email.map(String::from),
+                ..UserIdentity::default()
+            }));
+            let got = headers_of(&id);
+            let got_email = got.iter().find(|(n, _)| n == HEADER_EMAIL);
+            assert_eq!(got_email.map(|(_, v)| v.as_str()), want_email, "{email:?}");
+            assert!(!got.iter().any(|(n, _)| n == HEADER_GROUPS));
+        }
+
+        // No user: an API key names the caller, else the certificate.
+        id.user = None;
+        assert_eq!(
+            headers_of(&id),
+            pairs(&[
+                (HEADER_USER, "svc.example"),
+                (HEADER_IDP, "mtls"),
+                (HEADER_EMAIL, "svc@example.com"),
+                (HEADER_DECISION_ID, "id-1"),
+            ])
+        );
+        id.api_key = Some(ApiKeyIdentity {
+            idp: "keys".into(),
+            client_id: "ci".into(),
+        });
+        assert_eq!(
+            headers_of(&id),
+            pairs(&[
+                (HEADER_USER, "ci"),
+                (HEADER_IDP, "keys"),
+                (HEADER_EMAIL, "svc@example.com"),
+                (HEADER_DECISION_ID, "id-1"),
+            ])
+        );
+        assert_eq!(
+            headers_of(&Identity::default()),
+            pairs(&[(HEADER_DECISION_ID, "id-1")])
+        );
     }
 
     fn oidc(target: &str) -> Option<bool> {

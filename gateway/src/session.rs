@@ -300,6 +300,7 @@ impl Session {
             claims: self.claims.clone(),
             scopes: Vec::new(),
             known_claims: Some(self.known_claims.iter().cloned().collect()),
+            derived: Default::default(),
         }
     }
 

@@ -752,5 +752,6 @@ pub fn identity_from_claims(
         claims,
         scopes,
         known_claims: None,
+        derived: Default::default(),
     }
 }

@@ -117,6 +117,55 @@ pub struct UserIdentity {
     /// whom it denied with a bearer token (issue 14, item 7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_claims: Option<BTreeSet<String>>,
+    /// What a consumer derives from this user once and keeps with it ([`Derived`]): not
+    /// part of the identity.
+    #[serde(skip)]
+    pub derived: Derived,
+}
+
+/// Values a consumer of a [`UserIdentity`] derives from it once and keeps with it: the
+/// gateway's identity headers and log summary, which every request of a cached token
+/// needs and which cost several allocations to build (issue 19). A `UserIdentity` is
+/// immutable once it is shared behind its `Arc`, so values made from it stay true, and they
+/// live as long as the token cache's entry, never past the token's expiry. Not part of the
+/// identity: never serialized, equal to any other, and a clone starts empty (a cloned
+/// identity may be changed, so it derives its own).
+#[derive(Default)]
+pub struct Derived(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Derived {
+    /// The value kept here, made by `make` on first use; `None` if another type was kept
+    /// first (one consumer per process keeps one type).
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(
+        &self,
+        make: impl FnOnce() -> T,
+    ) -> Option<&T> {
+        self.0.get_or_init(|| Box::new(make())).downcast_ref()
+    }
+}
+
+impl Clone for Derived {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Derived {}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Derived(kept)"
+        } else {
+            "Derived(empty)"
+        })
+    }
 }
 
 impl UserIdentity {

@@ -453,6 +453,7 @@ pub fn user(idp: &str, sub: &str, groups: &[&str]) -> Identity {
             claims: BTreeMap::new(),
             scopes: vec![],
             known_claims: None,
+            derived: Default::default(),
         })),
         ..nobody()
     }

@@ -38,7 +38,7 @@ pub use stream::{LastActivity, Prefixed, Watched};
 
 use crate::authn::{self, Credentials, NoRemote};
 use crate::metrics::{DecisionLabels, L4Labels};
-use crate::pipeline::{Env, Record, identity_summary, limit_key};
+use crate::pipeline::{Env, IdentitySummary, Record, identity_summary, limit_key};
 use crate::proxy::Shared;
 use crate::state::Compiled;
 use async_trait::async_trait;
@@ -210,7 +210,7 @@ fn refused(mut record: Record, reason: &'static str, detail: Option<String>) -> 
 /// Pure, like [`crate::pipeline::decide`].
 pub fn decide(c: &Compiled, facts: &L4Facts<'_>, env: &Env<'_>) -> L4Verdict {
     let mut record = Record {
-        identity: "anonymous".into(),
+        identity: IdentitySummary::Static("anonymous"),
         decision_id: env.ids.next_id(),
         client_ip: Some(facts.client_ip),
         ..Record::default()
@@ -242,7 +242,7 @@ pub fn decide(c: &Compiled, facts: &L4Facts<'_>, env: &Env<'_>) -> L4Verdict {
     let empty = crate::state::TenantAuth::default();
     let auth = c.tenants.get(&resource.tenant).unwrap_or(&empty);
     // No headers on L4: only a client certificate can be a credential.
-    let no_headers = |_: &str| Vec::<&str>::new();
+    let no_headers = |_: &str| crate::authn::HeaderValues::new();
     let creds = Credentials {
         header: &no_headers,
         client_chain: facts.client_chain,

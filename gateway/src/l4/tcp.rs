@@ -5,7 +5,7 @@ use super::{
     listeners_on, record,
 };
 use crate::balance::Pick;
-use crate::pipeline::{Env, Record};
+use crate::pipeline::{Env, IdentitySummary, Record};
 use crate::proxy::Shared;
 use crate::state::{Compiled, L4_RULE};
 use crate::tunnel::Protocol;
@@ -102,7 +102,7 @@ fn refuse_early(
         return;
     };
     let r = Record {
-        identity: "anonymous".into(),
+        identity: IdentitySummary::Static("anonymous"),
         client_ip: Some(client_ip),
         effect: "-",
         reason,
