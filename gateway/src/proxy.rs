@@ -17,7 +17,6 @@
 //! client's W3C trace context) and the upstream gets a `traceparent` naming it.
 
 use crate::balance::{Health, InFlight, Pick};
-use crate::logs::Either;
 use crate::metrics::{DecisionLabels, Metrics, RequestLabels};
 use crate::pipeline::{self, Action, Env, Forward, IdentitySummary, Record, RequestFacts};
 use crate::ratelimit::RateLimiter;
@@ -72,6 +71,11 @@ mod names {
 /// allocation.
 fn ip_value(ip: IpAddr) -> HeaderValue {
     use std::io::Write as _;
+    if let IpAddr::V4(v4) = ip {
+        let mut buf = [0; 15];
+        let text = crate::logs::ipv4_text(v4, &mut buf);
+        return HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(""));
+    }
     // The longest text of an address: an IPv6 address with an embedded IPv4 one.
     let mut buf = [0u8; 45];
     let mut rest = &mut buf[..];
@@ -1027,8 +1031,8 @@ impl ProxyHttp for GatewayProxy {
         let upstream = ctx
             .site
             .as_deref()
-            .map(Either::Left)
-            .or(addr.map(Either::Right));
+            .map(crate::logs::Upstream::Site)
+            .or(addr.map(|a| crate::logs::Upstream::Addr(*a)));
         crate::logs::request(&crate::logs::RequestLine {
             listener: self.listener.name.as_str(),
             resource: record.resource.as_deref().unwrap_or("-"),
@@ -1041,7 +1045,7 @@ impl ProxyHttp for GatewayProxy {
             rule: record.policy_rule.as_deref().unwrap_or("-"),
             decision_id: record.decision_id.as_str(),
             status,
-            upstream: upstream.as_ref().map(|u| u as &dyn std::fmt::Display),
+            upstream,
             detail: record.detail.as_deref().unwrap_or(""),
             dry_run: record.dry_run.as_deref().unwrap_or("-"),
             error: e.map(|e| e as &dyn std::fmt::Display),
