@@ -487,14 +487,21 @@ pub fn identity_summary(id: &Identity) -> IdentitySummary {
             .map(|k| ("apiKey", k.idp.as_str(), k.client_id.as_str())),
         cert,
     ];
-    let parts = parts.iter().flatten();
-    let len: usize = parts
-        .clone()
-        .map(|(kind, idp, name)| kind.len() + idp.len() + name.len() + 3)
-        .sum();
-    if len == 0 {
+    let parts: smallvec::SmallVec<[(&str, &str, &str); 3]> = parts.into_iter().flatten().collect();
+    if parts.is_empty() {
         return IdentitySummary::Static("anonymous");
     }
+    IdentitySummary::Owned(summary_of(&parts))
+}
+
+/// `kind:idp/name` for each part, comma-separated, in one String allocated at its final
+/// size: the one place the summary's format is written (a cached user's summary is made
+/// here too, [`crate::proxy::UserValues`]).
+pub(crate) fn summary_of(parts: &[(&str, &str, &str)]) -> String {
+    let len: usize = parts
+        .iter()
+        .map(|(kind, idp, name)| kind.len() + idp.len() + name.len() + 3)
+        .sum();
     let mut out = String::with_capacity(len);
     for (kind, idp, name) in parts {
         if !out.is_empty() {
@@ -506,7 +513,7 @@ pub fn identity_summary(id: &Identity) -> IdentitySummary {
         out.push('/');
         out.push_str(name);
     }
-    IdentitySummary::Owned(out)
+    out
 }
 
 /// The rate-limit or hash key of a caller: its strongest credential, else its address.

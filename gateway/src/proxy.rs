@@ -233,7 +233,7 @@ impl UserValues {
             idp: header_value(&u.idp),
             email: u.email.as_deref().and_then(header_value),
             groups: groups.as_deref().and_then(header_value),
-            summary: ["user:", &u.idp, "/", &u.subject].concat().into(),
+            summary: pipeline::summary_of(&[("user", &u.idp, &u.subject)]).into(),
         }
     }
 }
