@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Capacity of a connection's head buffer, and most bytes of its first read.
 const HEAD_BUFFER: usize = 4096;
@@ -143,43 +143,59 @@ pub fn check_head(head: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Reads one request head from `stream`: the first byte within `first_byte`, the rest
-/// within `header` of that first byte (or of the call, when `from_call`).
+/// Reads one request head from `stream`. `timer` is set to the deadline of the first byte;
+/// once bytes came and the head is not complete with them, it is moved to `header` after
+/// that first byte (or left where it is, when `from_call`: then the first-byte deadline
+/// is already the head's).
+///
+/// The timer is the connection's, reused for every head it reads: a `Sleep` made and
+/// dropped per request took the runtime's handle, and a lock on the timer wheel to take
+/// the entry out again, on every request (issue 19). Moving a registered timer later,
+/// as each next request's keep-alive deadline does, is one atomic update in tokio
+/// (`TimerEntry::reset` extends in place); a head that completes in its first read
+/// never touches the timer, nor reads the clock, again.
 async fn read_head<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
-    first_byte: Duration,
+    mut timer: Pin<&mut Sleep>,
     header: Duration,
     from_call: bool,
 ) -> Head {
-    let start = Instant::now();
     let mut buf = BytesMut::new();
-    let mut deadline = start + first_byte;
     // Only the new bytes (and the two before them, the longest end marker being three) are
     // searched after each read: a head sent in many tiny segments must not cost quadratic
     // time.
     let mut scanned: usize = 0;
     loop {
-        let read = tokio::time::timeout_at(deadline, async {
-            if buf.is_empty() {
-                buf = read_first(stream).await?;
-                Ok(buf.len())
-            } else {
-                stream.read_buf(&mut buf).await
-            }
-        })
-        .await;
-        match read {
-            Err(_) if buf.is_empty() => return Head::Idle,
-            Err(_) => return Head::TimedOut,
-            Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return Head::Idle,
-            Ok(Ok(0)) | Ok(Err(_)) => return Head::Handover(buf),
-            Ok(Ok(n)) => {
-                if buf.len() == n {
-                    deadline = if from_call { start } else { Instant::now() } + header;
+        let read = {
+            let read = async {
+                if buf.is_empty() {
+                    buf = read_first(stream).await?;
+                    Ok(buf.len())
+                } else {
+                    stream.read_buf(&mut buf).await
                 }
+            };
+            tokio::pin!(read);
+            // The read first, as `tokio::time::timeout` does: bytes that are already there
+            // are taken even at the deadline, and a ready read never registers the timer.
+            std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+            })
+            .await
+        };
+        match read {
+            None if buf.is_empty() => return Head::Idle,
+            None => return Head::TimedOut,
+            Some(Ok(0) | Err(_)) if buf.is_empty() => return Head::Idle,
+            Some(Ok(0) | Err(_)) => return Head::Handover(buf),
+            Some(Ok(n)) => {
                 let from = scanned.saturating_sub(2);
                 if let Some(end) = head_end(&buf[from..]) {
                     return Head::Complete(buf, from + end);
+                }
+                if buf.len() == n && !from_call {
+                    timer.as_mut().reset(Instant::now() + header);
                 }
                 scanned = buf.len();
                 if buf.len() > MAX_HEAD_BYTES {
@@ -227,12 +243,18 @@ where
         let keepalive_secs = d.keepalive.as_secs().max(1);
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
+        // The connection's one deadline timer (see `read_head`): the whole first head's
+        // deadline now, each later request's keep-alive deadline when it starts waiting.
+        let timer = tokio::time::sleep(d.header);
+        tokio::pin!(timer);
         loop {
             if *shutdown.borrow() && !first {
                 return None;
             }
-            let idle = if first { d.header } else { d.keepalive };
-            let buf = match read_head(&mut stream, idle, d.header, first).await {
+            if !first {
+                timer.as_mut().reset(Instant::now() + d.keepalive);
+            }
+            let buf = match read_head(&mut stream, timer.as_mut(), d.header, first).await {
                 Head::Complete(b, end) => {
                     if let Err(why) = check_head(&b[..end]) {
                         tracing::info!(
@@ -394,6 +416,69 @@ mod tests {
     // would rebuild every tokio dependant for the tests.
     const MS: Duration = Duration::from_millis(1);
 
+    /// [`read_head`] with a timer of its own, set `first_byte` from now.
+    async fn read_head_in<S: AsyncRead + Unpin>(
+        stream: &mut S,
+        first_byte: Duration,
+        header: Duration,
+        from_call: bool,
+    ) -> Head {
+        let timer = tokio::time::sleep(first_byte);
+        tokio::pin!(timer);
+        read_head(stream, timer.as_mut(), header, from_call).await
+    }
+
+    /// One timer serves every head of a connection, as `serve_http1` uses it: moved later
+    /// for the next request after it was registered (polled while waiting) and after it
+    /// was not, it fires at the new deadline, not at the one it was made with.
+    #[tokio::test]
+    async fn a_reused_timer_keeps_the_deadline_it_was_moved_to() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (mut client, mut server) = tokio::io::duplex(256);
+        let timer = tokio::time::sleep(100 * MS);
+        tokio::pin!(timer);
+        // A head already there: the timer is never polled.
+        client.write_all(head).await.unwrap();
+        let got = read_head(&mut server, timer.as_mut(), 100 * MS, true).await;
+        assert_eq!(got, Head::Complete(BytesMut::from(&head[..]), head.len()));
+        // A head that comes after a wait: the timer is registered while the read waits.
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(30 * MS).await;
+            client.write_all(head).await.unwrap();
+            client
+        });
+        timer.as_mut().reset(Instant::now() + 100 * MS);
+        let got = read_head(&mut server, timer.as_mut(), 100 * MS, false).await;
+        assert_eq!(got, Head::Complete(BytesMut::from(&head[..]), head.len()));
+        let client = writer.await.unwrap();
+        // Moved later (extended in place); silence: idle at the new deadline.
+        let started = Instant::now();
+        timer.as_mut().reset(started + 400 * MS);
+        let got = read_head(&mut server, timer.as_mut(), 100 * MS, false).await;
+        assert_eq!(got, Head::Idle);
+        let took = started.elapsed();
+        assert!(took >= 400 * MS && took < 800 * MS, "{took:?}");
+        drop(client);
+    }
+
+    /// After the first bytes of a head on a reused connection, the header deadline runs
+    /// from them, even when the keep-alive deadline the timer held was later.
+    #[tokio::test]
+    async fn a_reused_connection_head_started_late_gets_the_header_deadline() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            tokio::time::sleep(2000 * MS).await;
+            drop(client);
+        });
+        let started = Instant::now();
+        let got = read_head_in(&mut server, 5000 * MS, 200 * MS, false).await;
+        assert_eq!(got, Head::TimedOut);
+        let took = started.elapsed();
+        assert!(took >= 200 * MS && took < 1000 * MS, "{took:?}");
+        writer.abort();
+    }
+
     #[tokio::test]
     async fn the_first_read_returns_what_arrived_in_a_buffer_of_its_own() {
         let (mut client, mut server) = tokio::io::duplex(64);
@@ -426,7 +511,7 @@ mod tests {
                 client.write_all(&head[at..]).await.unwrap();
                 client
             });
-            let got = read_head(&mut server, 500 * MS, 500 * MS, true).await;
+            let got = read_head_in(&mut server, 500 * MS, 500 * MS, true).await;
             assert_eq!(
                 got,
                 Head::Complete(BytesMut::from(&head[..]), head.len()),
@@ -448,7 +533,7 @@ mod tests {
             }
         });
         let started = Instant::now();
-        let head = read_head(&mut server, 300 * MS, 300 * MS, true).await;
+        let head = read_head_in(&mut server, 300 * MS, 300 * MS, true).await;
         assert_eq!(head, Head::TimedOut);
         let took = started.elapsed();
         assert!(took >= 300 * MS && took < 600 * MS, "{took:?}");
@@ -460,7 +545,7 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(64);
         // Silent: closed at the keep-alive timeout, without a 408.
         let started = Instant::now();
-        let head = read_head(&mut server, 200 * MS, 100 * MS, false).await;
+        let head = read_head_in(&mut server, 200 * MS, 100 * MS, false).await;
         assert_eq!(head, Head::Idle);
         assert!(started.elapsed() >= 200 * MS);
         // A head that starts after longer than the header timeout, but completes within
@@ -472,7 +557,7 @@ mod tests {
             client.write_all(b"Host: a\r\n\r\n").await.unwrap();
             client
         });
-        let head = read_head(&mut server, 1000 * MS, 250 * MS, false).await;
+        let head = read_head_in(&mut server, 1000 * MS, 250 * MS, false).await;
         assert_eq!(
             head,
             Head::Complete(
