@@ -4,7 +4,8 @@
 //!  snapshot file (poll) or Secret (watch, kube_source)
 //!    --reload (Compiled::load, arc-swap)--> Store; loaded version -> ConfigMap (kube_source)
 //!                                                              |
-//!  client --TLS (SNI cert, client cert)--> proxy (per listener) | reads Arc<Compiled>
+//!  client --accept (listener: own loop), TLS (SNI cert, client cert)--> proxy (per
+//!  listener)                                                   | reads Arc<Compiled>
 //!     downstream: HTTP/1 head deadline, keep-alive timeout, bare LF / obs-fold -> 408/400
 //!     request_filter: /.rustronaut/oidc/{callback,logout} -> oidc (login, session cookie)
 //!                     pipeline::decide = route -> normalise -> authenticate (+ session
@@ -34,11 +35,11 @@ pub mod health;
 pub mod jwks;
 pub mod kube_source;
 pub mod l4;
+pub mod listener;
 pub mod logs;
 pub mod metrics;
 pub mod oidc;
 pub mod pipeline;
-pub mod plain;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;

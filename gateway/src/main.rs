@@ -60,15 +60,6 @@ struct Args {
     /// (HTTP/1 and HTTP/2). 60 s, Pingora's own HTTP/1 default.
     #[arg(long, env = "RUSTRONAUT_KEEPALIVE_TIMEOUT_MS", default_value_t = 60000)]
     keepalive_timeout_ms: u64,
-    /// Read buffer of each HTTPS client connection under TLS, in bytes; 0 reads the socket
-    /// straight into rustls. See docs/gateway.md ("Why plain HTTP listeners accept on their
-    /// own loop") and `server::DEFAULT_TLS_READ_BUFFER`.
-    #[arg(
-        long,
-        env = "RUSTRONAUT_TLS_READ_BUFFER_BYTES",
-        default_value_t = server::DEFAULT_TLS_READ_BUFFER
-    )]
-    tls_read_buffer_bytes: usize,
     /// Largest request body forwarded, in bytes: a larger Content-Length gets 413 before
     /// anything is forwarded, a chunked body that grows past it is cut off.
     #[arg(long, env = "RUSTRONAUT_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -430,7 +421,6 @@ fn main() -> anyhow::Result<()> {
             header: Duration::from_millis(args.header_timeout_ms.max(10)),
             keepalive: Duration::from_millis(args.keepalive_timeout_ms.max(1000)),
         },
-        tls_read_buffer: args.tls_read_buffer_bytes.min(1 << 20),
     };
     let mut pingora = server::build(&first, &shared, &opts)?;
     drop(first);

@@ -1,7 +1,7 @@
-//! Builds the Pingora server: one proxy service per HTTPS listener of the first snapshot,
-//! TLS settings from [`crate::tls`]; one [`crate::plain::PlainHttp`] (the gateway's own
-//! accept loop, a background service) per plain HTTP listener, in front of the same proxy; one [`crate::l4::L4Service`] (a background
-//! service with its own runtime) per TCP, UDP or TLSPassthrough port. TLSPassthrough
+//! Builds the Pingora server: one [`crate::listener::HttpListener`] (the gateway's own
+//! accept loop, a background service) per HTTP or HTTPS listener of the first snapshot, in
+//! front of a Pingora proxy, TLS settings from [`crate::tls`]; one [`crate::l4::L4Service`]
+//! (a background service with its own runtime) per TCP, UDP or TLSPassthrough port. TLSPassthrough
 //! listeners with distinct hostnames may share a port: they share one service, which routes
 //! by SNI across them.
 
@@ -9,9 +9,7 @@ use crate::l4::{Kind, L4Service};
 use crate::proxy::{GatewayProxy, ListenerInfo, Shared};
 use crate::state::Compiled;
 use crate::tls::{DynamicClientVerifier, HandshakeCallback, SniResolver};
-use pingora::listeners::ListenerConfig;
 use pingora::listeners::tls::TlsSettings;
-use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
@@ -60,20 +58,10 @@ pub struct ServerOptions {
     pub l4: crate::l4::L4Options,
     /// Request-head and keep-alive deadlines of HTTP(S) clients.
     pub downstream: crate::downstream::Deadlines,
-    /// Bytes of the read buffer under TLS on each HTTPS connection (0: none).
-    pub tls_read_buffer: usize,
 }
 
-/// Default of [`ServerOptions::tls_read_buffer`]: none. Pingora's default puts a 64 KiB
-/// read buffer under every TLS connection from accept on, in front of rustls, which reads
-/// the socket itself at most a record's worth at a time and keeps 4 KiB of its own while
-/// idle. Measured (issue 19, docs/benchmarks.md): 10,000 idle HTTPS connections held
-/// 345 MB with it, 233 MB with 16 KiB and 186 MB with none; a 60 MB upload made 924 reads
-/// with it and 3,678 without, at the same CPU per GB within the noise of 600 MB runs.
-pub const DEFAULT_TLS_READ_BUFFER: usize = 0;
-
-/// A Pingora server with every listener of `first`: L4 ports bound now, HTTP(S) ones when
-/// Pingora starts.
+/// A Pingora server with every listener of `first`, each port bound now (a port in use
+/// fails start-up).
 pub fn build(
     first: &Compiled,
     shared: &Arc<Shared>,
@@ -131,52 +119,44 @@ pub fn build(
         app.server_options = Some(http);
         let app = crate::downstream::HeadDeadline::new(app, opts.downstream, &l.name);
         let addr = std::net::SocketAddr::new(opts.bind, l.port);
-        if !https {
-            // The gateway's own accept loop: see crate::plain for why.
-            let listener = crate::plain::bind(addr).map_err(|source| ServerError::Bind {
-                protocol: "HTTP",
-                port: l.port,
-                source,
-            })?;
-            let svc = crate::plain::PlainHttp::new(app, listener, l.port);
-            let mut bg = background_service(&format!("listener {}", l.name), svc);
-            bg.threads = Some(opts.threads.max(1));
-            tracing::info!(listener = %l.name, %addr, https, "listener bound");
-            server.add_service(bg);
-            any = true;
-            continue;
-        }
-        let mut svc =
-            pingora::services::listening::Service::new(format!("listener {}", l.name), app);
-        let addr = addr.to_string();
-        let tls_err = |reason: String| ServerError::Tls {
-            listener: l.name.clone(),
-            reason,
-        };
-        let mut settings = TlsSettings::with_callbacks(Box::new(HandshakeCallback))
-            .map_err(|e| tls_err(e.to_string()))?;
-        settings.set_cert_resolver(Arc::new(SniResolver::new(shared.store.clone(), &l.name)));
-        // Always installed: it asks for a certificate only while the current snapshot
-        // says so for this listener.
-        settings.set_client_cert_verifier(Arc::new(DynamicClientVerifier::new(
-            shared.store.clone(),
-            &l.name,
-        )));
-        settings.enable_h2();
-        svc.add_listener(ListenerConfig::tcp(addr.clone()).tls(settings).l4_buffer(
-            L4BufferSettings {
-                read: Some(opts.tls_read_buffer),
-                write: None,
-            },
-        ));
-        // Reads a PROXY header first while the current snapshot asks for one.
-        svc.endpoints()
-            .set_pre_tls_callback(Arc::new(crate::tls::ProxyProtocolPreTls::new(
+        let tls = if https {
+            let tls_err = |reason: String| ServerError::Tls {
+                listener: l.name.clone(),
+                reason,
+            };
+            let mut settings = TlsSettings::with_callbacks(Box::new(HandshakeCallback))
+                .map_err(|e| tls_err(e.to_string()))?;
+            settings.set_cert_resolver(Arc::new(SniResolver::new(shared.store.clone(), &l.name)));
+            // Always installed: it asks for a certificate only while the current snapshot
+            // says so for this listener.
+            settings.set_client_cert_verifier(Arc::new(DynamicClientVerifier::new(
                 shared.store.clone(),
-                opts.l4.handshake_timeout,
+                &l.name,
             )));
+            settings.enable_h2();
+            Some(crate::listener::Tls::new(
+                settings.build(),
+                // Reads a PROXY header first while the current snapshot asks for one.
+                crate::tls::ProxyProtocolPreTls::new(
+                    shared.store.clone(),
+                    opts.l4.handshake_timeout,
+                ),
+                opts.l4.handshake_timeout,
+            ))
+        } else {
+            None
+        };
+        // The gateway's own accept loop: see crate::listener for why.
+        let listener = crate::listener::bind(addr).map_err(|source| ServerError::Bind {
+            protocol: if https { "HTTPS" } else { "HTTP" },
+            port: l.port,
+            source,
+        })?;
+        let svc = crate::listener::HttpListener::new(app, listener, l.port, tls);
+        let mut bg = background_service(&format!("listener {}", l.name), svc);
+        bg.threads = Some(opts.threads.max(1));
         tracing::info!(listener = %l.name, %addr, https, "listener bound");
-        server.add_service(svc);
+        server.add_service(bg);
         any = true;
     }
     if !any {

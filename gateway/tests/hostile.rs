@@ -677,6 +677,46 @@ fn tls_snapshot(mtls: u16, plain_tls: u16, upstream: &str, pki: &Pki) -> Value {
     snap
 }
 
+/// A client that opens an HTTPS connection and never finishes its handshake (nothing sent,
+/// or half a ClientHello) is closed at `--l4-handshake-timeout-ms`, not kept for minutes;
+/// meanwhile other clients are served on the same port.
+#[test]
+fn an_unfinished_tls_handshake_is_cut_off_at_the_handshake_deadline() {
+    let up = Upstream::start("a");
+    let pki = Pki::new("test CA");
+    let (mtls, tls) = (free_port(), free_port());
+    let gw = Gateway::start_with(
+        &tls_snapshot(mtls, tls, &up.addr.to_string(), &pki),
+        &["--l4-handshake-timeout-ms", "1000"],
+    );
+    let ca = write(gw.dir.path(), "ca.pem", &pki.ca_pem);
+    let silent = TcpStream::connect(("127.0.0.1", tls)).unwrap();
+    let mut partial = TcpStream::connect(("127.0.0.1", tls)).unwrap();
+    // A TLS record header announcing a 512-byte handshake message, and 5 bytes of it.
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03])
+        .unwrap();
+    let resolve = format!("{HOST}:{tls}:127.0.0.1");
+    let url = format!("https://{HOST}:{tls}/public/x");
+    let r = curl(&["--http1.1", "--cacert", &ca, "--resolve", &resolve, &url]);
+    assert_eq!(r.status, 200, "{r:?}");
+    for (name, mut s) in [("silent", silent), ("partial", partial)] {
+        let (took, got) = closed_within(&mut s, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{name}: still open after 5 s"));
+        assert!(
+            took < Duration::from_millis(2500),
+            "{name}: closed after {took:?}"
+        );
+        assert!(
+            !got.contains("HTTP/"),
+            "{name}: no HTTP answer before TLS: {got:?}"
+        );
+    }
+    // The port keeps serving.
+    let r = curl(&["--http2", "--cacert", &ca, "--resolve", &resolve, &url]);
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 #[test]
 fn a_host_other_than_the_sni_on_an_mtls_listener_gets_421() {
     let up = Upstream::start("a");

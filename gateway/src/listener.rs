@@ -1,32 +1,43 @@
-//! Plain HTTP listeners: the gateway's own accept loop, in front of the same
-//! [`HeadDeadline`] and Pingora `HttpProxy` a TLS listener uses.
+//! HTTP and HTTPS listeners: the gateway's own accept loop, in front of [`HeadDeadline`]
+//! and Pingora's `HttpProxy`.
 //!
 //! ```text
-//!  accept (one Pingora background service per plain HTTP port, own runtime)
-//!    -> Pingora l4 Stream with its socket digest (client address), writes buffered by
-//!       [`Connection`] (a buffer made on the first write)
-//!    -> one task: HeadDeadline::serve_http1 (head deadlines, then HttpProxy per request)
+//!  accept (one Pingora background service per HTTP(S) port, own runtime)
+//!    -> Pingora l4 Stream with its socket digest (client address), TCP_NODELAY
+//!    HTTP:  -> [`Connection`] (writes buffered, a buffer made on the first write)
+//!           -> HeadDeadline::serve_http1 (head deadlines, then HttpProxy per request)
+//!    HTTPS: -> [`Tls::accept`], boxed while it runs: the PROXY header (when the snapshot
+//!              asks for one), then the TLS handshake over a [`Connection`] (Pingora's
+//!              rustls acceptor: SNI certificates, client certificates, ALPN), both within
+//!              `--l4-handshake-timeout-ms`
+//!           -> HeadDeadline::process_new (h2 by ALPN to Pingora's HTTP/2 path, else
+//!              serve_http1 as above)
 //! ```
 //!
-//! Why not Pingora's listening service, as TLS listeners keep: memory per connection
-//! (issue 19, docs/benchmarks.md). Pingora 0.9's `Service::run_endpoint` spawns each
-//! accepted connection as a task whose future holds, inline, the state of the transport
-//! handshake that the same code runs for TLS listeners (the rustls acceptor, its timeout):
-//! heaptrack measured 8.8 KiB per task, for a plain connection that never handshakes. Its
-//! `UninitializedStream::handshake` also gives every connection its 1,460-byte write buffer
-//! at accept. 10,000 idle connections held 186 MB, of which those two were 103 MB. Here the
-//! task holds only [`HeadDeadline::serve_http1`]'s state, and the write buffer exists from
-//! a connection's first response on.
+//! Why not Pingora's listening service: memory per connection (issue 19,
+//! docs/benchmarks.md). Pingora 0.9's `Service::run_endpoint` spawns each accepted
+//! connection as a task whose future holds, inline, the state of the transport handshake
+//! (the rustls acceptor, its timeout) for the connection's whole life: heaptrack measured
+//! 8.8 KiB per task. Its `UninitializedStream::handshake` also gives every connection its
+//! 1,460-byte write buffer at accept, and by default a 64 KiB read buffer. On a plain
+//! listener, 10,000 idle connections held 186 MB, of which those were 103 MB. Here the task
+//! holds only what serving needs: an HTTPS connection's handshake runs in a future of its
+//! own, boxed, freed when the handshake is done; the write buffer exists from a
+//! connection's first write; under TLS there is no read buffer unless
+//! `--tls-read-buffer-bytes` asks for one (rustls reads the socket itself and keeps 4 KiB
+//! of its own while idle).
 //!
 //! What stays as Pingora does it: the listener's worker threads and graceful shutdown (a
 //! background service, as [`crate::l4`]'s: accepting stops at the shutdown signal, requests
 //! in flight keep the runtime's shutdown timeout), the client address (the socket digest
-//! Pingora's listener sets), `TCP_NODELAY` on every connection, `SO_REUSEADDR` and a
-//! backlog of 65,535 (Pingora's `LISTENER_BACKLOG`), and the write buffering (vectored
-//! writes included): a response head and a small body leave in
-//! one `write` (without it, two writes, and Nagle's algorithm could hold the second).
-//! TLS listeners keep Pingora's acceptor: its handshake callbacks, SNI resolver and client
-//! certificate verifier are the TLS stack (crate::tls).
+//! Pingora's listener sets; a PROXY header's source replaces it), `TCP_NODELAY` on every
+//! connection, `SO_REUSEADDR` and a backlog of 65,535 (Pingora's `LISTENER_BACKLOG`), the
+//! write buffering (vectored writes included: a response head and a small body leave in
+//! one `write`; without it, two writes, and Nagle's algorithm could hold the second), and
+//! the TLS stack itself (Pingora's rustls `Acceptor`, built from the same `TlsSettings`
+//! with the gateway's handshake callback, SNI resolver and client certificate verifier:
+//! crate::tls). What changes for HTTPS: the handshake, PROXY header included, must end
+//! within `--l4-handshake-timeout-ms` (10 s) where Pingora gave every connection 60 s.
 
 use crate::downstream::HeadDeadline;
 use async_trait::async_trait;
@@ -54,7 +65,7 @@ const BACKLOG: i32 = 65535;
 /// Ethernet MSS.
 const WRITE_BUFFER: usize = pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE;
 
-/// Binds `addr` for a plain HTTP listener now (so a port in use fails start-up, as the L4
+/// Binds `addr` for an HTTP(S) listener now (so a port in use fails start-up, as the L4
 /// listeners do): `SO_REUSEADDR`, backlog 65,535, non-blocking.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
@@ -69,26 +80,83 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// One plain HTTP port as a Pingora background service.
-pub struct PlainHttp<A> {
+/// What an HTTPS listener does between accept and its first request.
+pub struct Tls {
+    /// Pingora's rustls acceptor, from the listener's `TlsSettings` (crate::server).
+    acceptor: pingora::listeners::tls::Acceptor,
+    /// Reads a PROXY header first while the current snapshot asks for one.
+    pre_tls: crate::tls::ProxyProtocolPreTls,
+    /// For the PROXY header and the handshake together.
+    handshake_timeout: Duration,
+}
+
+impl Tls {
+    /// Handshakes with `acceptor` (built from the listener's settings), after `pre_tls`,
+    /// both within `handshake_timeout`.
+    pub fn new(
+        acceptor: pingora::listeners::tls::Acceptor,
+        pre_tls: crate::tls::ProxyProtocolPreTls,
+        handshake_timeout: Duration,
+    ) -> Self {
+        Self {
+            acceptor,
+            pre_tls,
+            handshake_timeout,
+        }
+    }
+
+    /// The accepted socket as a TLS stream, or `None` (logged) when the PROXY header or
+    /// the handshake failed or did not end in time. The caller boxes this future: its
+    /// state (the acceptor's, rustls's handshake) then lives only while it runs.
+    pub async fn accept(&self, tcp: tokio::net::TcpStream, peer: SocketAddr) -> Option<Stream> {
+        use pingora::listeners::PreTlsProcess;
+        let mut l4 = l4_stream(tcp, peer);
+        let handshake = async {
+            self.pre_tls.process(&mut l4).await?;
+            self.acceptor.tls_handshake(Connection::new(l4)).await
+        };
+        match tokio::time::timeout(self.handshake_timeout, handshake).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake not done in time");
+                None
+            }
+        }
+    }
+}
+
+/// One HTTP or HTTPS port as a Pingora background service.
+pub struct HttpListener<A> {
     app: Arc<HeadDeadline<A>>,
     port: u16,
     listener: Mutex<Option<std::net::TcpListener>>,
+    /// `Some` on an HTTPS port.
+    tls: Option<Arc<Tls>>,
 }
 
-impl<A> PlainHttp<A> {
-    /// Serves `app` on `listener` (from [`bind`]) once the service starts.
-    pub fn new(app: HeadDeadline<A>, listener: std::net::TcpListener, port: u16) -> Self {
+impl<A> HttpListener<A> {
+    /// Serves `app` on `listener` (from [`bind`]) once the service starts; HTTPS with `tls`.
+    pub fn new(
+        app: HeadDeadline<A>,
+        listener: std::net::TcpListener,
+        port: u16,
+        tls: Option<Tls>,
+    ) -> Self {
         Self {
             app: Arc::new(app),
             port,
             listener: Mutex::new(Some(listener)),
+            tls: tls.map(Arc::new),
         }
     }
 }
 
 #[async_trait]
-impl<A> BackgroundService for PlainHttp<A>
+impl<A> BackgroundService for HttpListener<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
@@ -111,9 +179,24 @@ where
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         let app = self.app.clone();
+                        let tls = self.tls.clone();
                         let shutdown = shutdown.clone();
                         tokio::spawn(async move {
-                            app.serve_http1(connection(tcp, peer), &shutdown).await;
+                            match tls {
+                                None => {
+                                    let stream = Box::new(Connection::new(l4_stream(tcp, peer)));
+                                    app.serve_http1(stream, &shutdown).await;
+                                }
+                                Some(tls) => {
+                                    // Boxed, so this task does not carry the handshake's
+                                    // state for the connection's life (module docs).
+                                    let Some(stream) = Box::pin(tls.accept(tcp, peer)).await
+                                    else {
+                                        return;
+                                    };
+                                    ServerApp::process_new(&app, stream, &shutdown).await;
+                                }
+                            }
                         });
                     }
                     Err(e) => {
@@ -133,8 +216,8 @@ where
 }
 
 /// An accepted socket as Pingora's session expects it: an l4 `Stream` whose socket digest
-/// knows the peer (the client address of the decision), writes buffered by [`Connection`].
-fn connection(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
+/// knows the peer (the client address of the decision), with `TCP_NODELAY`.
+fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> L4Stream {
     let mut l4: L4Stream = tcp.into();
     // As Pingora's listener does for every accepted stream (`apply_stream_settings`): what
     // is written leaves at a flush, so Nagle's algorithm would only hold back the tail of a
@@ -146,7 +229,7 @@ fn connection(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
     // A new digest: its cell is empty.
     let _ = digest.peer_addr.set(Some(PingoraAddr::from(peer)));
     l4.set_socket_digest(digest);
-    Box::new(Connection::new(l4))
+    l4
 }
 
 /// A client connection: Pingora's unbuffered l4 stream with a write buffer of
@@ -329,9 +412,7 @@ mod tests {
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
         let (tcp, peer) = accepted.unwrap();
-        let stream = connection(tcp, peer);
-        let conn = *stream.into_any().downcast::<Connection>().unwrap();
-        (conn, client.unwrap())
+        (Connection::new(l4_stream(tcp, peer)), client.unwrap())
     }
 
     #[tokio::test]
