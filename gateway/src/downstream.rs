@@ -232,8 +232,8 @@ where
 {
     /// Serves an HTTP/1 connection: reads each head under [`Deadlines`], then lets the
     /// wrapped app serve the request; loops while the connection is kept alive. Called by
-    /// Pingora for TLS listeners ([`ServerApp::process_new`]) and by [`crate::plain`]'s
-    /// accept loop for plain ones.
+    /// [`crate::listener`]'s accept loop: directly for plain HTTP, through
+    /// [`ServerApp::process_new`] (which sends h2 to Pingora's path) after TLS.
     pub async fn serve_http1(
         &self,
         mut stream: Stream,
