@@ -24,7 +24,10 @@
 # Then latency at a fixed rate: half of the gateway's maximum small-request rate (its median
 # from the throughput rounds), the same absolute rate for every target (h2load --h1 --rps per
 # client, -D seconds, --log-file per request); p50/p99 of each run computed from the log, and
-# the added p50/p99 of each proxy (target minus direct, medians of rounds).
+# the added p50/p99 of each proxy (target minus direct, medians of rounds), and each proxy's
+# CPU per request at that rate: every proxy under the same load, where the throughput
+# rounds measure each at its own maximum (a slower proxy there also finds h2load and nginx
+# asleep more often, and pays the wake-ups in its sends).
 #
 # Then HTTP/2 over TLS (h2 by ALPN, a self-signed P-256 certificate made here with openssl):
 # h2load -m streams per connection against nginx's own TLS listener (direct), nginx
@@ -319,19 +322,22 @@ run_h2() {
 # from h2load's per-request log (start in us since the epoch, status, us until the end of
 # the response).
 run_lat() {
-	local out log=$work/lat-$1.log
+	local out log=$work/lat-$1.log before="" cpu
 	rm -f "$log"
+	# shellcheck disable=SC2086
+	[ -z "${tpids[$1]}" ] || before=$(cpu_ticks ${tpids[$1]})
 	out=$(h2load --h1 -c "$LAT_C" -r 1 --rate-period=1ms -t 1 --rps="$2" \
 		-n "$((LAT_C * $2 * (LAT_SECONDS + 1)))" --log-file="$log" -H ":authority: bench.localhost" \
 		-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${port[$1]}/small" 2>&1)
 	check "$1" latency "$((LAT_C * $2 * (LAT_SECONDS + 1)))" "$out"
+	cpu=$(cpu_per_request "$1" "$before" "$((LAT_C * $2 * (LAT_SECONDS + 1)))")
 	# keep requests started after the first second; achieved rate over the span they cover
 	awk -F'\t' 'NR == FNR {if (NR == 1 || $1 < t0) t0 = $1; next}
 		$1 >= t0 + 1000000 {print $3; if (!t1 || $1 < t1) t1 = $1; if ($1 > t2) t2 = $1; n++}
 		END {printf "%.0f\n", (n - 1) / ((t2 - t1) / 1e6) > "/dev/stderr"}' "$log" "$log" \
 		2>"$work/lat-rate" | sort -n >"$work/lat-sorted"
 	echo "$(cat "$work/lat-rate") $(awk '{a[NR] = $1} END {
-		print a[int(NR * 0.50 + 0.999999)], a[int(NR * 0.99 + 0.999999)]}' "$work/lat-sorted")"
+		print a[int(NR * 0.50 + 0.999999)], a[int(NR * 0.99 + 0.999999)]}' "$work/lat-sorted") $cpu"
 }
 field() { # values "a b c d a b c d ..." -> the n-th of each group of k (default 4: run, run_h2)
 	awk -v n="$1" -v k="${2:-4}" '{for (i = n; i <= NF; i += k) print $i}'
@@ -419,10 +425,11 @@ if [ "$LATENCY_ONLY" != 1 ] && [ "$H2_ONLY" != 1 ]; then
 	python3 - "$work/snapshot.json" >"$work/snapshot-1000.json" <<'PY'
 import copy, json, sys
 s = json.load(open(sys.argv[1]))
-s["listeners"] = [{"name": "http", "port": 19006, "protocol": "HTTP"}]
+https = next(l for l in s["listeners"] if l["protocol"] == "HTTPS")
+s["listeners"] = [{"name": "http", "port": 19006, "protocol": "HTTP"}, dict(https, port=19026)]
 s["tenants"][0]["domains"] = ["bench.localhost", "*.bench.localhost"]
 r0, p0 = s["resources"][0], s["policies"][0]
-r0["listeners"] = ["http"]
+r0["listeners"] = ["http", https["name"]]
 s["resources"], s["policies"] = [], []
 for i in range(1000):
     r = copy.deepcopy(r0); r["name"] = f"r{i}"; r["hostnames"] = [f"r{i}.bench.localhost"]
@@ -431,8 +438,11 @@ for i in range(1000):
     s["resources"].append(r); s["policies"].append(p)
 json.dump(s, sys.stdout)
 PY
+	# A header timeout past the time 10,000 TLS handshakes take here (~15 s), as nginx's and
+	# HAProxy's 60 s are: the connections held below must all still be open when measured.
 	RUST_LOG=warn "$GW" --allow-loopback-upstreams --snapshot "$work/snapshot-1000.json" --admin-listen 127.0.0.1:19007 \
-		--bind-address 127.0.0.1 --threads 1 >"$work/gateway-1000.log" 2>&1 & gw2=$!; pids+=("$gw2")
+		--header-timeout-ms 120000 --bind-address 127.0.0.1 --threads 1 >"$work/gateway-1000.log" 2>&1 & gw2=$!
+	pids+=("$gw2")
 	for _ in $(seq 1 100); do
 		[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19007/readyz)" = 200 ] && break
 		sleep 0.1
@@ -472,6 +482,41 @@ PY
 	done
 	bare_10k=$(hold 19019 "$bare0")
 	baredef_10k=$(hold 19018 "$baredef")
+	# hold_tls PORT PID...: RSS added (KiB, summed over PIDs) by 10,000 idle HTTPS connections,
+	# each with its TLS handshake done (HTTP/1.1 by ALPN, SNI bench.localhost), all still
+	# open when measured (checked); the gateway's on the 1,000-route one, the others on the
+	# timed proxies' TLS listeners (so the difference, not the total, which holds their runs).
+	hold_tls() {
+		python3 - "$@" <<'PY'
+import socket, ssl, sys, time
+port, pids = int(sys.argv[1]), sys.argv[2:]
+rss = lambda p: int(open(f"/proc/{p}/status").read().split("VmRSS:")[1].split()[0])
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["http/1.1"])
+before = sum(rss(p) for p in pids)
+socks = [ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="bench.localhost")
+         for _ in range(10000)]
+time.sleep(2)
+added = sum(rss(p) for p in pids) - before
+closed = 0
+for s in socks:
+    s.setblocking(False)
+    try:
+        s.recv(1)
+        closed += 1  # end of stream (or bytes: an answer nobody asked for)
+    except ssl.SSLWantReadError:
+        pass
+    except OSError:
+        closed += 1
+if closed:
+    sys.exit(f"port {port}: {closed} of 10,000 held HTTPS connections were closed by the server")
+print(added)
+PY
+	}
+	gw_tls_10k=$(hold_tls 19026 "$gw2")
+	# shellcheck disable=SC2086
+	nginx_tls_10k=$(hold_tls "${tlsport[nginx]}" $nginx_workers)
+	bare_tls_10k=$(hold_tls "${tlsport[bare-pingora]}" "$barepid")
 
 fi
 
@@ -520,18 +565,26 @@ if [ "$H2_ONLY" != 1 ]; then
 	printf 'h2load --h1 --rps, %s s per run after 1 s warm-up, %s rounds; p50/p99 in ms, median of rounds\n' \
 		"$LAT_SECONDS" "$ROUNDS"
 	printf '(added = target minus direct, of the medians; runs: p99 of each round)\n\n'
-	echo "| target | achieved req/s | share of its max | p50 | p99 | added p50 | added p99 | p99 runs |"
-	echo "|---|---|---|---|---|---|---|---|"
-	d50=$(field 2 3 <<<"${lat[direct]}" | median)
-	d99=$(field 3 3 <<<"${lat[direct]}" | median)
+	printf '(CPU at this rate: utime + stime of the proxy over the whole run, warm-up included, per\n'
+	printf 'request sent: every target at the same load, so no proxy finds its peers idler than another)\n\n'
+	echo "| target | achieved req/s | share of its max | p50 | p99 | added p50 | added p99 | CPU µs/req | user µs/req | CPU vs bare Pingora | p99 runs |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|"
+	d50=$(field 2 5 <<<"${lat[direct]}" | median)
+	d99=$(field 3 5 <<<"${lat[direct]}" | median)
+	bare_lat_cpu=$(field 4 5 <<<"${lat[bare-pingora]}" | median)
 	for t in "${targets[@]}"; do
-		a=$(field 1 3 <<<"${lat[$t]}" | median)
-		p50=$(field 2 3 <<<"${lat[$t]}" | median)
-		p99=$(field 3 3 <<<"${lat[$t]}" | median)
+		a=$(field 1 5 <<<"${lat[$t]}" | median)
+		p50=$(field 2 5 <<<"${lat[$t]}" | median)
+		p99=$(field 3 5 <<<"${lat[$t]}" | median)
+		c=$(field 4 5 <<<"${lat[$t]}" | median)
+		cu=$(field 5 5 <<<"${lat[$t]}" | median)
 		mx=$(field 1 <<<"${small[$t]}" | median)
-		runs=$(field 3 3 <<<"${lat[$t]}" | while read -r v; do ms "$v"; printf ' '; done)
-		printf '| %s | %.0f | %s | %s | %s | %s | %s | %s|\n' "$t" "$a" "$(ratio "$a" "$mx")" \
-			"$(ms "$p50")" "$(ms "$p99")" "$(ms "$((p50 - d50))")" "$(ms "$((p99 - d99))")" "$runs"
+		runs=$(field 3 5 <<<"${lat[$t]}" | while read -r v; do ms "$v"; printf ' '; done)
+		vs_bare=-
+		[ "$c" = - ] || vs_bare=$(ratio "$c" "$bare_lat_cpu")
+		printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s|\n' "$t" "$a" "$(ratio "$a" "$mx")" \
+			"$(ms "$p50")" "$(ms "$p99")" "$(ms "$((p50 - d50))")" "$(ms "$((p99 - d99))")" \
+			"$c" "$cu" "$vs_bare" "$runs"
 	done
 fi
 if [ "$LATENCY_ONLY" != 1 ]; then
@@ -573,5 +626,8 @@ if [ "$LATENCY_ONLY" != 1 ] && [ "$H2_ONLY" != 1 ]; then
 	printf 'holding 10,000 open connections, same run: nginx worker %s KiB, HAProxy %s KiB\n' "$nginx_10k" "$haproxy_10k"
 	printf 'holding 10,000 open connections, same run: bare Pingora %s KiB (no L4 read buffer, as the gateway), %s KiB (Pingora default, 64 KiB)\n' \
 		"$bare_10k" "$baredef_10k"
+	# HAProxy not: at maxconn 9500 (above), the connections past it never handshake.
+	printf 'added by 10,000 idle HTTPS connections (handshake done), same run: gateway (1,000 routes) %s KiB, nginx worker %s KiB, bare Pingora %s KiB\n' \
+		"$gw_tls_10k" "$nginx_tls_10k" "$bare_tls_10k"
 	tcp_bench
 fi
