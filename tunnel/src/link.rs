@@ -51,15 +51,19 @@ const MIN_DECAPSULATE_BUFFER: usize = 256;
 /// What encryption adds to a packet: WireGuard's data header (16 bytes) and tag (16), with
 /// room to spare for padding.
 const ENCAPSULATE_OVERHEAD: usize = 64;
-/// TCP buffer sizes per tunnel connection (each way). 256 KiB keeps ~2 Gbit/s in flight at
-/// 1 ms RTT; memory is committed only as it is used.
-const TCP_BUFFER: usize = 256 * 1024;
+/// TCP buffer sizes per tunnel connection (each way): the window one stream may have in
+/// flight. Under load the round trip through both userspace stacks is close to 1 ms, so
+/// 256 KiB held one stream to ~2.4 Gbit/s (0.93-0.95x a wireguard-go pair, whose kernel TCP
+/// autotunes its window); 512 KiB carried 2.9-3.1 (1.18x), 1 MiB no more than that
+/// (docs/benchmarks-tunnel.md). Memory is committed only as it is used: an idle connection
+/// costs nothing, a full one 1 MiB plus its channels.
+const TCP_BUFFER: usize = 512 * 1024;
 /// Largest chunk handed between a socket and its application. Large chunks mean few
 /// hand-overs (each may wake the other task) per megabyte; see [`COPY_BUFFER`].
 const CHUNK: usize = 64 * 1024;
 /// Chunks queued per direction between a socket and its application (with [`CHUNK`], at most
-/// 256 KiB per direction, the same as the TCP buffers).
-const CHANNEL_DEPTH: usize = 4;
+/// 512 KiB per direction, the same as the TCP buffers).
+const CHANNEL_DEPTH: usize = 8;
 /// Buffer size for copying between a [`TunnelStream`] and an OS socket
 /// (`copy_bidirectional_with_sizes`): tokio's default of 8 KiB would cut every transfer
 /// into eighths of a [`CHUNK`].
