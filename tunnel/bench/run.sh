@@ -186,6 +186,11 @@ if [ -n "${PERF_OUT:-}" ]; then
 	wait "${perfs[@]}" || true
 fi
 
+# Memory once the streams are closed again: what a hub keeps after load (buffers freed to the
+# allocator but not returned, buffers of new listening sockets committed by reuse).
+sleep 2
+after_hub=$(rss $hub_pid); after_conn=$(rss $conn_pid); after_wga=$(rss $wga_pid); after_wgb=$(rss $wgb_pid)
+
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 minmax() { printf '%s\n' "$@" | sort -g | awk 'NR==1{lo=$1} {hi=$1} END {print lo "-" hi}'; }
 mo=$(median "${ours[@]}"); mw=$(median "${wg[@]}")
@@ -197,8 +202,8 @@ aratio=$(python3 -c "print('%.2f' % ($ao/$aw))")
 kb2mb() { python3 -c "print('%.1f' % ($1/1024))"; }
 
 cat <<MD
-| path | iperf3 TCP x $STREAMS, Gbit/s (median of $ROUNDS x ${SECS}s) | spread | ratio to wireguard-go | CPU s per GB, both ends (vs wireguard-go) | machine CPU s per GB | idle RSS per side | peak RSS per side |
+| path | iperf3 TCP x $STREAMS, Gbit/s (median of $ROUNDS x ${SECS}s) | spread | ratio to wireguard-go | CPU s per GB, both ends (vs wireguard-go) | machine CPU s per GB | idle RSS per side (before -> after the runs) | peak RSS per side |
 |---|---|---|---|---|---|---|---|
-| hub + connector (+ forward as gateway) | $mo | $(minmax "${ours[@]}") | ${ratio}x | $co (${cratio}x; forward $cf more) | $ao (${aratio}x) | hub $(kb2mb "$idle_hub") MB, connector $(kb2mb "$idle_conn") MB | hub $(kb2mb "$(hwm $hub_pid)") MB, connector $(kb2mb "$(hwm $conn_pid)") MB, forward $(kb2mb "$(hwm $fwd_pid)") MB |
-| wireguard-go pair | $mw | $(minmax "${wg[@]}") | 1.00x | $cw (1.00x) | $aw (1.00x) | $(kb2mb "$idle_wga") MB, $(kb2mb "$idle_wgb") MB | $(kb2mb "$(hwm $wga_pid)") MB, $(kb2mb "$(hwm $wgb_pid)") MB |
+| hub + connector (+ forward as gateway) | $mo | $(minmax "${ours[@]}") | ${ratio}x | $co (${cratio}x; forward $cf more) | $ao (${aratio}x) | hub $(kb2mb "$idle_hub") -> $(kb2mb "$after_hub") MB, connector $(kb2mb "$idle_conn") -> $(kb2mb "$after_conn") MB | hub $(kb2mb "$(hwm $hub_pid)") MB, connector $(kb2mb "$(hwm $conn_pid)") MB, forward $(kb2mb "$(hwm $fwd_pid)") MB |
+| wireguard-go pair | $mw | $(minmax "${wg[@]}") | 1.00x | $cw (1.00x) | $aw (1.00x) | $(kb2mb "$idle_wga") -> $(kb2mb "$after_wga") MB, $(kb2mb "$idle_wgb") -> $(kb2mb "$after_wgb") MB | $(kb2mb "$(hwm $wga_pid)") MB, $(kb2mb "$(hwm $wgb_pid)") MB |
 MD
