@@ -43,6 +43,9 @@ ENTRYPOINT ["/usr/local/bin/rustronaut-operator"]
 FROM runtime AS gateway
 LABEL org.opencontainers.image.title="rustronaut-gateway"
 COPY --from=build /out/rustronaut-gateway /out/rustronaut-tunnel /usr/local/bin/
+# glibc's malloc for rustronaut-tunnel: a fixed mmap threshold, so tunnel connections' buffers
+# are returned when they close (e2e/src/image.rs, TUNNEL_MALLOC_ENV).
+ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/rustronaut-gateway"]
 
@@ -50,6 +53,9 @@ ENTRYPOINT ["/usr/local/bin/rustronaut-gateway"]
 FROM runtime AS connector
 LABEL org.opencontainers.image.title="rustronaut-connector"
 COPY --from=build /out/rustronaut-tunnel /usr/local/bin/
+# glibc's malloc for rustronaut-tunnel: a fixed mmap threshold, so tunnel connections' buffers
+# are returned when they close (e2e/src/image.rs, TUNNEL_MALLOC_ENV).
+ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/rustronaut-tunnel"]
 

@@ -10,8 +10,11 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
-/// The Dockerfile's stages: name -> (COPY'd binary names, USER, ENTRYPOINT).
-fn dockerfile_stages() -> BTreeMap<String, (Vec<String>, String, String)> {
+/// One Dockerfile stage: COPY'd binary names, USER, ENTRYPOINT, ENV (`NAME=value`).
+type Stage = (Vec<String>, String, String, Vec<String>);
+
+/// The Dockerfile's stages by name.
+fn dockerfile_stages() -> BTreeMap<String, Stage> {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile"))
         .expect("the Dockerfile at the repository root");
     let mut stages = BTreeMap::new();
@@ -26,7 +29,10 @@ fn dockerfile_stages() -> BTreeMap<String, (Vec<String>, String, String)> {
                     .and_then(|i| words.get(i + 1))
                     .map(|s| s.to_string());
                 if let Some(c) = &current {
-                    stages.insert(c.clone(), (Vec::new(), String::new(), String::new()));
+                    stages.insert(
+                        c.clone(),
+                        (Vec::new(), String::new(), String::new(), Vec::new()),
+                    );
                 }
             }
             Some("COPY") if line.contains("--from=build") => {
@@ -42,6 +48,15 @@ fn dockerfile_stages() -> BTreeMap<String, (Vec<String>, String, String)> {
                 for a in &args[..args.len() - 1] {
                     s.0.push(a.rsplit('/').next().unwrap().to_string());
                 }
+            }
+            Some("ENV") => {
+                // ENV NAME=value (one per line, no quoting: all this Dockerfile uses)
+                assert_eq!(words.len(), 2, "one NAME=value per ENV line: {line}");
+                stages
+                    .get_mut(current.as_ref().unwrap())
+                    .unwrap()
+                    .3
+                    .push(words[1].to_string());
             }
             Some("USER") => {
                 stages.get_mut(current.as_ref().unwrap()).unwrap().1 = words[1].to_string();
@@ -62,7 +77,7 @@ fn dockerfile_stages() -> BTreeMap<String, (Vec<String>, String, String)> {
 fn the_dockerfile_ships_what_the_offline_build_ships() {
     let stages = dockerfile_stages();
     for spec in IMAGES.iter().filter(|s| s.product) {
-        let (bins, user, entrypoint) = stages
+        let (bins, user, entrypoint, env) = stages
             .get(spec.name)
             .unwrap_or_else(|| panic!("the Dockerfile has no stage `{}`", spec.name));
         let mut want: Vec<String> = spec.binaries.iter().map(|s| s.to_string()).collect();
@@ -75,9 +90,10 @@ fn the_dockerfile_ships_what_the_offline_build_ships() {
             entrypoint,
             &format!("{}/{}", image::BIN_DIR, spec.entrypoint)
         );
+        assert_eq!(env, &spec.env, "ENV of image {}", spec.name);
     }
     // Every stage that copies our binaries is an image the offline build knows.
-    for (name, (bins, _, _)) in &stages {
+    for (name, (bins, ..)) in &stages {
         if !bins.is_empty() {
             assert!(
                 image::spec(name).is_some_and(|s| s.product),
