@@ -35,9 +35,10 @@ pub const DEFAULT_TAG: &str = "dev";
 /// (`tunnel/src/link.rs`, `TCP_BUFFER`). glibc maps allocations that large on their own,
 /// but the first one freed raises its mmap threshold above them for good, and from then on
 /// they come from the heap arenas, which keep the memory after the connections close: a hub
-/// idle again after four parallel streams held 17.8-21.6 MB instead of 7 MB. A fixed
-/// threshold turns that adjustment off, so the buffers are mapped, committed page by page
-/// as used, and returned on close (10.4-12.8 MB after the same load; docs/benchmarks-tunnel.md).
+/// and a connector idle again after four parallel streams held 21.6 and 17.8 MB (7 MB
+/// before). A fixed threshold turns that adjustment off, so the buffers are mapped,
+/// committed page by page as used, and returned on close (10-13 MB after the same load;
+/// docs/benchmarks-tunnel.md).
 /// The gateway itself allocates with mimalloc and is not affected.
 pub const TUNNEL_MALLOC_ENV: &str = "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072";
 
