@@ -84,12 +84,14 @@ private_key_file: $work/site.key
 tunnel_address: 100.96.1.1
 hub_tunnel_address: 100.96.0.1
 YAML
-# glibc's malloc as the images set it for the tunnel (e2e/src/image.rs, TUNNEL_MALLOC_ENV):
-# measure what is deployed. NO_MALLOC_ENV=1 measures the binary's own default.
-[ -n "${NO_MALLOC_ENV:-}" ] || export GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072
-ip netns exec "$A" "$BIN" hub --config "$work/hub.yaml" 2>"$work/hub.log" & hub_pid=$!; pids+=($!)
-ip netns exec "$B" "$BIN" connect --config "$work/conn.yaml" 2>"$work/conn.log" & conn_pid=$!; pids+=($!)
-ip netns exec "$A" "$BIN" forward --hub 127.0.0.1:4200 --token-file "$work/token" --site bench \
+# glibc's malloc as the images set it for the tunnel (e2e/src/image.rs, TUNNEL_MALLOC_ENV),
+# for our three processes only: measure what is deployed. NO_MALLOC_ENV=1 measures the
+# binary's own default.
+tun=(env)
+[ -n "${NO_MALLOC_ENV:-}" ] || tun+=(GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072)
+ip netns exec "$A" "${tun[@]}" "$BIN" hub --config "$work/hub.yaml" 2>"$work/hub.log" & hub_pid=$!; pids+=($!)
+ip netns exec "$B" "${tun[@]}" "$BIN" connect --config "$work/conn.yaml" 2>"$work/conn.log" & conn_pid=$!; pids+=($!)
+ip netns exec "$A" "${tun[@]}" "$BIN" forward --hub 127.0.0.1:4200 --token-file "$work/token" --site bench \
 	--listen 127.0.0.1:15201 --target 127.0.0.1:5201 2>"$work/fwd.log" & fwd_pid=$!; pids+=($!)
 
 # ---- the wireguard-go pair ----
