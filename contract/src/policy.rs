@@ -37,9 +37,11 @@ use crate::snapshot::{
     CompiledResource, IdentityProviderKind, ObjectRef, PathMatch, ResourceProtocol, Snapshot,
     Tenant,
 };
+// foldhash, not std's SipHash: the evaluator looks these maps up on every request, by names
+// from the snapshot, never by what a client sends (issue 19).
+use foldhash::HashMap;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -644,7 +646,7 @@ impl PolicySet {
         let mut sorted_tenants: Vec<&Tenant> = tenants.iter().collect();
         sorted_tenants
             .sort_by_cached_key(|t| (t.name.clone(), serde_json::to_string(t).unwrap_or_default()));
-        let mut tenant_map: HashMap<&str, &Tenant> = HashMap::new();
+        let mut tenant_map: HashMap<&str, &Tenant> = HashMap::default();
         for t in &sorted_tenants {
             tenant_map.entry(t.name.as_str()).or_insert(t);
         }
@@ -668,7 +670,7 @@ impl PolicySet {
         sorted_resources.sort_by(|a, b| {
             (a.namespace.as_str(), a.name.as_str()).cmp(&(b.namespace.as_str(), b.name.as_str()))
         });
-        let mut index: HashMap<String, HashMap<String, ResourceEntry>> = HashMap::new();
+        let mut index: HashMap<String, HashMap<String, ResourceEntry>> = HashMap::default();
         for r in &sorted_resources {
             let by_name = index.entry(r.namespace.clone()).or_default();
             by_name

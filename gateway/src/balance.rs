@@ -16,8 +16,10 @@
 //! unhealthy the pick ignores health rather than failing: health information can be wrong
 //! (a partition between gateway and checks), and a try costs one connect.
 
+// foldhash, not std's SipHash: in-flight counts and health are looked up on every request,
+// by upstream addresses from the snapshot (issue 19).
+use foldhash::HashMap;
 use rustronaut_contract::snapshot::{LoadBalancing, SiteUpstream, Upstream, UpstreamKind};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -412,7 +414,7 @@ mod tests {
             LoadBalancing::RoundRobin,
         );
         let health = Health::default();
-        let mut counts: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut counts: HashMap<SocketAddr, usize> = HashMap::default();
         for _ in 0..400 {
             *counts
                 .entry(rr.pick(&health, &[], &InFlight::default(), None).unwrap())

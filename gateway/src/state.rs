@@ -14,6 +14,9 @@
 //! good one keeps serving; the request path only looks things up.
 
 use crate::balance::Balancer;
+// foldhash, not std's SipHash: balancers and tenants are looked up on every request, by what
+// the snapshot names, never by what a client sends (issue 19).
+use foldhash::HashMap;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -28,7 +31,6 @@ use rustronaut_contract::snapshot::{
     ClientCertificateMode, CompiledResource, IdentityProviderKind, JwksSource, ListenerProtocol,
     ResourceProtocol, Snapshot, SnapshotError, TlsVersion,
 };
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Why a snapshot could not be turned into a serving state.
@@ -309,7 +311,7 @@ pub fn check_upstream_addresses(
 /// application.
 fn pinned_balancers(snapshot: &Snapshot) -> HashMap<(usize, usize, u16), Balancer> {
     use rustronaut_contract::snapshot::UpstreamKind;
-    let mut out = HashMap::new();
+    let mut out = HashMap::default();
     for (ri, r) in snapshot.resources.iter().enumerate() {
         let rules: Vec<(usize, &[rustronaut_contract::snapshot::Upstream], _)> =
             if r.protocol == ResourceProtocol::Http {
@@ -365,14 +367,14 @@ impl Compiled {
             return Err(BuildError::ProxyProtocolUnsupported(l.name.clone()));
         }
         let policies = PolicySet::from_snapshot(&snapshot);
-        let mut tenants = HashMap::new();
+        let mut tenants = HashMap::default();
         for t in &snapshot.tenants {
             let mut auth = tenant_auth(t)?;
             auth.service_accounts = policies.names_service_accounts(&t.name);
             tenants.insert(t.name.clone(), auth);
         }
-        let mut certs = HashMap::new();
-        let mut client_verifiers = HashMap::new();
+        let mut certs = HashMap::default();
+        let mut client_verifiers = HashMap::default();
         for l in &snapshot.listeners {
             if !matches!(l.protocol, ListenerProtocol::Https | ListenerProtocol::Tcp) {
                 continue;
@@ -408,7 +410,7 @@ impl Compiled {
                 },
             );
         }
-        let mut tcp_tls = HashMap::new();
+        let mut tcp_tls = HashMap::default();
         for l in &snapshot.listeners {
             if l.protocol != ListenerProtocol::Tcp {
                 continue;
@@ -426,7 +428,7 @@ impl Compiled {
             })?;
             tcp_tls.insert(l.name.clone(), config);
         }
-        let mut balancers = HashMap::new();
+        let mut balancers = HashMap::default();
         for (ri, r) in snapshot.resources.iter().enumerate() {
             if r.protocol != ResourceProtocol::Http {
                 // Site upstreams go through the tunnel hub (`--tunnel-stream`).
@@ -443,7 +445,7 @@ impl Compiled {
         let pinned = if snapshot.sidecar {
             pinned_balancers(&snapshot)
         } else {
-            HashMap::new()
+            HashMap::default()
         };
         // Validation refused unparseable entries; were one to slip through, it trusts no one.
         let trusted_peers = TrustedPeers::parse(&snapshot.client_ip_detection.trusted_peer_cidrs)

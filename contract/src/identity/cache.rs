@@ -13,7 +13,7 @@
 //!   map lookup, so contention between gateway worker threads stays low.
 
 use super::jwt::VerifiedToken;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A cache key: SHA-256 of the verifier fingerprint and the token.
@@ -32,7 +32,10 @@ const SHARDS: usize = 16;
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<CacheKey, (Arc<VerifiedToken>, u64)>,
+    /// foldhash, not std's SipHash: looked up on every request, keyed by a digest only a
+    /// verified token gets into (see the module docs: failures are not cached), so there
+    /// is no key an attacker chooses to flood it with (issue 19).
+    map: foldhash::HashMap<CacheKey, (Arc<VerifiedToken>, u64)>,
     by_expiry: BTreeSet<(u64, CacheKey)>,
 }
 
