@@ -199,8 +199,8 @@ impl RequestLine<'_> {
 /// Writes one HTTP request's decision line, when `RUST_LOG` enables the decision target at
 /// `info` (as it would the `tracing::info!` event this replaces, see the module docs): to the
 /// log thread of [`init`], or straight to stdout in a process that installed its own
-/// subscriber instead.
-pub fn request(line: &RequestLine<'_>) {
+/// subscriber instead. `now` is the line's timestamp: the caller has the time already.
+pub fn request(line: &RequestLine<'_>, now: SystemTime) {
     if !tracing::enabled!(target: DECISION_TARGET, tracing::Level::INFO) {
         return;
     }
@@ -209,7 +209,7 @@ pub fn request(line: &RequestLine<'_>) {
     }
     LINE.with_borrow_mut(|buf| {
         buf.clear();
-        if line.write(buf, SystemTime::now()).is_err() {
+        if line.write(buf, now).is_err() {
             return;
         }
         match SINK.get() {
@@ -759,5 +759,19 @@ mod tests {
         let back: String = serde_json::from_str(&s).unwrap();
         assert_eq!(back, all);
         assert!(!s.bytes().any(|b| b < 0x20), "{s}");
+        // One byte to escape at every place of a value, and none: written as JSON that
+        // reads back the same.
+        for len in [1, 15, 16, 17, 40] {
+            for at in 0..=len {
+                for special in ["", "\"", "\\", "\n", "\u{1f}"] {
+                    let value = "a".repeat(at) + special + &"b".repeat(len - at);
+                    let mut s = String::new();
+                    write_str(&mut s, &value).unwrap();
+                    let back: String = serde_json::from_str(&s).unwrap();
+                    assert_eq!(back, value);
+                    assert_eq!(s.len() == value.len() + 2, special.is_empty(), "{s}");
+                }
+            }
+        }
     }
 }
