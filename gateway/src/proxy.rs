@@ -159,8 +159,8 @@ pub struct Ctx {
     started: Instant,
     /// The wall-clock time at `started`. The request's clock, read once: token expiry and
     /// schedules see it, and the log line's timestamp is it plus the request's elapsed time,
-    /// which the latency metric measures anyway (issue 19: five clock reads per request
-    /// were three).
+    /// which the latency metric measures anyway (issue 19: three clock reads per request
+    /// where there were five).
     wall: SystemTime,
     state: Option<Arc<Compiled>>,
     forward: Option<Box<Forward>>,
