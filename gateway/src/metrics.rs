@@ -127,9 +127,13 @@ pub struct Metrics {
     pub l4_udp_flows_dropped: Counter,
     /// Datagrams of new UDP flows dropped at the per-client cap.
     pub l4_udp_client_flows_dropped: Counter,
-    /// Handles of `requests` and `decisions` counters, for [`Metrics::count_request`].
+    /// Handles of `requests` and `decisions` counters, for [`Metrics::count_request`] and
+    /// [`Metrics::count_decision`].
     handles: Handles,
 }
+
+/// The `requests_total` counters of one resource, by status.
+type StatusCounters = Vec<(u16, Counter)>;
 
 /// Counters of `requests_total` and `decisions_total` by label values, in front of their
 /// families. A `Family` finds a counter by hashing its whole label set with std's SipHash
@@ -138,13 +142,11 @@ pub struct Metrics {
 /// is a clone of the family's counter (the same atomic), found by foldhash without a copy
 /// of the name; the family is asked once per label set. Like the family, this only grows:
 /// by the Resources and statuses the gateway has served.
-/// The `requests_total` counters of one resource, by status.
-type StatusCounters = Vec<(u16, Counter)>;
-
 #[derive(Debug, Default)]
 struct Handles {
     /// By resource, then status (a few per resource: searched in order).
     requests: RwLock<foldhash::HashMap<Box<str>, StatusCounters>>,
+    /// By (effect, reason).
     decisions: RwLock<foldhash::HashMap<(&'static str, &'static str), Counter>>,
 }
 
