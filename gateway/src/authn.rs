@@ -145,6 +145,23 @@ pub enum Authorization<'a> {
 /// profile, 3.4 % of the process's samples; a table lookup per byte was still 0.7 %, hence
 /// [`all_token68`]).
 pub fn authorization(value: &str) -> Option<Authorization<'_>> {
+    match scan_authorization(value)? {
+        Authorization::Bearer(t) => bearer_token68(t).then_some(Authorization::Bearer(t)),
+        other => Some(other),
+    }
+}
+
+/// [`authorization`] but for one check: a Bearer token comes back without being checked
+/// against token68 ([`bearer_token68`]); every other byte of the value is checked.
+///
+/// Why [`authenticate`] takes this one: checking the token is a pass over about a kilobyte
+/// on every request (~2,300 instructions, issue 19, `gateway/bench/instructions.sh`), and
+/// a token that verifies, from the cache or afresh, has passed a stricter check already (a
+/// JWT is three base64url segments joined by dots, each decoded by an alphabet without
+/// padding, all token68 bytes). So [`authenticate`] checks a token only where it did not
+/// verify, before that failure has any effect, which refuses exactly the values
+/// [`authorization`] refuses, with the same error.
+fn scan_authorization(value: &str) -> Option<Authorization<'_>> {
     let value = value.trim_matches(' ');
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     if scheme.is_empty() || !scheme.bytes().all(|b| TCHAR[usize::from(b)]) {
@@ -152,11 +169,7 @@ pub fn authorization(value: &str) -> Option<Authorization<'_>> {
     }
     let rest = rest.trim_start_matches(' ');
     if scheme.eq_ignore_ascii_case("bearer") {
-        // Every byte of the token is checked against token68, so a control character
-        // anywhere in the value refuses it here too.
-        let body = rest.trim_end_matches('=');
-        let token68 = !body.is_empty() && all_token68(body.as_bytes());
-        return token68.then_some(Authorization::Bearer(rest));
+        return Some(Authorization::Bearer(rest));
     }
     // The scheme is tchar only (ASCII), so its first six bytes are a char boundary.
     if scheme.len() > 6 && scheme[..6].eq_ignore_ascii_case("bearer") {
@@ -167,6 +180,14 @@ pub fn authorization(value: &str) -> Option<Authorization<'_>> {
         return None;
     }
     Some(Authorization::Other)
+}
+
+/// Whether the part of a Bearer value after its scheme and spaces is one token68: not
+/// empty, token68 bytes, then only `=`. Every byte is checked, so a control character
+/// anywhere refuses it.
+fn bearer_token68(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty() && all_token68(body.as_bytes())
 }
 
 /// `tchar` (RFC 9110 §5.6.2): the bytes of an auth-scheme.
@@ -248,13 +269,31 @@ pub fn authenticate(
 
     // On every host, with or without JWT providers: a value nobody can read the same way
     // twice is refused, not passed on as the upstream's business.
-    // Each value read once: its bearer token kept for below.
+    // Each value read once: its bearer token kept for below, checked against token68 only
+    // where it does not verify (`scan_authorization`).
     let mut tokens: HeaderValues<'_> = HeaderValues::new();
     for v in (creds.header)("authorization") {
-        match authorization(v) {
+        match scan_authorization(v) {
             None => return Err(AuthnError::MalformedAuthorization),
             Some(Authorization::Bearer(t)) => tokens.push(t),
             Some(Authorization::Other) => {}
+        }
+    }
+    // Before any error of a header token that did not verify, and before that failure has
+    // any effect (a fetch of keys for an unknown `kid`): a token that is not a token68 was
+    // a malformed value. Tokens from cookies were never read as `Authorization` values.
+    let from_header = !tokens.is_empty();
+    let unreadable = |token: &str| {
+        if from_header && !bearer_token68(token) {
+            Err(AuthnError::MalformedAuthorization)
+        } else {
+            Ok(())
+        }
+    };
+    if !auth.takes_bearer_tokens() || tokens.len() > 1 {
+        // No token here will be verified: each is checked now.
+        for t in &tokens {
+            unreadable(t)?;
         }
     }
     if auth.takes_bearer_tokens() {
@@ -284,6 +323,7 @@ pub fn authenticate(
             match sa.verify_cached(cache, token, now) {
                 Ok(account) => identity.service_account = Some(account),
                 Err(e) => {
+                    unreadable(token)?;
                     if matches!(e, ServiceAccountError::Token(JwtError::UnknownKid(_))) {
                         remote.unknown_service_account_kid();
                     }
@@ -306,6 +346,9 @@ pub fn authenticate(
                         break;
                     }
                     Err(e) => {
+                        if first_err.is_none() {
+                            unreadable(token)?;
+                        }
                         if let (Some(idp), JwtError::UnknownKid(_)) = (remote_idp, &e) {
                             remote.unknown_kid(idp);
                         }
@@ -314,6 +357,8 @@ pub fn authenticate(
                 }
             }
             if identity.user.is_none() {
+                // No verifier at all (remote keys not fetched yet): checked here.
+                unreadable(token)?;
                 return Err(first_err.map_or(AuthnError::Unverifiable, AuthnError::Token));
             }
         }
@@ -489,6 +534,175 @@ mod tests {
             Some(Authorization::Other)
         );
         assert_eq!(authorization("Negotiate"), Some(Authorization::Other));
+    }
+
+    /// A remote provider whose keys were fetched, counting the refetches asked for.
+    struct Fetched {
+        verifier: Arc<JwtVerifier>,
+        refetches: std::sync::atomic::AtomicUsize,
+    }
+
+    impl RemoteVerifiers for Fetched {
+        fn verifier(&self, _: &str) -> Option<Arc<JwtVerifier>> {
+            Some(self.verifier.clone())
+        }
+        fn unknown_kid(&self, _: &str) {
+            self.refetches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Issue 19: a Bearer token is checked against token68 only where it does not verify.
+    /// Every value is refused or accepted as [`authorization`] (the eager check) says, with
+    /// the same error, whether the token is in the cache or not, whichever verifier reads
+    /// it, and a malformed value never asks for a key refetch (its failure has no effect).
+    #[test]
+    fn a_token_is_checked_where_it_does_not_verify_with_the_eager_checks_outcome() {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+        use rustronaut_contract::identity::jwt::{Jwks, JwtVerifierConfig};
+        let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+            &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER,
+        );
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = kp.public_key_raw();
+        let b64 =
+            |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1",
+            "alg": "ES256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]});
+        let config = JwtVerifierConfig {
+            idp: "idp".into(),
+            issuer: "https://issuer.test".into(),
+            audiences: vec!["rtn".into()],
+            groups_claim: "groups".into(),
+            email_claim: "email".into(),
+            clock_skew: 0,
+        };
+        let verifier =
+            || JwtVerifier::new(config.clone(), Jwks::from_value(&jwks).unwrap()).unwrap();
+        let key = EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
+        let sign = |kid: &str| {
+            let mut h = Header::new(Algorithm::ES256);
+            h.kid = Some(kid.into());
+            let claims = serde_json::json!({"iss": "https://issuer.test", "aud": "rtn",
+                "sub": "alice", "exp": 2_000_000_000u64});
+            encode(&h, &claims, &key).unwrap()
+        };
+        let good = sign("k1");
+        let unknown_kid = sign("k9");
+        let now = 1_900_000_000;
+
+        // Values around a good token and one with an unknown key id: each byte class that
+        // token68 refuses, at the start, in the middle and at the end (the signature), and
+        // the valid spellings.
+        let mut values = Vec::new();
+        for token in [&good, &unknown_kid] {
+            values.push(format!("Bearer {token}"));
+            values.push(format!("bearer   {token}=="));
+            for bad in ["\u{1}", "\t", " ", ",", "\"", "=", "\u{7f}", "\u{e9}", "!"] {
+                for at in [0, token.len() / 2, token.len()] {
+                    let mut t = token.clone();
+                    t.insert_str(at, bad);
+                    values.push(format!("Bearer {t}"));
+                }
+            }
+        }
+        let inline = TenantAuth {
+            jwt: vec![verifier()],
+            ..TenantAuth::default()
+        };
+        let remote = TenantAuth {
+            remote_jwt: vec!["idp".into()],
+            ..TenantAuth::default()
+        };
+        let fetched = Fetched {
+            verifier: Arc::new(verifier()),
+            refetches: 0.into(),
+        };
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let mut refused = 0;
+        for (auth, remote) in [
+            (&inline, &fetched as &dyn RemoteVerifiers),
+            (&remote, &fetched),
+        ] {
+            let cache = TokenCache::new(16).unwrap();
+            // Twice: the first time the good token verifies afresh, the second from the cache.
+            for _ in 0..2 {
+                for v in &values {
+                    let header = |n: &str| {
+                        if n == "authorization" {
+                            HeaderValues::from_slice(&[v.as_str()])
+                        } else {
+                            HeaderValues::new()
+                        }
+                    };
+                    let creds = Credentials {
+                        header: &header,
+                        client_chain: None,
+                    };
+                    let before = fetched.refetches.load(std::sync::atomic::Ordering::Relaxed);
+                    let got = authenticate(auth, &creds, ip, now, &cache, remote);
+                    let after = fetched.refetches.load(std::sync::atomic::Ordering::Relaxed);
+                    match authorization(v) {
+                        None => {
+                            assert!(
+                                matches!(got, Err(AuthnError::MalformedAuthorization)),
+                                "{v:?}: {got:?}"
+                            );
+                            assert_eq!(before, after, "{v:?} asked for a refetch");
+                            refused += 1;
+                        }
+                        Some(Authorization::Bearer(t)) if t == good => {
+                            assert!(got.is_ok_and(|id| id.user.is_some()), "{v:?}");
+                        }
+                        // Well-formed, but padded or naming a key the JWKS lacks.
+                        Some(_) => {
+                            assert!(matches!(got, Err(AuthnError::Token(_))), "{v:?}: {got:?}")
+                        }
+                    }
+                }
+            }
+            assert_eq!(cache.len(), 1, "only the good token was cached");
+        }
+        // Two tenants, two rounds, two tokens, and of the 27 insertions per token all but a
+        // space at either end and a `=` at the end (still one token68).
+        assert_eq!(refused, 2 * 2 * 2 * 24);
+        // Only the well-formed spellings of the token with an unknown key id asked for
+        // refetches: five (the two, and the three insertions above that stay one token68),
+        // two rounds, through the remote provider only.
+        assert_eq!(
+            fetched.refetches.load(std::sync::atomic::Ordering::Relaxed),
+            10
+        );
+
+        // Two values, one malformed: malformed first, as before; a tenant without bearer
+        // providers refuses a malformed one too.
+        let cache = TokenCache::new(16).unwrap();
+        let (ok, malformed) = (format!("Bearer {good}"), format!("Bearer {good}!"));
+        let none = TenantAuth::default();
+        for (auth, [a, b], want_malformed) in [
+            (&inline, [&ok, &malformed], true),
+            (&inline, [&ok, &ok], false),
+            (&none, [&malformed, &"Basic x".to_string()], true),
+            (&none, [&ok, &"Basic x".to_string()], false),
+        ] {
+            let header = |n: &str| {
+                if n == "authorization" {
+                    HeaderValues::from_slice(&[a.as_str(), b.as_str()])
+                } else {
+                    HeaderValues::new()
+                }
+            };
+            let creds = Credentials {
+                header: &header,
+                client_chain: None,
+            };
+            let got = authenticate(auth, &creds, ip, now, &cache, &NoRemote);
+            assert_eq!(
+                matches!(got, Err(AuthnError::MalformedAuthorization)),
+                want_malformed,
+                "{a:?}, {b:?}: {got:?}"
+            );
+        }
     }
 
     #[test]
