@@ -139,36 +139,44 @@ impl RequestLine<'_> {
     /// `tracing::info!(target: "rustronaut::decision", listener = ..., "request")` event
     /// (tested: `request_lines_are_the_events_lines`).
     fn write(&self, w: &mut String, now: SystemTime) -> fmt::Result {
-        /// `,"key":"value"`, the value escaped.
-        fn field(w: &mut String, key: &str, value: &str) -> fmt::Result {
-            w.push_str(",\"");
-            w.push_str(key);
-            w.push_str("\":");
-            write_str(w, value)
+        /// `,"key":"value"`, the value escaped; `open` is `,"key":"`, so the constant part
+        /// is one copy (issue 19: three calls per field instead of six, ~900 instructions per
+        /// line, callgrind).
+        fn field(w: &mut String, open: &str, value: &str) -> fmt::Result {
+            w.push_str(open);
+            push_escaped(w, value)?;
+            w.push('"');
+            Ok(())
+        }
+        /// `,"key":"`: the constant part of a field.
+        macro_rules! open {
+            ($key:literal) => {
+                concat!(",\"", $key, "\":\"")
+            };
         }
         w.push_str("{\"timestamp\":\"");
         write_timestamp(w, now)?;
         w.push_str("\",\"level\":\"INFO\",\"message\":\"request\"");
-        field(w, "listener", self.listener)?;
-        field(w, "resource", self.resource)?;
-        field(w, "section", self.section)?;
-        field(w, "identity", self.identity)?;
-        w.push_str(",\"client_ip\":\"");
+        field(w, open!("listener"), self.listener)?;
+        field(w, open!("resource"), self.resource)?;
+        field(w, open!("section"), self.section)?;
+        field(w, open!("identity"), self.identity)?;
+        w.push_str(open!("client_ip"));
         match self.client_ip {
             Some(IpAddr::V4(ip)) => push_ipv4(w, ip),
             Some(ip) => write!(w, "{ip}")?,
             None => {}
         }
         w.push('"');
-        field(w, "decision", self.decision)?;
-        field(w, "reason", self.reason)?;
+        field(w, open!("decision"), self.decision)?;
+        field(w, open!("reason"), self.reason)?;
         w.push_str(",\"policy\":");
         match self.policy {
             Some(p) => write_strs(w, &[&p.namespace, "/", &p.name])?,
             None => write_str(w, "-")?,
         }
-        field(w, "rule", self.rule)?;
-        field(w, "decision_id", self.decision_id)?;
+        field(w, open!("rule"), self.rule)?;
+        field(w, open!("decision_id"), self.decision_id)?;
         w.push_str(",\"status\":");
         push_u32(w, self.status.into());
         w.push_str(",\"upstream\":");
@@ -185,8 +193,8 @@ impl RequestLine<'_> {
             Some(Upstream::Addr(a)) => write!(w, "\"{a}\"")?,
             None => w.push_str("\"-\""),
         }
-        field(w, "detail", self.detail)?;
-        field(w, "dry_run", self.dry_run)?;
+        field(w, open!("detail"), self.detail)?;
+        field(w, open!("dry_run"), self.dry_run)?;
         w.push_str(",\"error\":\"");
         if let Some(e) = self.error {
             write!(Escaped(w), "{e}")?;
@@ -361,6 +369,17 @@ fn write_strs(w: &mut dyn fmt::Write, parts: &[&str]) -> fmt::Result {
         }
     }
     w.write_char('"')
+}
+
+/// Appends `s` escaped for the inside of a JSON string: copied as it is when nothing needs
+/// escaping (the usual case), written through [`Escaped`] otherwise.
+fn push_escaped(w: &mut String, s: &str) -> fmt::Result {
+    if s.bytes().any(needs_escape) {
+        Escaped(w).write_str(s)
+    } else {
+        w.push_str(s);
+        Ok(())
+    }
 }
 
 /// Writes `s` as a JSON string, quotes included.
