@@ -21,6 +21,8 @@
 # Usage: gateway/bench/instructions.sh    REQUESTS=10000 WARMUP=2000 TOP=40
 #        GW_BEFORE=path/to/rustronaut-gateway also counts another build of the gateway and
 #        shows the difference against it (a change's gain, exactly)
+#        KEEP_DUMPS=dir keeps the callgrind dumps there (NAME.dump), to read callers and
+#        callees with callgrind_annotate --tree=caller
 # Needs valgrind, nginx and h2load (installed with apt-get when missing). Takes about two
 # minutes per target.
 set -euo pipefail
@@ -124,6 +126,10 @@ for d, x, y, f in sorted(rows, key=lambda r: -abs(r[0]))[:top]:
 PY
 }
 
+if [ -n "${KEEP_DUMPS:-}" ]; then
+	mkdir -p "$KEEP_DUMPS"
+	cp "$work"/*.dump "$KEEP_DUMPS"/
+fi
 compare gateway "$work/gateway.dump" bare "$work/bare.dump"
 if [ -n "${GW_BEFORE:-}" ]; then
 	compare gateway "$work/gateway.dump" gateway-before "$work/gateway-before.dump"
