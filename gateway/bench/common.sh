@@ -12,7 +12,8 @@
 #                                 /small on 127.0.0.1:PORT
 #   bench_http_snapshot PORT UP   writes $work/snapshot.json: the standalone example's JWT
 #                                 Allow policy on one plain HTTP listener at PORT for
-#                                 bench.localhost, upstream 127.0.0.1:UP
+#                                 bench.localhost, upstream 127.0.0.1:UP (RESOURCES=N:
+#                                 N-1 other Resources first, on hostnames of their own)
 # shellcheck shell=bash
 
 bench_setup() {
@@ -56,7 +57,7 @@ CONF
 
 bench_http_snapshot() {
 	python3 - "$repo/gateway/examples/standalone/snapshot.json" "$1" "$2" >"$work/snapshot.json" <<'PY'
-import json, sys
+import json, os, sys
 s = json.load(open(sys.argv[1]))
 s["listeners"] = [{"name": "http", "port": int(sys.argv[2]), "protocol": "HTTP"}]
 s["tenants"][0]["domains"] = ["bench.localhost"]
@@ -64,6 +65,16 @@ r = s["resources"][0]
 r["listeners"] = ["http"]
 r["hostnames"] = ["bench.localhost"]
 r["rules"][0]["upstreams"][0]["kind"]["service"]["addresses"] = [f"127.0.0.1:{sys.argv[3]}"]
+# RESOURCES=N: N-1 more Resources of the same tenant on hostnames of their own, listed first,
+# for per-request costs that grow with the snapshot.
+others = []
+for i in range(int(os.environ.get("RESOURCES", "1")) - 1):
+    o = json.loads(json.dumps(r))
+    o["name"] = f"other-{i}"
+    o["hostnames"] = [f"r{i}.localhost"]
+    s["tenants"][0]["domains"].append(f"r{i}.localhost")
+    others.append(o)
+s["resources"] = others + s["resources"]
 json.dump(s, sys.stdout)
 PY
 }

@@ -23,6 +23,8 @@
 #        shows the difference against it (a change's gain, exactly)
 #        KEEP_DUMPS=dir keeps the callgrind dumps there (NAME.dump), to read callers and
 #        callees with callgrind_annotate --tree=caller
+#        RESOURCES=N serves N Resources (N-1 on other hostnames, listed first): per-request
+#        costs that grow with the snapshot
 # Needs valgrind, nginx and h2load (installed with apt-get when missing). Takes about two
 # minutes per target.
 set -euo pipefail
