@@ -710,6 +710,19 @@ fn active_health_checks_take_failing_upstreams_out_of_rotation() {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.json()["upstream"], "good");
     }
+    // An address gone from the snapshot leaves the schedule and its series with it (the
+    // health checker trims on the first tick that sees a new snapshot); the other stays.
+    s.upstreams.retain(|u| *u != bad.addr.to_string());
+    gw.write_snapshot_bytes(&serde_json::to_vec(&snapshot(&s)).unwrap());
+    gw.wait_metrics("the removed upstream's series gone", |m| {
+        !m.contains(&format!(
+            "rustronaut_gateway_upstream_up{{address=\"{}\"}}",
+            bad.addr
+        )) && m.contains(&format!(
+            "rustronaut_gateway_upstream_up{{address=\"{}\"}} 1",
+            good.addr
+        ))
+    });
 }
 
 #[test]
