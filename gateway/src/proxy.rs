@@ -72,9 +72,9 @@ mod names {
 fn ip_value(ip: IpAddr) -> HeaderValue {
     use std::io::Write as _;
     if let IpAddr::V4(v4) = ip {
-        let mut buf = [0; 15];
-        let text = crate::logs::ipv4_text(v4, &mut buf);
-        return HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(""));
+        let mut text = String::new();
+        crate::logs::push_ipv4(&mut text, v4);
+        return HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static(""));
     }
     // The longest text of an address: an IPv6 address with an embedded IPv4 one.
     let mut buf = [0u8; 45];
