@@ -95,14 +95,25 @@ pub fn check(version: Version, headers: &HeaderMap, limits: &Limits) -> Result<(
     if headers.len() > limits.max_headers {
         return Err(Refusal::TooLarge("too many header fields"));
     }
-    let bytes: usize = headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len())
-        .sum();
+    // One pass over the fields for the size and the three framing headers, rather than a
+    // hashed lookup per header (issue 19).
+    let (mut bytes, mut hosts) = (0usize, 0usize);
+    let mut te: smallvec::SmallVec<[&http::HeaderValue; 1]> = smallvec::SmallVec::new();
+    let mut cl: smallvec::SmallVec<[&http::HeaderValue; 1]> = smallvec::SmallVec::new();
+    for (k, v) in headers {
+        bytes += k.as_str().len() + v.len();
+        if *k == http::header::HOST {
+            hosts += 1;
+        } else if *k == http::header::CONTENT_LENGTH {
+            cl.push(v);
+        } else if *k == http::header::TRANSFER_ENCODING {
+            te.push(v);
+        }
+    }
     if bytes > limits.max_header_bytes {
         return Err(Refusal::TooLarge("header fields exceed the size limit"));
     }
-    if headers.get_all(http::header::HOST).iter().count() > 1 {
+    if hosts > 1 {
         return Err(Refusal::Malformed("more than one Host header"));
     }
     let h1 = matches!(
@@ -112,8 +123,7 @@ pub fn check(version: Version, headers: &HeaderMap, limits: &Limits) -> Result<(
     if !h1 {
         // HTTP/2 frames the body itself; a declared length is still held to the limit
         // (the body is counted as it streams either way).
-        let declared = headers
-            .get_all(http::header::CONTENT_LENGTH)
+        let declared = cl
             .iter()
             .filter_map(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
             .max();
@@ -122,14 +132,6 @@ pub fn check(version: Version, headers: &HeaderMap, limits: &Limits) -> Result<(
         }
         return Ok(());
     }
-    let te: Vec<_> = headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .collect();
-    let cl: Vec<_> = headers
-        .get_all(http::header::CONTENT_LENGTH)
-        .iter()
-        .collect();
     if !te.is_empty() {
         if !cl.is_empty() {
             return Err(Refusal::Malformed(

@@ -136,9 +136,9 @@ pub enum Action {
 #[derive(Debug, Default, Clone)]
 pub struct Record {
     /// `namespace/name` of the Resource, when one was routed.
-    pub resource: Option<String>,
+    pub resource: Option<Arc<str>>,
     /// Resource rule (section).
-    pub section: Option<String>,
+    pub section: Option<Arc<str>>,
     /// Caller summary (`anonymous`, `user:okta/alice`, ...).
     pub identity: IdentitySummary,
     /// Client address after trusted-proxy resolution.
@@ -596,7 +596,8 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
             Some(format!("no resource for host {host}")),
         );
     };
-    record.resource = Some([&*resource.namespace, "/", &*resource.name].concat());
+    let labels = c.labels(ri);
+    record.resource = Some(labels.qualified.clone());
 
     if let Some(why) = ambiguous_method(facts.method) {
         return refuse(record, 400, "InvalidMethod", Some(why.into()));
@@ -651,15 +652,26 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
         .iter()
         .position(|r| std::ptr::eq(r, rule))
         .unwrap_or_default();
-    record.section = Some(rule.name.clone());
+    record.section = Some(
+        labels
+            .rules
+            .get(ui)
+            .cloned()
+            .unwrap_or_else(|| rule.name.as_str().into()),
+    );
 
     // X-Forwarded-For counts only from a trusted peer (the address after a PROXY header, when
     // one was accepted: the hop that appended the last entry); from anyone else the header is
     // ignored and the peer is the client.
-    let xff = (facts.header)("x-forwarded-for");
     let hops = c
         .trusted_peers
         .hops_from(facts.peer, c.snapshot.client_ip_detection.trusted_hops);
+    // Not even looked up when no hop is trusted (the usual case): the answer is the peer.
+    let xff = if hops > 0 {
+        (facts.header)("x-forwarded-for")
+    } else {
+        Default::default()
+    };
     let client_ip = match client_ip_from_forwarded_for(facts.peer, &xff, hops) {
         Ok(ip) => ip,
         Err(e) => return refuse(record, 400, "InvalidForwardedFor", Some(e.to_string())),

@@ -501,8 +501,8 @@ impl GatewayProxy {
                 .hops_from(p, state.snapshot.client_ip_detection.trusted_hops)
                 > 0
         });
-        let prior = h.get_all(X_FORWARDED_FOR);
-        let xff = if trusted && prior.iter().next().is_some() {
+        let prior = trusted.then(|| h.get_all(X_FORWARDED_FOR));
+        let xff = if let Some(prior) = prior.filter(|p| p.iter().next().is_some()) {
             // Behind trusted proxies, the chain so far, then this peer.
             let mut xff = String::new();
             for v in prior.iter().filter_map(|v| v.to_str().ok()) {
@@ -599,7 +599,7 @@ impl GatewayProxy {
         let cookies: Vec<&str> = cookies.iter().map(String::as_str).collect();
         let now = unix_now();
         let mut record = Record {
-            resource: Some(format!("{}/{}", resource.namespace, resource.name)),
+            resource: Some(format!("{}/{}", resource.namespace, resource.name).into()),
             identity: IdentitySummary::Static("anonymous"),
             client_ip: ctx.peer_ip,
             effect: "-",

@@ -260,6 +260,33 @@ pub struct Compiled {
     /// The Resources by hostname, read by [`Compiled::resource_for_host`] on every request
     /// and [`Compiled::resource_for_sni`] on every passthrough connection.
     hosts: HostIndex,
+    /// What each request's decision line names, by Resource index: read through
+    /// [`Compiled::labels`].
+    labels: Vec<Labels>,
+}
+
+/// The names a request's record carries for its Resource ([`crate::pipeline::Record`]),
+/// built once per snapshot: a request takes a reference-counted copy instead of joining
+/// `namespace/name` and copying its rule's name (two allocations per request, issue 19).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels {
+    /// `namespace/name`.
+    pub qualified: Arc<str>,
+    /// The names of its HTTP rules, in order.
+    pub rules: Vec<Arc<str>>,
+}
+
+impl Labels {
+    fn new(r: &CompiledResource) -> Self {
+        Self {
+            qualified: format!("{}/{}", r.namespace, r.name).into(),
+            rules: r
+                .rules
+                .iter()
+                .map(|rule| Arc::from(rule.name.as_str()))
+                .collect(),
+        }
+    }
 }
 
 /// The Resources' hostnames, lower-cased, each with the indices of the Resources that list
@@ -516,8 +543,10 @@ impl Compiled {
         let trusted_peers = TrustedPeers::parse(&snapshot.client_ip_detection.trusted_peer_cidrs)
             .unwrap_or_default();
         let hosts = HostIndex::new(snapshot.resources.iter().map(|r| &r.hostnames[..]));
+        let labels = snapshot.resources.iter().map(Labels::new).collect();
         Ok(Self {
             trusted_peers,
+            labels,
             version: snapshot.content_hash(),
             policies,
             snapshot,
@@ -529,6 +558,14 @@ impl Compiled {
             tcp_tls,
             hosts,
         })
+    }
+
+    /// The [`Labels`] of the Resource at `index` of the snapshot.
+    ///
+    /// # Panics
+    /// `index` is not one of the snapshot's Resources.
+    pub fn labels(&self, index: usize) -> &Labels {
+        &self.labels[index]
     }
 
     /// The balancer of `rule` ([`L4_RULE`] for an L4 Resource) of `resource` for a

@@ -233,7 +233,7 @@ pub fn decide(c: &Compiled, facts: &L4Facts<'_>, env: &Env<'_>) -> L4Verdict {
             .map_or_else(|| format!("port {}", facts.port), |s| format!("SNI {s}"));
         return refused(record, "NoRoute", Some(format!("no resource for {detail}")));
     };
-    record.resource = Some(format!("{}/{}", resource.namespace, resource.name));
+    record.resource = Some(c.labels(ri).qualified.clone());
 
     let now_secs = env
         .now
@@ -319,7 +319,7 @@ pub(crate) fn record(
     m.l4_connections
         .get_or_create(&L4Labels {
             protocol: kind.label(),
-            resource: record.resource.clone().unwrap_or_else(|| "-".into()),
+            resource: record.resource.as_deref().unwrap_or("-").to_string(),
             result: match record.effect {
                 "Allow" if upstream.is_some() => "allowed",
                 "Allow" => "unreachable",
