@@ -163,8 +163,21 @@ pub fn authorization(value: &str) -> Option<Authorization<'_>> {
 /// [`authorization`] refuses, with the same error.
 fn scan_authorization(value: &str) -> Option<Authorization<'_>> {
     let value = value.trim_matches(' ');
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    if scheme.is_empty() || !scheme.bytes().all(|b| TCHAR[usize::from(b)]) {
+    // The scheme is the tchar bytes up to the first space (or the end): found and checked
+    // in one short pass, not a `char` search of the whole value and a pass over its part.
+    let n = value
+        .bytes()
+        .position(|b| !TCHAR[usize::from(b)])
+        .unwrap_or(value.len());
+    let rest = match value.as_bytes().get(n) {
+        None => "",
+        // A space (ASCII) ends the scheme: `n` and `n + 1` are char boundaries.
+        Some(b' ') => &value[n + 1..],
+        // Anything else before the first space: the scheme is not tchar.
+        Some(_) => return None,
+    };
+    let scheme = &value[..n];
+    if scheme.is_empty() {
         return None;
     }
     let rest = rest.trim_start_matches(' ');
