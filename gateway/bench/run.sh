@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # HTTP/1.1 throughput of the gateway (enforcing a JWT Allow policy) against nginx and HAProxy
 # as plain reverse proxies, bare Pingora (the smallest ProxyHttp on the same Pingora,
-# gateway/bench/bare-pingora), and no proxy at all, in the same run, alternating.
+# gateway/bench/bare-pingora), and no proxy at all, in the same run, alternating (each round
+# in another order, see `rotated`).
 #
 #   h2load --h1 ─▶ { direct | nginx | HAProxy | bare Pingora | rustronaut-gateway } ─▶ nginx upstream
 #
@@ -351,9 +352,22 @@ if [ -n "${PERF_OUT:-}" ]; then
 	wait "$perfpid" || true
 fi
 declare -A small big lat h2
+# The targets in round R's order: the list turned by R-1 places, backwards in even rounds,
+# so a target's place and the target it follows change from round to round (a target's CPU
+# at a fixed rate moved with its place in a fixed order, issue 19).
+rotated() {
+	local n=${#targets[@]} i
+	for ((i = 0; i < n; i++)); do
+		if (($1 % 2)); then
+			printf '%s ' "${targets[(i + $1 - 1) % n]}"
+		else
+			printf '%s ' "${targets[(n - 1 - i + $1 - 1) % n]}"
+		fi
+	done
+}
 if [ "$H2_ONLY" != 1 ]; then
 	for r in $(seq 1 "$ROUNDS"); do
-		for t in "${targets[@]}"; do
+		for t in $(rotated "$r"); do
 			small[$t]+="$(run "$t" /small "$N") "
 			[ "$LATENCY_ONLY" = 1 ] || big[$t]+="$(run "$t" /big "$NBIG") "
 		done
@@ -365,7 +379,7 @@ if [ "$H2_ONLY" != 1 ]; then
 	per_client=$(((rate + LAT_C / 2) / LAT_C))
 	[ "$per_client" -ge 1 ] || per_client=1
 	for r in $(seq 1 "$ROUNDS"); do
-		for t in "${targets[@]}"; do
+		for t in $(rotated "$r"); do
 			lat[$t]+="$(run_lat "$t" "$per_client") "
 		done
 		echo "latency round $r done" >&2
@@ -373,7 +387,7 @@ if [ "$H2_ONLY" != 1 ]; then
 fi
 if [ "$LATENCY_ONLY" != 1 ]; then
 	for r in $(seq 1 "$ROUNDS"); do
-		for t in "${targets[@]}"; do
+		for t in $(rotated "$r"); do
 			h2[$t]+="$(run_h2 "$t" "$N") "
 		done
 		echo "h2 round $r done" >&2
