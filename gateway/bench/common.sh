@@ -80,7 +80,10 @@ PY
 }
 
 bench_cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	# SIGINT: Pingora's fast shutdown (and nginx's, HAProxy's immediate stop). SIGTERM is
+	# Pingora's graceful one, which keeps bare Pingora running through its five-minute grace
+	# period after the script has its results.
+	for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	rm -rf "$work"
 }
