@@ -751,14 +751,8 @@ mod tests {
             (1_796_306_858_123_456, "2026-12-03T14:07:38.123456Z"),
             (253_402_300_799_999_999, "9999-12-31T23:59:59.999999Z"),
             (253_402_300_800_000_000, "10000-01-01T00:00:00.000000Z"),
-        ] {
-            let mut s = String::new();
-            write_timestamp(&mut s, UNIX_EPOCH + Duration::from_micros(micros)).unwrap();
-            assert_eq!(s, want);
-        }
-        // The thread keeps the text of the last second: the same second again (other
-        // microseconds), and a second earlier than the last, are each their own.
-        for (micros, want) in [
+            // The thread keeps the text of the last second: the same second again (other
+            // microseconds), and a second earlier than the last, are each their own.
             (1_796_306_858_000_001, "2026-12-03T14:07:38.000001Z"),
             (1_796_306_858_999_999, "2026-12-03T14:07:38.999999Z"),
             (1_796_306_857_999_999, "2026-12-03T14:07:37.999999Z"),
