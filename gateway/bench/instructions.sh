@@ -67,7 +67,7 @@ count() {
 		exit 1
 	}
 	callgrind_control -d "$pid" >/dev/null 2>&1
-	kill "$pid"
+	kill -INT "$pid" # SIGTERM is Pingora's graceful shutdown: minutes
 	wait "$pid" 2>/dev/null || true
 	# The dump named by callgrind_control -d (its part number), the last one written.
 	mv "$(ls -t "$work/$name.out".* | head -1)" "$work/$name.dump"
