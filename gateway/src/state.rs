@@ -170,6 +170,18 @@ pub struct TenantAuth {
     pub service_accounts: bool,
 }
 
+/// The credential checkers of a tenant the snapshot does not know: none. A static, so a
+/// request for such a tenant borrows it rather than building and dropping one.
+pub static NO_AUTH: TenantAuth = TenantAuth {
+    jwt: Vec::new(),
+    remote_jwt: Vec::new(),
+    jwt_cookies: Vec::new(),
+    api_keys: Vec::new(),
+    certs: Vec::new(),
+    session: None,
+    service_accounts: false,
+};
+
 impl TenantAuth {
     /// Whether the tenant has any bearer-token provider (or names ServiceAccounts in a
     /// Policy), i.e. whether an `Authorization: Bearer` header is a credential for the

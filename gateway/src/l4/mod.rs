@@ -239,8 +239,10 @@ pub fn decide(c: &Compiled, facts: &L4Facts<'_>, env: &Env<'_>) -> L4Verdict {
         .now
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let empty = crate::state::TenantAuth::default();
-    let auth = c.tenants.get(&resource.tenant).unwrap_or(&empty);
+    let auth = c
+        .tenants
+        .get(&resource.tenant)
+        .unwrap_or(&crate::state::NO_AUTH);
     // No headers on L4: only a client certificate can be a credential.
     let no_headers = |_: &str| crate::authn::HeaderValues::new();
     let creds = Credentials {
