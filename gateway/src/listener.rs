@@ -116,7 +116,7 @@ impl Tls {
         let mut l4 = l4_stream(tcp, peer);
         let handshake = async {
             self.pre_tls.process(&mut l4).await?;
-            self.acceptor.tls_handshake(Connection::new(l4)).await
+            self.acceptor.tls_handshake(Connection::new(l4, peer)).await
         };
         match tokio::time::timeout(self.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),
@@ -187,7 +187,7 @@ where
                         tokio::spawn(async move {
                             match tls {
                                 None => {
-                                    let stream = Box::new(Connection::new(l4_stream(tcp, peer)));
+                                    let stream = Box::new(Connection::new(l4_stream(tcp, peer), peer));
                                     app.serve_http1(stream, &shutdown).await;
                                 }
                                 Some(tls) => {
@@ -247,15 +247,23 @@ pub struct Connection {
     buf: Vec<u8>,
     /// Bytes of `buf` already written.
     written: usize,
+    /// The peer and its text, made once for the connection's requests.
+    peer: crate::proxy::PeerValue,
 }
 
 impl Connection {
-    fn new(inner: L4Stream) -> Self {
+    fn new(inner: L4Stream, peer: SocketAddr) -> Self {
         Self {
             inner,
             buf: Vec::new(),
             written: 0,
+            peer: crate::proxy::PeerValue::new(peer.ip()),
         }
+    }
+
+    /// The connection's peer, with its text ([`crate::proxy::PeerValue`]).
+    pub fn peer(&self) -> &crate::proxy::PeerValue {
+        &self.peer
     }
 
     /// Writes out what is buffered; the buffer keeps its capacity.
@@ -415,7 +423,7 @@ mod tests {
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
         let (tcp, peer) = accepted.unwrap();
-        (Connection::new(l4_stream(tcp, peer)), client.unwrap())
+        (Connection::new(l4_stream(tcp, peer), peer), client.unwrap())
     }
 
     #[tokio::test]
@@ -424,6 +432,18 @@ mod tests {
         let digest = conn.get_socket_digest().unwrap();
         let peer = digest.peer_addr().unwrap().as_inet().copied();
         assert_eq!(peer, Some(client.local_addr().unwrap()));
+    }
+
+    /// What the proxy does with a session's stream (`request_filter`): the boxed stream is
+    /// found to be a [`Connection`], whose peer text is the client's address.
+    #[tokio::test]
+    async fn the_session_stream_gives_the_peers_text() {
+        let (conn, client) = pair().await;
+        let stream: Stream = Box::new(conn);
+        let conn = (*stream).as_any().downcast_ref::<Connection>().unwrap();
+        let client = client.local_addr().unwrap().ip();
+        assert_eq!(conn.peer().ip, client);
+        assert_eq!(conn.peer().value, client.to_string());
     }
 
     #[tokio::test]

@@ -104,6 +104,9 @@ pub struct RequestLine<'a> {
     pub identity: &'a str,
     /// Client address; empty when unknown.
     pub client_ip: Option<IpAddr>,
+    /// `client_ip` as text, when the caller has it already (the connection's own, see
+    /// [`crate::proxy::PeerValue`]): written instead of formatting the address again.
+    pub client_ip_text: Option<&'a str>,
     /// `Allow`, `Deny` or `-`.
     pub decision: &'a str,
     /// Why.
@@ -162,10 +165,11 @@ impl RequestLine<'_> {
         field(w, open!("section"), self.section)?;
         field(w, open!("identity"), self.identity)?;
         w.push_str(open!("client_ip"));
-        match self.client_ip {
-            Some(IpAddr::V4(ip)) => push_ipv4(w, ip),
-            Some(ip) => write!(w, "{ip}")?,
-            None => {}
+        match (self.client_ip_text, self.client_ip) {
+            (Some(text), Some(_)) => w.push_str(text),
+            (_, Some(IpAddr::V4(ip))) => push_ipv4(w, ip),
+            (_, Some(ip)) => write!(w, "{ip}")?,
+            (_, None) => {}
         }
         w.push('"');
         field(w, open!("decision"), self.decision)?;
@@ -778,6 +782,7 @@ mod tests {
             section: "all",
             identity: "user:okta/alice \"quoted\"\\ \u{1f}é",
             client_ip: Some("2001:db8::1".parse().unwrap()),
+            client_ip_text: None,
             decision: "Allow",
             reason: "AllowedBy",
             policy: Some(&policy),
@@ -795,6 +800,7 @@ mod tests {
             section: "-",
             identity: "anonymous",
             client_ip: None,
+            client_ip_text: None,
             decision: "-",
             reason: "NoRoute",
             policy: None,
@@ -828,8 +834,27 @@ mod tests {
             upstream: Some(Upstream::Site("site:office/db \"1\":5432")),
             ..bare
         };
+        // The connection's text of the address, where the caller has it.
+        let v4_text = RequestLine {
+            client_ip_text: Some("10.0.0.255"),
+            ..v4
+        };
+        let v6_text = RequestLine {
+            client_ip_text: Some("2001:db8::1"),
+            ..full
+        };
         let t = UNIX_EPOCH + Duration::from_micros(1_796_306_858_123_456);
-        for l in [full, bare, v4, zeros, v4_upstream, v6_upstream, site] {
+        for l in [
+            full,
+            bare,
+            v4,
+            zeros,
+            v4_upstream,
+            v6_upstream,
+            site,
+            v4_text,
+            v6_text,
+        ] {
             let mut ours = String::new();
             l.write(&mut ours, t).unwrap();
             assert!(ours.starts_with("{\"timestamp\":\"2026-12-03T14:07:38.123456Z\""));
