@@ -113,7 +113,7 @@ pub fn request_head(data: &[u8]) {
         assert!(!host.is_empty());
         assert_eq!(host, host.to_ascii_lowercase());
         if let Some(public) = crate::oidc::public_host(raw) {
-            assert!(public.starts_with(&host), "{public} for {host}");
+            assert!(public.starts_with(&*host), "{public} for {host}");
         }
     }
 }

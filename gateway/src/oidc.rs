@@ -685,7 +685,7 @@ impl Oidc {
 /// The host a browser used, as it goes into a redirect URI: lower-case, without a trailing
 /// dot, with the port when one was sent; `None` when it is not a plausible host.
 pub fn public_host(raw: &str) -> Option<String> {
-    let name = crate::pipeline::host_only(raw)?;
+    let name = crate::pipeline::host_only(raw)?.into_owned();
     let port = if raw.starts_with('[') {
         raw.rsplit_once("]:").map(|(_, p)| p)
     } else {

@@ -25,6 +25,7 @@ use rustronaut_contract::identity::serviceaccount::ServiceAccountVerifier;
 use rustronaut_contract::path::normalize;
 use rustronaut_contract::policy::PolicyRef;
 use rustronaut_contract::snapshot::{HashKey, LoadBalancing, TlsVersion};
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -103,8 +104,9 @@ pub struct Forward {
     /// is the request's own target byte for byte (the usual case), which then goes as it
     /// came instead of as a copy.
     pub target: Option<String>,
-    /// Host without port, lower-case.
-    pub host: String,
+    /// Host without port, lower-case: the snapshot's own string when the request named
+    /// one of the Resource's exact hostnames (no copy per request), else a copy.
+    pub host: Arc<str>,
     /// Verified identity.
     pub identity: Identity,
     /// The key a ConsistentHash rule balances on.
@@ -213,8 +215,8 @@ fn refuse(
 }
 
 /// `host` without port and trailing dot, lower-case; `None` when it is not a plausible
-/// host.
-pub fn host_only(host: &str) -> Option<String> {
+/// host. Borrowed from `host` when it is already lower-case (the usual Host header).
+pub fn host_only(host: &str) -> Option<Cow<'_, str>> {
     let h = if let Some(rest) = host.strip_prefix('[') {
         // IPv6 literal.
         &host[..rest.find(']')? + 2]
@@ -225,7 +227,11 @@ pub fn host_only(host: &str) -> Option<String> {
     if h.is_empty() {
         return None;
     }
-    Some(h.to_ascii_lowercase())
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(h.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(h))
+    }
 }
 
 /// Path spellings that `normalize` (RFC 3986) reads as ordinary names but common upstream
@@ -598,7 +604,7 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
     // connection is spent on another's.
     if c.client_verifiers.contains_key(facts.listener)
         && let Some(sni) = facts.sni
-        && host_only(sni).is_some_and(|s| s != host)
+        && host_only(sni).is_some_and(|s| *s != *host)
     {
         return refuse(
             record,
@@ -607,7 +613,7 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
             Some(format!("host {host} on a connection for {sni}")),
         );
     }
-    let Some((ri, resource)) = c.resource_for_host(facts.listener, &host) else {
+    let Some((ri, resource, host_name)) = c.route_for_host(facts.listener, &host) else {
         return refuse(
             record,
             404,
@@ -817,7 +823,7 @@ pub fn decide(c: &Compiled, facts: &RequestFacts<'_, '_>, env: &Env<'_>) -> Verd
             resource: ri,
             rule: ui,
             target: (!target.forwards_as(facts.target)).then(|| target.forward()),
-            host,
+            host: host_name.shared(&host),
             hash_key: match rule.load_balancing {
                 LoadBalancing::ConsistentHash { hash_key } => {
                     Some(limit_key(&identity, client_ip, hash_key))
@@ -1061,6 +1067,21 @@ mod tests {
         );
         assert_eq!(host_only(":80"), None);
         assert_eq!(host_only("[::1"), None);
+        // No copy when there is nothing to lower-case.
+        for (raw, borrowed) in [
+            ("app.example", true),
+            ("app.example:8080", true),
+            ("app.example.", true),
+            ("App.example", false),
+        ] {
+            let got = host_only(raw).unwrap();
+            assert_eq!(matches!(got, Cow::Borrowed(_)), borrowed, "{raw}");
+            assert_eq!(
+                got,
+                raw.to_ascii_lowercase()
+                    .trim_end_matches([':', '8', '0', '.'])
+            );
+        }
     }
 
     /// With `trusted_hops` > 0 the harness's peer (192.0.2.1) is trusted.
@@ -1219,7 +1240,7 @@ mod tests {
             panic!("{v:?}")
         };
         assert_eq!(f.target.as_deref(), Some("/public/~a?q=%2F"));
-        assert_eq!(f.host, "app.example.test");
+        assert_eq!(&*f.host, "app.example.test");
         assert_eq!(v.record.effect, "Allow");
         // A target already in normal form goes as it came: no copy of it in the Forward.
         let v = Harness::new().run(&c, "GET", "app.example.test", "/public/a?q=%2F", &[]);

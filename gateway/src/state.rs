@@ -311,7 +311,9 @@ impl Labels {
 /// exact name and one per label for the wildcards, whatever the number of Resources.
 #[derive(Debug, Default)]
 struct HostIndex {
-    exact: HashMap<String, Vec<usize>>,
+    /// Shared names: a request routed by an exact name takes its routed host from here
+    /// ([`Compiled::route_for_host`]) instead of a copy of its own.
+    exact: HashMap<Arc<str>, Vec<usize>>,
     wildcard: HashMap<String, Vec<usize>>,
 }
 
@@ -322,11 +324,10 @@ impl HostIndex {
         for (i, names) in hostnames.into_iter().enumerate() {
             for h in names {
                 let h = h.to_ascii_lowercase();
-                let (map, key) = match h.strip_prefix("*.") {
-                    Some(suffix) => (&mut index.wildcard, suffix.to_string()),
-                    None => (&mut index.exact, h),
+                let list = match h.strip_prefix("*.") {
+                    Some(suffix) => index.wildcard.entry(suffix.to_string()).or_default(),
+                    None => index.exact.entry(Arc::from(h)).or_default(),
                 };
-                let list = map.entry(key).or_default();
                 // A Resource listing a name twice is one candidate.
                 if list.last() != Some(&i) {
                     list.push(i);
@@ -339,7 +340,7 @@ impl HostIndex {
     /// The first eligible Resource, in snapshot order, with `host` as a hostname; else the
     /// first eligible one with the longest wildcard suffix that covers it (one or more
     /// labels before the suffix, as in Policy `hosts`). `host` is compared without case.
-    fn find(&self, host: &str, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+    fn find(&self, host: &str, eligible: impl Fn(usize) -> bool) -> Option<(usize, HostName<'_>)> {
         let lower;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             lower = host.to_ascii_lowercase();
@@ -348,8 +349,10 @@ impl HostIndex {
             host
         };
         let first = |list: Option<&Vec<usize>>| list?.iter().copied().find(|&i| eligible(i));
-        if let Some(i) = first(self.exact.get(host)) {
-            return Some(i);
+        if let Some((name, list)) = self.exact.get_key_value(host)
+            && let Some(i) = first(Some(list))
+        {
+            return Some((i, HostName::Exact(name)));
         }
         if self.wildcard.is_empty() {
             return None;
@@ -360,6 +363,27 @@ impl HostIndex {
         host.match_indices('.')
             .filter(|&(dot, _)| dot > 0)
             .find_map(|(dot, _)| first(self.wildcard.get(&host[dot + 1..])))
+            .map(|i| (i, HostName::Other))
+    }
+}
+
+/// How a request's host matched its Resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostName<'a> {
+    /// As one of the Resource's exact hostnames: this one, shared with the snapshot.
+    Exact(&'a Arc<str>),
+    /// By a wildcard, or (sidecars) by a Resource without hostnames.
+    Other,
+}
+
+impl HostName<'_> {
+    /// The routed host as a shared string: the snapshot's for an exact name, else a copy of
+    /// `host`.
+    pub fn shared(self, host: &str) -> Arc<str> {
+        match self {
+            HostName::Exact(name) => name.clone(),
+            HostName::Other => Arc::from(host),
+        }
     }
 }
 
@@ -627,6 +651,7 @@ impl Compiled {
             r.protocol == ResourceProtocol::TlsPassthrough
                 && r.listeners.iter().any(|l| listeners.contains(&l.as_str()))
         })
+        .map(|(i, r, _)| (i, r))
     }
 
     /// The HTTP Resource attached to `listener` that serves `host` (lower-case, no port, no
@@ -638,6 +663,15 @@ impl Compiled {
         listener: &str,
         host: &str,
     ) -> Option<(usize, &CompiledResource)> {
+        self.route_for_host(listener, host).map(|(i, r, _)| (i, r))
+    }
+
+    /// [`Self::resource_for_host`], with how the host matched.
+    pub fn route_for_host(
+        &self,
+        listener: &str,
+        host: &str,
+    ) -> Option<(usize, &CompiledResource, HostName<'_>)> {
         let on_listener = |r: &CompiledResource| {
             r.protocol == ResourceProtocol::Http && r.listeners.iter().any(|l| l == listener)
         };
@@ -650,6 +684,7 @@ impl Compiled {
                 .iter()
                 .enumerate()
                 .find(|(_, r)| on_listener(r) && r.hostnames.is_empty())
+                .map(|(i, r)| (i, r, HostName::Other))
         })
     }
 
@@ -657,10 +692,10 @@ impl Compiled {
         &self,
         host: &str,
         eligible: impl Fn(&CompiledResource) -> bool,
-    ) -> Option<(usize, &CompiledResource)> {
+    ) -> Option<(usize, &CompiledResource, HostName<'_>)> {
         let resources = &self.snapshot.resources;
-        let i = self.hosts.find(host, |i| eligible(&resources[i]))?;
-        Some((i, &resources[i]))
+        let (i, name) = self.hosts.find(host, |i| eligible(&resources[i]))?;
+        Some((i, &resources[i], name))
     }
 }
 
@@ -1038,11 +1073,32 @@ mod tests {
         for host in hosts {
             for eligible in eligibility {
                 let want = scan(&resources, host, eligible);
-                assert_eq!(index.find(host, eligible), want, "{host:?}");
+                let got = index.find(host, eligible);
+                assert_eq!(got.map(|(i, _)| i), want, "{host:?}");
+                // An exact match hands out the snapshot's name, which is the host's.
+                if let Some((_, HostName::Exact(name))) = got {
+                    assert_eq!(**name, host.to_ascii_lowercase(), "{host:?}");
+                }
                 found += usize::from(want.is_some());
             }
         }
         assert!(found > 30, "{found}");
+        let exact = |host| match index.find(host, |_| true) {
+            Some((_, HostName::Exact(name))) => Some(name.to_string()),
+            _ => None,
+        };
+        assert_eq!(exact("api.example.com").as_deref(), Some("api.example.com"));
+        assert_eq!(
+            exact("SHOP.example.COM").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(exact("x.example.com"), None, "a wildcard's match");
+        let shared = |host: &str| {
+            let (_, name) = index.find(host, |_| true).unwrap();
+            name.shared(&host.to_ascii_lowercase())
+        };
+        assert_eq!(&*shared("api.example.com"), "api.example.com");
+        assert_eq!(&*shared("x.example.com"), "x.example.com");
     }
 
     #[test]
