@@ -79,11 +79,30 @@ json.dump(s, sys.stdout)
 PY
 }
 
+# Whether process $1 still runs (an exited child stays a zombie until waited for).
+bench_running() {
+	local stat
+	stat=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $stat != Z* ]]
+}
+
 bench_cleanup() {
-	# SIGINT: Pingora's fast shutdown (and nginx's, HAProxy's immediate stop). SIGTERM is
-	# Pingora's graceful one, which keeps bare Pingora running through its five-minute grace
-	# period after the script has its results.
-	for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+	# Each program's own quick stop: SIGINT is Pingora's fast shutdown and nginx's (SIGTERM
+	# is Pingora's graceful one, which kept bare Pingora running through its five-minute
+	# grace period), SIGTERM is HAProxy's (it takes SIGINT as a soft stop and waited for
+	# its idle connections for good). So SIGINT to all, SIGTERM to what still runs after
+	# five seconds, SIGKILL after five more: the script never waits on a process it started.
+	local p sig _
+	for sig in INT TERM KILL; do
+		for p in "${pids[@]}"; do
+			bench_running "$p" && { kill "-$sig" "$p" 2>/dev/null || true; }
+		done
+		for _ in $(seq 1 50); do
+			local alive=0
+			for p in "${pids[@]}"; do bench_running "$p" && alive=1; done
+			[ "$alive" = 0 ] && break
+			sleep 0.1
+		done
+	done
 	wait 2>/dev/null || true
 	rm -rf "$work"
 }
