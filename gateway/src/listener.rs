@@ -116,7 +116,7 @@ impl Tls {
         let mut l4 = l4_stream(tcp, peer);
         let handshake = async {
             self.pre_tls.process(&mut l4).await?;
-            self.acceptor.tls_handshake(Connection::new(l4, peer)).await
+            self.acceptor.tls_handshake(Connection::new(l4)).await
         };
         match tokio::time::timeout(self.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),
@@ -187,7 +187,7 @@ where
                         tokio::spawn(async move {
                             match tls {
                                 None => {
-                                    let stream = Box::new(Connection::new(l4_stream(tcp, peer), peer));
+                                    let stream = Box::new(Connection::plain(l4_stream(tcp, peer), peer));
                                     app.serve_http1(stream, &shutdown).await;
                                 }
                                 Some(tls) => {
@@ -247,23 +247,34 @@ pub struct Connection {
     buf: Vec<u8>,
     /// Bytes of `buf` already written.
     written: usize,
-    /// The peer and its text, made once for the connection's requests.
-    peer: crate::proxy::PeerValue,
+    /// The peer and its text, made once for a plain connection's requests. `None` under
+    /// TLS: the session's stream is then the TLS stream, which the proxy never finds this
+    /// through (and a PROXY header may name another peer than the accepted socket's).
+    peer: Option<crate::proxy::PeerValue>,
 }
 
 impl Connection {
-    fn new(inner: L4Stream, peer: SocketAddr) -> Self {
+    /// The socket under a TLS stream.
+    fn new(inner: L4Stream) -> Self {
         Self {
             inner,
             buf: Vec::new(),
             written: 0,
-            peer: crate::proxy::PeerValue::new(peer.ip()),
+            peer: None,
         }
     }
 
-    /// The connection's peer, with its text ([`crate::proxy::PeerValue`]).
-    pub fn peer(&self) -> &crate::proxy::PeerValue {
-        &self.peer
+    /// A plain-HTTP connection from `peer`, with the peer's text made once.
+    fn plain(inner: L4Stream, peer: SocketAddr) -> Self {
+        Self {
+            peer: Some(crate::proxy::PeerValue::new(peer.ip())),
+            ..Self::new(inner)
+        }
+    }
+
+    /// The connection's peer, with its text ([`crate::proxy::PeerValue`]); `None` under TLS.
+    pub fn peer(&self) -> Option<&crate::proxy::PeerValue> {
+        self.peer.as_ref()
     }
 
     /// Writes out what is buffered; the buffer keeps its capacity.
@@ -423,7 +434,10 @@ mod tests {
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
         let (tcp, peer) = accepted.unwrap();
-        (Connection::new(l4_stream(tcp, peer), peer), client.unwrap())
+        (
+            Connection::plain(l4_stream(tcp, peer), peer),
+            client.unwrap(),
+        )
     }
 
     #[tokio::test]
@@ -442,8 +456,9 @@ mod tests {
         let stream: Stream = Box::new(conn);
         let conn = (*stream).as_any().downcast_ref::<Connection>().unwrap();
         let client = client.local_addr().unwrap().ip();
-        assert_eq!(conn.peer().ip, client);
-        assert_eq!(conn.peer().value, client.to_string());
+        let peer = conn.peer().unwrap();
+        assert_eq!(peer.ip, client);
+        assert_eq!(peer.value, client.to_string());
     }
 
     #[tokio::test]

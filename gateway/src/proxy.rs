@@ -764,7 +764,7 @@ impl ProxyHttp for GatewayProxy {
         ctx.peer_value = session
             .stream()
             .and_then(|s| (**s).as_any().downcast_ref::<crate::listener::Connection>())
-            .map(crate::listener::Connection::peer)
+            .and_then(crate::listener::Connection::peer)
             .filter(|p| p.ip == peer)
             .map(|p| p.value.clone());
         if oidc_path(session.req_header()).is_some()
