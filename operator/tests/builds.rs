@@ -113,11 +113,17 @@ async fn an_edit_of_one_tenants_policy_compiles_only_that_tenants_gateway_once()
         })
         .await;
     }
-    let before = quiet(&metrics).await;
+    // The status pass can make a Resource Programmed by building on its own, before the
+    // Gateway's reconcile ran: the baseline is taken once both reconciles built.
     let builds = &controllers.stores.builds;
     let (gw_a, gw_b) = (ObjectRef::new(&a, "edge"), ObjectRef::new(&b, "edge"));
+    eventually("both Gateways built by their reconciles", || {
+        let started = builds.builds_started(&gw_a) >= 1 && builds.builds_started(&gw_b) >= 1;
+        std::future::ready(started.then_some(()))
+    })
+    .await;
+    let before = quiet(&metrics).await;
     let (a_before, b_before) = (builds.builds_started(&gw_a), builds.builds_started(&gw_b));
-    assert!(a_before >= 1 && b_before >= 1, "both Gateways were built");
 
     // The edit: alpha's Policy admits another network.
     let policies: Api<Policy> = Api::namespaced(client.clone(), &a);

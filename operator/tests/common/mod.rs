@@ -126,16 +126,82 @@ pub async fn operator_client(admin: &kube::Client) -> kube::Client {
         .patch("rustronaut-operator-test", &params, &Patch::Apply(&binding))
         .await
         .unwrap();
-    rustronaut_e2e::shared()
-        .client_as(
-            "system:serviceaccount:rustronaut-system:rustronaut-operator",
-            &[
-                "system:serviceaccounts",
-                "system:serviceaccounts:rustronaut-system",
-                "system:authenticated",
-            ],
-        )
-        .await
+    let (user, groups) = (
+        "system:serviceaccount:rustronaut-system:rustronaut-operator",
+        [
+            "system:serviceaccounts",
+            "system:serviceaccounts:rustronaut-system",
+            "system:authenticated",
+        ],
+    );
+    granted(
+        admin,
+        user,
+        &groups,
+        &rustronaut_operator::rbac::cluster_role(),
+    )
+    .await;
+    rustronaut_e2e::shared().client_as(user, &groups).await
+}
+
+/// Waits until the API server's authorizer allows `user` every verb on every resource that
+/// `role` grants.
+///
+/// Why: the authorizer reads roles and bindings from its own informer, so a binding just
+/// written takes a moment to count. Controllers started in that moment see 403s, retry
+/// their watches after a backoff of seconds, and the late lists wake every Gateway again:
+/// a test counting the work of one edit then counts that too (seen once in CI, on a loaded
+/// machine).
+async fn granted(admin: &kube::Client, user: &str, groups: &[&str], role: &ClusterRole) {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let reviews: Api<SubjectAccessReview> = Api::all(admin.clone());
+    let mut asks = Vec::new();
+    for rule in role.rules.iter().flatten() {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                let (resource, subresource) = match resource.split_once('/') {
+                    Some((r, s)) => (r.to_string(), Some(s.to_string())),
+                    None => (resource.clone(), None),
+                };
+                for verb in &rule.verbs {
+                    asks.push(ResourceAttributes {
+                        group: Some(group.clone()),
+                        resource: Some(resource.clone()),
+                        subresource: subresource.clone(),
+                        verb: Some(verb.clone()),
+                        name: rule.resource_names.iter().flatten().next().cloned(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    assert!(
+        !asks.is_empty(),
+        "the operator's ClusterRole grants something"
+    );
+    for ask in asks {
+        let what = format!("{user} allowed {ask:?}");
+        eventually(&what, || {
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(user.into()),
+                    groups: Some(groups.iter().map(|g| g.to_string()).collect()),
+                    resource_attributes: Some(ask.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let reviews = reviews.clone();
+            async move {
+                let answer = reviews.create(&PostParams::default(), &review).await.ok()?;
+                answer.status?.allowed.then_some(())
+            }
+        })
+        .await;
+    }
 }
 
 /// The snapshot in `<gw>-snapshot`, if the Secret exists and loads.
