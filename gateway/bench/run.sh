@@ -42,7 +42,9 @@
 #        PERF_OUT=/tmp/gw.perf also profiles the gateway (perf report -i /tmp/gw.perf)
 #        LATENCY_ONLY=1 runs only the small-request throughput rounds (to find the rate) and
 #        the fixed-rate latency part (LAT_SECONDS=10 per run, LAT_CONNECTIONS=50, or
-#        LAT_RATE=N req/s to fix the rate instead of measuring the gateway's maximum)
+#        LAT_RATE=N req/s to fix the rate instead of measuring the gateway's maximum; without
+#        it a row "bare-pingora-at-own-half" also runs bare Pingora at half its own maximum,
+#        the reference for the gateway at half of its own; LAT_BARE_OWN=0 leaves it out)
 #        H2_ONLY=1 runs only the HTTP/2 part (H2_CONNECTIONS=10, H2_STREAMS=10, REQUESTS)
 #        GW_BEFORE=path/to/rustronaut-gateway adds a row "gateway-before": another build of the
 #        gateway (the commit before a change) on the same snapshot, so a change's gain is
@@ -355,13 +357,14 @@ declare -A small big lat h2
 # The targets in round R's order: the list turned by R-1 places, backwards in even rounds,
 # so a target's place and the target it follows change from round to round (a target's CPU
 # at a fixed rate moved with its place in a fixed order, issue 19).
-rotated() {
-	local n=${#targets[@]} i
+rotated() { # round [name of the list, default targets]
+	local -n list=${2:-targets}
+	local n=${#list[@]} i
 	for ((i = 0; i < n; i++)); do
 		if (($1 % 2)); then
-			printf '%s ' "${targets[(i + $1 - 1) % n]}"
+			printf '%s ' "${list[(i + $1 - 1) % n]}"
 		else
-			printf '%s ' "${targets[(n - 1 - i + $1 - 1) % n]}"
+			printf '%s ' "${list[(n - 1 - i + $1 - 1) % n]}"
 		fi
 	done
 }
@@ -378,9 +381,22 @@ if [ "$H2_ONLY" != 1 ]; then
 	rate=${LAT_RATE:-$(printf '%.0f' "$(echo "$gw_max / 2" | bc -l)")}
 	per_client=$(((rate + LAT_C / 2) / LAT_C))
 	[ "$per_client" -ge 1 ] || per_client=1
+	# The reference for the latency goal: bare Pingora at half of *its own* maximum, as busy
+	# as the gateway is at half of its, in the same rotation (at the gateway's rate it is
+	# idler, and a single worker's tail grows with how busy it is).
+	lat_targets=("${targets[@]}")
+	declare -A lat_per
+	for t in "${targets[@]}"; do lat_per[$t]=$per_client; done
+	if [ "${LAT_BARE_OWN:-1}" = 1 ] && [ -z "${LAT_RATE:-}" ]; then
+		bare_max=$(field 1 <<<"${small[bare-pingora]}" | median)
+		own=bare-pingora-at-own-half
+		port[$own]=${port[bare-pingora]}; tpids[$own]=${tpids[bare-pingora]}; small[$own]=${small[bare-pingora]}
+		lat_per[$own]=$(printf '%.0f' "$(echo "$bare_max / 2 / $LAT_C" | bc -l)")
+		lat_targets+=("$own")
+	fi
 	for r in $(seq 1 "$ROUNDS"); do
-		for t in $(rotated "$r"); do
-			lat[$t]+="$(run_lat "$t" "$per_client") "
+		for t in $(rotated "$r" lat_targets); do
+			lat[$t]+="$(run_lat "$t" "${lat_per[$t]}") "
 		done
 		echo "latency round $r done" >&2
 	done
@@ -579,6 +595,8 @@ if [ "$H2_ONLY" != 1 ]; then
 	printf 'h2load --h1 --rps, %s s per run after 1 s warm-up, %s rounds; p50/p99 in ms, median of rounds\n' \
 		"$LAT_SECONDS" "$ROUNDS"
 	printf '(added = target minus direct, of the medians; runs: p99 of each round)\n\n'
+	[ -z "${own:-}" ] || printf '(%s: bare Pingora at half its own maximum, %s req/s; added against direct at the rate above)\n\n' \
+		"$own" "$((LAT_C * ${lat_per[$own]}))"
 	printf '(CPU at this rate: utime + stime of the proxy over the whole run, warm-up included, per\n'
 	printf 'request sent: every target at the same load, so no proxy finds its peers idler than another)\n\n'
 	echo "| target | achieved req/s | share of its max | p50 | p99 | added p50 | added p99 | CPU µs/req | user µs/req | CPU vs bare Pingora | p99 runs |"
@@ -586,7 +604,7 @@ if [ "$H2_ONLY" != 1 ]; then
 	d50=$(field 2 5 <<<"${lat[direct]}" | median)
 	d99=$(field 3 5 <<<"${lat[direct]}" | median)
 	bare_lat_cpu=$(field 4 5 <<<"${lat[bare-pingora]}" | median)
-	for t in "${targets[@]}"; do
+	for t in "${lat_targets[@]}"; do
 		a=$(field 1 5 <<<"${lat[$t]}" | median)
 		p50=$(field 2 5 <<<"${lat[$t]}" | median)
 		p99=$(field 3 5 <<<"${lat[$t]}" | median)
