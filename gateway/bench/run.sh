@@ -49,6 +49,9 @@
 #        GW_BEFORE=path/to/rustronaut-gateway adds a row "gateway-before": another build of the
 #        gateway (the commit before a change) on the same snapshot, so a change's gain is
 #        measured in the same run as its baseline
+#        BARE_STEAL=1 adds a row "bare-pingora-steal": bare Pingora on tokio's multi-thread
+#        scheduler, Pingora's default (the bare-pingora row runs the gateway's choice for
+#        THREADS, see rustronaut_gateway::server::work_stealing)
 #        THREADS=2 gives each proxy under test (nginx, HAProxy, bare Pingora, the gateway) two
 #        worker threads/processes instead of one, for the scaling comparison (the upstream
 #        nginx, h2load and the TCP part stay at one)
@@ -232,6 +235,13 @@ if [ -n "${GW_BEFORE:-}" ]; then
 fi
 "$BARE" --listen 127.0.0.1:19008 --l4-read-buffer 0 --upstream 127.0.0.1:19001 --threads "$THREADS" --tls-listen 127.0.0.1:19028 \
 	--cert "$work/tls.crt" --key "$work/tls.key" >"$work/bare.log" 2>&1 & barepid=$!; pids+=("$barepid")
+if [ "${BARE_STEAL:-0}" = 1 ]; then
+	# Bare Pingora on tokio's multi-thread scheduler, Pingora's default (the row above runs
+	# what the gateway runs for the same THREADS: see server::work_stealing).
+	"$BARE" --listen 127.0.0.1:19038 --l4-read-buffer 0 --upstream 127.0.0.1:19001 --threads "$THREADS" \
+		--work-stealing true --tls-listen 127.0.0.1:19039 --cert "$work/tls.crt" --key "$work/tls.key" \
+		>"$work/bare-steal.log" 2>&1 & stealpid=$!; pids+=("$stealpid")
+fi
 for _ in $(seq 1 100); do
 	[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19005/readyz)" = 200 ] &&
 		[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19008/small)" = 200 ] && break
@@ -250,9 +260,17 @@ if [ -n "${GW_BEFORE:-}" ]; then
 		sleep 0.1
 	done
 fi
+if [ "${BARE_STEAL:-0}" = 1 ]; then
+	targets+=(bare-pingora-steal); port[bare-pingora-steal]=19038; tlsport[bare-pingora-steal]=19039
+	for _ in $(seq 1 100); do
+		[ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:19038/small)" = 200 ] && break
+		sleep 0.1
+	done
+fi
 # The processes whose CPU time is the proxy's (direct: none; nginx: its worker).
 declare -A tpids=([direct]="" [nginx]="$(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')"
-	[haproxy]="${pids[2]}" [bare-pingora]="$barepid" [gateway]="$gwpid" [gateway-before]="${beforepid:-}")
+	[haproxy]="${pids[2]}" [bare-pingora]="$barepid" [gateway]="$gwpid" [gateway-before]="${beforepid:-}"
+	[bare-pingora-steal]="${stealpid:-}")
 # cpu_ticks PID... -> "total user" clock ticks of every thread of the processes so far
 cpu_ticks() {
 	local p u=0 t=0 f

@@ -13,6 +13,7 @@
 //! bare-pingora --listen 127.0.0.1:19008 --upstream 127.0.0.1:19001 --threads 1 \
 //!              [--tls-listen 127.0.0.1:19028 --cert tls.crt --key tls.key]   (h2 by ALPN)
 //!              [--l4-read-buffer BYTES]                                      (plain listener)
+//!              [--work-stealing true|false]        (default: as the gateway, true above 1 thread)
 //! ```
 
 use async_trait::async_trait;
@@ -59,6 +60,13 @@ struct Args {
     /// settings to show what that setting alone changes.
     #[arg(long)]
     l4_read_buffer: Option<usize>,
+    /// Tokio's multi-thread scheduler (`true`) or one current-thread runtime per worker
+    /// (`false`). By default what the gateway chooses for the same `--threads`
+    /// (`rustronaut_gateway::server::work_stealing`: stealing only with more than one
+    /// worker), so the ratio stays the cost of the gateway's work and not of a runtime
+    /// setting; `true` is Pingora's own default.
+    #[arg(long)]
+    work_stealing: Option<bool>,
 }
 
 struct Bare {
@@ -82,6 +90,7 @@ fn main() {
     rustronaut_alloc_count::report_from_env();
     let conf = ServerConf {
         threads: args.threads.max(1),
+        work_stealing: args.work_stealing.unwrap_or(args.threads > 1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
