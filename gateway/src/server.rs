@@ -63,13 +63,13 @@ pub struct ServerOptions {
 /// Whether the listeners' runtimes are tokio's multi-thread scheduler (Pingora's default)
 /// rather than one current-thread runtime per worker.
 ///
-/// With one worker there is nothing to steal from, and the multi-thread scheduler's
-/// bookkeeping (idle/searching handshakes, the shared inject queue, the LIFO slot) is paid
-/// at every wake-up, which on a single worker is per request once requests stop arriving in
-/// batches. Measured with `--threads 1` (issue 19, docs/benchmarks.md, three rounds):
-/// CPU per request 39.1 -> 34.8 µs at the gateway's maximum and 57.1 -> 48.0 µs at a fixed
-/// 14,350 req/s, maximum 25,519 -> 28,710 req/s; bare Pingora gains less (28.1 -> 27.8 and
-/// 42.3 -> 40.2 µs). With more than one worker the listeners' accept loops
+/// With one worker there is nothing to steal from, and the multi-thread scheduler still
+/// pays its machinery at every wake-up, which on a single worker is per request once
+/// requests stop arriving in batches. Measured with `--threads 1` (issue 19,
+/// docs/benchmarks.md, three rounds): CPU per request 39.1 -> 34.8 µs at the gateway's
+/// maximum and 57.1 -> 48.0 µs at a fixed 14,350 req/s, maximum 25,519 -> 28,710 req/s,
+/// almost all of it kernel time (user-space instructions per request -0.6 %); bare Pingora
+/// gains less (28.1 -> 27.8 and 42.3 -> 40.2 µs). With more than one worker the listeners' accept loops
 /// (`crate::listener`) spawn each connection with `tokio::spawn`, and only stealing spreads
 /// them over the workers: a current-thread runtime would keep them all on the accepting one.
 pub fn work_stealing(threads: usize) -> bool {
