@@ -69,9 +69,10 @@ pub struct ServerOptions {
 /// docs/benchmarks.md, three rounds): CPU per request 39.1 -> 34.8 µs at the gateway's
 /// maximum and 57.1 -> 48.0 µs at a fixed 14,350 req/s, maximum 25,519 -> 28,710 req/s,
 /// almost all of it kernel time (user-space instructions per request -0.6 %); bare Pingora
-/// gains less (28.1 -> 27.8 and 42.3 -> 40.2 µs). With more than one worker the listeners' accept loops
-/// (`crate::listener`) spawn each connection with `tokio::spawn`, and only stealing spreads
-/// them over the workers: a current-thread runtime would keep them all on the accepting one.
+/// gains less (28.1 -> 27.8 and 42.3 -> 40.2 µs). With more than one worker the listeners'
+/// accept loops (`crate::listener`) spawn each connection with `tokio::spawn`, and only
+/// stealing spreads them over the workers: a current-thread runtime would keep them all on
+/// the accepting one.
 pub fn work_stealing(threads: usize) -> bool {
     threads > 1
 }
@@ -180,4 +181,20 @@ pub fn build(
         return Err(ServerError::NoListener);
     }
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::work_stealing;
+
+    /// One worker (the sidecar's `--threads 1`; 0 is taken as 1) runs on a current-thread
+    /// runtime; more keep the multi-thread scheduler, which alone spreads the connections the
+    /// accept loops spawn over the workers.
+    #[test]
+    fn only_more_than_one_worker_steals() {
+        assert!(!work_stealing(0));
+        assert!(!work_stealing(1));
+        assert!(work_stealing(2));
+        assert!(work_stealing(8));
+    }
 }
