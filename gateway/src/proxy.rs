@@ -382,6 +382,7 @@ fn body_for(status: u16) -> &'static str {
         431 => "request header fields too large",
         502 => "upstream unreachable",
         503 => "no upstream available",
+        504 => "upstream timed out",
         _ => "refused",
     }
 }
@@ -1042,6 +1043,14 @@ impl ProxyHttp for GatewayProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            // A timeout towards the upstream ran out (the rule's `timeoutMs` on a read or a
+            // write, `--connect-timeout-ms` on the last connect attempt): a gateway timeout,
+            // as nginx and Envoy answer, not a 502 that reads as a broken upstream.
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {

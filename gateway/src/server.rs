@@ -77,6 +77,25 @@ pub fn work_stealing(threads: usize) -> bool {
     threads > 1
 }
 
+/// Above how many seconds Pingora's timeouts use tokio's timer rather than its own
+/// (`pingora_timeout::fast_timeout`), given whether the workers steal work.
+///
+/// Pingora's own timer is one shared wheel per process with a clock thread that wakes every
+/// 10 ms; it exists so that the workers of one multi-thread runtime do not all queue on
+/// tokio's timer, which in tokio 1.x is one wheel behind one mutex per runtime. Without
+/// stealing every worker is a runtime of its own, with a timer of its own that no other
+/// thread locks, so that reason is gone, and what is left is the price: each upstream read
+/// that waits (every request waits for its response) registered a timer through a
+/// read-write lock, a `BTreeMap` keyed by `u128` and two `Arc`s, and every timeout read the
+/// clock to check on the clock thread. Measured with `--threads 1` (issue 19,
+/// docs/benchmarks.md): 78,074 -> 76,513 user-space instructions per request, and the
+/// clock thread never starts. `Some(0)`: every timeout of a second or more goes to tokio
+/// (shorter ones, which the gateway does not set, stay on Pingora's timer); `None` keeps
+/// Pingora's default when the workers steal.
+pub fn fast_timeout_threshold(stealing: bool) -> Option<u64> {
+    (!stealing).then_some(0).or(ServerConf::default().fast_timeout_to_tokio_threshold_seconds)
+}
+
 /// A Pingora server with every listener of `first`, each port bound now (a port in use
 /// fails start-up).
 pub fn build(
@@ -84,9 +103,11 @@ pub fn build(
     shared: &Arc<Shared>,
     opts: &ServerOptions,
 ) -> Result<Server, ServerError> {
+    let stealing = work_stealing(opts.threads);
     let conf = ServerConf {
         threads: opts.threads.max(1),
-        work_stealing: work_stealing(opts.threads),
+        work_stealing: stealing,
+        fast_timeout_to_tokio_threshold_seconds: fast_timeout_threshold(stealing),
         grace_period_seconds: Some(opts.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(opts.shutdown_timeout_seconds),
         ..ServerConf::default()
@@ -185,7 +206,17 @@ pub fn build(
 
 #[cfg(test)]
 mod tests {
-    use super::work_stealing;
+    use super::{fast_timeout_threshold, work_stealing, ServerConf};
+
+    /// Tokio's timer where each worker is a runtime of its own; Pingora's own where workers
+    /// share one runtime (and so one tokio timer wheel behind one lock).
+    #[test]
+    fn timeouts_use_tokio_only_where_each_worker_has_its_own_timer() {
+        assert_eq!(fast_timeout_threshold(false), Some(0));
+        let pingora = ServerConf::default().fast_timeout_to_tokio_threshold_seconds;
+        assert_eq!(fast_timeout_threshold(true), pingora);
+        assert_ne!(pingora, Some(0));
+    }
 
     /// One worker (the sidecar's `--threads 1`; 0 is taken as 1) runs on a current-thread
     /// runtime; more keep the multi-thread scheduler, which alone spreads the connections the

@@ -886,6 +886,48 @@ fn unreachable_upstreams_answer_503_with_a_decision_id() {
     );
 }
 
+/// An upstream that takes the request and never answers is cut at the rule's `timeoutMs`:
+/// 504 with the decision id, the upstream connection closed, the gateway answering the next
+/// request. Both of Pingora's timers are exercised: tokio's for timeouts of a second or more
+/// on one worker (`server::fast_timeout_threshold`), Pingora's own below a second.
+#[test]
+fn a_silent_upstream_is_cut_at_the_rules_timeout_with_504() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let mut snap = snapshot(&s);
+    let rules = snap["resources"][0]["rules"].as_array_mut().unwrap();
+    rules[0]["timeoutMs"] = json!(1500);
+    let upstreams = rules[0]["upstreams"].clone();
+    rules.insert(
+        0,
+        json!({"name": "short", "matches": [{"path": {"type": "PathPrefix", "value": "/public/short"}}],
+               "upstreams": upstreams, "timeoutMs": 400}),
+    );
+    let gw = Gateway::start(&snap);
+    for (path, at_least, at_most) in [
+        ("/public/held", 1.4, 10.0),
+        ("/public/short/held", 0.35, 5.0),
+    ] {
+        let t = Instant::now();
+        let r = get(s.http, path, &[]);
+        let took = t.elapsed().as_secs_f64();
+        assert_refused(&r, 504);
+        assert!(
+            (at_least..at_most).contains(&took),
+            "{path}: answered after {took:.2} s"
+        );
+        let id = r.header("x-rustronaut-decision-id").unwrap().to_string();
+        let logged = format!("\"decision_id\":\"{id}\",\"status\":504,");
+        eventually(&gw, "the decision line with status 504", || {
+            gw.log().contains(&logged)
+        });
+    }
+    // The held requests never reached an answer; the gateway still serves.
+    assert_eq!(get(s.http, "/public/x", &[]).status, 200);
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
 #[test]
 fn a_reload_does_not_disturb_requests_in_flight() {
     let up = Upstream::start("a");
