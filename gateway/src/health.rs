@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// How often the loop looks for due checks.
+/// The shortest sleep of the check loop: it looks no more often than this, and otherwise
+/// sleeps until the next check or export is due or the snapshot is swapped
+/// ([`crate::wake`]).
 const TICK: Duration = Duration::from_millis(100);
 
 /// One check; `true` when healthy.
@@ -135,9 +137,15 @@ pub async fn run(store: Arc<Store>, health: Arc<Health>, metrics: Arc<Metrics>) 
     // ten ticks a second, idle or not). Weak: the old snapshot's contents are not kept, and
     // its allocation is, so a new snapshot never takes its address.
     let mut trimmed_for: Option<std::sync::Weak<crate::state::Compiled>> = None;
+    let mut swaps = store.swaps();
+    let mut next = Some(Instant::now());
+    let mut looked: Option<Instant> = None;
     loop {
-        tokio::time::sleep(TICK).await;
+        let not_before = looked.map_or_else(Instant::now, |t| t + TICK);
+        crate::wake::until(not_before, next, &mut swaps, None).await;
+        looked = Some(Instant::now());
         let Some(state) = store.current() else {
+            next = None;
             continue;
         };
         let now = Instant::now();
@@ -188,6 +196,7 @@ pub async fn run(store: Arc<Store>, health: Arc<Health>, metrics: Arc<Metrics>) 
                     })
                     .chain(l4)
             });
+        let mut first_due: Option<Instant> = None;
         for (key, hc) in checked {
             {
                 let Some(b) = state.balancers.get(&key) else {
@@ -196,14 +205,19 @@ pub async fn run(store: Arc<Store>, health: Arc<Health>, metrics: Arc<Metrics>) 
                 for addr in b.addresses() {
                     {
                         let mut due = due.lock().unwrap_or_else(|p| p.into_inner());
-                        if due.get(&addr).is_some_and(|t| *t > now) {
+                        if let Some(&t) = due.get(&addr).filter(|t| **t > now) {
+                            first_due = Some(first_due.map_or(t, |f| f.min(t)));
                             continue;
                         }
                         let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
                         if !running.insert(addr) {
+                            // Still running past its interval: looked at again next time.
+                            first_due = Some(now);
                             continue;
                         }
-                        due.insert(addr, now + Duration::from_millis(hc.interval_ms.max(100)));
+                        let t = now + Duration::from_millis(hc.interval_ms.max(100));
+                        first_due = Some(first_due.map_or(t, |f| f.min(t)));
+                        due.insert(addr, t);
                     }
                     let hc = hc.clone();
                     let health = health.clone();
@@ -234,6 +248,10 @@ pub async fn run(store: Arc<Store>, health: Arc<Health>, metrics: Arc<Metrics>) 
                 }
             }
         }
+        // Until the next export or the next check due, whichever is first (a check still
+        // running past its interval is looked at again after the tick).
+        let export = last_export.map_or(now, |t| t + EXPORT_EVERY);
+        next = Some(first_due.map_or(export, |d| d.min(export)));
     }
 }
 

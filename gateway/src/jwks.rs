@@ -41,7 +41,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Least time between fetches triggered by unknown key ids.
 const KID_REFETCH_MIN: Duration = Duration::from_secs(10);
-/// How often the loop looks for due fetches.
+/// The shortest sleep of the fetch loop: it looks no more often than this, and otherwise
+/// sleeps until the next fetch is due, a snapshot swap or a refetch request
+/// ([`crate::wake`]).
 const TICK: Duration = Duration::from_millis(200);
 
 /// Why a JWKS could not be fetched or used.
@@ -83,8 +85,12 @@ type Key = (String, String);
 pub struct RemoteJwks {
     verifiers: ArcSwap<HashMap<Key, Arc<JwtVerifier>>>,
     wanted: Mutex<HashSet<Key>>,
+    /// Wakes [`run`] for a refetch request (see [`crate::wake`]).
+    wanted_wake: tokio::sync::Notify,
     service_accounts: ArcSwapOption<ServiceAccountVerifier>,
     service_accounts_wanted: AtomicBool,
+    /// Wakes [`crate::service_accounts::run`] for a refetch request.
+    service_accounts_wake: tokio::sync::Notify,
 }
 
 impl RemoteJwks {
@@ -110,6 +116,12 @@ impl RemoteJwks {
     /// cluster's keys (rate-limited by [`crate::service_accounts::run`]).
     pub fn request_service_account_refresh(&self) {
         self.service_accounts_wanted.store(true, Ordering::Relaxed);
+        self.service_accounts_wake.notify_one();
+    }
+
+    /// Notified when a refetch of the cluster's keys is asked for.
+    pub fn service_account_refresh_asked(&self) -> &tokio::sync::Notify {
+        &self.service_accounts_wake
     }
 
     /// Takes the pending refetch request of the cluster's keys.
@@ -124,6 +136,7 @@ impl RemoteJwks {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert((tenant.to_string(), idp.to_string()));
+        self.wanted_wake.notify_one();
     }
 }
 
@@ -236,9 +249,15 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let mut entries: HashMap<Key, Entry> = HashMap::new();
+    let mut swaps = store.swaps();
+    let mut next = Some(Instant::now());
+    let mut looked: Option<Instant> = None;
     loop {
-        tokio::time::sleep(TICK).await;
+        let not_before = looked.map_or_else(Instant::now, |t| t + TICK);
+        crate::wake::until(not_before, next, &mut swaps, Some(&remote.wanted_wake)).await;
+        looked = Some(Instant::now());
         let Some(state) = store.current() else {
+            next = None;
             continue;
         };
         let now = Instant::now();
@@ -321,5 +340,8 @@ pub async fn run(
                 .collect();
             remote.verifiers.store(Arc::new(map));
         }
+        // Until the next fetch falls due; with no remote JWKS, until a snapshot or a
+        // request brings one.
+        next = entries.values().map(|e| e.next_due).min();
     }
 }

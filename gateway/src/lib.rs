@@ -19,7 +19,7 @@
 //!     PROXY header -> TLS handshake or ClientHello peek -> l4::decide (same evaluator)
 //!     -> close (deny) | balancer pick -> splice bytes / relay datagrams
 //!  admin (own runtime): /healthz /readyz /metrics, snapshot reloader, active health checks,
-//!                       remote JWKS fetching
+//!                       remote JWKS fetching (each loop sleeps until it has work: wake)
 //! ```
 //!
 //! The binary (`src/main.rs`) only parses flags and wires these together.
@@ -50,3 +50,4 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod tunnel;
+pub mod wake;

@@ -50,6 +50,10 @@ pub enum ReloadError {
 #[derive(Debug, Default)]
 pub struct Store {
     current: ArcSwapOption<Compiled>,
+    /// Told of every swap, so the background loops (health checks, JWKS and ServiceAccount
+    /// key fetches) sleep until they have work instead of looking several times a second
+    /// (see [`crate::wake`]).
+    swaps: tokio::sync::watch::Sender<()>,
 }
 
 impl Store {
@@ -61,6 +65,12 @@ impl Store {
     /// Replaces the state.
     pub fn swap(&self, next: Arc<Compiled>) {
         self.current.store(Some(next));
+        self.swaps.send_replace(());
+    }
+
+    /// A receiver that sees every later [`swap`](Self::swap) as a change.
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<()> {
+        self.swaps.subscribe()
     }
 }
 

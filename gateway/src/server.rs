@@ -93,7 +93,9 @@ pub fn work_stealing(threads: usize) -> bool {
 /// (shorter ones, which the gateway does not set, stay on Pingora's timer); `None` keeps
 /// Pingora's default when the workers steal.
 pub fn fast_timeout_threshold(stealing: bool) -> Option<u64> {
-    (!stealing).then_some(0).or(ServerConf::default().fast_timeout_to_tokio_threshold_seconds)
+    (!stealing)
+        .then_some(0)
+        .or(ServerConf::default().fast_timeout_to_tokio_threshold_seconds)
 }
 
 /// A Pingora server with every listener of `first`, each port bound now (a port in use
@@ -206,7 +208,7 @@ pub fn build(
 
 #[cfg(test)]
 mod tests {
-    use super::{fast_timeout_threshold, work_stealing, ServerConf};
+    use super::{ServerConf, fast_timeout_threshold, work_stealing};
 
     /// Tokio's timer where each worker is a runtime of its own; Pingora's own where workers
     /// share one runtime (and so one tokio timer wheel behind one lock).

@@ -40,7 +40,8 @@ const REFRESH: Duration = Duration::from_secs(600);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Least time between fetches triggered by unknown key ids.
 const KID_REFETCH_MIN: Duration = Duration::from_secs(10);
-/// How often the loop looks at the snapshot and the refetch requests.
+/// The shortest sleep of the loop: it looks no more often than this, and otherwise sleeps
+/// until the next refresh is due, a snapshot swap or a refetch request ([`crate::wake`]).
 const TICK: Duration = Duration::from_millis(250);
 
 /// Why the issuer's documents could not be fetched or used.
@@ -102,8 +103,17 @@ pub async fn run(
     let mut next_due = Instant::now();
     let mut last_attempt: Option<Instant> = None;
     let mut warned_version: Option<String> = None;
+    let mut swaps = store.swaps();
+    // When to look next: `None` while nothing is to be fetched (no snapshot, no Policy
+    // naming a ServiceAccount, no client), so only a swap or a refetch request wakes it.
+    let mut next: Option<Instant> = Some(Instant::now());
+    let mut looked: Option<Instant> = None;
     loop {
-        tokio::time::sleep(TICK).await;
+        let not_before = looked.map_or_else(Instant::now, |t| t + TICK);
+        let asked = remote.service_account_refresh_asked();
+        crate::wake::until(not_before, next, &mut swaps, Some(asked)).await;
+        looked = Some(Instant::now());
+        next = None;
         let Some(state) = store.current() else {
             continue;
         };
@@ -130,6 +140,7 @@ pub async fn run(
         let kid_refetch = remote.take_service_account_refresh()
             && last_attempt.is_none_or(|t| now.duration_since(t) >= KID_REFETCH_MIN);
         if next_due > now && !kid_refetch {
+            next = Some(next_due);
             continue;
         }
         last_attempt = Some(now);
@@ -153,5 +164,6 @@ pub async fn run(
                     .inc();
             }
         }
+        next = Some(next_due);
     }
 }

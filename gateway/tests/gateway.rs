@@ -928,6 +928,28 @@ fn a_silent_upstream_is_cut_at_the_rules_timeout_with_504() {
     assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
+/// An idle gateway sleeps: its background loops (health checks, JWKS and ServiceAccount
+/// keys, the snapshot file) wake for work that is due, not on a tick (`src/wake.rs`), and
+/// Pingora's clock thread is not started (`server::fast_timeout_threshold`). Before both,
+/// the threads gave up the CPU about 33 + 100 times a second; now the snapshot file's poll
+/// and the endpoint gauges' export, once a second each, are most of it.
+#[test]
+fn an_idle_gateway_sleeps() {
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    // The snapshot file looked at once a second, the default (the tests' 100 ms alone
+    // would be 50 wake-ups in the 5 s).
+    let gw = Gateway::start_with(&snapshot(&s), &["--poll-interval-ms", "1000"]);
+    // Served once, so everything a request starts has started.
+    assert_eq!(get(s.http, "/public/x", &[]).status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = gw.voluntary_switches();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let woke = gw.voluntary_switches() - before;
+    assert!(woke <= 40, "{woke} wake-ups in 5 s of idleness");
+}
+
 #[test]
 fn a_reload_does_not_disturb_requests_in_flight() {
     let up = Upstream::start("a");

@@ -215,6 +215,21 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Times the process's threads gave up the CPU on their own (slept or waited), summed
+    /// over every thread: `voluntary_ctxt_switches` of each `/proc/<pid>/task/*/status`.
+    pub fn voluntary_switches(&self) -> u64 {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+            .flat_map(|s| {
+                s.lines()
+                    .filter_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                    .map(|v| v.trim().parse::<u64>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
     pub fn start(snapshot: &Value) -> Self {
         Self::start_with(snapshot, &[])
     }
@@ -294,7 +309,13 @@ impl Gateway {
             .args(loopback)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--bind-address", "127.0.0.1", "--poll-interval-ms", "100"])
+            .args(["--bind-address", "127.0.0.1"])
+            // Quick reloads for the tests, unless a test sets its own.
+            .args(if extra.contains(&"--poll-interval-ms") {
+                &[][..]
+            } else {
+                &["--poll-interval-ms", "100"][..]
+            })
             .args(["--threads", "1", "--grace-period-seconds", "0"])
             .args(["--shutdown-timeout-seconds", "1"])
             .args(extra)
