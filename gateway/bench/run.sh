@@ -11,7 +11,8 @@
 # allocation pass: the gateway and bare Pingora built with a counting allocator
 # (gateway/bench/alloc-count, feature count-allocs; separate processes, never the timed
 # ones) serve the same requests, and the allocator calls per request are reported side by
-# side (idle background allocations measured over 2 s and subtracted).
+# side (idle background allocations measured over 2 s and subtracted). At the start, before
+# any load, each Pingora process's idle wake-ups per second (5 s, after one request).
 #
 # Every proxy gets one worker thread (the machine has 2 cores: one for the proxy, one for
 # h2load and the upstream; THREADS=2 for the scaling comparison), keep-alive to the upstream,
@@ -267,6 +268,30 @@ if [ "${BARE_STEAL:-0}" = 1 ]; then
 		sleep 0.1
 	done
 fi
+# Idle wake-ups: how often each process's threads give up the CPU on their own (every
+# thread's voluntary_ctxt_switches) over 5 s of idleness, after one proxied request each, so
+# that whatever a request starts (Pingora's clock thread, say) has started. What an idle
+# sidecar costs its node, beyond its memory.
+switches() {
+	local f sum=0 n
+	for f in /proc/"$1"/task/*/status; do
+		n=$(awk '/^voluntary_ctxt_switches/ {print $2}' "$f" 2>/dev/null) && sum=$((sum + ${n:-0}))
+	done
+	echo "$sum"
+}
+curl -s -o /dev/null -H 'Host: bench.localhost' -H "Authorization: Bearer $TOKEN" http://127.0.0.1:19004/small
+[ -n "${beforepid:-}" ] && curl -s -o /dev/null -H 'Host: bench.localhost' \
+	-H "Authorization: Bearer $TOKEN" http://127.0.0.1:19031/small
+sleep 0.5
+declare -A idle_woke
+idle_procs=(gateway:"$gwpid" bare-pingora:"$barepid")
+[ -n "${beforepid:-}" ] && idle_procs+=(gateway-before:"$beforepid")
+for tp in "${idle_procs[@]}"; do idle_woke[${tp%%:*}]=$(switches "${tp#*:}"); done
+sleep 5
+for tp in "${idle_procs[@]}"; do
+	idle_woke[${tp%%:*}]=$(( ($(switches "${tp#*:}") - idle_woke[${tp%%:*}]) / 5 ))
+done
+
 # The processes whose CPU time is the proxy's (direct: none; nginx: its worker).
 declare -A tpids=([direct]="" [nginx]="$(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')"
 	[haproxy]="${pids[2]}" [bare-pingora]="$barepid" [gateway]="$gwpid" [gateway-before]="${beforepid:-}"
@@ -671,6 +696,9 @@ if [ "$H2_ONLY" != 1 ]; then
 		"$(echo "${allocs[gateway-h1]% *} - ${allocs[bare-pingora-h1]% *}" | bc -l)"
 fi
 printf '\ngateway RSS: idle %s KiB, peak %s KiB\n' "$idle_rss" "$peak_rss"
+printf 'idle wake-ups per second (voluntary context switches, all threads, 5 s after one request):'
+for tp in "${idle_procs[@]}"; do printf ' %s %s' "${tp%%:*}" "${idle_woke[${tp%%:*}]}"; done
+printf '\n'
 if [ "$LATENCY_ONLY" != 1 ] && [ "$H2_ONLY" != 1 ]; then
 	printf 'gateway RSS with 1,000 routes: idle %s KiB, holding 10,000 open connections %s KiB\n' "$rss_1000" "$rss_10k"
 	printf 'holding 10,000 open connections, same run: nginx worker %s KiB, HAProxy %s KiB\n' "$nginx_10k" "$haproxy_10k"
