@@ -1031,6 +1031,69 @@ fn remote_jwks_are_fetched_and_verify_tokens() {
     assert_refused(&get(s.http, "/api/x", &["-H", &stranger]), 401);
 }
 
+/// An issuer rotates its keys: a token signed with a key id the fetched JWKS lacks is
+/// refused and asks the fetch loop for an early refetch (at most once per 10 s after the
+/// last fetch, `jwks::KID_REFETCH_MIN`), which the loop answers long before its refresh
+/// interval (300 s): the loop sleeps until it is asked (`src/wake.rs`), it does not poll.
+#[test]
+fn a_token_with_an_unknown_key_id_refetches_the_remote_jwks() {
+    let up = Upstream::start("a");
+    let inline = Signer::new();
+    let old = Signer::with_kid("old");
+    let new = Signer::with_kid("new");
+    let pki = Pki::new("JWKS CA");
+    let jwks = JwksServer::start(&pki, old.jwks.to_string());
+    let mut s = scenario(&up, &inline);
+    s.extra_idps
+        .push(json!({"name": "remote-ci", "kind": {"jwt": {
+        "issuer": ISSUER, "audiences": ["rtn"],
+        "jwks": {"remote": {"uri": format!("https://localhost:{}/jwks", jwks.port),
+                            "refreshIntervalSeconds": 300}}}}}));
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = write(ca_dir.path(), "jwks-ca.pem", &pki.ca_pem);
+    let gw = Gateway::start_with(&snapshot(&s), &["--jwks-ca-file", &ca]);
+    gw.wait_metrics("the first JWKS fetch", |m| {
+        m.contains("rustronaut_gateway_jwks_fetches_total{result=\"ok\"} 1")
+    });
+    let fetched = Instant::now();
+    let bearer = |t: String| format!("Authorization: Bearer {t}");
+    assert_eq!(
+        get(
+            s.http,
+            "/api/x",
+            &["-H", &bearer(old.token("carol", &["dev"], 300))]
+        )
+        .status,
+        200
+    );
+    // The issuer rotates; the gateway still holds the old keys.
+    jwks.set_body(new.jwks.to_string());
+    let rotated = bearer(new.token("carol", &["dev"], 300));
+    assert_refused(&get(s.http, "/api/x", &["-H", &rotated]), 401);
+    // Within the refetch limit the refusal asks for nothing new.
+    assert_eq!(jwks.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Past it, the next refusal brings the new keys.
+    let limit = std::time::Duration::from_secs(10);
+    std::thread::sleep(
+        limit.saturating_sub(fetched.elapsed()) + std::time::Duration::from_millis(200),
+    );
+    assert_refused(&get(s.http, "/api/x", &["-H", &rotated]), 401);
+    gw.wait_metrics("the refetch", |m| {
+        m.contains("rustronaut_gateway_jwks_fetches_total{result=\"ok\"} 2")
+    });
+    assert!(
+        fetched.elapsed() < std::time::Duration::from_secs(60),
+        "refetched only after {:?}",
+        fetched.elapsed()
+    );
+    let r = get(s.http, "/api/x", &["-H", &rotated]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.upstream_header("x-rustronaut-user").as_deref(),
+        Some("carol")
+    );
+}
+
 #[test]
 fn tokens_are_refused_while_a_remote_jwks_cannot_be_fetched() {
     let up = Upstream::start("a");

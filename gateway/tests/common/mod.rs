@@ -500,11 +500,17 @@ pub fn write(dir: &Path, name: &str, contents: &str) -> String {
 /// A JWT signer with its JWKS.
 pub struct Signer {
     key: jsonwebtoken::EncodingKey,
+    kid: String,
     pub jwks: Value,
 }
 
 impl Signer {
     pub fn new() -> Self {
+        Self::with_kid("k1")
+    }
+
+    /// A signer whose key (and tokens) carry key id `kid`.
+    pub fn with_kid(kid: &str) -> Self {
         let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
             &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER,
         );
@@ -513,11 +519,15 @@ impl Signer {
         let raw = kp.public_key_raw();
         assert_eq!(raw.len(), 65, "uncompressed P-256 point");
         let jwks = json!({"keys": [{
-            "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+            "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
             "x": URL_SAFE_NO_PAD.encode(&raw[1..33]),
             "y": URL_SAFE_NO_PAD.encode(&raw[33..65]),
         }]});
-        Self { key, jwks }
+        Self {
+            key,
+            kid: kid.to_string(),
+            jwks,
+        }
     }
 
     pub fn token(&self, sub: &str, groups: &[&str], exp_from_now: i64) -> String {
@@ -551,7 +561,7 @@ impl Signer {
 
     fn token_claims(&self, claims: Value) -> String {
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        h.kid = Some("k1".into());
+        h.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&h, &claims, &self.key).unwrap()
     }
 }
@@ -562,9 +572,11 @@ pub fn api_key_hash() -> String {
 }
 
 /// An HTTPS server (certificate for `localhost` from `pki`) answering every request with
-/// `body` as JSON.
+/// `body` as JSON (replaced with [`JwksServer::set_body`]), counting the requests.
 pub struct JwksServer {
     pub port: u16,
+    body: Arc<std::sync::Mutex<String>>,
+    pub hits: Arc<AtomicUsize>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -596,13 +608,17 @@ impl JwksServer {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
+        let body = Arc::new(std::sync::Mutex::new(body));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (shared, counted) = (body.clone(), hits.clone());
         rt.spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
                 let acceptor = acceptor.clone();
-                let body = body.clone();
+                let body = shared.lock().unwrap().clone();
+                let counted = counted.clone();
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
@@ -615,6 +631,7 @@ impl JwksServer {
                             Ok(k) => n += k,
                         }
                     }
+                    counted.fetch_add(1, Ordering::SeqCst);
                     let resp = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
@@ -624,7 +641,17 @@ impl JwksServer {
                 });
             }
         });
-        Self { port, _rt: rt }
+        Self {
+            port,
+            body,
+            hits,
+            _rt: rt,
+        }
+    }
+
+    /// What later requests are answered with.
+    pub fn set_body(&self, body: String) {
+        *self.body.lock().unwrap() = body;
     }
 }
 
