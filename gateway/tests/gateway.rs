@@ -982,27 +982,51 @@ fn a_reload_does_not_disturb_requests_in_flight() {
     );
 }
 
+/// A gateway whose tenant has, next to the scenario's inline provider, a provider
+/// `remote-ci` (same issuer) whose JWKS is served over HTTPS with `remote`'s keys (refresh
+/// every 300 s), once that JWKS was fetched.
+struct RemoteJwks {
+    s: Scenario,
+    gw: Gateway,
+    jwks: JwksServer,
+    _ca_dir: tempfile::TempDir,
+}
+
+impl RemoteJwks {
+    fn start(up: &Upstream, inline: &Signer, remote: &Signer) -> Self {
+        let pki = Pki::new("JWKS CA");
+        let jwks = JwksServer::start(&pki, remote.jwks.to_string());
+        let mut s = scenario(up, inline);
+        s.extra_idps
+            .push(json!({"name": "remote-ci", "kind": {"jwt": {
+            "issuer": ISSUER, "audiences": ["rtn"],
+            "jwks": {"remote": {"uri": format!("https://localhost:{}/jwks", jwks.port),
+                                "refreshIntervalSeconds": 300}}}}}));
+        let ca_dir = tempfile::tempdir().unwrap();
+        let ca = write(ca_dir.path(), "jwks-ca.pem", &pki.ca_pem);
+        let gw = Gateway::start_with(&snapshot(&s), &["--jwks-ca-file", &ca]);
+        gw.wait_metrics("the first JWKS fetch", |m| {
+            m.contains("rustronaut_gateway_jwks_fetches_total{result=\"ok\"} 1")
+        });
+        Self {
+            s,
+            gw,
+            jwks,
+            _ca_dir: ca_dir,
+        }
+    }
+}
+
 #[test]
 fn remote_jwks_are_fetched_and_verify_tokens() {
     let up = Upstream::start("a");
     let inline = Signer::new();
     let remote = Signer::new();
-    let pki = Pki::new("JWKS CA");
-    let jwks = JwksServer::start(&pki, remote.jwks.to_string());
-    let mut s = scenario(&up, &inline);
     // Same issuer and key id as the inline provider, different key: the inline verifier
     // refuses the signature, the remote one accepts it.
-    s.extra_idps
-        .push(json!({"name": "remote-ci", "kind": {"jwt": {
-        "issuer": ISSUER, "audiences": ["rtn"],
-        "jwks": {"remote": {"uri": format!("https://localhost:{}/jwks", jwks.port),
-                            "refreshIntervalSeconds": 300}}}}}));
-    let ca_dir = tempfile::tempdir().unwrap();
-    let ca = write(ca_dir.path(), "jwks-ca.pem", &pki.ca_pem);
-    let gw = Gateway::start_with(&snapshot(&s), &["--jwks-ca-file", &ca]);
-    gw.wait_metrics("the JWKS fetch", |m| {
-        m.contains("rustronaut_gateway_jwks_fetches_total{result=\"ok\"} 1")
-    });
+    // Held whole: its JWKS server and CA file live as long as the test.
+    let setup = RemoteJwks::start(&up, &inline, &remote);
+    let s = &setup.s;
     let token = format!(
         "Authorization: Bearer {}",
         remote.token("carol", &["dev"], 300)
@@ -1041,20 +1065,8 @@ fn a_token_with_an_unknown_key_id_refetches_the_remote_jwks() {
     let inline = Signer::new();
     let old = Signer::with_kid("old");
     let new = Signer::with_kid("new");
-    let pki = Pki::new("JWKS CA");
-    let jwks = JwksServer::start(&pki, old.jwks.to_string());
-    let mut s = scenario(&up, &inline);
-    s.extra_idps
-        .push(json!({"name": "remote-ci", "kind": {"jwt": {
-        "issuer": ISSUER, "audiences": ["rtn"],
-        "jwks": {"remote": {"uri": format!("https://localhost:{}/jwks", jwks.port),
-                            "refreshIntervalSeconds": 300}}}}}));
-    let ca_dir = tempfile::tempdir().unwrap();
-    let ca = write(ca_dir.path(), "jwks-ca.pem", &pki.ca_pem);
-    let gw = Gateway::start_with(&snapshot(&s), &["--jwks-ca-file", &ca]);
-    gw.wait_metrics("the first JWKS fetch", |m| {
-        m.contains("rustronaut_gateway_jwks_fetches_total{result=\"ok\"} 1")
-    });
+    let setup = RemoteJwks::start(&up, &inline, &old);
+    let (s, gw, jwks) = (&setup.s, &setup.gw, &setup.jwks);
     let fetched = Instant::now();
     let bearer = |t: String| format!("Authorization: Bearer {t}");
     assert_eq!(
