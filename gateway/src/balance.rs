@@ -22,7 +22,7 @@ use foldhash::HashMap;
 use rustronaut_contract::snapshot::{LoadBalancing, SiteUpstream, Upstream, UpstreamKind};
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 struct Member {
@@ -277,6 +277,12 @@ impl Balancer {
         Some(b)
     }
 
+    /// Whether picks read [`InFlight`] (least connections): only then do requests need
+    /// counting (see [`crate::state::Compiled::counts_in_flight`]).
+    pub fn counts_in_flight(&self) -> bool {
+        matches!(self.algorithm, LoadBalancing::LeastConnections)
+    }
+
     /// Whether any upstream is a site.
     pub fn has_sites(&self) -> bool {
         self.members.iter().any(|m| m.site.is_some())
@@ -329,9 +335,17 @@ impl Balancer {
 
 /// Which upstream addresses are down, shared by the active checker and the passive
 /// ejection on connect failures; survives snapshot reloads (it is keyed by address).
+///
+/// Read on every request (twice for a round-robin pick); written by the checker and by
+/// connect failures. While nothing is down, which is nearly always, a read is one atomic
+/// load ([`Health::is_up`]) instead of a lock and a map lookup (issue 19).
 #[derive(Debug, Default)]
 pub struct Health {
     inner: Mutex<HashMap<SocketAddr, AddrHealth>>,
+    /// Whether some address may be down: set, under the lock, whenever an address goes
+    /// down or is ejected; cleared once no entry is down or ejected any more. False only
+    /// while every address is up, so a reader that sees it false may skip the map.
+    any_down: AtomicBool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -345,17 +359,43 @@ struct AddrHealth {
 impl Health {
     /// Whether `addr` may receive traffic now.
     pub fn is_up(&self, addr: SocketAddr) -> bool {
-        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&addr) {
-            None => true,
-            Some(h) => !h.active_down && h.ejected_until.is_none_or(|t| t <= Instant::now()),
+        // Acquire pairs with the Release stores below: a reader that sees `true` sees the
+        // entry that made it so.
+        if !self.any_down.load(Ordering::Acquire) {
+            return true;
         }
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(h) = map.get_mut(&addr) else {
+            return true;
+        };
+        if let Some(t) = h.ejected_until {
+            let now = Instant::now();
+            if t > now {
+                return false;
+            }
+            // The ejection is over: forgotten, so that reads go back to the fast path once
+            // nothing else is down.
+            h.ejected_until = None;
+            let up = !h.active_down;
+            Self::publish(&map, &self.any_down, now);
+            return up;
+        }
+        !h.active_down
+    }
+
+    /// Sets `any_down` from `map` (held locked by the caller) at `now`.
+    fn publish(map: &HashMap<SocketAddr, AddrHealth>, any_down: &AtomicBool, now: Instant) {
+        let down = map
+            .values()
+            .any(|h| h.active_down || h.ejected_until.is_some_and(|t| t > now));
+        any_down.store(down, Ordering::Release);
     }
 
     /// Passive ejection: a connect to `addr` failed; keep traffic away for `for_`.
     pub fn eject(&self, addr: SocketAddr, for_: Duration) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(addr).or_default().ejected_until = Some(Instant::now() + for_);
+        self.any_down.store(true, Ordering::Release);
     }
 
     /// Records an active check result with the thresholds of the rule; returns whether the
@@ -383,7 +423,11 @@ impl Health {
                 h.active_down = true;
             }
         }
-        (before != h.active_down, !h.active_down)
+        let (changed, up) = (before != h.active_down, !h.active_down);
+        if changed {
+            Self::publish(&map, &self.any_down, Instant::now());
+        }
+        (changed, up)
     }
 }
 
@@ -457,6 +501,46 @@ mod tests {
         assert_eq!(h.record_check(a, true, 2, 2), (false, false));
         assert_eq!(h.record_check(a, true, 2, 2), (true, true));
         assert!(h.is_up(a));
+    }
+
+    #[test]
+    fn health_reads_skip_the_map_only_while_nothing_is_down() {
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let h = Health::default();
+        let fast = |h: &Health| !h.any_down.load(Ordering::Acquire);
+        assert!(fast(&h));
+        // Checks that pass, or fail below the threshold, change nothing a read sees.
+        h.record_check(a, true, 2, 2);
+        h.record_check(a, false, 2, 2);
+        assert!(fast(&h) && h.is_up(a));
+        // Down by active checks: slow path, and only that address is down.
+        h.record_check(a, false, 2, 2);
+        assert!(!fast(&h));
+        assert!(!h.is_up(a) && h.is_up(b));
+        // An ejection of another address keeps it so until both are up again.
+        h.eject(b, Duration::from_millis(30));
+        assert!(!h.is_up(b));
+        h.record_check(a, true, 2, 2);
+        h.record_check(a, true, 2, 2);
+        assert!(h.is_up(a) && !fast(&h), "b is still ejected");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(h.is_up(b), "the ejection is over");
+        assert!(fast(&h), "nothing is down: reads skip the map again");
+        // An ejection over while the address is down by checks leaves it down.
+        for _ in 0..2 {
+            h.record_check(a, false, 2, 2);
+        }
+        h.eject(a, Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!h.is_up(a) && !fast(&h));
+    }
+
+    #[test]
+    fn only_least_connections_reads_requests_in_flight() {
+        let ups = [svc(1, &["10.0.0.1:80"])];
+        assert!(Balancer::new(&ups, LoadBalancing::LeastConnections).counts_in_flight());
+        assert!(!Balancer::new(&ups, LoadBalancing::RoundRobin).counts_in_flight());
     }
 
     #[test]

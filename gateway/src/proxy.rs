@@ -955,10 +955,17 @@ impl ProxyHttp for GatewayProxy {
         };
         ctx.site = None;
         ctx.tried.push(addr);
-        if let Some(prev) = ctx.counted.replace(addr) {
+        // Counted only when a least-connections balancer will read the count
+        // (`Compiled::counts_in_flight`).
+        let counted = if state.counts_in_flight {
+            self.shared.inflight.start(addr);
+            Some(addr)
+        } else {
+            None
+        };
+        if let Some(prev) = std::mem::replace(&mut ctx.counted, counted) {
             self.shared.inflight.end(prev);
         }
-        self.shared.inflight.start(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.shared.connect_timeout);
         peer.options.read_timeout = Some(timeout);

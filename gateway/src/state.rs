@@ -262,6 +262,13 @@ pub struct Compiled {
     /// listener, by (resource index, rule index or [`L4_RULE`], listener port). Read through
     /// [`Compiled::balancer`].
     pub pinned: HashMap<(usize, usize, u16), Balancer>,
+    /// Whether any balancer here picks by least connections, the one reader of the
+    /// requests in flight per address (`Shared::inflight` in `proxy`). Without one, which
+    /// is the default, a request is not counted: the count took a lock and a map update
+    /// when the upstream was picked and again when the request ended (issue 19). With one,
+    /// every HTTP request of the snapshot is counted, whatever its own rule's algorithm,
+    /// so an address shared with a round-robin rule shows its whole load.
+    pub counts_in_flight: bool,
     /// rustls server configurations of the TLS-terminating TCP listeners, by name. Built per
     /// snapshot, so a certificate, CA or minimum-version change applies to the next
     /// connection.
@@ -575,6 +582,10 @@ impl Compiled {
         } else {
             HashMap::default()
         };
+        let counts_in_flight = balancers
+            .values()
+            .chain(pinned.values())
+            .any(Balancer::counts_in_flight);
         // Validation refused unparseable entries; were one to slip through, it trusts no one.
         let trusted_peers = TrustedPeers::parse(&snapshot.client_ip_detection.trusted_peer_cidrs)
             .unwrap_or_default();
@@ -591,6 +602,7 @@ impl Compiled {
             client_verifiers,
             balancers,
             pinned,
+            counts_in_flight,
             tcp_tls,
             hosts,
         })
@@ -890,6 +902,17 @@ mod tests {
             }],
         });
         Snapshot::load(&serde_json::to_vec(&v).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn requests_are_counted_in_flight_only_for_a_least_connections_rule() {
+        let plain = with_upstream("10.0.0.1:80", false);
+        assert!(!Compiled::build(plain.clone()).unwrap().counts_in_flight);
+        let mut v = serde_json::to_value(&plain).unwrap();
+        v["resources"][0]["rules"][0]["loadBalancing"] =
+            serde_json::json!({"type": "LeastConnections"});
+        let least = Snapshot::load(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(Compiled::build(least).unwrap().counts_in_flight);
     }
 
     /// A sidecar protecting two ports of one application, as compile/src/sidecar.rs
