@@ -595,6 +595,22 @@ fi
 
 ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
 ms() { printf '%.3f' "$(echo "$1 / 1000" | bc -l)"; }
+# paired results n k: after a table, each gateway build's CPU per request over bare Pingora's
+# in the same round, round by round, and their median. The ratio of the medians above mixes
+# rounds taken minutes apart; a round's two runs are seconds apart, so the machine's drift
+# (2-5 % between rounds here) cancels more of itself in each of these (issue 19).
+paired() {
+	local -n res=$1
+	local t list
+	for t in gateway gateway-before; do
+		[ -n "${res[$t]:-}" ] || continue
+		list=$(paste -d' ' <(field "$2" "$3" <<<"${res[$t]}") <(field "$2" "$3" <<<"${res[bare-pingora]}") |
+			awk '$1 != "-" && $2 != "-" && $2 > 0 {printf "%.2f ", $1 / $2}')
+		[ -n "$list" ] || continue
+		printf '(CPU vs bare Pingora in the same round, %s: %s-> median %s)\n' "$t" "$list" \
+			"$(median <<<"$list")"
+	done
+}
 if [ "$H2_ONLY" != 1 ]; then
 	ns=$(field 1 <<<"${small[nginx]}" | median)
 	if [ "$LATENCY_ONLY" = 1 ]; then
@@ -627,6 +643,7 @@ if [ "$H2_ONLY" != 1 ]; then
 				"$cpu" "$user" "$vs_bare" "$b" "$(ratio "$b" "$nb")" "$bl" "$runs"
 		fi
 	done
+	paired small 3 4
 
 	if [ -n "${LAT_RATE:-}" ]; then
 		why="LAT_RATE; the gateway's median maximum is $(printf '%.0f' "$gw_max")"
@@ -661,6 +678,7 @@ if [ "$H2_ONLY" != 1 ]; then
 			"$(ms "$p50")" "$(ms "$p99")" "$(ms "$((p50 - d50))")" "$(ms "$((p99 - d99))")" \
 			"$c" "$cu" "$vs_bare" "$runs"
 	done
+	paired lat 4 5
 fi
 if [ "$LATENCY_ONLY" != 1 ]; then
 	printf '\nHTTP/2 over TLS (%s), %s requests x %s connections x %s streams, %s rounds, median of rounds\n\n' \
@@ -681,6 +699,7 @@ if [ "$LATENCY_ONLY" != 1 ]; then
 		printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s|\n' "$t" "$s" "$(ratio "$s" "$hn")" "$(ratio "$s" "$hd")" \
 			"$sl" "$cpu" "$user" "$vs_bare" "$runs"
 	done
+	paired h2 3 4
 	printf '(negotiated per target:'
 	for t in "${targets[@]}"; do printf ' %s %s;' "$t" "$(cat "$work/h2-cipher-$t")"; done
 	printf ')\n'
