@@ -519,12 +519,12 @@ mod tests {
         assert!(!fast(&h));
         assert!(!h.is_up(a) && h.is_up(b));
         // An ejection of another address keeps it so until both are up again.
-        h.eject(b, Duration::from_millis(30));
+        h.eject(b, Duration::from_millis(200));
         assert!(!h.is_up(b));
         h.record_check(a, true, 2, 2);
         h.record_check(a, true, 2, 2);
         assert!(h.is_up(a) && !fast(&h), "b is still ejected");
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(250));
         assert!(h.is_up(b), "the ejection is over");
         assert!(fast(&h), "nothing is down: reads skip the map again");
         // An ejection over while the address is down by checks leaves it down.
