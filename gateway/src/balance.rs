@@ -343,8 +343,11 @@ impl Balancer {
 pub struct Health {
     inner: Mutex<HashMap<SocketAddr, AddrHealth>>,
     /// Whether some address may be down: set, under the lock, whenever an address goes
-    /// down or is ejected; cleared once no entry is down or ejected any more. False only
-    /// while every address is up, so a reader that sees it false may skip the map.
+    /// down or is ejected; recomputed from the map when a check brings an address back or
+    /// a read finds an ejection over. False only while every address is up, so a reader
+    /// that sees it false may skip the map; true a little longer than needed at worst (an
+    /// ejection that ran out on an address no one reads again), which costs only the old
+    /// locked read.
     any_down: AtomicBool,
 }
 
