@@ -561,16 +561,22 @@ impl JwtVerifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(JwtError::TooLarge);
         }
+        // The key digests the signature only (the part after the last dot; the whole token
+        // when it has none); the signed part before it, dot included, is compared on a
+        // hit, so a hit is this exact token (super::cache's module docs say why).
+        let (signed, signature) = token
+            .as_bytes()
+            .split_at(memchr::memrchr(b'.', token.as_bytes()).map_or(0, |i| i + 1));
         let mut h = Sha256::new();
         h.update(self.fingerprint);
-        h.update(token.as_bytes());
+        h.update(signature);
         let key: [u8; 32] = h.finalize().into();
-        if let Some(hit) = cache.get(&key, now) {
+        if let Some(hit) = cache.get(&key, signed, now) {
             return Ok(hit);
         }
         let verified = Arc::new(self.verify(token, now)?);
         let valid_until = verified.expires_at.saturating_add(self.config.clock_skew);
-        cache.insert(key, verified.clone(), valid_until, now);
+        cache.insert(key, signed, verified.clone(), valid_until, now);
         Ok(verified)
     }
 

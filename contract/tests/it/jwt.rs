@@ -562,6 +562,38 @@ fn verifier_settings_are_checked() {
     );
 }
 
+/// The cache key digests only the signature: a token made of a cached token's signature
+/// and other claims is verified (and refused), not served the cached identity, and the
+/// real token's entry stays.
+#[test]
+fn a_cached_signature_with_other_claims_is_not_a_hit() {
+    let v = verifier();
+    let cache = TokenCache::new(100).unwrap();
+    let t = sign(Algorithm::RS256, Some("rsa"), &claims());
+    let real = v.verify_cached(&cache, &t, NOW).unwrap();
+    let (signed, signature) = t.rsplit_once('.').unwrap();
+    let (header, _) = signed.split_once('.').unwrap();
+    let other = URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&with(claims(), "sub", json!("mallory"))).unwrap());
+    for forged in [
+        format!("{header}.{other}.{signature}"),
+        format!("{signed}x.{signature}"),
+        format!("{signed}{signature}"),
+        signature.to_string(),
+    ] {
+        assert!(
+            matches!(
+                v.verify_cached(&cache, &forged, NOW),
+                Err(JwtError::BadSignature | JwtError::Malformed(_))
+            ),
+            "{forged}"
+        );
+    }
+    assert_eq!(cache.len(), 1);
+    let again = v.verify_cached(&cache, &t, NOW).unwrap();
+    assert!(Arc::ptr_eq(&real, &again), "the real token is still a hit");
+}
+
 #[test]
 fn cache_serves_until_expiry_and_never_caches_failures() {
     let v = verifier();
