@@ -1145,6 +1145,7 @@ impl ProxyHttp for GatewayProxy {
             detail: record.detail.as_deref().unwrap_or(""),
             dry_run: record.dry_run.as_deref().unwrap_or("-"),
             error: e.map(|e| e as &dyn std::fmt::Display),
+            plain_names: ctx.state.as_ref().is_some_and(|s| s.plain_names),
         };
         crate::logs::request(&line, ctx.wall + elapsed);
         if let Some(cx) = ctx.trace.take() {

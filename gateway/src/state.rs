@@ -282,6 +282,12 @@ pub struct Compiled {
     /// What each request's decision line names, by Resource index: read through
     /// [`Compiled::labels`].
     labels: Vec<Labels>,
+    /// Whether every name a decision line takes from this snapshot (each Resource's
+    /// `namespace/name` and rule names, each Policy's and its rules' names) goes into a JSON
+    /// string as it is: checked here once, so the line copies them without checking each
+    /// on every request ([`crate::logs::RequestLine::plain_names`]; issue 19). Kubernetes
+    /// names always do; a hand-written snapshot with a quote in a name is escaped as before.
+    pub plain_names: bool,
 }
 
 /// The names a request's record carries for its Resource ([`crate::pipeline::Record`]),
@@ -591,9 +597,24 @@ impl Compiled {
             .unwrap_or_default();
         let hosts = HostIndex::new(snapshot.resources.iter().map(|r| &r.hostnames[..]));
         let labels = snapshot.resources.iter().map(Labels::new).collect();
+        let plain_names = snapshot
+            .resources
+            .iter()
+            .flat_map(|r| {
+                [&r.namespace, &r.name]
+                    .into_iter()
+                    .chain(r.rules.iter().map(|rule| &rule.name))
+            })
+            .chain(snapshot.policies.iter().flat_map(|p| {
+                [&p.namespace, &p.name]
+                    .into_iter()
+                    .chain(p.rules.iter().map(|rule| &rule.name))
+            }))
+            .all(|n| !crate::logs::needs_escaping(n));
         Ok(Self {
             trusted_peers,
             labels,
+            plain_names,
             version: snapshot.content_hash(),
             policies,
             snapshot,
@@ -913,6 +934,49 @@ mod tests {
             serde_json::json!({"type": "LeastConnections"});
         let least = Snapshot::load(&serde_json::to_vec(&v).unwrap()).unwrap();
         assert!(Compiled::build(least).unwrap().counts_in_flight);
+    }
+
+    /// The decision line copies a snapshot's names unchecked only when none of them needs
+    /// escaping; one name that does (a hand-written snapshot) turns that off for all.
+    #[test]
+    fn names_are_plain_only_when_none_needs_escaping() {
+        let mut plain = serde_json::to_value(with_upstream("10.0.0.1:80", false)).unwrap();
+        plain["policies"] = serde_json::json!([{
+            "namespace": "shop", "name": "payers", "tenant": "acme", "action": "Allow",
+            "targets": [{"resource": {"namespace": "shop", "name": "payments"}}],
+            "rules": [{"name": "sre", "from": [{"user": {"groups": ["sre"]}}]}]
+        }]);
+        let plain = Snapshot::load(&serde_json::to_vec(&plain).unwrap()).unwrap();
+        assert!(Compiled::build(plain.clone()).unwrap().plain_names);
+        // Each case renames in place (a Resource's name also in the Policy's target).
+        let rule = &[&["resources", "0", "rules", "0", "name"][..]][..];
+        let resource = &[
+            &["resources", "0", "name"][..],
+            &["policies", "0", "targets", "0", "resource", "name"][..],
+        ][..];
+        let policy_rule = &[&["policies", "0", "rules", "0", "name"][..]][..];
+        let policy = &[&["policies", "0", "name"][..]][..];
+        for (paths, name) in [
+            (rule, "a\"b"),
+            (resource, "app\\"),
+            (policy_rule, "r\nule"),
+            (policy, "p\u{1}"),
+        ] {
+            let mut v = serde_json::to_value(&plain).unwrap();
+            for path in paths {
+                let mut at = &mut v;
+                for p in *path {
+                    at = match p.parse::<usize>() {
+                        Ok(i) => &mut at[i],
+                        Err(_) => &mut at[*p],
+                    };
+                }
+                assert!(at.is_string(), "{path:?}");
+                *at = serde_json::json!(name);
+            }
+            let s = Snapshot::load(&serde_json::to_vec(&v).unwrap()).unwrap();
+            assert!(!Compiled::build(s).unwrap().plain_names, "{paths:?}");
+        }
     }
 
     /// A sidecar protecting two ports of one application, as compile/src/sidecar.rs
