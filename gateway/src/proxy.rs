@@ -1113,7 +1113,16 @@ impl ProxyHttp for GatewayProxy {
         let m = &self.shared.metrics;
         let elapsed = ctx.started.elapsed();
         m.latency.observe(elapsed.as_secs_f64());
-        let record = ctx.record.take().unwrap_or_default();
+        // Read in place: the record is a few hundred bytes, and moving it out was a copy
+        // per request (issue 19); it is dropped with the context.
+        let no_record;
+        let record = match &ctx.record {
+            Some(r) => r,
+            None => {
+                no_record = Record::default();
+                &no_record
+            }
+        };
         if record.effect == "Allow" || record.effect == "Deny" {
             m.count_decision(record.effect, record.reason);
         }
