@@ -90,7 +90,8 @@ impl std::fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
-    /// Default capacity: 100,000 tokens (a few hundred bytes each).
+    /// Default capacity: 100,000 tokens. An entry holds the verified identity (the claims,
+    /// decoded) and the token's signed part (the same claims, base64).
     pub const DEFAULT_CAPACITY: usize = 100_000;
 
     /// A cache holding at most about `capacity` tokens (rounded up to a multiple of the
