@@ -6,10 +6,10 @@
 //!   byte for byte on a hit: a hit is the same token, exactly. The signature is the part
 //!   of a JWT no one can guess (the signed part is the claims, which the entry holds
 //!   decoded anyway), so a memory dump still holds no usable credential. Why not a digest
-//!   of the whole token, as before: the signed part is most of a token's bytes (294 of an
-//!   RS256 token's 637, all but 86 of an ES256 one's), and hashing it on every request was
-//!   about 1.5 % of the gateway's CPU per request; the comparison costs a `memcmp` (issue
-//!   19, docs/benchmarks.md).
+//!   of the whole token, as before: the signed part is a large share of a token's bytes
+//!   (294 of the benchmark's 637-byte RS256 token, all but 86 of an ES256 one's), and
+//!   hashing the whole token on every request was about 1.5 % of the gateway's CPU per
+//!   request; comparing the signed part costs a `memcmp` (issue 19, docs/benchmarks.md).
 //! - An entry is valid until the token's `exp` plus the clock skew (exactly as long as
 //!   verification would succeed), then it is a miss.
 //! - Only successful verifications are cached: caching failures would let anyone fill the
