@@ -269,8 +269,8 @@ pub fn decide(c: &Compiled, facts: &L4Facts<'_>, env: &Env<'_>) -> L4Verdict {
     if let Some(sni) = facts.sni {
         request = request.host(sni);
     }
-    let decision = evaluate(&c.policies, &request, env.now, record.decision_id.clone());
-    record.note(&decision);
+    let mut decision = evaluate(&c.policies, &request, env.now, record.decision_id.clone());
+    record.note(&mut decision);
     if decision.effect == Effect::Deny {
         record.effect = "Deny";
         return L4Verdict {
