@@ -495,7 +495,7 @@ fn needs_escape(b: u8) -> bool {
 /// sets its high bit in `x - 0x20…` while its own high bit is clear, and a byte equal to
 /// `c` is a zero byte of `x ^ c…` (the usual "has zero byte" test); a byte of 0x80 or
 /// above (UTF-8) never matches.
-pub fn needs_escaping(s: &str) -> bool {
+pub(crate) fn needs_escaping(s: &str) -> bool {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = ONES << 7;
     let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
