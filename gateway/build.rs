@@ -7,15 +7,19 @@
 //! resident. The ~1,760 functions a sidecar runs were spread over 118 such stretches of
 //! LTO's layout: 8.0-9.0 MiB of resident code for an idle sidecar. Gathered at the start of
 //! `.text` they take 2.5 MiB (the sidecar's idle RSS 15.0 -> 8.5 MiB; docs/benchmarks.md,
-//! "Sidecar vs an nginx sidecar and direct"). Nothing changes in what the code does: the
-//! linker only places these functions first (lld's `--symbol-ordering-file`, Rust emitting
-//! one section per function), the rest follows in its usual order.
+//! "Sidecar vs an nginx sidecar and direct"). Within the list, the request path's functions
+//! come first, clustered by caller (`gateway/bench/symbol-order.sh` says how), which the CPU
+//! per request feels too: the list gone stale cost the one-worker gateway 3.5 % (issue 19,
+//! docs/benchmarks.md). Nothing changes in what the code does: the linker only places these
+//! functions first (lld's `--symbol-ordering-file`, Rust emitting one section per
+//! function), the rest follows in its usual order.
 //!
 //! The list holds mangled names, whose hashes change with a dependency's version, the
 //! toolchain or this package's own build metadata. Names the build no longer has are
-//! skipped silently (`--no-warn-symbol-ordering`), so a stale list only costs memory again
-//! (`make bench-sidecar` prints how many of its names the binary has);
-//! `gateway/bench/symbol-order.sh` regenerates it from a callgrind run of the sidecar.
+//! skipped silently (`--no-warn-symbol-ordering`), so a stale list costs memory and CPU
+//! again (`make bench-sidecar` and `make bench-gateway` print how many of its names the
+//! binary has); `gateway/bench/symbol-order.sh` regenerates it from a callgrind run of the
+//! sidecar, and should be run whenever Cargo.lock or the toolchain changes.
 //!
 //! Only where the linker is lld: x86_64-unknown-linux-gnu links with it by default since
 //! Rust 1.90 (the workspace needs 1.91). Set `RUSTRONAUT_SYMBOL_ORDER=0` to link without

@@ -14,6 +14,9 @@
 #                                 Allow policy on one plain HTTP listener at PORT for
 #                                 bench.localhost, upstream 127.0.0.1:UP (RESOURCES=N:
 #                                 N-1 other Resources first, on hostnames of their own)
+#   bench_symbol_order            prints how many of gateway/link/symbol-order.txt's
+#                                 functions $GW has (a stale list costs memory and CPU:
+#                                 regenerate with gateway/bench/symbol-order.sh)
 # shellcheck shell=bash
 
 bench_setup() {
@@ -80,6 +83,13 @@ PY
 }
 
 # Whether process $1 still runs (an exited child stays a zombie until waited for).
+bench_symbol_order() {
+	local order=$repo/gateway/link/symbol-order.txt
+	printf 'symbol order: %s of the %s functions of %s are in the binary\n' \
+		"$(nm --defined-only "$GW" | awk '{print $3}' | sort -u | comm -12 - <(sort -u "$order") | wc -l)" \
+		"$(wc -l <"$order")" gateway/link/symbol-order.txt
+}
+
 bench_running() {
 	local stat
 	stat=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $stat != Z* ]]

@@ -715,6 +715,8 @@ if [ "$H2_ONLY" != 1 ]; then
 		"$(echo "${allocs[gateway-h1]% *} - ${allocs[bare-pingora-h1]% *}" | bc -l)"
 fi
 printf '\ngateway RSS: idle %s KiB, peak %s KiB\n' "$idle_rss" "$peak_rss"
+# A stale link order (gateway/build.rs) shows in the gateway's CPU per request.
+bench_symbol_order
 printf 'idle wake-ups per second (voluntary context switches, all threads, 5 s after one request):'
 for tp in "${idle_procs[@]}"; do printf ' %s %s' "${tp%%:*}" "${idle_woke[${tp%%:*}]}"; done
 printf '\n'

@@ -133,7 +133,4 @@ printf '\nidle RSS: rustronaut sidecar %s KiB (peak after the runs %s KiB); ngin
 	"$gw_idle" "$gw_peak" "$nginx_idle"
 # A stale gateway/link/symbol-order.txt (gateway/build.rs) shows here first: fewer of its
 # functions in the binary, more of the binary resident.
-order=$repo/gateway/link/symbol-order.txt
-printf 'symbol order: %s of the %s functions of %s are in the binary\n' \
-	"$(nm --defined-only "$GW" | awk '{print $3}' | sort -u | comm -12 - <(sort -u "$order") | wc -l)" \
-	"$(wc -l <"$order")" gateway/link/symbol-order.txt
+bench_symbol_order

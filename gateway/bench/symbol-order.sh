@@ -3,8 +3,24 @@
 # release gateway a sidecar executes, which the linker places together so a sidecar maps
 # less of the binary. Runs the sidecar as gateway/bench/sidecar.sh does (--threads 1, a
 # sidecar snapshot, an nginx application) under callgrind: start-up, allowed, refused and
-# unauthenticated requests, a short load, the admin endpoints, a few idle seconds. Lists the
-# functions callgrind saw run, in the order it names them, keeping those the binary defines.
+# unauthenticated requests, a load, the admin endpoints, a few idle seconds. Lists the
+# functions callgrind saw run that the binary defines.
+#
+# Their order is for the request path's speed: the functions the load ran are placed by
+# call-chain clustering (C3, Ottoni and Maher, "Optimizing Function Placement for
+# Large-Scale Data-Center Applications", CGO 2017; what lld's --call-graph-profile-sort
+# does with a PGO profile): each function, densest first, joins the cluster of its most
+# frequent caller unless the cluster would pass 1 MiB or lose more than 8x of its density,
+# and the clusters follow each other densest first, so a request's code sits together
+# rather than between start-up code in the order callgrind first named the functions
+# (issue 19, docs/benchmarks.md: about 1.5 % of the CPU per request against that order;
+# a stale list, most names gone after a dependency change, cost 3.5 %). Functions that
+# ran only at start-up, at idle or for the probes follow, in the order callgrind named
+# them.
+#
+# Regenerate whenever Cargo.lock or the toolchain changes: the names' hashes follow both,
+# and `make bench-gateway` and `make bench-sidecar` print how many of the names the
+# binary still has.
 #
 # Usage: gateway/bench/symbol-order.sh   (installs valgrind, nginx-light, nghttp2-client
 # when missing; builds the release gateway). Rebuild the release gateway afterwards.
@@ -50,22 +66,103 @@ for _ in 1 2 3 4 5; do
 done
 code 127.0.0.1:19114/metrics >/dev/null
 code 127.0.0.1:19114/healthz >/dev/null
-h2load --h1 -c 10 -n 300 -H "Authorization: Bearer $TOKEN" http://127.0.0.1:19113/ | grep 'status codes'
+# Part 1 of the profile: start-up and the probes above. Part 2: the load alone, whose
+# costs and calls order the functions.
+callgrind_control -d "$gw" >/dev/null
+h2load --h1 -c 10 -n 3000 -H "Authorization: Bearer $TOKEN" http://127.0.0.1:19113/ | grep 'status codes'
+callgrind_control -d "$gw" >/dev/null
 sleep 5
 kill -TERM "$gw"
 wait "$gw" || true
-python3 - "$work/cg.out" "$GW" >"$repo/gateway/link/symbol-order.txt" <<'PY'
+python3 - "$GW" "$work/cg.out.1" "$work/cg.out.2" "$work/cg.out" >"$repo/gateway/link/symbol-order.txt" <<'PY'
 import re, subprocess, sys
-seen = {}
-for line in open(sys.argv[1]):
-    m = re.match(r'^c?fn=\(\d+\) (.+)$', line.rstrip('\n'))
-    if m:
-        seen.setdefault(m.group(1), None)
-nm = subprocess.run(['nm', '--defined-only', sys.argv[2]], capture_output=True, text=True,
+from collections import Counter
+
+binary, parts = sys.argv[1], sys.argv[2:]
+load = parts[1]
+
+
+def read(path):
+    """Functions in the order callgrind names them; exclusive instructions; calls per edge."""
+    names, seen, cost, calls = {}, {}, Counter(), Counter()
+    fn = cfn = None
+    in_call = False
+    for line in open(path):
+        line = line.rstrip('\n')
+        m = re.match(r'^(c?fn)=\((\d+)\)(?: (.+))?$', line)
+        if m:
+            kind, ident, name = m.groups()
+            if name:
+                names[ident] = name
+            name = names[ident]
+            seen.setdefault(name, None)
+            if kind == 'fn':
+                fn = name
+            else:
+                cfn = name
+            continue
+        if line.startswith('calls='):
+            calls[(fn, cfn)] += int(line[6:].split()[0])
+            in_call = True
+            continue
+        if line[:1] in tuple('0123456789+-*'):
+            if in_call:  # the call's inclusive cost, not the caller's own
+                in_call = False
+            elif fn is not None:
+                cost[fn] += int(line.split()[-1])
+    return seen, cost, calls
+
+
+nm = subprocess.run(['nm', '--defined-only', '-S', binary], capture_output=True, text=True,
                     check=True).stdout
-defined = {p[2] for p in (l.split() for l in nm.splitlines()) if len(p) == 3 and p[1] in 'tTwW'}
-for name in seen:
-    if name in defined:
-        print(name)
+size = {}
+for fields in (l.split() for l in nm.splitlines()):
+    if len(fields) == 4 and fields[2] in 'tTwW':
+        size[fields[3]] = max(int(fields[1], 16), 1)
+
+order = {}
+for path in parts:
+    order.update(read(path)[0])
+names = [n for n in order if n in size]
+_, cost, calls = read(load)
+
+# C3: each function, densest first, joins its most frequent caller's cluster.
+best = {}
+for (caller, callee), n in calls.items():
+    if caller in size and callee in size and caller != callee and n > best.get(callee, (0, None))[0]:
+        best[callee] = (n, caller)
+hot = [n for n in names if cost[n] > 0]
+leader = {n: n for n in hot}
+members = {n: [n] for n in hot}
+csize = {n: size[n] for n in hot}
+ccost = {n: cost[n] for n in hot}
+
+
+def find(n):
+    while leader[n] != n:
+        leader[n] = leader[leader[n]]
+        n = leader[n]
+    return n
+
+
+for f in sorted(hot, key=lambda n: -cost[n] / size[n]):
+    if f not in best or best[f][1] not in leader or find(f) != f:
+        continue
+    p = find(best[f][1])
+    if p == f or csize[p] + csize[f] > 1 << 20:
+        continue
+    merged = (ccost[p] + ccost[f]) / (csize[p] + csize[f])
+    if merged * 8 < ccost[p] / csize[p]:
+        continue
+    leader[f] = p
+    members[p] += members.pop(f)
+    csize[p] += csize.pop(f)
+    ccost[p] += ccost.pop(f)
+
+for c in sorted(members, key=lambda c: -ccost[c] / csize[c]):
+    print('\n'.join(members[c]))
+for n in names:
+    if n not in leader:
+        print(n)
 PY
 echo "$(wc -l <"$repo/gateway/link/symbol-order.txt") functions in gateway/link/symbol-order.txt"
