@@ -226,6 +226,7 @@ fn main() -> anyhow::Result<()> {
     let admin_state = Arc::new(AdminState {
         store: store.clone(),
         metrics: metrics.clone(),
+        listening: Default::default(),
         draining: Default::default(),
     });
 
@@ -424,6 +425,9 @@ fn main() -> anyhow::Result<()> {
     };
     let mut pingora = server::build(&first, &shared, &opts)?;
     drop(first);
+    // Every port is bound and listening: a connection from now on waits in the backlog for
+    // the accept loops `run` starts, so the gateway may be reported ready.
+    admin_state.listening.store(true, Ordering::Relaxed);
     pingora.bootstrap();
     tracing::info!("serving");
     // Blocks until SIGTERM/SIGINT and the graceful shutdown complete.
