@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates gateway/link/symbol-order.txt (see gateway/build.rs): the functions of the
 # release gateway a sidecar executes, which the linker places together so a sidecar maps
-# less of the binary. Runs the sidecar as gateway/bench/sidecar.sh does (--threads 1, a
+# less of the binary, then those an edge gateway's HTTPS load adds. Runs the sidecar as gateway/bench/sidecar.sh does (--threads 1, a
 # sidecar snapshot, an nginx application) under callgrind: start-up, allowed, refused and
 # unauthenticated requests, a load, the admin endpoints, a few idle seconds. Lists the
 # functions callgrind saw run that the binary defines.
@@ -16,7 +16,8 @@
 # (issue 19, docs/benchmarks.md: about 1.5 % of the CPU per request against that order;
 # a stale list, most names gone after a dependency change, cost 3.5 %). Functions that
 # ran only at start-up, at idle or for the probes follow, in the order callgrind named
-# them.
+# them. Last come the functions an edge gateway's HTTPS load runs (TLS, HTTP/2) that the
+# sidecar did not, clustered the same way.
 #
 # Regenerate whenever Cargo.lock or the toolchain changes: the names' hashes follow both,
 # and `make bench-gateway` and `make bench-sidecar` print how many of the names the
@@ -27,7 +28,7 @@
 set -euo pipefail
 # shellcheck source=gateway/bench/common.sh
 . "$(dirname "$0")/common.sh"
-bench_setup valgrind=valgrind nginx=nginx-light h2load=nghttp2-client
+bench_setup valgrind=valgrind nginx=nginx-light h2load=nghttp2-client openssl=openssl
 
 cat >"$work/app.conf" <<CONF
 worker_processes 1; daemon off; pid $work/app.pid; error_log $work/app.err;
@@ -74,12 +75,49 @@ callgrind_control -d "$gw" >/dev/null
 sleep 5
 kill -TERM "$gw"
 wait "$gw" || true
-python3 - "$GW" "$work/cg.out.1" "$work/cg.out.2" "$work/cg.out" >"$repo/gateway/link/symbol-order.txt" <<'PY'
+
+# An edge gateway over HTTPS, HTTP/2 and HTTP/1.1 by ALPN: the TLS and HTTP/2 code a
+# sidecar never runs, profiled the same way and placed after the sidecar's whole set, so
+# the sidecar's resident code stays what it was.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+	-subj /CN=bench.localhost -addext subjectAltName=DNS:bench.localhost \
+	-keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+python3 - "$repo/gateway/examples/standalone/snapshot.json" "$work/tls.crt" "$work/tls.key" >"$work/edge.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+cert = {"name": "bench", "hostnames": ["bench.localhost"],
+        "certificateChainPem": open(sys.argv[2]).read(), "privateKeyPem": open(sys.argv[3]).read()}
+s["listeners"] = [{"name": "https", "port": 19115, "protocol": "HTTPS", "tls": {"certificates": [cert]}}]
+s["tenants"][0]["domains"] = ["bench.localhost"]
+r = s["resources"][0]
+r["listeners"] = ["https"]
+r["hostnames"] = ["bench.localhost"]
+r["rules"][0]["upstreams"][0]["kind"]["service"]["addresses"] = ["127.0.0.1:19111"]
+json.dump(s, sys.stdout)
+PY
+valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/edge.out" \
+	"$GW" --allow-loopback-upstreams --snapshot "$work/edge.json" --admin-listen 127.0.0.1:19116 \
+	--bind-address 127.0.0.1 --threads 1 --grace-period-seconds 0 --shutdown-timeout-seconds 1 \
+	>"$work/edge.log" 2>&1 & edge=$!
+pids+=("$edge")
+for _ in $(seq 1 600); do
+	[ "$(code 127.0.0.1:19116/readyz)" = 200 ] && break
+	sleep 0.2
+done
+callgrind_control -d "$edge" >/dev/null
+tls=(--connect-to 127.0.0.1:19115 -H "Authorization: Bearer $TOKEN" https://bench.localhost/)
+h2load -n 2000 -c 10 -m 10 "${tls[@]}" | grep 'status codes'
+h2load --h1 -n 1000 -c 10 "${tls[@]}" | grep 'status codes'
+callgrind_control -d "$edge" >/dev/null
+kill -TERM "$edge"
+wait "$edge" || true
+
+python3 - "$GW" "$work/cg.out.1" "$work/cg.out.2" "$work/cg.out" "$work/edge.out.2" \
+	>"$repo/gateway/link/symbol-order.txt" <<'PY'
 import re, subprocess, sys
 from collections import Counter
 
-binary, parts = sys.argv[1], sys.argv[2:]
-load = parts[1]
+binary, parts, edge = sys.argv[1], sys.argv[2:5], sys.argv[5]
 
 
 def read(path):
@@ -124,45 +162,49 @@ order = {}
 for path in parts:
     order.update(read(path)[0])
 names = [n for n in order if n in size]
-_, cost, calls = read(load)
-
-# C3: each function, densest first, joins its most frequent caller's cluster.
-best = {}
-for (caller, callee), n in calls.items():
-    if caller in size and callee in size and caller != callee and n > best.get(callee, (0, None))[0]:
-        best[callee] = (n, caller)
-hot = [n for n in names if cost[n] > 0]
-leader = {n: n for n in hot}
-members = {n: [n] for n in hot}
-csize = {n: size[n] for n in hot}
-ccost = {n: cost[n] for n in hot}
 
 
-def find(n):
-    while leader[n] != n:
-        leader[n] = leader[leader[n]]
-        n = leader[n]
-    return n
+def c3(names, cost, calls):
+    """The functions of `names` that cost anything, by call-chain clustering (see above)."""
+    best = {}
+    for (caller, callee), n in calls.items():
+        if caller in size and callee in size and caller != callee and n > best.get(callee, (0, None))[0]:
+            best[callee] = (n, caller)
+    hot = [n for n in names if cost[n] > 0]
+    leader = {n: n for n in hot}
+    members = {n: [n] for n in hot}
+    csize = {n: size[n] for n in hot}
+    ccost = {n: cost[n] for n in hot}
+
+    def find(n):
+        while leader[n] != n:
+            leader[n] = leader[leader[n]]
+            n = leader[n]
+        return n
+
+    for f in sorted(hot, key=lambda n: -cost[n] / size[n]):
+        if f not in best or best[f][1] not in leader or find(f) != f:
+            continue
+        p = find(best[f][1])
+        if p == f or csize[p] + csize[f] > 1 << 20:
+            continue
+        merged = (ccost[p] + ccost[f]) / (csize[p] + csize[f])
+        if merged * 8 < ccost[p] / csize[p]:
+            continue
+        leader[f] = p
+        members[p] += members.pop(f)
+        csize[p] += csize.pop(f)
+        ccost[p] += ccost.pop(f)
+    return [n for c in sorted(members, key=lambda c: -ccost[c] / csize[c]) for n in members[c]]
 
 
-for f in sorted(hot, key=lambda n: -cost[n] / size[n]):
-    if f not in best or best[f][1] not in leader or find(f) != f:
-        continue
-    p = find(best[f][1])
-    if p == f or csize[p] + csize[f] > 1 << 20:
-        continue
-    merged = (ccost[p] + ccost[f]) / (csize[p] + csize[f])
-    if merged * 8 < ccost[p] / csize[p]:
-        continue
-    leader[f] = p
-    members[p] += members.pop(f)
-    csize[p] += csize.pop(f)
-    ccost[p] += ccost.pop(f)
-
-for c in sorted(members, key=lambda c: -ccost[c] / csize[c]):
-    print('\n'.join(members[c]))
-for n in names:
-    if n not in leader:
-        print(n)
+_, cost, calls = read(parts[1])
+out = c3(names, cost, calls)
+listed = set(out)
+out += [n for n in names if n not in listed]
+listed = set(out)
+edge_seen, cost, calls = read(edge)
+out += c3([n for n in edge_seen if n in size and n not in listed], cost, calls)
+print('\n'.join(out))
 PY
 echo "$(wc -l <"$repo/gateway/link/symbol-order.txt") functions in gateway/link/symbol-order.txt"
