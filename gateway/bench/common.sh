@@ -82,7 +82,7 @@ json.dump(s, sys.stdout)
 PY
 }
 
-# Whether process $1 still runs (an exited child stays a zombie until waited for).
+# How many names of the link order the gateway binary has (see the list at the top).
 bench_symbol_order() {
 	local order=$repo/gateway/link/symbol-order.txt
 	printf 'symbol order: %s of the %s functions of %s are in the binary\n' \
@@ -90,6 +90,7 @@ bench_symbol_order() {
 		"$(wc -l <"$order")" gateway/link/symbol-order.txt
 }
 
+# Whether process $1 still runs (an exited child stays a zombie until waited for).
 bench_running() {
 	local stat
 	stat=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $stat != Z* ]]
