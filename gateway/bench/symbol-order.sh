@@ -158,9 +158,10 @@ for fields in (l.split() for l in nm.splitlines()):
     if len(fields) == 4 and fields[2] in 'tTwW':
         size[fields[3]] = max(int(fields[1], 16), 1)
 
+profiles = [read(path) for path in parts]
 order = {}
-for path in parts:
-    order.update(read(path)[0])
+for seen, _, _ in profiles:
+    order.update(seen)
 names = [n for n in order if n in size]
 
 
@@ -198,7 +199,7 @@ def c3(names, cost, calls):
     return [n for c in sorted(members, key=lambda c: -ccost[c] / csize[c]) for n in members[c]]
 
 
-_, cost, calls = read(parts[1])
+_, cost, calls = profiles[1]
 out = c3(names, cost, calls)
 listed = set(out)
 out += [n for n in names if n not in listed]
