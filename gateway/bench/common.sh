@@ -14,6 +14,11 @@
 #                                 Allow policy on one plain HTTP listener at PORT for
 #                                 bench.localhost, upstream 127.0.0.1:UP (RESOURCES=N:
 #                                 N-1 other Resources first, on hostnames of their own)
+#   bench_tls_cert                writes $work/tls.crt and tls.key: a self-signed P-256
+#                                 certificate for bench.localhost
+#   bench_https_snapshot PORT UP  as bench_http_snapshot, on one HTTPS listener with that
+#                                 certificate (after bench_tls_cert), to
+#                                 $work/snapshot-https.json
 #   bench_symbol_order            prints how many of gateway/link/symbol-order.txt's
 #                                 functions $GW has (a stale list costs memory and CPU:
 #                                 regenerate with gateway/bench/symbol-order.sh)
@@ -78,6 +83,30 @@ for i in range(int(os.environ.get("RESOURCES", "1")) - 1):
     s["tenants"][0]["domains"].append(f"r{i}.localhost")
     others.append(o)
 s["resources"] = others + s["resources"]
+json.dump(s, sys.stdout)
+PY
+}
+
+bench_tls_cert() {
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+		-subj /CN=bench.localhost -addext subjectAltName=DNS:bench.localhost \
+		-keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+}
+
+bench_https_snapshot() {
+	python3 - "$repo/gateway/examples/standalone/snapshot.json" "$1" "$2" "$work/tls.crt" "$work/tls.key" \
+		>"$work/snapshot-https.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+cert = {"name": "bench", "hostnames": ["bench.localhost"],
+        "certificateChainPem": open(sys.argv[4]).read(), "privateKeyPem": open(sys.argv[5]).read()}
+s["listeners"] = [{"name": "https", "port": int(sys.argv[2]), "protocol": "HTTPS",
+                   "tls": {"certificates": [cert]}}]
+s["tenants"][0]["domains"] = ["bench.localhost"]
+r = s["resources"][0]
+r["listeners"] = ["https"]
+r["hostnames"] = ["bench.localhost"]
+r["rules"][0]["upstreams"][0]["kind"]["service"]["addresses"] = [f"127.0.0.1:{sys.argv[3]}"]
 json.dump(s, sys.stdout)
 PY
 }

@@ -31,31 +31,17 @@ ROUNDS=${ROUNDS:-12}
 BARE=$CARGO_TARGET_DIR/release/bare-pingora
 
 bench_small_upstream 19201
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-	-subj /CN=bench.localhost -addext subjectAltName=DNS:bench.localhost \
-	-keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
-# snapshot PORT: the standalone example's JWT Allow policy on one listener at PORT (HTTP,
-# or HTTPS for PROTO=h2), upstream the nginx above.
-snapshot() {
-	python3 - "$repo/gateway/examples/standalone/snapshot.json" "$1" "$PROTO" "$work/tls.crt" "$work/tls.key" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-listener = {"name": "bench", "port": int(sys.argv[2]), "protocol": "HTTP"}
-if sys.argv[3] == "h2":
-    listener["protocol"] = "HTTPS"
-    listener["tls"] = {"certificates": [{"name": "bench", "hostnames": ["bench.localhost"],
-        "certificateChainPem": open(sys.argv[4]).read(), "privateKeyPem": open(sys.argv[5]).read()}]}
-s["listeners"] = [listener]
-s["tenants"][0]["domains"] = ["bench.localhost"]
-r = s["resources"][0]
-r["listeners"] = ["bench"]
-r["hostnames"] = ["bench.localhost"]
-r["rules"][0]["upstreams"][0]["kind"]["service"]["addresses"] = ["127.0.0.1:19201"]
-json.dump(s, sys.stdout)
-PY
-}
-snapshot 19202 >"$work/a.json"
-snapshot 19204 >"$work/b.json"
+bench_tls_cert
+# The same listener for A and B but for its port: HTTP, or HTTPS for PROTO=h2.
+for t in a:19202 b:19204; do
+	if [ "$PROTO" = h2 ]; then
+		bench_https_snapshot "${t#*:}" 19201
+		mv "$work/snapshot-https.json" "$work/${t%%:*}.json"
+	else
+		bench_http_snapshot "${t#*:}" 19201
+		mv "$work/snapshot.json" "$work/${t%%:*}.json"
+	fi
+done
 TOKEN=$("$repo/gateway/examples/standalone/mint-token.sh" alice dev 86400)
 nginx -c "$work/upstream.conf" &
 pids+=($!)

@@ -79,24 +79,10 @@ wait "$gw" || true
 # An edge gateway over HTTPS, HTTP/2 and HTTP/1.1 by ALPN: the TLS and HTTP/2 code a
 # sidecar never runs, profiled the same way and placed after the sidecar's whole set, so
 # the sidecar's resident code stays what it was.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-	-subj /CN=bench.localhost -addext subjectAltName=DNS:bench.localhost \
-	-keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
-python3 - "$repo/gateway/examples/standalone/snapshot.json" "$work/tls.crt" "$work/tls.key" >"$work/edge.json" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-cert = {"name": "bench", "hostnames": ["bench.localhost"],
-        "certificateChainPem": open(sys.argv[2]).read(), "privateKeyPem": open(sys.argv[3]).read()}
-s["listeners"] = [{"name": "https", "port": 19115, "protocol": "HTTPS", "tls": {"certificates": [cert]}}]
-s["tenants"][0]["domains"] = ["bench.localhost"]
-r = s["resources"][0]
-r["listeners"] = ["https"]
-r["hostnames"] = ["bench.localhost"]
-r["rules"][0]["upstreams"][0]["kind"]["service"]["addresses"] = ["127.0.0.1:19111"]
-json.dump(s, sys.stdout)
-PY
+bench_tls_cert
+bench_https_snapshot 19115 19111
 valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/edge.out" \
-	"$GW" --allow-loopback-upstreams --snapshot "$work/edge.json" --admin-listen 127.0.0.1:19116 \
+	"$GW" --allow-loopback-upstreams --snapshot "$work/snapshot-https.json" --admin-listen 127.0.0.1:19116 \
 	--bind-address 127.0.0.1 --threads 1 --grace-period-seconds 0 --shutdown-timeout-seconds 1 \
 	>"$work/edge.log" 2>&1 & edge=$!
 pids+=("$edge")
