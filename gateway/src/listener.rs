@@ -4,11 +4,12 @@
 //! ```text
 //!  accept (one Pingora background service per HTTP(S) port, own runtime)
 //!    -> Pingora l4 Stream with its socket digest (client address), TCP_NODELAY
-//!    HTTP:  -> [`Connection`] (writes buffered, a buffer made on the first write)
+//!    HTTP:  -> the PROXY header, when the snapshot asks for one ([`ProxyProtocol`])
+//!           -> [`Connection`] (writes buffered, a buffer made on the first write)
 //!           -> HeadDeadline::serve_http1 (head deadlines, then HttpProxy per request)
-//!    HTTPS: -> [`Tls::accept`], boxed while it runs: the PROXY header (when the snapshot
-//!              asks for one), then the TLS handshake over a [`Connection`] (Pingora's
-//!              rustls acceptor: SNI certificates, client certificates, ALPN), both within
+//!    HTTPS: -> [`Tls::accept`], boxed while it runs: the PROXY header (as above), then
+//!              the TLS handshake over a [`Connection`] (Pingora's rustls acceptor: SNI
+//!              certificates, client certificates, ALPN), both within
 //!              `--l4-handshake-timeout-ms`
 //!           -> HeadDeadline::process_new (h2 by ALPN to Pingora's HTTP/2 path, else
 //!              serve_http1 as above)
@@ -43,6 +44,7 @@
 //! within `--l4-handshake-timeout-ms` (10 s) where Pingora gave every connection 60 s.
 
 use crate::downstream::HeadDeadline;
+use crate::reload::Store;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
@@ -83,27 +85,126 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// PROXY protocol (v1 or v2) in front of an HTTP or HTTPS listener, while the current
+/// snapshot sets `clientIPDetection.proxyProtocol`. A connection must come from a peer in
+/// `clientIPDetection.trustedPeerCIDRs` (the load balancer: any other is closed before a
+/// byte is read, as HAProxy refuses a PROXY header from a source it does not accept it
+/// from) and start with a header, read by the L4 listeners' bounded reader
+/// ([`crate::l4::read_proxy_header`]) within `--l4-handshake-timeout-ms`. Its source
+/// becomes the connection's peer address (the socket digest Pingora's session reads), so
+/// the client address of every request on the connection; the bytes after it are put back
+/// for the TLS handshake or the first request head. A refused connection is closed
+/// unanswered, with a decision line (`UntrustedProxyPeer`, `InvalidProxyProtocol`), as on
+/// L4 listeners.
+///
+/// Plain HTTP listeners take it since they run on this accept loop (Pingora 0.9's own
+/// listener has a hook before TLS only).
+pub struct ProxyProtocol {
+    store: Arc<Store>,
+    timeout: Duration,
+    /// The listener's name, for the decision lines of refusals.
+    listener: String,
+}
+
+impl ProxyProtocol {
+    /// A hook reading the setting from `store` on each connection, giving clients `timeout`
+    /// to send the header.
+    pub fn new(store: Arc<Store>, timeout: Duration, listener: impl Into<String>) -> Self {
+        Self {
+            store,
+            timeout,
+            listener: listener.into(),
+        }
+    }
+
+    /// The connection's client address: `peer`, or the PROXY header's source when the
+    /// current snapshot asks for one (then also the stream's peer address). `None` when the
+    /// connection is refused (logged, unless it closed before sending a byte: a load
+    /// balancer's TCP health check).
+    pub async fn accept(&self, stream: &mut L4Stream, peer: SocketAddr) -> Option<SocketAddr> {
+        match self
+            .store
+            .current()
+            .filter(|s| s.snapshot.client_ip_detection.proxy_protocol)
+        {
+            None => Some(peer),
+            // Boxed: the reader's state (its 4 KiB read chunk) then lives only while the
+            // header is read, not in every connection's task for the connection's life.
+            Some(state) => Box::pin(self.read_header(&state, stream, peer)).await,
+        }
+    }
+
+    async fn read_header(
+        &self,
+        state: &crate::state::Compiled,
+        stream: &mut L4Stream,
+        peer: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let refuse = |reason: &'static str, detail: String| {
+            tracing::info!(
+                target: "rustronaut::decision",
+                listener = %self.listener,
+                peer = %peer,
+                client_ip = %peer.ip(),
+                decision = "-",
+                reason,
+                detail,
+                status = 0,
+                "connection"
+            );
+            None
+        };
+        let ip = crate::l4::canonical(peer.ip());
+        if !state.trusted_peers.contains(ip) {
+            let detail = format!("peer {ip} is not in clientIPDetection.trustedPeerCIDRs");
+            return refuse("UntrustedProxyPeer", detail);
+        }
+        let mut buf = Vec::new();
+        let header =
+            tokio::time::timeout(self.timeout, crate::l4::read_proxy_header(stream, &mut buf))
+                .await;
+        let header = match header {
+            Ok(Ok(h)) => h,
+            Ok(Err(crate::l4::Early::Silent)) => {
+                tracing::debug!(listener = %self.listener, %peer, "closed before sending anything");
+                return None;
+            }
+            Ok(Err(crate::l4::Early::Bad(detail))) => {
+                return refuse("InvalidProxyProtocol", detail);
+            }
+            Err(_) => {
+                let detail = "no complete PROXY header in time".to_string();
+                return refuse("InvalidProxyProtocol", detail);
+            }
+        };
+        if buf.len() > header.length {
+            stream.rewind(&buf[header.length..]);
+        }
+        let Some(src) = header.source else {
+            // LOCAL, UNKNOWN: the load balancer speaks for itself.
+            return Some(peer);
+        };
+        let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+        let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(src)));
+        stream.set_socket_digest(digest);
+        Some(src)
+    }
+}
+
 /// What an HTTPS listener does between accept and its first request.
 pub struct Tls {
     /// Pingora's rustls acceptor, from the listener's `TlsSettings` (crate::server).
     acceptor: pingora::listeners::tls::Acceptor,
-    /// Reads a PROXY header first while the current snapshot asks for one.
-    pre_tls: crate::tls::ProxyProtocolPreTls,
     /// For the PROXY header and the handshake together.
     handshake_timeout: Duration,
 }
 
 impl Tls {
-    /// Handshakes with `acceptor` (built from the listener's settings), after `pre_tls`,
-    /// both within `handshake_timeout`.
-    pub fn new(
-        acceptor: pingora::listeners::tls::Acceptor,
-        pre_tls: crate::tls::ProxyProtocolPreTls,
-        handshake_timeout: Duration,
-    ) -> Self {
+    /// Handshakes with `acceptor` (built from the listener's settings), after the PROXY
+    /// header when the snapshot asks for one, both within `handshake_timeout`.
+    pub fn new(acceptor: pingora::listeners::tls::Acceptor, handshake_timeout: Duration) -> Self {
         Self {
             acceptor,
-            pre_tls,
             handshake_timeout,
         }
     }
@@ -111,16 +212,21 @@ impl Tls {
     /// The accepted socket as a TLS stream, or `None` (logged) when the PROXY header or
     /// the handshake failed or did not end in time. The caller boxes this future: its
     /// state (the acceptor's, rustls's handshake) then lives only while it runs.
-    pub async fn accept(&self, tcp: tokio::net::TcpStream, peer: SocketAddr) -> Option<Stream> {
-        use pingora::listeners::PreTlsProcess;
+    pub async fn accept(
+        &self,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+        proxy: &ProxyProtocol,
+    ) -> Option<Stream> {
         let mut l4 = l4_stream(tcp, peer);
         let handshake = async {
-            self.pre_tls.process(&mut l4).await?;
-            self.acceptor.tls_handshake(Connection::new(l4)).await
+            proxy.accept(&mut l4, peer).await?;
+            Some(self.acceptor.tls_handshake(Connection::new(l4)).await)
         };
         match tokio::time::timeout(self.handshake_timeout, handshake).await {
-            Ok(Ok(tls)) => Some(Box::new(tls)),
-            Ok(Err(e)) => {
+            Ok(Some(Ok(tls))) => Some(Box::new(tls)),
+            Ok(None) => None,
+            Ok(Some(Err(e))) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 None
             }
@@ -139,21 +245,26 @@ pub struct HttpListener<A> {
     listener: Mutex<Option<std::net::TcpListener>>,
     /// `Some` on an HTTPS port.
     tls: Option<Arc<Tls>>,
+    /// The PROXY header, while the snapshot asks for one.
+    proxy: Arc<ProxyProtocol>,
 }
 
 impl<A> HttpListener<A> {
-    /// Serves `app` on `listener` (from [`bind`]) once the service starts; HTTPS with `tls`.
+    /// Serves `app` on `listener` (from [`bind`]) once the service starts; HTTPS with `tls`;
+    /// each connection through `proxy` first.
     pub fn new(
         app: HeadDeadline<A>,
         listener: std::net::TcpListener,
         port: u16,
         tls: Option<Tls>,
+        proxy: ProxyProtocol,
     ) -> Self {
         Self {
             app: Arc::new(app),
             port,
             listener: Mutex::new(Some(listener)),
             tls: tls.map(Arc::new),
+            proxy: Arc::new(proxy),
         }
     }
 }
@@ -183,17 +294,23 @@ where
                     Ok((tcp, peer)) => {
                         let app = self.app.clone();
                         let tls = self.tls.clone();
+                        let proxy = self.proxy.clone();
                         let shutdown = shutdown.clone();
                         tokio::spawn(async move {
                             match tls {
                                 None => {
-                                    let stream = Box::new(Connection::plain(l4_stream(tcp, peer), peer));
+                                    let mut l4 = l4_stream(tcp, peer);
+                                    let Some(client) = proxy.accept(&mut l4, peer).await else {
+                                        return;
+                                    };
+                                    let stream = Box::new(Connection::plain(l4, client));
                                     app.serve_http1(stream, &shutdown).await;
                                 }
                                 Some(tls) => {
                                     // Boxed, so this task does not carry the handshake's
                                     // state for the connection's life (module docs).
-                                    let Some(stream) = Box::pin(tls.accept(tcp, peer)).await
+                                    let Some(stream) =
+                                        Box::pin(tls.accept(tcp, peer, &proxy)).await
                                     else {
                                         return;
                                     };

@@ -177,11 +177,6 @@ pub fn build(
             settings.enable_h2();
             Some(crate::listener::Tls::new(
                 settings.build(),
-                // Reads a PROXY header first while the current snapshot asks for one.
-                crate::tls::ProxyProtocolPreTls::new(
-                    shared.store.clone(),
-                    opts.l4.handshake_timeout,
-                ),
                 opts.l4.handshake_timeout,
             ))
         } else {
@@ -193,7 +188,13 @@ pub fn build(
             port: l.port,
             source,
         })?;
-        let svc = crate::listener::HttpListener::new(app, listener, l.port, tls);
+        // Reads a PROXY header first while the current snapshot asks for one.
+        let proxy = crate::listener::ProxyProtocol::new(
+            shared.store.clone(),
+            opts.l4.handshake_timeout,
+            &l.name,
+        );
+        let svc = crate::listener::HttpListener::new(app, listener, l.port, tls, proxy);
         let mut bg = background_service(&format!("listener {}", l.name), svc);
         bg.threads = Some(opts.threads.max(1));
         tracing::info!(listener = %l.name, %addr, https, "listener bound");

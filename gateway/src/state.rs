@@ -77,14 +77,6 @@ pub enum BuildError {
         /// Cause.
         reason: String,
     },
-    /// PROXY protocol is requested on a gateway with a plain HTTP listener: L4 and HTTPS
-    /// listeners parse it, plain HTTP cannot (Pingora 0.9 offers a pre-TLS hook on TLS
-    /// listeners only, nothing before plain HTTP parsing). Serving anyway would fail every
-    /// HTTP connection in a confusing way, so the snapshot is refused loudly.
-    #[error(
-        "clientIPDetection.proxyProtocol is not supported on plain HTTP listeners by this gateway build (listener {0})"
-    )]
-    ProxyProtocolUnsupported(String),
     /// A session key that cannot seal cookies.
     #[error(transparent)]
     Session(#[from] crate::session::SessionError),
@@ -121,7 +113,6 @@ impl BuildError {
             Self::ApiKey { .. } => "api_key",
             Self::CaBundle { .. } => "ca_bundle",
             Self::Certificate { .. } | Self::TlsConfig { .. } => "certificate",
-            Self::ProxyProtocolUnsupported(_) => "unsupported",
             Self::Session(_) => "session_key",
             Self::UpstreamAddress { .. } => "upstream_address",
         }
@@ -499,14 +490,6 @@ impl Compiled {
 
     /// Compiles an already validated snapshot.
     pub fn build(snapshot: Snapshot) -> Result<Self, BuildError> {
-        if snapshot.client_ip_detection.proxy_protocol
-            && let Some(l) = snapshot
-                .listeners
-                .iter()
-                .find(|l| l.protocol == ListenerProtocol::Http)
-        {
-            return Err(BuildError::ProxyProtocolUnsupported(l.name.clone()));
-        }
         let policies = PolicySet::from_snapshot(&snapshot);
         let mut tenants = HashMap::default();
         for t in &snapshot.tenants {

@@ -579,17 +579,6 @@ fn reloads_apply_to_new_connections_and_a_broken_snapshot_is_refused() {
     gw.wait_metrics("the parse failure", |m| {
         m.contains("rustronaut_gateway_snapshot_refused_total{reason=\"parse\"} 1")
     });
-    // PROXY protocol with an HTTP listener: refused (the HTTP proxy does not parse it).
-    let mut http = snap.clone();
-    http["clientIPDetection"] = json!({"proxyProtocol": true, "trustedPeerCIDRs": ["127.0.0.0/8"]});
-    http["listeners"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"name": "web", "port": free_port(), "protocol": "HTTP"}));
-    gw.write_snapshot_bytes(&serde_json::to_vec(&http).unwrap());
-    gw.wait_metrics("the unsupported refusal", |m| {
-        m.contains("rustronaut_gateway_snapshot_refused_total{reason=\"unsupported\"} 1")
-    });
     assert_eq!(tcp_roundtrip(port, b"", b"still").unwrap(), b"still");
 
     // Now only 198.51.100.0/24 may connect: new connections are denied.
@@ -1087,6 +1076,108 @@ fn proxy_protocol_on_https_listeners_sets_the_client_ip() {
     assert_eq!(up.hits.load(Ordering::SeqCst), 1);
     let log = gw.log();
     assert!(log.contains("\"client_ip\":\"198.51.100.4\""), "{log}");
+    // The refusal has its decision line, as on L4 and plain HTTP listeners.
+    assert!(log.contains("\"reason\":\"InvalidProxyProtocol\""), "{log}");
+}
+
+/// What a plain HTTP connection from `from` that starts with `bytes` got back before the
+/// gateway closed it (empty when it was closed unanswered).
+fn http_after(from: Ipv4Addr, port: u16, parts: &[&[u8]]) -> String {
+    let mut s = connect_from(from, port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = s.write_all(part);
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// PROXY protocol on a plain HTTP listener (behind a load balancer that speaks it, such
+/// as an AWS NLB): the header's source is the client address policies, X-Forwarded-For
+/// and the decision line see, for every request of the connection; the request bytes sent
+/// with the header are kept; a header in pieces is waited for. A connection without one,
+/// or from a peer that is not a trusted load balancer, is closed unanswered with a decision
+/// line saying why, and never reaches the upstream.
+#[test]
+fn proxy_protocol_on_plain_http_listeners_sets_the_client_ip() {
+    let up = Upstream::start("office");
+    let port = free_port();
+    let mut snap = snapshot(
+        json!([{"name": "web", "port": port, "protocol": "HTTP"}]),
+        json!([{"namespace": NS, "name": "app", "tenant": "acme", "protocol": "HTTP",
+                "listeners": ["web"], "hostnames": ["app.acme.test"],
+                "rules": [{"name": "all", "upstreams": service(up.addr)}]}]),
+        json!([allow("partner", "app", cidrs(&["203.0.113.0/24"]))]),
+        json!([]),
+    );
+    snap["clientIPDetection"] =
+        json!({"proxyProtocol": true, "trustedPeerCIDRs": ["127.0.0.1/32"]});
+    let gw = Gateway::start(&snap);
+    let lb = Ipv4Addr::LOCALHOST;
+    let get = |path: &str, close: bool| {
+        let close = if close { "Connection: close\r\n" } else { "" };
+        format!("GET {path} HTTP/1.1\r\nHost: app.acme.test\r\n{close}\r\n")
+    };
+    let v1 = format!("PROXY TCP4 203.0.113.9 127.0.0.1 40000 {port}\r\n");
+
+    // The header and the first request in one write, a second request on the same
+    // connection after the first answer: both from 203.0.113.9.
+    let mut s = connect_from(lb, port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all([v1.as_str(), &get("/one", false)].concat().as_bytes())
+        .unwrap();
+    let mut first = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&first).ends_with("\"upstream\":\"office\"}") {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&first));
+        first.extend_from_slice(&chunk[..n]);
+    }
+    s.write_all(get("/two", true).as_bytes()).unwrap();
+    let mut second = Vec::new();
+    let _ = s.read_to_end(&mut second);
+    let r = String::from_utf8_lossy(&[first, second].concat()).into_owned();
+    assert_eq!(r.matches("HTTP/1.1 200").count(), 2, "{r}\n{}", gw.log());
+    assert_eq!(
+        r.matches("\"x-forwarded-for\":[\"203.0.113.9\"]").count(),
+        2,
+        "{r}"
+    );
+    let both = [v1.as_str(), &get("/two", true)].concat();
+    // The header in two pieces, then the request.
+    let (a, b) = v1.as_bytes().split_at(10);
+    let r = http_after(lb, port, &[a, b, get("/three", true).as_bytes()]);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // A v2 header naming a client the policy does not allow: refused by the policy, and
+    // the decision line names that client.
+    let v2 = [
+        proxy_v2([198, 51, 100, 4], 40001, port),
+        get("/four", true).into_bytes(),
+    ]
+    .concat();
+    let r = http_after(lb, port, &[&v2]);
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    assert_eq!(up.hits.load(Ordering::SeqCst), 3);
+
+    // No header: closed unanswered.
+    let r = http_after(lb, port, &[get("/five", true).as_bytes()]);
+    assert_eq!(r, "");
+    // From a peer that is not the load balancer, even with a well-formed header.
+    let r = http_after(Ipv4Addr::new(127, 0, 0, 2), port, &[both.as_bytes()]);
+    assert_eq!(r, "");
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        3,
+        "nothing more reached the upstream"
+    );
+    let log = gw.log();
+    assert!(log.contains("\"client_ip\":\"198.51.100.4\""), "{log}");
+    assert!(log.contains("\"reason\":\"InvalidProxyProtocol\""), "{log}");
+    assert!(log.contains("\"reason\":\"UntrustedProxyPeer\""), "{log}");
 }
 
 #[test]

@@ -31,6 +31,7 @@
 mod clients;
 mod stream;
 mod tcp;
+pub(crate) use tcp::{Early, read_proxy_header};
 mod udp;
 
 use clients::{ClientSlot, PerClient};

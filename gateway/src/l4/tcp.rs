@@ -73,7 +73,7 @@ pub(super) async fn serve(
 }
 
 /// Why a connection ended before its decision.
-enum Early {
+pub(crate) enum Early {
     /// Closed before sending a byte: a TCP health probe of a load balancer, most likely;
     /// not worth a log line or a count.
     Silent,
@@ -435,9 +435,10 @@ async fn connect(
 }
 
 /// Reads until `buf` starts with a complete PROXY header (every byte after it stays in
-/// `buf`).
-async fn read_proxy_header(
-    stream: &mut TcpStream,
+/// `buf`); at most [`MAX_PROXY_HEADER`] bytes. Also the HTTP and HTTPS listeners' reader
+/// (`crate::listener::ProxyProtocol`).
+pub(crate) async fn read_proxy_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> Result<ProxyHeader, Early> {
     loop {
