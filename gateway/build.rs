@@ -15,11 +15,14 @@
 //! function), the rest follows in its usual order.
 //!
 //! The list holds mangled names, whose hashes change with a dependency's version, the
-//! toolchain or this package's own build metadata. Names the build no longer has are
-//! skipped silently (`--no-warn-symbol-ordering`), so a stale list costs memory and CPU
-//! again (`make bench-sidecar` and `make bench-gateway` print how many of its names the
-//! binary has); `gateway/bench/symbol-order.sh` regenerates it from a callgrind run of the
-//! sidecar, and should be run whenever Cargo.lock or the toolchain changes.
+//! toolchain or this package's own build metadata, and with an item's path: a new `impl`
+//! block renumbers the impls after it in its module (adding one to `listener.rs` took
+//! `Connection`'s reads and writes, which run on every request, out of the list). Names the
+//! build no longer has are skipped silently (`--no-warn-symbol-ordering`), so a stale list
+//! costs memory and CPU again (`make bench-sidecar` and `make bench-gateway` print how many
+//! of its names the binary has); `gateway/bench/symbol-order.sh` regenerates it from a
+//! callgrind run of the sidecar, and should be run whenever Cargo.lock or the toolchain
+//! changes, and when a benchmark prints that names are missing.
 //!
 //! Only where the linker is lld: x86_64-unknown-linux-gnu links with it by default since
 //! Rust 1.90 (the workspace needs 1.91). Set `RUSTRONAUT_SYMBOL_ORDER=0` to link without
