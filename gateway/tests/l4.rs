@@ -1043,24 +1043,35 @@ fn https_after_header_from(
     })
 }
 
+/// A snapshot with `listener` alone, the HTTP Resource `app.acme.test` on it (upstream
+/// `up`) that only 203.0.113.0/24 may reach, and PROXY protocol from 127.0.0.1.
+fn partner_app_behind_a_proxy(listener: Value, up: SocketAddr) -> Value {
+    let name = listener["name"].clone();
+    let mut snap = snapshot(
+        json!([listener]),
+        json!([{"namespace": NS, "name": "app", "tenant": "acme", "protocol": "HTTP",
+                "listeners": [name], "hostnames": ["app.acme.test"],
+                "rules": [{"name": "all", "upstreams": service(up)}]}]),
+        json!([allow("partner", "app", cidrs(&["203.0.113.0/24"]))]),
+        json!([]),
+    );
+    snap["clientIPDetection"] =
+        json!({"proxyProtocol": true, "trustedPeerCIDRs": ["127.0.0.1/32"]});
+    snap
+}
+
 #[test]
 fn proxy_protocol_on_https_listeners_sets_the_client_ip() {
     let up = Upstream::start("office");
     let pki = Pki::new("gateway ca");
     let (chain, key) = pki.server(&["app.acme.test"]);
     let port = free_port();
-    let mut snap = snapshot(
-        json!([{"name": "https", "port": port, "protocol": "HTTPS",
-                "tls": {"certificates": [{"name": "app", "hostnames": ["app.acme.test"],
-                        "certificateChainPem": chain, "privateKeyPem": key}]}}]),
-        json!([{"namespace": NS, "name": "app", "tenant": "acme", "protocol": "HTTP",
-                "listeners": ["https"], "hostnames": ["app.acme.test"],
-                "rules": [{"name": "all", "upstreams": service(up.addr)}]}]),
-        json!([allow("partner", "app", cidrs(&["203.0.113.0/24"]))]),
-        json!([]),
+    let snap = partner_app_behind_a_proxy(
+        json!({"name": "https", "port": port, "protocol": "HTTPS",
+               "tls": {"certificates": [{"name": "app", "hostnames": ["app.acme.test"],
+                       "certificateChainPem": chain, "privateKeyPem": key}]}}),
+        up.addr,
     );
-    snap["clientIPDetection"] =
-        json!({"proxyProtocol": true, "trustedPeerCIDRs": ["127.0.0.1/32"]});
     let gw = Gateway::start(&snap);
 
     let ok = format!("PROXY TCP4 203.0.113.9 127.0.0.1 40000 {port}\r\n");
@@ -1106,16 +1117,10 @@ fn http_after(from: Ipv4Addr, port: u16, parts: &[&[u8]]) -> String {
 fn proxy_protocol_on_plain_http_listeners_sets_the_client_ip() {
     let up = Upstream::start("office");
     let port = free_port();
-    let mut snap = snapshot(
-        json!([{"name": "web", "port": port, "protocol": "HTTP"}]),
-        json!([{"namespace": NS, "name": "app", "tenant": "acme", "protocol": "HTTP",
-                "listeners": ["web"], "hostnames": ["app.acme.test"],
-                "rules": [{"name": "all", "upstreams": service(up.addr)}]}]),
-        json!([allow("partner", "app", cidrs(&["203.0.113.0/24"]))]),
-        json!([]),
+    let snap = partner_app_behind_a_proxy(
+        json!({"name": "web", "port": port, "protocol": "HTTP"}),
+        up.addr,
     );
-    snap["clientIPDetection"] =
-        json!({"proxyProtocol": true, "trustedPeerCIDRs": ["127.0.0.1/32"]});
     let gw = Gateway::start(&snap);
     let lb = Ipv4Addr::LOCALHOST;
     let get = |path: &str, close: bool| {
