@@ -4,8 +4,8 @@
 //!  snapshot file (poll) or Secret (watch, kube_source)
 //!    --reload (Compiled::load, arc-swap)--> Store; loaded version -> ConfigMap (kube_source)
 //!                                                              |
-//!  client --accept (listener: own loop), TLS (SNI cert, client cert)--> proxy (per
-//!  listener)                                                   | reads Arc<Compiled>
+//!  client --accept (listener: own loop), PROXY header when asked, TLS (SNI cert,
+//!  client cert)--> proxy (per listener)                        | reads Arc<Compiled>
 //!     downstream: HTTP/1 head deadline, keep-alive timeout, bare LF / obs-fold -> 408/400
 //!     request_filter: /.rustronaut/oidc/{callback,logout} -> oidc (login, session cookie)
 //!                     pipeline::decide = route -> normalise -> authenticate (+ session
