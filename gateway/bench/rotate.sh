@@ -10,9 +10,11 @@
 # as in run.sh. Prints each round's CPU and ratios, then the medians and in how many rounds
 # B cost less than A.
 #
-# Usage: A=path/to/rustronaut-gateway [B=path] [PROTO=h1|h2] [REQUESTS=60000] [ROUNDS=12] \
-#          gateway/bench/rotate.sh
-#   B defaults to the release gateway built from this checkout. PROTO=h1: plain HTTP/1.1,
+# Usage: A=path/to/rustronaut-gateway [B=path] [BARE=path] [PROTO=h1|h2] [REQUESTS=60000] \
+#          [ROUNDS=12] gateway/bench/rotate.sh
+#   B defaults to the release gateway built from this checkout, BARE to the release bare
+#   Pingora built from it. Any of the three may be a wrapper script that `exec`s the binary
+#   (the CPU is read from the process it starts), e.g. to set an environment variable. PROTO=h1: plain HTTP/1.1,
 #   50 connections (run.sh's small requests); h2: HTTP/2 over TLS 1.3, 10 connections x 10
 #   streams (run.sh's HTTP/2 part). Installs nginx-light and nghttp2-client when missing.
 set -euo pipefail
@@ -27,8 +29,10 @@ done
 PROTO=${PROTO:-h1}
 N=${REQUESTS:-60000}
 ROUNDS=${ROUNDS:-12}
-(cd "$repo" && cargo build -q --release -p rustronaut-bare-pingora)
-BARE=$CARGO_TARGET_DIR/release/bare-pingora
+if [ -z "${BARE:-}" ]; then
+	(cd "$repo" && cargo build -q --release -p rustronaut-bare-pingora)
+	BARE=$CARGO_TARGET_DIR/release/bare-pingora
+fi
 
 bench_small_upstream 19201
 bench_tls_cert
