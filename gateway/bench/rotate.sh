@@ -14,9 +14,10 @@
 #          [ROUNDS=12] gateway/bench/rotate.sh
 #   B defaults to the release gateway built from this checkout, BARE to the release bare
 #   Pingora built from it. Any of the three may be a wrapper script that `exec`s the binary
-#   (the CPU is read from the process it starts), e.g. to set an environment variable. PROTO=h1: plain HTTP/1.1,
-#   50 connections (run.sh's small requests); h2: HTTP/2 over TLS 1.3, 10 connections x 10
-#   streams (run.sh's HTTP/2 part). Installs nginx-light and nghttp2-client when missing.
+#   (the CPU is read from the process it starts), e.g. to set an environment variable.
+#   PROTO=h1: plain HTTP/1.1, 50 connections (run.sh's small requests); h2: HTTP/2 over
+#   TLS 1.3, 10 connections x 10 streams (run.sh's HTTP/2 part). Installs nginx-light and
+#   nghttp2-client when missing.
 set -euo pipefail
 # shellcheck source=gateway/bench/common.sh
 . "$(dirname "$0")/common.sh"
@@ -33,6 +34,7 @@ if [ -z "${BARE:-}" ]; then
 	(cd "$repo" && cargo build -q --release -p rustronaut-bare-pingora)
 	BARE=$CARGO_TARGET_DIR/release/bare-pingora
 fi
+[ -x "$BARE" ] || { echo "rotate.sh: $BARE is not an executable bare Pingora build" >&2; exit 1; }
 
 bench_small_upstream 19201
 bench_tls_cert
