@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Regenerates gateway/link/symbol-order.txt (see gateway/build.rs): the functions of the
 # release gateway a sidecar executes, which the linker places together so a sidecar maps
-# less of the binary, then those an edge gateway's HTTPS load adds. Runs the sidecar as gateway/bench/sidecar.sh does (--threads 1, a
-# sidecar snapshot, an nginx application) under callgrind: start-up, allowed, refused and
-# unauthenticated requests, a load, the admin endpoints, a few idle seconds. Lists the
-# functions callgrind saw run that the binary defines.
+# less of the binary, then those an edge gateway's HTTPS load adds. Runs the sidecar as
+# gateway/bench/sidecar.sh does (--threads 1, a sidecar snapshot, an nginx application)
+# under callgrind: start-up, allowed, refused and unauthenticated requests, a load, the
+# admin endpoints, a few idle seconds. Lists the functions callgrind saw run that the
+# binary defines.
 #
 # Their order is for the request path's speed: the functions the load ran are placed by
 # call-chain clustering (C3, Ottoni and Maher, "Optimizing Function Placement for
@@ -19,12 +20,12 @@
 # them. Last come the functions an edge gateway's HTTPS load runs (TLS, HTTP/2) that the
 # sidecar did not, clustered the same way.
 #
-# Regenerate whenever Cargo.lock or the toolchain changes: the names' hashes follow both,
-# and `make bench-gateway` and `make bench-sidecar` print how many of the names the
-# binary still has.
+# Regenerate whenever Cargo.lock or the toolchain changes (the names' hashes follow both),
+# or when `make bench-gateway` or `make bench-sidecar`, which print how many of the names
+# the binary still has, find some missing (a new impl block renumbers the ones after it).
 #
-# Usage: gateway/bench/symbol-order.sh   (installs valgrind, nginx-light, nghttp2-client
-# when missing; builds the release gateway). Rebuild the release gateway afterwards.
+# Usage: gateway/bench/symbol-order.sh   (installs valgrind, nginx-light, nghttp2-client,
+# openssl when missing; builds the release gateway). Rebuild the release gateway afterwards.
 set -euo pipefail
 # shellcheck source=gateway/bench/common.sh
 . "$(dirname "$0")/common.sh"
