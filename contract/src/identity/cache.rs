@@ -1,15 +1,21 @@
 //! A cache of verified tokens, so a client sending the same bearer token on every request pays
 //! for the signature check (RS256 ~17 us, ES256 ~40 us per BENCHMARKS.md) once.
 //!
-//! - Keyed by SHA-256 of the verifier's fingerprint and the token's *signature*, with the
-//!   rest of the token (its signed part, `header.payload.`) kept in the entry and compared
-//!   byte for byte on a hit: a hit is the same token, exactly. The signature is the part
-//!   of a JWT no one can guess (the signed part is the claims, which the entry holds
-//!   decoded anyway), so a memory dump still holds no usable credential. Why not a digest
-//!   of the whole token, as before: the signed part is a large share of a token's bytes
-//!   (294 of the benchmark's 637-byte RS256 token, all but 86 of an ES256 one's), and
-//!   hashing the whole token on every request was about 1.5 % of the gateway's CPU per
-//!   request; comparing the signed part costs a `memcmp` (issue 19, docs/benchmarks.md).
+//! - Keyed by SHA-256 of the verifier's fingerprint and the head of the token's
+//!   *signature* (its first [`KEY_HEAD`] characters); the rest of the token is checked on a
+//!   hit: the signed part (`header.payload.`) kept in the entry and compared byte for byte,
+//!   the signature's tail by a 64-bit tag. So a hit is the same token: the signed part and
+//!   the signature's head exactly, the tail up to a 2^-64 chance for a token whose tail
+//!   was guessed blind by someone who knows the rest (and so has seen the token's
+//!   signature); a wrong guess is a miss, which verification then refuses.
+//! - The signature is the part of a JWT no one can guess (the signed part is the claims,
+//!   which the entry holds decoded anyway). The cache keeps it only as the digest of its
+//!   head and the tag of its tail (about 1,800 bits of an RS256 signature behind 64), so a
+//!   memory dump still holds no usable credential.
+//! - Why not a digest of the whole token, or of the whole signature: the key is computed on
+//!   every request, and SHA-256 was the largest part of a cached check. The fingerprint and
+//!   23 characters fill one SHA-256 block; the whole benchmark token took eleven, its whole
+//!   RS256 signature six (issue 19, docs/benchmarks.md).
 //! - An entry is valid until the token's `exp` plus the clock skew (exactly as long as
 //!   verification would succeed), then it is a miss.
 //! - Only successful verifications are cached: caching failures would let anyone fill the
@@ -23,9 +29,20 @@ use super::jwt::VerifiedToken;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// A cache key: SHA-256 of the verifier fingerprint and the token's signature. The entry
-/// under it also holds the token's signed part, compared on every hit (see the module docs).
-pub type CacheKey = [u8; 32];
+/// Characters of a signature's head in the key: with the verifier's 32-byte fingerprint,
+/// 55 bytes, the most one SHA-256 block holds (its padding takes the other 9). 23 base64
+/// characters are 138 bits of the signature.
+pub const KEY_HEAD: usize = 23;
+
+/// A token's place in the cache ([`TokenCache::key`]): the digest the entries are found by,
+/// and the tag of the rest of the signature, checked on a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheKey {
+    /// SHA-256 of the verifier's fingerprint and the signature's head.
+    digest: [u8; 32],
+    /// The rest of the signature under the cache's seed.
+    tail: u64,
+}
 
 /// Errors of this module. The cache itself cannot fail; building one with a zero capacity is
 /// refused so that a misconfiguration is not silently a cache that never hits.
@@ -43,8 +60,8 @@ struct Shard {
     /// foldhash, not std's SipHash: looked up on every request, keyed by a digest only a
     /// verified token gets into (see the module docs: failures are not cached), so there
     /// is no key an attacker chooses to flood it with (issue 19).
-    map: foldhash::HashMap<CacheKey, Entry>,
-    by_expiry: BTreeSet<(u64, CacheKey)>,
+    map: foldhash::HashMap<[u8; 32], Entry>,
+    by_expiry: BTreeSet<(u64, [u8; 32])>,
 }
 
 /// One cached token.
@@ -54,10 +71,12 @@ struct Entry {
     valid_until: u64,
     /// The token's signed part, compared on a hit: only the signature is in the key.
     signed: Box<[u8]>,
+    /// The tag of the signature's tail ([`CacheKey::tail`]), compared on a hit.
+    tail: u64,
 }
 
 impl Shard {
-    fn remove(&mut self, key: &CacheKey) {
+    fn remove(&mut self, key: &[u8; 32]) {
         if let Some(e) = self.map.remove(key) {
             self.by_expiry.remove(&(e.valid_until, *key));
         }
@@ -78,6 +97,12 @@ impl Shard {
 pub struct TokenCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
+    /// The hasher of the signature tails' tags, seeded per cache. foldhash: a 64-bit hash
+    /// of an RS256 tail (319 characters) in a few dozen cycles, where SipHash would cost
+    /// most of what the shorter digest saves. Its strength is not what the tag rests on:
+    /// matching a tag takes the tail it was made from, which only a holder of the token
+    /// has.
+    tails: foldhash::fast::RandomState,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -104,10 +129,26 @@ impl TokenCache {
         Ok(Self {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(shards),
+            tails: foldhash::fast::RandomState::default(),
         })
     }
 
-    fn shard(&self, key: &CacheKey) -> MutexGuard<'_, Shard> {
+    /// The key of a token whose signature (the part after its last dot) is `signature`,
+    /// for a verifier with `fingerprint` (see the module docs).
+    pub fn key(&self, fingerprint: &[u8; 32], signature: &[u8]) -> CacheKey {
+        use sha2::{Digest, Sha256};
+        use std::hash::BuildHasher;
+        let (head, tail) = signature.split_at(signature.len().min(KEY_HEAD));
+        let mut h = Sha256::new();
+        h.update(fingerprint);
+        h.update(head);
+        CacheKey {
+            digest: h.finalize().into(),
+            tail: self.tails.hash_one(tail),
+        }
+    }
+
+    fn shard(&self, key: &[u8; 32]) -> MutexGuard<'_, Shard> {
         let i = usize::from(key[0]) % self.shards.len();
         // A panic while holding the lock cannot leave a shard inconsistent in a way that
         // matters (worst case an index entry without its map entry, evicted later), so a
@@ -116,15 +157,16 @@ impl TokenCache {
     }
 
     /// The cached token for `key` whose signed part is `signed`, if still valid at `now`.
-    /// An entry under `key` with another signed part (a token made of someone's signature
-    /// and other claims) is a miss and stays: a forged token cannot evict a real one.
+    /// An entry under `key` with another signed part or signature tail (a token made of
+    /// someone's signature and other claims, or of another signature with the same head) is
+    /// a miss and stays: a forged token cannot evict a real one.
     pub fn get(&self, key: &CacheKey, signed: &[u8], now: u64) -> Option<Arc<VerifiedToken>> {
-        let mut shard = self.shard(key);
-        match shard.map.get(key) {
-            Some(e) if *e.signed != *signed => None,
+        let mut shard = self.shard(&key.digest);
+        match shard.map.get(&key.digest) {
+            Some(e) if e.tail != key.tail || *e.signed != *signed => None,
             Some(e) if e.valid_until > now => Some(e.token.clone()),
             Some(_) => {
-                shard.remove(key);
+                shard.remove(&key.digest);
                 None
             }
             None => None,
@@ -144,8 +186,8 @@ impl TokenCache {
         if valid_until <= now {
             return;
         }
-        let mut shard = self.shard(&key);
-        shard.remove(&key);
+        let mut shard = self.shard(&key.digest);
+        shard.remove(&key.digest);
         if shard.map.len() >= self.per_shard {
             shard.evict_expired(now);
         }
@@ -155,13 +197,14 @@ impl TokenCache {
             };
             shard.map.remove(&victim);
         }
-        shard.by_expiry.insert((valid_until, key));
+        shard.by_expiry.insert((valid_until, key.digest));
         shard.map.insert(
-            key,
+            key.digest,
             Entry {
                 token: value,
                 valid_until,
                 signed: signed.into(),
+                tail: key.tail,
             },
         );
     }
@@ -206,10 +249,10 @@ mod tests {
     }
 
     fn key(b: u8, c: u8) -> CacheKey {
-        let mut k = [0u8; 32];
-        k[0] = b;
-        k[1] = c;
-        k
+        let mut digest = [0u8; 32];
+        digest[0] = b;
+        digest[1] = c;
+        CacheKey { digest, tail: 0 }
     }
 
     #[test]
@@ -247,6 +290,56 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert!(c.get(&key(1, 0), b"h.alice.", 200).is_none());
         assert!(c.is_empty());
+    }
+
+    /// The key digests the fingerprint and the signature's first [`KEY_HEAD`] characters;
+    /// every other character of the signature is in the tail's tag.
+    #[test]
+    fn the_key_digests_the_head_and_tags_the_tail() {
+        let c = TokenCache::new(100).unwrap();
+        let sig = [b'a'; 342];
+        let k = c.key(&[1; 32], &sig);
+        assert_eq!(k, c.key(&[1; 32], &sig));
+        let mut other_tail = sig;
+        other_tail[341] = b'b';
+        let t = c.key(&[1; 32], &other_tail);
+        assert_eq!(t.digest, k.digest);
+        assert_ne!(t.tail, k.tail);
+        let mut other_head = sig;
+        other_head[KEY_HEAD - 1] = b'b';
+        let h = c.key(&[1; 32], &other_head);
+        assert_ne!(h.digest, k.digest);
+        assert_eq!(h.tail, k.tail);
+        assert_ne!(c.key(&[2; 32], &sig).digest, k.digest, "another verifier");
+        assert_ne!(c.key(&[1; 32], &sig[..341]).tail, k.tail, "a shorter tail");
+        // A signature no longer than the head (an HS256 one is 43 characters, an ES256 one
+        // 86) is all in the digest.
+        let short = c.key(&[1; 32], &sig[..KEY_HEAD]);
+        assert_eq!(short.tail, c.key(&[1; 32], b"").tail);
+        assert_ne!(short.digest, c.key(&[1; 32], &sig[..KEY_HEAD - 1]).digest);
+    }
+
+    /// An entry answers only the token whose signature tail it was made from: a token with
+    /// the same signature head and another tail neither hits nor evicts it.
+    #[test]
+    fn a_hit_needs_the_same_signature_tail() {
+        let c = TokenCache::new(100).unwrap();
+        let sig = [b'a'; 86];
+        let mut forged = sig;
+        forged[85] = b'b';
+        let real = c.key(&[1; 32], &sig);
+        c.insert(real, b"h.alice.", tok("alice", 100), 100, 10);
+        let other = c.key(&[1; 32], &forged);
+        assert!(c.get(&other, b"h.alice.", 20).is_none());
+        assert!(
+            c.get(&other, b"h.alice.", 200).is_none(),
+            "not even once expired"
+        );
+        assert_eq!(c.len(), 1, "the real entry stays");
+        assert_eq!(
+            c.get(&real, b"h.alice.", 20).unwrap().identity.subject,
+            "alice"
+        );
     }
 
     #[test]

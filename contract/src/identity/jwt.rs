@@ -561,16 +561,13 @@ impl JwtVerifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(JwtError::TooLarge);
         }
-        // The key digests the signature only (the part after the last dot; the whole token
-        // when it has none); the signed part before it, dot included, is compared on a
-        // hit, so a hit is this exact token (super::cache's module docs say why).
+        // The key is made of the signature only (the part after the last dot; the whole
+        // token when it has none); the signed part before it, dot included, is compared on
+        // a hit, so a hit is this exact token (super::cache's module docs say why).
         let (signed, signature) = token
             .as_bytes()
             .split_at(memchr::memrchr(b'.', token.as_bytes()).map_or(0, |i| i + 1));
-        let mut h = Sha256::new();
-        h.update(self.fingerprint);
-        h.update(signature);
-        let key: [u8; 32] = h.finalize().into();
+        let key = cache.key(&self.fingerprint, signature);
         if let Some(hit) = cache.get(&key, signed, now) {
             return Ok(hit);
         }

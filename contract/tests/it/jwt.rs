@@ -562,9 +562,10 @@ fn verifier_settings_are_checked() {
     );
 }
 
-/// The cache key digests only the signature: a token made of a cached token's signature
-/// and other claims is verified (and refused), not served the cached identity, and the
-/// real token's entry stays.
+/// The cache key is made of the signature only, and of its head only in the digest: a
+/// token made of a cached token's signature and other claims, or of its claims and the
+/// head of its signature with another tail, is verified (and refused), not served the
+/// cached identity, and the real token's entry stays.
 #[test]
 fn a_cached_signature_with_other_claims_is_not_a_hit() {
     let v = verifier();
@@ -575,8 +576,12 @@ fn a_cached_signature_with_other_claims_is_not_a_hit() {
     let (header, _) = signed.split_once('.').unwrap();
     let other = URL_SAFE_NO_PAD
         .encode(serde_json::to_vec(&with(claims(), "sub", json!("mallory"))).unwrap());
+    let mut tail = signature.to_string().into_bytes();
+    tail[100] = if tail[100] == b'A' { b'B' } else { b'A' };
+    let other_tail = String::from_utf8(tail).unwrap();
     for forged in [
         format!("{header}.{other}.{signature}"),
+        format!("{signed}.{other_tail}"),
         format!("{signed}x.{signature}"),
         format!("{signed}{signature}"),
         signature.to_string(),
