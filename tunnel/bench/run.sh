@@ -44,11 +44,20 @@ id=rtb$$
 A=$id-a; B=$id-b
 work=$(mktemp -d)
 pids=()
+# `ip netns add` bind-mounts /run/netns onto itself when it is not a mount point yet and
+# never undoes it: unmounted again at the end if this run made it and left it empty, so the
+# host keeps its mounts (as the tunnel tests do, tunnel/tests/common/mod.rs).
+netns_mounted_before=0
+mountpoint -q /run/netns 2>/dev/null && netns_mounted_before=1
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	ip netns del "$A" 2>/dev/null || true
 	ip netns del "$B" 2>/dev/null || true
+	if [ "$netns_mounted_before" = 0 ] && mountpoint -q /run/netns 2>/dev/null &&
+		[ -z "$(ls -A /run/netns 2>/dev/null)" ]; then
+		umount /run/netns 2>/dev/null || true
+	fi
 	rm -rf "$work"
 }
 trap cleanup EXIT
