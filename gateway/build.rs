@@ -24,6 +24,9 @@
 //! callgrind run of the sidecar, and should be run whenever Cargo.lock or the toolchain
 //! changes, and when a benchmark prints that names are missing.
 //!
+//! The shipped gateway's profile-guided build (`pgo/cargo.sh`) passes no `--target`, which
+//! Cargo would hash into every name, so the list applies to it as to a plain release build.
+//!
 //! Only where the linker is lld: x86_64-unknown-linux-gnu links with it by default since
 //! Rust 1.90 (the workspace needs 1.91). Set `RUSTRONAUT_SYMBOL_ORDER=0` to link without
 //! the list (for example with another linker).

@@ -3,11 +3,16 @@
 # directory and a list of processes that are stopped, with the directory removed, however
 # the script exits.
 #
-#   bench_setup CMD=PACKAGE ...   sets: repo, GW (the gateway binary), work, pids
-#   bench_reference               sets: BARE (bare Pingora, gateway/bench/bare-pingora), and
+#   bench_setup CMD=PACKAGE ...   sets: repo, GW (the gateway binary, as shipped: release,
+#                                 profile-guided through gateway/pgo/cargo.sh; PGO=0 for
+#                                 the same build without the profile; a GW set by the
+#                                 caller is kept and nothing is built), work, pids
+#   bench_reference               sets: BARE (bare Pingora, gateway/bench/bare-pingora, built
+#                                 the same way and with the same profile as GW), and
 #                                 GW_COUNTED, BARE_COUNTED: both built with the counting
-#                                 allocator (feature count-allocs), for allocations per
-#                                 request only; the timed runs use GW and BARE
+#                                 allocator (feature count-allocs, no profile: the counts
+#                                 do not depend on it), for allocations per request only;
+#                                 the timed runs use GW and BARE
 #   bench_small_upstream PORT     writes $work/upstream.conf: one nginx worker answering
 #                                 /small on 127.0.0.1:PORT
 #   bench_http_snapshot PORT UP   writes $work/snapshot.json: the standalone example's JWT
@@ -34,23 +39,22 @@ bench_setup() {
 	if [ ${#need[@]} -gt 0 ]; then
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 	fi
-	(cd "$repo" && cargo build -q --release -p rustronaut-gateway)
-	GW=$CARGO_TARGET_DIR/release/rustronaut-gateway
+	if [ -z "${GW:-}" ]; then
+		"$repo/gateway/pgo/cargo.sh" -q -p rustronaut-gateway
+		GW=$CARGO_TARGET_DIR/pgo/release/rustronaut-gateway
+	fi
 	work=$(mktemp -d)
 	pids=()
 	trap bench_cleanup EXIT
 }
 
 bench_reference() {
-	# The counted builds first, copied aside: the uncounted ones end up at the usual paths.
 	(cd "$repo" && cargo build -q --release -p rustronaut-gateway -p rustronaut-bare-pingora --features \
 		rustronaut-gateway/count-allocs,rustronaut-bare-pingora/count-allocs)
-	GW_COUNTED=$work/rustronaut-gateway-counted
-	BARE_COUNTED=$work/bare-pingora-counted
-	cp "$CARGO_TARGET_DIR/release/rustronaut-gateway" "$GW_COUNTED"
-	cp "$CARGO_TARGET_DIR/release/bare-pingora" "$BARE_COUNTED"
-	(cd "$repo" && cargo build -q --release -p rustronaut-gateway -p rustronaut-bare-pingora)
-	BARE=$CARGO_TARGET_DIR/release/bare-pingora
+	GW_COUNTED=$CARGO_TARGET_DIR/release/rustronaut-gateway
+	BARE_COUNTED=$CARGO_TARGET_DIR/release/bare-pingora
+	"$repo/gateway/pgo/cargo.sh" -q -p rustronaut-bare-pingora
+	BARE=$CARGO_TARGET_DIR/pgo/release/bare-pingora
 }
 
 bench_small_upstream() {

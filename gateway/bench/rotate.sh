@@ -13,7 +13,7 @@
 # Usage: A=path/to/rustronaut-gateway [B=path] [BARE=path] [PROTO=h1|h2] [REQUESTS=60000] \
 #          [ROUNDS=12] gateway/bench/rotate.sh
 #   B defaults to the release gateway built from this checkout, BARE to the release bare
-#   Pingora built from it. Any of the three may be a wrapper script that `exec`s the binary
+#   Pingora built from it, both with the profile (gateway/pgo/cargo.sh; PGO=0: without). Any of the three may be a wrapper script that `exec`s the binary
 #   (the CPU is read from the process it starts), e.g. to set an environment variable.
 #   PROTO=h1: plain HTTP/1.1, 50 connections (run.sh's small requests); h2: HTTP/2 over
 #   TLS 1.3, 10 connections x 10 streams (run.sh's HTTP/2 part). Installs nginx-light and
@@ -31,8 +31,8 @@ PROTO=${PROTO:-h1}
 N=${REQUESTS:-60000}
 ROUNDS=${ROUNDS:-12}
 if [ -z "${BARE:-}" ]; then
-	(cd "$repo" && cargo build -q --release -p rustronaut-bare-pingora)
-	BARE=$CARGO_TARGET_DIR/release/bare-pingora
+	"$repo/gateway/pgo/cargo.sh" -q -p rustronaut-bare-pingora # as GW: with the profile, or PGO=0
+	BARE=$CARGO_TARGET_DIR/pgo/release/bare-pingora
 fi
 [ -x "$BARE" ] || { echo "rotate.sh: $BARE is not an executable bare Pingora build" >&2; exit 1; }
 
