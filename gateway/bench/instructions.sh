@@ -34,7 +34,7 @@ TOP=${TOP:-40}
 # shellcheck source=gateway/bench/common.sh
 . "$(dirname "$0")/common.sh"
 bench_setup nginx=nginx-light h2load=nghttp2-client valgrind=valgrind
-"$repo/gateway/pgo/cargo.sh" -q -p rustronaut-bare-pingora # as GW: with the profile, or PGO=0
+bench_bare_pgo # as GW: with the profile, or PGO=0
 BARE=$CARGO_TARGET_DIR/pgo/release/bare-pingora
 
 bench_small_upstream 19121

@@ -31,7 +31,7 @@ PROTO=${PROTO:-h1}
 N=${REQUESTS:-60000}
 ROUNDS=${ROUNDS:-12}
 if [ -z "${BARE:-}" ]; then
-	"$repo/gateway/pgo/cargo.sh" -q -p rustronaut-bare-pingora # as GW: with the profile, or PGO=0
+	bench_bare_pgo # as GW: with the profile, or PGO=0
 	BARE=$CARGO_TARGET_DIR/pgo/release/bare-pingora
 fi
 [ -x "$BARE" ] || { echo "rotate.sh: $BARE is not an executable bare Pingora build" >&2; exit 1; }

@@ -23,6 +23,11 @@
 # names, and so is the link order (`gateway/link/symbol-order.txt`, gateway/build.rs), which
 # therefore applies to this build as to a plain one.
 #
+# The names depend on the features Cargo resolves for the dependencies, and those on the
+# packages built together: the gateway alone resolves what the gateway and bare Pingora
+# together do (train.sh builds the two at once), bare Pingora alone does not, so the
+# benchmarks build it beside the gateway (bench_bare_pgo in gateway/bench/common.sh).
+#
 # A profile that no longer matches some function (its code changed since training) leaves
 # that function without counts, silently: a stale profile costs speed, never correctness.
 # Regenerate it with `gateway/pgo/train.sh` when the request path changes and when
