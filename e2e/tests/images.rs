@@ -104,6 +104,47 @@ fn the_dockerfile_ships_what_the_offline_build_ships() {
 }
 
 /// Unpacks the layer of an image tar into `dir`; returns the image config.
+/// The shipped gateway is the profile-guided build (gateway/pgo/cargo.sh): the Dockerfile and
+/// `make images PROFILE=release` both build it through that script and take the binary from
+/// its target directory, and the committed profile is one LLVM can read (a truncated or
+/// foreign file would fail every release build, which CI does not run).
+#[test]
+fn release_builds_take_the_gateway_from_the_profile_guided_build() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).expect(p);
+    for (file, text) in [
+        ("Dockerfile", read("Dockerfile")),
+        ("e2e/scripts/images.sh", read("e2e/scripts/images.sh")),
+    ] {
+        // A command line that runs the script, not a comment that names it.
+        let runs_it = text.lines().any(|l| {
+            let l = l.trim_start();
+            l.strip_prefix("&& ")
+                .unwrap_or(l)
+                .starts_with("gateway/pgo/cargo.sh ")
+        });
+        assert!(
+            runs_it && text.contains("pgo/release/rustronaut-gateway"),
+            "{file} does not build the gateway through gateway/pgo/cargo.sh"
+        );
+    }
+    let out = Command::new("gzip")
+        .arg("-dc")
+        .arg(root.join("gateway/pgo/gateway.profdata.gz"))
+        .output()
+        .expect("gzip");
+    assert!(
+        out.status.success(),
+        "gateway/pgo/gateway.profdata.gz is not gzip"
+    );
+    // llvm/ProfileData/InstrProf.h: IndexedInstrProf::Magic, little-endian.
+    assert_eq!(
+        out.stdout.get(..8),
+        Some(&0x8169_666f_7270_6cff_u64.to_le_bytes()[..]),
+        "gateway/pgo/gateway.profdata.gz does not hold an indexed LLVM profile"
+    );
+}
+
 fn unpack(tar_path: &Path, dir: &Path) -> Value {
     let mut files = BTreeMap::new();
     let mut outer = tar::Archive::new(std::fs::File::open(tar_path).unwrap());
