@@ -7,7 +7,7 @@
 //! Each function must never panic, whatever the bytes; beyond that it asserts the parser's
 //! invariants (a panic is how the fuzzer reports a finding).
 
-use crate::downstream::{check_head, head_end};
+use crate::downstream::{HeadScan, check_head, head_end};
 use crate::framing::{Limits, Refusal, check};
 use crate::session::{Purpose, TenantKeys};
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
@@ -42,7 +42,8 @@ fn parse_fields(head: &[u8]) -> HeaderMap {
 }
 
 /// A request head as it arrives on a socket: the raw line checks of
-/// [`crate::downstream`] (head end, bare LF, obs-fold), then [`crate::framing::check`] on the
+/// [`crate::downstream`] (head end, bare LF, obs-fold; the one-pass [`HeadScan`] the
+/// gateway runs agrees with them), then [`crate::framing::check`] on the
 /// fields for each HTTP version, then the path and host checks of [`crate::pipeline`] on the
 /// request line. Invariants: a head the raw check passes has only CRLF line ends and no
 /// folded line; a framing refusal is 400, 413 or 431 and a pass respects every rule the
@@ -55,6 +56,21 @@ pub fn request_head(data: &[u8]) {
         assert_eq!(data[e - 1], b'\n');
     }
     let head = &data[..end.unwrap_or(data.len())];
+    // The one-pass scan the gateway runs agrees with the two, fed in two reads cut at a
+    // point the input picks.
+    let cut = data
+        .first()
+        .map_or(0, |b| usize::from(*b) % (data.len() + 1));
+    let mut scan = HeadScan::default();
+    let scanned = scan.feed(&data[..cut]).or_else(|| scan.feed(data));
+    assert_eq!(scanned, end, "one-pass end, cut at {cut}");
+    if end.is_some() {
+        assert_eq!(
+            scan.verdict(),
+            check_head(head),
+            "one-pass verdict, cut at {cut}"
+        );
+    }
     if check_head(head).is_ok() {
         for (i, b) in head.iter().enumerate() {
             if *b == b'\n' {
