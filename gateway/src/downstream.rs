@@ -426,22 +426,32 @@ mod tests {
                 (a, b) => a.or(b),
             }
         }
+        let heads = small_heads();
+        assert_eq!(heads.len(), (0..=8).map(|l| 4usize.pow(l)).sum::<usize>());
+        for buf in heads {
+            assert_eq!(head_end(&buf), reference(&buf), "{buf:?}");
+        }
+    }
+
+    /// Every byte string of up to 8 bytes over `\r`, `\n`, ` ` and `a`: the bytes a head's
+    /// line breaks are made of, and one other.
+    fn small_heads() -> Vec<Vec<u8>> {
         let alphabet = *b"\r\n a";
-        let mut checked = 0;
+        let mut heads = Vec::new();
         for len in 0..=8u32 {
             for mut n in 0..4usize.pow(len) {
-                let buf: Vec<u8> = (0..len)
-                    .map(|_| {
-                        let b = alphabet[n % 4];
-                        n /= 4;
-                        b
-                    })
-                    .collect();
-                assert_eq!(head_end(&buf), reference(&buf), "{buf:?}");
-                checked += 1;
+                heads.push(
+                    (0..len)
+                        .map(|_| {
+                            let b = alphabet[n % 4];
+                            n /= 4;
+                            b
+                        })
+                        .collect(),
+                );
             }
         }
-        assert_eq!(checked, (0..=8).map(|l| 4usize.pow(l)).sum::<usize>());
+        heads
     }
 
     /// The one-pass scan says what its specification says: on every head of up to 8 bytes
@@ -449,29 +459,19 @@ mod tests {
     /// end is [`head_end`]'s and its verdict [`check_head`]'s on the head up to that end.
     #[test]
     fn the_one_pass_scan_agrees_with_head_end_and_check_head() {
-        let alphabet = *b"\r\n a";
         let mut refused = 0;
-        for len in 0..=8u32 {
-            for mut n in 0..4usize.pow(len) {
-                let buf: Vec<u8> = (0..len)
-                    .map(|_| {
-                        let b = alphabet[n % 4];
-                        n /= 4;
-                        b
-                    })
-                    .collect();
-                let end = head_end(&buf);
-                let verdict = end.map(|e| check_head(&buf[..e]));
-                refused += usize::from(matches!(verdict, Some(Err(_))));
-                for cut in 0..=buf.len() {
-                    let mut scan = HeadScan::default();
-                    let got = match scan.feed(&buf[..cut]) {
-                        Some(e) => Some(e),
-                        None => scan.feed(&buf),
-                    };
-                    assert_eq!(got, end, "{buf:?} cut at {cut}");
-                    assert_eq!(got.map(|_| scan.verdict()), verdict, "{buf:?} cut at {cut}");
-                }
+        for buf in small_heads() {
+            let end = head_end(&buf);
+            let verdict = end.map(|e| check_head(&buf[..e]));
+            refused += usize::from(matches!(verdict, Some(Err(_))));
+            for cut in 0..=buf.len() {
+                let mut scan = HeadScan::default();
+                let got = match scan.feed(&buf[..cut]) {
+                    Some(e) => Some(e),
+                    None => scan.feed(&buf),
+                };
+                assert_eq!(got, end, "{buf:?} cut at {cut}");
+                assert_eq!(got.map(|_| scan.verdict()), verdict, "{buf:?} cut at {cut}");
             }
         }
         assert!(refused > 1000, "the alphabet reaches refusals: {refused}");
