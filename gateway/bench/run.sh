@@ -51,8 +51,9 @@
 #        gateway (the commit before a change) on the same snapshot, so a change's gain is
 #        measured in the same run as its baseline
 #        BARE_STEAL=1 adds a row "bare-pingora-steal": bare Pingora on tokio's multi-thread
-#        scheduler, Pingora's default (the bare-pingora row runs the gateway's choice for
-#        THREADS, see rustronaut_gateway::server::work_stealing)
+#        scheduler, Pingora's default (the bare-pingora row runs a current-thread runtime
+#        with THREADS=1, as the gateway does, and the multi-thread one above: see
+#        bare-pingora's --work-stealing)
 #        THREADS=2 gives each proxy under test (nginx, HAProxy, bare Pingora, the gateway) two
 #        worker threads/processes instead of one, for the scaling comparison (the upstream
 #        nginx, h2load and the TCP part stay at one)
@@ -238,7 +239,7 @@ fi
 	--cert "$work/tls.crt" --key "$work/tls.key" >"$work/bare.log" 2>&1 & barepid=$!; pids+=("$barepid")
 if [ "${BARE_STEAL:-0}" = 1 ]; then
 	# Bare Pingora on tokio's multi-thread scheduler, Pingora's default (the row above runs
-	# what the gateway runs for the same THREADS: see server::work_stealing).
+	# a current-thread runtime with THREADS=1: see bare-pingora's --work-stealing).
 	"$BARE" --listen 127.0.0.1:19038 --l4-read-buffer 0 --upstream 127.0.0.1:19001 --threads "$THREADS" \
 		--work-stealing true --tls-listen 127.0.0.1:19039 --cert "$work/tls.crt" --key "$work/tls.key" \
 		>"$work/bare-steal.log" 2>&1 & stealpid=$!; pids+=("$stealpid")

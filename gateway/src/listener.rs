@@ -2,7 +2,9 @@
 //! and Pingora's `HttpProxy`.
 //!
 //! ```text
-//!  accept (one Pingora background service per HTTP(S) port, own runtime)
+//!  accept (on the port's first worker; see [`Workers`])
+//!    -> handed to the worker serving the fewest connections: one Pingora background
+//!       service of one thread per worker (`--threads`), each with its own HttpProxy
 //!    -> Pingora l4 Stream with its socket digest (client address), TCP_NODELAY
 //!    HTTP:  -> the PROXY header, when the snapshot asks for one ([`ProxyProtocol`])
 //!           -> [`Connection`] (writes buffered, a buffer made on the first write)
@@ -31,8 +33,15 @@
 //! of it the read buffer; the boxed handshake saves less than its 8.8 KiB, as a future is
 //! only resident where it was written.
 //!
-//! What stays as Pingora does it: the listener's worker threads and graceful shutdown (a
-//! background service, as [`crate::l4`]'s: accepting stops at the shutdown signal, requests
+//! Why one accept loop that hands connections over, rather than every worker accepting on
+//! the socket: then each worker's runtime polls the socket, and the first awake takes every
+//! connection of a burst (sixteen connections opened together all went to one worker of
+//! two, `connections_are_spread_over_the_workers`); nginx spreads them with an accept mutex
+//! or `SO_REUSEPORT`. Handing over costs one wake-up of the chosen worker per connection,
+//! not per request, and the choice sees how many connections each worker serves.
+//!
+//! What stays as Pingora does it: graceful shutdown (background services, as
+//! [`crate::l4`]'s: accepting stops at the shutdown signal, requests
 //! in flight keep the runtime's shutdown timeout), the client address (the socket digest
 //! Pingora's listener sets; a PROXY header's source replaces it), `TCP_NODELAY` on every
 //! connection, `SO_REUSEADDR` and a backlog of 65,535 (Pingora's `LISTENER_BACKLOG`), the
@@ -238,10 +247,82 @@ impl Tls {
     }
 }
 
-/// One HTTP or HTTPS port as a Pingora background service.
-pub struct HttpListener<A> {
+/// The workers of one HTTP or HTTPS port: each a Pingora background service of one thread
+/// (a tokio current-thread runtime) with a proxy of its own, so an upstream keep-alive pool
+/// of its own (`crate::server::WORK_STEALING` says why).
+pub struct Workers<A> {
+    slots: Vec<Slot<A>>,
+}
+
+struct Slot<A> {
     app: Arc<HeadDeadline<A>>,
+    /// The worker's runtime, set when its service starts.
+    handle: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Connections the worker serves now.
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<A> Workers<A> {
+    /// One worker per app.
+    pub fn new(apps: Vec<HeadDeadline<A>>) -> Arc<Self> {
+        Arc::new(Self {
+            slots: apps
+                .into_iter()
+                .map(|app| Slot {
+                    app: Arc::new(app),
+                    handle: std::sync::OnceLock::new(),
+                    open: Arc::default(),
+                })
+                .collect(),
+        })
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The started worker that serves the fewest connections (the first of them on a tie),
+    /// or `None` when none has started.
+    fn least_busy(&self) -> Option<&Slot<A>> {
+        use std::sync::atomic::Ordering;
+        self.slots
+            .iter()
+            .filter(|s| s.handle.get().is_some())
+            .min_by_key(|s| s.open.load(Ordering::Relaxed))
+    }
+}
+
+/// Counts a connection as open on its worker while the connection's task lives.
+struct OpenGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One worker of an HTTP or HTTPS port as a Pingora background service (of one thread);
+/// the first also runs the port's accept loop, which hands each connection to the worker
+/// serving the fewest ([`Workers`]).
+pub struct HttpListener<A> {
+    workers: Arc<Workers<A>>,
+    /// Which of `workers` this one is.
+    index: usize,
     port: u16,
+    /// The first worker's: the listening socket.
     listener: Mutex<Option<std::net::TcpListener>>,
     /// `Some` on an HTTPS port.
     tls: Option<Arc<Tls>>,
@@ -250,21 +331,23 @@ pub struct HttpListener<A> {
 }
 
 impl<A> HttpListener<A> {
-    /// Serves `app` on `listener` (from [`bind`]) once the service starts; HTTPS with `tls`;
-    /// each connection through `proxy` first.
+    /// Worker `index` of `workers`; the one given `listener` (from [`bind`]) accepts on it
+    /// once its service starts. HTTPS with `tls`; each connection through `proxy` first.
     pub fn new(
-        app: HeadDeadline<A>,
-        listener: std::net::TcpListener,
+        workers: Arc<Workers<A>>,
+        index: usize,
+        listener: Option<std::net::TcpListener>,
         port: u16,
-        tls: Option<Tls>,
-        proxy: ProxyProtocol,
+        tls: Option<Arc<Tls>>,
+        proxy: Arc<ProxyProtocol>,
     ) -> Self {
         Self {
-            app: Arc::new(app),
+            workers,
+            index,
             port,
-            listener: Mutex::new(Some(listener)),
-            tls: tls.map(Arc::new),
-            proxy: Arc::new(proxy),
+            listener: Mutex::new(listener),
+            tls,
+            proxy,
         }
     }
 }
@@ -275,12 +358,19 @@ where
     A: HttpServerApp + Send + Sync + 'static,
 {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = self.workers.slots[self.index]
+            .handle
+            .set(tokio::runtime::Handle::current());
         let taken = self
             .listener
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let Some(listener) = taken else { return };
+        let Some(listener) = taken else {
+            // A worker that does not accept: its runtime serves what it is handed.
+            let _ = shutdown.changed().await;
+            return;
+        };
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
             Err(e) => {
@@ -292,11 +382,16 @@ where
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        let app = self.app.clone();
+                        // This worker's slot has a handle: the choice is never empty.
+                        let Some(slot) = self.workers.least_busy() else { continue };
+                        let open = OpenGuard::new(&slot.open);
+                        let app = slot.app.clone();
                         let tls = self.tls.clone();
                         let proxy = self.proxy.clone();
                         let shutdown = shutdown.clone();
-                        tokio::spawn(async move {
+                        let Some(handle) = slot.handle.get() else { continue };
+                        handle.spawn(async move {
+                            let _open = open;
                             match tls {
                                 None => {
                                     let mut l4 = l4_stream(tcp, peer);
@@ -331,7 +426,9 @@ where
                 }
             }
         }
-        ServerApp::cleanup(self.app.as_ref()).await;
+        for slot in &self.workers.slots {
+            ServerApp::cleanup(slot.app.as_ref()).await;
+        }
     }
 }
 

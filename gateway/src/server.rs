@@ -1,6 +1,7 @@
-//! Builds the Pingora server: one [`crate::listener::HttpListener`] (the gateway's own
-//! accept loop, a background service) per HTTP or HTTPS listener of the first snapshot, in
-//! front of a Pingora proxy, TLS settings from [`crate::tls`]; one [`crate::l4::L4Service`]
+//! Builds the Pingora server: for each HTTP or HTTPS listener of the first snapshot, one
+//! [`crate::listener::HttpListener`] per worker (a background service of one thread, in
+//! front of a Pingora proxy of its own; the first runs the gateway's own accept loop:
+//! [`WORK_STEALING`] says why), TLS settings from [`crate::tls`]; one [`crate::l4::L4Service`]
 //! (a background service with its own runtime) per TCP, UDP or TLSPassthrough port. TLSPassthrough
 //! listeners with distinct hostnames may share a port: they share one service, which routes
 //! by SNI across them.
@@ -60,43 +61,55 @@ pub struct ServerOptions {
     pub downstream: crate::downstream::Deadlines,
 }
 
-/// Whether the listeners' runtimes are tokio's multi-thread scheduler (Pingora's default)
-/// rather than one current-thread runtime per worker.
+/// Every worker thread is a tokio current-thread runtime of its own; none steals work from
+/// another (`ServerConf::work_stealing` off).
 ///
-/// With one worker there is nothing to steal from, and the multi-thread scheduler still
-/// pays its machinery at every wake-up, which on a single worker is per request once
-/// requests stop arriving in batches. Measured with `--threads 1` (issue 19,
-/// docs/benchmarks.md, three rounds): CPU per request 39.1 -> 34.8 µs at the gateway's
-/// maximum and 57.1 -> 48.0 µs at a fixed 14,350 req/s, maximum 25,519 -> 28,710 req/s,
-/// almost all of it kernel time (user-space instructions per request -0.6 %); bare Pingora
-/// gains less (28.1 -> 27.8 and 42.3 -> 40.2 µs). With more than one worker the listeners'
-/// accept loops (`crate::listener`) spawn each connection with `tokio::spawn`, and only
-/// stealing spreads them over the workers: a current-thread runtime would keep them all on
-/// the accepting one.
-pub fn work_stealing(threads: usize) -> bool {
-    threads > 1
-}
+/// An HTTP(S) listener with `--threads N` is N background services of one worker each,
+/// every one with its own Pingora proxy, so its own upstream keep-alive pool; the first
+/// accepts on the port and hands each connection to the worker serving the fewest
+/// ([`crate::listener::Workers`]). nginx's worker model: a connection, the upstream
+/// connections its requests reuse and the tasks that watch those while idle all stay on
+/// one worker. Why not one service of N workers:
+/// - with work stealing (tokio's multi-thread scheduler, Pingora's default), every wake-up
+///   pays the scheduler's machinery and tasks migrate between workers; with `--threads 1`
+///   that machinery alone cost 39.1 -> 34.8 µs per request at the maximum (issue 19);
+/// - without it (Pingora's `NoStealRuntime`), the accept loop's `tokio::spawn` keeps every
+///   connection on the accepting worker, and spreading them (`pingora_runtime::
+///   current_handle()`, a random worker) does not keep a request's upstream work local:
+///   Pingora's connector spawns the watcher of each released upstream connection on a
+///   random worker too (`TransportConnector::release_stream`), and the pool is shared by
+///   the workers, so most reuses woke another thread. Measured with two workers at a fixed
+///   18,300 req/s: 50.6 µs of CPU per request against 42.1 with stealing (docs/benchmarks.md).
+///
+/// Measured with two workers on two cores shared with the load generator and the upstream
+/// (`THREADS=2 LATENCY_ONLY=1 gateway/bench/run.sh`, docs/benchmarks.md, issue 19), against
+/// the multi-thread scheduler in the same run: 36,400 -> 48,300 req/s at the maximum, 31.8
+/// -> 24.4 µs of CPU per request; 40.1 -> 34.9 µs at a fixed 24,100 req/s; an idle gateway
+/// wakes 5 times a second instead of 103 (Pingora's timer thread, below, never starts).
+/// With one worker nothing changes. Each worker accepting on the socket itself, the first
+/// version of this, measured as well as one worker: the first awake took every connection.
+///
+/// What it costs: a busy connection is not moved off its worker (the hand-over counts
+/// connections, not their requests). L4 ports keep one service of N workers: their
+/// connections are spread over the workers as they are accepted ([`crate::l4`]), as they
+/// share their limits and have no pool.
+pub const WORK_STEALING: bool = false;
 
-/// Above how many seconds Pingora's timeouts use tokio's timer rather than its own
-/// (`pingora_timeout::fast_timeout`), given whether the workers steal work.
+/// Timeouts of a second or more (every timeout the gateway sets) use tokio's timer rather
+/// than Pingora's own (`pingora_timeout::fast_timeout`).
 ///
 /// Pingora's own timer is one shared wheel per process with a clock thread that wakes every
 /// 10 ms; it exists so that the workers of one multi-thread runtime do not all queue on
-/// tokio's timer, which in tokio 1.x is one wheel behind one mutex per runtime. Without
-/// stealing every worker is a runtime of its own, with a timer of its own that no other
+/// tokio's timer, which in tokio 1.x is one wheel behind one mutex per runtime. Here every
+/// worker is a runtime of its own ([`WORK_STEALING`]), with a timer of its own that no other
 /// thread locks, so that reason is gone, and what is left is the price: each upstream read
 /// that waits (every request waits for its response) registered a timer through a
 /// read-write lock, a `BTreeMap` keyed by `u128` and two `Arc`s, and every timeout read the
 /// clock to check on the clock thread. Measured with `--threads 1` (issue 19,
 /// docs/benchmarks.md): 78,074 -> 76,513 user-space instructions per request, and the
-/// clock thread never starts. `Some(0)`: every timeout of a second or more goes to tokio
-/// (shorter ones, which the gateway does not set, stay on Pingora's timer); `None` keeps
-/// Pingora's default when the workers steal.
-pub fn fast_timeout_threshold(stealing: bool) -> Option<u64> {
-    (!stealing)
-        .then_some(0)
-        .or(ServerConf::default().fast_timeout_to_tokio_threshold_seconds)
-}
+/// clock thread never starts. Shorter timeouts, which the gateway does not set, stay on
+/// Pingora's timer.
+pub const FAST_TIMEOUT_TO_TOKIO_SECONDS: u64 = 0;
 
 /// A Pingora server with every listener of `first`, each port bound now (a port in use
 /// fails start-up).
@@ -105,11 +118,10 @@ pub fn build(
     shared: &Arc<Shared>,
     opts: &ServerOptions,
 ) -> Result<Server, ServerError> {
-    let stealing = work_stealing(opts.threads);
     let conf = ServerConf {
         threads: opts.threads.max(1),
-        work_stealing: stealing,
-        fast_timeout_to_tokio_threshold_seconds: fast_timeout_threshold(stealing),
+        work_stealing: WORK_STEALING,
+        fast_timeout_to_tokio_threshold_seconds: Some(FAST_TIMEOUT_TO_TOKIO_SECONDS),
         grace_period_seconds: Some(opts.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(opts.shutdown_timeout_seconds),
         ..ServerConf::default()
@@ -152,13 +164,6 @@ pub fn build(
             port: l.port,
             https,
         };
-        let proxy = GatewayProxy::new(info, shared.clone());
-        let mut app = pingora::proxy::http_proxy(&conf, proxy);
-        // HTTP/2 connections idle this long are closed too (HTTP/1 ones by HeadDeadline).
-        let mut http = pingora::apps::HttpServerOptions::default();
-        http.h2_idle_timeout = Some(opts.downstream.keepalive);
-        app.server_options = Some(http);
-        let app = crate::downstream::HeadDeadline::new(app, opts.downstream, &l.name);
         let addr = std::net::SocketAddr::new(opts.bind, l.port);
         let tls = if https {
             let tls_err = |reason: String| ServerError::Tls {
@@ -175,60 +180,59 @@ pub fn build(
                 &l.name,
             )));
             settings.enable_h2();
-            Some(crate::listener::Tls::new(
+            Some(Arc::new(crate::listener::Tls::new(
                 settings.build(),
                 opts.l4.handshake_timeout,
-            ))
+            )))
         } else {
             None
         };
-        // The gateway's own accept loop: see crate::listener for why.
-        let listener = crate::listener::bind(addr).map_err(|source| ServerError::Bind {
+        let bind_err = |source| ServerError::Bind {
             protocol: if https { "HTTPS" } else { "HTTP" },
             port: l.port,
             source,
-        })?;
+        };
+        // The gateway's own accept loop: see crate::listener for why.
+        let listener = crate::listener::bind(addr).map_err(bind_err)?;
         // Reads a PROXY header first while the current snapshot asks for one.
-        let proxy = crate::listener::ProxyProtocol::new(
+        let proxy = Arc::new(crate::listener::ProxyProtocol::new(
             shared.store.clone(),
             opts.l4.handshake_timeout,
             &l.name,
-        );
-        let svc = crate::listener::HttpListener::new(app, listener, l.port, tls, proxy);
-        let mut bg = background_service(&format!("listener {}", l.name), svc);
-        bg.threads = Some(opts.threads.max(1));
-        tracing::info!(listener = %l.name, %addr, https, "listener bound");
-        server.add_service(bg);
+        ));
+        let workers = opts.threads.max(1);
+        let apps = (0..workers)
+            .map(|_| {
+                let proxy = GatewayProxy::new(info.clone(), shared.clone());
+                let mut app = pingora::proxy::http_proxy(&conf, proxy);
+                // HTTP/2 connections idle this long are closed too (HTTP/1 ones by
+                // HeadDeadline).
+                let mut http = pingora::apps::HttpServerOptions::default();
+                http.h2_idle_timeout = Some(opts.downstream.keepalive);
+                app.server_options = Some(http);
+                crate::downstream::HeadDeadline::new(app, opts.downstream, &l.name)
+            })
+            .collect();
+        let set = crate::listener::Workers::new(apps);
+        let mut listener = Some(listener);
+        for worker in 0..workers {
+            let svc = crate::listener::HttpListener::new(
+                set.clone(),
+                worker,
+                listener.take(),
+                l.port,
+                tls.clone(),
+                proxy.clone(),
+            );
+            let mut bg = background_service(&format!("{} {worker}", l.name), svc);
+            bg.threads = Some(1);
+            server.add_service(bg);
+        }
+        tracing::info!(listener = %l.name, %addr, https, workers, "listener bound");
         any = true;
     }
     if !any {
         return Err(ServerError::NoListener);
     }
     Ok(server)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{ServerConf, fast_timeout_threshold, work_stealing};
-
-    /// Tokio's timer where each worker is a runtime of its own; Pingora's own where workers
-    /// share one runtime (and so one tokio timer wheel behind one lock).
-    #[test]
-    fn timeouts_use_tokio_only_where_each_worker_has_its_own_timer() {
-        assert_eq!(fast_timeout_threshold(false), Some(0));
-        let pingora = ServerConf::default().fast_timeout_to_tokio_threshold_seconds;
-        assert_eq!(fast_timeout_threshold(true), pingora);
-        assert_ne!(pingora, Some(0));
-    }
-
-    /// One worker (the sidecar's `--threads 1`; 0 is taken as 1) runs on a current-thread
-    /// runtime; more keep the multi-thread scheduler, which alone spreads the connections the
-    /// accept loops spawn over the workers.
-    #[test]
-    fn only_more_than_one_worker_steals() {
-        assert!(!work_stealing(0));
-        assert!(!work_stealing(1));
-        assert!(work_stealing(2));
-        assert!(work_stealing(8));
-    }
 }

@@ -889,7 +889,7 @@ fn unreachable_upstreams_answer_503_with_a_decision_id() {
 /// An upstream that takes the request and never answers is cut at the rule's `timeoutMs`:
 /// 504 with the decision id, the upstream connection closed, the gateway answering the next
 /// request. Both of Pingora's timers are exercised: tokio's for timeouts of a second or more
-/// on one worker (`server::fast_timeout_threshold`), Pingora's own below a second.
+/// (`server::FAST_TIMEOUT_TO_TOKIO_SECONDS`), Pingora's own below a second.
 #[test]
 fn a_silent_upstream_is_cut_at_the_rules_timeout_with_504() {
     let up = Upstream::start("a");
@@ -930,7 +930,7 @@ fn a_silent_upstream_is_cut_at_the_rules_timeout_with_504() {
 
 /// An idle gateway sleeps: its background loops (health checks, JWKS and ServiceAccount
 /// keys, the snapshot file) wake for work that is due, not on a tick (`src/wake.rs`), and
-/// Pingora's clock thread is not started (`server::fast_timeout_threshold`). Before both,
+/// Pingora's clock thread is not started (`server::FAST_TIMEOUT_TO_TOKIO_SECONDS`). Before both,
 /// the threads gave up the CPU about 33 + 100 times a second; now the snapshot file's poll
 /// and the endpoint gauges' export, once a second each, are most of it.
 #[test]
@@ -948,6 +948,49 @@ fn an_idle_gateway_sleeps() {
     std::thread::sleep(std::time::Duration::from_secs(5));
     let woke = gw.voluntary_switches() - before;
     assert!(woke <= 40, "{woke} wake-ups in 5 s of idleness");
+}
+
+/// With `--threads 2` an HTTP listener is two workers, each a runtime of its own with its
+/// own upstream pool; the port's accept loop hands each connection to the worker serving
+/// the fewest (`server::WORK_STEALING`, `listener::Workers`). Sixteen connections opened
+/// at once are eight on each, and each worker spends its share of the CPU serving them.
+/// (Before the hand-over, the workers each polled the socket and the first awake took
+/// every connection of such a burst: the other stayed idle.)
+#[test]
+fn connections_are_spread_over_the_workers() {
+    use std::io::{Read, Write};
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let gw = Gateway::start_with(&snapshot(&s), &["--threads", "2"]);
+    // The HTTP listener's workers: threads "BG http 0" and "BG http 1".
+    let before = gw.thread_cpu_ns("BG http ");
+    assert_eq!(before.len(), 2, "{before:?}");
+    let request = format!("GET /public/x HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let mut conns: Vec<std::net::TcpStream> = (0..16)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", s.http)).unwrap())
+        .collect();
+    for _ in 0..50 {
+        for c in &mut conns {
+            c.write_all(request.as_bytes()).unwrap();
+        }
+        for c in &mut conns {
+            let mut buf = [0u8; 4096];
+            let n = c.read(&mut buf).unwrap();
+            let head = String::from_utf8_lossy(&buf[..n]);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        }
+    }
+    let after = gw.thread_cpu_ns("BG http ");
+    let spent: Vec<u64> = before
+        .iter()
+        .map(|(tid, b)| after.iter().find(|(t, _)| t == tid).unwrap().1 - b)
+        .collect();
+    let (least, most) = (spent.iter().min().unwrap(), spent.iter().max().unwrap());
+    assert!(
+        *least * 4 >= *most,
+        "CPU per worker serving 800 requests on 16 connections: {spent:?} ns"
+    );
 }
 
 #[test]

@@ -53,7 +53,9 @@ pub(super) async fn serve(
                     let shared = shared.clone();
                     let opts = opts.clone();
                     let per_client = per_client.clone();
-                    tokio::spawn(async move {
+                    // On any worker of the port, not only the accepting one (no worker
+                    // steals work: crate::server::WORK_STEALING).
+                    pingora_runtime::current_handle().spawn(async move {
                         handle(stream, peer, kind, port, &shared, &opts, &per_client).await;
                         drop(slot);
                     });

@@ -247,7 +247,8 @@ async fn open(
                 epoch,
                 record: rec,
             };
-            tokio::spawn(relay.run(rx));
+            // A flow's relay on any worker of the port (crate::server::WORK_STEALING).
+            pingora_runtime::current_handle().spawn(relay.run(rx));
             return Some(flow);
         }
         Some(Pick::Addr(addr)) => addr,
@@ -279,7 +280,8 @@ async fn open(
     let relay = flow.clone();
     let socket = socket.clone();
     let shared = shared.clone();
-    tokio::spawn(async move {
+    // The upstream's answers read on any worker of the port (crate::server::WORK_STEALING).
+    pingora_runtime::current_handle().spawn(async move {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             tokio::select! {

@@ -230,6 +230,27 @@ impl Gateway {
             .sum()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time of each thread whose name (as the kernel keeps it, at most 15 bytes) starts
+    /// with `prefix`, in nanoseconds (`/proc/<pid>/task/<tid>/schedstat`), by thread id.
+    pub fn thread_cpu_ns(&self, prefix: &str) -> Vec<(u32, u64)> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
+        tasks
+            .filter_map(|t| {
+                let dir = t.ok()?.path();
+                let tid = dir.file_name()?.to_str()?.parse().ok()?;
+                let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+                comm.starts_with(prefix).then_some(())?;
+                let stat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
+                Some((tid, stat.split_whitespace().next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
     pub fn start(snapshot: &Value) -> Self {
         Self::start_with(snapshot, &[])
     }
@@ -316,7 +337,13 @@ impl Gateway {
             } else {
                 &["--poll-interval-ms", "100"][..]
             })
-            .args(["--threads", "1", "--grace-period-seconds", "0"])
+            // One worker, as a sidecar, unless a test sets its own.
+            .args(if extra.contains(&"--threads") {
+                &[][..]
+            } else {
+                &["--threads", "1"][..]
+            })
+            .args(["--grace-period-seconds", "0"])
             .args(["--shutdown-timeout-seconds", "1"])
             .args(extra)
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))

@@ -13,7 +13,7 @@
 //! bare-pingora --listen 127.0.0.1:19008 --upstream 127.0.0.1:19001 --threads 1 \
 //!              [--tls-listen 127.0.0.1:19028 --cert tls.crt --key tls.key]   (h2 by ALPN)
 //!              [--l4-read-buffer BYTES]                                      (plain listener)
-//!              [--work-stealing true|false]        (default: as the gateway, true above 1 thread)
+//!              [--work-stealing true|false]        (default: false for 1 thread, else true)
 //! ```
 
 use async_trait::async_trait;
@@ -61,10 +61,14 @@ struct Args {
     #[arg(long)]
     l4_read_buffer: Option<usize>,
     /// Tokio's multi-thread scheduler (`true`) or one current-thread runtime per worker
-    /// (`false`). By default what the gateway chooses for the same `--threads`
-    /// (`rustronaut_gateway::server::work_stealing`: stealing only with more than one
-    /// worker), so the ratio stays the cost of the gateway's work and not of a runtime
-    /// setting; `true` is Pingora's own default.
+    /// (`false`). By default Pingora's best setting for the thread count: with one worker a
+    /// current-thread runtime, as the gateway runs, so the ratio stays the cost of the
+    /// gateway's work and not of a runtime setting; with more, `true`, Pingora's own
+    /// default. The gateway's workers (`rustronaut_gateway::server::WORK_STEALING`) are
+    /// services of one worker each with accept loops of their own, which Pingora's
+    /// listening service does not offer; its `false` with more than one worker spawns the
+    /// watchers of idle upstream connections on random workers, the cost that layout
+    /// avoids.
     #[arg(long)]
     work_stealing: Option<bool>,
 }
