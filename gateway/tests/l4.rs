@@ -217,7 +217,8 @@ fn tcp_allowed_by_client_cidr_echoes_and_denied_reaches_nothing() {
         ]),
         json!([]),
     );
-    let gw = Gateway::start(&snap);
+    // Two workers: the port's connections are spread over them (server::WORK_STEALING).
+    let gw = Gateway::start_with(&snap, &["--threads", "2"]);
     let base = open_up.conns();
     assert_eq!(tcp_roundtrip(p1, b"", b"hello").unwrap(), b"hello");
     assert_eq!(open_up.conns(), base + 1);
@@ -445,7 +446,8 @@ fn udp_flows_are_decided_once_and_idle_out() {
         ]),
         json!([]),
     );
-    let gw = Gateway::start_with(&snap, &["--udp-idle-timeout-ms", "400"]);
+    // Two workers: each flow's relay runs on either (server::WORK_STEALING).
+    let gw = Gateway::start_with(&snap, &["--udp-idle-timeout-ms", "400", "--threads", "2"]);
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     let wait = Duration::from_secs(5);
     // The first datagram may arrive before the service reads its socket: it is queued.
@@ -1072,7 +1074,9 @@ fn proxy_protocol_on_https_listeners_sets_the_client_ip() {
                        "certificateChainPem": chain, "privateKeyPem": key}]}}),
         up.addr,
     );
-    let gw = Gateway::start(&snap);
+    // Two workers: the TLS handshake runs on the worker the connection is handed to
+    // (listener::Workers).
+    let gw = Gateway::start_with(&snap, &["--threads", "2"]);
 
     let ok = format!("PROXY TCP4 203.0.113.9 127.0.0.1 40000 {port}\r\n");
     let r = https_after_header(port, ok.as_bytes(), &pki.ca_pem).unwrap();
