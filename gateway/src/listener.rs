@@ -277,24 +277,14 @@ impl<A> Workers<A> {
         })
     }
 
-    /// How many.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether there is none.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     /// The started worker that serves the fewest connections (the first of them on a tie),
-    /// or `None` when none has started.
-    fn least_busy(&self) -> Option<&Slot<A>> {
+    /// with its runtime, or `None` when none has started.
+    fn least_busy(&self) -> Option<(&Slot<A>, &tokio::runtime::Handle)> {
         use std::sync::atomic::Ordering;
         self.slots
             .iter()
-            .filter(|s| s.handle.get().is_some())
-            .min_by_key(|s| s.open.load(Ordering::Relaxed))
+            .filter_map(|s| Some((s, s.handle.get()?)))
+            .min_by_key(|(s, _)| s.open.load(Ordering::Relaxed))
     }
 }
 
@@ -382,14 +372,13 @@ where
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        // This worker's slot has a handle: the choice is never empty.
-                        let Some(slot) = self.workers.least_busy() else { continue };
+                        // This worker has started: the choice is never empty.
+                        let Some((slot, handle)) = self.workers.least_busy() else { continue };
                         let open = OpenGuard::new(&slot.open);
                         let app = slot.app.clone();
                         let tls = self.tls.clone();
                         let proxy = self.proxy.clone();
                         let shutdown = shutdown.clone();
-                        let Some(handle) = slot.handle.get() else { continue };
                         handle.spawn(async move {
                             let _open = open;
                             match tls {

@@ -187,13 +187,12 @@ pub fn build(
         } else {
             None
         };
-        let bind_err = |source| ServerError::Bind {
+        // The gateway's own accept loop: see crate::listener for why.
+        let listener = crate::listener::bind(addr).map_err(|source| ServerError::Bind {
             protocol: if https { "HTTPS" } else { "HTTP" },
             port: l.port,
             source,
-        };
-        // The gateway's own accept loop: see crate::listener for why.
-        let listener = crate::listener::bind(addr).map_err(bind_err)?;
+        })?;
         // Reads a PROXY header first while the current snapshot asks for one.
         let proxy = Arc::new(crate::listener::ProxyProtocol::new(
             shared.store.clone(),
