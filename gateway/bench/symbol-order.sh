@@ -54,7 +54,7 @@ TOKEN=$("$repo/gateway/examples/standalone/mint-token.sh" alice dev 86400)
 nginx -c "$work/app.conf" & pids+=($!)
 valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/cg.out" \
 	"$GW" --snapshot "$work/sidecar.json" --admin-listen 127.0.0.1:19114 --bind-address 127.0.0.1 \
-	--threads 1 --grace-period-seconds 0 --shutdown-timeout-seconds 1 >"$work/gw.log" 2>&1 & gw=$!
+	--threads 1 --drain-delay-seconds 0 --grace-period-seconds 0 --shutdown-timeout-seconds 1 >"$work/gw.log" 2>&1 & gw=$!
 pids+=("$gw")
 code() { curl -s -o /dev/null -w '%{http_code}' "$@" || true; }
 for _ in $(seq 1 600); do
@@ -84,7 +84,7 @@ bench_tls_cert
 bench_https_snapshot 19115 19111
 valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/edge.out" \
 	"$GW" --allow-loopback-upstreams --snapshot "$work/snapshot-https.json" --admin-listen 127.0.0.1:19116 \
-	--bind-address 127.0.0.1 --threads 1 --grace-period-seconds 0 --shutdown-timeout-seconds 1 \
+	--bind-address 127.0.0.1 --threads 1 --drain-delay-seconds 0 --grace-period-seconds 0 --shutdown-timeout-seconds 1 \
 	>"$work/edge.log" 2>&1 & edge=$!
 pids+=("$edge")
 for _ in $(seq 1 600); do

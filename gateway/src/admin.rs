@@ -45,8 +45,9 @@ pub struct AdminState {
     /// bound: without this a probe in between saw 200 while connections to the gateway's
     /// ports were still refused (seen under valgrind, where the gap is seconds).
     pub listening: AtomicBool,
-    /// Set when shutdown begins, so load balancers stop sending traffic first.
-    pub draining: AtomicBool,
+    /// Set when shutdown begins (SIGTERM), so load balancers stop sending traffic while the
+    /// listeners still accept (`server::DrainThenStop`).
+    pub draining: Arc<AtomicBool>,
 }
 
 async fn healthz() -> &'static str {
@@ -130,7 +131,7 @@ mod tests {
             store: Arc::new(Store::default()),
             metrics: Arc::new(Metrics::new()),
             listening: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
+            draining: Arc::new(AtomicBool::new(false)),
         });
         assert_eq!(
             status(&s),

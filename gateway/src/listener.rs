@@ -41,8 +41,9 @@
 //! not per request, and the choice sees how many connections each worker serves.
 //!
 //! What stays as Pingora does it: graceful shutdown (background services, as
-//! [`crate::l4`]'s: accepting stops at the shutdown signal, requests
-//! in flight keep the runtime's shutdown timeout), the client address (the socket digest
+//! [`crate::l4`]'s: accepting stops at Pingora's shutdown signal, which the gateway sends
+//! at the end of SIGTERM's drain delay, `server::DrainThenStop`; requests in flight keep
+//! the grace period and the runtime's shutdown timeout), the client address (the socket digest
 //! Pingora's listener sets; a PROXY header's source replaces it), `TCP_NODELAY` on every
 //! connection, `SO_REUSEADDR` and a backlog of 65,535 (Pingora's `LISTENER_BACKLOG`), the
 //! write buffering (vectored writes included: a response head and a small body leave in

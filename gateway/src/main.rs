@@ -111,8 +111,12 @@ struct Args {
     /// the OS store.
     #[arg(long, env = "RUSTRONAUT_JWKS_CA_FILE")]
     jwks_ca_file: Option<PathBuf>,
-    /// Seconds given to requests in flight after SIGTERM (listeners stop accepting at once;
-    /// readiness reports draining).
+    /// Seconds between SIGTERM and the listeners closing: readiness reports draining at
+    /// once and HTTP/1 answers close their connections, while load balancers and
+    /// kube-proxy take the pod out (a second SIGTERM cuts it short; 0 closes at once).
+    #[arg(long, env = "RUSTRONAUT_DRAIN_DELAY_SECONDS", default_value_t = 5)]
+    drain_delay_seconds: u64,
+    /// Seconds given to requests in flight once the listeners are closed.
     #[arg(long, env = "RUSTRONAUT_GRACE_PERIOD_SECONDS", default_value_t = 5)]
     grace_period_seconds: u64,
     /// Time a new L4 connection has to send its PROXY header and ClientHello, or to complete
@@ -324,18 +328,6 @@ fn main() -> anyhow::Result<()> {
         fetcher,
         metrics.clone(),
     ));
-    // Pingora handles SIGTERM itself (stop accepting, grace period for requests in flight);
-    // readiness turns false as soon as the signal arrives so load balancers move away.
-    {
-        let state = admin_state.clone();
-        runtime.spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            if let Ok(mut term) = signal(SignalKind::terminate()) {
-                term.recv().await;
-                state.draining.store(true, Ordering::Relaxed);
-            }
-        });
-    }
     let admin_addr = args.admin_listen;
     let admin_task = {
         let state = admin_state.clone();
@@ -401,10 +393,12 @@ fn main() -> anyhow::Result<()> {
         allow_underscore_headers: args.allow_underscore_headers,
         tunnel,
         oidc,
+        draining: admin_state.draining.clone(),
     });
     let opts = server::ServerOptions {
         bind: args.bind_address,
         threads: args.threads,
+        drain_delay: Duration::from_secs(args.drain_delay_seconds),
         grace_period_seconds: args.grace_period_seconds,
         shutdown_timeout_seconds: args.shutdown_timeout_seconds,
         l4: rustronaut_gateway::l4::L4Options {
@@ -430,8 +424,14 @@ fn main() -> anyhow::Result<()> {
     admin_state.listening.store(true, Ordering::Relaxed);
     pingora.bootstrap();
     tracing::info!("serving");
-    // Blocks until SIGTERM/SIGINT and the graceful shutdown complete.
-    pingora.run(pingora::server::RunArgs::default());
+    // Blocks until SIGTERM/SIGINT, the drain delay and the graceful shutdown complete
+    // (server::DrainThenStop: readiness turns false at the signal, the listeners close later).
+    pingora.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(server::DrainThenStop {
+            delay: Duration::from_secs(args.drain_delay_seconds),
+            draining: admin_state.draining.clone(),
+        }),
+    });
 
     admin_state.draining.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);

@@ -159,6 +159,10 @@ pub struct Shared {
     pub tunnel: Option<Arc<crate::tunnel::TunnelClient>>,
     /// OIDC browser login (discovery cache, token exchange).
     pub oidc: Arc<crate::oidc::Oidc>,
+    /// Set at SIGTERM while the listeners still accept (`server::DrainThenStop`): every
+    /// HTTP/1 answer from then on closes its connection, so clients reconnect, through
+    /// load balancers that have taken this gateway out by then.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One listener as bound.
@@ -751,6 +755,14 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
+        // After Pingora read the head: its parser sets keep-alive from the request.
+        if self
+            .shared
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            session.set_keepalive(None);
+        }
         if let Some(t) = &self.shared.telemetry {
             let req = session.req_header();
             ctx.trace = Some(t.start(req.method.as_str(), |h| {

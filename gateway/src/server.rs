@@ -10,13 +10,18 @@ use crate::l4::{Kind, L4Service};
 use crate::proxy::{GatewayProxy, ListenerInfo, Shared};
 use crate::state::Compiled;
 use crate::tls::{DynamicClientVerifier, HandshakeCallback, SniResolver};
+use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use rustronaut_contract::snapshot::ListenerProtocol;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Why the server could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +56,10 @@ pub struct ServerOptions {
     pub bind: IpAddr,
     /// Worker threads per listener.
     pub threads: usize,
-    /// Seconds to keep serving after SIGTERM before closing listeners.
+    /// Time between SIGTERM and the listeners closing, while load balancers take the
+    /// gateway out ([`DrainThenStop`]).
+    pub drain_delay: Duration,
+    /// Seconds given to requests in flight once the listeners are closed.
     pub grace_period_seconds: u64,
     /// Seconds to wait for in-flight requests after that.
     pub shutdown_timeout_seconds: u64,
@@ -110,6 +118,64 @@ pub const WORK_STEALING: bool = false;
 /// clock thread never starts. Shorter timeouts, which the gateway does not set, stay on
 /// Pingora's timer.
 pub const FAST_TIMEOUT_TO_TOKIO_SECONDS: u64 = 0;
+
+/// How the gateway stops, as [`pingora::server::Server::run`]'s shutdown signal.
+///
+/// Pingora's own (`UnixShutdownSignalWatch`) closes every listener the moment SIGTERM
+/// arrives. In Kubernetes that is too early: the kubelet sends SIGTERM while the endpoint
+/// controllers and every node's kube-proxy (or an external load balancer) are still taking
+/// the pod out, which takes a second or more, and a connection sent to a closed port in
+/// that window is refused: every rollout of an edge gateway failed requests. So, as
+/// Envoy's drain and the usual `preStop` sleep do:
+///
+/// ```text
+///  SIGTERM -> draining: /readyz 503, listeners still accept, every HTTP/1 answer closes its
+///             connection (clients reconnect, to another pod once the endpoints moved)
+///          -> after the drain delay (or at a second SIGTERM): Pingora's graceful stop:
+///             listeners close, requests in flight get the grace period, then the
+///             runtimes the shutdown timeout
+///  SIGINT  -> fast stop, as Pingora's; SIGQUIT -> Pingora's graceful upgrade, as before
+/// ```
+///
+/// `terminationGracePeriodSeconds` must cover drain delay + grace period + shutdown
+/// timeout (5 + 5 + 10 s by default, Kubernetes gives 30).
+pub struct DrainThenStop {
+    /// Time the listeners keep accepting after SIGTERM.
+    pub delay: Duration,
+    /// Set at SIGTERM; readiness and the proxy read it ([`crate::proxy::Shared::draining`]).
+    pub draining: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainThenStop {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot listen for shutdown signals; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+            _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+        }
+        self.draining.store(true, Ordering::Relaxed);
+        tracing::info!(
+            drain_delay_ms = self.delay.as_millis() as u64,
+            "SIGTERM: draining, listeners close after the drain delay"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(self.delay) => {}
+            _ = term.recv() => tracing::info!("second SIGTERM: the drain delay is cut short"),
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+        }
+        tracing::info!("listeners close; requests in flight get the grace period");
+        ShutdownSignal::GracefulTerminate
+    }
+}
 
 /// A Pingora server with every listener of `first`, each port bound now (a port in use
 /// fails start-up).

@@ -741,6 +741,140 @@ fn sigterm_stops_the_gateway_cleanly() {
     assert!(gw.log().contains("\"stopped\""), "{}", gw.log());
 }
 
+/// One HTTP/1.1 request on `conn`, answered in full: the status and the `Connection`
+/// header of the answer (lower case; empty when absent).
+fn exchange(conn: &mut std::net::TcpStream, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())?;
+    let mut reader = BufReader::new(&mut *conn);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("status line {line:?}")))?;
+    let (mut connection, mut length) = (String::new(), 0usize);
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            match k.to_ascii_lowercase().as_str() {
+                "connection" => connection = v.trim().to_ascii_lowercase(),
+                "content-length" => length = v.trim().parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok((status, connection))
+}
+
+/// SIGTERM on a gateway of two workers, as the kubelet stops a pod: readiness fails at
+/// once, yet the listener keeps accepting through the drain delay (kube-proxy and load
+/// balancers still send new connections for a moment), each answer from then on closing
+/// its connection; then the listener closes, the requests in flight on both workers are
+/// answered within the grace period, and the process exits 0 (`server::DrainThenStop`).
+#[test]
+fn sigterm_drains_then_closes_and_requests_in_flight_finish() {
+    use std::net::TcpStream;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let up = Upstream::start("a");
+    let signer = Signer::new();
+    let s = scenario(&up, &signer);
+    let mut gw = Gateway::start_with(
+        &snapshot(&s),
+        &[
+            "--threads",
+            "2",
+            "--drain-delay-seconds",
+            "3",
+            "--grace-period-seconds",
+            "5",
+        ],
+    );
+    let port = s.http;
+    // A kept-alive connection, used once before the signal.
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(
+        exchange(&mut idle, "/public/x").unwrap(),
+        (200, "keep-alive".to_string())
+    );
+    // Four requests held by the upstream, on four connections: with the one above, the
+    // least busy worker takes each in turn, so both workers hold some.
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(("127.0.0.1", port))?;
+                c.set_read_timeout(Some(Duration::from_secs(20)))?;
+                exchange(&mut c, "/public/held")
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.hits.load(Ordering::SeqCst) < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "held requests not at the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let pid = gw.pid().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let signalled = Instant::now();
+    eventually(&gw, "readiness to fail", || {
+        gw.admin_get("/readyz") == (503, "draining\n".to_string())
+    });
+    // Still accepting: a new connection is served, and told to close.
+    let mut late = TcpStream::connect(("127.0.0.1", port)).expect("accepting while draining");
+    late.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let answer = exchange(&mut late, "/public/x").unwrap();
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "the check ran after the drain delay; nothing was shown"
+    );
+    assert_eq!(answer, (200, "close".to_string()));
+    // The connection kept alive from before: its next request too.
+    assert_eq!(
+        exchange(&mut idle, "/public/x").unwrap(),
+        (200, "close".to_string())
+    );
+    // After the drain delay the port refuses.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting 15 s after SIGTERM; log:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The held requests are answered in the grace period, on both workers.
+    up.gate.add_permits(4);
+    for h in held {
+        let (status, _) = h.join().unwrap().expect("an answer to the held request");
+        assert_eq!(status, 200);
+    }
+    let status = gw.terminate_wait();
+    assert!(status.success(), "exit {status:?}; log:\n{}", gw.log());
+    let log = gw.log();
+    assert!(log.contains("SIGTERM: draining"), "{log}");
+}
+
 #[test]
 fn certificates_rotate_on_reload_and_min_tls_version_is_enforced() {
     let up = Upstream::start("a");

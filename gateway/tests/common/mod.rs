@@ -343,7 +343,17 @@ impl Gateway {
             } else {
                 &["--threads", "1"][..]
             })
-            .args(["--grace-period-seconds", "0"])
+            // Stop at once, unless a test sets its own drain and grace.
+            .args(if extra.contains(&"--drain-delay-seconds") {
+                &[][..]
+            } else {
+                &["--drain-delay-seconds", "0"][..]
+            })
+            .args(if extra.contains(&"--grace-period-seconds") {
+                &[][..]
+            } else {
+                &["--grace-period-seconds", "0"][..]
+            })
             .args(["--shutdown-timeout-seconds", "1"])
             .args(extra)
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
@@ -397,6 +407,11 @@ impl Gateway {
         let pid = self.child.id().to_string();
         let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(ok.success());
+        self.terminate_wait()
+    }
+
+    /// Waits (30 s at most) for the process to exit, after a signal the test sent itself.
+    pub fn terminate_wait(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
