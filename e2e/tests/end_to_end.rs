@@ -583,6 +583,92 @@ fn a_gateway_pod_deleted_mid_traffic_is_replaced_and_traffic_resumes() {
     );
 }
 
+/// A rolling restart of the gateway's Deployment under steady traffic through its Service
+/// fails no request. The Deployment surges (the new pod is ready before the old one is
+/// stopped); the old pod's SIGTERM reaches it while kube-proxy may still send it new
+/// connections, so it keeps accepting through its drain delay, answering with
+/// `Connection: close`, before its listeners close (`gateway/src/server.rs`,
+/// `DrainThenStop`). With the listeners closed at SIGTERM, as Pingora does by default,
+/// connections sent in that moment were refused.
+#[test]
+fn a_rolling_restart_of_the_gateway_fails_no_request() {
+    let cluster = demo();
+    let rt = rt();
+    let admin = rt.block_on(cluster.client());
+    let pods: Api<Pod> = Api::namespaced(admin, NS);
+    let dev = mint("alice", "dev");
+    let _guard = scenario_lock();
+    let before: Vec<String> = gateway_pods(&rt, &pods)
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert!(!before.is_empty());
+    assert_eq!(
+        status(cluster, Some(&dev)),
+        200,
+        "serving before the restart"
+    );
+    let ip = cluster_ip(cluster, "hello-gw");
+    let url = format!("http://{ip}:{LISTENER_PORT}/");
+    let headers = [
+        format!("Host: {HOST}"),
+        format!("Authorization: Bearer {dev}"),
+    ];
+    kubectl(
+        cluster,
+        &["-n", NS, "rollout", "restart", "deployment/hello-gw"],
+    );
+    let started = Instant::now();
+    let (mut sent, mut failed) = (0u32, Vec::new());
+    // Until every old pod is gone (its drain delay, grace period and exit included), then
+    // two seconds more; a new connection (a curl) per request.
+    let mut gone_at: Option<Instant> = None;
+    loop {
+        let code = http_code(&url, &headers);
+        sent += 1;
+        if code != 200 {
+            failed.push((started.elapsed(), code));
+        }
+        if gone_at.is_none() && sent % 10 == 0 {
+            let names: Vec<String> = gateway_pods(&rt, &pods)
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            if !names.iter().any(|n| before.contains(n)) {
+                gone_at = Some(Instant::now());
+            }
+        }
+        if gone_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the old gateway pods {before:?} still exist 180 s after the restart"
+        );
+    }
+    eprintln!(
+        "gateway rolling restart: {sent} requests over {:.1?}, {} failed",
+        started.elapsed(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "requests failed during the rollout (time since the restart, status; 0: no answer): {failed:?}"
+    );
+    kubectl(
+        cluster,
+        &[
+            "-n",
+            NS,
+            "rollout",
+            "status",
+            "deployment/hello-gw",
+            "--timeout=120s",
+        ],
+    );
+}
+
 /// The tests share one scenario and some change it (a pod deleted, the Policy flipped): each
 /// holds this lock, so they run one at a time.
 fn scenario_lock() -> std::sync::MutexGuard<'static, ()> {
