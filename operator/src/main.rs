@@ -71,6 +71,12 @@ struct Args {
     /// `0.0.0.0:9443`. Default: no webhook (the chart sets it with `sidecar.enabled`).
     #[arg(long)]
     webhook_listen: Option<SocketAddr>,
+    /// With the webhook: seconds it keeps serving after SIGTERM (readiness failing at once),
+    /// while the apiserver's route to its Service drops this replica; the webhook is
+    /// `failurePolicy: Fail`, so an admission sent to a closed port refuses a pod. The
+    /// controllers stop at SIGTERM all the same.
+    #[arg(long, env = "RUSTRONAUT_DRAIN_DELAY_SECONDS", default_value_t = 5)]
+    drain_delay_seconds: u64,
     /// Image of the injected sidecar. Default: the gateway image.
     #[arg(long, env = "RUSTRONAUT_SIDECAR_IMAGE")]
     sidecar_image: Option<String>,
@@ -237,85 +243,113 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        terminated().await;
-        tracing::info!("shutting down: finishing in-flight reconciles");
-        let _ = stop.send(true);
-    });
-    let stop_requested = move || {
-        let mut rx = stopped.clone();
+    // Set at SIGTERM when a webhook serves: the process does not exit before it.
+    let drained_at: Arc<std::sync::OnceLock<tokio::time::Instant>> = Arc::default();
+    tokio::spawn({
+        let ready = ready.clone();
+        let drained_at = drained_at.clone();
+        let drain = webhook_certs
+            .is_some()
+            .then(|| std::time::Duration::from_secs(args.drain_delay_seconds));
         async move {
-            let _ = rx.wait_for(|s| *s).await;
+            terminated().await;
+            ready.store(false, Ordering::Relaxed);
+            if let Some(d) = drain {
+                let _ = drained_at.set(tokio::time::Instant::now() + d);
+                tracing::info!(
+                    drain_delay_ms = d.as_millis() as u64,
+                    "shutting down: finishing in-flight reconciles; the webhook serves until the drain delay ends"
+                );
+            } else {
+                tracing::info!("shutting down: finishing in-flight reconciles");
+            }
+            let _ = stop.send(true);
         }
-    };
+    });
+    // Every path out of the controllers (a standby stopped before it led, a leader
+    // finishing, leadership lost) ends here, so the drain below holds on each.
+    let outcome: anyhow::Result<()> = async {
+        let stop_requested = move || {
+            let mut rx = stopped.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
 
-    let leadership = if args.leader_elect {
-        let mut cfg = LeaseConfig::new(&args.lease_namespace, &identity);
-        cfg.name = args.lease_name;
-        // A standby is ready to take over; reporting it unready would stall rolling updates
-        // (the new pod waits for a Lease the old pod holds until it is replaced). With the
-        // webhook, not before its caches are filled: the webhook's Service sends admissions
-        // to ready pods only, and an unfilled webhook refuses them.
-        if let Some((_, webhook_ready)) = &webhook_certs {
-            let filled = async {
-                while !webhook_ready.load(Ordering::Relaxed) {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let leadership = if args.leader_elect {
+            let mut cfg = LeaseConfig::new(&args.lease_namespace, &identity);
+            cfg.name = args.lease_name;
+            // A standby is ready to take over; reporting it unready would stall rolling updates
+            // (the new pod waits for a Lease the old pod holds until it is replaced). With the
+            // webhook, not before its caches are filled: the webhook's Service sends admissions
+            // to ready pods only, and an unfilled webhook refuses them.
+            if let Some((_, webhook_ready)) = &webhook_certs {
+                let filled = async {
+                    while !webhook_ready.load(Ordering::Relaxed) {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                };
+                tokio::select! {
+                    () = filled => {}
+                    () = stop_requested() => return Ok(()),
                 }
-            };
+            }
+            ready.store(true, Ordering::Relaxed);
+            tracing::info!(lease = %cfg.name, namespace = %cfg.namespace, "waiting for the Lease");
             tokio::select! {
-                () = filled => {}
+                l = Elector::new(client.clone(), cfg).acquire() => Some(l),
                 () = stop_requested() => return Ok(()),
             }
-        }
-        ready.store(true, Ordering::Relaxed);
-        tracing::info!(lease = %cfg.name, namespace = %cfg.namespace, "waiting for the Lease");
-        tokio::select! {
-            l = Elector::new(client.clone(), cfg).acquire() => Some(l),
-            () = stop_requested() => return Ok(()),
-        }
-    } else {
-        None
-    };
+        } else {
+            None
+        };
 
-    // Holding the Lease (or running without election): this replica runs the controllers.
-    metrics.leader.set(1);
-    let lost = leadership.as_ref().map(|l| l.lost());
-    let shutdown = {
-        let stop = stop_requested();
-        async move {
-            match lost {
-                Some(lost) => {
-                    tokio::select! {
-                        () = stop => {}
-                        () = lost => {}
+        // Holding the Lease (or running without election): this replica runs the controllers.
+        metrics.leader.set(1);
+        let lost = leadership.as_ref().map(|l| l.lost());
+        let shutdown = {
+            let stop = stop_requested();
+            async move {
+                match lost {
+                    Some(lost) => {
+                        tokio::select! {
+                            () = stop => {}
+                            () = lost => {}
+                        }
                     }
+                    None => stop.await,
                 }
-                None => stop.await,
+            }
+        };
+        let leader_webhook = webhook_certs.map(|(certs, _)| {
+            tokio::spawn(webhook::certs::run_leader(
+                client.clone(),
+                certs,
+                std::future::pending(),
+            ))
+        });
+        controller.run(shutdown).await;
+        if let Some(task) = leader_webhook {
+            task.abort();
+        }
+        if let Some(l) = leadership {
+            if !l.is_leading() {
+                // Exit non-zero: Kubernetes restarts the pod as a plain candidate, which is simpler
+                // and safer than stopping and restarting controllers in one process.
+                anyhow::bail!("leadership lost; exiting so this replica restarts as a candidate");
+            }
+            if let Err(e) = l.release().await {
+                tracing::warn!(error = %e, "releasing the Lease failed; it expires on its own");
             }
         }
-    };
-    let leader_webhook = webhook_certs.map(|(certs, _)| {
-        tokio::spawn(webhook::certs::run_leader(
-            client.clone(),
-            certs,
-            std::future::pending(),
-        ))
-    });
-    controller.run(shutdown).await;
-    if let Some(task) = leader_webhook {
-        task.abort();
+        Ok(())
     }
-    if let Some(l) = leadership {
-        if !l.is_leading() {
-            // Exit non-zero: Kubernetes restarts the pod as a plain candidate, which is simpler
-            // and safer than stopping and restarting controllers in one process.
-            anyhow::bail!("leadership lost; exiting so this replica restarts as a candidate");
-        }
-        if let Err(e) = l.release().await {
-            tracing::warn!(error = %e, "releasing the Lease failed; it expires on its own");
-        }
+    .await;
+    if let Some(until) = drained_at.get() {
+        tokio::time::sleep_until(*until).await;
+        tracing::info!("drain delay over; exiting");
     }
-    Ok(())
+    outcome
 }
 
 /// SIGTERM (Kubernetes stopping the pod) or SIGINT (a person at a terminal).

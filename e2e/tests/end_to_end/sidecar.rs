@@ -11,8 +11,9 @@
 //! pods sending the token the kubelet projects into them; a pod of another namespace
 //! reaches the sidecar port but not the application's, and nor does a pod of the edge
 //! gateway that admits the tenant (the NetworkPolicies, enforced by kube-router); Policy changes are enforced with no restart of the pod (apply -> enforced
-//! printed, never asserted against a time); and with the operator scaled to zero the sidecar
-//! keeps enforcing its last snapshot.
+//! printed, never asserted against a time); with the operator scaled to zero the sidecar
+//! keeps enforcing its last snapshot; and a rolling restart of the operator refuses no pod
+//! (the webhook's `failurePolicy: Fail` would refuse every pod it cannot be asked about).
 
 use super::*;
 use k8s_openapi::api::core::v1::Container;
@@ -521,4 +522,91 @@ fn with_the_operator_down_the_sidecar_keeps_enforcing_its_last_snapshot() {
         std::thread::sleep(Duration::from_secs(1));
     }
     assert_eq!(incarnation(&orders_pods(&rt, cluster)[0]), before);
+}
+
+/// A rolling restart of the operator refuses no pod of the opted-in namespace. The webhook
+/// is `failurePolicy: Fail`, so an admission the apiserver cannot deliver refuses the pod;
+/// the old replica gets SIGTERM while the webhook's Service may still send it admissions,
+/// so its webhook keeps serving through the drain delay, readiness failing, before it
+/// exits (`operator/src/main.rs`). Server-side dry runs: each is a real admission through
+/// the webhook, and no pod is left behind.
+#[test]
+fn a_rolling_restart_of_the_operator_refuses_no_pod() {
+    let cluster = sidecar_demo();
+    let _guard = scenario_lock();
+    let _back = OperatorBack(cluster);
+    let operator_pods = || {
+        kubectl(
+            cluster,
+            &[
+                "-n",
+                "rustronaut-system",
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=rustronaut-operator",
+                "-o",
+                "name",
+            ],
+        )
+        .lines()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    };
+    let admit = |i: u32| {
+        let out = cluster
+            .kubectl()
+            .args(["-n", SNS, "run", &format!("admission-{i}")])
+            .args([
+                "--image=localhost/rustronaut/testkit:dev",
+                "--restart=Never",
+            ])
+            .args(["--dry-run=server", "-o", "name"])
+            .output()
+            .unwrap();
+        (out.status.success())
+            .then_some(())
+            .ok_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string())
+    };
+    admit(0).expect("admitted before the restart");
+    let before = operator_pods();
+    assert!(!before.is_empty());
+    kubectl(
+        cluster,
+        &[
+            "-n",
+            "rustronaut-system",
+            "rollout",
+            "restart",
+            "deployment/rustronaut-operator",
+        ],
+    );
+    let started = Instant::now();
+    let (mut sent, mut failed) = (0u32, Vec::new());
+    let mut gone_at: Option<Instant> = None;
+    loop {
+        sent += 1;
+        if let Err(e) = admit(sent) {
+            failed.push((started.elapsed(), e));
+        }
+        if gone_at.is_none() && !operator_pods().iter().any(|p| before.contains(p)) {
+            gone_at = Some(Instant::now());
+        }
+        if gone_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the old operator pods {before:?} still exist 180 s after the restart"
+        );
+    }
+    eprintln!(
+        "operator rolling restart: {sent} admissions over {:.1?}, {} refused",
+        started.elapsed(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "admissions refused during the rollout (time since the restart, error): {failed:?}"
+    );
 }
