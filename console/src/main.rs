@@ -10,6 +10,7 @@ use rustronaut_console::seal::Sealer;
 use rustronaut_console::web::{App, router};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The console's flags; every one can also come from the environment.
 #[derive(Debug, Parser)]
@@ -72,6 +73,11 @@ struct Args {
     /// How long a session lasts, in seconds.
     #[arg(long, env = "CONSOLE_SESSION_SECONDS", default_value_t = 8 * 3600)]
     session_seconds: u64,
+    /// Seconds the console keeps serving after SIGTERM, `/readyz` failing, while the
+    /// Service and any load balancer take the pod out (a second SIGTERM ends it early);
+    /// then it stops accepting and finishes the requests in flight.
+    #[arg(long, env = "CONSOLE_DRAIN_DELAY_SECONDS", default_value_t = 5)]
+    drain_delay_seconds: u64,
     /// Kubeconfig of the console's own identity (default: in-cluster, then $KUBECONFIG).
     #[arg(long, env = "CONSOLE_KUBECONFIG")]
     kubeconfig: Option<std::path::PathBuf>,
@@ -117,6 +123,7 @@ async fn main() -> Result<()> {
         origin,
         session_seconds: args.session_seconds,
         metrics: Metrics::default(),
+        draining: Default::default(),
     });
     let metrics_app = app.clone();
     let metrics = axum::Router::new().route(
@@ -141,13 +148,29 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.metrics_listen))?;
     tracing::info!(listen = %web.local_addr()?, metrics = %mon.local_addr()?, "console serving");
-    let shutdown = async {
+    // SIGTERM: readiness fails, the port still accepts for the drain delay (the kubelet's
+    // signal comes while the endpoints and kube-proxy are still taking the pod out; a port
+    // closed now would refuse what they send meanwhile), then axum's graceful shutdown.
+    // SIGINT stops at once.
+    let drain = Duration::from_secs(args.drain_delay_seconds);
+    let draining = app.clone();
+    let shutdown = async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = tokio::signal::ctrl_c() => return,
             _ = term.recv() => {}
         }
+        draining
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(drain_delay_s = drain.as_secs(), "SIGTERM: draining");
+        tokio::select! {
+            _ = tokio::time::sleep(drain) => {}
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stopping: no new connections, finishing the requests in flight");
     };
     tokio::select! {
         r = axum::serve(web, router(app)).with_graceful_shutdown(shutdown) => r?,

@@ -72,9 +72,21 @@ pub struct App {
     pub session_seconds: u64,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Set at SIGTERM: `/readyz` fails while the console still serves through its drain
+    /// delay, so the Service stops sending it new connections before it closes (main.rs).
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 type Shared = Arc<App>;
+
+/// `ok`, or 503 `draining` from SIGTERM on.
+async fn readyz(State(app): State<Shared>) -> (StatusCode, &'static str) {
+    if app.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::OK, "ok")
+    }
+}
 
 /// The router of the console's public port.
 pub fn router(app: Shared) -> Router {
@@ -84,7 +96,7 @@ pub fn router(app: Shared) -> Router {
         .route("/oidc/callback", get(callback))
         .route("/logout", axum::routing::post(logout))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/static/console.css", get(css))
         .route("/static/console.js", get(js))
         .route("/explain", get(explain_page))

@@ -383,3 +383,56 @@ async fn the_explain_page_explains_what_the_person_can_read_like_the_cli() {
     );
     assert!(!r.body.contains("decision:"));
 }
+
+/// SIGTERM, as the kubelet stops the console's pod: `/readyz` fails at once while the
+/// console still accepts and serves through its drain delay (the endpoints and kube-proxy
+/// are still taking the pod out; a port closed at the signal refused what they sent
+/// meanwhile); then the port closes and the process exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_fails_readiness_then_drains_and_exits() {
+    let mut w = World::new().await;
+    assert_eq!(curl(&[&w.url("/readyz")]).status, 200);
+    let pid = w._console.0.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let signalled = std::time::Instant::now();
+    let deadline = signalled + Duration::from_secs(4);
+    loop {
+        let r = curl(&[&w.url("/readyz")]);
+        if r.status == 503 {
+            assert_eq!(r.body, "draining");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readiness still {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Still serving: a new connection gets the login page's redirect.
+    let r = w.browser("d", &w.url("/k/policies"), &[]);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "the check ran after the drain delay; nothing was shown"
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    // Then the port closes and the process exits cleanly.
+    let deadline = signalled + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = w._console.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit 30 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit {status:?}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", w.port)).is_err());
+    let log = std::fs::read_to_string(&w.console_log).unwrap();
+    assert!(log.contains("SIGTERM: draining"), "{log}");
+}
