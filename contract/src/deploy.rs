@@ -65,6 +65,8 @@ pub mod flags {
     pub const TUNNEL_STREAM: &str = "--tunnel-stream";
     /// File holding the token the gateway presents to the tunnel hub.
     pub const TUNNEL_TOKEN_FILE: &str = "--tunnel-token-file";
+    /// Seconds the listeners keep accepting after SIGTERM (a sidecar's is 0).
+    pub const DRAIN_DELAY_SECONDS: &str = "--drain-delay-seconds";
 
     /// The flag's name without its leading `--`, as a command-line parser declares it.
     pub const fn long(flag: &'static str) -> &'static str {
@@ -91,5 +93,9 @@ mod tests {
         assert_eq!(flags::long(flags::CONFIG_FROM), "config-from");
         assert_eq!(flags::long(flags::REPORT_STATUS), "report-status");
         assert_eq!(flags::long(flags::TUNNEL_TOKEN_FILE), "tunnel-token-file");
+        assert_eq!(
+            flags::long(flags::DRAIN_DELAY_SECONDS),
+            "drain-delay-seconds"
+        );
     }
 }

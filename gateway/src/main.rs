@@ -114,7 +114,11 @@ struct Args {
     /// Seconds between SIGTERM and the listeners closing: readiness reports draining at
     /// once and HTTP/1 answers close their connections, while load balancers and
     /// kube-proxy take the pod out (a second SIGTERM cuts it short; 0 closes at once).
-    #[arg(long, env = "RUSTRONAUT_DRAIN_DELAY_SECONDS", default_value_t = 5)]
+    #[arg(
+        long = flags::long(flags::DRAIN_DELAY_SECONDS),
+        env = "RUSTRONAUT_DRAIN_DELAY_SECONDS",
+        default_value_t = 5
+    )]
     drain_delay_seconds: u64,
     /// Seconds given to requests in flight once the listeners are closed.
     #[arg(long, env = "RUSTRONAUT_GRACE_PERIOD_SECONDS", default_value_t = 5)]

@@ -266,6 +266,10 @@ pub fn sidecar(
             flags::CONFIG_FROM, format!("{namespace}/{}", sidecar_names::snapshot(resource)),
             flags::ADMIN_LISTEN, format!("0.0.0.0:{SIDECAR_ADMIN_PORT}"),
             flags::THREADS, "1",
+            // No drain: a native sidecar is stopped after the application containers have
+            // exited, so connections it kept accepting would reach no application; the
+            // pod's endpoints were taken out when its termination began.
+            flags::DRAIN_DELAY_SECONDS, "0",
         ],
         "env": [{"name": deploy::POD_NAME_ENV,
                  "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}],
@@ -505,7 +509,8 @@ mod tests {
                 "restartPolicy": "Always",
                 "command": ["rustronaut-gateway"],
                 "args": ["--config-from", "shop/orders-sidecar",
-                         "--admin-listen", "0.0.0.0:15020", "--threads", "1"],
+                         "--admin-listen", "0.0.0.0:15020", "--threads", "1",
+                         "--drain-delay-seconds", "0"],
                 "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {
                     "apiVersion": "v1", "fieldPath": "metadata.name"}}}],
                 "ports": [
