@@ -615,46 +615,28 @@ fn a_rolling_restart_of_the_gateway_fails_no_request() {
         format!("Host: {HOST}"),
         format!("Authorization: Bearer {dev}"),
     ];
-    kubectl(
-        cluster,
-        &["-n", NS, "rollout", "restart", "deployment/hello-gw"],
-    );
-    let started = Instant::now();
-    let (mut sent, mut failed) = (0u32, Vec::new());
-    // Until every old pod is gone (its drain delay, grace period and exit included), then
-    // two seconds more; a new connection (a curl) per request.
-    let mut gone_at: Option<Instant> = None;
-    loop {
-        let code = http_code(&url, &headers);
-        sent += 1;
-        if code != 200 {
-            failed.push((started.elapsed(), code));
-        }
-        if gone_at.is_none() && sent % 10 == 0 {
-            let names: Vec<String> = gateway_pods(&rt, &pods)
-                .into_iter()
-                .filter_map(|p| p.metadata.name)
-                .collect();
-            if !names.iter().any(|n| before.contains(n)) {
-                gone_at = Some(Instant::now());
-            }
-        }
-        if gone_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "the old gateway pods {before:?} still exist 180 s after the restart"
-        );
-    }
+    let old_gone = || {
+        !gateway_pods(&rt, &pods)
+            .iter()
+            .filter_map(|p| p.metadata.name.as_ref())
+            .any(|n| before.contains(n))
+    };
+    // A new connection (a curl) per request.
+    let probe = |_| match http_code(&url, &headers) {
+        200 => Ok(()),
+        code => Err(format!("status {code} (0: no answer)")),
+    };
+    let r = through_rollout(cluster, NS, "hello-gw", old_gone, probe);
     eprintln!(
-        "gateway rolling restart: {sent} requests over {:.1?}, {} failed",
-        started.elapsed(),
-        failed.len()
+        "gateway rolling restart: {} requests over {:.1?}, {} failed",
+        r.sent,
+        r.took,
+        r.failed.len()
     );
     assert!(
-        failed.is_empty(),
-        "requests failed during the rollout (time since the restart, status; 0: no answer): {failed:?}"
+        r.failed.is_empty(),
+        "requests failed during the rollout (time since the restart, what failed): {:?}",
+        r.failed
     );
     kubectl(
         cluster,
@@ -667,6 +649,62 @@ fn a_rolling_restart_of_the_gateway_fails_no_request() {
             "--timeout=120s",
         ],
     );
+}
+
+/// What [`through_rollout`] saw.
+struct Rollout {
+    /// Probes run.
+    sent: u32,
+    /// From the restart to the last probe.
+    took: Duration,
+    /// Each failed probe: time since the restart, what failed.
+    failed: Vec<(Duration, String)>,
+}
+
+/// `kubectl rollout restart` of `deployment` in `namespace`, then `probe` over and over
+/// (with its count) until `old_gone` says no pod of before the restart is left (its
+/// termination, drain and exit included: asked every tenth probe), and two seconds more.
+fn through_rollout(
+    cluster: &TestCluster,
+    namespace: &str,
+    deployment: &str,
+    mut old_gone: impl FnMut() -> bool,
+    mut probe: impl FnMut(u32) -> Result<(), String>,
+) -> Rollout {
+    let target = format!("deployment/{deployment}");
+    kubectl(cluster, &["-n", namespace, "rollout", "restart", &target]);
+    let started = Instant::now();
+    let (mut sent, mut failed) = (0u32, Vec::new());
+    let mut gone_at: Option<Instant> = None;
+    loop {
+        sent += 1;
+        if let Err(e) = probe(sent) {
+            failed.push((started.elapsed(), e));
+        }
+        if gone_at.is_none() && sent % 10 == 0 && old_gone() {
+            gone_at = Some(Instant::now());
+        }
+        if gone_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "{target}: pods of before the restart still there after 180 s"
+        );
+    }
+    let took = started.elapsed();
+    kubectl(
+        cluster,
+        &[
+            "-n",
+            namespace,
+            "rollout",
+            "status",
+            &target,
+            "--timeout=120s",
+        ],
+    );
+    Rollout { sent, took, failed }
 }
 
 /// The tests share one scenario and some change it (a pod deleted, the Policy flipped): each

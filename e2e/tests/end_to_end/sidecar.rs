@@ -449,6 +449,26 @@ fn policy_changes_reach_the_sidecar_without_restarting_the_pod() {
     );
 }
 
+/// The operator's pods (`pod/<name>`), terminating ones included.
+fn operator_pods(cluster: &TestCluster) -> Vec<String> {
+    kubectl(
+        cluster,
+        &[
+            "-n",
+            "rustronaut-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=rustronaut-operator",
+            "-o",
+            "name",
+        ],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
 /// Scales the operator's Deployment back to one replica when dropped, so a failing test
 /// leaves the shared scenario with its operator.
 struct OperatorBack<'a>(&'a TestCluster);
@@ -492,23 +512,7 @@ fn with_the_operator_down_the_sidecar_keeps_enforcing_its_last_snapshot() {
         cluster,
         "the operator's pods to be gone",
         Duration::from_secs(120),
-        || {
-            kubectl(
-                cluster,
-                &[
-                    "-n",
-                    "rustronaut-system",
-                    "get",
-                    "pods",
-                    "-l",
-                    "app.kubernetes.io/name=rustronaut-operator",
-                    "-o",
-                    "name",
-                ],
-            )
-            .trim()
-            .is_empty()
-        },
+        || operator_pods(cluster).is_empty(),
     );
     let dev = mint("alice", "dev");
     let sales = mint("bob", "sales");
@@ -535,24 +539,6 @@ fn a_rolling_restart_of_the_operator_refuses_no_pod() {
     let cluster = sidecar_demo();
     let _guard = scenario_lock();
     let _back = OperatorBack(cluster);
-    let operator_pods = || {
-        kubectl(
-            cluster,
-            &[
-                "-n",
-                "rustronaut-system",
-                "get",
-                "pods",
-                "-l",
-                "app.kubernetes.io/name=rustronaut-operator",
-                "-o",
-                "name",
-            ],
-        )
-        .lines()
-        .map(str::to_string)
-        .collect::<Vec<_>>()
-    };
     let admit = |i: u32| {
         let out = cluster
             .kubectl()
@@ -569,44 +555,25 @@ fn a_rolling_restart_of_the_operator_refuses_no_pod() {
             .ok_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string())
     };
     admit(0).expect("admitted before the restart");
-    let before = operator_pods();
+    let before = operator_pods(cluster);
     assert!(!before.is_empty());
-    kubectl(
+    let old_gone = || !operator_pods(cluster).iter().any(|p| before.contains(p));
+    let r = through_rollout(
         cluster,
-        &[
-            "-n",
-            "rustronaut-system",
-            "rollout",
-            "restart",
-            "deployment/rustronaut-operator",
-        ],
+        "rustronaut-system",
+        "rustronaut-operator",
+        old_gone,
+        admit,
     );
-    let started = Instant::now();
-    let (mut sent, mut failed) = (0u32, Vec::new());
-    let mut gone_at: Option<Instant> = None;
-    loop {
-        sent += 1;
-        if let Err(e) = admit(sent) {
-            failed.push((started.elapsed(), e));
-        }
-        if gone_at.is_none() && !operator_pods().iter().any(|p| before.contains(p)) {
-            gone_at = Some(Instant::now());
-        }
-        if gone_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "the old operator pods {before:?} still exist 180 s after the restart"
-        );
-    }
     eprintln!(
-        "operator rolling restart: {sent} admissions over {:.1?}, {} refused",
-        started.elapsed(),
-        failed.len()
+        "operator rolling restart: {} admissions over {:.1?}, {} refused",
+        r.sent,
+        r.took,
+        r.failed.len()
     );
     assert!(
-        failed.is_empty(),
-        "admissions refused during the rollout (time since the restart, error): {failed:?}"
+        r.failed.is_empty(),
+        "admissions refused during the rollout (time since the restart, error): {:?}",
+        r.failed
     );
 }
