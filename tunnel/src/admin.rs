@@ -1,4 +1,5 @@
-//! The admin HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/status` (JSON).
+//! The admin HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/status`
+//! (JSON).
 //!
 //! Read-only, no request bodies, GET and HEAD only, and the port belongs on the pod network
 //! for Prometheus and the operator, not on a public Service. Rendering is a pure function of a
@@ -89,6 +90,11 @@ pub trait StatusSource: Send + Sync + 'static {
     /// Whether the process is healthy (for /healthz).
     fn healthy(&self) -> bool {
         true
+    }
+    /// Whether it should be sent new work (for /readyz): healthy, and not draining after
+    /// SIGTERM (a hub keeps serving for its drain delay with this false, `crate::hub`).
+    fn ready(&self) -> bool {
+        self.healthy()
     }
 }
 
@@ -216,6 +222,17 @@ pub fn handle(source: &dyn StatusSource, method: &Method, path: &str) -> Respons
                 )
             }
         }
+        "/readyz" => {
+            if source.ready() {
+                respond(StatusCode::OK, "text/plain", "ok\n".into())
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
+            }
+        }
         "/status" => {
             let body = serde_json::to_string_pretty(&source.status()).unwrap_or_default();
             respond(StatusCode::OK, "application/json", body)
@@ -337,6 +354,15 @@ mod tests {
         let down = Fixed(status(), false);
         assert_eq!(
             handle(&down, &Method::GET, "/healthz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // Readiness follows health unless the source says otherwise.
+        assert_eq!(
+            handle(&up, &Method::GET, "/readyz").status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            handle(&down, &Method::GET, "/readyz").status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
     }

@@ -213,6 +213,8 @@ struct Shared {
     tunnel_address: IpAddr,
     limiter: Arc<RateLimiter>,
     next_index: AtomicU64,
+    /// Set at shutdown while the hub still serves through its drain delay (`/readyz` fails).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -417,6 +419,7 @@ impl Hub {
             control_port: raw.control_port,
             tunnel_address: raw.tunnel_address,
             limiter: ingress.limiter(),
+            draining: Default::default(),
             next_index: AtomicU64::new(u64::from(
                 crate::backoff::jitter_seed() as u32 & 0x00ff_ffff,
             )),
@@ -438,8 +441,12 @@ impl Hub {
         self.shared.key.public_key()
     }
 
-    /// Runs until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until `shutdown` is cancelled, and `drain` after it: the kubelet's SIGTERM comes
+    /// while the endpoints and kube-proxy still send this replica's stream Service new
+    /// gateway connections, which a closed port would refuse (a site request failing with
+    /// it). So `/readyz` fails at once and every port keeps serving for `drain`; then the
+    /// tasks stop and streams in flight get [`STREAM_GRACE`].
+    pub async fn run(self, shutdown: CancellationToken, drain: Duration) {
         let Hub {
             shared,
             config_path,
@@ -457,6 +464,14 @@ impl Hub {
             tokio::spawn(run_reloader(shared.clone(), config_path, raw)),
         ];
         shutdown.cancelled().await;
+        if !drain.is_zero() {
+            shared.draining.store(true, Ordering::Relaxed);
+            tracing::info!(
+                drain_delay_s = drain.as_secs(),
+                "hub draining: not ready, still serving"
+            );
+            tokio::time::sleep(drain).await;
+        }
         tracing::info!("hub shutting down");
         for t in &tasks {
             t.abort();
@@ -793,6 +808,10 @@ fn unix_secs_ago(d: Duration) -> Option<u64> {
 }
 
 impl StatusSource for HubStatus {
+    fn ready(&self) -> bool {
+        !self.0.draining.load(Ordering::Relaxed)
+    }
+
     fn status(&self) -> admin::Status {
         let routes = self.0.routes.load();
         let mut names: Vec<&String> = routes.by_name.keys().collect();

@@ -40,6 +40,10 @@ enum Command {
         /// Configuration file (YAML or JSON, see docs/tunnel.md); re-read when it changes.
         #[arg(long, env = "RUSTRONAUT_TUNNEL_CONFIG")]
         config: PathBuf,
+        /// Seconds the hub keeps serving after SIGTERM, `/readyz` failing, while the stream
+        /// Service stops sending it gateways (0: stop at once).
+        #[arg(long, env = "RUSTRONAUT_DRAIN_DELAY_SECONDS", default_value_t = 5)]
+        drain_delay_seconds: u64,
     },
     /// Run the connector (at a remote site): tunnels to every hub replica, forwarder.
     Connect {
@@ -176,10 +180,14 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", keys::load_private_key(&key_file)?.public_key());
             Ok(())
         }
-        Command::Hub { config } => {
+        Command::Hub {
+            config,
+            drain_delay_seconds,
+        } => {
             let _flush = init_logs(&cli.log_format, &cli.otlp)?;
             let hub = hub::Hub::from_file(&config).await?;
-            hub.run(shutdown_on_signal()).await;
+            let drain = std::time::Duration::from_secs(drain_delay_seconds);
+            hub.run(shutdown_on_signal(), drain).await;
             Ok(())
         }
         Command::Connect {

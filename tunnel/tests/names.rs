@@ -107,7 +107,7 @@ async fn start(port: u16, networks: &[&str]) -> Pair {
     .unwrap();
     let stop = CancellationToken::new();
     let hub = Hub::new(hub).await.unwrap();
-    tokio::spawn(hub.run(stop.clone()));
+    tokio::spawn(hub.run(stop.clone(), Duration::ZERO));
     let connector = Connector::new(connector).await.unwrap();
     tokio::spawn(connector.run(stop.clone()));
     Pair {

@@ -394,6 +394,52 @@ fn hub_restart_connector_reconnects() {
     );
 }
 
+/// SIGTERM, as the kubelet stops a hub replica: `/readyz` fails at once while `/healthz`
+/// stays ok (the liveness probe must not restart a draining hub), the stream endpoint still
+/// opens streams through the tunnel for the drain delay (the stream Service may still send
+/// it gateways), then closes, and the process exits 0 (`Hub::run`).
+#[test]
+fn a_hub_stopped_by_sigterm_drains_before_closing() {
+    let (mut t, _, _, _) = setup(TARGETS_TCP_AND_UDP, "");
+    wait_tcp_echo(&t, stream_ep(), "tunnel up");
+    let hub_ns = t.hub.clone();
+    let ready = |ns: &str| {
+        http_get(ns, "127.0.0.1:9090", "/readyz")
+            .map(|r| r.lines().next().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    assert!(ready(&hub_ns).contains(" 200 "), "{}", ready(&hub_ns));
+    t.terminate("hub");
+    let signalled = std::time::Instant::now();
+    eventually("readiness to fail", Duration::from_secs(3), || {
+        let r = ready(&hub_ns);
+        if r.contains(" 503 ") { Ok(r) } else { Err(r) }
+    });
+    let health = http_get(&hub_ns, "127.0.0.1:9090", "/healthz").unwrap();
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // Still serving: a new stream through the tunnel, while the drain lasts.
+    let back = in_ns(&hub_ns, || async {
+        tcp_echo(stream_ep(), "dc1", TARGET_IP, b"while draining").await
+    });
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "the check ran after the drain delay; nothing was shown"
+    );
+    assert_eq!(back.unwrap(), b"while draining", "{}", t.dump_logs());
+    let status = t
+        .wait_exit("hub", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("the hub still runs 20 s after SIGTERM\n{}", t.dump_logs()));
+    assert!(status.success(), "exit {status:?}\n{}", t.dump_logs());
+    let closed = in_ns(&hub_ns, || async {
+        tokio::net::TcpStream::connect(stream_ep()).await.is_err()
+    });
+    assert!(
+        closed,
+        "the stream endpoint still accepts after the hub exited"
+    );
+    assert!(t.log("hub").contains("hub draining"), "{}", t.log("hub"));
+}
+
 #[test]
 fn two_hub_replicas_one_killed_traffic_continues() {
     let mut t = Topology::new();

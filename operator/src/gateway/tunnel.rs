@@ -339,12 +339,14 @@ pub fn stateful_set(
     let port = t.listen_port;
     let mut restart = public_keys.to_vec();
     restart.extend(hub_address(&t.address_pool).map(|a| a.to_string()));
-    let probe = json!({
-        "httpGet": {"path": "/healthz", "port": ADMIN_PORT},
-        "periodSeconds": 10,
-        "timeoutSeconds": 2,
-        "failureThreshold": 3,
-    });
+    let probe = |path: &str| {
+        json!({
+            "httpGet": {"path": path, "port": ADMIN_PORT},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        })
+    };
     let mut pod_security = json!({
         "runAsNonRoot": true,
         "runAsUser": RUN_AS,
@@ -401,8 +403,9 @@ pub fn stateful_set(
                             "requests": {"cpu": "50m", "memory": "64Mi"},
                             "limits": {"cpu": "1", "memory": "256Mi"},
                         },
-                        "livenessProbe": probe,
-                        "readinessProbe": probe,
+                        "livenessProbe": probe("/healthz"),
+                        // Fails from SIGTERM on while the hub drains (tunnel/src/hub.rs).
+                        "readinessProbe": probe("/readyz"),
                         "securityContext": container_security(),
                         "volumeMounts": [
                             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": true},
@@ -816,8 +819,10 @@ mod tests {
         let labels = json!({"app.kubernetes.io/name": "rustronaut-tunnel-hub",
                             "app.kubernetes.io/instance": "edge",
                             "app.kubernetes.io/managed-by": "rustronaut-operator"});
-        let probe = json!({"httpGet": {"path": "/healthz", "port": 9090}, "periodSeconds": 10,
-                           "timeoutSeconds": 2, "failureThreshold": 3});
+        let probe = |path: &str| {
+            json!({"httpGet": {"path": path, "port": 9090},
+                           "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3})
+        };
         let want = json!({
             "apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": {"name": "edge-hub", "namespace": "rtn", "labels": labels,
@@ -856,8 +861,8 @@ mod tests {
                             ],
                             "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
                                           "limits": {"cpu": "1", "memory": "256Mi"}},
-                            "livenessProbe": probe,
-                            "readinessProbe": probe,
+                            "livenessProbe": probe("/healthz"),
+                            "readinessProbe": probe("/readyz"),
                             "securityContext": {
                                 "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
                                 "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,

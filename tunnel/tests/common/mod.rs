@@ -182,6 +182,35 @@ impl Topology {
         }
     }
 
+    /// Sends SIGTERM to a child (as the kubelet stops a pod).
+    pub fn terminate(&self, name: &str) {
+        let (_, c) = self
+            .children
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no child {name}"));
+        let sent = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// The child's exit status once it has exited, waiting up to `timeout`.
+    pub fn wait_exit(&mut self, name: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        let (_, c) = self.children.iter_mut().find(|(n, _)| n == name)?;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
     }
