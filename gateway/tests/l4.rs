@@ -763,7 +763,7 @@ impl TunnelPair {
                 Err(e) => panic!("the tunnel hub did not start: {e}"),
             }
         };
-        rt.spawn(hub.run(stop.clone()));
+        rt.spawn(hub.run(stop.clone(), std::time::Duration::ZERO));
         let connector: ConnectorConfig = serde_json::from_value(json!({
             "hubs": [{"endpoint": format!("127.0.0.1:{wg_port}"),
                       "public_key": hub_key.public_key().to_string()}],
