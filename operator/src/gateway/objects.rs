@@ -163,6 +163,17 @@ fn replicas(gw: &Gateway) -> Option<i32> {
     gw.spec.autoscaling.is_none().then_some(gw.spec.replicas)
 }
 
+/// An HTTP probe of `path` on an admin `port`, as the gateway's and the hub's pods use it
+/// (liveness on `/healthz`, readiness on `/readyz`, which fails while a process drains).
+pub(crate) fn http_probe(path: &str, port: u16) -> Value {
+    json!({
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": 10,
+        "timeoutSeconds": 2,
+        "failureThreshold": 3,
+    })
+}
+
 /// The gateway container's security context, re-applied after any podTemplate override.
 pub(crate) fn container_security() -> Value {
     json!({
@@ -186,14 +197,7 @@ pub fn deployment(gw: &Gateway, settings: &Settings) -> Deployment {
         .map(|(port, proto, _)| json!({"containerPort": port, "protocol": proto}))
         .collect();
     ports.push(json!({"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}));
-    let probe = |path: &str| {
-        json!({
-            "httpGet": {"path": path, "port": ADMIN_PORT},
-            "periodSeconds": 10,
-            "timeoutSeconds": 2,
-            "failureThreshold": 3,
-        })
-    };
+    let probe = |path: &str| http_probe(path, ADMIN_PORT);
     let generated = json!({
         "metadata": {
             "labels": {

@@ -339,14 +339,7 @@ pub fn stateful_set(
     let port = t.listen_port;
     let mut restart = public_keys.to_vec();
     restart.extend(hub_address(&t.address_pool).map(|a| a.to_string()));
-    let probe = |path: &str| {
-        json!({
-            "httpGet": {"path": path, "port": ADMIN_PORT},
-            "periodSeconds": 10,
-            "timeoutSeconds": 2,
-            "failureThreshold": 3,
-        })
-    };
+    let probe = |path: &str| objects::http_probe(path, ADMIN_PORT);
     let mut pod_security = json!({
         "runAsNonRoot": true,
         "runAsUser": RUN_AS,
