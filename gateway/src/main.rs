@@ -402,7 +402,6 @@ fn main() -> anyhow::Result<()> {
     let opts = server::ServerOptions {
         bind: args.bind_address,
         threads: args.threads,
-        drain_delay: Duration::from_secs(args.drain_delay_seconds),
         grace_period_seconds: args.grace_period_seconds,
         shutdown_timeout_seconds: args.shutdown_timeout_seconds,
         l4: rustronaut_gateway::l4::L4Options {

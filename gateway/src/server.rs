@@ -56,9 +56,6 @@ pub struct ServerOptions {
     pub bind: IpAddr,
     /// Worker threads per listener.
     pub threads: usize,
-    /// Time between SIGTERM and the listeners closing, while load balancers take the
-    /// gateway out ([`DrainThenStop`]).
-    pub drain_delay: Duration,
     /// Seconds given to requests in flight once the listeners are closed.
     pub grace_period_seconds: u64,
     /// Seconds to wait for in-flight requests after that.
