@@ -7,6 +7,9 @@
 # within a few percent of that count (docs/benchmarks.md, "the upstream's headers off
 # Pingora's header API"). The probes are removed however the script exits.
 #
+# Also lists the blocks over 1 KiB asked for per request, by size and site: above that
+# size mimalloc leaves its fast path (issue 19: a 3.7 KB hook future was one).
+#
 # Usage (root): gateway/bench/alloc-sites.sh        REQUESTS=2000 TOP=40 by default
 # Needs nginx, h2load and perf (installed with apt-get when missing).
 set -euo pipefail
@@ -22,10 +25,12 @@ remove_probes() {
 	bench_cleanup
 }
 trap remove_probes EXIT
-# The allocator's entry points Rust's GlobalAlloc for mimalloc calls.
-for f in mi_malloc_aligned mi_zalloc_aligned mi_realloc_aligned; do
-	perf probe -q -x "$GW" -a "$group:$f=$f"
+# The allocator's entry points Rust's GlobalAlloc for mimalloc calls, with the size asked
+# for (first argument of malloc/zalloc, second of realloc; x86-64 System V registers).
+for f in mi_malloc_aligned mi_zalloc_aligned; do
+	perf probe -q -x "$GW" -a "$group:$f=$f size=%di:u64"
 done
+perf probe -q -x "$GW" -a "$group:mi_realloc_aligned=mi_realloc_aligned size=%si:u64"
 
 bench_small_upstream 19111
 bench_http_snapshot 19114 19111
@@ -63,7 +68,7 @@ load "$N" --rps=10
 sleep 0.3
 kill -INT "$rec"
 wait "$rec" 2>/dev/null || true
-perf script -i "$work/alloc.perf" -F event,ip,sym --no-inline 2>/dev/null >"$work/alloc.txt"
+perf script -i "$work/alloc.perf" -F event,trace,ip,sym --no-inline 2>/dev/null >"$work/alloc.txt"
 
 python3 - "$work/alloc.txt" "$N" "$TOP" <<'PY'
 import collections, re, sys
@@ -71,10 +76,13 @@ path, n, top = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 generic = re.compile(r"^(mi_|_mi_|alloc::|core::|<alloc::|<core::|__rust|__rdl|std::|<std|"
                      r"hashbrown|<hashbrown|<mimalloc|\[unknown\])")
 ours = re.compile(r"rustronaut|ProxyHttp>::")
-sites, calls = collections.Counter(), 0
+sites, calls, large = collections.Counter(), 0, collections.Counter()
 for stack in open(path).read().split("\n\n"):
     frames = []
-    for line in stack.strip().split("\n")[1:]:
+    lines = stack.strip().split("\n")
+    size = re.search(r"size=(\d+)", lines[0])
+    size = int(size.group(1)) if size else 0
+    for line in lines[1:]:
         parts = line.strip().split(" ", 1)
         if len(parts) == 2:
             frames.append(re.sub(r"::\{\{closure\}\}", "", parts[1]))
@@ -86,8 +94,17 @@ for stack in open(path).read().split("\n\n"):
     mine = mine.replace("<rustronaut_gateway::proxy::GatewayProxy as "
                         "pingora_proxy::proxy_trait::ProxyHttp>", "GatewayProxy")
     sites[(mine[:70], first[:90])] += 1
+    # Over 1 KiB, mimalloc's aligned entry points leave their fast path (a size-class
+    # lookup) for a generic one unless the size is a power of two: worth seeing apart.
+    if size > 1024:
+        large[(size, mine[:70], first[:90])] += 1
 print(f"allocator calls per request: {calls / n:.1f} ({calls} over {n} requests)")
 print(f"\n| per request | gateway frame | first non-allocator frame |\n|---|---|---|")
 for (mine, first), c in sites.most_common(top):
     print(f"| {c / n:.2f} | {mine} | {first} |")
+print(f"\nblocks over 1 KiB per request: {sum(large.values()) / n:.1f}")
+print(f"\n| per request | bytes | gateway frame | first non-allocator frame |\n|---|---|---|---|")
+for (size, mine, first), c in sorted(large.items(), key=lambda kv: -kv[1])[:top]:
+    if c / n >= 0.05:
+        print(f"| {c / n:.2f} | {size} | {mine} | {first} |")
 PY
