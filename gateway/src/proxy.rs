@@ -759,9 +759,9 @@ impl ProxyHttp for GatewayProxy {
     /// Every answer path awaits a boxed future. Pingora boxes this method's future per
     /// request (`async_trait`), and an async fn's future is as large as the largest future
     /// it awaits in place: with the OIDC and refusal answers inline it was 3,712 bytes, so
-    /// every forwarded request paid mimalloc's slow path for blocks over 1 KiB and a copy of
-    /// 3.7 KB it never used (issue 19). Boxed, only the request that answers pays, one small
-    /// allocation.
+    /// every forwarded request paid mimalloc's slow path for blocks over 1 KiB for answers it
+    /// never gave (issue 19, docs/benchmarks.md). Boxed, only the request that answers pays,
+    /// one small allocation.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         // After Pingora read the head: its parser sets keep-alive from the request.
         if self
