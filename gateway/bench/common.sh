@@ -25,6 +25,11 @@
 #   bench_https_snapshot PORT UP  as bench_http_snapshot, on one HTTPS listener with that
 #                                 certificate (after bench_tls_cert), to
 #                                 $work/snapshot-https.json
+#   bench_median                  values on stdin (whitespace-separated) -> their median
+#                                 (the lower of the middle two for an even count: always
+#                                 one of the values, so "-" and integers stay as they are)
+#   bench_percentiles             latencies on stdin, sorted, one per line -> "p50 p99"
+#                                 (nearest rank)
 #   bench_symbol_order            prints how many of gateway/link/symbol-order.txt's
 #                                 functions $GW has (a stale list costs memory and CPU:
 #                                 regenerate with gateway/bench/symbol-order.sh)
@@ -134,6 +139,15 @@ bench_symbol_order() {
 }
 
 # Whether process $1 still runs (an exited child stays a zombie until waited for).
+bench_median() {
+	tr -s ' \t' '\n' | grep -v '^$' | sort -g |
+		awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'
+}
+
+bench_percentiles() {
+	awk '{a[NR] = $1} END {print a[int(NR * 0.50 + 0.999999)], a[int(NR * 0.99 + 0.999999)]}'
+}
+
 bench_running() {
 	local stat
 	stat=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $stat != Z* ]]

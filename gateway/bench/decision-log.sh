@@ -78,26 +78,24 @@ for r in $(seq 1 "$ROUNDS"); do
 		[ "$t" = direct ] ||
 			cpu=$(echo "($(ticks "${pid[$t]}") - $before) * 1000000 / $hz / $n" | bc -l | xargs printf '%.1f')
 		read -r p50 p99 < <(awk -F'\t' 'NR == FNR {if (NR == 1 || $1 < t0) t0 = $1; next}
-			$1 >= t0 + 1000000 {print $3}' "$log" "$log" | sort -n |
-			awk '{a[NR] = $1} END {print a[int(NR * 0.50 + 0.999999)], a[int(NR * 0.99 + 0.999999)]}')
+			$1 >= t0 + 1000000 {print $3}' "$log" "$log" | sort -n | bench_percentiles)
 		echo "round $r: $t p50 ${p50} us, p99 ${p99} us, CPU ${cpu} us/request" >&2
 		p50s[$t]+="$p50 " p99s[$t]+="$p99 " cpus[$t]+="$cpu "
 	done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-d99=$(median <<<"${p99s[direct]}")
-bare_cpu=$(median <<<"${cpus[bare]}")
+d99=$(bench_median <<<"${p99s[direct]}")
+bare_cpu=$(bench_median <<<"${cpus[bare]}")
 printf '\n%s rounds, %s req/s (%s connections x %s), %s s each after 1 s warm-up; medians of rounds\n\n' \
 	"$ROUNDS" "$((C * RPS))" "$C" "$RPS" "$SECS"
 echo "| target | p50 µs | p99 µs | added p99 µs | p99 rounds | CPU µs/request | vs bare Pingora | CPU rounds |"
 echo "|---|---|---|---|---|---|---|---|"
 for t in "${targets[@]}"; do
-	p99=$(median <<<"${p99s[$t]}")
+	p99=$(bench_median <<<"${p99s[$t]}")
 	if [ "$t" = direct ]; then
-		echo "| direct | $(median <<<"${p50s[$t]}") | $p99 | - | ${p99s[$t]% } | - | - | - |"
+		echo "| direct | $(bench_median <<<"${p50s[$t]}") | $p99 | - | ${p99s[$t]% } | - | - | - |"
 		continue
 	fi
-	cpu=$(median <<<"${cpus[$t]}")
-	echo "| $t | $(median <<<"${p50s[$t]}") | $p99 | $(echo "$p99 - $d99" | bc) | ${p99s[$t]% } | $cpu | $(echo "$cpu / $bare_cpu" | bc -l | xargs printf '%.2f') | ${cpus[$t]% } |"
+	cpu=$(bench_median <<<"${cpus[$t]}")
+	echo "| $t | $(bench_median <<<"${p50s[$t]}") | $p99 | $(echo "$p99 - $d99" | bc) | ${p99s[$t]% } | $cpu | $(echo "$cpu / $bare_cpu" | bc -l | xargs printf '%.2f') | ${cpus[$t]% } |"
 done

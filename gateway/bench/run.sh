@@ -82,7 +82,6 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 bench_setup nginx=nginx-light haproxy=haproxy h2load=nghttp2-client iperf3=iperf3 openssl=openssl
 bench_reference
 CLK_TCK=$(getconf CLK_TCK)
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # TCP throughput: iperf3 -> { direct | HAProxy (mode tcp) | gateway TCP listener } -> iperf3 -s
 tcp_bench() {
@@ -140,10 +139,10 @@ JSON
 	echo "| target | Gbit/s | vs direct | vs HAProxy | runs |"
 	echo "|---|---|---|---|---|"
 	local d h g
-	d=$(median <<<"${gbps[direct]}")
-	h=$(median <<<"${gbps[haproxy]}")
+	d=$(bench_median <<<"${gbps[direct]}")
+	h=$(bench_median <<<"${gbps[haproxy]}")
 	for t in direct haproxy gateway gateway-8k; do
-		g=$(median <<<"${gbps[$t]}")
+		g=$(bench_median <<<"${gbps[$t]}")
 		# shellcheck disable=SC2086
 		printf '| %s | %.2f | %.2f | %.2f | %s |\n' "$t" "$g" "$(echo "$g / $d" | bc -l)" \
 			"$(echo "$g / $h" | bc -l)" "$(printf '%.1f ' ${gbps[$t]})"
@@ -383,8 +382,7 @@ run_lat() {
 		$1 >= t0 + 1000000 {print $3; if (!t1 || $1 < t1) t1 = $1; if ($1 > t2) t2 = $1; n++}
 		END {printf "%.0f\n", (n - 1) / ((t2 - t1) / 1e6) > "/dev/stderr"}' "$log" "$log" \
 		2>"$work/lat-rate" | sort -n >"$work/lat-sorted"
-	echo "$(cat "$work/lat-rate") $(awk '{a[NR] = $1} END {
-		print a[int(NR * 0.50 + 0.999999)], a[int(NR * 0.99 + 0.999999)]}' "$work/lat-sorted") $cpu"
+	echo "$(cat "$work/lat-rate") $(bench_percentiles <"$work/lat-sorted") $cpu"
 }
 field() { # values "a b c d a b c d ..." -> the n-th of each group of k (default 4: run, run_h2)
 	awk -v n="$1" -v k="${2:-4}" '{for (i = n; i <= NF; i += k) print $i}'
@@ -421,7 +419,7 @@ if [ "$H2_ONLY" != 1 ]; then
 		echo "round $r done" >&2
 	done
 	# Fixed rate: half the gateway's median maximum, the same for every target.
-	gw_max=$(field 1 <<<"${small[gateway]}" | median)
+	gw_max=$(field 1 <<<"${small[gateway]}" | bench_median)
 	rate=${LAT_RATE:-$(printf '%.0f' "$(echo "$gw_max / 2" | bc -l)")}
 	per_client=$(((rate + LAT_C / 2) / LAT_C))
 	[ "$per_client" -ge 1 ] || per_client=1
@@ -432,7 +430,7 @@ if [ "$H2_ONLY" != 1 ]; then
 	declare -A lat_per
 	for t in "${targets[@]}"; do lat_per[$t]=$per_client; done
 	if [ "${LAT_BARE_OWN:-1}" = 1 ] && [ -z "${LAT_RATE:-}" ]; then
-		bare_max=$(field 1 <<<"${small[bare-pingora]}" | median)
+		bare_max=$(field 1 <<<"${small[bare-pingora]}" | bench_median)
 		own=bare-pingora-at-own-half
 		port[$own]=${port[bare-pingora]}; tpids[$own]=${tpids[bare-pingora]}; small[$own]=${small[bare-pingora]}
 		lat_per[$own]=$(printf '%.0f' "$(echo "$bare_max / 2 / $LAT_C" | bc -l)")
@@ -609,11 +607,11 @@ paired() {
 			awk '$1 != "-" && $2 != "-" && $2 > 0 {printf "%.2f ", $1 / $2}')
 		[ -n "$list" ] || continue
 		printf '(CPU vs bare Pingora in the same round, %s: %s-> median %s)\n' "$t" "$list" \
-			"$(median <<<"$list")"
+			"$(bench_median <<<"$list")"
 	done
 }
 if [ "$H2_ONLY" != 1 ]; then
-	ns=$(field 1 <<<"${small[nginx]}" | median)
+	ns=$(field 1 <<<"${small[nginx]}" | bench_median)
 	if [ "$LATENCY_ONLY" = 1 ]; then
 		printf '\n%s requests x %s connections (small), %s rounds, median of rounds, %s worker thread(s) per proxy\n\n' "$N" "$C" "$ROUNDS" "$THREADS"
 		echo "| target | small req/s | vs nginx | mean latency | CPU µs/req | user µs/req | CPU vs bare Pingora | runs |"
@@ -623,14 +621,14 @@ if [ "$H2_ONLY" != 1 ]; then
 		printf '(CPU: utime + stime of the proxy process per small request, median of rounds)\n\n'
 		echo "| target | small req/s | vs nginx | mean latency | CPU µs/req | user µs/req | CPU vs bare Pingora | 1 MiB req/s | vs nginx | mean latency | small runs |"
 		echo "|---|---|---|---|---|---|---|---|---|---|---|"
-		nb=$(field 1 <<<"${big[nginx]}" | median)
+		nb=$(field 1 <<<"${big[nginx]}" | bench_median)
 	fi
-	bare_cpu=$(field 3 <<<"${small[bare-pingora]}" | median)
+	bare_cpu=$(field 3 <<<"${small[bare-pingora]}" | bench_median)
 	for t in "${targets[@]}"; do
-		s=$(field 1 <<<"${small[$t]}" | median)
-		sl=$(field 2 <<<"${small[$t]}" | median)
-		cpu=$(field 3 <<<"${small[$t]}" | median)
-		user=$(field 4 <<<"${small[$t]}" | median)
+		s=$(field 1 <<<"${small[$t]}" | bench_median)
+		sl=$(field 2 <<<"${small[$t]}" | bench_median)
+		cpu=$(field 3 <<<"${small[$t]}" | bench_median)
+		user=$(field 4 <<<"${small[$t]}" | bench_median)
 		vs_bare=-
 		[ "$cpu" = - ] || vs_bare=$(ratio "$cpu" "$bare_cpu")
 		runs=$(field 1 <<<"${small[$t]}" | xargs printf '%.0f ')
@@ -638,8 +636,8 @@ if [ "$H2_ONLY" != 1 ]; then
 			printf '| %s | %.0f | %s | %s | %s | %s | %s | %s|\n' "$t" "$s" "$(ratio "$s" "$ns")" "$sl" \
 				"$cpu" "$user" "$vs_bare" "$runs"
 		else
-			b=$(field 1 <<<"${big[$t]}" | median)
-			bl=$(field 2 <<<"${big[$t]}" | median)
+			b=$(field 1 <<<"${big[$t]}" | bench_median)
+			bl=$(field 2 <<<"${big[$t]}" | bench_median)
 			printf '| %s | %.0f | %s | %s | %s | %s | %s | %.0f | %s | %s | %s|\n' "$t" "$s" "$(ratio "$s" "$ns")" "$sl" \
 				"$cpu" "$user" "$vs_bare" "$b" "$(ratio "$b" "$nb")" "$bl" "$runs"
 		fi
@@ -662,16 +660,16 @@ if [ "$H2_ONLY" != 1 ]; then
 	printf 'request sent: every target at the same load, so no proxy finds its peers idler than another)\n\n'
 	echo "| target | achieved req/s | share of its max | p50 | p99 | added p50 | added p99 | CPU µs/req | user µs/req | CPU vs bare Pingora | p99 runs |"
 	echo "|---|---|---|---|---|---|---|---|---|---|---|"
-	d50=$(field 2 5 <<<"${lat[direct]}" | median)
-	d99=$(field 3 5 <<<"${lat[direct]}" | median)
-	bare_lat_cpu=$(field 4 5 <<<"${lat[bare-pingora]}" | median)
+	d50=$(field 2 5 <<<"${lat[direct]}" | bench_median)
+	d99=$(field 3 5 <<<"${lat[direct]}" | bench_median)
+	bare_lat_cpu=$(field 4 5 <<<"${lat[bare-pingora]}" | bench_median)
 	for t in "${lat_targets[@]}"; do
-		a=$(field 1 5 <<<"${lat[$t]}" | median)
-		p50=$(field 2 5 <<<"${lat[$t]}" | median)
-		p99=$(field 3 5 <<<"${lat[$t]}" | median)
-		c=$(field 4 5 <<<"${lat[$t]}" | median)
-		cu=$(field 5 5 <<<"${lat[$t]}" | median)
-		mx=$(field 1 <<<"${small[$t]}" | median)
+		a=$(field 1 5 <<<"${lat[$t]}" | bench_median)
+		p50=$(field 2 5 <<<"${lat[$t]}" | bench_median)
+		p99=$(field 3 5 <<<"${lat[$t]}" | bench_median)
+		c=$(field 4 5 <<<"${lat[$t]}" | bench_median)
+		cu=$(field 5 5 <<<"${lat[$t]}" | bench_median)
+		mx=$(field 1 <<<"${small[$t]}" | bench_median)
 		runs=$(field 3 5 <<<"${lat[$t]}" | while read -r v; do ms "$v"; printf ' '; done)
 		vs_bare=-
 		[ "$c" = - ] || vs_bare=$(ratio "$c" "$bare_lat_cpu")
@@ -686,14 +684,14 @@ if [ "$LATENCY_ONLY" != 1 ]; then
 		"$(cat "$work/h2-cipher-gateway")" "$N" "$H2_C" "$H2_M" "$ROUNDS"
 	echo "| target | small req/s | vs nginx | vs direct | mean latency | CPU µs/req | user µs/req | CPU vs bare Pingora | runs |"
 	echo "|---|---|---|---|---|---|---|---|---|"
-	hn=$(field 1 <<<"${h2[nginx]}" | median)
-	hd=$(field 1 <<<"${h2[direct]}" | median)
-	hbare=$(field 3 <<<"${h2[bare-pingora]}" | median)
+	hn=$(field 1 <<<"${h2[nginx]}" | bench_median)
+	hd=$(field 1 <<<"${h2[direct]}" | bench_median)
+	hbare=$(field 3 <<<"${h2[bare-pingora]}" | bench_median)
 	for t in "${targets[@]}"; do
-		s=$(field 1 <<<"${h2[$t]}" | median)
-		sl=$(field 2 <<<"${h2[$t]}" | median)
-		cpu=$(field 3 <<<"${h2[$t]}" | median)
-		user=$(field 4 <<<"${h2[$t]}" | median)
+		s=$(field 1 <<<"${h2[$t]}" | bench_median)
+		sl=$(field 2 <<<"${h2[$t]}" | bench_median)
+		cpu=$(field 3 <<<"${h2[$t]}" | bench_median)
+		user=$(field 4 <<<"${h2[$t]}" | bench_median)
 		vs_bare=-
 		[ "$cpu" = - ] || vs_bare=$(ratio "$cpu" "$hbare")
 		runs=$(field 1 <<<"${h2[$t]}" | xargs printf '%.0f ')
