@@ -30,6 +30,10 @@
 #                                 one of the values, so "-" and integers stay as they are)
 #   bench_percentiles             latencies on stdin, sorted, one per line -> "p50 p99"
 #                                 (nearest rank)
+#   bench_pin                     sets the arrays pin_load and pin_proxy, command prefixes:
+#                                 with PIN=1, taskset to CPU 0 (h2load, the upstream) and
+#                                 CPU 1 (the proxies measured), so the load generator does
+#                                 not share a run queue with what it measures; else empty
 #   bench_symbol_order            prints how many of gateway/link/symbol-order.txt's
 #                                 functions $GW has (a stale list costs memory and CPU:
 #                                 regenerate with gateway/bench/symbol-order.sh)
@@ -131,6 +135,16 @@ PY
 }
 
 # How many names of the link order the gateway binary has (see the list at the top).
+bench_pin() {
+	pin_load=() pin_proxy=()
+	[ "${PIN:-0}" = 1 ] || return 0
+	if [ "$(nproc)" -lt 2 ]; then
+		echo "PIN=1 needs two CPUs, this machine has $(nproc)" >&2
+		exit 1
+	fi
+	pin_load=(taskset -c 0) pin_proxy=(taskset -c 1)
+}
+
 bench_symbol_order() {
 	local order=$repo/gateway/link/symbol-order.txt
 	printf 'symbol order: %s of the %s functions of %s are in the binary\n' \
@@ -138,7 +152,6 @@ bench_symbol_order() {
 		"$(wc -l <"$order")" gateway/link/symbol-order.txt
 }
 
-# Whether process $1 still runs (an exited child stays a zombie until waited for).
 bench_median() {
 	tr -s ' \t' '\n' | grep -v '^$' | sort -g |
 		awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'
@@ -148,6 +161,7 @@ bench_percentiles() {
 	awk '{a[NR] = $1} END {print a[int(NR * 0.50 + 0.999999)], a[int(NR * 0.99 + 0.999999)]}'
 }
 
+# Whether process $1 still runs (an exited child stays a zombie until waited for).
 bench_running() {
 	local stat
 	stat=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $stat != Z* ]]

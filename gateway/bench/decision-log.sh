@@ -14,10 +14,16 @@
 # process, /proc/PID/stat, all its threads: the log thread's writes are counted), then the
 # medians, the added p99 (target minus direct) and the CPU against bare Pingora.
 #
-# Usage: [GW=path] [BARE=path] [RPS=400] [RUN_SECONDS=10] [ROUNDS=6] gateway/bench/decision-log.sh
+# "Fixed rate" is h2load's: its rate timer fires every max(10 ms, 1/RPS) per connection and
+# sends what fell due back to back (RPS=400: trains of four every 10 ms), so about a
+# millisecond's worth of requests arrives at once; the p99 includes draining them.
+#
+# Usage: [GW=path] [BARE=path] [RPS=400] [RUN_SECONDS=10] [ROUNDS=6] [PIN=0|1] gateway/bench/decision-log.sh
 #   GW, BARE default to the release builds of this checkout with the profile
 #   (gateway/pgo/cargo.sh). RPS=400 is 20,000 requests per second in all, about half the
-#   one-worker gateway's maximum on the 2-core benchmark machine.
+#   one-worker gateway's maximum on the 2-core benchmark machine. PIN=1 pins the proxies to
+#   CPU 1 and h2load and the upstream to CPU 0 (taskset), so the load generator does not
+#   share a run queue with the proxy it measures.
 set -euo pipefail
 # shellcheck source=gateway/bench/common.sh
 . "$(dirname "$0")/common.sh"
@@ -30,18 +36,19 @@ RPS=${RPS:-400}
 SECS=${RUN_SECONDS:-10}
 ROUNDS=${ROUNDS:-6}
 C=50
+bench_pin
 
 bench_small_upstream 19301
 bench_http_snapshot 19302 19301
 sed 's/"port": 19302/"port": 19303/' "$work/snapshot.json" >"$work/snapshot-nolog.json"
 TOKEN=$("$repo/gateway/examples/standalone/mint-token.sh" alice dev 86400)
-nginx -c "$work/upstream.conf" & pids+=($!)
+"${pin_load[@]}" nginx -c "$work/upstream.conf" & pids+=($!)
 declare -A pid port=([log]=19302 [nolog]=19303 [bare]=19304 [direct]=19301)
-env -u RUST_LOG "$GW" --allow-loopback-upstreams --snapshot "$work/snapshot.json" --bind-address 127.0.0.1 \
+"${pin_proxy[@]}" env -u RUST_LOG "$GW" --allow-loopback-upstreams --snapshot "$work/snapshot.json" --bind-address 127.0.0.1 \
 	--admin-listen 127.0.0.1:19305 --threads 1 >"$work/gateway-log.out" 2>&1 & pid[log]=$!; pids+=($!)
-RUST_LOG=warn "$GW" --allow-loopback-upstreams --snapshot "$work/snapshot-nolog.json" --bind-address 127.0.0.1 \
+"${pin_proxy[@]}" env RUST_LOG=warn "$GW" --allow-loopback-upstreams --snapshot "$work/snapshot-nolog.json" --bind-address 127.0.0.1 \
 	--admin-listen 127.0.0.1:19306 --threads 1 >"$work/gateway-nolog.out" 2>&1 & pid[nolog]=$!; pids+=($!)
-"$BARE" --listen 127.0.0.1:19304 --l4-read-buffer 0 --upstream 127.0.0.1:19301 --threads 1 \
+"${pin_proxy[@]}" "$BARE" --listen 127.0.0.1:19304 --l4-read-buffer 0 --upstream 127.0.0.1:19301 --threads 1 \
 	>"$work/bare.out" 2>&1 & pid[bare]=$!; pids+=($!)
 
 targets=(log nolog bare direct)
@@ -66,7 +73,7 @@ for r in $(seq 1 "$ROUNDS"); do
 		rm -f "$log"
 		before=0
 		[ "$t" = direct ] || before=$(ticks "${pid[$t]}")
-		out=$(h2load --h1 -c "$C" -r 1 --rate-period=1ms -t 1 --rps="$RPS" -n "$n" --log-file="$log" \
+		out=$("${pin_load[@]}" h2load --h1 -c "$C" -r 1 --rate-period=1ms -t 1 --rps="$RPS" -n "$n" --log-file="$log" \
 			-H ":authority: bench.localhost" -H "Authorization: Bearer $TOKEN" \
 			"http://127.0.0.1:${port[$t]}/small" 2>&1)
 		grep -q "status codes: $n 2xx" <<<"$out" || {

@@ -11,12 +11,13 @@
 # B cost less than A.
 #
 # Usage: A=path/to/rustronaut-gateway [B=path] [BARE=path] [PROTO=h1|h2] [REQUESTS=60000] \
-#          [ROUNDS=12] gateway/bench/rotate.sh
+#          [ROUNDS=12] [PIN=0|1] gateway/bench/rotate.sh
 #   B defaults to the release gateway built from this checkout, BARE to the release bare
 #   Pingora built from it, both with the profile (gateway/pgo/cargo.sh; PGO=0: without). Any of the three may be a wrapper script that `exec`s the binary
 #   (the CPU is read from the process it starts), e.g. to set an environment variable.
 #   PROTO=h1: plain HTTP/1.1, 50 connections (run.sh's small requests); h2: HTTP/2 over
-#   TLS 1.3, 10 connections x 10 streams (run.sh's HTTP/2 part). Installs nginx-light and
+#   TLS 1.3, 10 connections x 10 streams (run.sh's HTTP/2 part). PIN=1 pins the proxies to
+#   CPU 1 and h2load and the upstream to CPU 0 (taskset). Installs nginx-light and
 #   nghttp2-client when missing.
 set -euo pipefail
 # shellcheck source=gateway/bench/common.sh
@@ -35,6 +36,7 @@ if [ -z "${BARE:-}" ]; then
 	BARE=$CARGO_TARGET_DIR/pgo/release/bare-pingora
 fi
 [ -x "$BARE" ] || { echo "rotate.sh: $BARE is not an executable bare Pingora build" >&2; exit 1; }
+bench_pin
 
 bench_small_upstream 19201
 bench_tls_cert
@@ -49,21 +51,21 @@ for t in a:19202 b:19204; do
 	fi
 done
 TOKEN=$("$repo/gateway/examples/standalone/mint-token.sh" alice dev 86400)
-nginx -c "$work/upstream.conf" &
+"${pin_load[@]}" nginx -c "$work/upstream.conf" &
 pids+=($!)
 declare -A port=([A]=19202 [B]=19204 [bare]=19206) pid=()
 for t in A B; do
 	bin=$A && [ "$t" = B ] && bin=$B
-	"$bin" --allow-loopback-upstreams --snapshot "$work/${t,,}.json" --bind-address 127.0.0.1 \
+	"${pin_proxy[@]}" "$bin" --allow-loopback-upstreams --snapshot "$work/${t,,}.json" --bind-address 127.0.0.1 \
 		--admin-listen "127.0.0.1:$((port[$t] + 1))" --threads 1 >"$work/$t.log" 2>&1 &
 	pid[$t]=$!
 	pids+=($!)
 done
 if [ "$PROTO" = h2 ]; then
-	"$BARE" --listen 127.0.0.1:19208 --l4-read-buffer 0 --upstream 127.0.0.1:19201 --threads 1 \
+	"${pin_proxy[@]}" "$BARE" --listen 127.0.0.1:19208 --l4-read-buffer 0 --upstream 127.0.0.1:19201 --threads 1 \
 		--tls-listen 127.0.0.1:19206 --cert "$work/tls.crt" --key "$work/tls.key" >"$work/bare.log" 2>&1 &
 else
-	"$BARE" --listen 127.0.0.1:19206 --l4-read-buffer 0 --upstream 127.0.0.1:19201 --threads 1 \
+	"${pin_proxy[@]}" "$BARE" --listen 127.0.0.1:19206 --l4-read-buffer 0 --upstream 127.0.0.1:19201 --threads 1 \
 		>"$work/bare.log" 2>&1 &
 fi
 pid[bare]=$!
@@ -73,23 +75,26 @@ pids+=($!)
 load() {
 	local out
 	if [ "$PROTO" = h2 ]; then
-		out=$(h2load -n "$2" -c 10 -m 10 -t 1 --tls13-ciphers=TLS_AES_128_GCM_SHA256 \
+		out=$("${pin_load[@]}" h2load -n "$2" -c 10 -m 10 -t 1 --tls13-ciphers=TLS_AES_128_GCM_SHA256 \
 			--connect-to "127.0.0.1:${port[$1]}" -H "Authorization: Bearer $TOKEN" \
 			"https://bench.localhost/small" 2>&1)
 	else
-		out=$(h2load --h1 -n "$2" -c 50 -t 1 -H ":authority: bench.localhost" \
+		out=$("${pin_load[@]}" h2load --h1 -n "$2" -c 50 -t 1 -H ":authority: bench.localhost" \
 			-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${port[$1]}/small" 2>&1)
 	fi
 	grep -q "status codes: $2 2xx" <<<"$out" || {
 		echo "$1: not every request answered 200:" >&2
-		grep 'status codes' <<<"$out" >&2
+		grep -v '^progress' <<<"$out" | tail -8 >&2
+		echo "$1's own log ends:" >&2
+		tail -5 "$work/$1.log" >&2
 		return 1
 	}
 }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# Ready when each answers: 50 requests, as h2load refuses fewer than its 50 HTTP/1.1 clients.
 for _ in $(seq 1 300); do
-	load A 10 2>/dev/null && load B 10 2>/dev/null && load bare 10 2>/dev/null && break
+	load A 50 2>/dev/null && load B 50 2>/dev/null && load bare 50 2>/dev/null && break
 	sleep 0.2
 done
 for t in A B bare; do load "$t" 20000; done # warm-up
