@@ -364,7 +364,11 @@ run_h2() {
 # (HTTP/1.1), for 1 + LAT_SECONDS s; the first second is warm-up and not counted.
 # Connections open one per millisecond (-r 1 --rate-period 1ms): h2load starts each one's
 # request timer when it connects, so opened together they would all send at the same instant
-# (bursts of LAT_C requests); staggered, the sends spread over the interval. Percentiles
+# (bursts of LAT_C requests); staggered, the sends spread over ten phases. The rate is not
+# smooth even so: h2load's rate timer fires every max(10 ms, 1/rps) and sends what fell due
+# back to back, one in flight (at 400 per connection, trains of four every 10 ms), so about
+# a millisecond's worth of requests arrives at once and a proxy's p99 includes draining them
+# (docs/benchmarks.md, "the added p99 ... h2load's trains"). Percentiles
 # from h2load's per-request log (start in us since the epoch, status, us until the end of
 # the response).
 run_lat() {
