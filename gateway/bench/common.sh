@@ -134,7 +134,8 @@ json.dump(s, sys.stdout)
 PY
 }
 
-# How many names of the link order the gateway binary has (see the list at the top).
+# PIN=1: the command prefixes that pin the load generator and the proxies apart (see the
+# list at the top).
 bench_pin() {
 	pin_load=() pin_proxy=()
 	[ "${PIN:-0}" = 1 ] || return 0
@@ -145,6 +146,7 @@ bench_pin() {
 	pin_load=(taskset -c 0) pin_proxy=(taskset -c 1)
 }
 
+# How many names of the link order the gateway binary has (see the list at the top).
 bench_symbol_order() {
 	local order=$repo/gateway/link/symbol-order.txt
 	printf 'symbol order: %s of the %s functions of %s are in the binary\n' \
