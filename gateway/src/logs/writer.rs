@@ -21,8 +21,17 @@
 //! Nothing is shed: past `limit` bytes pending (stdout slower than the requests), request
 //! threads wait for the log thread to take the buffer, as they waited for their own write
 //! before there was a log thread, so the audit trail stays complete. Memory is only what is
-//! pending: nothing is allocated up front (a sidecar's log costs nothing until it logs), and
-//! the log thread gives back what a burst grew beyond [`KEEP_BYTES`].
+//! pending: nothing is allocated up front (a sidecar's log costs nothing until it logs).
+//!
+//! Why the buffers keep the size the last batch needed (up to [`MAX_KEEP_BYTES`]): the two
+//! buffers trade places every batch, so the one request threads append to next is the one
+//! just written. Cut back to a fixed 64 KiB after each write (as before), a busy gateway's
+//! buffer grew again during every batch (64 -> 128 -> 256 KiB at 40,000 lines a second,
+//! each growth a copy on a request thread) and the allocator handed back and faulted in the
+//! pages of the grown block each time (issue 19, docs/benchmarks.md). Sized to twice the
+//! last batch, a steady load appends without a growth; when the load ends, the next batch is
+//! small and both buffers shrink back to [`KEEP_BYTES`] (the one left pending when the log
+//! thread parks is given back whole).
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,9 +43,17 @@ use tracing_subscriber::fmt::MakeWriter;
 /// How long the log thread waits after a write before it takes the next batch.
 pub const PAUSE: Duration = Duration::from_millis(20);
 
-/// Buffer capacity the log thread keeps between batches; a burst's larger buffer is given
-/// back after its write.
+/// Buffer capacity the log thread keeps between batches at least (when it has any).
 pub const KEEP_BYTES: usize = 64 * 1024;
+
+/// Buffer capacity kept between batches at most: twice a batch of 20 ms at about 40,000
+/// decision lines a second. A larger batch's buffer is cut back to this after its write.
+pub const MAX_KEEP_BYTES: usize = 512 * 1024;
+
+/// The capacity to keep for the next batches after writing one of `written` bytes.
+fn keep_after(written: usize) -> usize {
+    written.saturating_mul(2).clamp(KEEP_BYTES, MAX_KEEP_BYTES)
+}
 
 /// The state the request threads and the log thread share.
 struct Shared {
@@ -132,7 +149,13 @@ fn run<W: Write>(shared: &Shared, mut out: W) {
                     break;
                 }
                 shared.parked.store(true, Ordering::Relaxed);
+                // Idle: what a busy spell grew is given back, the pending buffer whole (freed
+                // after the unlock), this thread's own to the least it keeps.
+                let grown =
+                    (pending.capacity() > KEEP_BYTES).then(|| std::mem::take(&mut *pending));
                 drop(pending);
+                drop(grown);
+                batch.shrink_to(KEEP_BYTES);
                 // A line appended from here on finds `parked` set and unparks us; one
                 // appended before was seen above. A spurious return just looks again.
                 thread::park();
@@ -156,8 +179,9 @@ fn run<W: Write>(shared: &Shared, mut out: W) {
         } else {
             failed = false;
         }
+        let keep = keep_after(batch.len());
         batch.clear();
-        batch.shrink_to(KEEP_BYTES);
+        batch.shrink_to(keep);
         if !shared.stop.load(Ordering::Acquire) {
             // Not `sleep`: the guard's unpark at shutdown ends the pause early. Request
             // threads unpark only a parked log thread, so nothing else cuts it short (a
@@ -363,6 +387,50 @@ mod tests {
     }
 
     #[test]
+    fn the_buffers_keep_twice_the_last_batch_within_bounds() {
+        assert_eq!(keep_after(0), KEEP_BYTES);
+        assert_eq!(keep_after(KEEP_BYTES / 2), KEEP_BYTES);
+        assert_eq!(keep_after(100_000), 200_000);
+        assert_eq!(keep_after(MAX_KEEP_BYTES / 2), MAX_KEEP_BYTES);
+        assert_eq!(keep_after(MAX_KEEP_BYTES), MAX_KEEP_BYTES);
+        assert_eq!(keep_after(usize::MAX), MAX_KEEP_BYTES);
+    }
+
+    /// A burst grows the buffers; once the log thread is idle again, the buffer left for the
+    /// next lines is back to at most [`KEEP_BYTES`].
+    #[test]
+    fn a_buffer_grown_by_a_burst_is_given_back_when_the_log_thread_parks() {
+        let sink = Sink::default();
+        sink.shut();
+        let (mut writer, _guard) = spawn(sink.clone(), 8 << 20, "test-log").unwrap();
+        writer.write_all(b"first\n").unwrap();
+        // The log thread took "first" and is held in its write: the burst piles up.
+        wait_until("the first line to be taken", || {
+            writer.shared.pending().is_empty()
+        });
+        let line = format!("{}\n", "x".repeat(99));
+        for _ in 0..3_000 {
+            writer.write_all(line.as_bytes()).unwrap();
+        }
+        assert!(writer.shared.pending().capacity() >= 300_000);
+        let written = |n: usize| {
+            let got = Arc::clone(&sink.got);
+            move || got.lock().unwrap().len() == n
+        };
+        sink.open();
+        wait_until("the burst to be written", written(6 + 300_000));
+        // The next batch trades the burst's buffer in as the pending one.
+        writer.write_all(b"tail\n").unwrap();
+        wait_until("the tail to be written", written(6 + 300_000 + 5));
+        wait_until("the log thread to park", || {
+            writer.shared.parked.load(Ordering::Relaxed)
+        });
+        let kept = writer.shared.pending().capacity();
+        assert!(kept <= KEEP_BYTES, "{kept} bytes kept pending while idle");
+        assert_eq!(sink.lines().len(), 3_002);
+    }
+
+    #[test]
     fn an_idle_log_thread_parks_and_the_next_line_wakes_it() {
         let sink = Sink::default();
         let (mut writer, _guard) = spawn(sink.clone(), 1 << 20, "test-log").unwrap();
@@ -388,8 +456,10 @@ mod tests {
                 Ok(())
             }
         }
+        // Past the 100-byte limit each line waits for the log thread's next take, one per
+        // PAUSE: 1,000 lines of ~9 bytes are ~90 takes, about 2 s (10,000 took 20).
         let (mut writer, guard) = spawn(Broken, 100, "test-log").unwrap();
-        for i in 0..10_000 {
+        for i in 0..1_000 {
             writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
         }
         drop(guard);
