@@ -57,6 +57,13 @@
 #        THREADS=2 gives each proxy under test (nginx, HAProxy, bare Pingora, the gateway) two
 #        worker threads/processes instead of one, for the scaling comparison (the upstream
 #        nginx, h2load and the TCP part stay at one)
+#        PIN=1 runs the proxies under test on CPU 1 and h2load and the upstream nginx on CPU 0
+#        (taskset; THREADS=1 only) in the throughput, fixed-rate and HTTP/2 rounds, so the
+#        load generator does not share a run queue with what it measures (on two shared
+#        cores that about doubles every proxy's added p99: docs/benchmarks.md). CPU 0 then
+#        carries h2load and the upstream for every target, which can cap the fastest ones'
+#        maximum (nginx, HAProxy): read the throughput ratios of a PIN=1 run with that
+#        in mind. The idle-connection and TCP parts are not pinned.
 #        TCP_ONLY=1 runs only the iperf3 part (TCP_SECONDS=5 per run); the gateway runs twice,
 #        with its default 64 KiB copy buffers and with tokio's 8 KiB (gateway-8k)
 # Needs nginx, haproxy, h2load (nghttp2-client), iperf3 and openssl: installed with apt-get
@@ -81,6 +88,11 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 . "$(dirname "$0")/common.sh"
 bench_setup nginx=nginx-light haproxy=haproxy h2load=nghttp2-client iperf3=iperf3 openssl=openssl
 bench_reference
+bench_pin
+if [ "${PIN:-0}" = 1 ] && [ "${THREADS:-1}" != 1 ]; then
+	echo "run.sh: PIN=1 puts every proxy on one CPU, so it goes with THREADS=1 only" >&2
+	exit 1
+fi
 CLK_TCK=$(getconf CLK_TCK)
 
 # TCP throughput: iperf3 -> { direct | HAProxy (mode tcp) | gateway TCP listener } -> iperf3 -s
@@ -223,23 +235,23 @@ json.dump(s, sys.stdout)
 PY
 TOKEN=$("$repo/gateway/examples/standalone/mint-token.sh" alice dev 86400)
 
-nginx -c "$work/upstream.conf" & pids+=($!)
-nginx -c "$work/proxy.conf" & pids+=($!)
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
-"$GW" --allow-loopback-upstreams --snapshot "$work/snapshot.json" --admin-listen 127.0.0.1:19005 --bind-address 127.0.0.1 \
+"${pin_load[@]}" nginx -c "$work/upstream.conf" & pids+=($!)
+"${pin_proxy[@]}" nginx -c "$work/proxy.conf" & pids+=($!)
+"${pin_proxy[@]}" haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
+"${pin_proxy[@]}" "$GW" --allow-loopback-upstreams --snapshot "$work/snapshot.json" --admin-listen 127.0.0.1:19005 --bind-address 127.0.0.1 \
 	--threads "$THREADS" >"$work/gateway.log" 2>&1 & gwpid=$!; pids+=("$gwpid")
 if [ -n "${GW_BEFORE:-}" ]; then
 	sed -e 's/"port": 19004/"port": 19031/' -e 's/"port": 19024/"port": 19033/' "$work/snapshot.json" \
 		>"$work/snapshot-before.json"
-	"$GW_BEFORE" --allow-loopback-upstreams --snapshot "$work/snapshot-before.json" --admin-listen 127.0.0.1:19032 \
+	"${pin_proxy[@]}" "$GW_BEFORE" --allow-loopback-upstreams --snapshot "$work/snapshot-before.json" --admin-listen 127.0.0.1:19032 \
 		--bind-address 127.0.0.1 --threads "$THREADS" >"$work/gateway-before.log" 2>&1 & beforepid=$!; pids+=("$beforepid")
 fi
-"$BARE" --listen 127.0.0.1:19008 --l4-read-buffer 0 --upstream 127.0.0.1:19001 --threads "$THREADS" --tls-listen 127.0.0.1:19028 \
+"${pin_proxy[@]}" "$BARE" --listen 127.0.0.1:19008 --l4-read-buffer 0 --upstream 127.0.0.1:19001 --threads "$THREADS" --tls-listen 127.0.0.1:19028 \
 	--cert "$work/tls.crt" --key "$work/tls.key" >"$work/bare.log" 2>&1 & barepid=$!; pids+=("$barepid")
 if [ "${BARE_STEAL:-0}" = 1 ]; then
 	# Bare Pingora on tokio's multi-thread scheduler, Pingora's default (the row above runs
 	# a current-thread runtime with THREADS=1: see bare-pingora's --work-stealing).
-	"$BARE" --listen 127.0.0.1:19038 --l4-read-buffer 0 --upstream 127.0.0.1:19001 --threads "$THREADS" \
+	"${pin_proxy[@]}" "$BARE" --listen 127.0.0.1:19038 --l4-read-buffer 0 --upstream 127.0.0.1:19001 --threads "$THREADS" \
 		--work-stealing true --tls-listen 127.0.0.1:19039 --cert "$work/tls.crt" --key "$work/tls.key" \
 		>"$work/bare-steal.log" 2>&1 & stealpid=$!; pids+=("$stealpid")
 fi
@@ -330,7 +342,7 @@ run() { # target path requests -> "req/s mean_ms cpu_us user_us"
 	local out before
 	# shellcheck disable=SC2086
 	before=$(cpu_ticks ${tpids[$1]})
-	out=$(h2load --h1 -n "$3" -c "$C" -t 1 -H ":authority: bench.localhost" \
+	out=$("${pin_load[@]}" h2load --h1 -n "$3" -c "$C" -t 1 -H ":authority: bench.localhost" \
 		-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${port[$1]}$2" 2>&1)
 	check "$1" "$2" "$3" "$out"
 	local rps mean
@@ -345,7 +357,7 @@ run_h2() {
 	local out before
 	# shellcheck disable=SC2086
 	before=$(cpu_ticks ${tpids[$1]})
-	out=$(h2load -n "$2" -c "$H2_C" -m "$H2_M" -t 1 --tls13-ciphers=TLS_AES_128_GCM_SHA256 \
+	out=$("${pin_load[@]}" h2load -n "$2" -c "$H2_C" -m "$H2_M" -t 1 --tls13-ciphers=TLS_AES_128_GCM_SHA256 \
 		--connect-to "127.0.0.1:${tlsport[$1]}" -H "Authorization: Bearer $TOKEN" "https://bench.localhost/small" 2>&1)
 	if ! grep -q '^Application protocol: h2$' <<<"$out"; then
 		echo "$1: HTTP/2 was not negotiated:" >&2
@@ -376,7 +388,7 @@ run_lat() {
 	rm -f "$log"
 	# shellcheck disable=SC2086
 	[ -z "${tpids[$1]}" ] || before=$(cpu_ticks ${tpids[$1]})
-	out=$(h2load --h1 -c "$LAT_C" -r 1 --rate-period=1ms -t 1 --rps="$2" \
+	out=$("${pin_load[@]}" h2load --h1 -c "$LAT_C" -r 1 --rate-period=1ms -t 1 --rps="$2" \
 		-n "$((LAT_C * $2 * (LAT_SECONDS + 1)))" --log-file="$log" -H ":authority: bench.localhost" \
 		-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${port[$1]}/small" 2>&1)
 	check "$1" latency "$((LAT_C * $2 * (LAT_SECONDS + 1)))" "$out"
