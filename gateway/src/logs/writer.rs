@@ -26,12 +26,12 @@
 //! Why the buffers keep the size the last batch needed (up to [`MAX_KEEP_BYTES`]): the two
 //! buffers trade places every batch, so the one request threads append to next is the one
 //! just written. Cut back to a fixed 64 KiB after each write (as before), a busy gateway's
-//! buffer grew again during every batch (64 -> 128 -> 256 KiB at 40,000 lines a second,
-//! each growth a copy on a request thread) and the allocator handed back and faulted in the
-//! pages of the grown block each time (issue 19, docs/benchmarks.md). Sized to twice the
-//! last batch, a steady load appends without a growth; when the load ends, the next batch is
-//! small and both buffers shrink back to [`KEEP_BYTES`] (the one left pending when the log
-//! thread parks is given back whole).
+//! buffer grew again during every batch (64 -> 128 -> 256 KiB at 40,000 lines a second),
+//! each growth a copy on a request thread, a stall of up to ~25 µs for the requests behind
+//! it (no CPU difference the benchmarks resolve: issue 19, docs/benchmarks.md). Sized to
+//! twice the last batch, a steady load appends without a growth; when the load ends, the
+//! next batch is small and both buffers shrink back to [`KEEP_BYTES`] (the one left pending
+//! when the log thread parks is given back whole).
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
