@@ -27,6 +27,7 @@
 set -euo pipefail
 # shellcheck source=gateway/bench/common.sh
 . "$(dirname "$0")/common.sh"
+bench_pin # before the builds: a PIN this machine cannot take fails at once
 bench_setup nginx=nginx-light h2load=nghttp2-client
 if [ -z "${BARE:-}" ]; then
 	bench_bare_pgo
@@ -36,7 +37,6 @@ RPS=${RPS:-400}
 SECS=${RUN_SECONDS:-10}
 ROUNDS=${ROUNDS:-6}
 C=50
-bench_pin
 
 bench_small_upstream 19301
 bench_http_snapshot 19302 19301

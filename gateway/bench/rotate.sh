@@ -22,6 +22,7 @@
 set -euo pipefail
 # shellcheck source=gateway/bench/common.sh
 . "$(dirname "$0")/common.sh"
+bench_pin # before the builds: a PIN this machine cannot take fails at once
 bench_setup nginx=nginx-light h2load=nghttp2-client openssl=openssl
 A=${A:?A=path to the first gateway build}
 B=${B:-$GW}
@@ -36,7 +37,6 @@ if [ -z "${BARE:-}" ]; then
 	BARE=$CARGO_TARGET_DIR/pgo/release/bare-pingora
 fi
 [ -x "$BARE" ] || { echo "rotate.sh: $BARE is not an executable bare Pingora build" >&2; exit 1; }
-bench_pin
 
 bench_small_upstream 19201
 bench_tls_cert

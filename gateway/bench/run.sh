@@ -86,13 +86,14 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # shellcheck source=gateway/bench/common.sh
 . "$(dirname "$0")/common.sh"
-bench_setup nginx=nginx-light haproxy=haproxy h2load=nghttp2-client iperf3=iperf3 openssl=openssl
-bench_reference
+# Pinning settled before the builds, so a wrong PIN fails at once.
 bench_pin
 if [ "${PIN:-0}" = 1 ] && [ "${THREADS:-1}" != 1 ]; then
 	echo "run.sh: PIN=1 puts every proxy on one CPU, so it goes with THREADS=1 only" >&2
 	exit 1
 fi
+bench_setup nginx=nginx-light haproxy=haproxy h2load=nghttp2-client iperf3=iperf3 openssl=openssl
+bench_reference
 CLK_TCK=$(getconf CLK_TCK)
 
 # TCP throughput: iperf3 -> { direct | HAProxy (mode tcp) | gateway TCP listener } -> iperf3 -s
